@@ -1,0 +1,29 @@
+# Every target creates .venv when it is missing, so a fresh machine needs only Python and make.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.example.yaml
+
+.PHONY: run test bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/truckllm serve -c $(CONFIG)
+
+test: $(BIN)/.installed
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check truckllm tests bench
+	$(BIN)/mypy truckllm
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache

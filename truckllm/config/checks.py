@@ -1,0 +1,66 @@
+"""Checks that span sections of a shape-valid Config: references and uniqueness.
+
+Returns (path, message) pairs; the loader attaches file positions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from truckllm.config.schema import Config
+
+PathTuple = tuple[str | int, ...]
+Problem = tuple[PathTuple, str]
+_SHA256_FORM = re.compile(r"sha256:[0-9a-fA-F]{64}")
+
+
+def cross_check(config: Config) -> list[Problem]:
+    return [*_providers(config), *_models(config), *_client_keys(config)]
+
+
+def _providers(config: Config) -> Iterator[Problem]:
+    seen: set[str] = set()
+    for i, provider in enumerate(config.providers):
+        if provider.id in seen:
+            yield ("providers", i, "id"), f"duplicate provider id {provider.id!r}"
+        seen.add(provider.id)
+        key_ids: set[str] = set()
+        for j, key in enumerate(provider.keys):
+            if key.id in key_ids:
+                yield ("providers", i, "keys", j, "id"), f"duplicate key id {key.id!r}"
+            key_ids.add(key.id)
+
+
+def _models(config: Config) -> Iterator[Problem]:
+    provider_ids = {p.id for p in config.providers}
+    aliases: set[str] = set()
+    for i, model in enumerate(config.models):
+        if model.alias in aliases:
+            yield ("models", i, "alias"), f"duplicate alias {model.alias!r}"
+        aliases.add(model.alias)
+        wildcard = model.alias.endswith("*")
+        if "*" in model.alias[:-1] or (wildcard and model.alias != "*" and not model.alias.endswith("/*")):
+            yield ("models", i, "alias"), "a wildcard alias must end in '/*' (or be '*')"
+        for j, target in enumerate(model.targets):
+            if target.provider not in provider_ids:
+                yield ("models", i, "targets", j, "provider"), f"unknown provider {target.provider!r}"
+            if "*" in target.model and not wildcard:
+                yield ("models", i, "targets", j, "model"), "'*' is only allowed in the targets of a wildcard alias"
+
+
+def _client_keys(config: Config) -> Iterator[Problem]:
+    ids: set[str] = set()
+    secrets: set[str] = set()
+    for i, key in enumerate(config.keys or []):
+        if key.id in ids:
+            yield ("keys", i, "id"), f"duplicate client key id {key.id!r}"
+        ids.add(key.id)
+        secret = key.key.get_secret_value()
+        if not secret:
+            yield ("keys", i, "key"), "empty key"
+        elif secret.startswith("sha256:") and not _SHA256_FORM.fullmatch(secret):
+            yield ("keys", i, "key"), "a sha256: key must be 'sha256:' followed by 64 hex digits"
+        elif secret in secrets:
+            yield ("keys", i, "key"), "the same key is used twice"   # never echo the key
+        secrets.add(secret)

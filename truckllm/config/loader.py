@@ -1,0 +1,196 @@
+"""Config bytes -> YAML nodes -> ${VAR} resolution -> validated Config.
+
+Every problem found is collected (not just the first) as a ConfigIssue carrying its
+path (`models[2].targets[0].provider`) and, when it came from a file, `file:line:col`.
+No I/O except reading the file in `load_file`; the environment is passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from truckllm.config.checks import cross_check
+from truckllm.config.schema import Config
+
+PathTuple = tuple[str | int, ...]
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    path: str
+    message: str
+    location: str | None = None     # "config.yaml:14:7"
+
+    def __str__(self) -> str:
+        where = f"{self.location} " if self.location else ""
+        return f"{where}{self.path or '(top level)'}: {self.message}"
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"path": self.path, "message": self.message, "location": self.location}
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(issue) for issue in issues))
+        self.issues = issues
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    config: Config
+    source: str                     # file path, or a name such as "<admin>"
+    raw: bytes
+    sha256: str
+    env_refs: Mapping[str, str] = field(default_factory=dict)   # path -> "${VAR}" text as written
+
+
+def format_path(path: PathTuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def load_file(path: str | Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read {file}: {exc.strerror}")]) from None
+    return load_bytes(raw, str(file), env)
+
+
+def load_bytes(raw: bytes, source: str, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    env = os.environ if env is None else env
+    tree = _YamlTree(source)
+    data = tree.parse(raw)
+    resolved = _resolve_env(data, (), env, tree)
+    if tree.issues:
+        raise ConfigError(tree.issues)
+    try:
+        config = Config.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError([tree.issue(_error_path(err["loc"], resolved), _message(err))
+                           for err in exc.errors()]) from None
+    issues = [tree.issue(path, message) for path, message in cross_check(config)]
+    if issues:
+        raise ConfigError(issues)
+    return LoadedConfig(config, source, raw, hashlib.sha256(raw).hexdigest(), tree.env_refs)
+
+
+class _YamlTree:
+    """YAML parsing that remembers where each value was written."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.marks: dict[PathTuple, yaml.Mark] = {}
+        self.issues: list[ConfigIssue] = []
+        self.env_refs: dict[str, str] = {}
+
+    def parse(self, raw: bytes) -> Any:
+        try:
+            text = raw.decode("utf-8")
+            loader = yaml.SafeLoader(text)
+            try:
+                node = loader.get_single_node()
+                return None if node is None else self._convert(node, (), loader)
+            finally:
+                loader.dispose()
+        except UnicodeDecodeError:
+            self.issues.append(ConfigIssue("", "the file is not UTF-8 text"))
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            location = self._location(mark) if mark else None
+            self.issues.append(ConfigIssue("", f"YAML syntax error: {exc.problem}", location))
+        return None
+
+    def _convert(self, node: yaml.Node, path: PathTuple, loader: yaml.SafeLoader) -> Any:
+        self.marks[path] = node.start_mark
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = loader.construct_object(key_node, deep=True)
+                if key in result:
+                    self.issues.append(ConfigIssue(format_path((*path, key)), "duplicate key",
+                                                   self._location(key_node.start_mark)))
+                result[key] = self._convert(value_node, (*path, key), loader)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self._convert(item, (*path, i), loader) for i, item in enumerate(node.value)]
+        return loader.construct_object(node, deep=True)
+
+    def _location(self, mark: yaml.Mark) -> str:
+        return f"{self.source}:{mark.line + 1}:{mark.column + 1}"
+
+    def issue(self, path: PathTuple, message: str) -> ConfigIssue:
+        for depth in range(len(path), -1, -1):      # the nearest written ancestor
+            mark = self.marks.get(path[:depth])
+            if mark is not None:
+                return ConfigIssue(format_path(path), message, self._location(mark))
+        return ConfigIssue(format_path(path), message)
+
+
+def _resolve_env(value: Any, path: PathTuple, env: Mapping[str, str], tree: _YamlTree) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, (*path, k), env, tree) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, (*path, i), env, tree) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        tree.issues.append(tree.issue(path, f"environment variable {name} is not set"))
+        return ""
+
+    tree.env_refs[format_path(path)] = value
+    return _ENV_REF.sub(substitute, value)
+
+
+def _error_path(loc: tuple[str | int, ...], data: Any) -> PathTuple:
+    """Pydantic's location minus the discriminator tags it inserts for tagged unions."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node \
+                and node.get("type") == part:
+            continue
+        path.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(path)
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "missing": "required field is missing",
+}
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind in _MESSAGES:
+        return str(_MESSAGES[kind])
+    if kind == "union_tag_invalid":
+        return f"unknown provider type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
+    message = str(err["msg"])
+    return message.removeprefix("Value error, ")

@@ -1,29 +1,65 @@
 """The only module that combines translation and transport for one client request.
 
-It walks the route's targets, builds each upstream request with the provider's spec,
-sends it, and classifies failures; a retryable failure moves on to the next target, but
-only before anything has reached the client. A stream is read until its first
-translated chunk before the caller commits a 200, so an upstream that fails at once
-(including with an error event) is still retried.
+It asks the router for candidates (targets in strategy order, each with its keys), and
+tries them in turn: builds the upstream request with the provider's spec, sends it,
+classifies a failure (truckllm.policy), reports every attempt to health, and moves on —
+up to `routing.max_attempts`, and only before anything has reached the client. A stream
+is read until its first translated chunk before the caller commits a 200, so an upstream
+that fails at once (including with an error event) is still retried. A context-length
+error goes to the alias's `fallback_on_context_overflow` when it has one.
 """
 
 from __future__ import annotations
 
-import random
+import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+
 from truckllm import errors
-from truckllm.providers.base import CallContext, StreamTranslator, Target, UpstreamResponse
+from truckllm.health import Attempt, HealthSettings, TargetId
+from truckllm.policy import (
+    ErrorClass,
+    Outcome,
+    backoff_s,
+    classify_response,
+    final_error,
+    is_retryable,
+    passthrough_error,
+    recovery_wait_budget_s,
+    timed_out,
+    transport_failed,
+)
+from truckllm.providers.base import (
+    CallContext,
+    StreamTranslator,
+    Target,
+    UpstreamErrorInfo,
+    UpstreamResponse,
+)
 from truckllm.records import Exchange
+from truckllm.router import (
+    Candidate,
+    RouteTarget,
+    Routing,
+    cursor_names,
+    earliest_recovery_s,
+    is_usable,
+    key_ref,
+    next_candidate,
+    plan,
+)
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.state import CompiledProvider, Route, State, UpstreamKey
 from truckllm.transport import Transport, TransportError
 
 _NO_KEY = UpstreamKey("", "", 1.0)
-_RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+_MIN_RECOVERY_PAUSE_S = 0.01
+log = structlog.get_logger("truckllm.dispatch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,43 +81,162 @@ class Reply:
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
     rest: AsyncGenerator[bytes, None]  # framed events, ending with [DONE]; aclose() on abandon
+    release: Callable[[], None]        # idempotent: close upstream, end the attempt
 
 
-class _Retryable(Exception):
-    def __init__(self, error: errors.GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error
+class _AttemptFailed(Exception):
+    """An attempt failed before anything reached the client."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
 
 
-async def dispatch(call: Call, transport: Transport, exchange: Exchange) -> Reply | StreamReply:
-    failure: errors.GatewayError | None = None
-    for target in call.targets:
+class _ContextOverflow(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+async def dispatch(call: Call, transport: Transport, exchange: Exchange,
+                   routing: Routing) -> Reply | StreamReply:
+    adopt(routing, call.state)
+    route, targets = call.route, call.targets
+    seen = {route.alias}
+    while True:
+        try:
+            return await _serve_route(call, route, targets, transport, exchange, routing)
+        except _ContextOverflow as overflow:
+            fallback = route.config.fallback_on_context_overflow
+            resolved = call.state.resolve(fallback) if fallback and fallback not in seen else None
+            if fallback is None or resolved is None:
+                raise passthrough_error(overflow.outcome) from None
+            log.info("context_overflow_fallback", request_id=call.ctx.request_id,
+                     alias=route.alias, fallback=fallback)
+            seen.add(fallback)
+            route, targets = resolved
+
+
+def adopt(routing: Routing, state: State) -> None:
+    """Bring runtime routing state in line with a newer config snapshot: new settings,
+    ids that vanished forgotten, keys upstream rejected given another chance."""
+    if state.version <= routing.adopted_version:
+        return
+    routing.adopted_version = state.version
+    settings = state.config.routing
+    routing.health.configure(HealthSettings(settings.cooldown_s, settings.breaker_failures,
+                                            settings.breaker_window_s))
+    refs = {key_ref(p.id, k.id) for p in state.providers.values() for k in p.keys}
+    routing.health.prune(refs, set(state.providers))
+    routing.cursors.prune(cursor_names([r.alias for r in state.all_routes], set(state.providers)))
+
+
+async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
+                       transport: Transport, exchange: Exchange,
+                       routing: Routing) -> Reply | StreamReply:
+    settings = call.state.config.routing
+    candidates, by_id = _candidates(call, route, targets, routing)
+    if not candidates:
+        raise errors.InvalidRequest(
+            f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
+    health, has_capacity = routing.health, routing.has_capacity
+
+    def usable(candidate: Candidate) -> bool:
+        return is_usable(candidate, health, has_capacity)
+
+    tried: list[Candidate] = []
+    last: Outcome | None = None
+    waited = 0.0
+    while len(tried) < settings.max_attempts:
+        candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
+        if candidate is None:
+            wait = earliest_recovery_s(candidates, health, has_capacity)
+            budget = recovery_wait_budget_s(attempts_made=len(tried),
+                                            wait_for_recovery_ms=settings.wait_for_recovery_ms)
+            if wait is None or waited + wait > budget:
+                break
+            pause = max(wait, _MIN_RECOVERY_PAUSE_S)
+            await asyncio.sleep(pause)
+            waited += pause
+            continue
+        if tried:
+            same = candidate.target.target_id == tried[-1].target.target_id
+            pause = backoff_s(len(tried) - 1, routing.rng, same_target=same)
+            if pause:
+                await asyncio.sleep(pause)
+        tried.append(candidate)
+        try:
+            return await _attempt(call, candidate, by_id[candidate.target.target_id],
+                                  transport, exchange, routing)
+        except _AttemptFailed as failed:
+            last = failed.outcome
+        exchange.error_reason = last.error_class.value
+        if last.error_class is ErrorClass.CONTEXT_OVERFLOW:
+            raise _ContextOverflow(last)
+        if not is_retryable(last, settings.retry_on):
+            break
+    raise final_error(last, earliest_recovery_s(candidates, health, has_capacity))
+
+
+def _candidates(call: Call, route: Route, targets: tuple[Target, ...],
+                routing: Routing) -> tuple[list[Candidate], dict[TargetId, Target]]:
+    weights = route.config.targets
+    route_targets: list[RouteTarget] = []
+    by_id: dict[TargetId, Target] = {}
+    for index, target in enumerate(targets):
         provider = call.state.providers[target.provider_id]
         if call.op not in provider.spec.operations:
             continue
-        key = choose_key(provider)
-        exchange.attempts += 1
-        exchange.provider_id, exchange.upstream_model = provider.id, target.model
-        try:
-            if call.ctx.stream:
-                return await _open_stream(call, provider, target, key, transport, exchange)
-            return await _complete(call, provider, target, key, transport, exchange)
-        except _Retryable as retry:
-            failure = retry.error
-            exchange.error_reason = failure.type
-    if failure is None:
-        raise errors.InvalidRequest(
-            f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
-    raise failure
+        option = RouteTarget(target.provider_id, target.model, weights[index].weight, provider.keys)
+        route_targets.append(option)
+        by_id.setdefault(option.target_id, target)
+    ordered = plan(route.alias, route.config.strategy, route_targets, routing.cursors,
+                   routing.health, routing.has_capacity)
+    return ordered, by_id
 
 
-def choose_key(provider: CompiledProvider) -> UpstreamKey:
-    keys = provider.keys
-    if not keys:
-        return _NO_KEY
-    if len(keys) == 1:
-        return keys[0]
-    return random.choices(keys, weights=[k.weight for k in keys])[0]
+async def _attempt(call: Call, candidate: Candidate, target: Target, transport: Transport,
+                   exchange: Exchange, routing: Routing) -> Reply | StreamReply:
+    provider = call.state.providers[target.provider_id]
+    key = _key_named(provider, candidate.key_id)
+    exchange.attempts += 1
+    exchange.provider_id, exchange.upstream_model = provider.id, target.model
+    attempt = routing.health.begin(candidate.target.target_id, candidate.key_ref)
+    try:
+        if call.ctx.stream:
+            return await _open_stream(call, provider, target, key, transport, exchange, attempt)
+        return await _complete(call, provider, target, key, transport, exchange, attempt)
+    except _AttemptFailed as failed:
+        attempt.failed(failed.outcome)
+        attempt.end()
+        _log_failure(call, provider, key, target, failed.outcome)
+        raise
+    except BaseException:
+        attempt.end()                   # cancelled (the client left) or a bug: free the slot
+        raise
+
+
+def _key_named(provider: CompiledProvider, key_id: str | None) -> UpstreamKey:
+    for key in provider.keys:
+        if key.id == key_id:
+            return key
+    return _NO_KEY
+
+
+def _log_failure(call: Call, provider: CompiledProvider, key: UpstreamKey, target: Target,
+                 outcome: Outcome) -> None:
+    fields = {"request_id": call.ctx.request_id, "provider": provider.id, "key": key.id or None,
+              "model": target.model, "error_class": outcome.error_class.value,
+              "status": outcome.status, "detail": outcome.message}
+    if outcome.error_class is ErrorClass.AUTH:
+        log.error("upstream_key_rejected", action="key disabled until the next reload", **fields)
+    else:
+        log.warning("upstream_attempt_failed", **fields)
+
+
+def _first_byte_deadline(provider: CompiledProvider) -> AbstractAsyncContextManager[object]:
+    limit = provider.config.first_byte_timeout_s
+    return nullcontext() if limit is None else asyncio.timeout(limit)
 
 
 async def _send(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
@@ -90,66 +245,104 @@ async def _send(call: Call, provider: CompiledProvider, target: Target, key: Ups
     try:
         return await transport.send(provider, target, request, call.ctx.request_id)
     except TransportError as exc:
-        raise _Retryable(_transport_error(exc)) from None
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
 
 
 async def _complete(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
-                    transport: Transport, exchange: Exchange) -> Reply:
+                    transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     started = time.perf_counter()
-    response = await _send(call, provider, target, key, transport)
+    try:
+        async with _first_byte_deadline(provider):
+            response = await _send(call, provider, target, key, transport)
+    except TimeoutError:
+        exchange.upstream_s += time.perf_counter() - started
+        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
     try:
         raw = await response.read()
     except TransportError as exc:
-        raise _Retryable(_transport_error(exc)) from None
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     finally:
         response.close()
         exchange.upstream_s += time.perf_counter() - started
     if response.status >= 400:
-        raise _upstream_failure(provider, response.status, raw)
+        raise _AttemptFailed(_status_outcome(provider, response, raw))
+    attempt.succeeded(time.perf_counter() - started)
     parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
     exchange.usage = parsed.usage
+    attempt.end(parsed.usage.total_tokens if parsed.usage else 0)
     return Reply(parsed.body)
 
 
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
-                       transport: Transport, exchange: Exchange) -> StreamReply:
+                       transport: Transport, exchange: Exchange, attempt: Attempt) -> StreamReply:
     started = time.perf_counter()
-    response = await _send(call, provider, target, key, transport)
-    if response.status >= 400:
-        try:
-            raw = await response.read()
-        except TransportError as exc:
-            raise _Retryable(_transport_error(exc)) from None
-        finally:
-            response.close()
-            exchange.upstream_s += time.perf_counter() - started
-        raise _upstream_failure(provider, response.status, raw)
-    translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
-    relay = _Relay(response, translator, exchange)
+    relay: _Relay | None = None
     try:
-        first = await relay.first_output()
-    except errors.GatewayError as exc:
-        relay.abandon()
-        raise _Retryable(exc) from None
+        async with _first_byte_deadline(provider):
+            response = await _send(call, provider, target, key, transport)
+            if response.status >= 400:
+                raw = await _read_error_body(response)
+                raise _AttemptFailed(_status_outcome(provider, response, raw))
+            translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
+            relay = _Relay(response, translator, exchange, attempt)
+            first = await relay.first_output()
+    except TimeoutError:
+        _abandon(relay)
+        raise _AttemptFailed(timed_out("no first token before first_byte_timeout_s")) from None
+    except errors.GatewayError as exc:          # an error event before any output
+        _abandon(relay)
+        raise _AttemptFailed(_event_outcome(exc)) from None
     except TransportError as exc:
-        relay.abandon()
-        raise _Retryable(_transport_error(exc)) from None
+        _abandon(relay)
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     finally:
         exchange.upstream_s += time.perf_counter() - started
-    return StreamReply(first, relay.rest())
+    attempt.succeeded(time.perf_counter() - started)
+    return StreamReply(first, relay.rest(), relay.abandon)
+
+
+async def _read_error_body(response: UpstreamResponse) -> bytes:
+    try:
+        return await response.read()
+    except TransportError as exc:
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+    finally:
+        response.close()
+
+
+def _abandon(relay: _Relay | None) -> None:
+    if relay is not None:
+        relay.close_upstream()
+
+
+def _status_outcome(provider: CompiledProvider, response: UpstreamResponse, raw: bytes) -> Outcome:
+    info = provider.spec.parse_error(response.status, raw)
+    return classify_response(response.status, response.headers, info, now_unix=time.time())
+
+
+def _event_outcome(exc: errors.GatewayError) -> Outcome:
+    info = UpstreamErrorInfo(exc.status, exc.type, exc.message, exc.code, exc.param,
+                             exc.retry_after_s)
+    return classify_response(exc.status, _NO_HEADERS, info, now_unix=time.time())
+
+
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 class _Relay:
-    """Upstream bytes -> SSE events -> translator -> framed client events."""
+    """Upstream bytes -> SSE events -> translator -> framed client events. Owns the
+    upstream response and the health attempt until the stream ends."""
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
-                 exchange: Exchange) -> None:
+                 exchange: Exchange, attempt: Attempt) -> None:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder()
         self._translator = translator
         self._exchange = exchange
+        self._attempt = attempt
         self._ended = False
+        self._abandoned = False
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
@@ -172,16 +365,31 @@ class _Relay:
             self._exchange.error_reason = exc.type
             yield frame(exc.to_json())
         except TransportError as exc:
-            error = _transport_error(exc)
-            self._exchange.error_reason = error.type
+            # Too late to try elsewhere: end the stream with an error event, count the
+            # failure against the upstream, and close it.
+            outcome = transport_failed(exc.kind, str(exc))
+            self._attempt.failed(outcome)
+            error = (errors.UpstreamTimeout(outcome.message, code="upstream_timeout")
+                     if outcome.error_class is ErrorClass.TIMEOUT
+                     else errors.UpstreamFailed(outcome.message, code="upstream_error"))
+            self._exchange.error_reason = outcome.error_class.value
             yield frame(error.to_json())
         finally:
             self.abandon()
         yield DONE
 
-    def abandon(self) -> None:
-        self._exchange.usage = self._translator.usage
+    def close_upstream(self) -> None:
         self._response.close()
+
+    def abandon(self) -> None:
+        """The stream is over, finished or not: close upstream, end the attempt."""
+        if self._abandoned:
+            return
+        self._abandoned = True
+        usage = self._translator.usage
+        self._exchange.usage = usage
+        self._response.close()
+        self._attempt.end(usage.total_tokens if usage else 0)
 
     def _translate(self, raw: bytes) -> bytes:
         translator = self._translator
@@ -196,18 +404,3 @@ class _Relay:
         payloads.extend(translator.close())
         self._exchange.usage = translator.usage
         return b"".join(frame(p) for p in payloads)
-
-
-def _transport_error(exc: TransportError) -> errors.GatewayError:
-    if exc.kind == "timeout":
-        return errors.UpstreamTimeout(str(exc))
-    return errors.UpstreamFailed(str(exc))
-
-
-def _upstream_failure(provider: CompiledProvider, status: int, raw: bytes) -> Exception:
-    """Retryable statuses move on to the next target; other client errors go back as is."""
-    info = provider.spec.parse_error(status, raw)
-    if status in _RETRYABLE_STATUSES:
-        return _Retryable(errors.UpstreamFailed(
-            f"provider {provider.id!r} failed with HTTP {status}: {info.message}"))
-    return errors.UpstreamStatus(status, info.message, type=info.type, code=info.code, param=info.param)

@@ -334,11 +334,12 @@ class Health:
 
 
 class Attempt:
-    """One upstream attempt in progress. Report its first byte (`succeeded`) or its
-    failure (`failed`), then always `end()` it, also when the client went away."""
+    """One upstream attempt in progress. Report its first byte (`succeeded`) and any
+    failure (`failed`, also after the first byte: a stalled stream counts), then always
+    `end()` it, also when the client went away."""
 
-    __slots__ = ("_claimed_key", "_claimed_target", "_ended", "_health", "_key",
-                 "_reported", "_target")
+    __slots__ = ("_claimed_key", "_claimed_target", "_ended", "_failed", "_health", "_key",
+                 "_succeeded", "_target")
 
     def __init__(self, health: Health, target: _TargetState, key: _KeyState | None,
                  claimed_target: bool, claimed_key: bool) -> None:
@@ -347,18 +348,19 @@ class Attempt:
         self._key = key
         self._claimed_target = claimed_target
         self._claimed_key = claimed_key
-        self._reported = False
+        self._succeeded = False
+        self._failed = False
         self._ended = False
 
     def succeeded(self, ttft_s: float | None = None) -> None:
-        if not self._reported:
-            self._reported = True
+        if not (self._succeeded or self._failed):
+            self._succeeded = True
             self._health._succeeded(self._target, self._key, ttft_s)
 
     def failed(self, outcome: Outcome) -> None:
-        if self._reported:
+        if self._failed:
             return
-        self._reported = True
+        self._failed = True
         self._health._failed(self._target, self._key, outcome)
         if outcome.error_class not in HEALTH_FAILURES:
             self._release_trials()      # a 429 or 401 says nothing about the breaker
@@ -371,7 +373,7 @@ class Attempt:
         self._target.in_flight -= 1
         if self._key is not None:
             self._key.tokens += tokens
-        if not self._reported:
+        if not (self._succeeded or self._failed):
             self._release_trials()      # cancelled before an answer: let another try
 
     def _release_trials(self) -> None:

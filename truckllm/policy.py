@@ -98,6 +98,8 @@ def classify_response(status: int, headers: Mapping[str, str],
                       info: UpstreamErrorInfo | None, *, now_unix: float) -> Outcome:
     """An upstream answered with a non-2xx status."""
     retry_after = parse_retry_after(headers, now_unix=now_unix)
+    if retry_after is None and info is not None:
+        retry_after = info.retry_after_s        # e.g. Gemini's RetryInfo in the body
     upstream_message = scrub(info.message) if info else f"upstream answered {status}"
     if status in (401, 403) or (info is not None and _names_bad_key(info)):
         # The client's key was fine; ours was not. Never repeat the upstream's words.
@@ -125,6 +127,12 @@ def timed_out(phase: str) -> Outcome:
 def connect_failed(detail: str) -> Outcome:
     """The upstream could not be reached or dropped the connection before answering."""
     return Outcome(ErrorClass.CONNECT, f"upstream unreachable: {scrub(detail)}")
+
+
+def transport_failed(kind: str, detail: str) -> Outcome:
+    """A transport failure: kind "timeout" (first byte, stall, total) or "connect"."""
+    error_class = ErrorClass.TIMEOUT if kind == "timeout" else ErrorClass.CONNECT
+    return Outcome(error_class, scrub(detail))
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now_unix: float) -> float | None:

@@ -9,9 +9,10 @@ server code.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, get_args
 
 from truckllm.health import Health, TargetId
 from truckllm.policy import CAPACITY_RETRY_S, TARGET_FAILURES, ErrorClass
@@ -27,9 +28,19 @@ def always_has_capacity(provider_id: str, key_id: str) -> bool:
     return True
 
 
+class WeightedKey(Protocol):
+    """An upstream key as the router sees it (state's UpstreamKey fits)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def weight(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class KeyOption:
-    key_id: str
+    id: str
     weight: float = 1.0
 
 
@@ -40,7 +51,7 @@ class RouteTarget:
     provider_id: str
     model: str
     weight: float = 1.0
-    keys: tuple[KeyOption, ...] = ()     # empty for providers without keys (mock)
+    keys: tuple[WeightedKey, ...] = ()     # empty for providers without keys (mock)
 
     @property
     def target_id(self) -> TargetId:
@@ -95,6 +106,17 @@ class Cursors:
         self._credits = {n: v for n, v in self._credits.items() if n in names}
 
 
+@dataclass(slots=True)
+class Routing:
+    """The routing state one process keeps across reloads, held by the app."""
+
+    health: Health = field(default_factory=Health)
+    cursors: Cursors = field(default_factory=Cursors)
+    rng: random.Random = field(default_factory=random.Random)
+    has_capacity: HasCapacity = always_has_capacity     # the limits module supplies the real one
+    adopted_version: int = 0                            # the config version health was set up for
+
+
 def cursor_names(aliases: Collection[str], provider_ids: Collection[str]) -> set[str]:
     """Every cursor name a config can use, for `Cursors.prune` after a reload."""
     return {f"alias:{a}" for a in aliases} | {f"keys:{p}" for p in provider_ids}
@@ -134,12 +156,12 @@ def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
                     has_capacity: HasCapacity) -> list[Candidate]:
     if not target.keys:
         return [Candidate(target, None)]
-    usable = [k for k in target.keys if _key_usable(target.provider_id, k.key_id, health, has_capacity)]
+    usable = [k for k in target.keys if _key_usable(target.provider_id, k.id, health, has_capacity)]
     first = cursors.pick_weighted(f"keys:{target.provider_id}",
-                                  [(k.key_id, k.weight) for k in usable])
-    rest = sorted((k for k in usable if k.key_id != first), key=lambda k: -k.weight)
+                                  [(k.id, k.weight) for k in usable])
+    rest = sorted((k for k in usable if k.id != first), key=lambda k: -k.weight)
     unusable = [k for k in target.keys if k not in usable]
-    ordered_ids = ([first] if first else []) + [k.key_id for k in (*rest, *unusable)]
+    ordered_ids = ([first] if first else []) + [k.id for k in (*rest, *unusable)]
     return [Candidate(target, key_id) for key_id in ordered_ids]
 
 
@@ -192,7 +214,7 @@ def _target_usable(target: RouteTarget, health: Health, has_capacity: HasCapacit
     if not health.target_available(target.target_id):
         return False
     return not target.keys or any(
-        _key_usable(target.provider_id, k.key_id, health, has_capacity) for k in target.keys)
+        _key_usable(target.provider_id, k.id, health, has_capacity) for k in target.keys)
 
 
 def _key_usable(provider_id: str, key_id: str, health: Health, has_capacity: HasCapacity) -> bool:

@@ -39,7 +39,7 @@ class ProviderBase(Strict):
     timeout_s: float = Field(120, gt=0, description="Total time allowed for one upstream request, streams included.")
     connect_timeout_s: float = Field(10, gt=0, description="Time allowed to open a connection to the upstream; past it the attempt fails as `connect`.")
     first_byte_timeout_s: float | None = Field(None, gt=0, description="Time allowed until the response starts (headers for a plain request, the first event of a stream); absent means only `timeout_s` bounds it. Set it to fail over from a hung upstream quickly, but above the longest answer you expect for non-streamed requests.")
-    idle_timeout_s: float = Field(60, gt=0, description="Longest silence allowed between two chunks of a stream; a stalled stream is ended with an error event.")
+    idle_timeout_s: float = Field(60, gt=0, description="Longest silence allowed between two chunks of a stream once it has started; a stalled stream is ended with an error event and its upstream connection closed.")
     health_check_interval_s: float | None = Field(None, gt=0, description="When set, probe each key this often with a free request (`GET /models` or equivalent, never a completion); absent means health is judged from real traffic only.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent upstream on every request.")
 

@@ -64,6 +64,7 @@ class UpstreamErrorInfo:
     message: str
     code: str | None = None
     param: str | None = None
+    retry_after_s: float | None = None      # when the body says when to retry (Gemini RetryInfo)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from truckllm.log import log_access
+from truckllm.router import Routing
 from truckllm.server import openai_routes
-from truckllm.server.keys import INFLIGHT, OBSERVERS, STATE, TRANSPORT, RecordObserver
+from truckllm.server.keys import INFLIGHT, OBSERVERS, ROUTING, STATE, TRANSPORT, RecordObserver
 from truckllm.server.middleware import gateway_middleware
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
@@ -25,6 +26,7 @@ def create_app(holder: StateHolder) -> web.Application:
     observers: list[RecordObserver] = [log_access]
     app[OBSERVERS] = observers
     app[INFLIGHT] = [0]
+    app[ROUTING] = Routing()
     openai_routes.add_routes(app)
     app.cleanup_ctx.append(_close_transport)
     return app

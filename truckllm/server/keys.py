@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from truckllm.records import Exchange, RequestRecord
+from truckllm.router import Routing
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
 
@@ -15,6 +16,7 @@ RecordObserver = Callable[[RequestRecord], None]
 STATE = web.AppKey("state", StateHolder)
 TRANSPORT = web.AppKey("transport", Transport)
 OBSERVERS = web.AppKey("observers", list[RecordObserver])
+ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive reloads
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 
 # Per-request key: aiohttp requests take string keys.

@@ -12,7 +12,7 @@ from truckllm import errors
 from truckllm.dispatch import Call, Reply, dispatch
 from truckllm.providers.base import CallContext
 from truckllm.server.auth import authenticate
-from truckllm.server.keys import STATE, TRANSPORT, exchange_of
+from truckllm.server.keys import ROUTING, STATE, TRANSPORT, exchange_of
 from truckllm.server.middleware import gateway_headers
 from truckllm.server.streaming import write_stream
 from truckllm.server.validation import check_fields, read_json
@@ -46,7 +46,8 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     exchange.stream = stream
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage)
-    reply = await dispatch(Call(state, op, body, route, targets, ctx), request.app[TRANSPORT], exchange)
+    reply = await dispatch(Call(state, op, body, route, targets, ctx), request.app[TRANSPORT],
+                           exchange, request.app[ROUTING])
     if isinstance(reply, Reply):
         return web.Response(body=reply.body, content_type="application/json",
                             headers=gateway_headers(exchange))

@@ -39,4 +39,5 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
         exchange.error_reason = "client_disconnected"
     finally:
         await rest.aclose()              # releases or drops the upstream connection
+        reply.release()                  # also when the stream never started (client gone)
     return response

@@ -19,10 +19,8 @@ OBSERVERS = web.AppKey("observers", list[RecordObserver])
 ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive reloads
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 
-# Per-request key: aiohttp requests take string keys.
-EXCHANGE = "truckllm.exchange"
+EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
 def exchange_of(request: web.Request) -> Exchange:
-    exchange: Exchange = request[EXCHANGE]
-    return exchange
+    return request[EXCHANGE]

@@ -116,7 +116,7 @@ UPSTREAM_CASES = [
                               "upstream html 503", "dropped connection", "non-JSON 200"])
 async def test_upstream_failures_are_reshaped(gateway: Gateway, openai_fake: OpenAIFake,
                                               scripted: Scripted, status: int, type_: str, code: str | None) -> None:
-    openai_fake.script(scripted)
+    openai_fake.script(*[scripted] * 3)     # retryable failures are retried (routing.max_attempts)
     async with gateway.http() as http:
         response = await http.post("/v1/chat/completions", json={**CHAT, "model": "gpt"}, headers=AUTH)
         assert response.status == status

@@ -369,9 +369,9 @@ class _Relay:
             # failure against the upstream, and close it.
             outcome = transport_failed(exc.kind, str(exc))
             self._attempt.failed(outcome)
-            error = (errors.UpstreamTimeout(outcome.message, code="upstream_timeout")
+            error = (errors.UpstreamTimeout(outcome.message)
                      if outcome.error_class is ErrorClass.TIMEOUT
-                     else errors.UpstreamFailed(outcome.message, code="upstream_error"))
+                     else errors.UpstreamFailed(outcome.message))
             self._exchange.error_reason = outcome.error_class.value
             yield frame(error.to_json())
         finally:

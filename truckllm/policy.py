@@ -224,8 +224,8 @@ def final_error(last: Outcome | None, recovery_s: float | None) -> GatewayError:
         return UpstreamFailed("no upstream can serve this model (every key was rejected)",
                               code="upstream_unavailable")
     if last.error_class is ErrorClass.TIMEOUT:
-        return UpstreamTimeout(last.message, code="upstream_timeout")
-    return UpstreamFailed(last.message, code="upstream_error")
+        return UpstreamTimeout(last.message)
+    return UpstreamFailed(last.message)
 
 
 def scrub(text: str) -> str:

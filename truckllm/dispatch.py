@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from truckllm import errors
-from truckllm.health import Attempt, HealthSettings, TargetId
+from truckllm.health import Attempt, HealthSettings, TargetId, key_ref
 from truckllm.policy import (
     ErrorClass,
     Outcome,
@@ -49,7 +49,6 @@ from truckllm.router import (
     cursor_names,
     earliest_recovery_s,
     is_usable,
-    key_ref,
     next_candidate,
     plan,
 )

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from truckllm.policy import HEALTH_FAILURES, ErrorClass, Outcome
 
@@ -28,6 +30,11 @@ MAX_COOLDOWN_FACTOR = 10
 # old estimate counts half as much (so a once-slow target is tried again eventually).
 TTFT_ALPHA = 0.3
 TTFT_HALF_LIFE_S = 120.0
+
+
+def key_ref(provider_id: str, key_id: str) -> str:
+    """The stable id health, limits and logs use for an upstream key."""
+    return f"{provider_id}/{key_id}"
 
 
 class Status(StrEnum):
@@ -257,8 +264,10 @@ class Health:
         if outcome.error_class in HEALTH_FAILURES:
             target.breaker.on_failure(now, self.settings)
             target.last_error, target.last_error_at = outcome.message, now
-        if key is None:
-            return
+        if key is not None:
+            self._key_failed(key, outcome, now)
+
+    def _key_failed(self, key: _KeyState, outcome: Outcome, now: float) -> None:
         key.errors += 1
         key.last_error, key.last_error_at = outcome.message, now
         if outcome.error_class is ErrorClass.RATE_LIMITED:
@@ -267,6 +276,15 @@ class Health:
             key.disabled = True
         elif outcome.error_class in HEALTH_FAILURES:
             key.breaker.on_failure(now, self.settings)
+
+    def record_probe(self, key_ref: str, outcome: Outcome | None) -> None:
+        """An active health check of one key: None when it answered 2xx. A free probe
+        proves the key and the provider reachable, not a model: targets are untouched."""
+        key = self._keys.setdefault(key_ref, _KeyState())
+        if outcome is None:
+            key.breaker.on_success()
+        elif outcome.error_class not in ANSWERED:
+            self._key_failed(key, outcome, self._clock())
 
     def _cool_key(self, key: _KeyState, retry_after_s: float | None, now: float) -> None:
         key.rate_limit_streak += 1
@@ -314,6 +332,22 @@ class Health:
         stamped += [(s.last_error_at, s.last_error) for tid, s in self._targets.items()
                     if tid[0] == provider_id and s.last_error_at is not None]
         return max(stamped, key=lambda pair: pair[0] or 0.0)[1] if stamped else None
+
+    def provider_report(self, provider_id: str, provider_type: str,
+                        key_ids: Sequence[str]) -> dict[str, Any]:
+        """One entry of `GET /admin/v1/providers`: status, last error, and per key its
+        status, counters and `cooldown_until` (ISO 8601 UTC, null when usable now)."""
+        refs = [key_ref(provider_id, key_id) for key_id in key_ids]
+        keys = []
+        for key_id, ref in zip(key_ids, refs, strict=True):
+            view = self.key_health(ref)
+            keys.append({"id": key_id, "status": view.status.value, "usage_req": view.requests,
+                         "usage_tokens": view.tokens, "errors": view.errors,
+                         "cooldown_until": _iso(view.cooldown_until), "disabled": view.disabled,
+                         "last_error": view.last_error})
+        return {"id": provider_id, "type": provider_type,
+                "status": self.provider_status(provider_id, refs).value,
+                "last_error": self.provider_last_error(provider_id, refs), "keys": keys}
 
     def _key_status(self, state: _KeyState, now: float) -> Status:
         if state.disabled or now < state.cooldown_until:
@@ -389,6 +423,12 @@ def _decayed_ttft(state: _TargetState, now: float) -> float | None:
         return None
     decay: float = 0.5 ** (max(0.0, now - state.ttft_at) / TTFT_HALF_LIFE_S)
     return state.ttft_s * decay
+
+
+def _iso(unix: float | None) -> str | None:
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _blend(previous: float | None, sample: float) -> float:

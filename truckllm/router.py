@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
-from truckllm.health import Health, TargetId
+from truckllm.health import Health, TargetId, key_ref
 from truckllm.policy import CAPACITY_RETRY_S, TARGET_FAILURES, ErrorClass
 
 Strategy = Literal["fallback", "round_robin", "weighted", "least_busy", "lowest_latency"]
@@ -68,11 +68,6 @@ class Candidate:
     @property
     def key_ref(self) -> str | None:
         return None if self.key_id is None else key_ref(self.target.provider_id, self.key_id)
-
-
-def key_ref(provider_id: str, key_id: str) -> str:
-    """The stable id health and limits use for an upstream key."""
-    return f"{provider_id}/{key_id}"
 
 
 class Cursors:

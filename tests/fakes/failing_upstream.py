@@ -1,7 +1,8 @@
-"""A tiny OpenAI-speaking upstream that starts a stream and then stalls: it sends a few
-chunks, then nothing, until the caller goes away (bounded). It records whether the caller
-closed the connection. Imports nothing from truckllm: it stands for the outside world.
-(Everything else a test needs from an upstream, tests/fakes/openai_fake.py scripts.)
+"""Tiny OpenAI-speaking upstreams for what tests/fakes/openai_fake.py does not script:
+one that starts a stream and then stalls (a few chunks, then nothing until the caller
+goes away, bounded; it records whether the caller closed the connection), and one that
+answers every request, `GET /v1/models` included, with one fixed error status.
+Imports nothing from truckllm: they stand for the outside world.
 """
 
 from __future__ import annotations
@@ -73,4 +74,37 @@ async def make_stalling_upstream(chunks_before_stall: int = 2) -> AsyncIterator[
         yield upstream
     finally:
         upstream.close()
+        await server.close()
+
+
+class RejectingUpstream:
+    """Answers everything with `status` and an OpenAI error body; counts the requests."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.url = ""
+        self.seen: list[tuple[str, str, str]] = []     # (method, path, authorization)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        return app
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.seen.append((request.method, request.path, request.headers.get("Authorization", "")))
+        body = {"error": {"message": f"fake {self.status}", "type": "invalid_request_error",
+                          "param": None, "code": "invalid_api_key" if self.status == 401 else None}}
+        return web.Response(status=self.status, body=orjson.dumps(body), content_type="application/json")
+
+
+@asynccontextmanager
+async def make_rejecting_upstream(status: int = 401) -> AsyncIterator[RejectingUpstream]:
+    upstream = RejectingUpstream(status)
+    server = TestServer(upstream.app(), host="127.0.0.1")
+    await server.start_server()
+    upstream.url = str(server.make_url("/v1"))
+    try:
+        yield upstream
+    finally:
         await server.close()

@@ -122,3 +122,6 @@ class ProviderSpec:
     # (status, upstream body) -> the error reduced to OpenAI terms
     parse_error: Callable[[int, bytes], UpstreamErrorInfo]
     local: LocalHandler | None = None
+    # (target, upstream key value) -> a free request that shows whether the key works
+    # (`GET /models` or equivalent, never anything billed); None: no active health checks
+    build_probe: Callable[[Target, str], UpstreamRequest] | None = None

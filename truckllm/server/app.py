@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from truckllm.log import log_access
+from truckllm.probes import run_probes
 from truckllm.router import Routing
 from truckllm.server import openai_routes
 from truckllm.server.keys import INFLIGHT, OBSERVERS, ROUTING, STATE, TRANSPORT, RecordObserver
@@ -29,9 +32,20 @@ def create_app(holder: StateHolder) -> web.Application:
     app[ROUTING] = Routing()
     openai_routes.add_routes(app)
     app.cleanup_ctx.append(_close_transport)
+    app.cleanup_ctx.append(_health_checks)
     return app
 
 
 async def _close_transport(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TRANSPORT].close()
+
+
+async def _health_checks(app: web.Application) -> AsyncIterator[None]:
+    """Active probes for providers with `health_check_interval_s` (free endpoints only)."""
+    holder, health = app[STATE], app[ROUTING].health
+    task = asyncio.create_task(run_probes(lambda: holder.current, app[TRANSPORT], health))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

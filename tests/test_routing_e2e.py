@@ -69,11 +69,11 @@ class Gateway:
 
 
 @asynccontextmanager
-async def make_gateway(config: str) -> AsyncIterator[Gateway]:
+async def make_gateway(config: str, *, real_clock: bool = False) -> AsyncIterator[Gateway]:
     loaded = load_bytes(config.encode(), "test.yaml", {})
     app = create_app(StateHolder(build_state(loaded, version=1)))
     clock = FakeClock()
-    app[ROUTING] = Routing(health=Health(clock=clock))
+    app[ROUTING] = Routing(health=Health() if real_clock else Health(clock=clock))
     server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
     await server.start_server()
     url = str(server.make_url("/v1"))
@@ -204,6 +204,22 @@ async def test_short_retry_after_is_waited_for(fakes: tuple[OpenAIFake, OpenAIFa
         answer = await gw.chat()
     assert answer.choices[0].message.content
     assert keys_used(one) == ["sk-one", "sk-one"]
+
+
+@pytest.mark.parametrize(("wait_ms", "second_status"), [(0, 503), (5000, 200)])
+async def test_wait_for_recovery(fakes: tuple[OpenAIFake, OpenAIFake], wait_ms: int,
+                                 second_status: int) -> None:
+    one, two = fakes
+    config = one_key_each(two_providers(one.url, two.url, routing=f"  max_attempts: 1\n  wait_for_recovery_ms: {wait_ms}")).replace(
+        "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
+        "targets: [{provider: p1, model: m1}]")
+    one.script(Scripted(status=429, headers={"retry-after-ms": "1000"}))
+    async with make_gateway(config, real_clock=True) as gw:
+        first_status, _, _ = await gw.raw_chat()            # the only attempt is used up
+        second, _, _ = await gw.raw_chat()                  # the key is cooling for 1 s
+    assert first_status == 503
+    assert second == second_status
+    assert len(one.requests) == (2 if second_status == 200 else 1)
 
 
 async def test_upstream_401_disables_the_key_until_reload(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:

@@ -360,7 +360,8 @@ class _Relay:
                     if out:
                         yield out
                 yield self._finish()
-        except errors.GatewayError as exc:
+        except errors.GatewayError as exc:     # an error event from upstream mid-stream
+            self._attempt.failed(_event_outcome(exc))
             self._exchange.error_reason = exc.type
             yield frame(exc.to_json())
         except TransportError as exc:

@@ -116,7 +116,8 @@ def classify_response(status: int, headers: Mapping[str, str],
 
 def _names_bad_key(info: UpstreamErrorInfo) -> bool:
     # Gemini says 400 INVALID_ARGUMENT for a bad key; adapters may report it either way.
-    return info.code in ("invalid_api_key", "API_KEY_INVALID") or info.type == "authentication_error"
+    return (info.status in (401, 403) or info.code in ("invalid_api_key", "API_KEY_INVALID")
+            or info.type == "authentication_error")
 
 
 def timed_out(phase: str) -> Outcome:

@@ -149,12 +149,10 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     while len(tried) < settings.max_attempts:
         candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
         if candidate is None:
-            wait = earliest_recovery_s(candidates, health, has_capacity)
-            budget = recovery_wait_budget_s(attempts_made=len(tried),
-                                            wait_for_recovery_ms=settings.wait_for_recovery_ms)
-            if wait is None or waited + wait > budget:
+            pause = _recovery_pause(candidates, routing, len(tried), waited,
+                                    settings.wait_for_recovery_ms)
+            if pause is None:
                 break
-            pause = max(wait, _MIN_RECOVERY_PAUSE_S)
             await asyncio.sleep(pause)
             waited += pause
             continue
@@ -175,6 +173,17 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
         if not is_retryable(last, settings.retry_on):
             break
     raise final_error(last, earliest_recovery_s(candidates, health, has_capacity))
+
+
+def _recovery_pause(candidates: list[Candidate], routing: Routing, attempts_made: int,
+                    waited: float, wait_for_recovery_ms: float) -> float | None:
+    """How long to wait for a cooling candidate, or None to give up now."""
+    wait = earliest_recovery_s(candidates, routing.health, routing.has_capacity)
+    budget = recovery_wait_budget_s(attempts_made=attempts_made,
+                                    wait_for_recovery_ms=wait_for_recovery_ms)
+    if wait is None or waited + wait > budget:
+        return None
+    return max(wait, _MIN_RECOVERY_PAUSE_S)
 
 
 def _candidates(call: Call, route: Route, targets: tuple[Target, ...],

@@ -229,3 +229,15 @@ def test_prune_forgets_removed_ids_and_keeps_the_rest(health: Health) -> None:
     assert health.key_available("gone/k")            # forgotten
     assert health.latency_estimate(TARGET) == pytest.approx(0.5)
     assert health.latency_estimate(("gone", "m")) is None
+
+
+def test_target_entries_stay_bounded(health: Health, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("truckllm.health.MAX_TARGETS", 5)
+    fail(health, server_error(), target=("p", "broken"), key=None)
+    busy = health.begin(("p", "busy"), None)
+    for index in range(20):
+        succeed(health, target=("p", f"model-{index}"), key=None)
+    assert len(health._targets) <= 5
+    assert health.target_status(("p", "broken")) is Status.DEGRADED    # kept: it has failures
+    assert health.in_flight(("p", "busy")) == 1                         # kept: in flight
+    busy.end()

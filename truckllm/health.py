@@ -26,6 +26,9 @@ TargetId = tuple[str, str]              # (provider id, upstream model)
 ANSWERED = frozenset({ErrorClass.CLIENT_ERROR, ErrorClass.CONTEXT_OVERFLOW})
 # Longest a key or target is skipped, however often it kept failing.
 MAX_COOLDOWN_FACTOR = 10
+# Wildcard aliases let clients name any upstream model, so target entries are bounded:
+# past this many, entries with nothing to remember (idle, closed, no failures) are dropped.
+MAX_TARGETS = 10_000
 # Time-to-first-token estimates: weight of a new sample, and the half-life after which an
 # old estimate counts half as much (so a once-slow target is tried again eventually).
 TTFT_ALPHA = 0.3
@@ -235,7 +238,11 @@ class Health:
     def begin(self, target: TargetId, key_ref: str | None) -> Attempt:
         """An attempt starts: count it in flight and claim half-open trials it stands for."""
         now = self._clock()
-        target_state = self._targets.setdefault(target, _TargetState())
+        target_state = self._targets.get(target)
+        if target_state is None:
+            if len(self._targets) >= MAX_TARGETS:
+                self._forget_idle_targets(now)
+            target_state = self._targets[target] = _TargetState()
         target_state.in_flight += 1
         key_state = self._keys.setdefault(key_ref, _KeyState()) if key_ref is not None else None
         claimed_key = False
@@ -244,6 +251,11 @@ class Health:
             claimed_key = key_state.breaker.claim_trial(now)
         claimed_target = target_state.breaker.claim_trial(now)
         return Attempt(self, target_state, key_state, claimed_target, claimed_key)
+
+    def _forget_idle_targets(self, now: float) -> None:
+        self._targets = {tid: state for tid, state in self._targets.items()
+                         if state.in_flight or state.breaker.open_until is not None
+                         or state.breaker.recent_failures(now, self.settings)}
 
     def _succeeded(self, target: _TargetState, key: _KeyState | None, ttft_s: float | None) -> None:
         now = self._clock()

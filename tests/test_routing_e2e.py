@@ -404,3 +404,18 @@ async def test_least_busy_avoids_the_target_with_a_request_in_flight(
         with pytest.raises(asyncio.CancelledError):
             await stuck
         await asyncio.wait_for(one.requests[0].disconnected.wait(), 5)
+
+
+async def test_keys_at_their_own_limit_are_skipped(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    full: set[str] = {"p1/k1"}
+    async with make_gateway(two_providers(one.url, two.url)) as gw:
+        gw.routing.has_capacity = lambda provider, key: f"{provider}/{key}" not in full
+        for _ in range(3):
+            await gw.chat()
+        assert keys_used(one) == ["sk-two"] * 3
+        full |= {"p1/k2", "p2/k1"}
+        status, headers, body = await gw.raw_chat()
+    assert (status, headers["Retry-After"]) == (503, "1")
+    assert orjson.loads(body)["error"]["type"] == "overloaded_error"
+    assert len(one.requests) == 3 and not two.requests

@@ -44,6 +44,7 @@ from truckllm.providers.base import (
 from truckllm.records import Exchange
 from truckllm.router import (
     Candidate,
+    HasCapacity,
     RouteTarget,
     Routing,
     cursor_names,
@@ -134,11 +135,11 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
                        transport: Transport, exchange: Exchange,
                        routing: Routing) -> Reply | StreamReply:
     settings = call.state.config.routing
-    candidates, by_id = _candidates(call, route, targets, routing)
+    health, has_capacity = routing.health, _capacity_check(call, routing)
+    candidates, by_id = _candidates(call, route, targets, routing, has_capacity)
     if not candidates:
         raise errors.InvalidRequest(
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
-    health, has_capacity = routing.health, routing.has_capacity
 
     def usable(candidate: Candidate) -> bool:
         return is_usable(candidate, health, has_capacity)
@@ -149,7 +150,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     while len(tried) < settings.max_attempts:
         candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
         if candidate is None:
-            pause = _recovery_pause(candidates, routing, len(tried), waited,
+            pause = _recovery_pause(candidates, routing, has_capacity, len(tried), waited,
                                     settings.wait_for_recovery_ms)
             if pause is None:
                 break
@@ -175,10 +176,17 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     raise final_error(last, earliest_recovery_s(candidates, health, has_capacity))
 
 
-def _recovery_pause(candidates: list[Candidate], routing: Routing, attempts_made: int,
-                    waited: float, wait_for_recovery_ms: float) -> float | None:
+def _capacity_check(call: Call, routing: Routing) -> HasCapacity:
+    """Whether an upstream key is below its own rpm/tpm for this request. The limits
+    module supplies it (through `routing.has_capacity`); the default says always."""
+    return routing.has_capacity
+
+
+def _recovery_pause(candidates: list[Candidate], routing: Routing, has_capacity: HasCapacity,
+                    attempts_made: int, waited: float,
+                    wait_for_recovery_ms: float) -> float | None:
     """How long to wait for a cooling candidate, or None to give up now."""
-    wait = earliest_recovery_s(candidates, routing.health, routing.has_capacity)
+    wait = earliest_recovery_s(candidates, routing.health, has_capacity)
     budget = recovery_wait_budget_s(attempts_made=attempts_made,
                                     wait_for_recovery_ms=wait_for_recovery_ms)
     if wait is None or waited + wait > budget:
@@ -186,8 +194,8 @@ def _recovery_pause(candidates: list[Candidate], routing: Routing, attempts_made
     return max(wait, _MIN_RECOVERY_PAUSE_S)
 
 
-def _candidates(call: Call, route: Route, targets: tuple[Target, ...],
-                routing: Routing) -> tuple[list[Candidate], dict[TargetId, Target]]:
+def _candidates(call: Call, route: Route, targets: tuple[Target, ...], routing: Routing,
+                has_capacity: HasCapacity) -> tuple[list[Candidate], dict[TargetId, Target]]:
     weights = route.config.targets
     route_targets: list[RouteTarget] = []
     by_id: dict[TargetId, Target] = {}
@@ -199,7 +207,7 @@ def _candidates(call: Call, route: Route, targets: tuple[Target, ...],
         route_targets.append(option)
         by_id.setdefault(option.target_id, target)
     ordered = plan(route.alias, route.config.strategy, route_targets, routing.cursors,
-                   routing.health, routing.has_capacity)
+                   routing.health, has_capacity)
     return ordered, by_id
 
 

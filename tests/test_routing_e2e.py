@@ -419,3 +419,13 @@ async def test_keys_at_their_own_limit_are_skipped(fakes: tuple[OpenAIFake, Open
     assert (status, headers["Retry-After"]) == (503, "1")
     assert orjson.loads(body)["error"]["type"] == "overloaded_error"
     assert len(one.requests) == 3 and not two.requests
+
+
+async def test_lowest_latency_prefers_the_faster_target(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    config = two_providers(one.url, two.url, alias_extra="    strategy: lowest_latency")
+    one.script(Scripted(delay_s=0.3))                        # p1 is slow when first measured
+    async with make_gateway(config) as gw:
+        for _ in range(6):
+            await gw.chat()
+    assert (len(one.requests), len(two.requests)) == (1, 5)

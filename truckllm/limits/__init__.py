@@ -13,7 +13,7 @@
 Must not import the server, dispatch or transport.
 """
 
-from truckllm.limits.clock import Clock, SystemClock
+from truckllm.limits.clock import Clock, ManualClock, SystemClock
 from truckllm.limits.cost import CostBreakdown, CostLine, cost_of
 from truckllm.limits.estimate import estimate_prompt_tokens
 from truckllm.limits.limiter import (
@@ -35,6 +35,7 @@ __all__ = [
     "KeyPolicy",
     "Limiter",
     "LimitsPolicy",
+    "ManualClock",
     "RateLimitExceeded",
     "RateLimits",
     "StateSaver",

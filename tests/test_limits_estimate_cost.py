@@ -51,12 +51,13 @@ def test_cost_prices_each_kind_of_token_at_its_rate() -> None:
     usage = Usage(prompt_tokens=1_000_000, completion_tokens=200_000,
                   cache_read_tokens=400_000, cache_write_tokens=100_000)
     breakdown = cost_of(usage, PRICES)
-    lines = {line.kind: (line.tokens, line.usd_per_mtok, line.usd) for line in breakdown.lines}
+    lines = {line.kind: (line.tokens, line.usd_per_mtok, round(line.usd, 9))
+             for line in breakdown.lines}
     assert lines == {
-        "input": (500_000, 2.5, pytest.approx(1.25)),
-        "cache_read": (400_000, 1.25, pytest.approx(0.5)),
-        "cache_write": (100_000, 2.5, pytest.approx(0.25)),    # no cache-write price: input price
-        "output": (200_000, 10.0, pytest.approx(2.0)),
+        "input": (500_000, 2.5, 1.25),
+        "cache_read": (400_000, 1.25, 0.5),
+        "cache_write": (100_000, 2.5, 0.25),    # no cache-write price: the input price
+        "output": (200_000, 10.0, 2.0),
     }
     assert breakdown.total_usd == pytest.approx(4.0)
     logged = breakdown.as_log()

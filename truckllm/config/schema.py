@@ -26,6 +26,7 @@ class ServerConfig(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     log_format: Literal["json", "console"] = Field("json", description="json: one JSON object per line; console: coloured, for humans.")
     shutdown_grace_s: float = Field(30, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.")
+    admin_api_key: SecretStr | None = Field(None, description="Bearer token for the admin API (/admin/v1/...); the admin API is off (404) when empty or absent.")
     state_file: str | None = Field(None, min_length=1, description="Where usage and spend are saved across restarts; relative paths are beside the config file. Default `<config file name>.state.json` beside the config.")
 
 

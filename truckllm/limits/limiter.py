@@ -99,7 +99,7 @@ class Limiter:
             account.period.requests += 1
             account.lifetime.requests += 1
         self.changes += 1
-        return Admission(self, key, account, reservations)
+        return Admission(self, key, account, reservations, estimate_tokens)
 
     def key_headers(self, key: KeyPolicy | None) -> dict[str, str]:
         """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
@@ -266,12 +266,14 @@ class Limiter:
 class Admission:
     """One admitted client request: settle it with its real usage, release its slot."""
 
-    __slots__ = ("_account", "_limiter", "_released", "_reservations", "_settled", "key")
+    __slots__ = ("_account", "_limiter", "_released", "_reservations", "_settled",
+                 "estimate_tokens", "key")
 
     def __init__(self, limiter: Limiter, key: KeyPolicy | None, account: Account | None,
-                 reservations: list[Reservation]) -> None:
+                 reservations: list[Reservation], estimate_tokens: int) -> None:
         self._limiter = limiter
         self.key = key
+        self.estimate_tokens = estimate_tokens
         self._account = account
         self._reservations = reservations
         self._settled = False

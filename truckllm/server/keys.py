@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from truckllm.limits import Limiter
 from truckllm.records import Exchange, RequestRecord
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
@@ -16,11 +17,19 @@ STATE = web.AppKey("state", StateHolder)
 TRANSPORT = web.AppKey("transport", Transport)
 OBSERVERS = web.AppKey("observers", list[RecordObserver])
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
+LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
 
-# Per-request key: aiohttp requests take string keys.
+# Per-request keys: aiohttp requests take string keys.
 EXCHANGE = "truckllm.exchange"
+RATELIMIT_HEADERS = "truckllm.ratelimit_headers"   # () -> the client key's x-ratelimit-* headers
 
 
 def exchange_of(request: web.Request) -> Exchange:
     exchange: Exchange = request[EXCHANGE]
     return exchange
+
+
+def ratelimit_headers_of(request: web.Request) -> dict[str, str]:
+    """The caller's x-ratelimit-* headers, live; {} before auth or for keys without limits."""
+    headers: Callable[[], dict[str, str]] | None = request.get(RATELIMIT_HEADERS)
+    return headers() if headers is not None else {}

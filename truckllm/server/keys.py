@@ -19,17 +19,16 @@ OBSERVERS = web.AppKey("observers", list[RecordObserver])
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
 
-# Per-request keys: aiohttp requests take string keys.
-EXCHANGE = "truckllm.exchange"
-RATELIMIT_HEADERS = "truckllm.ratelimit_headers"   # () -> the client key's x-ratelimit-* headers
+EXCHANGE = web.RequestKey("exchange", Exchange)
+# () -> the client key's x-ratelimit-* headers, computed when the response goes out
+RATELIMIT_HEADERS: web.RequestKey[Callable[[], dict[str, str]]] = web.RequestKey("ratelimit_headers")
 
 
 def exchange_of(request: web.Request) -> Exchange:
-    exchange: Exchange = request[EXCHANGE]
-    return exchange
+    return request[EXCHANGE]
 
 
 def ratelimit_headers_of(request: web.Request) -> dict[str, str]:
     """The caller's x-ratelimit-* headers, live; {} before auth or for keys without limits."""
-    headers: Callable[[], dict[str, str]] | None = request.get(RATELIMIT_HEADERS)
+    headers = request.get(RATELIMIT_HEADERS)
     return headers() if headers is not None else {}

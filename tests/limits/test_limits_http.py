@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 from openai import AsyncOpenAI
+from structlog.testing import capture_logs
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.limits.gateway import ADMIN_KEY, make_gateway
@@ -179,8 +180,10 @@ async def test_gateway_limits_span_keys(fake: OpenAIFake, tmp_path: Path) -> Non
         raw = await chat(gateway.client("key-a"))
         assert "x-ratelimit-limit-requests" not in raw.headers    # team-a has no limits itself
         await chat(gateway.client("key-b"))
-        with pytest.raises(openai.RateLimitError) as refused:
+        with capture_logs() as logs, pytest.raises(openai.RateLimitError) as refused:
             await chat(gateway.client("key-b"))
+        access = [entry for entry in logs if entry["event"] == "request"]
+        assert [entry["error"] for entry in access] == ["rate_limited:gateway"]
         assert_refused(refused.value, 429, "rate_limit_error", "rate_limit_exceeded")
         assert "gateway" in str(refused.value)
         assert refused.value.response.headers["retry-after"] == "60"

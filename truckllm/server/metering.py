@@ -14,6 +14,7 @@ from aiohttp import web
 from truckllm.limits import (
     Admission,
     Limiter,
+    RateLimitExceeded,
     UpstreamUse,
     cost_of,
     estimate_prompt_tokens,
@@ -27,9 +28,15 @@ from truckllm.state import ClientKey, Route, State
 log = structlog.get_logger("truckllm.limits")
 
 
-def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any]) -> Admission:
+def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
+          exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
-    return limiter.admit(state.limits, key.id if key else None, estimate_prompt_tokens(body))
+    try:
+        return limiter.admit(state.limits, key.id if key else None, estimate_prompt_tokens(body))
+    except RateLimitExceeded as refused:
+        # "rate_limited:<scope>" is what metrics count as llm_rate_limited_total{key,scope}
+        exchange.error_reason = f"rate_limited:{refused.scope}"
+        raise
 
 
 def ratelimit_headers(limiter: Limiter, state: State, key: ClientKey | None) -> dict[str, str]:

@@ -48,7 +48,7 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     exchange.stream = stream
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage)
     limiter = request.app[LIMITER]
-    admission = metering.admit(limiter, state, key, body)
+    admission = metering.admit(limiter, state, key, body, exchange)
     reply: Reply | StreamReply | None = None
     try:
         call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate_tokens)

@@ -129,8 +129,15 @@ async def test_saver_loads_saves_periodically_only_on_change_and_on_exit(tmp_pat
     assert final["client_keys"]["a"]["period"]["spend_usd"] == 0.875
 
 
-async def test_saver_survives_an_unwritable_directory(tmp_path: Path) -> None:
-    path = tmp_path / "missing-dir" / "s.json"
+def test_write_atomic_creates_the_directory(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "dir" / "s.json"
+    write_atomic(target, b"{}")
+    assert target.read_bytes() == b"{}"
+
+
+async def test_saver_survives_an_unwritable_location(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_bytes(b"")
+    path = tmp_path / "a-file" / "s.json"          # a directory that can never exist
     limiter = Limiter(ManualClock())
     with capture_logs() as logs:
         async with StateSaver(limiter, path, interval_s=3600) as saver:

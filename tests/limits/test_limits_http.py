@@ -15,7 +15,10 @@ from structlog.testing import capture_logs
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.limits.gateway import ADMIN_KEY, make_gateway
+from truckllm.config.loader import load_file
 from truckllm.limits import ManualClock
+from truckllm.server.keys import STATE
+from truckllm.state import build_state
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -217,18 +220,23 @@ async def test_a_stream_that_crosses_the_budget_finishes_and_the_next_request_is
     pricing = "{input_per_mtok: 50000, output_per_mtok: 50000}"   # $0.05 a token
     async with make_gateway(make_config(fake.url, keys=keys, pricing=pricing), tmp_path) as gateway:
         client = gateway.client("key-a")
-        fake.script(Scripted(chunk_delay_s=0.01))
-        stream = await client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four five"}],
-            stream=True, stream_options={"include_usage": True})
-        chunks = [chunk async for chunk in stream]
-        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens >= 10
-        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        fake.script(Scripted(chunk_delay_s=0.01), Scripted(chunk_delay_s=0.01))
+        words = [{"role": "user", "content": "one two three four five"}]
+        first = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=words, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True})
+        second = await client.chat.completions.create(         # both admitted under budget
+            model="gpt-4o-mini", messages=words, stream=True)  # type: ignore[arg-type]
+        first_chunks = [chunk async for chunk in first]         # the budget is crossed here
+        usage = first_chunks[-1].usage
+        assert usage is not None and usage.total_tokens * 0.05 > 0.5
+        second_chunks = [chunk async for chunk in second]       # ...and the other stream goes on
+        assert [c.choices[0].finish_reason for c in second_chunks if c.choices][-1] == "stop"
         with pytest.raises(openai.PermissionDeniedError) as refused:
             await chat(client)
         assert_refused(refused.value, 403, "permission_error", "budget_exceeded")
         _, body = await gateway.admin("GET", "/admin/v1/keys")
-        assert body["keys"][0]["spend_usd"] == pytest.approx(0.05 * chunks[-1].usage.total_tokens)
+        assert body["keys"][0]["spend_usd"] == pytest.approx(2 * 0.05 * usage.total_tokens)
 
 
 async def test_admin_reset_gives_the_key_a_fresh_period(fake: OpenAIFake, tmp_path: Path) -> None:
@@ -322,3 +330,24 @@ async def test_upstream_keys_at_their_limit_are_skipped_then_503(
         assert len(fake.requests) == 2                          # no upstream 429 collected
         assert gateway.limiter.upstream_report("up/k1")["requests"] == 1
         assert gateway.limiter.upstream_report("up/k1")["tokens"] > 0
+
+
+async def test_a_reload_keeps_usage_of_surviving_keys_and_applies_new_limits(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    keys = "  - {id: team-a, key: key-a, rpm: 10, budget_usd: 1000}\n  - {id: team-b, key: key-b}"
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, ManualClock()) as gateway:
+        await chat(gateway.client("key-a"))
+        await chat(gateway.client("key-b"))
+        reloaded = tmp_path / "reloaded.yaml"
+        reloaded.write_text(make_config(fake.url, keys="  - {id: team-a, key: key-a, rpm: 2}"))
+        gateway.app[STATE].swap(build_state(load_file(reloaded, env={}), version=2))
+        raw = await chat(gateway.client("key-a"))
+        assert raw.headers["x-ratelimit-limit-requests"] == "2"
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"   # the window survived
+        with pytest.raises(openai.AuthenticationError):
+            await chat(gateway.client("key-b"))
+        _, body = await gateway.admin("GET", "/admin/v1/keys")
+        [report] = body["keys"]
+        assert report["id"] == "team-a" and report["requests"] == 2
+        assert report["spend_usd"] > 0                               # spend survived too
+        assert set(gateway.limiter.snapshot()["client_keys"]) == {"team-a"}

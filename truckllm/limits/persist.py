@@ -41,8 +41,11 @@ def encode_state(limiter: Limiter) -> bytes:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same directory, fsync, rename over the old file, fsync the dir:
-    a crash leaves either the old file or the new one, never half of one."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    a crash leaves either the old file or the new one, never half of one. The directory
+    is created when missing. Each write has its own temp name, so a write still running
+    in an abandoned worker thread cannot mix with the next one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as file:

@@ -82,20 +82,18 @@ class Limiter:
         self.adopt(policy)
         now = self.clock.monotonic()
         key = policy.key(key_id) if key_id is not None else None
-        meter = self._key_meter(key.key_id) if key is not None else None
-        account = self._account(key) if key is not None else None
-        if key is not None and account is not None and meter is not None:
-            self._check_budget(key, account)
-            refusal = meter.refusal(key.rates, estimate_tokens, now)
-            if refusal is not None:
-                raise self._refused("key", key, refusal, meter, estimate_tokens, now)
+        if key is not None:
+            self._check_key(key, estimate_tokens, now)
         refusal = self._gateway.refusal(policy.gateway, estimate_tokens, now)
         if refusal is not None:
-            raise self._refused("gateway", key, refusal, meter, estimate_tokens, now)
+            raise self._refused("gateway", key, refusal, estimate_tokens)
+        # every check passed: only now is anything counted
         reservations = [self._gateway.reserve(policy.gateway, estimate_tokens, now, hold_slot=True)]
-        if meter is not None and key is not None:
+        account = None
+        if key is not None:
+            meter = self._key_meter(key.key_id)
             reservations.append(meter.reserve(key.rates, estimate_tokens, now, hold_slot=True))
-        if account is not None:
+            account = self._account(key)
             account.period.requests += 1
             account.lifetime.requests += 1
         self.changes += 1
@@ -110,6 +108,12 @@ class Limiter:
         return ratelimit_headers(meter.requests_state(key.rates, now),
                                  meter.tokens_state(key.rates, now))
 
+    def _check_key(self, key: KeyPolicy, estimate: int, now: float) -> None:
+        self._check_budget(key, self._account(key))
+        refusal = self._key_meter(key.key_id).refusal(key.rates, estimate, now)
+        if refusal is not None:
+            raise self._refused("key", key, refusal, estimate)
+
     def _check_budget(self, key: KeyPolicy, account: Account) -> None:
         if key.budget_usd is None:
             return
@@ -121,8 +125,8 @@ class Limiter:
                 ratelimit=self.key_headers(key),
             )
 
-    def _refused(self, scope: str, key: KeyPolicy | None, refusal: Refusal, meter: RateMeter | None,
-                 estimate: int, now: float) -> RateLimitExceeded:
+    def _refused(self, scope: str, key: KeyPolicy | None, refusal: Refusal,
+                 estimate: int) -> RateLimitExceeded:
         whose = f"key {key.key_id!r}" if scope == "key" and key else "the gateway"
         if refusal.retry_after_s is None:
             message = (f"Request too large for {whose}: about {estimate} tokens estimated, "

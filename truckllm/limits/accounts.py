@@ -5,6 +5,7 @@ Pure data; the Limiter owns the instances, truckllm.limits.persist saves them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -96,6 +97,7 @@ def _count(data: dict[str, Any], name: str) -> int:
 
 def _money(data: dict[str, Any], name: str) -> float:
     value = data.get(name, 0.0)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number")
+    if not isinstance(value, int | float) or isinstance(value, bool) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number")
     return float(value)

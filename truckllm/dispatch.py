@@ -22,6 +22,7 @@ import structlog
 
 from truckllm import errors
 from truckllm.health import Attempt, HealthSettings, TargetId, key_ref
+from truckllm.limits import Limiter, UpstreamUse, upstream_ref
 from truckllm.policy import (
     ErrorClass,
     Outcome,
@@ -44,6 +45,7 @@ from truckllm.providers.base import (
 from truckllm.records import Exchange
 from truckllm.router import (
     Candidate,
+    CapacityWait,
     HasCapacity,
     RouteTarget,
     Routing,
@@ -70,11 +72,14 @@ class Call:
     route: Route
     targets: tuple[Target, ...]
     ctx: CallContext
+    limiter: Limiter | None = None     # upstream-key rpm/tpm accounting; None: not counted
+    estimate_tokens: int = 0           # the prompt estimate reserved against upstream tpm
 
 
 @dataclass(slots=True)
 class Reply:
     body: bytes
+    upstream_use: UpstreamUse | None = None     # settle with the real usage when done
 
 
 @dataclass(slots=True)
@@ -82,6 +87,7 @@ class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
     rest: AsyncGenerator[bytes, None]  # framed events, ending with [DONE]; aclose() on abandon
     release: Callable[[], None]        # idempotent: close upstream, end the attempt
+    upstream_use: UpstreamUse | None = None     # settle with the real usage when it ends
 
 
 class _AttemptFailed(Exception):
@@ -135,7 +141,8 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
                        transport: Transport, exchange: Exchange,
                        routing: Routing) -> Reply | StreamReply:
     settings = call.state.config.routing
-    health, has_capacity = routing.health, _capacity_check(call, routing)
+    health = routing.health
+    has_capacity, capacity_wait = _capacity_checks(call, routing)
     candidates, by_id = _candidates(call, route, targets, routing, has_capacity)
     if not candidates:
         raise errors.InvalidRequest(
@@ -150,8 +157,8 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     while len(tried) < settings.max_attempts:
         candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
         if candidate is None:
-            pause = _recovery_pause(candidates, routing, has_capacity, len(tried), waited,
-                                    settings.wait_for_recovery_ms)
+            pause = _recovery_pause(candidates, routing, has_capacity, capacity_wait,
+                                    len(tried), waited, settings.wait_for_recovery_ms)
             if pause is None:
                 break
             await asyncio.sleep(pause)
@@ -173,20 +180,32 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             raise _ContextOverflow(last)
         if not is_retryable(last, settings.retry_on):
             break
-    raise final_error(last, earliest_recovery_s(candidates, health, has_capacity))
+    raise final_error(last, earliest_recovery_s(candidates, health, has_capacity, capacity_wait))
 
 
-def _capacity_check(call: Call, routing: Routing) -> HasCapacity:
-    """Whether an upstream key is below its own rpm/tpm for this request. The limits
-    module supplies it (through `routing.has_capacity`); the default says always."""
-    return routing.has_capacity
+def _capacity_checks(call: Call, routing: Routing) -> tuple[HasCapacity, CapacityWait | None]:
+    """Whether an upstream key is below its own rpm/tpm for this request, and how long
+    until it is: from the limiter when the call has one (and `routing.has_capacity`)."""
+    limiter, extra = call.limiter, routing.has_capacity
+    if limiter is None:
+        return extra, None
+    policy, estimate = call.state.limits, call.estimate_tokens
+
+    def has_capacity(provider_id: str, key_id: str) -> bool:
+        ref = upstream_ref(provider_id, key_id)
+        return extra(provider_id, key_id) and limiter.upstream_has_capacity(policy, ref, estimate)
+
+    def capacity_wait(provider_id: str, key_id: str) -> float | None:
+        return limiter.upstream_wait_s(policy, upstream_ref(provider_id, key_id), estimate)
+
+    return has_capacity, capacity_wait
 
 
 def _recovery_pause(candidates: list[Candidate], routing: Routing, has_capacity: HasCapacity,
-                    attempts_made: int, waited: float,
+                    capacity_wait: CapacityWait | None, attempts_made: int, waited: float,
                     wait_for_recovery_ms: float) -> float | None:
     """How long to wait for a cooling candidate, or None to give up now."""
-    wait = earliest_recovery_s(candidates, routing.health, has_capacity)
+    wait = earliest_recovery_s(candidates, routing.health, has_capacity, capacity_wait)
     budget = recovery_wait_budget_s(attempts_made=attempts_made,
                                     wait_for_recovery_ms=wait_for_recovery_ms)
     if wait is None or waited + wait > budget:
@@ -218,18 +237,38 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
     exchange.attempts += 1
     exchange.provider_id, exchange.upstream_model = provider.id, target.model
     attempt = routing.health.begin(candidate.target.target_id, candidate.key_ref)
+    use = _count_upstream(call, provider, key)
     try:
+        reply: Reply | StreamReply
         if call.ctx.stream:
-            return await _open_stream(call, provider, target, key, transport, exchange, attempt)
-        return await _complete(call, provider, target, key, transport, exchange, attempt)
+            reply = await _open_stream(call, provider, target, key, transport, exchange, attempt)
+        else:
+            reply = await _complete(call, provider, target, key, transport, exchange, attempt)
     except _AttemptFailed as failed:
         attempt.failed(failed.outcome)
         attempt.end()
+        _settle_unknown(use)
         _log_failure(call, provider, key, target, failed.outcome)
         raise
     except BaseException:
         attempt.end()                   # cancelled (the client left) or a bug: free the slot
+        _settle_unknown(use)
         raise
+    reply.upstream_use = use
+    return reply
+
+
+def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:
+    if call.limiter is None or key is _NO_KEY:
+        return None
+    return call.limiter.upstream_acquire(call.state.limits, upstream_ref(provider.id, key.id),
+                                         call.estimate_tokens)
+
+
+def _settle_unknown(use: UpstreamUse | None) -> None:
+    """A failed attempt reported no usage: its estimate stays counted against the key."""
+    if use is not None:
+        use.settle(None)
 
 
 def _key_named(provider: CompiledProvider, key_id: str | None) -> UpstreamKey:

@@ -22,6 +22,8 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 # (provider id, key id) -> the key is under its own rpm/tpm right now.
 HasCapacity = Callable[[str, str], bool]
+# (provider id, key id) -> seconds until it is under its rpm/tpm again; None: unknown.
+CapacityWait = Callable[[str, str], float | None]
 
 
 def always_has_capacity(provider_id: str, key_id: str) -> bool:
@@ -191,16 +193,19 @@ def next_candidate(candidates: Sequence[Candidate], tried: Sequence[Candidate],
 
 
 def earliest_recovery_s(candidates: Sequence[Candidate], health: Health,
-                        has_capacity: HasCapacity = always_has_capacity) -> float | None:
+                        has_capacity: HasCapacity = always_has_capacity,
+                        capacity_wait: CapacityWait | None = None) -> float | None:
     """Seconds until some candidate is usable (0 if one is now); None if none will be
-    before a reload. A key held back only by its own rpm/tpm frees up within a second or so."""
+    before a reload. A key held back only by its own rpm/tpm is ready when `capacity_wait`
+    says, or (not knowing) within a second or so."""
     waits: list[float] = []
     for c in candidates:
         wait = health.seconds_until_available(c.target.target_id, c.key_ref)
         if wait is None:
             continue
         if wait == 0 and c.key_id is not None and not has_capacity(c.target.provider_id, c.key_id):
-            wait = CAPACITY_RETRY_S
+            known = capacity_wait(c.target.provider_id, c.key_id) if capacity_wait else None
+            wait = CAPACITY_RETRY_S if known is None or known <= 0 else known
         waits.append(wait)
     return min(waits) if waits else None
 

@@ -8,11 +8,21 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from truckllm.limits import Clock, Limiter
 from truckllm.log import log_access
 from truckllm.probes import run_probes
 from truckllm.router import Routing
-from truckllm.server import openai_routes
-from truckllm.server.keys import INFLIGHT, OBSERVERS, ROUTING, STATE, TRANSPORT, RecordObserver
+from truckllm.server import admin_keys, openai_routes
+from truckllm.server.keys import (
+    INFLIGHT,
+    LIMITER,
+    OBSERVERS,
+    ROUTING,
+    STATE,
+    TRANSPORT,
+    RecordObserver,
+)
+from truckllm.server.metering import save_state
 from truckllm.server.middleware import gateway_middleware
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
@@ -22,7 +32,8 @@ from truckllm.transport import Transport
 _AIOHTTP_BODY_CEILING = 1 << 40
 
 
-def create_app(holder: StateHolder) -> web.Application:
+def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Application:
+    """`clock` is for tests that move time (rate windows, budget periods) without sleeping."""
     app = web.Application(middlewares=[gateway_middleware], client_max_size=_AIOHTTP_BODY_CEILING)
     app[STATE] = holder
     app[TRANSPORT] = Transport()
@@ -30,9 +41,13 @@ def create_app(holder: StateHolder) -> web.Application:
     app[OBSERVERS] = observers
     app[INFLIGHT] = [0]
     app[ROUTING] = Routing()
+    app[LIMITER] = Limiter(clock)
+    app[LIMITER].adopt(holder.current.limits)
     openai_routes.add_routes(app)
+    admin_keys.add_routes(app)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
+    app.cleanup_ctx.append(save_state)
     return app
 
 

@@ -147,3 +147,22 @@ def test_final_errors() -> None:
     assert passthrough.body() == {"error": {"message": "no such model", "type": "invalid_request_error",
                                             "param": None, "code": "model_not_found"}}
     assert passthrough.status == 404
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [
+    ({"x-ratelimit-reset-requests": "1m30.5s", "x-ratelimit-reset-tokens": "250ms"}, 90.5),
+    ({"x-ratelimit-reset-requests": "20s", "x-ratelimit-remaining-requests": "5",
+      "x-ratelimit-reset-tokens": "6s", "x-ratelimit-remaining-tokens": "0"}, 6.0),
+    ({"X-RateLimit-Reset-Tokens": "2"}, 2.0),
+    ({"x-ratelimit-reset-requests": "soon"}, None),
+    ({}, None),
+])
+def test_rate_limit_reset_headers_stand_in_for_retry_after(headers: dict[str, str],
+                                                           seconds: float | None) -> None:
+    outcome = classify_response(429, headers, info(429, "slow"), now_unix=NOW)
+    assert outcome.retry_after_s == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_retry_after_wins_over_reset_headers() -> None:
+    headers = {"Retry-After": "3", "x-ratelimit-reset-requests": "1m"}
+    assert classify_response(429, headers, info(429, "slow"), now_unix=NOW).retry_after_s == 3

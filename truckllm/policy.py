@@ -106,6 +106,8 @@ def classify_response(status: int, headers: Mapping[str, str],
         return Outcome(ErrorClass.AUTH, f"upstream rejected the gateway's credentials ({status})",
                        status, None, info)
     if status in (402, 429):
+        if retry_after is None:
+            retry_after = parse_rate_limit_reset(headers)
         return Outcome(ErrorClass.RATE_LIMITED, upstream_message, status, retry_after, info)
     if status >= 500 or status == 408:
         return Outcome(ErrorClass.SERVER, upstream_message, status, retry_after, info)
@@ -154,6 +156,35 @@ def parse_retry_after(headers: Mapping[str, str], *, now_unix: float) -> float |
     except (TypeError, ValueError, IndexError):
         return None
     return max(0.0, when.timestamp() - now_unix)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate_limit_reset(headers: Mapping[str, str]) -> float | None:
+    """When a 429 has no Retry-After: OpenAI-style `x-ratelimit-reset-requests` /
+    `-tokens` ("1m30.5s", "250ms"), taking the exhausted one (remaining 0) if known."""
+    lowered = {name.lower(): value for name, value in headers.items()
+               if name.lower().startswith("x-ratelimit-")}
+    resets = {}
+    for kind in ("requests", "tokens"):
+        seconds = _duration_s(lowered.get(f"x-ratelimit-reset-{kind}"))
+        if seconds is not None:
+            resets[kind] = seconds
+    exhausted = [resets[k] for k in resets if lowered.get(f"x-ratelimit-remaining-{k}", "").strip() == "0"]
+    if exhausted:
+        return max(exhausted)
+    return max(resets.values()) if resets else None
+
+
+def _duration_s(text: str | None) -> float | None:
+    if not text:
+        return None
+    parts = _DURATION_PART.findall(text.strip())
+    if not parts:
+        return _non_negative(text)
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
 def _non_negative(text: str | None) -> float | None:

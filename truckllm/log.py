@@ -15,6 +15,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
+from itertools import islice
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -203,7 +204,7 @@ class RequestLog:
     def resize(self, size: int) -> None:
         """Keep the newest entries that still fit (a reload may change request_log_size)."""
         if size != self.size:
-            self._records = deque(self._records, maxlen=size)
+            self._records = deque(islice(self._records, size), maxlen=size)
 
     def query(self, query: LogQuery) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

@@ -15,8 +15,8 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from itertools import islice
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, Literal, TextIO
 
 import orjson

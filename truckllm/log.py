@@ -80,10 +80,11 @@ def _is_secret_field(name: object) -> bool:
     return isinstance(name, str) and name.lower() in _SECRET_FIELD_NAMES
 
 
-def configure_logging(level: str, fmt: Literal["json", "console"], redactor: SecretRedactor,
-                      stream: TextIO | None = None) -> None:
+def configure_logging(level: str = "info", fmt: Literal["json", "console"] | str = "json",
+                      redactor: SecretRedactor | None = None, stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging (aiohttp's own) through one redacting pipeline."""
     out = sys.stderr if stream is None else stream
+    redactor = SecretRedactor() if redactor is None else redactor
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -118,8 +119,10 @@ def access_fields(record: RequestRecord) -> dict[str, Any]:
     usage = record.usage
     return {
         "request_id": record.request_id,
+        "method": record.method,
+        "path": record.path,
         "key_id": record.key_id,
-        "model": record.alias,
+        "alias": record.alias,
         "provider": record.provider_id,
         "upstream_model": record.upstream_model,
         "status": record.status,
@@ -128,15 +131,20 @@ def access_fields(record: RequestRecord) -> dict[str, Any]:
         "ttft_ms": None if record.ttft_s is None else _ms(record.ttft_s),
         "prompt_tokens": usage.prompt_tokens if usage else 0,
         "completion_tokens": usage.completion_tokens if usage else 0,
-        "tokens": record.total_tokens,
+        "tokens": usage.total_tokens if usage else 0,
         "attempts": record.attempts,
-        "cost_usd": round(record.cost_usd, 8),
+        "stream": record.stream,
+        "cost_usd": None if record.cost_usd is None else round(record.cost_usd, 8),
         "error": record.error_reason,
     }
 
 
-def log_access(logger: Any, record: RequestRecord) -> None:
-    getattr(logger, record.level)("request", **access_fields(record))
+_access = structlog.get_logger("truckllm.access")     # a lazy proxy: follows reconfiguration
+
+
+def log_access(record: RequestRecord) -> None:
+    """The one access line of a request (a RecordObserver)."""
+    getattr(_access, record.level)("request", **access_fields(record))
 
 
 def _ms(seconds: float) -> float:
@@ -220,4 +228,4 @@ def log_entry(record: RequestRecord) -> dict[str, Any]:
     """One entry of GET /admin/v1/logs (SPEC §6 fields first)."""
     timestamp = datetime.fromtimestamp(record.timestamp, UTC).isoformat(timespec="milliseconds")
     return {"timestamp": timestamp.replace("+00:00", "Z"), "level": record.level,
-            **access_fields(record)}
+            "model": record.alias, **access_fields(record)}

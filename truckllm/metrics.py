@@ -121,8 +121,10 @@ class Metrics:
                 record.usage.prompt_tokens)
             self.tokens.labels(provider=provider, model=model, kind="completion").inc(
                 record.usage.completion_tokens)
-        if record.cost_usd > 0:
+        if record.cost_usd:
             self.cost.labels(model=model, key=key).inc(record.cost_usd)
+        for failure in record.upstream_failures:
+            self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
         reason = record.error_reason or ""
         if reason.startswith(RATE_LIMITED_PREFIX):
             self.count_rate_limited(record.key_id, reason.removeprefix(RATE_LIMITED_PREFIX))

@@ -1,47 +1,93 @@
-"""The per-request outcome record that metrics, the access log and the admin log consume.
-
-A plain frozen value: built once by the server when a request ends. Carries ids and
-aliases from the config and counts only; never a prompt, a completion or a secret.
-Imports nothing from the package except Usage.
-"""
+"""What happened to one request: filled in as it goes (Exchange), then frozen into a
+RequestRecord that logs, metrics and the admin log buffer consume. No prompt text here."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Literal
 
 from truckllm.usage import Usage
 
-Level = Literal["debug", "info", "warning", "error"]
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """One failed upstream attempt: which provider and key, and why (a fixed short word)."""
+
+    provider_id: str
+    key_id: str
+    reason: str             # an HTTP status such as "429", or "timeout", "connect", "stream"
 
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    timestamp: float                # unix seconds when the request arrived
+    timestamp: float                 # unix seconds when the request arrived
     request_id: str
-    key_id: str | None              # client key id; None when the API is open
-    alias: str | None               # the model the client asked for; None before it is known
-    provider_id: str | None         # provider of the last attempt; None when none was made
+    method: str
+    path: str
+    key_id: str | None
+    alias: str | None                # the config alias that matched (bounded label set)
+    provider_id: str | None
     upstream_model: str | None
-    status: int                     # HTTP status sent to the client (499: client left)
-    latency_s: float                # arrival to last byte sent
-    overhead_s: float               # time spent in TruckLLM itself, upstream excluded
-    ttft_s: float | None            # streams: arrival to first chunk sent
+    status: int
+    latency_s: float
+    overhead_s: float                # time spent in TruckLLM itself, excluding upstream
+    ttft_s: float | None             # streams: time to the first chunk sent
     usage: Usage | None
     attempts: int
-    cost_usd: float
-    error_reason: str | None        # short machine word ("timeout", "rate_limited", ...)
-    level: Level = "info"
+    cost_usd: float | None
+    error_reason: str | None
+    stream: bool
+    upstream_key_id: str | None = None      # upstream key of the last attempt
+    upstream_failures: tuple[UpstreamFailure, ...] = ()   # every failed attempt, in order
 
     @property
-    def total_tokens(self) -> int:
-        return self.usage.total_tokens if self.usage else 0
+    def level(self) -> str:
+        if self.status >= 500:
+            return "error"
+        return "warning" if self.status >= 400 else "info"
 
 
-def level_for_status(status: int) -> Level:
-    """The log level a request of this status deserves: 5xx error, 4xx warning."""
-    if status >= 500:
-        return "error"
-    if status >= 400:
-        return "warning"
-    return "info"
+class Exchange:
+    """The mutable progress of one request, owned by that request alone."""
+
+    __slots__ = ("alias", "attempts", "cost_usd", "error_reason", "key_id", "method", "path",
+                 "provider_id", "request_id", "started", "started_wall", "status", "stream",
+                 "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model", "upstream_s",
+                 "usage")
+
+    def __init__(self, request_id: str, method: str, path: str) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.key_id: str | None = None
+        self.alias: str | None = None
+        self.provider_id: str | None = None
+        self.upstream_model: str | None = None
+        self.attempts = 0
+        self.upstream_s = 0.0            # time spent waiting on upstream
+        self.ttft_s: float | None = None
+        self.usage: Usage | None = None
+        self.cost_usd: float | None = None
+        self.error_reason: str | None = None
+        self.status = 0
+        self.stream = False
+        self.upstream_key_id: str | None = None
+        self.upstream_failures: list[UpstreamFailure] = []
+
+    def overhead_s(self, now: float | None = None) -> float:
+        elapsed = (time.perf_counter() if now is None else now) - self.started
+        return max(0.0, elapsed - self.upstream_s)
+
+    def finish(self, status: int) -> RequestRecord:
+        now = time.perf_counter()
+        self.status = status
+        return RequestRecord(
+            timestamp=self.started_wall, request_id=self.request_id, method=self.method,
+            path=self.path, key_id=self.key_id, alias=self.alias, provider_id=self.provider_id,
+            upstream_model=self.upstream_model, status=status, latency_s=now - self.started,
+            overhead_s=self.overhead_s(now), ttft_s=self.ttft_s, usage=self.usage,
+            attempts=self.attempts, cost_usd=self.cost_usd, error_reason=self.error_reason,
+            stream=self.stream, upstream_key_id=self.upstream_key_id,
+            upstream_failures=tuple(self.upstream_failures))

@@ -29,7 +29,8 @@ def make_record(n: int, **overrides: object) -> RequestRecord:
         timestamp=1_700_000_000.0 + n, request_id=f"req-{n}", key_id="team-a", alias="gpt-4o",
         provider_id="openai", upstream_model="gpt-4o-2024", status=200, latency_s=0.25,
         overhead_s=0.0003, ttft_s=None, usage=Usage(prompt_tokens=3, completion_tokens=4),
-        attempts=1, cost_usd=0.0001, error_reason=None, level="info")
+        attempts=1, cost_usd=0.0001, error_reason=None, method="POST",
+        path="/v1/chat/completions", stream=False)
     fields.update(overrides)
     return RequestRecord(**fields)  # type: ignore[arg-type]
 
@@ -38,9 +39,9 @@ def make_log(size: int = 100) -> RequestLog:
     log = RequestLog(size)
     log.add(make_record(1))
     log.add(make_record(2, provider_id="claude", alias="sonnet", upstream_model="claude-sonnet-4-5"))
-    log.add(make_record(3, key_id="team-b", status=429, level="warning", error_reason="rate_limited:key_rpm"))
-    log.add(make_record(4, status=502, level="error", error_reason="upstream"))
-    log.add(make_record(5, status=503, level="error", provider_id="claude", alias="sonnet"))
+    log.add(make_record(3, key_id="team-b", status=429, error_reason="rate_limited:key_rpm"))
+    log.add(make_record(4, status=502, error_reason="upstream"))
+    log.add(make_record(5, status=503, provider_id="claude", alias="sonnet"))
     return log
 
 
@@ -142,7 +143,7 @@ def captured() -> io.StringIO:
 def test_json_access_line_and_stdlib_logs_are_redacted(captured: io.StringIO) -> None:
     configure_logging("info", "json", SecretRedactor(SECRETS), captured)
     logger = structlog.get_logger("truckllm.access")
-    log_access(logger, make_record(1, status=502, level="error", error_reason="upstream"))
+    log_access(make_record(1, status=502, error_reason="upstream"))
     logger.debug("hidden at info level")
     try:
         raise RuntimeError(f"failed with key {SECRETS[0]}")

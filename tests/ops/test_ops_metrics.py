@@ -15,7 +15,8 @@ def make_record(**overrides: object) -> RequestRecord:
         timestamp=1_700_000_000.0, request_id="req-1", key_id="team-a", alias="gpt-4o",
         provider_id="openai", upstream_model="gpt-4o-2024", status=200, latency_s=1.5,
         overhead_s=0.0004, ttft_s=None, usage=Usage(prompt_tokens=10, completion_tokens=5),
-        attempts=1, cost_usd=0.002, error_reason=None, level="info")
+        attempts=1, cost_usd=0.002, error_reason=None, method="POST",
+        path="/v1/chat/completions", stream=False)
     fields.update(overrides)
     return RequestRecord(**fields)  # type: ignore[arg-type]
 

@@ -108,6 +108,7 @@ def configure_logging(level: str = "info", fmt: Literal["json", "console"] | str
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)   # "N changes detected" is noise
 
 
 def _json_line(event: Any, **_: Any) -> str:

@@ -34,7 +34,7 @@ WATCH_DEBOUNCE_MS = 300     # editors write in bursts (temp file, rename, chmod)
 
 
 class Holder(Protocol[S_contra]):
-    def swap(self, state: S_contra) -> None: ...
+    def swap(self, state: S_contra) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,7 @@ class ReloadResult:
     at: float
     errors: tuple[ConfigIssue, ...] = ()
     changes: ConfigChanges | None = None
+    write_failed: bool = False          # a valid POSTed config could not be saved
 
     @property
     def needs_restart(self) -> tuple[str, ...]:
@@ -75,7 +76,7 @@ class Reloader(Generic[S]):
     path: Path
     loaded: LoadedConfig
     holder: Holder[S]
-    compile: Callable[[LoadedConfig], S]
+    compile: Callable[[LoadedConfig, int], S]     # (config, its version) -> new state
     metrics: Metrics | None = None
     on_applied: Sequence[AppliedHook] = ()
     env: Mapping[str, str] | None = None     # None: os.environ at each reload
@@ -114,7 +115,7 @@ class Reloader(Generic[S]):
                     await asyncio.to_thread(write_atomically, self.path, raw)
                 except OSError as exc:
                     issue = ConfigIssue("", f"cannot write {self.path}: {exc.strerror}")
-                    return self._failed("admin_config", [issue])
+                    return replace(self._failed("admin_config", [issue]), write_failed=True)
             return self._swap(loaded, state, "admin_config")
 
     async def validate_posted(self, body: bytes) -> list[ConfigIssue]:
@@ -156,7 +157,7 @@ class Reloader(Generic[S]):
 
     def _sync_watcher(self) -> None:
         """Run the file watcher exactly when `server.watch` is on."""
-        wanted = self.loaded.config.server.watch
+        wanted = self.loaded.config.server.watch and self.path.is_file()
         if wanted and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="truckllm-watch")
         elif not wanted and self._watcher is not None:
@@ -184,7 +185,7 @@ class Reloader(Generic[S]):
 
     def _build(self, raw: bytes) -> tuple[LoadedConfig, S]:
         loaded = load_bytes(raw, str(self.path), self.env)
-        return loaded, self.compile(loaded)
+        return loaded, self.compile(loaded, self.version + 1)
 
     def _apply_raw(self, raw: bytes, trigger: str) -> ReloadResult:
         if raw == self.loaded.raw:

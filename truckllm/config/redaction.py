@@ -138,3 +138,26 @@ def _identity(item: Any, index: int) -> str:
 def _is_credential_header(path: PathTuple) -> bool:
     return len(path) >= 2 and path[-2] == "headers" and isinstance(path[-1], str) \
         and _CREDENTIAL_HEADER.search(path[-1]) is not None
+
+
+def secret_values(loaded: LoadedConfig) -> list[str]:
+    """Every resolved secret of a config: what logs must never show."""
+    found: list[str] = []
+
+    def collect(node: Any, path: PathTuple) -> None:
+        if isinstance(node, SecretStr):
+            found.append(node.get_secret_value())
+        elif isinstance(node, str) and _is_credential_header(path):
+            found.append(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                collect(value, (*path, key))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                collect(item, (*path, i))
+
+    collect(loaded.config.model_dump(mode="python"), ())
+    for value in list(found):
+        if value.startswith("sha256:"):
+            found.remove(value)         # a digest is not the key; harmless to show
+    return [value for value in found if value]

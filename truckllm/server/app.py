@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from truckllm.log import log_access
+from truckllm import errors
 from truckllm.server import openai_routes
-from truckllm.server.keys import INFLIGHT, OBSERVERS, STATE, TRANSPORT, RecordObserver
+from truckllm.server.admin_routes import add_admin_routes, add_metrics_route
+from truckllm.server.keys import INFLIGHT, OBSERVERS, OPS, STATE, TRANSPORT, RecordObserver
 from truckllm.server.middleware import gateway_middleware
+from truckllm.server.ops import Ops, make_ops, run_reloader
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
 
@@ -19,17 +22,59 @@ _AIOHTTP_BODY_CEILING = 1 << 40
 
 
 def create_app(holder: StateHolder) -> web.Application:
+    """The client-facing app; it also serves the admin API and /metrics unless
+    `server.admin_listen` moves them to the app of `create_admin_app`."""
     app = web.Application(middlewares=[gateway_middleware], client_max_size=_AIOHTTP_BODY_CEILING)
     app[STATE] = holder
     app[TRANSPORT] = Transport()
-    observers: list[RecordObserver] = [log_access]
-    app[OBSERVERS] = observers
     app[INFLIGHT] = [0]
+    ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
+    app[OPS] = ops
+    observers: list[RecordObserver] = ops.observers()
+    app[OBSERVERS] = observers
     openai_routes.add_routes(app)
+    if holder.current.config.server.admin_listen is None:
+        add_admin_routes(app)
+        add_metrics_route(app)
     app.cleanup_ctx.append(_close_transport)
+    app.cleanup_ctx.append(_reloader)
+    return app
+
+
+def create_admin_app(ops: Ops) -> web.Application:
+    """The admin API and /metrics on their own listener (`server.admin_listen`)."""
+    app = web.Application(middlewares=[admin_middleware])
+    app[OPS] = ops
+    add_admin_routes(app)
+    add_metrics_route(app)
+    app.router.add_get("/health", openai_routes.health)
     return app
 
 
 async def _close_transport(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TRANSPORT].close()
+
+
+async def _reloader(app: web.Application) -> AsyncIterator[None]:
+    async for _ in run_reloader(app[OPS]):
+        yield
+
+
+@web.middleware
+async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Error envelope of the admin-only listener: OpenAI-shaped JSON, never HTML."""
+    try:
+        return await handler(request)
+    except errors.GatewayError as exc:
+        return error_json(exc)
+    except web.HTTPException as exc:
+        if exc.status == 405:
+            return error_json(errors.MethodNotAllowed(f"Method {request.method} is not allowed."))
+        return error_json(errors.NotFound(f"Unknown path: {request.method} {request.path}",
+                                          code="unknown_url"))
+
+
+def error_json(exc: errors.GatewayError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json",
+                        headers=exc.headers())

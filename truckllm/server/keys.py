@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from truckllm.records import Exchange, RequestRecord
+from truckllm.server.ops import Ops
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
 
@@ -16,6 +17,7 @@ STATE = web.AppKey("state", StateHolder)
 TRANSPORT = web.AppKey("transport", Transport)
 OBSERVERS = web.AppKey("observers", list[RecordObserver])
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
+OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 
 # Per-request key: aiohttp requests take string keys.
 EXCHANGE = "truckllm.exchange"

@@ -13,8 +13,9 @@ import structlog
 from aiohttp import web
 
 from truckllm.config.loader import LoadedConfig
-from truckllm.server.app import create_app
-from truckllm.server.keys import INFLIGHT
+from truckllm.config.schema import split_host_port
+from truckllm.server.app import create_admin_app, create_app
+from truckllm.server.keys import INFLIGHT, OPS
 from truckllm.state import StateHolder, build_state
 
 log = structlog.get_logger("truckllm")
@@ -40,21 +41,34 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         log.warning("open_api", detail="the config has no `keys:` section: anyone who can reach "
                     "this port can use every model")
     app = create_app(StateHolder(state))
+    ops = app[OPS]
+    ops.configure_logging()                 # now with the config's secrets to redact
     grace = state.config.server.shutdown_grace_s
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    runners = [runner]
     await runner.setup()
     try:
         await _listen(runner, host, port)
+        admin_listen = state.config.server.admin_listen
+        if admin_listen is not None:
+            admin_runner = web.AppRunner(create_admin_app(ops), access_log=None)
+            runners.append(admin_runner)
+            await admin_runner.setup()
+            await _listen(admin_runner, *split_host_port(admin_listen))
+            log.info("admin_listening", url=f"http://{admin_listen}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, ops.reloader.request_reload, "sighup")
         log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
                  providers=len(state.providers), aliases=len(state.all_routes))
         await stop.wait()
+        loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
     finally:
-        await runner.cleanup()
+        for each in reversed(runners):
+            await each.cleanup()
     log.info("stopped")
 
 

@@ -19,10 +19,8 @@ OBSERVERS = web.AppKey("observers", list[RecordObserver])
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 
-# Per-request key: aiohttp requests take string keys.
-EXCHANGE = "truckllm.exchange"
+EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
 def exchange_of(request: web.Request) -> Exchange:
-    exchange: Exchange = request[EXCHANGE]
-    return exchange
+    return request[EXCHANGE]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from truckllm.metrics import Metrics
-from truckllm.records import RequestRecord
+from truckllm.records import RequestRecord, UpstreamFailure
 from truckllm.usage import Usage
 
 
@@ -108,3 +112,38 @@ def test_registries_are_private() -> None:
     first, second = make_metrics(), make_metrics()
     first.observe(make_record())
     assert not [s for s in samples(second) if s.name == "llm_requests_total"]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exposed_names() -> set[str]:
+    metrics = make_metrics()
+    metrics.observe(make_record(ttft_s=0.1))
+    metrics.count_upstream_error("openai", "main", "500")
+    metrics.count_rate_limited("team-a", "key_rpm")
+    return {s.name for s in samples(metrics)}
+
+
+def test_every_dashboard_query_uses_metrics_that_exist() -> None:
+    dashboard = orjson.loads((ROOT / "docs" / "grafana" / "truckllm.json").read_bytes())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [a["expr"] for a in dashboard["annotations"]["list"]]
+    used = {name for expr in exprs for name in re.findall(r"\b((?:llm|truckllm)_[a-z_]+)\b", expr)}
+    assert used and used <= exposed_names(), used - exposed_names()
+
+
+def test_operations_doc_names_every_metric() -> None:
+    reference = (ROOT / "docs" / "operations.md").read_text()
+    documented = set(re.findall(r"`((?:llm|truckllm)_[a-z_]+)`", reference))
+    suffix = {"counter": "_total", "info": "_info"}
+    names = {m.name + suffix.get(m.type, "") for m in make_metrics().registry.collect()}
+    assert names - documented == set()
+
+
+def test_upstream_failures_of_a_record_are_counted() -> None:
+    metrics = make_metrics()
+    metrics.observe(make_record(attempts=3, upstream_failures=(
+        UpstreamFailure("openai", "main", "429"), UpstreamFailure("openai", "backup", "timeout"))))
+    assert value(metrics, "llm_upstream_errors_total", provider="openai", key="main", reason="429") == 1
+    assert value(metrics, "llm_upstream_errors_total", provider="openai", key="backup", reason="timeout") == 1

@@ -28,7 +28,7 @@ from truckllm.records import RequestRecord
 LEVELS = ("debug", "info", "warning", "error")
 REDACTED = "***"
 _MIN_SECRET_LENGTH = 4      # shorter values would mask ordinary words; keys are longer
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
+_BEARER = re.compile(r"\b(Bearer|Basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
 _SECRET_FIELD_NAMES = frozenset({
     "authorization", "proxy-authorization", "api_key", "api-key", "x-api-key", "apikey",
     "admin_api_key", "password", "secret", "x-goog-api-key", "cookie", "set-cookie",
@@ -43,17 +43,17 @@ class SecretRedactor:
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: tuple[str, ...] = ()
+        self._pattern: re.Pattern[str] | None = None
         self.update(secrets)
 
     def update(self, secrets: Iterable[str]) -> None:
-        usable = {s for s in secrets if len(s) >= _MIN_SECRET_LENGTH}
-        self._secrets = tuple(sorted(usable, key=len, reverse=True))   # longest first
+        usable = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
+        # One alternation, longest first, so a secret containing another is masked whole.
+        self._pattern = re.compile("|".join(map(re.escape, usable))) if usable else None
 
     def redact_text(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
         return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
     def redact(self, value: Any) -> Any:

@@ -128,6 +128,8 @@ class Metrics:
         reason = record.error_reason or ""
         if reason.startswith(RATE_LIMITED_PREFIX):
             self.count_rate_limited(record.key_id, reason.removeprefix(RATE_LIMITED_PREFIX))
+        elif record.status == 429 and record.provider_id is None:   # refused before upstream
+            self.count_rate_limited(record.key_id, "limit")
 
     def count_upstream_error(self, provider_id: str, key_id: str, reason: str) -> None:
         """One failed upstream attempt; `reason` is a short fixed word (429, timeout, ...)."""

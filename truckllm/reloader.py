@@ -88,6 +88,7 @@ class Reloader(Generic[S]):
     _pending_trigger: str = "sighup"
     _worker: asyncio.Task[None] | None = None
     _watcher: asyncio.Task[None] | None = None
+    _retired: list[asyncio.Task[None]] = field(default_factory=list)   # cancelled watchers
     _log: Any = field(default_factory=lambda: structlog.get_logger("truckllm.reload"))
 
     # -- triggers ------------------------------------------------------------------
@@ -141,8 +142,9 @@ class Reloader(Generic[S]):
         self._sync_watcher()
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._worker, self._watcher) if t is not None]
+        tasks = [t for t in (self._worker, self._watcher, *self._retired) if t is not None]
         self._worker = self._watcher = None
+        self._retired.clear()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -161,7 +163,8 @@ class Reloader(Generic[S]):
         if wanted and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="truckllm-watch")
         elif not wanted and self._watcher is not None:
-            self._watcher.cancel()      # stop() is not awaited here: cancelling is enough
+            self._watcher.cancel()
+            self._retired.append(self._watcher)     # awaited in stop()
             self._watcher = None
 
     async def _watch(self) -> None:

@@ -108,6 +108,41 @@ async def test_sighup_reloads_and_same_bytes_do_nothing(tmp_path: Path) -> None:
         assert metric(text, "truckllm_config_reloads_total", result="error") == 0
 
 
+async def test_log_settings_apply_on_reload(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port, watch=False))
+    async with run_gateway(path, port) as gateway:
+        path.write_text(make_config(port, watch=False, extra_server="log_level: warning"))
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["changes"]["server"] == ["log_level"], body
+        headers = {"Authorization": f"Bearer {ENV['TEAM_KEY']}", "X-Request-ID": "quiet-one"}
+        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                     json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
+            assert response.status == 200
+        headers["X-Request-ID"] = "loud-one"
+        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                     json={"model": "missing", "messages": [{"role": "user", "content": "hi"}]}) as response:
+            assert response.status == 404
+
+        path.write_text(make_config(port, watch=False, extra_server="log_format: console"))
+        code, _, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200
+        headers["X-Request-ID"] = "console-one"
+        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                     json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
+            assert response.status == 200
+
+        async def logged() -> bool:
+            return "console-one" in gateway.output()
+        await wait_until(logged, "the console access line")
+        lines = gateway.output().splitlines()
+        assert any('"loud-one"' in line and line.startswith("{") for line in lines)
+        assert not any("quiet-one" in line for line in lines)
+        [console] = [line for line in lines if "console-one" in line]
+        assert not console.startswith("{") and "request" in console
+
+
 async def test_listener_changes_are_reported_as_needing_a_restart(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"

@@ -43,6 +43,10 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
     app = create_app(StateHolder(state))
     ops = app[OPS]
     ops.configure_logging()                 # now with the config's secrets to redact
+    loop = asyncio.get_running_loop()
+    # At once: SIGHUP's default action would end the process. An early one waits in the
+    # reloader until its worker starts.
+    loop.add_signal_handler(signal.SIGHUP, ops.reloader.request_reload, "sighup")
     grace = state.config.server.shutdown_grace_s
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
     runners = [runner]
@@ -57,16 +61,14 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
             await _listen(admin_runner, *split_host_port(admin_listen))
             log.info("admin_listening", url=f"http://{admin_listen}")
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, ops.reloader.request_reload, "sighup")
         log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
                  providers=len(state.providers), aliases=len(state.all_routes))
         await stop.wait()
-        loop.remove_signal_handler(signal.SIGHUP)
         log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         for each in reversed(runners):
             await each.cleanup()
     log.info("stopped")

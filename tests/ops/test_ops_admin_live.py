@@ -195,7 +195,7 @@ async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fa
         assert providers["demo"]["status"] == "healthy"
         assert providers["demo"]["keys"][0] | {"usage_tokens": 0} == {
             "id": "k1", "usage_req": 2, "usage_tokens": 0, "errors": 0, "status": "healthy",
-            "last_error": None, "cooldown_until": None}
+            "last_error": None, "spend_usd": 0.0, "cooldown_until": None}
         main = providers["openai"]["keys"][0]
         assert (main["id"], main["usage_req"], main["errors"], main["last_error"]) == ("main", 2, 1, "500")
         assert main["usage_tokens"] > 0 and providers["openai"]["status"] == "degraded"

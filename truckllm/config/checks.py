@@ -66,6 +66,8 @@ def _client_keys(config: Config) -> Iterator[Problem]:
         elif secret in secrets:
             yield ("keys", i, "key"), "the same key is used twice"   # never echo the key
         secrets.add(secret)
+        if key.budget_period is not None and key.budget_usd is None:
+            yield ("keys", i, "budget_period"), "budget_period needs budget_usd"
 
 
 def _admin(config: Config) -> Iterator[Problem]:

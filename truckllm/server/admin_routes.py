@@ -7,8 +7,6 @@ never a secret value. Handlers only translate HTTP to the Ops objects and back.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from typing import Any
 
@@ -18,10 +16,11 @@ from aiohttp import web
 from truckllm import __version__, errors
 from truckllm.config.changes import RESTART_SETTINGS
 from truckllm.config.redaction import redacted_config
+from truckllm.limits import upstream_ref
 from truckllm.log import LogQuery
 from truckllm.reloader import ReloadResult
-from truckllm.server.auth import presented_key
-from truckllm.server.keys import OPS
+from truckllm.server.auth import require_admin
+from truckllm.server.keys import LIMITER, OPS
 from truckllm.server.ops import Ops
 from truckllm.upstream_stats import provider_status
 
@@ -52,19 +51,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _authorized(request: web.Request) -> Ops:
     ops = request.app[OPS]
-    admin = ops.holder.current.config.server.admin_api_key
-    expected = admin.get_secret_value() if admin is not None else ""
-    if not expected:        # no admin key: the admin API does not exist
-        raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
-    presented = presented_key(request) or ""
-    if not hmac.compare_digest(_digest(presented), _digest(expected)):
-        raise errors.AuthenticationFailed(
-            "Missing or incorrect admin key. Send 'Authorization: Bearer <server.admin_api_key>'.")
+    require_admin(request, ops.holder.current)
     return ops
-
-
-def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode()).digest()     # equal lengths for compare_digest
 
 
 async def get_config(request: web.Request) -> web.Response:
@@ -98,17 +86,18 @@ async def providers(request: web.Request) -> web.Response:
     ops = _authorized(request)
     listed = []
     for provider in ops.holder.current.providers.values():
-        keys = [_key_entry(ops, provider.id, key.id) for key in provider.keys]
+        keys = [_key_entry(request, ops, provider.id, key.id) for key in provider.keys]
         listed.append({"id": provider.id, "type": provider.config.type,
                        "status": provider_status(k["status"] for k in keys), "keys": keys})
     return _json({"providers": listed})
 
 
-def _key_entry(ops: Ops, provider_id: str, key_id: str) -> dict[str, Any]:
+def _key_entry(request: web.Request, ops: Ops, provider_id: str, key_id: str) -> dict[str, Any]:
     stats = ops.upstream.key(provider_id, key_id)
+    spend = request.app[LIMITER].upstream_report(upstream_ref(provider_id, key_id))["spend_usd"]
     return {"id": key_id, "usage_req": stats.requests, "usage_tokens": stats.tokens,
             "errors": stats.errors, "status": stats.status, "last_error": stats.last_error,
-            "cooldown_until": None}
+            "spend_usd": spend, "cooldown_until": None}
 
 
 async def logs(request: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from truckllm import errors
 from truckllm.records import Exchange
-from truckllm.server.keys import EXCHANGE, INFLIGHT, OBSERVERS
+from truckllm.server.keys import EXCHANGE, INFLIGHT, OBSERVERS, ratelimit_headers_of
 
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")     # printable, no spaces, bounded
 _UNRECORDED_PATHS = frozenset({"/health", "/metrics"})
@@ -41,6 +41,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = response.status if not exchange.status else exchange.status
         if not response.prepared:
             response.headers["x-request-id"] = exchange.request_id
+            response.headers.update(ratelimit_headers_of(request))
         return response
     finally:
         inflight[0] -= recorded

@@ -55,7 +55,7 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         await _listen(runner, host, port)
         admin_listen = state.config.server.admin_listen
         if admin_listen is not None:
-            admin_runner = web.AppRunner(create_admin_app(ops), access_log=None)
+            admin_runner = web.AppRunner(create_admin_app(app), access_log=None)
             runners.append(admin_runner)
             await admin_runner.setup()
             await _listen(admin_runner, *split_host_port(admin_listen))

@@ -42,7 +42,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamResponse,
 )
-from truckllm.records import Exchange
+from truckllm.records import Exchange, UpstreamFailure
 from truckllm.router import (
     Candidate,
     CapacityWait,
@@ -236,6 +236,7 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
     key = _key_named(provider, candidate.key_id)
     exchange.attempts += 1
     exchange.provider_id, exchange.upstream_model = provider.id, target.model
+    exchange.upstream_key_id = key.id
     attempt = routing.health.begin(candidate.target.target_id, candidate.key_ref)
     use = _count_upstream(call, provider, key)
     try:
@@ -248,6 +249,8 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
         attempt.failed(failed.outcome)
         attempt.end()
         _settle_unknown(use)
+        exchange.upstream_failures.append(
+            UpstreamFailure(provider.id, key.id, failure_reason(failed.outcome)))
         _log_failure(call, provider, key, target, failed.outcome)
         raise
     except BaseException:
@@ -256,6 +259,11 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
         raise
     reply.upstream_use = use
     return reply
+
+
+def failure_reason(outcome: Outcome) -> str:
+    """The short fixed word metrics count a failed attempt under: "429", "timeout", ..."""
+    return str(outcome.retry_on_name)
 
 
 def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:

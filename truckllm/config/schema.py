@@ -27,7 +27,26 @@ class ServerConfig(Strict):
     log_format: Literal["json", "console"] = Field("json", description="json: one JSON object per line; console: coloured, for humans.")
     shutdown_grace_s: float = Field(30, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.")
     admin_api_key: SecretStr | None = Field(None, description="Bearer token for the admin API (/admin/v1/...); the admin API is off (404) when empty or absent.")
+    metrics: bool = Field(True, description="Serve Prometheus metrics on GET /metrics (no auth, like any exporter).")
+    admin_listen: str | None = Field(None, description="Optional `host:port` serving the admin API and /metrics only there, never on the main listener.")
+    watch: bool = Field(True, description="Reload the config when its file changes on disk.")
+    request_log_size: int = Field(1000, ge=0, le=1_000_000, description="How many recent requests GET /admin/v1/logs keeps in memory.")
     state_file: str | None = Field(None, min_length=1, description="Where usage and spend are saved across restarts; relative paths are beside the config file. Default `<config file name>.state.json` beside the config.")
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`127.0.0.1:8081`, `[::1]:8081` or `localhost:8081` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:8081")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class ProviderKey(Strict):

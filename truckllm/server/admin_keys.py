@@ -1,20 +1,18 @@
 """GET /admin/v1/keys and POST /admin/v1/keys/{id}/reset: client keys' usage, spend,
 budgets and limits. Behind `server.admin_api_key`; off (404) when it is not set.
 
-A minimal admin surface for limits until the full admin API (issue 3) lands; its auth
-check belongs there and should replace `_require_admin` when it does.
+Authorised by truckllm.server.auth.require_admin, like the rest of the admin API.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from truckllm import errors
-from truckllm.server.auth import presented_key
+from truckllm.server.auth import require_admin
 from truckllm.server.keys import LIMITER, STATE
 from truckllm.state import State
 
@@ -38,13 +36,7 @@ async def reset_key(request: web.Request) -> web.Response:
 
 def _require_admin(request: web.Request) -> State:
     state = request.app[STATE].current
-    secret = state.config.server.admin_api_key
-    expected = secret.get_secret_value() if secret is not None else ""
-    if not expected:
-        raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
-    presented = presented_key(request) or ""
-    if not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise errors.AuthenticationFailed("Missing or incorrect admin API key.")
+    require_admin(request, state)
     return state
 
 

@@ -33,7 +33,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     exchange = Exchange(request_id_for(request), request.method, request.path)
     request[EXCHANGE] = exchange
     inflight = request.app[INFLIGHT]
-    inflight[0] += 1
+    recorded = request.path not in _UNRECORDED_PATHS and not request.path.startswith("/admin/")
+    inflight[0] += recorded         # scrapes and admin calls are not traffic
     status = CLIENT_CLOSED_REQUEST
     try:
         response = await _handle(request, handler, exchange)
@@ -43,8 +44,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             response.headers.update(ratelimit_headers_of(request))
         return response
     finally:
-        inflight[0] -= 1
-        if request.path not in _UNRECORDED_PATHS:
+        inflight[0] -= recorded
+        if recorded:
             record = exchange.finish(status)
             for observe in request.app[OBSERVERS]:
                 observe(record)

@@ -429,3 +429,28 @@ async def test_lowest_latency_prefers_the_faster_target(fakes: tuple[OpenAIFake,
         for _ in range(6):
             await gw.chat()
     assert (len(one.requests), len(two.requests)) == (1, 5)
+
+
+async def test_admin_providers_shows_health(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    config = two_providers(one.url, two.url).replace(
+        "version: 1\n", "version: 1\nserver: {admin_api_key: admin-secret-1}\n")
+    one.script(Scripted(status=429, headers={"Retry-After": "20"}))
+    async with make_gateway(config) as gw:
+        await gw.chat()
+        rejected = keys_used(one)[0]
+        async with aiohttp.ClientSession() as session, session.get(
+                gw.url.removesuffix("/v1") + "/admin/v1/providers",
+                headers={"Authorization": "Bearer admin-secret-1"},
+                timeout=aiohttp.ClientTimeout(total=10)) as response:
+            assert response.status == 200
+            body = await response.json()
+    providers = {p["id"]: p for p in body["providers"]}
+    assert providers["p1"]["status"] == "degraded" and providers["p2"]["status"] == "healthy"
+    keys = {k["id"]: k for k in providers["p1"]["keys"]}
+    cooled = keys["k1" if rejected == "sk-one" else "k2"]
+    other = keys["k2" if rejected == "sk-one" else "k1"]
+    assert cooled["status"] == "down" and cooled["cooldown_until"].endswith("Z")
+    assert (cooled["errors"], cooled["last_error"]) == (1, "429")
+    assert other["status"] == "healthy" and other["cooldown_until"] is None
+    assert "sk-one" not in str(body) and "sk-two" not in str(body)

@@ -445,6 +445,13 @@ async def test_admin_providers_shows_health(fakes: tuple[OpenAIFake, OpenAIFake]
                 timeout=aiohttp.ClientTimeout(total=10)) as response:
             assert response.status == 200
             body = await response.json()
+        async with aiohttp.ClientSession() as session, session.get(
+                gw.url.removesuffix("/v1") + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as response:
+            metrics = await response.text()
+    cooled_id = "k1" if rejected == "sk-one" else "k2"
+    assert f'llm_upstream_status{{key="{cooled_id}",provider="p1",status="down"}} 1.0' in metrics
+    assert 'llm_upstream_status{key="",provider="p1",status="degraded"} 1.0' in metrics
+    assert 'llm_upstream_status{key="",provider="p2",status="healthy"} 1.0' in metrics
     providers = {p["id"]: p for p in body["providers"]}
     assert providers["p1"]["status"] == "degraded" and providers["p2"]["status"] == "healthy"
     keys = {k["id"]: k for k in providers["p1"]["keys"]}

@@ -8,6 +8,7 @@ never a secret value. Handlers only translate HTTP to the Ops objects and back.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from truckllm.limits import upstream_ref
 from truckllm.log import LogQuery
 from truckllm.reloader import ReloadResult
 from truckllm.server.auth import require_admin
-from truckllm.server.keys import LIMITER, OPS, ROUTING
+from truckllm.server.keys import LIMITER, OPS, ROUTING, STATE
 from truckllm.server.ops import Ops
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -44,8 +45,19 @@ async def metrics(request: web.Request) -> web.Response:
     ops = request.app[OPS]
     if not ops.holder.current.config.server.metrics:
         raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
+    ops.metrics.set_upstream_health(_upstream_statuses(request))
     body, content_type = ops.metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _upstream_statuses(request: web.Request) -> Iterator[tuple[str, str, str]]:
+    health = request.app[ROUTING].health
+    for provider in request.app[STATE].current.providers.values():
+        key_ids = [key.id for key in provider.keys]
+        report = health.provider_report(provider.id, provider.config.type, key_ids)
+        yield provider.id, "", report["status"]
+        for entry in report["keys"]:
+            yield provider.id, entry["id"], entry["status"]
 
 
 def _authorized(request: web.Request) -> Ops:

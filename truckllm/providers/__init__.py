@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from truckllm.providers import mock, openai
+from truckllm.providers import anthropic, azure, gemini, mock, openai
 from truckllm.providers.base import ProviderSpec
 
 REGISTRY: dict[str, ProviderSpec] = {
     openai.SPEC.type: openai.SPEC,
     mock.SPEC.type: mock.SPEC,
+    anthropic.SPEC.type: anthropic.SPEC,
+    gemini.SPEC.type: gemini.SPEC,
+    azure.SPEC.type: azure.SPEC,
 }

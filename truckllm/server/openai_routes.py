@@ -45,7 +45,7 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     options = body.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     exchange.stream = stream
-    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage)
+    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body)
     reply = await dispatch(Call(state, op, body, route, targets, ctx), request.app[TRANSPORT], exchange)
     if isinstance(reply, Reply):
         return web.Response(body=reply.body, content_type="application/json",

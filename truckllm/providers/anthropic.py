@@ -170,11 +170,11 @@ def _media_block(media: Media) -> dict[str, Any]:
         if media.url is not None:
             return {"type": "image", "source": {"type": "url", "url": media.url}}
         if media.mime not in IMAGE_TYPES:
-            raise refuse("anthropic", f"image type {media.mime!r}", "messages")
+            raise refuse("anthropic", f"image type {media.mime!r}", media.param)
         return {"type": "image", "source": {"type": "base64", "media_type": media.mime, "data": media.data}}
     if media.kind == "file" and media.mime == "application/pdf":
         return {"type": "document", "source": {"type": "base64", "media_type": media.mime, "data": media.data}}
-    raise refuse("anthropic", f"{media.kind} input ({media.mime})", "messages")
+    raise refuse("anthropic", f"{media.kind} input ({media.mime})", media.param)
 
 
 def _tool_choice(choice: ToolChoice | None, parallel: bool | None, has_tools: bool) -> dict[str, Any] | None:

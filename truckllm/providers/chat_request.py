@@ -42,6 +42,7 @@ class Media:
     mime: str | None = None
     data: str | None = None
     url: str | None = None
+    param: str = "messages"     # where the client put it, for a refusal naming it
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,9 +279,9 @@ def _image(image_url: Any, param: str) -> Media:
     if url.startswith("data:"):
         mime, data = parse_data_url(url, f"{param}.image_url.url")
         mime = "image/jpeg" if mime == "image/jpg" else mime
-        return Media("image", mime=mime or "image/png", data=data)
+        return Media("image", mime=mime or "image/png", data=data, param=param)
     if url.startswith(("https://", "http://")):
-        return Media("image", url=url)
+        return Media("image", url=url, param=param)
     raise InvalidRequest("an image URL must be https:// or a data: URL", param=f"{param}.image_url.url")
 
 
@@ -291,7 +292,7 @@ def _audio(audio: Any, param: str) -> Media:
     mime = {"wav": "audio/wav", "mp3": "audio/mp3"}.get(str(audio_format))
     if mime is None:
         raise InvalidRequest("'input_audio.format' must be wav or mp3", param=f"{param}.input_audio.format")
-    return Media("audio", mime=mime, data=audio["data"])
+    return Media("audio", mime=mime, data=audio["data"], param=param)
 
 
 def _file(file: Any, param: str) -> Media:
@@ -299,9 +300,9 @@ def _file(file: Any, param: str) -> Media:
     if not isinstance(data_url, str):
         raise InvalidRequest("only inline files ('file.file_data') can be translated", param=f"{param}.file")
     if not data_url.startswith("data:"):      # bare base64: OpenAI documents PDFs
-        return Media("file", mime="application/pdf", data=data_url)
+        return Media("file", mime="application/pdf", data=data_url, param=param)
     mime, data = parse_data_url(data_url, f"{param}.file.file_data")
-    return Media("file", mime=mime or "application/pdf", data=data)
+    return Media("file", mime=mime or "application/pdf", data=data, param=param)
 
 
 def parse_data_url(url: str, param: str) -> tuple[str | None, str]:

@@ -315,9 +315,41 @@ class AnthropicStreamTranslator:
         return []
 
 
-def new_stream_translator(operation: str, target: Target, ctx: CallContext) -> AnthropicStreamTranslator:
+class NativeMessagesStream:
+    """Anthropic events passed through for Anthropic clients: only `model` is rewritten,
+    usage is noted, and an error event or a missing message_stop still fails the stream."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._alias = ctx.alias
+        self.usage: Usage | None = None
+        self._counts: dict[str, int] = {}
+        self._done = False
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        data = decode_json(event.data)
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("type") or event.event
+        if kind == "error":
+            raise to_gateway_error(error_info_from_event(data))
+        if kind == "message_start" and isinstance(data.get("message"), dict):
+            self.usage = usage_of(merge_counts(self._counts, data["message"].get("usage")))
+            return [orjson.dumps({**data, "message": {**data["message"], "model": self._alias}})]
+        if kind == "message_delta":
+            self.usage = usage_of(merge_counts(self._counts, data.get("usage")))
+        self._done = self._done or kind == "message_stop"
+        return [event.data]
+
+    def close(self) -> list[bytes]:
+        if not self._done:
+            raise UpstreamFailed("upstream stream ended before message_stop")
+        return []
+
+
+def new_stream_translator(operation: str, target: Target,
+                          ctx: CallContext) -> AnthropicStreamTranslator | NativeMessagesStream:
     if operation == "messages":
-        raise InvalidRequest("the messages operation streams natively, not through a translator")
+        return NativeMessagesStream(ctx)
     return AnthropicStreamTranslator(operation, ctx)
 
 

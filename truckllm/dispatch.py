@@ -150,6 +150,7 @@ class _Relay:
         self._translator = translator
         self._exchange = exchange
         self._ended = False
+        self._pending: errors.GatewayError | None = None    # raised after the chunks before it
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
@@ -163,10 +164,12 @@ class _Relay:
     async def rest(self) -> AsyncGenerator[bytes, None]:
         try:
             if not self._ended:
+                self._raise_pending()
                 async for raw in self._chunks:
                     out = self._translate(raw)
                     if out:
                         yield out
+                    self._raise_pending()
                 yield self._finish()
         except errors.GatewayError as exc:
             self._exchange.error_reason = exc.type
@@ -185,10 +188,22 @@ class _Relay:
 
     def _translate(self, raw: bytes) -> bytes:
         translator = self._translator
-        payloads = [p for event in self._decoder.feed(raw) for p in translator.feed(event)]
+        payloads: list[bytes] = []
+        try:
+            for event in self._decoder.feed(raw):
+                payloads.extend(translator.feed(event))
+        except errors.GatewayError as exc:
+            if not payloads:
+                raise
+            # Chunks translated before an error event in the same read still reach the client.
+            self._pending = exc
         if not payloads:
             return b""
         return b"".join(frame(p) for p in payloads)
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            raise self._pending
 
     def _finish(self) -> bytes:
         translator = self._translator

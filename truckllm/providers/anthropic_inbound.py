@@ -18,6 +18,9 @@ from truckllm.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}
+# Error types both APIs use with the same meaning; others are mapped by HTTP status.
+SHARED_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error",
+                                "not_found_error", "rate_limit_error", "overloaded_error", "timeout_error"})
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
                504: "timeout_error", 529: "overloaded_error"}
@@ -321,10 +324,11 @@ def _event(kind: str, **fields: Any) -> bytes:
 # ---- errors -------------------------------------------------------------------------------
 
 
-def anthropic_error(status: int, openai_error: dict[str, Any]) -> dict[str, Any]:
+def anthropic_error(status: int | None, openai_error: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI-shaped error body as Anthropic's `{"type": "error", "error": {...}}`."""
     error: dict[str, Any] = openai_error["error"] if isinstance(openai_error.get("error"), dict) else {}
-    kind = ERROR_TYPES.get(status)
-    if kind is None:
-        kind = "invalid_request_error" if 400 <= status < 500 else "api_error"
+    kind = str(error.get("type") or "")
+    if kind not in SHARED_ERROR_TYPES:
+        kind = ERROR_TYPES.get(status or 0) or ("invalid_request_error" if status and 400 <= status < 500
+                                               else "api_error")
     return {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "error")}}

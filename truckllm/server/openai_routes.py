@@ -11,6 +11,7 @@ from aiohttp import web
 from truckllm import errors
 from truckllm.dispatch import Call, Reply, dispatch
 from truckllm.providers.base import CallContext
+from truckllm.server import anthropic_wire
 from truckllm.server.auth import authenticate
 from truckllm.server.keys import STATE, TRANSPORT, exchange_of
 from truckllm.server.middleware import gateway_headers
@@ -31,6 +32,14 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _relay(request, "embeddings")
 
 
+async def messages(request: web.Request) -> web.StreamResponse:
+    """The Anthropic Messages API: same pipeline, Anthropic-shaped answers and errors."""
+    try:
+        return await _relay(request, "messages")
+    except errors.GatewayError as exc:
+        return anthropic_wire.error_response(exc, exchange_of(request))
+
+
 async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     state = request.app[STATE].current               # one snapshot for the whole request
     exchange = exchange_of(request)
@@ -44,12 +53,15 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     stream = bool(body.get("stream")) and op != "embeddings"
     options = body.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    include_usage = include_usage or (stream and op == "messages")   # message_delta carries usage
     exchange.stream = stream
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body)
     reply = await dispatch(Call(state, op, body, route, targets, ctx), request.app[TRANSPORT], exchange)
     if isinstance(reply, Reply):
         return web.Response(body=reply.body, content_type="application/json",
                             headers=gateway_headers(exchange))
+    if op == "messages":
+        reply = anthropic_wire.reframe(reply)
     return await write_stream(request, reply, exchange)
 
 
@@ -101,6 +113,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)

@@ -31,6 +31,12 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "model": ((str,), True), "input": ((str, list), True),
         "encoding_format": ((str,), False), "dimensions": ((int,), False),
     },
+    "messages": {       # the Anthropic Messages API (POST /v1/messages)
+        "model": ((str,), True), "messages": ((list,), True), "max_tokens": ((int,), True),
+        "stream": ((bool,), False), "system": ((str, list), False), "tools": ((list,), False),
+        "tool_choice": ((dict,), False), "stop_sequences": ((list,), False),
+        "temperature": (_NUMBER, False), "top_p": (_NUMBER, False), "metadata": ((dict,), False),
+    },
 }
 _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a boolean",
                int: "an integer", float: "a number"}

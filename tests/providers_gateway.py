@@ -44,6 +44,7 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
             {"id": "google", "type": "gemini", "base_url": gemini_url, "keys": keys("google")},
             {"id": "az", "type": "azure", "base_url": azure_url, "keys": keys("az")},
             {"id": "az1", "type": "azure", "base_url": azure_url + "/openai/v1", "keys": keys("az")},
+            {"id": "oai", "type": "openai", "base_url": azure_url + "/openai/v1", "keys": keys("az")},
             {"id": "demo", "type": "mock"},
         ],
         "models": [
@@ -54,6 +55,9 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
             {"alias": "az-v1", "targets": [{"provider": "az1", "model": "gpt4o-deploy"}]},
             {"alias": "az-embed", "targets": [{"provider": "az", "model": "embed-deploy"}]},
             {"alias": "az-whisper", "targets": [{"provider": "az", "model": "whisper-deploy"}]},
+            {"alias": "az-tts", "targets": [{"provider": "az", "model": "tts-deploy"}]},
+            {"alias": "az-image", "targets": [{"provider": "az", "model": "image-deploy"}]},
+            {"alias": "oai-whisper", "targets": [{"provider": "oai", "model": "whisper-1"}]},
             {"alias": "demo", "targets": [{"provider": "demo", "model": "mock-1"}]},
         ],
         "keys": [{"id": "team", "key": CLIENT_KEY}],

@@ -17,6 +17,7 @@ from typing import Any
 
 from truckllm import errors
 from truckllm.providers.base import CallContext, StreamTranslator, Target, UpstreamResponse
+from truckllm.providers.media import PASS_THROUGH_OPERATIONS
 from truckllm.records import Exchange
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.state import CompiledProvider, Route, State, UpstreamKey
@@ -42,6 +43,15 @@ class Reply:
 
 
 @dataclass(slots=True)
+class RawReply:
+    """A pass-through answer (audio, images): upstream status, type and bytes as they come."""
+
+    status: int
+    content_type: str
+    body: AsyncGenerator[bytes, None]  # aclose() on abandon releases the upstream
+
+
+@dataclass(slots=True)
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
     rest: AsyncGenerator[bytes, None]  # framed events, ending with [DONE]; aclose() on abandon
@@ -53,7 +63,8 @@ class _Retryable(Exception):
         self.error = error
 
 
-async def dispatch(call: Call, transport: Transport, exchange: Exchange) -> Reply | StreamReply:
+async def dispatch(call: Call, transport: Transport,
+                   exchange: Exchange) -> Reply | StreamReply | RawReply:
     failure: errors.GatewayError | None = None
     for target in call.targets:
         provider = call.state.providers[target.provider_id]
@@ -63,6 +74,8 @@ async def dispatch(call: Call, transport: Transport, exchange: Exchange) -> Repl
         exchange.attempts += 1
         exchange.provider_id, exchange.upstream_model = provider.id, target.model
         try:
+            if call.op in PASS_THROUGH_OPERATIONS:
+                return await _open_raw(call, provider, target, key, transport, exchange)
             if call.ctx.stream:
                 return await _open_stream(call, provider, target, key, transport, exchange)
             return await _complete(call, provider, target, key, transport, exchange)
@@ -137,6 +150,31 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
     finally:
         exchange.upstream_s += time.perf_counter() - started
     return StreamReply(first, relay.rest())
+
+
+async def _open_raw(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                    transport: Transport, exchange: Exchange) -> RawReply:
+    started = time.perf_counter()
+    response = await _send(call, provider, target, key, transport)
+    exchange.upstream_s += time.perf_counter() - started
+    if response.status >= 400:
+        try:
+            raw = await response.read()
+        except TransportError as exc:
+            raise _Retryable(_transport_error(exc)) from None
+        finally:
+            response.close()
+        raise _upstream_failure(provider, response.status, raw)
+    content_type = response.headers.get("Content-Type", "application/octet-stream")
+    return RawReply(response.status, content_type, _raw_body(response))
+
+
+async def _raw_body(response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in response.iter_chunks():
+            yield chunk
+    finally:
+        response.close()
 
 
 class _Relay:

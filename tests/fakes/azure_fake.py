@@ -52,7 +52,8 @@ class AzureFake(WireFake):
         scripted = self.next_script(request.path)
         if scripted is not None:
             return await self.send(request, scripted)
-        if not recorded.headers.get("api-key"):
+        bearer = recorded.headers.get("authorization", "").startswith("Bearer ") and "/openai/v1/" in recorded.path
+        if not recorded.headers.get("api-key") and not bearer:    # v1 also takes the key as a bearer token
             return json_response(error_body("401", "Access denied due to invalid subscription key."), 401)
         body = recorded.body if isinstance(recorded.body, dict) else {}
         if path == "chat/completions":

@@ -26,6 +26,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
+from truckllm.providers.media import PASS_THROUGH_OPERATIONS, media_request
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
     decode_json,
@@ -45,7 +46,6 @@ PATHS = {
     "audio_speech": "audio/speech",
     "images": "images/generations",
 }
-JSON_OPERATIONS = frozenset({"chat", "completions", "embeddings", "audio_speech", "images"})
 
 
 def upstream_url(operation: str, target: Target) -> str:
@@ -65,8 +65,8 @@ def auth_headers(target: Target, key: str) -> dict[str, str]:
 def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
                   ctx: CallContext) -> UpstreamRequest:
     url = upstream_url(operation, target)
-    if operation not in JSON_OPERATIONS:
-        raise InvalidRequest(f"{operation} is a multipart upload, not a JSON body", code="unsupported_operation")
+    if operation in PASS_THROUGH_OPERATIONS:
+        return media_request(operation, body, url, auth_headers(target, key), target.model, ctx)
     payload = {**body, "model": target.model}
     stream = bool(payload.get("stream")) and operation in ("chat", "completions")
     if stream:

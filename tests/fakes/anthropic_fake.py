@@ -4,7 +4,8 @@ cumulative usage in message_delta, Anthropic's error envelope.
 
 Default answers: with tools and a user turn mentioning weather, tool calls (two when it
 also says "and"); after tool results, a text quoting them; otherwise "Fake reply to: ...".
-A request without `x-api-key`/`anthropic-version` gets 401, one without `max_tokens` 400.
+A request without a key (`x-api-key`, or a Bearer token as newer SDKs send) or without
+`anthropic-version` gets 401, one without `max_tokens` 400.
 
     async with make_anthropic_fake() as fake:   # fake.url ends in /v1
         ...
@@ -37,7 +38,8 @@ class AnthropicFake(WireFake):
         scripted = self.next_script(request.path)
         if scripted is not None:
             return await self.send(request, scripted)
-        if not recorded.headers.get("x-api-key") or not recorded.headers.get("anthropic-version"):
+        authorised = recorded.headers.get("x-api-key") or recorded.headers.get("authorization", "").startswith("Bearer ")
+        if not authorised or not recorded.headers.get("anthropic-version"):
             return json_response(error_body("authentication_error", "invalid x-api-key"), 401)
         body = recorded.body if isinstance(recorded.body, dict) else {}
         if not isinstance(body.get("max_tokens"), int):

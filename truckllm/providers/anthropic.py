@@ -201,10 +201,11 @@ def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext)
     usage = usage_from(message.get("usage"))
     if operation == "messages":
         return ParsedResponse(orjson.dumps({**message, "model": ctx.alias}), usage)
-    text = "".join(b.get("text", "") for b in message["content"] if b.get("type") == "text")
+    blocks = [b for b in message["content"] if isinstance(b, dict)]
+    text = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
     calls = [
-        ToolCallOut(b["id"], b["name"], orjson.dumps(b.get("input") or {}).decode())
-        for b in message["content"] if b.get("type") == "tool_use"
+        ToolCallOut(str(b.get("id")), str(b.get("name")), orjson.dumps(b.get("input") or {}).decode())
+        for b in blocks if b.get("type") == "tool_use"
     ]
     finish = FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
     choice = ChoiceOut(text=text, tool_calls=calls, finish_reason=finish)

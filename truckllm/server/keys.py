@@ -17,10 +17,8 @@ TRANSPORT = web.AppKey("transport", Transport)
 OBSERVERS = web.AppKey("observers", list[RecordObserver])
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 
-# Per-request key: aiohttp requests take string keys.
-EXCHANGE = "truckllm.exchange"
+EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
 def exchange_of(request: web.Request) -> Exchange:
-    exchange: Exchange = request[EXCHANGE]
-    return exchange
+    return request[EXCHANGE]

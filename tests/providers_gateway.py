@@ -49,6 +49,8 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
         ],
         "models": [
             {"alias": "claude", "targets": [{"provider": "claude", "model": "claude-sonnet-4-5"}]},
+            {"alias": "claude-or-gem", "targets": [{"provider": "claude", "model": "claude-sonnet-4-5"},
+                                                   {"provider": "google", "model": "gemini-2.5-flash"}]},
             {"alias": "gem", "targets": [{"provider": "google", "model": "gemini-2.5-flash"}]},
             {"alias": "gem-embed", "targets": [{"provider": "google", "model": "gemini-embedding-001"}]},
             {"alias": "az", "targets": [{"provider": "az", "model": "gpt4o-deploy"}]},

@@ -11,7 +11,7 @@ import anthropic
 import pytest
 from anthropic import Anthropic, AsyncAnthropic
 
-from tests.fakes.anthropic_fake import error_event, overloaded_reply
+from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.wire_fake import Reply, sse
 from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
 
@@ -146,3 +146,13 @@ async def test_error_mid_stream_raises_in_the_sdk(stack: Stack) -> None:
             async for text in stream.text_stream:
                 received.append(text)
     assert received == ["Part"]
+
+
+async def test_native_stream_error_before_content_falls_back(stack: Stack) -> None:
+    stack.anthropic.script(overload_after_start_reply())
+    client = make_client(stack)
+    async with client.messages.stream(model="claude-or-gem", max_tokens=20,
+                                      messages=[{"role": "user", "content": "hello"}]) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+    assert text == "Fake reply to: hello"
+    assert len(stack.gemini.requests) == 1

@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.fakes.anthropic_fake import error_event, overloaded_reply
+from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.gemini_fake import SIGNATURE
 from tests.fakes.wire_fake import Reply, sse
 from tests.providers_gateway import CLIENT_KEY, UPSTREAM_KEYS, Stack, make_stack
@@ -228,3 +228,13 @@ async def test_refused_feature_is_a_clear_400(stack: Stack) -> None:
         await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}], n=2)
     assert raised.value.param == "n" and raised.value.code == "unsupported_parameter"
     assert stack.anthropic.requests == [], "refused before anything went upstream"
+
+
+async def test_error_event_before_any_content_falls_back_to_the_next_target(stack: Stack) -> None:
+    stack.anthropic.script(overload_after_start_reply())
+    client = make_client(stack)
+    stream = await client.chat.completions.create(model="claude-or-gem", stream=True,
+                                                  messages=[{"role": "user", "content": "hello"}])
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "Fake reply to: hello"
+    assert len(stack.anthropic.requests) == 1 and len(stack.gemini.requests) == 1

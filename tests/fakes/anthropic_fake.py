@@ -132,6 +132,14 @@ def overloaded_reply() -> Reply:
     return Reply(status=529, body=error_body("overloaded_error", "Overloaded"))
 
 
+def overload_after_start_reply() -> Reply:
+    """A stream that starts, pings, then fails before any content (a common overload)."""
+    start = {"type": "message_start", "message": {"id": "msg_x", "type": "message", "role": "assistant",
+             "model": MODEL_VERSION, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    return Reply(events=[sse(start, "message_start"), sse({"type": "ping"}, "ping"), error_event()])
+
+
 def error_event(kind: str = "overloaded_error", message: str = "Overloaded") -> str:
     return sse({"type": "error", "error": {"type": kind, "message": message}}, "error")
 

@@ -264,7 +264,10 @@ class AnthropicStreamTranslator:
             message = data.get("message") or {}
             self._out.set_upstream_id(str(message.get("id") or "").removeprefix("msg_") or None)
             self.usage = usage_of(merge_counts(self._counts, message.get("usage")))
-            return self._out.start()
+            # The role chunk waits for content: an error event right after message_start
+            # (overload, say) then fails the attempt before anything reached the client,
+            # so dispatch can still try another target.
+            return []
         if kind == "content_block_start":
             return self._block_start(data.get("index"), data.get("content_block") or {})
         if kind == "content_block_delta":
@@ -325,6 +328,7 @@ class NativeMessagesStream:
         self.usage: Usage | None = None
         self._counts: dict[str, int] = {}
         self._done = False
+        self._held: bytes | None = None
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         data = decode_json(event.data)
@@ -335,11 +339,16 @@ class NativeMessagesStream:
             raise to_gateway_error(error_info_from_event(data))
         if kind == "message_start" and isinstance(data.get("message"), dict):
             self.usage = usage_of(merge_counts(self._counts, data["message"].get("usage")))
-            return [orjson.dumps({**data, "message": {**data["message"], "model": self._alias}})]
+            # Held back until the next event, so an error right after it is still retryable.
+            self._held = orjson.dumps({**data, "message": {**data["message"], "model": self._alias}})
+            return []
         if kind == "message_delta":
             self.usage = usage_of(merge_counts(self._counts, data.get("usage")))
+        if kind == "ping" and self._held is not None:
+            return []
         self._done = self._done or kind == "message_stop"
-        return [event.data]
+        held, self._held = self._held, None
+        return [held, event.data] if held else [event.data]
 
     def close(self) -> list[bytes]:
         if not self._done:

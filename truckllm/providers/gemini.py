@@ -318,7 +318,7 @@ class GeminiStreamTranslator:
 
     def _candidate(self, candidate: dict[str, Any], index: int) -> list[bytes]:
         choice = self._choice(index)
-        out = choice.start()
+        out: list[bytes] = []          # the role chunk comes with the first content
         for part in (candidate.get("content") or {}).get("parts") or []:
             if isinstance(part.get("text"), str) and not part.get("thought"):
                 out += choice.text(part["text"])

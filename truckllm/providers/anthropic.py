@@ -141,6 +141,8 @@ def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> d
 def _refuse_unsupported(request: ChatRequest) -> None:
     if request.n > 1:
         raise refuse("anthropic", "n > 1", "n")
+    if request.audio_output:
+        raise refuse("anthropic", "audio output", "modalities")
     if request.logprobs:
         raise refuse("anthropic", "logprobs", "logprobs")
     if request.response_format is not None and request.response_format["type"] == "json_object":
@@ -178,8 +180,8 @@ def _media_block(media: Media) -> dict[str, Any]:
 
 
 def _tool_choice(choice: ToolChoice | None, parallel: bool | None, has_tools: bool) -> dict[str, Any] | None:
-    if choice is None and (parallel is not False or not has_tools):
-        return None
+    if not has_tools or (choice is None and parallel is not False):
+        return None             # Anthropic only accepts tool_choice alongside tools
     mode = choice.mode if choice is not None else "auto"
     rendered: dict[str, Any]
     if mode == "function" and choice is not None:

@@ -99,6 +99,7 @@ class ChatRequest:
     frequency_penalty: float | None = None
     user: str | None = None
     logprobs: bool = False
+    audio_output: bool = False          # `modalities` asks for audio, or `audio` is set
     legacy_functions: bool = False
 
 
@@ -129,6 +130,7 @@ def read_chat_request(body: dict[str, Any]) -> ChatRequest:
         frequency_penalty=_number(body, "frequency_penalty"),
         user=_optional(body, "user", str) or _optional(body, "safety_identifier", str),
         logprobs=bool(body.get("logprobs")),
+        audio_output=bool(body.get("audio")) or "audio" in (body.get("modalities") or []),
         legacy_functions=uses_legacy_functions(body),
     )
 

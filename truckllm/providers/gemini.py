@@ -101,6 +101,8 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
 def to_generate_request(request: ChatRequest) -> dict[str, Any]:
     if request.logprobs:
         raise refuse("gemini", "logprobs", "logprobs")
+    if request.audio_output:
+        raise refuse("gemini", "audio output", "modalities")
     payload: dict[str, Any] = {}
     if request.system:
         payload["systemInstruction"] = {"parts": [{"text": text} for text in request.system]}
@@ -112,7 +114,7 @@ def to_generate_request(request: ChatRequest) -> dict[str, Any]:
              **({"parametersJsonSchema": tool.parameters} if tool.parameters else {})}
             for tool in request.tools
         ]}]
-    if request.tool_choice is not None:
+    if request.tool_choice is not None and request.tools:
         payload["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
     config = _generation_config(request)
     if config:

@@ -15,7 +15,7 @@ from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, 
 from tests.fakes.wire_fake import Reply, sse
 from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
 
-ALIASES = ["claude", "gem", "az"]
+ALIASES = ["claude", "gem", "az", "oai-chat"]     # oai-chat: an `openai`-type provider
 WEATHER: Any = {"name": "get_weather", "description": "Current weather for a city.",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 

@@ -29,7 +29,7 @@ def error_response(exc: GatewayError, exchange: Exchange) -> web.Response:
 
 def reframe(reply: StreamReply) -> StreamReply:
     decoder = SSEDecoder()
-    return StreamReply(_named_events(decoder, reply.first), _rest(decoder, reply.rest))
+    return StreamReply(_named_events(decoder, reply.first), _rest(decoder, reply.rest), reply.upstream_use)
 
 
 async def _rest(decoder: SSEDecoder, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

@@ -48,7 +48,7 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
 async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -> web.StreamResponse:
     """A pass-through answer (audio, images): upstream bytes relayed as they arrive."""
     response = web.StreamResponse(status=reply.status, headers={
-        "Content-Type": reply.content_type, **gateway_headers(exchange)})
+        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_of(request)})
     body = reply.body
     try:
         await response.prepare(request)

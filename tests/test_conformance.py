@@ -147,10 +147,10 @@ def check_stream_invariants(chunks: list[Any], include_usage: bool) -> None:
     roles = [c for c in chat for ch in c["choices"] if "role" in ch["delta"]]
     indices = {ch["index"] for c in chat for ch in c["choices"]}
     assert len(roles) == len(indices) or not chat, "role is sent once per choice"
+    assert len({chunk["id"] for chunk in payloads}) <= 1, "one id for the whole stream"
     seen_calls: set[tuple[int, int]] = set()
     finished: set[int] = set()
     for chunk in payloads:
-        assert len({chunk["id"] for chunk in payloads}) == 1, "one id for the whole stream"
         for choice in chunk["choices"]:
             assert choice["index"] not in finished, "nothing follows a choice's finish_reason"
             if choice.get("finish_reason"):

@@ -42,6 +42,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamResponse,
 )
+from truckllm.providers.media import PASS_THROUGH_OPERATIONS
 from truckllm.records import Exchange, UpstreamFailure
 from truckllm.router import (
     Candidate,
@@ -82,12 +83,29 @@ class Reply:
     upstream_use: UpstreamUse | None = None     # settle with the real usage when done
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class RawReply:
+    """A pass-through answer (audio, images): upstream status, type and bytes as they come."""
+
+    status: int
+    content_type: str
+    body: AsyncGenerator[bytes, None]  # aclose() on abandon releases the upstream
+    upstream_use: UpstreamUse | None = None     # settled when the body is done
+    release: Callable[[], None] = _nothing      # idempotent: close upstream, end the attempt
+
+
 @dataclass(slots=True)
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
     rest: AsyncGenerator[bytes, None]  # framed events, ending with [DONE]; aclose() on abandon
-    release: Callable[[], None]        # idempotent: close upstream, end the attempt
     upstream_use: UpstreamUse | None = None     # settle with the real usage when it ends
+    # Idempotent: close upstream, end the attempt. Call it after `rest.aclose()`, also when
+    # the stream never started (closing an unstarted generator runs none of its code).
+    release: Callable[[], None] = _nothing
 
 
 class _AttemptFailed(Exception):
@@ -104,8 +122,11 @@ class _ContextOverflow(Exception):
         self.outcome = outcome
 
 
+Answer = Reply | StreamReply | RawReply
+
+
 async def dispatch(call: Call, transport: Transport, exchange: Exchange,
-                   routing: Routing) -> Reply | StreamReply:
+                   routing: Routing) -> Answer:
     adopt(routing, call.state)
     route, targets = call.route, call.targets
     seen = {route.alias}
@@ -139,7 +160,7 @@ def adopt(routing: Routing, state: State) -> None:
 
 async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
                        transport: Transport, exchange: Exchange,
-                       routing: Routing) -> Reply | StreamReply:
+                       routing: Routing) -> Answer:
     settings = call.state.config.routing
     health = routing.health
     has_capacity, capacity_wait = _capacity_checks(call, routing)
@@ -231,7 +252,7 @@ def _candidates(call: Call, route: Route, targets: tuple[Target, ...], routing: 
 
 
 async def _attempt(call: Call, candidate: Candidate, target: Target, transport: Transport,
-                   exchange: Exchange, routing: Routing) -> Reply | StreamReply:
+                   exchange: Exchange, routing: Routing) -> Answer:
     provider = call.state.providers[target.provider_id]
     key = _key_named(provider, candidate.key_id)
     exchange.attempts += 1
@@ -240,8 +261,10 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
     attempt = routing.health.begin(candidate.target.target_id, candidate.key_ref)
     use = _count_upstream(call, provider, key)
     try:
-        reply: Reply | StreamReply
-        if call.ctx.stream:
+        reply: Answer
+        if call.op in PASS_THROUGH_OPERATIONS:
+            reply = await _open_raw(call, provider, target, key, transport, exchange, attempt)
+        elif call.ctx.stream:
             reply = await _open_stream(call, provider, target, key, transport, exchange, attempt)
         else:
             reply = await _complete(call, provider, target, key, transport, exchange, attempt)
@@ -361,7 +384,39 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
     finally:
         exchange.upstream_s += time.perf_counter() - started
     attempt.succeeded(time.perf_counter() - started)
-    return StreamReply(first, relay.rest(), relay.abandon)
+    return StreamReply(first, relay.rest(), release=relay.abandon)
+
+
+async def _open_raw(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                    transport: Transport, exchange: Exchange, attempt: Attempt) -> RawReply:
+    started = time.perf_counter()
+    try:
+        async with _first_byte_deadline(provider):
+            response = await _send(call, provider, target, key, transport)
+            if response.status >= 400:
+                raw = await _read_error_body(response)
+                raise _AttemptFailed(_status_outcome(provider, response, raw))
+    except TimeoutError:
+        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
+    finally:
+        exchange.upstream_s += time.perf_counter() - started
+    attempt.succeeded(time.perf_counter() - started)
+    content_type = response.headers.get("Content-Type", "application/octet-stream")
+
+    def release() -> None:
+        response.close()
+        attempt.end()
+
+    return RawReply(response.status, content_type, _raw_body(response, release), release=release)
+
+
+async def _raw_body(response: UpstreamResponse,
+                    release: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in response.iter_chunks():
+            yield chunk
+    finally:
+        release()
 
 
 async def _read_error_body(response: UpstreamResponse) -> bytes:
@@ -406,6 +461,7 @@ class _Relay:
         self._attempt = attempt
         self._ended = False
         self._abandoned = False
+        self._pending: errors.GatewayError | None = None    # raised after the chunks before it
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
@@ -419,10 +475,12 @@ class _Relay:
     async def rest(self) -> AsyncGenerator[bytes, None]:
         try:
             if not self._ended:
+                self._raise_pending()
                 async for raw in self._chunks:
                     out = self._translate(raw)
                     if out:
                         yield out
+                    self._raise_pending()
                 yield self._finish()
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
             self._attempt.failed(_event_outcome(exc))
@@ -457,10 +515,22 @@ class _Relay:
 
     def _translate(self, raw: bytes) -> bytes:
         translator = self._translator
-        payloads = [p for event in self._decoder.feed(raw) for p in translator.feed(event)]
+        payloads: list[bytes] = []
+        try:
+            for event in self._decoder.feed(raw):
+                payloads.extend(translator.feed(event))
+        except errors.GatewayError as exc:
+            if not payloads:
+                raise
+            # Chunks translated before an error event in the same read still reach the client.
+            self._pending = exc
         if not payloads:
             return b""
         return b"".join(frame(p) for p in payloads)
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            raise self._pending
 
     def _finish(self) -> bytes:
         translator = self._translator

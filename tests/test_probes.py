@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 
-from tests.fakes.failing_upstream import make_rejecting_upstream
+import pytest
+
+from tests.fakes.failing_upstream import make_fixed_upstream
 from tests.fakes.openai_fake import make_openai_fake
 from tests.test_routing_e2e import make_gateway
 from truckllm.config.loader import load_bytes
@@ -53,7 +55,7 @@ async def test_probes_use_the_free_models_endpoint_with_each_key() -> None:
 
 
 async def test_a_rejected_probe_disables_the_key() -> None:
-    async with make_rejecting_upstream(401) as upstream:
+    async with make_fixed_upstream(401) as upstream:
         transport = Transport()
         health = Health()
         try:
@@ -129,3 +131,34 @@ def test_provider_report_shape() -> None:
              "cooldown_until": None, "disabled": False, "last_error": None},
         ],
     }
+
+
+@pytest.mark.parametrize(("provider_type", "key_header", "extra"), [
+    ("anthropic", "x-api-key", ("anthropic-version", "2023-06-01")),
+    ("gemini", "x-goog-api-key", None),
+])
+async def test_anthropic_and_gemini_probe_their_free_models_endpoint(
+        provider_type: str, key_header: str, extra: tuple[str, str] | None) -> None:
+    async with make_fixed_upstream(200) as upstream:
+        config = f"""
+version: 1
+providers:
+  - id: up
+    type: {provider_type}
+    base_url: {upstream.url}
+    health_check_interval_s: 60
+    keys: [{{id: a, value: secret-aaa}}]
+models:
+  - alias: chat
+    targets: [{{provider: up, model: m}}]
+"""
+        state = build_state(load_bytes(config.encode(), "t.yaml", {}), 1)
+        transport = Transport()
+        try:
+            assert await probe_due(state, transport, Health(), {}, now=0.0) == 1
+        finally:
+            await transport.close()
+    [(method, path, headers)] = upstream.seen
+    assert (method, path, headers[key_header]) == ("GET", "/v1/models", "secret-aaa")
+    if extra:
+        assert headers[extra[0]] == extra[1]

@@ -1,7 +1,7 @@
 """Tiny OpenAI-speaking upstreams for what tests/fakes/openai_fake.py does not script:
 one that starts a stream and then stalls (a few chunks, then nothing until the caller
 goes away, bounded; it records whether the caller closed the connection), and one that
-answers every request, `GET /v1/models` included, with one fixed error status.
+answers every request, `GET /v1/models` included, with one fixed status.
 Imports nothing from truckllm: they stand for the outside world.
 """
 
@@ -77,13 +77,14 @@ async def make_stalling_upstream(chunks_before_stall: int = 2) -> AsyncIterator[
         await server.close()
 
 
-class RejectingUpstream:
-    """Answers everything with `status` and an OpenAI error body; counts the requests."""
+class FixedStatusUpstream:
+    """Answers everything with `status` (an OpenAI error body, or `{"data": []}` for a 2xx)
+    and records each request as (method, path, headers with lower-case names)."""
 
     def __init__(self, status: int) -> None:
         self.status = status
         self.url = ""
-        self.seen: list[tuple[str, str, str]] = []     # (method, path, authorization)
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -92,15 +93,18 @@ class RejectingUpstream:
 
     async def _answer(self, request: web.Request) -> web.Response:
         await request.read()
-        self.seen.append((request.method, request.path, request.headers.get("Authorization", "")))
-        body = {"error": {"message": f"fake {self.status}", "type": "invalid_request_error",
-                          "param": None, "code": "invalid_api_key" if self.status == 401 else None}}
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.seen.append((request.method, request.path, headers))
+        body: dict[str, object] = {"data": []}
+        if self.status >= 400:
+            body = {"error": {"message": f"fake {self.status}", "type": "invalid_request_error",
+                              "param": None, "code": "invalid_api_key" if self.status == 401 else None}}
         return web.Response(status=self.status, body=orjson.dumps(body), content_type="application/json")
 
 
 @asynccontextmanager
-async def make_rejecting_upstream(status: int = 401) -> AsyncIterator[RejectingUpstream]:
-    upstream = RejectingUpstream(status)
+async def make_fixed_upstream(status: int = 401) -> AsyncIterator[FixedStatusUpstream]:
+    upstream = FixedStatusUpstream(status)
     server = TestServer(upstream.app(), host="127.0.0.1")
     await server.start_server()
     upstream.url = str(server.make_url("/v1"))

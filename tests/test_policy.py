@@ -166,3 +166,9 @@ def test_rate_limit_reset_headers_stand_in_for_retry_after(headers: dict[str, st
 def test_retry_after_wins_over_reset_headers() -> None:
     headers = {"Retry-After": "3", "x-ratelimit-reset-requests": "1m"}
     assert classify_response(429, headers, info(429, "slow"), now_unix=NOW).retry_after_s == 3
+
+
+def test_masking_leaves_ordinary_words_alone() -> None:
+    upstream = info(400, "Unsupported value for task-management-settings", type="invalid_request_error")
+    outcome = classify_response(400, {}, upstream, now_unix=NOW)
+    assert outcome.message == "Unsupported value for task-management-settings"

@@ -32,7 +32,7 @@ BACKOFF_CAP_S = 1.0
 SHORT_RETRY_AFTER_S = 2.0
 # When the only thing blocking every candidate is a key's own rpm/tpm, it frees up soon.
 CAPACITY_RETRY_S = 1.0
-_MESSAGE_LIMIT = 500
+_MESSAGE_LIMIT = 2000
 
 
 class ErrorClass(StrEnum):
@@ -81,7 +81,7 @@ _CONTEXT_PHRASES = re.compile(
     re.IGNORECASE,
 )
 # Shapes of upstream secrets an upstream might echo back (OpenAI, Anthropic, Google, Groq).
-_SECRET_SHAPES = re.compile(r"(?:sk|gsk|xai)-[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{10,}")
+_SECRET_SHAPES = re.compile(r"\b(?:sk|gsk|xai)-[A-Za-z0-9_\-*]{6,}|\bAIza[0-9A-Za-z_\-]{10,}")
 
 
 def is_context_overflow(status: int, info: UpstreamErrorInfo | None) -> bool:

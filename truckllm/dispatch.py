@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ from truckllm.policy import (
     Outcome,
     backoff_s,
     classify_response,
+    event_outcome,
     final_error,
     is_retryable,
     passthrough_error,
@@ -37,13 +38,12 @@ from truckllm.policy import (
 )
 from truckllm.providers.base import (
     CallContext,
-    StreamTranslator,
     Target,
-    UpstreamErrorInfo,
     UpstreamResponse,
 )
 from truckllm.providers.media import PASS_THROUGH_OPERATIONS
 from truckllm.records import Exchange, UpstreamFailure
+from truckllm.relay import StreamRelay
 from truckllm.router import (
     Candidate,
     CapacityWait,
@@ -56,7 +56,6 @@ from truckllm.router import (
     next_candidate,
     plan,
 )
-from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.state import CompiledProvider, Route, State, UpstreamKey
 from truckllm.transport import Transport, TransportError
 
@@ -362,7 +361,7 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                        transport: Transport, exchange: Exchange, attempt: Attempt) -> StreamReply:
     started = time.perf_counter()
-    relay: _Relay | None = None
+    relay: StreamRelay | None = None
     try:
         async with _first_byte_deadline(provider):
             response = await _send(call, provider, target, key, transport)
@@ -370,14 +369,14 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
                 raw = await _read_error_body(response)
                 raise _AttemptFailed(_status_outcome(provider, response, raw))
             translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
-            relay = _Relay(response, translator, exchange, attempt)
+            relay = StreamRelay(response, translator, exchange, attempt)
             first = await relay.first_output()
     except TimeoutError:
         _abandon(relay)
         raise _AttemptFailed(timed_out("no first token before first_byte_timeout_s")) from None
     except errors.GatewayError as exc:          # an error event before any output
         _abandon(relay)
-        raise _AttemptFailed(_event_outcome(exc)) from None
+        raise _AttemptFailed(event_outcome(exc, now_unix=time.time())) from None
     except TransportError as exc:
         _abandon(relay)
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
@@ -428,7 +427,7 @@ async def _read_error_body(response: UpstreamResponse) -> bytes:
         response.close()
 
 
-def _abandon(relay: _Relay | None) -> None:
+def _abandon(relay: StreamRelay | None) -> None:
     if relay is not None:
         relay.close_upstream()
 
@@ -436,105 +435,3 @@ def _abandon(relay: _Relay | None) -> None:
 def _status_outcome(provider: CompiledProvider, response: UpstreamResponse, raw: bytes) -> Outcome:
     info = provider.spec.parse_error(response.status, raw)
     return classify_response(response.status, response.headers, info, now_unix=time.time())
-
-
-def _event_outcome(exc: errors.GatewayError) -> Outcome:
-    info = UpstreamErrorInfo(exc.status, exc.type, exc.message, exc.code, exc.param,
-                             exc.retry_after_s)
-    return classify_response(exc.status, _NO_HEADERS, info, now_unix=time.time())
-
-
-_NO_HEADERS: Mapping[str, str] = {}
-
-
-class _Relay:
-    """Upstream bytes -> SSE events -> translator -> framed client events. Owns the
-    upstream response and the health attempt until the stream ends."""
-
-    def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
-                 exchange: Exchange, attempt: Attempt) -> None:
-        self._response = response
-        self._chunks = response.iter_chunks()
-        self._decoder = SSEDecoder()
-        self._translator = translator
-        self._exchange = exchange
-        self._attempt = attempt
-        self._ended = False
-        self._abandoned = False
-        self._pending: errors.GatewayError | None = None    # raised after the chunks before it
-
-    async def first_output(self) -> bytes:
-        """Read until the translator has something for the client (or upstream ended)."""
-        async for raw in self._chunks:
-            out = self._translate(raw)
-            if out:
-                return out
-        self._ended = True
-        return self._finish()
-
-    async def rest(self) -> AsyncGenerator[bytes, None]:
-        try:
-            if not self._ended:
-                self._raise_pending()
-                async for raw in self._chunks:
-                    out = self._translate(raw)
-                    if out:
-                        yield out
-                    self._raise_pending()
-                yield self._finish()
-        except errors.GatewayError as exc:     # an error event from upstream mid-stream
-            self._attempt.failed(_event_outcome(exc))
-            self._exchange.error_reason = exc.type
-            yield frame(exc.to_json())
-        except TransportError as exc:
-            # Too late to try elsewhere: end the stream with an error event, count the
-            # failure against the upstream, and close it.
-            outcome = transport_failed(exc.kind, str(exc))
-            self._attempt.failed(outcome)
-            error = (errors.UpstreamTimeout(outcome.message)
-                     if outcome.error_class is ErrorClass.TIMEOUT
-                     else errors.UpstreamFailed(outcome.message))
-            self._exchange.error_reason = outcome.error_class.value
-            yield frame(error.to_json())
-        finally:
-            self.abandon()
-        yield DONE
-
-    def close_upstream(self) -> None:
-        self._response.close()
-
-    def abandon(self) -> None:
-        """The stream is over, finished or not: close upstream, end the attempt."""
-        if self._abandoned:
-            return
-        self._abandoned = True
-        usage = self._translator.usage
-        self._exchange.usage = usage
-        self._response.close()
-        self._attempt.end(usage.total_tokens if usage else 0)
-
-    def _translate(self, raw: bytes) -> bytes:
-        translator = self._translator
-        payloads: list[bytes] = []
-        try:
-            for event in self._decoder.feed(raw):
-                payloads.extend(translator.feed(event))
-        except errors.GatewayError as exc:
-            if not payloads:
-                raise
-            # Chunks translated before an error event in the same read still reach the client.
-            self._pending = exc
-        if not payloads:
-            return b""
-        return b"".join(frame(p) for p in payloads)
-
-    def _raise_pending(self) -> None:
-        if self._pending is not None:
-            raise self._pending
-
-    def _finish(self) -> bytes:
-        translator = self._translator
-        payloads = [p for event in self._decoder.flush() for p in translator.feed(event)]
-        payloads.extend(translator.close())
-        self._exchange.usage = translator.usage
-        return b"".join(frame(p) for p in payloads)

@@ -122,6 +122,13 @@ def _names_bad_key(info: UpstreamErrorInfo) -> bool:
             or info.type == "authentication_error")
 
 
+def event_outcome(error: GatewayError, *, now_unix: float) -> Outcome:
+    """An error event inside a stream (raised by a translator), classified like a status."""
+    info = UpstreamErrorInfo(error.status, error.type, error.message, error.code, error.param,
+                             error.retry_after_s)
+    return classify_response(error.status, {}, info, now_unix=now_unix)
+
+
 def timed_out(phase: str) -> Outcome:
     """No answer in time. `phase`: "first byte", "stream idle" or "total"."""
     return Outcome(ErrorClass.TIMEOUT, f"upstream timed out ({phase})")

@@ -105,7 +105,7 @@ UPSTREAM_CASES = [
      400, "invalid_request_error", "context_length_exceeded"),
     (Scripted(status=404), 404, "invalid_request_error", "model_not_found"),
     (Scripted(status=500), 502, "upstream_error", None),
-    (Scripted(status=503, raw=b"<html>bad gateway</html>", content_type="text/html"), 502, "upstream_error", None),
+    (Scripted(status=503, raw=b"<html>bad gateway</html>", content_type="text/html"), 503, "overloaded_error", "overloaded"),
     (Scripted(drop=True), 502, "upstream_error", None),
     (Scripted(raw=b"not json at all", content_type="text/plain"), 502, "upstream_error", None),
 ]

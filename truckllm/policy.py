@@ -71,6 +71,7 @@ class Outcome:
         return self.status if self.status is not None else self.error_class.value
 
 
+_OVERLOADED_STATUSES = frozenset({503, 529})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "model_context_window_exceeded",
                             "string_above_max_length"})
 _CONTEXT_PHRASES = re.compile(
@@ -264,7 +265,17 @@ def final_error(last: Outcome | None, recovery_s: float | None) -> GatewayError:
                               code="upstream_unavailable")
     if last.error_class is ErrorClass.TIMEOUT:
         return UpstreamTimeout(last.message)
+    if _overloaded(last):
+        # The upstream said it is overloaded (Anthropic 529, a 503): say so honestly, so
+        # SDKs back off and retry, rather than reporting a broken gateway.
+        return Overloaded(last.message, code="overloaded", retry_after_s=last.retry_after_s)
     return UpstreamFailed(last.message)
+
+
+def _overloaded(outcome: Outcome) -> bool:
+    if outcome.status in _OVERLOADED_STATUSES:
+        return True
+    return outcome.info is not None and outcome.info.type == "overloaded_error"
 
 
 def scrub(text: str) -> str:

@@ -89,7 +89,6 @@ def _limiter_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResu
     def adopt(loaded: LoadedConfig, result: ReloadResult) -> None:
         app[LIMITER].adopt(app[STATE].current.limits)
     return adopt
-    return app
 
 
 def _routing_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResult], None]:

@@ -98,6 +98,7 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
         "content-type": "application/json",
         "anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
         **target.headers,
+        **(ctx.forward_headers if operation == "messages" else {}),
         "x-api-key": key,
     }
     return UpstreamRequest("POST", f"{target.base_url}/messages", headers, orjson.dumps(payload),

@@ -12,6 +12,7 @@ restored when the id comes back in an assistant `tool_calls` entry.
 from __future__ import annotations
 
 import mimetypes
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -144,9 +145,16 @@ def _part(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
         return {"functionResponse": {"name": block.name,
                                      "response": parsed if parsed is not None else {"output": block.content}}}
     if block.url is not None:
-        mime = mimetypes.guess_type(block.url)[0] or "image/jpeg"
-        return {"fileData": {"mimeType": mime, "fileUri": block.url}}
+        return {"fileData": {"mimeType": url_mime_type(block.url), "fileUri": block.url}}
     return {"inlineData": {"mimeType": block.mime, "data": block.data}}
+
+
+def url_mime_type(url: str) -> str:
+    """The MIME type an image URL's path names (the query of a signed URL ignored);
+    image/jpeg when it names none, since Gemini requires one for an external URL."""
+    path = urllib.parse.urlsplit(url).path
+    guessed = mimetypes.guess_type(path.lower())[0]
+    return guessed if guessed and guessed.startswith("image/") else "image/jpeg"
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 (`/openai/deployments/{deployment}/...?api-version=...`) and the v1 API (`/openai/v1/...`),
 `api-key` auth, OpenAI bodies with Azure's additions (prompt_filter_results,
 content_filter_results, a prompt-filter-only first stream chunk with empty choices, a
-usage chunk when asked), Azure's error envelope (`code` "429", null `type`), and the media
+usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`code` "429", null `type`), and the media
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
 writes), image generations.
 
@@ -12,8 +12,10 @@ writes), image generations.
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,7 +65,7 @@ class AzureFake(WireFake):
             return json_response(answer.response())
         if path == "embeddings":
             inputs = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
-            data = [{"object": "embedding", "index": i, "embedding": [0.5, -0.5, float(len(str(text)))]}
+            data = [{"object": "embedding", "index": i, "embedding": _embedding(text, body.get("encoding_format"))}
                     for i, text in enumerate(inputs)]
             return json_response({"object": "list", "model": "text-embedding-3-small", "data": data,
                                   "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
@@ -83,6 +85,14 @@ class AzureFake(WireFake):
             await response.write(SPEECH[start:start + 256])
         await response.write_eof()
         return response
+
+
+def _embedding(text: Any, encoding_format: Any) -> Any:
+    """Floats, or little-endian float32 in base64 when asked (as current api-versions do)."""
+    vector = [0.5, -0.5, float(len(str(text)))]
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
 
 
 def multipart_fields(recorded: Recorded) -> dict[str, tuple[str | None, bytes]]:

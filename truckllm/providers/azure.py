@@ -26,6 +26,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
+from truckllm.providers.chat_shapes import encode_float_embeddings
 from truckllm.providers.media import PASS_THROUGH_OPERATIONS, media_request
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
@@ -89,6 +90,8 @@ def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext)
             choice.pop("content_filter_results", None)
     if "model" in data or operation in ("chat", "completions", "embeddings"):
         data["model"] = ctx.alias
+    if operation == "embeddings" and ctx.client_body.get("encoding_format") == "base64":
+        encode_float_embeddings(data)       # older api-versions ignore encoding_format
     return ParsedResponse(orjson.dumps(data), Usage.from_openai(data.get("usage")))
 
 

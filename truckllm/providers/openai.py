@@ -3,7 +3,8 @@
 Requests go out as the client sent them, with the upstream model name and, for streams,
 `stream_options.include_usage` forced on so usage can always be counted. Responses and
 stream chunks are handed back as bytes with only `model` rewritten to the client's alias,
-found by a byte pattern rather than decoding and re-encoding each chunk.
+found by a byte pattern rather than decoding and re-encoding each chunk. Embeddings the
+client asked for in base64 are encoded here when the upstream answered floats anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
+from truckllm.providers.chat_shapes import encode_float_embeddings
 from truckllm.usage import Usage
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
@@ -77,14 +79,18 @@ def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> Par
         raise UpstreamFailed(f"provider {target.provider_id!r} returned a body that is not JSON") from None
     if not isinstance(parsed, dict):
         raise UpstreamFailed(f"provider {target.provider_id!r} returned an unexpected JSON shape")
-    return ParsedResponse(rewrite_model(raw, orjson.dumps(ctx.alias)), Usage.from_openai(parsed.get("usage")))
+    usage = Usage.from_openai(parsed.get("usage"))
+    if op == "embeddings" and ctx.client_body.get("encoding_format") == "base64" and encode_float_embeddings(parsed):
+        return ParsedResponse(orjson.dumps({**parsed, "model": ctx.alias}), usage)
+    return ParsedResponse(rewrite_model(raw, orjson.dumps(ctx.alias)), usage)
 
 
 class PassThroughStream:
     """Forwards OpenAI chunks as they are, rewriting `model` and noting usage.
 
     The usage-only chunk (empty `choices`) that TruckLLM asked for on the client's behalf
-    is dropped unless the client asked for it too.
+    is dropped unless the client asked for it too; chunks with empty `choices` and no
+    usage are always dropped.
     """
 
     __slots__ = ("_alias_json", "_include_usage", "usage")
@@ -102,6 +108,11 @@ class PassThroughStream:
             self._note_usage(data)
             if not self._include_usage and _EMPTY_CHOICES.search(data):
                 return []
+        elif _EMPTY_CHOICES.search(data):
+            # Nothing for the client and no usage: Azure's prompt-filter chunk (sent first,
+            # with an empty id) on its v1 API, keep-alives. Clients that read choices[0]
+            # crash on it, and the SDKs expect the role in the first chunk.
+            return []
         return [rewrite_model(data, self._alias_json)]
 
     def close(self) -> list[bytes]:

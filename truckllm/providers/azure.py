@@ -97,13 +97,13 @@ def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext)
 
 class AzureStreamTranslator:
     """Azure's OpenAI chunks, normalised: filter-only chunks skipped, annotations stripped,
-    role sent once, finish_reason alone in its chunk, usage chunk last and only on request."""
+    role sent once per choice, finish_reason alone in its chunk, usage chunk last and only on request."""
 
     def __init__(self, operation: str, ctx: CallContext) -> None:
         self._ctx = ctx
         self._chat = operation == "chat"
         self.usage: Usage | None = None
-        self._role_sent = False
+        self._roles_sent: set[int] = set()         # choice indices whose role went out
         self._finished = False
         self._done = False
         self._envelope: dict[str, Any] | None = None
@@ -140,11 +140,12 @@ class AzureStreamTranslator:
         out: list[bytes] = []
         if self._chat:
             delta = dict(choice.get("delta") or {})
-            if delta.get("role") and self._role_sent:
+            index = choice.get("index", 0)
+            if delta.get("role") and index in self._roles_sent:
                 del delta["role"]                   # a repeated role breaks the SDK's accumulator
-            if not self._role_sent:
+            if index not in self._roles_sent:      # once per choice (n > 1 streams several)
                 delta["role"] = "assistant"
-                self._role_sent = True
+                self._roles_sent.add(index)
             if delta:
                 out.append(self._chunk({**choice, "delta": delta, "finish_reason": None}))
             if finish:

@@ -60,6 +60,8 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
             {"alias": "az-tts", "targets": [{"provider": "az", "model": "tts-deploy"}]},
             {"alias": "az-image", "targets": [{"provider": "az", "model": "image-deploy"}]},
             {"alias": "oai-chat", "targets": [{"provider": "oai", "model": "gpt-4o"}]},
+            {"alias": "oai-then-gem", "targets": [{"provider": "oai", "model": "gpt-4o"},
+                                                  {"provider": "google", "model": "gemini-2.5-flash"}]},
             {"alias": "oai-embed", "targets": [{"provider": "oai", "model": "text-embedding-3-small"}]},
             {"alias": "oai-whisper", "targets": [{"provider": "oai", "model": "whisper-1"}]},
             {"alias": "demo", "targets": [{"provider": "demo", "model": "mock-1"}]},

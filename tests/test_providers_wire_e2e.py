@@ -172,6 +172,9 @@ MID_STREAM = {
 }
 
 
+MID_STREAM["oai-chat"] = MID_STREAM["az"]       # an openai-type provider (the Azure v1 API)
+
+
 def upstream_of(stack: Stack, alias: str) -> Any:
     return stack.gemini if alias == "gem" else stack.azure
 
@@ -188,7 +191,7 @@ async def test_upstream_error_before_the_stream_keeps_status_and_message(stack: 
         assert raised.value.code == "content_filter"
 
 
-@pytest.mark.parametrize("alias", ["gem", "az"])
+@pytest.mark.parametrize("alias", ["gem", "az", "oai-chat"])
 async def test_upstream_error_mid_stream_reaches_the_sdk_after_the_text(stack: Stack, alias: str) -> None:
     upstream_of(stack, alias).script(Reply(events=MID_STREAM[alias]))
     client = make_client(stack)
@@ -213,3 +216,26 @@ async def test_translated_messages_stream_error_raises_in_the_anthropic_sdk(stac
             async for text in stream.text_stream:
                 received.append(text)
     assert received == ["Half"]
+
+
+@pytest.mark.parametrize("alias", ["gem", "az", "oai-chat"])
+async def test_stream_cut_short_is_an_error_not_a_stop(stack: Stack, alias: str) -> None:
+    upstream_of(stack, alias).script(Reply(events=MID_STREAM[alias][:1]))    # no finish, no [DONE]
+    client = make_client(stack)
+    stream = await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "x"}],
+                                                  stream=True)
+    finishes: list[str] = []
+    with pytest.raises(openai.APIError, match="ended"):
+        async for chunk in stream:
+            finishes += [choice.finish_reason for choice in chunk.choices if choice.finish_reason]
+    assert finishes == []
+
+
+async def test_openai_type_error_event_before_content_falls_back(stack: Stack) -> None:
+    stack.azure.script(Reply(events=MID_STREAM["az"][1:], path="/openai/v1/"))
+    client = make_client(stack)
+    stream = await client.chat.completions.create(model="oai-then-gem", stream=True,
+                                                  messages=[{"role": "user", "content": "hello"}])
+    text = "".join([choice.delta.content or "" async for chunk in stream for choice in chunk.choices])
+    assert text == "Fake reply to: hello"
+    assert len(stack.gemini.requests) == 1

@@ -74,6 +74,10 @@ FINISH_REASONS = {
     "IMAGE_RECITATION": "content_filter",
 }
 
+# Google's canonical status names -> HTTP, for an error event without a usable `code`.
+_HTTP_BY_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403,
+                   "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "INTERNAL": 500, "UNAVAILABLE": 503,
+                   "DEADLINE_EXCEEDED": 504}
 _STATUS_CODES = {"FAILED_PRECONDITION": "failed_precondition", "NOT_FOUND": "model_not_found",
                  "RESOURCE_EXHAUSTED": "rate_limit_exceeded", "UNAVAILABLE": "overloaded",
                  "DEADLINE_EXCEEDED": "timeout"}
@@ -298,7 +302,10 @@ class GeminiStreamTranslator:
         if not isinstance(data, dict):
             return []
         if isinstance(data.get("error"), dict):
-            raise to_gateway_error(_info(int(data["error"].get("code") or 502), data["error"]))
+            code = data["error"].get("code")
+            status = (code if isinstance(code, int) and not isinstance(code, bool) and code >= 400
+                      else _HTTP_BY_STATUS.get(str(data["error"].get("status")), 502))
+            raise to_gateway_error(_info(status, data["error"]))
         if data.get("usageMetadata"):
             self.usage = usage_from(data["usageMetadata"])     # cumulative: keep the last
         self._response_id = self._response_id or (str(data.get("responseId") or "") or None)

@@ -26,6 +26,7 @@ from truckllm.providers.base import (
     UpstreamRequest,
 )
 from truckllm.providers.chat_shapes import encode_float_embeddings
+from truckllm.providers.upstream_errors import to_gateway_error
 from truckllm.usage import Usage
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
@@ -37,6 +38,8 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
+_ERROR_EVENT = re.compile(rb'\s*\{\s*"error"\s*:')
 
 
 def build_request(op: str, body: dict[str, Any], target: Target, key: str,
@@ -88,22 +91,32 @@ def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> Par
 class PassThroughStream:
     """Forwards OpenAI chunks as they are, rewriting `model` and noting usage.
 
+    An upstream error event raises (the relay turns it into TruckLLM's error event), and
+    so does a stream that ends with neither `[DONE]` nor a finish_reason.
     The usage-only chunk (empty `choices`) that TruckLLM asked for on the client's behalf
     is dropped unless the client asked for it too; chunks with empty `choices` and no
     usage are always dropped.
     """
 
-    __slots__ = ("_alias_json", "_include_usage", "usage")
+    __slots__ = ("_alias_json", "_ended", "_include_usage", "usage")
 
     def __init__(self, ctx: CallContext) -> None:
         self._alias_json = orjson.dumps(ctx.alias)
         self._include_usage = ctx.include_usage
         self.usage: Usage | None = None
+        self._ended = False         # `[DONE]` or a finish_reason seen: the answer is whole
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         data = event.data
         if data.startswith(b"[DONE]"):
+            self._ended = True
             return []
+        if _ERROR_EVENT.match(data):
+            # An error event: fails the attempt (retried elsewhere when nothing was sent
+            # yet), and reaches the client as TruckLLM's SSE error event.
+            raise to_gateway_error(parse_error(502, data))
+        if not self._ended and _FINISH_REASON.search(data):
+            self._ended = True
         if _USAGE_OBJECT.search(data):
             self._note_usage(data)
             if not self._include_usage and _EMPTY_CHOICES.search(data):
@@ -116,6 +129,8 @@ class PassThroughStream:
         return [rewrite_model(data, self._alias_json)]
 
     def close(self) -> list[bytes]:
+        if not self._ended:
+            raise UpstreamFailed("upstream stream ended before it finished (no finish_reason, no [DONE])")
         return []
 
     def _note_usage(self, data: bytes) -> None:

@@ -239,3 +239,14 @@ async def test_openai_type_error_event_before_content_falls_back(stack: Stack) -
     text = "".join([choice.delta.content or "" async for chunk in stream for choice in chunk.choices])
     assert text == "Fake reply to: hello"
     assert len(stack.gemini.requests) == 1
+
+
+async def test_key_in_a_mid_stream_error_is_masked(stack: Stack) -> None:
+    leaked = "AIzaSyD-upstream-secret-0123456789"
+    stack.gemini.script(Reply(events=[MID_STREAM["gem"][0],
+                                      sse(gemini_error(400, "INVALID_ARGUMENT", f"API key {leaked} expired"))]))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+            session.post(stack.url + "/chat/completions", headers=AUTH, json={
+                "model": "gem", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as response:
+        raw = await response.text()
+    assert "API key *** expired" in raw and leaked not in raw

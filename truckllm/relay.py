@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 
 from truckllm import errors
 from truckllm.health import Attempt
-from truckllm.policy import ErrorClass, event_outcome, transport_failed
+from truckllm.policy import ErrorClass, event_outcome, scrub, transport_failed
 from truckllm.providers.base import StreamTranslator, UpstreamResponse
 from truckllm.records import Exchange
 from truckllm.sse import DONE, SSEDecoder, frame
@@ -56,7 +56,7 @@ class StreamRelay:
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
             self._attempt.failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
-            yield frame(exc.to_json())
+            yield frame(_scrubbed(exc).to_json())
         except TransportError as exc:
             # Too late to try elsewhere: end the stream with an error event, count the
             # failure against the upstream, and close it.
@@ -109,3 +109,9 @@ class StreamRelay:
         payloads.extend(translator.close())
         self._exchange.usage = translator.usage
         return b"".join(frame(p) for p in payloads)
+
+
+def _scrubbed(error: errors.GatewayError) -> errors.GatewayError:
+    """An upstream's error event as the client may see it: key-shaped strings masked."""
+    error.message = scrub(error.message)
+    return error

@@ -20,7 +20,7 @@ from openai import AsyncOpenAI
 
 from tests.fakes.gemini_fake import error_body as gemini_error
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
+from tests.providers_gateway import CLIENT_KEY, EXTRA_HEADERS, UPSTREAM_KEYS, Stack, make_stack
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -250,3 +250,13 @@ async def test_key_in_a_mid_stream_error_is_masked(stack: Stack) -> None:
                 "model": "gem", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as response:
         raw = await response.text()
     assert "API key *** expired" in raw and leaked not in raw
+
+
+@pytest.mark.parametrize(("alias", "provider"), [("claude", "claude"), ("gem", "google"), ("az", "az")])
+async def test_provider_headers_and_auth_reach_the_upstream(stack: Stack, alias: str, provider: str) -> None:
+    client = make_client(stack)
+    await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "x"}])
+    headers = {"claude": stack.anthropic, "gem": stack.gemini}.get(alias, stack.azure).requests[-1].headers
+    assert all(headers[name] == value for name, value in EXTRA_HEADERS.items())
+    auth = {"claude": "x-api-key", "gem": "x-goog-api-key", "az": "api-key"}[alias]
+    assert headers[auth] == UPSTREAM_KEYS[provider] and "authorization" not in headers

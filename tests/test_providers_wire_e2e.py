@@ -260,3 +260,31 @@ async def test_provider_headers_and_auth_reach_the_upstream(stack: Stack, alias:
     assert all(headers[name] == value for name, value in EXTRA_HEADERS.items())
     auth = {"claude": "x-api-key", "gem": "x-goog-api-key", "az": "api-key"}[alias]
     assert headers[auth] == UPSTREAM_KEYS[provider] and "authorization" not in headers
+
+
+@pytest.mark.parametrize("alias", ["claude", "gem"])
+async def test_system_developer_merging_and_sampling_are_translated(stack: Stack, alias: str) -> None:
+    client = make_client(stack)
+    await client.chat.completions.create(
+        model=alias, temperature=0.3, top_p=0.9, max_tokens=77, stop=["END"],
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "Use French."},
+                  {"role": "user", "content": "one"}, {"role": "user", "content": "two"}])
+    if alias == "claude":
+        sent = stack.anthropic.requests[-1].body
+        assert sent["system"] == [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use French."}]
+        assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "one"},
+                                                                 {"type": "text", "text": "two"}]}]
+        assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["stop_sequences"]) == \
+            (0.3, 0.9, 77, ["END"])
+    else:
+        sent = stack.gemini.requests[-1].body
+        assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}, {"text": "Use French."}]}
+        assert sent["contents"] == [{"role": "user", "parts": [{"text": "one"}, {"text": "two"}]}]
+        assert sent["generationConfig"] == {"temperature": 0.3, "topP": 0.9, "maxOutputTokens": 77,
+                                            "stopSequences": ["END"]}
+
+
+async def test_anthropic_gets_a_default_max_tokens(stack: Stack) -> None:
+    client = make_client(stack)
+    await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
+    assert stack.anthropic.requests[-1].body["max_tokens"] == 4096

@@ -116,7 +116,9 @@ def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> d
     payload["messages"] = _messages(request.turns)
     if request.temperature is not None:
         payload["temperature"] = min(request.temperature, 1.0)   # Anthropic's range is 0..1
-    if request.top_p is not None:
+    if request.top_p is not None and request.top_p < 1:
+        # top_p 1 samples from everything, as if unset; sending it anyway fails on newer
+        # models, which refuse temperature and top_p together (OpenAI clients often send both).
         payload["top_p"] = request.top_p
     if request.stop:
         payload["stop_sequences"] = request.stop

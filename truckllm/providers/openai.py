@@ -39,7 +39,7 @@ _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
-_ERROR_EVENT = re.compile(rb'\s*\{\s*"error"\s*:')
+_ERROR_EVENT = re.compile(rb'\s*\{\s*"error"\s*:\s*[{"]')     # an error object or message, not null
 
 
 def build_request(op: str, body: dict[str, Any], target: Target, key: str,

@@ -165,3 +165,22 @@ async def test_native_stream_error_before_content_falls_back(stack: Stack) -> No
         text = "".join([piece async for piece in stream.text_stream])
     assert text == "Fake reply to: hello"
     assert len(stack.gemini.requests) == 1
+
+
+async def test_count_tokens_passes_through_to_an_anthropic_upstream(stack: Stack) -> None:
+    client = make_client(stack)
+    counted = await client.messages.count_tokens(model="claude", system="Be brief.", tools=[WEATHER],
+                                                 messages=[{"role": "user", "content": "hello there"}])
+    assert counted.input_tokens > 10
+    sent = stack.anthropic.requests[-1]
+    assert sent.path == "/v1/messages/count_tokens" and sent.body["model"] == "claude-sonnet-4-5"
+    assert sent.body["tools"] == [WEATHER] and sent.headers["x-api-key"] != CLIENT_KEY
+
+
+async def test_count_tokens_elsewhere_is_a_clear_anthropic_400(stack: Stack) -> None:
+    client = make_client(stack)
+    with pytest.raises(anthropic.BadRequestError, match="cannot serve count_tokens"):
+        await client.messages.count_tokens(model="gem", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.NotFoundError):
+        await client.messages.count_tokens(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert stack.gemini.requests == []

@@ -1,5 +1,5 @@
-"""A fake Anthropic Messages API (POST /v1/messages), streaming and not, speaking the real
-wire format: named SSE events, tool_use blocks with input_json_delta fragments, ping,
+"""A fake Anthropic Messages API (POST /v1/messages, streaming and not, and
+/v1/messages/count_tokens) speaking the real wire format: named SSE events, tool_use blocks with input_json_delta fragments, ping,
 cumulative usage in message_delta, Anthropic's error envelope.
 
 Default answers: with tools and a user turn mentioning weather, tool calls (two when it
@@ -32,6 +32,18 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
 class AnthropicFake(WireFake):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        recorded = await self.record(request)
+        scripted = self.next_script(request.path)
+        if scripted is not None:
+            return await self.send(request, scripted)
+        if not recorded.headers.get("x-api-key") or not recorded.headers.get("anthropic-version"):
+            return json_response(error_body("authentication_error", "invalid x-api-key"), 401)
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        words = len(orjson.dumps(body.get("messages") or []).split()) + len(str(body.get("system") or "").split())
+        return json_response({"input_tokens": 10 + words})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         recorded = await self.record(request)

@@ -1,8 +1,9 @@
 """Anthropic Messages API <-> OpenAI chat completions, both directions, streams included.
 
 Pure translation, no I/O; must not import transport, dispatch or server modules.
-Operations: chat, completions (answered through chat), and messages (the Anthropic
-Messages API spoken natively: the body passes through with only `model` rewritten).
+Operations: chat, completions (answered through chat), and messages and count_tokens
+(the Anthropic Messages API spoken natively: the body passes through with only `model`
+rewritten).
 Target.options: `anthropic_version` (header value), `default_max_tokens` (sent when the
 client gives no max tokens, since Anthropic requires it).
 """
@@ -87,7 +88,8 @@ STATUS_BY_ERROR_TYPE = {
 
 def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
                   ctx: CallContext) -> UpstreamRequest:
-    if operation == "messages":
+    path = "/messages/count_tokens" if operation == "count_tokens" else "/messages"
+    if operation in ("messages", "count_tokens"):
         payload = {**body, "model": target.model}
     elif operation in ("chat", "completions"):
         chat_body = chat_body_from_completions(body) if operation == "completions" else body
@@ -98,11 +100,11 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
         "content-type": "application/json",
         "anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
         **target.headers,
-        **(ctx.forward_headers if operation == "messages" else {}),
+        **(ctx.forward_headers if operation in ("messages", "count_tokens") else {}),
         "x-api-key": key,
     }
-    return UpstreamRequest("POST", f"{target.base_url}/messages", headers, orjson.dumps(payload),
-                           bool(payload.get("stream")))
+    return UpstreamRequest("POST", target.base_url + path, headers, orjson.dumps(payload),
+                           bool(payload.get("stream")) and operation != "count_tokens")
 
 
 def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> dict[str, Any]:
@@ -201,6 +203,10 @@ def _tool_choice(choice: ToolChoice | None, parallel: bool | None, has_tools: bo
 
 def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
     message = decode_json(raw)
+    if operation == "count_tokens":
+        if not isinstance(message, dict) or not isinstance(message.get("input_tokens"), int):
+            raise UpstreamFailed("upstream answered count_tokens with an unexpected body")
+        return ParsedResponse(raw, None)        # free: nothing is charged
     if not isinstance(message, dict) or not isinstance(message.get("content"), list):
         raise UpstreamFailed("upstream answered with a body that is not an Anthropic message")
     usage = usage_from(message.get("usage"))
@@ -408,7 +414,7 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
 SPEC = ProviderSpec(
     type="anthropic",
     default_base_url=DEFAULT_BASE_URL,
-    operations=frozenset({"chat", "completions", "messages"}),
+    operations=frozenset({"chat", "completions", "messages", "count_tokens"}),
     build_request=build_request,
     parse_response=parse_response,
     new_stream_translator=new_stream_translator,

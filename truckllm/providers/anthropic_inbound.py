@@ -72,7 +72,8 @@ def _chat_messages(message: Any, i: int) -> list[dict[str, Any]]:
 
 
 def _user_messages(blocks: list[Any], i: int) -> list[dict[str, Any]]:
-    """Tool results become `tool` messages ahead of the rest of the user turn."""
+    """Tool results become `tool` messages ahead of the rest of the user turn (their images
+    and documents join that rest)."""
     out: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
@@ -85,6 +86,12 @@ def _user_messages(blocks: list[Any], i: int) -> list[dict[str, Any]]:
             if block.get("is_error"):
                 content = f"Error: {content}"
             out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id")), "content": content})
+            # Chat tool messages carry text only: a result's images (screenshots, say) follow
+            # in the user message after the tool messages rather than being lost.
+            nested = block.get("content") if isinstance(block.get("content"), list) else []
+            parts += [_media_part(item, f"messages.{i}.content.{j}.content.{k}")
+                      for k, item in enumerate(nested)
+                      if isinstance(item, dict) and item.get("type") in ("image", "document")]
         elif kind == "text":
             parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind in ("image", "document"):

@@ -288,3 +288,20 @@ async def test_anthropic_gets_a_default_max_tokens(stack: Stack) -> None:
     client = make_client(stack)
     await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
     assert stack.anthropic.requests[-1].body["max_tokens"] == 4096
+
+
+async def test_a_gemini_tool_conversation_can_continue_on_anthropic(stack: Stack) -> None:
+    """Gemini's tool-call ids carry a base64 thought signature; Anthropic refuses such ids,
+    so a conversation that moves there (fallback, alias switch) gets them rewritten."""
+    client = make_client(stack)
+    tools: Any = [{"type": "function", "function": WEATHER_FUNCTION}]
+    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    first = await client.chat.completions.create(model="gem", messages=messages, tools=tools)
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert "=" in call.id, "the fake's signature needs an id Anthropic would refuse"
+    messages += [first.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}]
+    second = await client.chat.completions.create(model="claude", messages=messages, tools=tools)
+    assert "18C and sunny" in (second.choices[0].message.content or "")
+    blocks = stack.anthropic.requests[-1].body["messages"]
+    assert blocks[1]["content"][0]["id"] == blocks[2]["content"][0]["tool_use_id"]

@@ -10,6 +10,8 @@ client gives no max tokens, since Anthropic requires it).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -54,6 +56,7 @@ from truckllm.providers.upstream_errors import (
 from truckllm.usage import Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
+_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
@@ -166,10 +169,20 @@ def _block(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
     if isinstance(block, Text):
         return {"type": "text", "text": block.text}
     if isinstance(block, ToolUse):
-        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.arguments}
+        return {"type": "tool_use", "id": tool_id(block.id), "name": block.name, "input": block.arguments}
     if isinstance(block, ToolResult):
-        return {"type": "tool_result", "tool_use_id": block.tool_call_id, "content": block.content}
+        return {"type": "tool_result", "tool_use_id": tool_id(block.tool_call_id), "content": block.content}
     return _media_block(block)
+
+
+def tool_id(call_id: str) -> str:
+    """A tool-call id Anthropic accepts (`^[a-zA-Z0-9_-]+$`). Ids from other providers may
+    not be (Gemini's carry a base64 thought signature: `+`, `/`, `=`) when a conversation
+    moves here on fallback; they are replaced by a stable digest, the same for the call and
+    its result."""
+    if _TOOL_ID.fullmatch(call_id):
+        return call_id
+    return "toolu_" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
 
 
 def _media_block(media: Media) -> dict[str, Any]:

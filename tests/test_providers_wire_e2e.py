@@ -305,3 +305,27 @@ async def test_a_gemini_tool_conversation_can_continue_on_anthropic(stack: Stack
     assert "18C and sunny" in (second.choices[0].message.content or "")
     blocks = stack.anthropic.requests[-1].body["messages"]
     assert blocks[1]["content"][0]["id"] == blocks[2]["content"][0]["tool_use_id"]
+
+
+async def test_malformed_upstream_event_ends_the_stream_with_an_error(stack: Stack) -> None:
+    start = {"type": "message_start", "message": {"id": "msg_x", "type": "message", "role": "assistant",
+             "model": "m", "content": [], "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    stack.anthropic.script(Reply(events=[
+        sse(start, "message_start"),
+        sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "Hi"}}),
+        sse({"type": "content_block_delta", "index": 0, "delta": ["not", "an", "object"]})]))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+            session.post(stack.url + "/chat/completions", headers=AUTH, json={
+                "model": "claude", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as response:
+        raw = await response.read()
+    events = [e.removeprefix(b"data: ") for e in raw.split(b"\n\n") if e.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]" and json.loads(events[-2])["error"]["type"] == "upstream_error"
+    assert json.loads(events[-3])["choices"][0]["delta"]["content"] == "Hi"
+
+
+async def test_malformed_upstream_body_is_a_502(stack: Stack) -> None:
+    stack.gemini.script(Reply(body={"candidates": [{"content": {"parts": [1, 2]}}]}))
+    client = make_client(stack)
+    with pytest.raises(openai.APIStatusError) as raised:
+        await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 502

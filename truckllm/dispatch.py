@@ -42,6 +42,7 @@ from truckllm.providers.base import (
     UpstreamResponse,
 )
 from truckllm.providers.media import PASS_THROUGH_OPERATIONS
+from truckllm.providers.upstream_errors import WRONG_SHAPE, wrong_shape
 from truckllm.records import Exchange, UpstreamFailure
 from truckllm.relay import StreamRelay
 from truckllm.router import (
@@ -352,7 +353,11 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     if response.status >= 400:
         raise _AttemptFailed(_status_outcome(provider, response, raw))
     attempt.succeeded(time.perf_counter() - started)
-    parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
+    try:
+        parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
+    except WRONG_SHAPE as exc:
+        log.warning("upstream_body_unreadable", provider=target.provider_id, error=f"{type(exc).__name__}: {exc}")
+        raise wrong_shape("a body") from None
     exchange.usage = parsed.usage
     attempt.end(parsed.usage.total_tokens if parsed.usage else 0)
     return Reply(parsed.body)

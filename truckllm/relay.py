@@ -9,13 +9,19 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 
+import structlog
+
 from truckllm import errors
 from truckllm.health import Attempt
 from truckllm.policy import ErrorClass, event_outcome, scrub, transport_failed
-from truckllm.providers.base import StreamTranslator, UpstreamResponse
+from truckllm.providers.base import SSEEvent, StreamTranslator, UpstreamResponse
+from truckllm.providers.upstream_errors import WRONG_SHAPE, wrong_shape
 from truckllm.records import Exchange
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.transport import TransportError
+from truckllm.usage import Usage
+
+log = structlog.get_logger("truckllm.relay")
 
 
 class StreamRelay:
@@ -27,7 +33,7 @@ class StreamRelay:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder()
-        self._translator = translator
+        self._translator = ShapeGuard(translator)
         self._exchange = exchange
         self._attempt = attempt
         self._ended = False
@@ -115,3 +121,30 @@ def _scrubbed(error: errors.GatewayError) -> errors.GatewayError:
     """An upstream's error event as the client may see it: key-shaped strings masked."""
     error.message = scrub(error.message)
     return error
+
+
+class ShapeGuard:
+    """A translator whose failures on malformed upstream events are upstream failures (an
+    SSE error event, or the next attempt before the first byte), not a stalled stream."""
+
+    def __init__(self, inner: StreamTranslator) -> None:
+        self._inner = inner
+        self.usage: Usage | None = inner.usage
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        try:
+            return self._inner.feed(event)
+        except WRONG_SHAPE as exc:
+            log.warning("upstream_event_unreadable", error=f"{type(exc).__name__}: {exc}")
+            raise wrong_shape("a stream event") from None
+        finally:
+            self.usage = self._inner.usage
+
+    def close(self) -> list[bytes]:
+        try:
+            return self._inner.close()
+        except WRONG_SHAPE as exc:
+            log.warning("upstream_event_unreadable", error=f"{type(exc).__name__}: {exc}")
+            raise wrong_shape("a stream") from None
+        finally:
+            self.usage = self._inner.usage

@@ -40,6 +40,12 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
     except (ConnectionResetError, OSError):
         exchange.status = CLIENT_CLOSED_REQUEST
         exchange.error_reason = "client_disconnected"
+    except Exception:
+        # A fault after the headers went out cannot become an error response any more:
+        # drop the connection so the client sees the stream break instead of waiting on it.
+        if request.transport is not None:
+            request.transport.close()
+        raise
     finally:
         await rest.aclose()              # releases or drops the upstream connection
         reply.release()                  # also when the stream never started (client gone)

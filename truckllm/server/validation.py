@@ -43,6 +43,12 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "temperature": (_NUMBER, False), "top_p": (_NUMBER, False), "metadata": ((dict,), False),
     },
 }
+# Integer fields with the ranges OpenAI enforces; a value outside is refused here rather
+# than costing an upstream call (or, with n or dimensions, a huge answer).
+_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "n": (1, 128), "max_tokens": (1, None), "max_completion_tokens": (1, None),
+    "dimensions": (1, None),
+}
 _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a boolean",
                int: "an integer", float: "a number"}
 
@@ -111,10 +117,22 @@ def check_fields(op: str, body: dict[str, Any]) -> None:
             raise InvalidRequest(f"Invalid type for '{name}': expected {expected}.", param=name)
     if not body["model"]:
         raise InvalidRequest("'model' must not be empty.", param="model")
+    _check_bounds(body)
     if op == "chat":
         _check_messages(body["messages"])
-    elif op == "embeddings" and body.get("encoding_format") not in (None, "float", "base64"):
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    elif op == "embeddings":
+        if body.get("encoding_format") not in (None, "float", "base64"):
+            raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+        if body["input"] in ("", []):
+            raise InvalidRequest("'input' must not be empty.", param="input")
+
+
+def _check_bounds(body: dict[str, Any]) -> None:
+    for name, (low, high) in _BOUNDS.items():
+        value = body.get(name)
+        if isinstance(value, int) and (value < low or (high is not None and value > high)):
+            allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise InvalidRequest(f"'{name}' must be {allowed}; got {value}.", param=name)
 
 
 def _check_messages(messages: list[Any]) -> None:

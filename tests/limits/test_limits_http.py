@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.limits.gateway import ADMIN_KEY, make_gateway
 from truckllm.config.loader import load_file
-from truckllm.limits import ManualClock
+from truckllm.limits import ManualClock, estimate_prompt_tokens
 from truckllm.server.keys import STATE
 from truckllm.state import build_state
 
@@ -271,6 +271,35 @@ async def test_a_stream_that_crosses_the_budget_finishes_and_the_next_request_is
         assert_refused(refused.value, 403, "permission_error", "budget_exceeded")
         _, body = await gateway.admin("GET", "/admin/v1/keys")
         assert body["keys"][0]["spend_usd"] == pytest.approx(2 * 0.05 * usage.total_tokens)
+
+
+async def test_a_client_that_cuts_a_stream_is_charged_an_estimate_and_cannot_dodge_the_budget(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    keys = "  - {id: team-a, key: key-a, budget_usd: 5, tpm: 100000}"
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+        client = gateway.client("key-a")
+        fake.script(Scripted(chunk_delay_s=0.05, text="word " * 40))
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+        received = [await stream.__anext__() for _ in range(4)]
+        assert "".join(c.choices[0].delta.content or "" for c in received)
+        with capture_logs() as logs:
+            await stream.close()                               # gone before the usage chunk
+            report: dict[str, Any] = {}
+            for _ in range(200):                               # bounded: at most ~2 s
+                _, body = await gateway.admin("GET", "/admin/v1/keys")
+                report = body["keys"][0]
+                if report["current"]["in_flight"] == 0:
+                    break
+                await asyncio.sleep(0.01)
+        estimate = estimate_prompt_tokens({"messages": HELLO})
+        assert report["prompt_tokens"] == estimate and report["completion_tokens"] >= 1
+        assert report["spend_usd"] == pytest.approx(report["tokens"])   # $1 a token
+        assert report["current"]["tokens_last_minute"] == report["tokens"]
+        [cost] = [line for line in logs if line["event"] == "request_cost"]
+        assert cost["usage_estimated"] is True and cost["cost_usd"] == report["spend_usd"]
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await chat(client)
+        assert_refused(refused.value, 403, "permission_error", "budget_exceeded")
 
 
 async def test_admin_reset_gives_the_key_a_fresh_period(fake: OpenAIFake, tmp_path: Path) -> None:

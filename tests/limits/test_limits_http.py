@@ -302,6 +302,38 @@ async def test_a_client_that_cuts_a_stream_is_charged_an_estimate_and_cannot_dod
         assert_refused(refused.value, 403, "permission_error", "budget_exceeded")
 
 
+@pytest.mark.parametrize(("period", "resets_at", "hours_to_reset"), [
+    ("daily", "2026-01-16T00:00:00Z", 12),          # the clock starts Thu 2026-01-15 12:00 UTC
+    ("weekly", "2026-01-19T00:00:00Z", 3 * 24 + 12),
+    ("monthly", "2026-02-01T00:00:00Z", 16 * 24 + 12),
+    ("total", None, None),
+])
+async def test_budget_periods_reset_at_their_calendar_boundary_in_utc(
+        fake: OpenAIFake, tmp_path: Path, period: str, resets_at: str | None,
+        hours_to_reset: int | None) -> None:
+    keys = f"  - {{id: team-a, key: key-a, budget_usd: 1, budget_period: {period}}}"
+    clock = ManualClock()
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, clock) as gateway:
+        client = gateway.client("key-a")
+        await chat(client)                                     # $1 a token: over budget
+        _, body = await gateway.admin("GET", "/admin/v1/keys")
+        assert body["keys"][0]["period_resets_at"] == resets_at
+        clock.advance(((hours_to_reset or 24 * 400) - 1) * 3600.0)   # an hour before
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await chat(client)
+        assert_refused(refused.value, 403, "permission_error", "budget_exceeded")
+        clock.advance(3600.0)                                  # the boundary
+        if resets_at is None:                                  # total: never resets
+            with pytest.raises(openai.PermissionDeniedError):
+                await chat(client)
+            return
+        await chat(client)                                     # a fresh period
+        _, body = await gateway.admin("GET", "/admin/v1/keys")
+        [report] = body["keys"]
+        assert report["period_start"] == resets_at and report["requests"] == 1
+        assert report["lifetime"]["requests"] == 2
+
+
 async def test_admin_reset_gives_the_key_a_fresh_period(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, budget_usd: 1, rpm: 1}"
     async with make_gateway(make_config(fake.url, keys=keys), tmp_path, ManualClock()) as gateway:

@@ -403,6 +403,49 @@ async def test_64_concurrent_clients_on_one_key_get_exactly_rpm(
         statuses = await asyncio.gather(*(one() for _ in range(64)))
         assert statuses.count(200) == 10 and statuses.count(429) == 54
         assert len(fake.requests) == 10
+        gateway_clock = gateway.limiter.clock
+        assert isinstance(gateway_clock, ManualClock)
+        gateway_clock.advance(60)                               # the next window: exactly 10 again
+        statuses = await asyncio.gather(*(one() for _ in range(64)))
+        assert statuses.count(200) == 10 and statuses.count(429) == 54
+        assert len(fake.requests) == 20
+        await client.close()
+
+
+async def test_64_concurrent_streams_get_exactly_max_concurrent_until_they_end(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    keys = "  - {id: team-a, key: key-a, max_concurrent: 8}"
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+        client = gateway.client("key-a")
+        # Admitted streams stay open (a chunk every 0.3 s) while all 64 requests arrive.
+        fake.script(*[Scripted(chunk_delay_s=0.3, text="word " * 30) for _ in range(64)])
+        opened: list[Any] = []
+
+        async def one() -> int:
+            try:
+                stream = await client.chat.completions.create(
+                    model="gpt-4o-mini", messages=HELLO, stream=True)
+            except openai.RateLimitError:
+                return 429
+            opened.append(stream)
+            return 200
+
+        statuses = await asyncio.gather(*(one() for _ in range(64)))
+        assert statuses.count(200) == 8 and statuses.count(429) == 56
+        _, body = await gateway.admin("GET", "/admin/v1/keys")
+        assert body["keys"][0]["current"]["in_flight"] == 8
+        for stream in opened[:4]:
+            await stream.close()                                # four clients leave mid-stream
+        in_flight = 8
+        for _ in range(200):                                    # bounded: at most ~2 s
+            _, body = await gateway.admin("GET", "/admin/v1/keys")
+            in_flight = body["keys"][0]["current"]["in_flight"]
+            if in_flight == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert in_flight == 4                                   # the other four still hold theirs
+        for stream in opened[4:]:
+            await stream.close()
         await client.close()
 
 

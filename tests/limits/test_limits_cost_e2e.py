@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anthropic
+import pytest
+from anthropic import AsyncAnthropic
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -103,3 +106,61 @@ async def test_cache_reads_and_writes_are_priced_logged_spent_and_exported(tmp_p
         assert providers["providers"][0]["keys"][0]["spend_usd"] == 2 * COST
         assert await metric(gateway.root, "llm_cost_usd_total", model="sonnet", key="team-a") == 2 * COST
         assert "sk-ant-secret-1" not in str(providers) + str(keys) + str(logs)
+
+
+async def test_messages_api_carries_the_headers_and_refuses_in_anthropic_shape(tmp_path: Path) -> None:
+    limited = config("URL").replace("rpm: 100, budget_usd: 10000", "rpm: 3, budget_usd: 10000")
+    async with make_anthropic_fake() as fake, \
+            make_gateway(limited.replace("URL", fake.url), tmp_path) as gateway:
+        client = AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10)
+        hello: Any = [{"role": "user", "content": "hello"}]
+        plain = await client.messages.with_raw_response.create(
+            model="sonnet", max_tokens=10, messages=hello)
+        assert plain.headers["x-ratelimit-remaining-requests"] == "2"
+        stream = await client.messages.with_raw_response.create(
+            model="sonnet", max_tokens=10, messages=hello, stream=True)
+        assert stream.headers["x-ratelimit-remaining-requests"] == "1"
+        assert [event.type async for event in await stream.parse()][-1] == "message_stop"
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            await client.messages.create(model="nope", max_tokens=10, messages=hello)
+        assert missing.value.response.headers["x-ratelimit-limit-requests"] == "3"
+        await client.messages.create(model="sonnet", max_tokens=10, messages=hello)
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            await client.messages.create(model="sonnet", max_tokens=10, messages=hello)
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["type"] == "error"
+        assert refused.value.body["error"]["type"] == "rate_limit_error"
+        headers = refused.value.response.headers
+        assert headers["x-ratelimit-remaining-requests"] == "0" and int(headers["retry-after"]) > 0
+        _, keys = await gateway.admin("GET", "/admin/v1/keys")
+        assert keys["keys"][0]["requests"] == 3                # refused ones count for nothing
+        await client.close()
+
+
+async def test_a_native_anthropic_stream_cut_by_upstream_is_charged_an_estimate(
+        tmp_path: Path) -> None:
+    """/v1/messages to an Anthropic upstream relays Anthropic events as they are; when the
+    upstream drops before message_delta, the key still pays for the prompt it reported and
+    the text that was streamed."""
+    async with make_anthropic_fake() as fake, make_gateway(config(fake.url), tmp_path) as gateway:
+        events = stream_events()
+        piece = sse({"type": "content_block_delta", "index": 0,
+                     "delta": {"type": "text_delta", "text": "abcd" * 10}}, "content_block_delta")
+        fake.script(Reply(events=[*events[:2], piece, piece, piece, *events[2:]],
+                          drop_after_events=5))
+        client = AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10)
+        with capture_logs() as logs:
+            stream = await client.messages.create(model="sonnet", max_tokens=10, stream=True,
+                                                  messages=[{"role": "user", "content": "hello"}])
+            with pytest.raises(anthropic.APIError):
+                async for _ in stream:
+                    pass
+            await client.close()
+        _, keys = await gateway.admin("GET", "/admin/v1/keys")
+        report = keys["keys"][0]
+        # message_start reported the prompt (1300 with the cache); 120 characters streamed
+        assert (report["prompt_tokens"], report["completion_tokens"]) == (1300, 30), report
+        [cost] = [line for line in logs if line["event"] == "request_cost"]
+        assert cost["usage_estimated"] is True and cost["cost_usd"] == report["spend_usd"]
+        assert [line["kind"] for line in cost["cost_lines"]] == \
+            ["input", "cache_read", "cache_write", "output"]

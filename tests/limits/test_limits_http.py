@@ -470,6 +470,25 @@ async def test_upstream_keys_at_their_limit_are_skipped_then_503(
         assert gateway.limiter.upstream_report("up/k1")["tokens"] > 0
 
 
+async def test_upstream_key_tpm_skips_a_key_the_prompt_does_not_fit(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    provider_keys = "[{id: k1, value: sk-up-1, tpm: 10}, {id: k2, value: sk-up-2, tpm: 1000}]"
+    config = make_config(fake.url, keys="  - {id: team-a, key: key-a}", provider_keys=provider_keys)
+    async with make_gateway(config, tmp_path, ManualClock()) as gateway:
+        client = gateway.client("key-a")
+        long_prompt = [{"role": "user", "content": "x" * 200}]   # ~60 tokens estimated
+        for _ in range(2):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=long_prompt)  # type: ignore[arg-type]
+        assert [r.headers["authorization"] for r in fake.requests] == ["Bearer sk-up-2"] * 2
+        with pytest.raises(openai.InternalServerError) as overloaded:   # fits no key, ever
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 8000}])
+        assert overloaded.value.status_code == 503 and len(fake.requests) == 2
+        k2 = gateway.limiter.upstream_report("up/k2")
+        assert k2["requests"] == 2 and k2["tokens"] > 0
+        assert gateway.limiter.upstream_report("up/k1")["requests"] == 0
+
+
 async def test_a_reload_keeps_usage_of_surviving_keys_and_applies_new_limits(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, rpm: 10, budget_usd: 1000}\n  - {id: team-b, key: key-b}"

@@ -176,6 +176,19 @@ async def test_a_client_that_leaves_mid_stream_gives_its_slot_back(
         await chat(client)
 
 
+@pytest.mark.parametrize("limit", ["rpm", "tpm", "max_concurrent"])
+async def test_a_zero_limit_refuses_everything_without_retry_after(
+        fake: OpenAIFake, tmp_path: Path, limit: str) -> None:
+    keys = f"  - {{id: team-a, key: key-a, {limit}: 0}}"
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+        with pytest.raises(openai.RateLimitError) as refused:
+            await chat(gateway.client("key-a"))
+        assert_refused(refused.value, 429, "rate_limit_error", "rate_limit_exceeded")
+        assert f"{limit} limit of key 'team-a' is 0" in str(refused.value)
+        assert "retry-after" not in refused.value.response.headers
+        assert not fake.requests
+
+
 async def test_gateway_limits_span_keys(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a}\n  - {id: team-b, key: key-b, rpm: 50}"
     config = make_config(fake.url, keys=keys, limits="limits: {rpm: 2}")

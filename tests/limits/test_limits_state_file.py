@@ -191,3 +191,34 @@ async def test_a_corrupt_state_file_warns_and_starts_fresh(tmp_path: Path) -> No
     assert state_file.with_name("state.json.corrupt").exists()
     saved = orjson.loads(state_file.read_bytes())              # saved on shutdown, fresh
     assert saved["client_keys"]["team-a"]["period"]["requests"] == 1
+
+
+async def test_a_stream_in_flight_at_sigterm_finishes_and_its_spend_is_saved(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(port=port).replace(
+        "{id: demo, type: mock}", "{id: demo, type: mock, chunk_delay_ms: 50}").replace(
+        "log_level: warning", "log_level: warning, shutdown_grace_s: 10"))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "truckllm", "serve", "-c", str(config), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        await _wait_healthy(port, process)
+        url = f"http://127.0.0.1:{port}/v1"
+        async with openai.AsyncOpenAI(base_url=url, api_key="key-a", max_retries=0, timeout=10) as client:
+            stream = await client.chat.completions.create(
+                model="demo-chat", stream=True, messages=[{"role": "user", "content": "spend a lot"}])
+            await stream.__anext__()
+            process.send_signal(signal.SIGTERM)                # mid-stream
+            rest = [chunk async for chunk in stream]           # the stream drains
+        assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
+        _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    saved = orjson.loads((tmp_path / "gateway.state.json").read_bytes())
+    period = saved["client_keys"]["team-a"]["period"]
+    assert period["requests"] == 1 and period["completion_tokens"] > 0 and period["spend_usd"] > 1

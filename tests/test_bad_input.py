@@ -73,6 +73,13 @@ CASES = [
          headers={"Authorization": "Bearer tk-demo-only"}, code="model_not_allowed", param="model"),
     Case("unknown model", 404, "not_found_error", body={**CHAT, "model": "gpt-17"}, code="model_not_found", param="model"),
     Case("models without key", 401, "authentication_error", method="GET", path="/v1/models", headers={}),
+    # deeper than the recursive walks downstream survive (the estimate, orjson.dumps at 255)
+    Case("tools nested 300 deep", 400, "invalid_request_error",
+         body=b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "tools": '
+              + b"[" * 300 + b"]" * 300 + b"}"),
+    Case("content nested 1000 deep", 400, "invalid_request_error",
+         body=b'{"model": "demo", "messages": [{"role": "user", "content": [{"type": "text", "x": '
+              + b"[" * 1000 + b"]" * 1000 + b"}]}]}"),
 ]
 
 

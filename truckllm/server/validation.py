@@ -63,7 +63,26 @@ async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    _check_depth(raw, body)
     return body
+
+
+# Deeper than any real request (tool schemas nest a few dozen levels at most); deeper
+# bodies would break the recursive walks downstream (orjson.dumps stops at 255 levels).
+MAX_JSON_DEPTH = 64
+
+
+def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
+    """400 for a body nested deeper than MAX_JSON_DEPTH arrays/objects."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return                          # the common case: too few brackets to be too deep
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 async def read_multipart(request: web.Request, max_body_mb: float) -> dict[str, Any]:

@@ -112,7 +112,7 @@ async def test_redaction_persistence_and_secrets_kept(tmp_path: Path, fake: Open
         # A YAML body works too; an identical config changes nothing.
         yaml_body = written.encode()
         code, body, _ = await gateway.admin("POST", "/admin/v1/config", data=yaml_body)
-        assert code == 200 and body["reloaded"] is False and body["version"] == 2
+        assert code == 200 and body["reloaded"] is False and body["version"] == 2, orjson.dumps(body).decode()
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is False        # the file is what runs
         await client.close()

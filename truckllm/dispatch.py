@@ -29,6 +29,7 @@ from truckllm.policy import (
     backoff_s,
     classify_response,
     event_outcome,
+    failure_reason,
     final_error,
     is_retryable,
     passthrough_error,
@@ -283,11 +284,6 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
     return reply
 
 
-def failure_reason(outcome: Outcome) -> str:
-    """The short fixed word metrics count a failed attempt under: "429", "timeout", ..."""
-    return str(outcome.retry_on_name)
-
-
 def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:
     if call.limiter is None or key is _NO_KEY:
         return None
@@ -337,18 +333,9 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     started = time.perf_counter()
     try:
-        async with _first_byte_deadline(provider):
-            response = await _send(call, provider, target, key, transport)
-    except TimeoutError:
-        exchange.upstream_s += time.perf_counter() - started
-        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
-    try:
-        raw = await response.read()
-    except TransportError as exc:
-        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+        raw, response = await _fetch(call, provider, target, key, transport)
     finally:
-        response.close()
-        exchange.upstream_s += time.perf_counter() - started
+        exchange.upstream_s += time.perf_counter() - started   # failed attempts wait too
     if response.status >= 400:
         raise _AttemptFailed(_status_outcome(provider, response, raw))
     attempt.succeeded(time.perf_counter() - started)
@@ -356,6 +343,22 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     exchange.usage = parsed.usage
     attempt.end(parsed.usage.total_tokens if parsed.usage else 0)
     return Reply(parsed.body)
+
+
+async def _fetch(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                 transport: Transport) -> tuple[bytes, UpstreamResponse]:
+    """A plain upstream answer, read whole: (body, response)."""
+    try:
+        async with _first_byte_deadline(provider):
+            response = await _send(call, provider, target, key, transport)
+    except TimeoutError:
+        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
+    try:
+        return await response.read(), response
+    except TransportError as exc:
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+    finally:
+        response.close()
 
 
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,

@@ -71,6 +71,11 @@ class Outcome:
         return self.status if self.status is not None else self.error_class.value
 
 
+def failure_reason(outcome: Outcome) -> str:
+    """The short fixed word metrics count a failed attempt under: "429", "timeout", ..."""
+    return str(outcome.retry_on_name)
+
+
 _OVERLOADED_STATUSES = frozenset({503, 529})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "model_context_window_exceeded",
                             "string_above_max_length"})
@@ -267,8 +272,11 @@ def final_error(last: Outcome | None, recovery_s: float | None) -> GatewayError:
         return UpstreamTimeout(last.message)
     if _overloaded(last):
         # The upstream said it is overloaded (Anthropic 529, a 503): say so honestly, so
-        # SDKs back off and retry, rather than reporting a broken gateway.
-        return Overloaded(last.message, code="overloaded", retry_after_s=last.retry_after_s)
+        # SDKs back off and retry, rather than reporting a broken gateway. Retry-After:
+        # the later of the upstream's own and the earliest recovery of any candidate.
+        waits = [w for w in (last.retry_after_s, recovery_s) if w is not None]
+        return Overloaded(last.message, code="overloaded",
+                          retry_after_s=max(waits) if waits else None)
     return UpstreamFailed(last.message)
 
 

@@ -313,3 +313,28 @@ async def test_latency_estimates_survive_a_reload(fakes: tuple[OpenAIFake, OpenA
         for _ in range(4):
             await gw.client.chat.completions.create(model="chat", messages=MESSAGES)
     assert (len(one.requests), len(two.requests)) == (1, 5)
+
+
+# -- absurd upstream values ----------------------------------------------------------------
+
+
+async def test_absurd_retry_after_is_capped_and_the_admin_api_still_answers(
+        fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    config = two_providers(one.url, two.url).replace(
+        "version: 1\n", f"version: 1\nserver: {{admin_api_key: {ADMIN}}}\n")
+    one.script(Scripted(status=429, headers={"Retry-After": "1e300"}))
+    async with make_gateway(config) as gw:
+        answer = await gw.chat()                             # the other key answers
+        assert answer.choices[0].message.content
+        root = gw.url.removesuffix("/v1")
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{root}/admin/v1/providers", headers={"Authorization": f"Bearer {ADMIN}"},
+                timeout=aiohttp.ClientTimeout(total=10)) as response:
+            assert response.status == 200
+            body = await response.json()
+        keys = {k["id"]: k for k in body["providers"][0]["keys"]}
+        cooled = [k for k in keys.values() if k["cooldown_until"]]
+        assert len(cooled) == 1 and cooled[0]["status"] == "down"
+        # Capped at one day: the key comes back after it.
+        assert gw.routing.health.seconds_until_available(("p1", "m1"), f"p1/{cooled[0]['id']}") == 86_400

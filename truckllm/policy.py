@@ -32,6 +32,9 @@ BACKOFF_CAP_S = 1.0
 SHORT_RETRY_AFTER_S = 2.0
 # When the only thing blocking every candidate is a key's own rpm/tpm, it frees up soon.
 CAPACITY_RETRY_S = 1.0
+# The longest Retry-After honoured (an upstream's daily quota): beyond it a value is
+# nonsense, and would push times past what clocks and dates can show.
+MAX_RETRY_AFTER_S = 86_400.0
 _MESSAGE_LIMIT = 2000
 
 
@@ -106,6 +109,8 @@ def classify_response(status: int, headers: Mapping[str, str],
     retry_after = parse_retry_after(headers, now_unix=now_unix)
     if retry_after is None and info is not None:
         retry_after = info.retry_after_s        # e.g. Gemini's RetryInfo in the body
+    if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER_S)
     upstream_message = scrub(info.message) if info else f"upstream answered {status}"
     if status in (401, 403) or (info is not None and _names_bad_key(info)):
         # The client's key was fine; ours was not. Never repeat the upstream's words.
@@ -113,7 +118,8 @@ def classify_response(status: int, headers: Mapping[str, str],
                        status, None, info)
     if status in (402, 429):
         if retry_after is None:
-            retry_after = parse_rate_limit_reset(headers)
+            reset = parse_rate_limit_reset(headers)
+            retry_after = None if reset is None else min(reset, MAX_RETRY_AFTER_S)
         return Outcome(ErrorClass.RATE_LIMITED, upstream_message, status, retry_after, info)
     if status >= 500 or status == 408:
         return Outcome(ErrorClass.SERVER, upstream_message, status, retry_after, info)

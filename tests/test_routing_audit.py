@@ -133,7 +133,7 @@ async def test_overloaded_upstreams_with_open_breakers_give_their_recovery_time(
         assert (status, headers["Retry-After"]) == (503, "30")   # both breakers open 30 s
         gw.clock.advance(10)
         status, headers, _ = await gw.raw_chat()                 # nothing called now
-    assert (status, headers["Retry-After"]) == (503, "20")
+    assert (status, headers["Retry-After"], headers["x-truckllm-attempts"]) == (503, "20", "0")
     assert (len(one.requests), len(two.requests)) == (1, 1)
 
 

@@ -32,6 +32,7 @@ from truckllm.policy import (
     failure_reason,
     final_error,
     is_retryable,
+    outcome_without_secret,
     passthrough_error,
     recovery_wait_budget_s,
     timed_out,
@@ -269,6 +270,7 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
         else:
             reply = await _complete(call, provider, target, key, transport, exchange, attempt)
     except _AttemptFailed as failed:
+        failed.outcome = outcome_without_secret(failed.outcome, key.value)
         attempt.failed(failed.outcome)
         attempt.end()
         _settle_unknown(use)
@@ -372,7 +374,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
                 raw = await _read_error_body(response)
                 raise _AttemptFailed(_status_outcome(provider, response, raw))
             translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
-            relay = StreamRelay(response, translator, exchange, attempt)
+            relay = StreamRelay(response, translator, exchange, attempt, key.value)
             first = await relay.first_output()
     except TimeoutError:
         _abandon(relay)

@@ -7,6 +7,7 @@ provider types; must not import health, router or dispatch.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import math
 import random
@@ -36,6 +37,7 @@ CAPACITY_RETRY_S = 1.0
 # nonsense, and would push times past what clocks and dates can show.
 MAX_RETRY_AFTER_S = 86_400.0
 _MESSAGE_LIMIT = 2000
+_MIN_MASKED_SECRET = 8
 
 
 class ErrorClass(StrEnum):
@@ -290,6 +292,20 @@ def _overloaded(outcome: Outcome) -> bool:
     if outcome.status in _OVERLOADED_STATUSES:
         return True
     return outcome.info is not None and outcome.info.type == "overloaded_error"
+
+
+def without_secret(text: str, secret: str) -> str:
+    """`text` with the upstream key the attempt sent masked, whatever its shape (an Azure
+    key is 32 hex digits, which `scrub` cannot recognise). Very short values are left
+    alone: masking them would garble ordinary words and they are not real keys."""
+    if len(secret) < _MIN_MASKED_SECRET or secret not in text:
+        return text
+    return text.replace(secret, "***")
+
+
+def outcome_without_secret(outcome: Outcome, secret: str) -> Outcome:
+    message = without_secret(outcome.message, secret)
+    return outcome if message == outcome.message else dataclasses.replace(outcome, message=message)
 
 
 def scrub(text: str) -> str:

@@ -11,7 +11,15 @@ from collections.abc import AsyncGenerator
 
 from truckllm import errors
 from truckllm.health import Attempt
-from truckllm.policy import ErrorClass, Outcome, event_outcome, failure_reason, transport_failed
+from truckllm.policy import (
+    ErrorClass,
+    Outcome,
+    event_outcome,
+    failure_reason,
+    scrub,
+    transport_failed,
+    without_secret,
+)
 from truckllm.providers.base import StreamTranslator, UpstreamResponse
 from truckllm.records import Exchange, UpstreamFailure
 from truckllm.sse import DONE, SSEDecoder, frame
@@ -23,13 +31,14 @@ class StreamRelay:
     upstream response and the health attempt until the stream ends."""
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
-                 exchange: Exchange, attempt: Attempt) -> None:
+                 exchange: Exchange, attempt: Attempt, key_value: str = "") -> None:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder()
         self._translator = translator
         self._exchange = exchange
         self._attempt = attempt
+        self._key_value = key_value         # masked in any upstream words sent on
         self._ended = False
         self._abandoned = False
         self._pending: errors.GatewayError | None = None    # raised after the chunks before it
@@ -54,6 +63,7 @@ class StreamRelay:
                     self._raise_pending()
                 yield self._finish()
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
+            exc.message = without_secret(scrub(exc.message), self._key_value)
             self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
             yield frame(exc.to_json())

@@ -338,3 +338,54 @@ async def test_absurd_retry_after_is_capped_and_the_admin_api_still_answers(
         assert len(cooled) == 1 and cooled[0]["status"] == "down"
         # Capped at one day: the key comes back after it.
         assert gw.routing.health.seconds_until_available(("p1", "m1"), f"p1/{cooled[0]['id']}") == 86_400
+
+
+# -- an upstream echoing our key -----------------------------------------------------------
+
+HEX_KEY = "0123456789abcdef0123456789abcdef"           # Azure-style: no recognisable prefix
+
+
+def hex_key_config(one: str, two: str) -> str:
+    return one_key_each(two_providers(one, two)).replace("sk-one", HEX_KEY).replace("sk-three", HEX_KEY)
+
+
+async def test_an_upstream_echoing_our_key_never_shows_it_to_the_client(
+        fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    body = {"error": {"message": f"internal: key {HEX_KEY} broke", "type": "server_error",
+                      "param": None, "code": None}}
+    one.script(*[Scripted(status=500, body=body)] * 3)
+    two.script(*[Scripted(status=500, body=body)] * 3)
+    async with make_gateway(hex_key_config(one.url, two.url)) as gw:
+        status, _, raw = await gw.raw_chat()
+        assert gw.routing.health.key_health("p1/k1").last_error == "internal: key *** broke"
+    assert status == 502 and HEX_KEY not in raw.decode()
+    assert orjson.loads(raw)["error"]["message"] == "internal: key *** broke"
+
+
+async def test_an_error_event_mid_stream_never_shows_our_key(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    first = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "m1",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]}
+    error = {"error": {"message": f"key {HEX_KEY} over quota, also sk-proj-abcdefghijkl",
+                       "type": "server_error", "param": None, "code": None}}
+    one.script(Scripted(chunks=[first, error], done=False))
+    async with make_gateway(hex_key_config(one.url, two.url)) as gw:
+        body = await gw.raw_stream()
+    assert b"Hi" in body and body.endswith(b"data: [DONE]\n\n")
+    assert HEX_KEY.encode() not in body and b"sk-proj" not in body
+    assert b"key *** over quota" in body
+
+
+async def test_an_openai_error_event_before_any_output_is_retried(
+        fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    error = {"error": {"message": "The server had an error while processing your request.",
+                       "type": "server_error", "param": None, "code": None}}
+    one.script(Scripted(chunks=[error], done=False))
+    async with make_gateway(two_providers(one.url, two.url)) as gw:
+        stream = await gw.client.chat.completions.create(model="chat", messages=MESSAGES, stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert gw.routing.health.target_status(("p1", "m1")) == "degraded"
+    assert text == "Fake reply to: hello"
+    assert len(one.requests) == 1 and len(two.requests) == 1

@@ -18,6 +18,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
+import structlog.testing
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
@@ -389,3 +390,19 @@ async def test_an_openai_error_event_before_any_output_is_retried(
         assert gw.routing.health.target_status(("p1", "m1")) == "degraded"
     assert text == "Fake reply to: hello"
     assert len(one.requests) == 1 and len(two.requests) == 1
+
+
+async def test_a_rejected_key_is_logged_loudly_without_its_value(
+        fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    leak = {"error": {"message": f"Incorrect API key provided: {HEX_KEY}", "type": "invalid_request_error",
+                      "param": None, "code": "invalid_api_key"}}
+    one.script(Scripted(status=401, body=leak))
+    async with make_gateway(hex_key_config(one.url, two.url)) as gw:
+        with structlog.testing.capture_logs() as logs:
+            answer = await gw.chat()
+    assert answer.choices[0].message.content                 # p2 answered
+    [rejected] = [e for e in logs if e["event"] == "upstream_key_rejected"]
+    assert (rejected["log_level"], rejected["provider"], rejected["key"]) == ("error", "p1", "k1")
+    assert "until the next reload" in rejected["action"]
+    assert HEX_KEY not in str(logs)

@@ -25,7 +25,7 @@ from watchfiles import Change, awatch
 from truckllm.config.changes import ConfigChanges, diff_configs
 from truckllm.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_bytes
 from truckllm.config.persist import write_atomically
-from truckllm.config.redaction import merge_posted, parse_posted, to_yaml
+from truckllm.config.redaction import merge_posted, parse_posted, same_written_config, to_yaml
 from truckllm.metrics import Metrics
 
 S = TypeVar("S")
@@ -108,6 +108,9 @@ class Reloader(Generic[S]):
         async with self._lock:
             try:
                 raw = self._posted_file_bytes(body)
+                if same_written_config(raw, self.loaded.raw):
+                    # Only to_yaml's time stamp would differ: the same config, nothing to do.
+                    return self._apply_raw(self.loaded.raw, "admin_config")
                 loaded, state = self._build(raw)
             except ConfigError as exc:
                 return self._failed("admin_config", _without_locations(exc.issues))

@@ -13,6 +13,8 @@ import pytest
 from truckllm.config.loader import ConfigError, load_bytes
 from truckllm.config.persist import backup_path, write_atomically
 from truckllm.config.redaction import merge_posted, parse_posted, redacted_config, to_yaml
+from truckllm.reloader import Reloader
+from truckllm.state import State, StateHolder, build_state
 
 ENV = {
     "OPENAI_API_KEY": "sk-live-openai-0123456789",
@@ -197,3 +199,21 @@ def test_ops_fields_validation(server: str, path: str, fragment: str) -> None:
 def test_admin_listen_accepts_host_port(listen: str) -> None:
     raw = MINIMAL + f"server: {{admin_listen: '{listen}', admin_api_key: ''}}\n".encode()
     assert load_bytes(raw, "c.yaml", {}).config.server.admin_listen == listen
+
+
+async def test_posting_the_running_config_again_changes_nothing_in_another_second(tmp_path: Path) -> None:
+    """to_yaml stamps the time in its first line; a later POST of the same config must not
+    count as a change just because the clock moved on (this made a live test flaky)."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(CONFIG)
+    loaded = load_bytes(CONFIG, str(path), ENV)
+    holder = StateHolder(build_state(loaded, 1))
+    reloader = Reloader[State](path, loaded, holder, build_state, env=ENV)
+    first = await reloader.apply_posted(CONFIG)
+    assert first.ok and first.changed and first.version == 2
+    written = path.read_bytes()
+    rest = written.partition(b"\n")[2]
+    path.write_bytes(b"# Written by POST /admin/v1/config at 2001-01-01T00:00:00+00:00; old\n" + rest)
+    assert (await reloader.reload()).changed                # an earlier stamp is now running
+    again = await reloader.apply_posted(written)
+    assert again.ok and not again.changed and again.version == 3

@@ -63,12 +63,26 @@ def parse_posted(body: bytes) -> dict[str, Any]:
     return data
 
 
+_HEADER_START = b"# Written by POST /admin/v1/config at "
+
+
 def to_yaml(document: Any, written_at: datetime | None = None) -> bytes:
     """The config file text written for a POSTed config."""
     when = (written_at or datetime.now(UTC)).isoformat(timespec="seconds")
-    header = f"# Written by POST /admin/v1/config at {when}; the previous file is kept as .bak\n"
+    header = f"{_HEADER_START.decode()}{when}; the previous file is kept as .bak\n"
     body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return (header + body).encode()
+
+
+def same_written_config(one: bytes, other: bytes) -> bool:
+    """Whether two config texts differ at most in the time stamp `to_yaml` writes first."""
+    return _without_header(one) == _without_header(other)
+
+
+def _without_header(raw: bytes) -> bytes:
+    if raw.startswith(_HEADER_START):
+        return raw.partition(b"\n")[2]
+    return raw
 
 
 def _redact(loaded: LoadedConfig) -> tuple[dict[str, Any], dict[IdentityPath, SecretSpot]]:

@@ -406,3 +406,26 @@ async def test_a_rejected_key_is_logged_loudly_without_its_value(
     assert (rejected["log_level"], rejected["provider"], rejected["key"]) == ("error", "p1", "k1")
     assert "until the next reload" in rejected["action"]
     assert HEX_KEY not in str(logs)
+
+
+async def test_repeated_failures_cool_and_reopen_for_longer(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    one, two = fakes
+    config = one_key_each(two_providers(one.url, two.url, routing="  max_attempts: 1\n  breaker_failures: 1")).replace(
+        "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
+        "targets: [{provider: p1, model: m1}]")
+    one.script(Scripted(status=429), Scripted(status=429))   # no Retry-After: cooldown_s, doubled
+    async with make_gateway(config) as gw:
+        assert (await gw.raw_chat())[1]["Retry-After"] == "30"
+        gw.clock.advance(31)
+        assert (await gw.raw_chat())[1]["Retry-After"] == "60"
+        gw.clock.advance(61)
+        await gw.chat()                                      # recovered: the streak ends
+        one.script(Scripted(status=500), Scripted(status=500))
+        status, _, _ = await gw.raw_chat()                   # breaker opens for cooldown_s
+        assert status == 502
+        assert (await gw.raw_chat())[1]["Retry-After"] == "30"   # open: not called
+        gw.clock.advance(31)                                 # half-open trial fails: longer
+        await gw.raw_chat()
+        status, headers, _ = await gw.raw_chat()
+    assert (status, headers["Retry-After"]) == (503, "60")
+    assert len(one.requests) == 5

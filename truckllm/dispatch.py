@@ -29,8 +29,10 @@ from truckllm.policy import (
     backoff_s,
     classify_response,
     event_outcome,
+    failure_reason,
     final_error,
     is_retryable,
+    outcome_without_secret,
     passthrough_error,
     recovery_wait_budget_s,
     timed_out,
@@ -268,6 +270,7 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
         else:
             reply = await _complete(call, provider, target, key, transport, exchange, attempt)
     except _AttemptFailed as failed:
+        failed.outcome = outcome_without_secret(failed.outcome, key.value)
         attempt.failed(failed.outcome)
         attempt.end()
         _settle_unknown(use)
@@ -281,11 +284,6 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
         raise
     reply.upstream_use = use
     return reply
-
-
-def failure_reason(outcome: Outcome) -> str:
-    """The short fixed word metrics count a failed attempt under: "429", "timeout", ..."""
-    return str(outcome.retry_on_name)
 
 
 def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:
@@ -337,18 +335,9 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     started = time.perf_counter()
     try:
-        async with _first_byte_deadline(provider):
-            response = await _send(call, provider, target, key, transport)
-    except TimeoutError:
-        exchange.upstream_s += time.perf_counter() - started
-        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
-    try:
-        raw = await response.read()
-    except TransportError as exc:
-        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+        raw, response = await _fetch(call, provider, target, key, transport)
     finally:
-        response.close()
-        exchange.upstream_s += time.perf_counter() - started
+        exchange.upstream_s += time.perf_counter() - started   # failed attempts wait too
     if response.status >= 400:
         raise _AttemptFailed(_status_outcome(provider, response, raw))
     attempt.succeeded(time.perf_counter() - started)
@@ -356,6 +345,22 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     exchange.usage = parsed.usage
     attempt.end(parsed.usage.total_tokens if parsed.usage else 0)
     return Reply(parsed.body)
+
+
+async def _fetch(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                 transport: Transport) -> tuple[bytes, UpstreamResponse]:
+    """A plain upstream answer, read whole: (body, response)."""
+    try:
+        async with _first_byte_deadline(provider):
+            response = await _send(call, provider, target, key, transport)
+    except TimeoutError:
+        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
+    try:
+        return await response.read(), response
+    except TransportError as exc:
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+    finally:
+        response.close()
 
 
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
@@ -369,7 +374,8 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
                 raw = await _read_error_body(response)
                 raise _AttemptFailed(_status_outcome(provider, response, raw))
             translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
-            relay = StreamRelay(response, translator, exchange, attempt, call.estimate_tokens)
+            relay = StreamRelay(response, translator, exchange, attempt, call.estimate_tokens,
+                                key.value)
             first = await relay.first_output()
     except TimeoutError:
         _abandon(relay)

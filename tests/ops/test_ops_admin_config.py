@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from truckllm.config.loader import ConfigError, load_bytes
 from truckllm.config.persist import backup_path, write_atomically
 from truckllm.config.redaction import merge_posted, parse_posted, redacted_config, to_yaml
+from truckllm.reloader import Reloader
+from truckllm.state import State, StateHolder, build_state
 
 ENV = {
     "OPENAI_API_KEY": "sk-live-openai-0123456789",
@@ -197,3 +200,20 @@ def test_ops_fields_validation(server: str, path: str, fragment: str) -> None:
 def test_admin_listen_accepts_host_port(listen: str) -> None:
     raw = MINIMAL + f"server: {{admin_listen: '{listen}', admin_api_key: ''}}\n".encode()
     assert load_bytes(raw, "c.yaml", {}).config.server.admin_listen == listen
+
+
+async def test_posting_the_running_config_again_changes_nothing(tmp_path: Path) -> None:
+    """The written file depends only on the config (no time stamp in it), so POSTing what
+    runs is no change however much later it comes (a stamp once made a live test flaky)."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(CONFIG)
+    loaded = load_bytes(CONFIG, str(path), ENV)
+    holder = StateHolder(build_state(loaded, 1))
+    reloader = Reloader[State](path, loaded, holder, build_state, env=ENV)
+    first = await reloader.apply_posted(CONFIG)
+    assert first.ok and first.changed and first.version == 2
+    written = path.read_bytes()
+    assert not re.search(rb"\d{4}-\d{2}-\d{2}", written.partition(b"\n")[0])   # no date in the header
+    again = await reloader.apply_posted(written)
+    assert again.ok and not again.changed and again.version == 2
+    assert path.read_bytes() == written

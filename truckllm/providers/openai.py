@@ -3,7 +3,8 @@
 Requests go out as the client sent them, with the upstream model name and, for streams,
 `stream_options.include_usage` forced on so usage can always be counted. Responses and
 stream chunks are handed back as bytes with only `model` rewritten to the client's alias,
-found by a byte pattern rather than decoding and re-encoding each chunk.
+found by a byte pattern rather than decoding and re-encoding each chunk. An
+`{"error": ...}` event in a stream is raised as a GatewayError, like every translator's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
+from truckllm.providers.upstream_errors import to_gateway_error
 from truckllm.usage import Usage
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
@@ -35,6 +37,8 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+# An `"error":` key (same reasoning: never inside a string); decoded only when present.
+_ERROR_KEY = re.compile(rb'"error"\s*:')
 
 
 def build_request(op: str, body: dict[str, Any], target: Target, key: str,
@@ -98,6 +102,8 @@ class PassThroughStream:
         data = event.data
         if data.startswith(b"[DONE]"):
             return []
+        if _ERROR_KEY.search(data):
+            self._raise_error_event(data)
         if _USAGE_OBJECT.search(data):
             self._note_usage(data)
             if not self._include_usage and _EMPTY_CHOICES.search(data):
@@ -106,6 +112,18 @@ class PassThroughStream:
 
     def close(self) -> list[bytes]:
         return []
+
+    @staticmethod
+    def _raise_error_event(data: bytes) -> None:
+        """An `{"error": {...}}` event (OpenAI and compatible servers send one when a
+        stream fails): raised, so that routing can retry it before the first byte and the
+        relay ends the stream with a clean error event after it."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+            raise to_gateway_error(parse_error(502, data))
 
     def _note_usage(self, data: bytes) -> None:
         try:

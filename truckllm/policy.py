@@ -71,6 +71,11 @@ class Outcome:
         return self.status if self.status is not None else self.error_class.value
 
 
+def failure_reason(outcome: Outcome) -> str:
+    """The short fixed word metrics count a failed attempt under: "429", "timeout", ..."""
+    return str(outcome.retry_on_name)
+
+
 _OVERLOADED_STATUSES = frozenset({503, 529})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "model_context_window_exceeded",
                             "string_above_max_length"})

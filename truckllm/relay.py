@@ -11,9 +11,9 @@ from collections.abc import AsyncGenerator
 
 from truckllm import errors
 from truckllm.health import Attempt
-from truckllm.policy import ErrorClass, event_outcome, transport_failed
+from truckllm.policy import ErrorClass, Outcome, event_outcome, failure_reason, transport_failed
 from truckllm.providers.base import StreamTranslator, UpstreamResponse
-from truckllm.records import Exchange
+from truckllm.records import Exchange, UpstreamFailure
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.transport import TransportError
 
@@ -54,14 +54,14 @@ class StreamRelay:
                     self._raise_pending()
                 yield self._finish()
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
-            self._attempt.failed(event_outcome(exc, now_unix=time.time()))
+            self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
             yield frame(exc.to_json())
         except TransportError as exc:
             # Too late to try elsewhere: end the stream with an error event, count the
             # failure against the upstream, and close it.
             outcome = transport_failed(exc.kind, str(exc))
-            self._attempt.failed(outcome)
+            self._failed(outcome)
             error = (errors.UpstreamTimeout(outcome.message)
                      if outcome.error_class is ErrorClass.TIMEOUT
                      else errors.UpstreamFailed(outcome.message))
@@ -70,6 +70,14 @@ class StreamRelay:
         finally:
             self.abandon()
         yield DONE
+
+    def _failed(self, outcome: Outcome) -> None:
+        """A failure after the first byte: health counts it, and so does the request's
+        list of failed attempts (metrics, admin counters), like one before it."""
+        self._attempt.failed(outcome)
+        exchange = self._exchange
+        exchange.upstream_failures.append(UpstreamFailure(
+            exchange.provider_id or "", exchange.upstream_key_id or "", failure_reason(outcome)))
 
     def close_upstream(self) -> None:
         self._response.close()

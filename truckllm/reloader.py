@@ -132,6 +132,11 @@ class Reloader(Generic[S]):
         self._pending_trigger = trigger
         self._requested.set()
 
+    @property
+    def watching(self) -> bool:
+        """Whether the file watcher runs (it follows `server.watch` on every reload)."""
+        return self._watcher is not None
+
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:

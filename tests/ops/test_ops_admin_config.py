@@ -156,6 +156,17 @@ def test_atomic_write_failure_leaves_the_file_alone(tmp_path: Path) -> None:
     assert path.read_bytes() == b"old\n"
 
 
+def test_atomic_write_failure_leaves_the_file_alone_even_as_root(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"old\n")
+    (tmp_path / "config.yaml.bak").mkdir()          # renaming a file over a directory fails
+    (tmp_path / "config.yaml.bak" / "keep").write_bytes(b"x")
+    with pytest.raises(OSError):
+        write_atomically(path, b"new\n")
+    assert path.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "config.yaml.bak"]
+
+
 # -- config fields -------------------------------------------------------------------
 
 MINIMAL = b"""version: 1
@@ -197,3 +208,34 @@ def test_ops_fields_validation(server: str, path: str, fragment: str) -> None:
 def test_admin_listen_accepts_host_port(listen: str) -> None:
     raw = MINIMAL + f"server: {{admin_listen: '{listen}', admin_api_key: ''}}\n".encode()
     assert load_bytes(raw, "c.yaml", {}).config.server.admin_listen == listen
+
+
+# -- documents too large or too deep (YAML alias bombs, self reference, deep nesting) ----
+
+LAUGHS = b"version: 1\n" + b"".join(
+    f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else 'ha'] * 9)}]\n".encode() for n in range(9))
+HOSTILE = {
+    "aliases": (LAUGHS, "more than 100000 values"),
+    "self reference": (b"version: 1\nproviders: &p [*p]\n", "contains itself"),
+    "deep flow": (b"version: 1\nmodels: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests deeper"),
+    "deep block": (b"version: 1\nmodels:\n  " + b"- " * 5000 + b"x\n", "nests deeper"),
+    "deep json": (b'{"version": 1, "models": ' + b"[" * 900 + b"]" * 900 + b"}", "nests deeper"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_documents_are_config_errors(name: str) -> None:
+    body, fragment = HOSTILE[name]
+    with pytest.raises(ConfigError) as posted:
+        parse_posted(body)
+    assert fragment in str(posted.value)
+    if not body.startswith(b"{"):
+        with pytest.raises(ConfigError) as loaded:
+            load_bytes(body, "c.yaml", {})
+        assert fragment in str(loaded.value)
+
+
+def test_shared_parts_within_the_bounds_still_load() -> None:
+    raw = MINIMAL + b"keys: [{id: a, key: key-a-1234, models: &m [demo]}, {id: b, key: key-b-1234, models: *m}]\n"
+    config = load_bytes(raw, "c.yaml", {}).config
+    assert [key.models for key in config.keys or []] == [["demo"], ["demo"]]

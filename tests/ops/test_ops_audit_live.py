@@ -360,3 +360,48 @@ async def test_metric_labels_never_carry_what_a_client_sent(tmp_path: Path, fake
             assert values <= allowed[name], (name, values - allowed[name])
         assert samples[("llm_requests_total", (("model", ""), ("provider", ""), ("status", "404")))] >= 4
         assert samples[("llm_requests_total", (("model", ""), ("provider", ""), ("status", "401")))] == 1
+
+
+LAUGHS = b"version: 1\n" + b"".join(
+    f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else 'ha'] * 9)}]\n".encode() for n in range(9))
+
+
+async def _raw_status(gateway: Gateway, request: bytes) -> tuple[int, dict[str, object]]:
+    port = int(gateway.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), orjson.loads(body)
+
+
+async def test_hostile_admin_bodies_and_header_bytes_get_clear_errors(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port, watch=False))
+    async with run_gateway(path, port) as gateway:
+        hostile = [LAUGHS, b"version: 1\nproviders: &p [*p]\n",
+                   b"version: 1\nmodels: " + b"[" * 100_000 + b"]" * 100_000]
+        for body in hostile:
+            for route in ("/admin/v1/config/validate", "/admin/v1/config"):
+                code, answer, _ = await gateway.admin("POST", route, data=body)
+                assert code in (200, 400) and answer.get("valid") is not True, (route, answer)
+                [error] = answer["errors"]
+                assert error["path"] == ""
+                assert "YAML aliases" in error["message"] or "nests deeper" in error["message"]
+        path.write_bytes(LAUGHS)                                   # the file itself, too
+        code, answer, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 400 and "more than 100000 values" in answer["errors"][0]["message"]
+        assert await gateway.model_ids() == {"demo"}
+
+        for request in (
+                b"GET /admin/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                b"Connection: close\r\n\r\n",
+                b"GET /v1/models HTTP/1.1\r\nHost: x\r\nx-api-key: \xc3\x28\r\nConnection: close\r\n\r\n"):
+            code, answer = await _raw_status(gateway, request)
+            assert code == 401 and answer["error"]["type"] == "authentication_error"  # type: ignore[index]
+        assert "Traceback" not in gateway.output()

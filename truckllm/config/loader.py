@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from truckllm.config.checks import cross_check
 from truckllm.config.schema import Config
+from truckllm.config.size import TOO_DEEP, TooLarge, check_node, check_text
 
 PathTuple = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -102,14 +103,22 @@ class _YamlTree:
     def parse(self, raw: bytes) -> Any:
         try:
             text = raw.decode("utf-8")
+            check_text(text)
             loader = yaml.SafeLoader(text)
             try:
                 node = loader.get_single_node()
-                return None if node is None else self._convert(node, (), loader)
+                if node is None:
+                    return None
+                check_node(node)            # before _convert walks every alias
+                return self._convert(node, (), loader)
             finally:
                 loader.dispose()
         except UnicodeDecodeError:
             self.issues.append(ConfigIssue("", "the file is not UTF-8 text"))
+        except TooLarge as exc:
+            self.issues.append(ConfigIssue("", str(exc)))
+        except RecursionError:              # the YAML composer itself recurses per level
+            self.issues.append(ConfigIssue("", TOO_DEEP))
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             location = self._location(mark) if mark else None

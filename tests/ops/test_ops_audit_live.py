@@ -405,3 +405,26 @@ async def test_hostile_admin_bodies_and_header_bytes_get_clear_errors(tmp_path: 
             code, answer = await _raw_status(gateway, request)
             assert code == 401 and answer["error"]["type"] == "authentication_error"  # type: ignore[index]
         assert "Traceback" not in gateway.output()
+
+
+def _kubernetes_publish(directory: Path, name: str, text: str) -> None:
+    """How a ConfigMap volume updates: a new timestamped directory, then `..data` (a
+    symlink to it) is replaced by renaming a fresh symlink over it."""
+    version = directory / f"..v{len(list(directory.glob('..v*')))}"
+    version.mkdir()
+    (version / name).write_text(text)
+    fresh = directory / "..data_tmp"
+    fresh.symlink_to(version.name)
+    fresh.replace(directory / "..data")
+
+
+async def test_file_watch_sees_a_kubernetes_configmap_swap(tmp_path: Path) -> None:
+    port = free_port()
+    _kubernetes_publish(tmp_path, "config.yaml", make_config(port))
+    path = tmp_path / "config.yaml"
+    path.symlink_to("..data/config.yaml")
+    async with run_gateway(path, port) as gateway:
+        assert (await gateway.status())["config"]["watching"] is True
+        _kubernetes_publish(tmp_path, "config.yaml", make_config(port, aliases=("demo", "k8s")))
+        await wait_until(lambda: _has_models(gateway, {"demo", "k8s"}), "the ConfigMap swap")
+        assert (await gateway.status())["last_reload"]["trigger"] == "file"

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -194,8 +195,19 @@ class Reloader(Generic[S]):
         """Parse, validate, compile: CPU work that runs in a worker thread (a big or
         hostile file must not stall the requests in flight). It reads `self.loaded` and
         `self.version`, which change only under the lock that apply callers hold."""
-        loaded = load_bytes(raw, str(self.path), self.env)
-        return loaded, self.compile(loaded, self.version + 1)
+        try:
+            loaded = load_bytes(raw, str(self.path), self.env)
+            return loaded, self.compile(loaded, self.version + 1)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # A bug must not take the reload worker or the watcher down with it. The
+            # exception's text may hold values of the new config: log only where it was.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self._log.error("config could not be compiled", error=type(exc).__name__,
+                            at=f"{where.filename}:{where.lineno}")
+            raise ConfigError([ConfigIssue(
+                "", f"the config could not be compiled ({type(exc).__name__}); see the log")]) from None
 
     def _build_posted(self, body: bytes) -> tuple[bytes, LoadedConfig, S]:
         raw = self._posted_file_bytes(body)

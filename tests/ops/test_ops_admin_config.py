@@ -239,3 +239,24 @@ def test_shared_parts_within_the_bounds_still_load() -> None:
     raw = MINIMAL + b"keys: [{id: a, key: key-a-1234, models: &m [demo]}, {id: b, key: key-b-1234, models: *m}]\n"
     config = load_bytes(raw, "c.yaml", {}).config
     assert [key.models for key in config.keys or []] == [["demo"], ["demo"]]
+
+
+@pytest.mark.parametrize("value", ['"line\\nbreak-1234"', '"\\udc80surrogate-1234"', '"nul\\0-1234"'])
+@pytest.mark.parametrize("where", ["admin", "client", "upstream", "header"])
+def test_keys_and_header_values_must_be_header_text(where: str, value: str) -> None:
+    fields = {"admin": "admin-key-1234", "client": "client-key-1234", "upstream": "up-key-1234",
+              "header": "header-value"}
+    fields[where] = value
+    raw = f"""version: 1
+server: {{admin_api_key: {fields['admin']}}}
+providers: [{{id: demo, type: mock, headers: {{X-A: {fields['header']}}}, keys: [{{id: k, value: {fields['upstream']}}}]}}]
+models: [{{alias: d, targets: [{{provider: demo, model: e}}]}}]
+keys: [{{id: a, key: {fields['client']}}}]
+""".encode()
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(raw, "c.yaml", {})
+    paths = {"admin": "server.admin_api_key", "client": "keys[0].key",
+             "upstream": "providers[0].keys[0].value", "header": "providers[0].headers.X-A"}
+    [issue] = caught.value.issues
+    assert issue.path == paths[where] and "line breaks" in issue.message
+    assert "1234" not in str(caught.value)

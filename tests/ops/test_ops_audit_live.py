@@ -428,3 +428,29 @@ async def test_file_watch_sees_a_kubernetes_configmap_swap(tmp_path: Path) -> No
         _kubernetes_publish(tmp_path, "config.yaml", make_config(port, aliases=("demo", "k8s")))
         await wait_until(lambda: _has_models(gateway, {"demo", "k8s"}), "the ConfigMap swap")
         assert (await gateway.status())["last_reload"]["trigger"] == "file"
+
+
+async def test_request_log_size_and_metrics_switch_follow_the_config(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port, watch=False,
+                                extra_server="request_log_size: 2\n  metrics: false"))
+    async with run_gateway(path, port) as gateway:
+        client = client_for(gateway)
+        for n in range(3):
+            await client.chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "x"}],
+                extra_headers={"X-Request-ID": f"call-{n}"})
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-2", "call-1"]
+        code, text = await gateway.get("/metrics")
+        assert code == 404 and orjson.loads(text)["error"]["code"] == "unknown_url"
+
+        path.write_text(make_config(port, watch=False, extra_server="request_log_size: 1"))
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is True
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-2"]
+        code, text = await gateway.get("/metrics")
+        assert code == 200 and "llm_requests_total" in text
+        await client.close()

@@ -260,3 +260,24 @@ keys: [{{id: a, key: {fields['client']}}}]
     [issue] = caught.value.issues
     assert issue.path == paths[where] and "line breaks" in issue.message
     assert "1234" not in str(caught.value)
+
+
+def test_merge_keys_may_be_overridden_but_written_keys_not_twice() -> None:
+    raw = b"""version: 1
+providers:
+  - &base {type: mock, id: a, chunk_delay_ms: 5}
+  - {<<: *base, id: b}
+models: [{alias: m, targets: &t [{provider: a, model: x}]}, {alias: n, targets: *t}]
+"""
+    config = load_bytes(raw, "c.yaml", {}).config
+    assert [(p.id, p.chunk_delay_ms) for p in config.providers] == [("a", 5.0), ("b", 5.0)]
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(raw.replace(b"id: b}", b"id: b, id: c}"), "c.yaml", {})
+    assert [(i.path, i.message, i.location) for i in caught.value.issues] == [
+        ("providers[1].id", "duplicate key", "c.yaml:4:24")]
+
+
+def test_a_list_as_a_mapping_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(b"version: 1\n? [a, b]\n: 1\n", "c.yaml", {})
+    assert caught.value.issues[0].message == "a key must be a plain value"

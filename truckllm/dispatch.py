@@ -412,14 +412,25 @@ async def _open_raw(call: Call, provider: CompiledProvider, target: Target, key:
         response.close()
         attempt.end()
 
-    return RawReply(response.status, content_type, _raw_body(response, release), release=release)
+    def failed(exc: TransportError) -> None:
+        """The body broke off after the status line: too late to retry, but it counts."""
+        outcome = transport_failed(exc.kind, str(exc))
+        attempt.failed(outcome)
+        exchange.upstream_failures.append(
+            UpstreamFailure(provider.id, key.id, failure_reason(outcome)))
+
+    return RawReply(response.status, content_type, _raw_body(response, release, failed),
+                    release=release)
 
 
-async def _raw_body(response: UpstreamResponse,
-                    release: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+async def _raw_body(response: UpstreamResponse, release: Callable[[], None],
+                    failed: Callable[[TransportError], None]) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in response.iter_chunks():
             yield chunk
+    except TransportError as exc:
+        failed(exc)
+        raise
     finally:
         release()
 

@@ -13,10 +13,19 @@ import structlog
 
 from truckllm import errors
 from truckllm.health import Attempt
-from truckllm.policy import ErrorClass, event_outcome, scrub, transport_failed
+from truckllm.limits.estimate import stream_usage, streamed_text_chars
+from truckllm.policy import (
+    ErrorClass,
+    Outcome,
+    event_outcome,
+    failure_reason,
+    scrub,
+    transport_failed,
+    without_secret,
+)
 from truckllm.providers.base import SSEEvent, StreamTranslator, UpstreamResponse
 from truckllm.providers.upstream_errors import WRONG_SHAPE, wrong_shape
-from truckllm.records import Exchange
+from truckllm.records import Exchange, UpstreamFailure
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.transport import TransportError
 from truckllm.usage import Usage
@@ -29,16 +38,21 @@ class StreamRelay:
     upstream response and the health attempt until the stream ends."""
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
-                 exchange: Exchange, attempt: Attempt) -> None:
+                 exchange: Exchange, attempt: Attempt, prompt_estimate: int = 0,
+                 key_value: str = "") -> None:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder()
         self._translator = ShapeGuard(translator)
         self._exchange = exchange
         self._attempt = attempt
+        self._key_value = key_value         # masked in any upstream words sent on
         self._ended = False
         self._abandoned = False
         self._pending: errors.GatewayError | None = None    # raised after the chunks before it
+        self._prompt_estimate = prompt_estimate
+        self._text_chars = 0            # generated text streamed: the usage estimate if cut
+        self._complete = False          # the upstream stream reached its end
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
@@ -60,14 +74,15 @@ class StreamRelay:
                     self._raise_pending()
                 yield self._finish()
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
-            self._attempt.failed(event_outcome(exc, now_unix=time.time()))
+            exc.message = without_secret(scrub(exc.message), self._key_value)
+            self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
-            yield frame(_scrubbed(exc).to_json())
+            yield frame(exc.to_json())
         except TransportError as exc:
             # Too late to try elsewhere: end the stream with an error event, count the
             # failure against the upstream, and close it.
             outcome = transport_failed(exc.kind, str(exc))
-            self._attempt.failed(outcome)
+            self._failed(outcome)
             error = (errors.UpstreamTimeout(outcome.message)
                      if outcome.error_class is ErrorClass.TIMEOUT
                      else errors.UpstreamFailed(outcome.message))
@@ -77,6 +92,14 @@ class StreamRelay:
             self.abandon()
         yield DONE
 
+    def _failed(self, outcome: Outcome) -> None:
+        """A failure after the first byte: health counts it, and so does the request's
+        list of failed attempts (metrics, admin counters), like one before it."""
+        self._attempt.failed(outcome)
+        exchange = self._exchange
+        exchange.upstream_failures.append(UpstreamFailure(
+            exchange.provider_id or "", exchange.upstream_key_id or "", failure_reason(outcome)))
+
     def close_upstream(self) -> None:
         self._response.close()
 
@@ -85,8 +108,13 @@ class StreamRelay:
         if self._abandoned:
             return
         self._abandoned = True
-        usage = self._translator.usage
+        # A stream cut short (client gone, upstream failure) or one without reported usage
+        # is charged an estimate rather than nothing (docs/limits.md).
+        usage, estimated = stream_usage(self._translator.usage, complete=self._complete,
+                                        prompt_estimate=self._prompt_estimate,
+                                        text_chars=self._text_chars)
         self._exchange.usage = usage
+        self._exchange.usage_estimated = estimated
         self._response.close()
         self._attempt.end(usage.total_tokens if usage else 0)
 
@@ -103,6 +131,7 @@ class StreamRelay:
             self._pending = exc
         if not payloads:
             return b""
+        self._text_chars += sum(streamed_text_chars(p) for p in payloads)
         return b"".join(frame(p) for p in payloads)
 
     def _raise_pending(self) -> None:
@@ -113,14 +142,10 @@ class StreamRelay:
         translator = self._translator
         payloads = [p for event in self._decoder.flush() for p in translator.feed(event)]
         payloads.extend(translator.close())
+        self._complete = True
+        self._text_chars += sum(streamed_text_chars(p) for p in payloads)
         self._exchange.usage = translator.usage
         return b"".join(frame(p) for p in payloads)
-
-
-def _scrubbed(error: errors.GatewayError) -> errors.GatewayError:
-    """An upstream's error event as the client may see it: key-shaped strings masked."""
-    error.message = scrub(error.message)
-    return error
 
 
 class ShapeGuard:

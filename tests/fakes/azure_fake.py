@@ -4,7 +4,8 @@
 content_filter_results, a prompt-filter-only first stream chunk with empty choices, a
 usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`code` "429", null `type`), and the media
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
-writes), image generations.
+writes), image generations; and the free model listing health checks use
+(`GET /openai/models?api-version=...`, `GET /openai/v1/models`).
 
     async with make_azure_fake() as fake:       # fake.url is the resource endpoint
         ...
@@ -34,9 +35,23 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 class AzureFake(WireFake):
+    valid_key = "azure-key"         # the only key the model listing accepts
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/deployments/{deployment}/{path:.+}", self._deployment)
         app.router.add_post("/openai/v1/{path:.+}", self._v1)
+        app.router.add_get("/openai/models", self._models)
+        app.router.add_get("/openai/v1/models", self._models)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """Models - List: free; the classic route needs api-version, both need the key."""
+        recorded = await self.record(request)
+        if "/openai/v1/" not in recorded.path and "api-version" not in recorded.query:
+            return json_response(error_body("404", "Resource not found"), 404)
+        if recorded.headers.get("api-key") != self.valid_key:
+            return json_response(error_body("401", "Access denied due to invalid subscription key."), 401)
+        return json_response({"object": "list", "data": [
+            {"id": "gpt-4o", "object": "model", "status": "succeeded", "created_at": 1715558400}]})
 
     async def _deployment(self, request: web.Request) -> web.StreamResponse:
         recorded = await self.record(request)

@@ -5,7 +5,7 @@ URL shapes (checked against openai-python's lib/azure.py):
   classic: {base_url}/openai/deployments/{deployment}/{path}?api-version={api_version}
            (Target.model is the deployment name);
   v1:      base_url ending in /openai/v1 -> {base_url}/{path}, deployment in the body's `model`.
-Auth is the `api-key` header. Azure's content-filter annotations are stripped, its
+Auth is the `api-key` header; health checks list models (free). Azure's content-filter annotations are stripped, its
 prompt-filter-only stream chunks skipped, and usage is always requested upstream.
 Target.options: `api_version`.
 """
@@ -196,6 +196,17 @@ def _info(status: int, error: dict[str, Any]) -> UpstreamErrorInfo:
     return UpstreamErrorInfo(status, kind, message, code=code or context_overflow_code(message), param=param)
 
 
+def build_probe(target: Target, key: str) -> UpstreamRequest:
+    """The free model listing (routing's health checks; answers 401 for a bad key):
+    `GET {base_url}/openai/models?api-version=...`, or `{base_url}/models` on the v1 API."""
+    if target.base_url.endswith("/openai/v1"):
+        url = f"{target.base_url}/models"
+    else:
+        version = str(target.options.get("api_version") or DEFAULT_API_VERSION)
+        url = f"{target.base_url}/openai/models?api-version={version}"
+    return UpstreamRequest("GET", url, auth_headers(target, key), None, False)
+
+
 SPEC = ProviderSpec(
     type="azure",
     default_base_url=None,
@@ -204,4 +215,5 @@ SPEC = ProviderSpec(
     parse_response=parse_response,
     new_stream_translator=new_stream_translator,
     parse_error=parse_error,
+    build_probe=build_probe,
 )

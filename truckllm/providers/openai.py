@@ -3,8 +3,10 @@
 Requests go out as the client sent them, with the upstream model name and, for streams,
 `stream_options.include_usage` forced on so usage can always be counted. Responses and
 stream chunks are handed back as bytes with only `model` rewritten to the client's alias,
-found by a byte pattern rather than decoding and re-encoding each chunk. Embeddings the
-client asked for in base64 are encoded here when the upstream answered floats anyway.
+found by a byte pattern rather than decoding and re-encoding each chunk. An
+`{"error": ...}` event in a stream is raised as a GatewayError, like every translator's.
+Embeddings the client asked for in base64 are encoded here when the upstream answered
+floats anyway.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+# An `"error":` key (same reasoning: never inside a string); decoded only when present.
+_ERROR_KEY = re.compile(rb'"error"\s*:')
 _FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
-_ERROR_EVENT = re.compile(rb'\s*\{\s*"error"\s*:\s*[{"]')     # an error object or message, not null
 
 
 def build_request(op: str, body: dict[str, Any], target: Target, key: str,
@@ -111,10 +114,8 @@ class PassThroughStream:
         if data.startswith(b"[DONE]"):
             self._ended = True
             return []
-        if _ERROR_EVENT.match(data):
-            # An error event: fails the attempt (retried elsewhere when nothing was sent
-            # yet), and reaches the client as TruckLLM's SSE error event.
-            raise to_gateway_error(parse_error(502, data))
+        if _ERROR_KEY.search(data):
+            self._raise_error_event(data)
         if not self._ended and _FINISH_REASON.search(data):
             self._ended = True
         if _USAGE_OBJECT.search(data):
@@ -132,6 +133,18 @@ class PassThroughStream:
         if not self._ended:
             raise UpstreamFailed("upstream stream ended before it finished (no finish_reason, no [DONE])")
         return []
+
+    @staticmethod
+    def _raise_error_event(data: bytes) -> None:
+        """An `{"error": {...}}` event (OpenAI and compatible servers send one when a
+        stream fails): raised, so that routing can retry it before the first byte and the
+        relay ends the stream with a clean error event after it."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict | str) and "choices" not in chunk:
+            raise to_gateway_error(parse_error(502, data))
 
     def _note_usage(self, data: bytes) -> None:
         try:

@@ -1,0 +1,7 @@
+"""`make bench`: TruckLLM measured against a bare aiohttp pass-through and against the
+fake upstream called directly, in the same run, on this machine. See docs/performance.md.
+
+Modules: processes (start, pin and watch child processes), fake_upstream, reference_proxy,
+loadgen (each a child process), runner (rounds and aggregation), report (markdown).
+Nothing here is imported by truckllm.
+"""

@@ -22,4 +22,6 @@ def check_glob(pattern: str) -> None:
 
 
 def compile_globs(patterns: list[str]) -> re.Pattern[str]:
+    if not patterns:
+        return re.compile(r"(?!)")          # an empty allow-list allows nothing
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))

@@ -1,0 +1,3 @@
+from truckllm.cli import main
+
+main()

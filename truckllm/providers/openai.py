@@ -1,0 +1,145 @@
+"""OpenAI and OpenAI-compatible servers: near-identity translation. No I/O.
+
+Requests go out as the client sent them, with the upstream model name and, for streams,
+`stream_options.include_usage` forced on so usage can always be counted. Responses and
+stream chunks are handed back as bytes with only `model` rewritten to the client's alias,
+found by a byte pattern rather than decoding and re-encoding each chunk.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from truckllm.errors import UpstreamFailed
+from truckllm.providers.base import (
+    CallContext,
+    ParsedResponse,
+    ProviderSpec,
+    SSEEvent,
+    Target,
+    UpstreamErrorInfo,
+    UpstreamRequest,
+)
+from truckllm.usage import Usage
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+# A JSON key "model" with its string value. Inside a JSON string every quote is escaped,
+# so this only ever matches a real key; the first match is the top-level one in every
+# OpenAI response shape (it precedes `choices` and `data`).
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+def build_request(op: str, body: dict[str, Any], target: Target, key: str,
+                  ctx: CallContext) -> UpstreamRequest:
+    payload = dict(body)
+    payload["model"] = target.model
+    if ctx.stream and op in ("chat", "completions"):
+        options = payload.get("stream_options")
+        payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                     "include_usage": True}
+    headers = {"Content-Type": "application/json", **target.headers}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return UpstreamRequest("POST", target.base_url + PATHS[op], headers,
+                           orjson.dumps(payload), ctx.stream)
+
+
+def rewrite_model(payload: bytes, alias_json: bytes) -> bytes:
+    """Replace the first `"model": "..."` with the alias; `alias_json` is its JSON string."""
+    replacement = b'"model":' + alias_json
+    return _MODEL_FIELD.sub(lambda _: replacement, payload, count=1)
+
+
+def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamFailed(f"provider {target.provider_id!r} returned a body that is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise UpstreamFailed(f"provider {target.provider_id!r} returned an unexpected JSON shape")
+    return ParsedResponse(rewrite_model(raw, orjson.dumps(ctx.alias)), Usage.from_openai(parsed.get("usage")))
+
+
+class PassThroughStream:
+    """Forwards OpenAI chunks as they are, rewriting `model` and noting usage.
+
+    The usage-only chunk (empty `choices`) that TruckLLM asked for on the client's behalf
+    is dropped unless the client asked for it too.
+    """
+
+    __slots__ = ("_alias_json", "_include_usage", "usage")
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._alias_json = orjson.dumps(ctx.alias)
+        self._include_usage = ctx.include_usage
+        self.usage: Usage | None = None
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        data = event.data
+        if data.startswith(b"[DONE]"):
+            return []
+        if _USAGE_OBJECT.search(data):
+            self._note_usage(data)
+            if not self._include_usage and _EMPTY_CHOICES.search(data):
+                return []
+        return [rewrite_model(data, self._alias_json)]
+
+    def close(self) -> list[bytes]:
+        return []
+
+    def _note_usage(self, data: bytes) -> None:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(chunk, dict):
+            self.usage = Usage.from_openai(chunk.get("usage")) or self.usage
+
+
+def new_stream_translator(op: str, target: Target, ctx: CallContext) -> PassThroughStream:
+    return PassThroughStream(ctx)
+
+
+def parse_error(status: int, raw: bytes) -> UpstreamErrorInfo:
+    """Read an OpenAI-style error envelope; tolerate servers that send something else."""
+    default_type = "invalid_request_error" if 400 <= status < 500 else "upstream_error"
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message")
+        return UpstreamErrorInfo(
+            status=status,
+            type=_text(error.get("type")) or default_type,
+            message=_text(message) or f"upstream returned HTTP {status}",
+            code=_text(error.get("code")),
+            param=_text(error.get("param")),
+        )
+    if isinstance(error, str):                   # some compatible servers: {"error": "..."}
+        return UpstreamErrorInfo(status, default_type, error)
+    return UpstreamErrorInfo(status, default_type, f"upstream returned HTTP {status}")
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+SPEC = ProviderSpec(
+    type="openai",
+    default_base_url="https://api.openai.com/v1",
+    operations=frozenset(PATHS),
+    build_request=build_request,
+    parse_response=parse_response,
+    new_stream_translator=new_stream_translator,
+    parse_error=parse_error,
+)

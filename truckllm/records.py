@@ -1,0 +1,78 @@
+"""What happened to one request: filled in as it goes (Exchange), then frozen into a
+RequestRecord that logs, metrics and the admin log buffer consume. No prompt text here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from truckllm.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    timestamp: float                 # unix seconds when the request arrived
+    request_id: str
+    method: str
+    path: str
+    key_id: str | None
+    alias: str | None                # the config alias that matched (bounded label set)
+    provider_id: str | None
+    upstream_model: str | None
+    status: int
+    latency_s: float
+    overhead_s: float                # time spent in TruckLLM itself, excluding upstream
+    ttft_s: float | None             # streams: time to the first chunk sent
+    usage: Usage | None
+    attempts: int
+    cost_usd: float | None
+    error_reason: str | None
+    stream: bool
+
+    @property
+    def level(self) -> str:
+        if self.status >= 500:
+            return "error"
+        return "warning" if self.status >= 400 else "info"
+
+
+class Exchange:
+    """The mutable progress of one request, owned by that request alone."""
+
+    __slots__ = ("alias", "attempts", "cost_usd", "error_reason", "key_id", "method", "path",
+                 "provider_id", "request_id", "started", "started_wall", "status", "stream",
+                 "ttft_s", "upstream_model", "upstream_s", "usage")
+
+    def __init__(self, request_id: str, method: str, path: str) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.started = time.perf_counter()
+        self.started_wall = time.time()
+        self.key_id: str | None = None
+        self.alias: str | None = None
+        self.provider_id: str | None = None
+        self.upstream_model: str | None = None
+        self.attempts = 0
+        self.upstream_s = 0.0            # time spent waiting on upstream
+        self.ttft_s: float | None = None
+        self.usage: Usage | None = None
+        self.cost_usd: float | None = None
+        self.error_reason: str | None = None
+        self.status = 0
+        self.stream = False
+
+    def overhead_s(self, now: float | None = None) -> float:
+        elapsed = (time.perf_counter() if now is None else now) - self.started
+        return max(0.0, elapsed - self.upstream_s)
+
+    def finish(self, status: int) -> RequestRecord:
+        now = time.perf_counter()
+        self.status = status
+        return RequestRecord(
+            timestamp=self.started_wall, request_id=self.request_id, method=self.method,
+            path=self.path, key_id=self.key_id, alias=self.alias, provider_id=self.provider_id,
+            upstream_model=self.upstream_model, status=status, latency_s=now - self.started,
+            overhead_s=self.overhead_s(now), ttft_s=self.ttft_s, usage=self.usage,
+            attempts=self.attempts, cost_usd=self.cost_usd, error_reason=self.error_reason,
+            stream=self.stream)

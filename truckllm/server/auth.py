@@ -1,0 +1,37 @@
+"""Client key authentication: header -> ClientKey of the current snapshot."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from truckllm.errors import AuthenticationFailed, PermissionDenied
+from truckllm.state import ClientKey, State
+
+
+def presented_key(request: web.Request) -> str | None:
+    """`Authorization: Bearer`, then `x-api-key`, then `api-key` (Azure-style SDKs)."""
+    headers = request.headers
+    authorization = headers.get("Authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return headers.get("x-api-key") or headers.get("api-key") or None
+
+
+def authenticate(request: web.Request, state: State) -> ClientKey | None:
+    """The caller's key; None when the config has no `keys:` (open API)."""
+    if state.client_keys is None:
+        return None
+    presented = presented_key(request)
+    if presented is None:
+        raise AuthenticationFailed(
+            "Missing API key. Send it as 'Authorization: Bearer <key>'.")
+    key = state.authenticate(presented)
+    if key is None:
+        raise AuthenticationFailed("Incorrect API key provided.")
+    if key.expired(time.time()):
+        raise PermissionDenied("This API key has expired.", code="key_expired")
+    return key

@@ -1,0 +1,106 @@
+"""The OpenAI-compatible /v1 API: parse -> authorise -> dispatch -> respond."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from truckllm import errors
+from truckllm.dispatch import Call, Reply, dispatch
+from truckllm.providers.base import CallContext
+from truckllm.server.auth import authenticate
+from truckllm.server.keys import STATE, TRANSPORT, exchange_of
+from truckllm.server.middleware import gateway_headers
+from truckllm.server.streaming import write_stream
+from truckllm.server.validation import check_fields, read_json
+from truckllm.state import ClientKey, Route, State
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "completions")
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "embeddings")
+
+
+async def _relay(request: web.Request, op: str) -> web.StreamResponse:
+    state = request.app[STATE].current               # one snapshot for the whole request
+    exchange = exchange_of(request)
+    key = authenticate(request, state)
+    exchange.key_id = key.id if key else None
+    body = await read_json(request, state.config.server.max_body_mb)
+    check_fields(op, body)
+    model: str = body["model"]
+    route, targets = _route_for(state, key, model)
+    exchange.alias = route.alias
+    stream = bool(body.get("stream")) and op != "embeddings"
+    options = body.get("stream_options")
+    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    exchange.stream = stream
+    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage)
+    reply = await dispatch(Call(state, op, body, route, targets, ctx), request.app[TRANSPORT], exchange)
+    if isinstance(reply, Reply):
+        return web.Response(body=reply.body, content_type="application/json",
+                            headers=gateway_headers(exchange))
+    return await write_stream(request, reply, exchange)
+
+
+def _route_for(state: State, key: ClientKey | None, model: str) -> tuple[Route, Any]:
+    resolved = state.resolve(model)
+    if resolved is None:
+        raise errors.NotFound(f"The model '{model}' does not exist.", param="model",
+                              code="model_not_found")
+    if key is not None and not key.may_use(model):
+        raise errors.PermissionDenied(f"This API key may not use the model '{model}'.",
+                                      param="model", code="model_not_allowed")
+    return resolved
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE].current
+    key = authenticate(request, state)
+    data = [_model_entry(state, route.alias, route) for route in state.all_routes
+            if key is None or key.may_use(route.alias)]
+    return _json({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state = request.app[STATE].current
+    key = authenticate(request, state)
+    model = request.match_info["model"]
+    resolved = state.resolve(model)
+    if resolved is None or (key is not None and not key.may_use(model)):
+        # A model the key may not use is answered as if it did not exist.
+        raise errors.NotFound(f"The model '{model}' does not exist.", param="model",
+                              code="model_not_found")
+    return _json(_model_entry(state, model, resolved[0]))
+
+
+def _model_entry(state: State, model: str, route: Route) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": int(state.loaded_at),
+            "owned_by": route.targets[0].provider_id}
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+def _json(payload: dict[str, Any]) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_get("/health", health)

@@ -1,0 +1,67 @@
+"""Running the gateway process: uvloop, listen, wait for a signal, drain, exit.
+
+SIGTERM/SIGINT stop accepting new connections at once, give in-flight requests and
+streams `server.shutdown_grace_s` to finish, then end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from aiohttp import web
+
+from truckllm.config.loader import LoadedConfig
+from truckllm.server.app import create_app
+from truckllm.server.keys import INFLIGHT
+from truckllm.state import StateHolder, build_state
+
+log = structlog.get_logger("truckllm")
+
+
+class ListenError(Exception):
+    """The address could not be bound (in use, not permitted, not local)."""
+
+
+def run(loaded: LoadedConfig, host: str, port: int) -> None:
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:                      # pragma: no cover - uvloop is a dependency
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(loaded, host, port))
+
+
+async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
+    state = build_state(loaded, version=1)
+    if state.client_keys is None:
+        log.warning("open_api", detail="the config has no `keys:` section: anyone who can reach "
+                    "this port can use every model")
+    app = create_app(StateHolder(state))
+    grace = state.config.server.shutdown_grace_s
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    await runner.setup()
+    try:
+        await _listen(runner, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
+                 providers=len(state.providers), aliases=len(state.all_routes))
+        await stop.wait()
+        log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = "the port is already in use" if exc.errno == 98 else exc.strerror
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None

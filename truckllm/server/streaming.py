@@ -1,0 +1,42 @@
+"""Writes a StreamReply to the client as SSE: headers, then each event the moment it is
+ready, no buffering or compression. A client that leaves closes the upstream at once."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from truckllm.dispatch import StreamReply
+from truckllm.records import Exchange
+from truckllm.server.middleware import CLIENT_CLOSED_REQUEST, gateway_headers
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",           # tell nginx-style proxies not to buffer either
+}
+
+
+async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **gateway_headers(exchange)})
+    rest = reply.rest
+    try:
+        await response.prepare(request)
+        await response.write(reply.first)
+        first_sent = time.perf_counter()
+        exchange.ttft_s = first_sent - exchange.started
+        try:
+            async for events in rest:
+                await response.write(events)
+            await response.write_eof()
+        finally:
+            # After the first chunk, time goes to waiting on upstream; the per-chunk relay
+            # work is small and is not worth a clock read per chunk on the hot path.
+            exchange.upstream_s += time.perf_counter() - first_sent
+    except (ConnectionResetError, OSError):
+        exchange.status = CLIENT_CLOSED_REQUEST
+        exchange.error_reason = "client_disconnected"
+    finally:
+        await rest.aclose()              # releases or drops the upstream connection
+    return response

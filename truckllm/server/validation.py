@@ -1,0 +1,93 @@
+"""Client request bodies: size limit, JSON decoding and type checks of the fields
+TruckLLM reads. Every other field goes upstream untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from truckllm.errors import InvalidRequest, PayloadTooLarge
+
+_MIB = 1024 * 1024
+_NUMBER = (int, float)
+
+# field -> (accepted types, required). None is accepted for optional fields, as OpenAI does.
+_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "chat": {
+        "model": ((str,), True), "messages": ((list,), True), "stream": ((bool,), False),
+        "stream_options": ((dict,), False), "n": ((int,), False), "max_tokens": ((int,), False),
+        "max_completion_tokens": ((int,), False), "temperature": (_NUMBER, False),
+        "top_p": (_NUMBER, False), "tools": ((list,), False), "functions": ((list,), False),
+        "stop": ((str, list), False), "response_format": ((dict,), False),
+    },
+    "completions": {
+        "model": ((str,), True), "prompt": ((str, list), True), "stream": ((bool,), False),
+        "stream_options": ((dict,), False), "n": ((int,), False), "max_tokens": ((int,), False),
+        "temperature": (_NUMBER, False), "top_p": (_NUMBER, False), "stop": ((str, list), False),
+    },
+    "embeddings": {
+        "model": ((str,), True), "input": ((str, list), True),
+        "encoding_format": ((str,), False), "dimensions": ((int,), False),
+    },
+}
+_TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a boolean",
+               int: "an integer", float: "a number"}
+
+
+async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
+    raw = await _read_body(request, int(max_body_mb * _MIB), max_body_mb)
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return body
+
+
+async def _read_body(request: web.Request, limit: int, max_body_mb: float) -> bytes:
+    too_large = PayloadTooLarge(f"The request body is larger than the {max_body_mb:g} MiB limit.")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise too_large
+        return await request.read()
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):     # chunked upload
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def check_fields(op: str, body: dict[str, Any]) -> None:
+    for name, (types, required) in _FIELDS[op].items():
+        value = body.get(name)
+        if value is None:
+            if required:
+                raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join(_TYPE_NAMES[t] for t in types)
+            raise InvalidRequest(f"Invalid type for '{name}': expected {expected}.", param=name)
+    if not body["model"]:
+        raise InvalidRequest("'model' must not be empty.", param="model")
+    if op == "chat":
+        _check_messages(body["messages"])
+    elif op == "embeddings" and body.get("encoding_format") not in (None, "float", "base64"):
+        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+
+
+def _check_messages(messages: list[Any]) -> None:
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"messages[{index}] must be an object with a string 'role'.",
+                                 param=f"messages[{index}]")

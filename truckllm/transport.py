@@ -1,0 +1,110 @@
+"""The only module that talks to upstreams: one pooled aiohttp session per provider.
+
+`send` returns an UpstreamResponse whose status and headers are known; the caller reads
+or streams the body and must `close()` it (closing early drops the connection, which is
+how an abandoned request is cancelled upstream). Failures become TransportError with a
+kind dispatch can classify: "connect" or "timeout".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+
+import aiohttp
+
+from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
+from truckllm.state import CompiledProvider
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class TransportError(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind            # "connect" | "timeout"
+
+
+class _HttpResponse:
+    """An aiohttp response seen through the UpstreamResponse protocol."""
+
+    __slots__ = ("_done", "_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self._done = False
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            body = await self._response.read()
+        except TimeoutError:
+            raise TransportError("timeout", "upstream timed out while sending its response") from None
+        except aiohttp.ClientError as exc:
+            raise TransportError("connect", f"upstream connection failed: {type(exc).__name__}") from None
+        self._done = True
+        return body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except TimeoutError:
+            raise TransportError("timeout", "upstream stream timed out") from None
+        except aiohttp.ClientError as exc:
+            raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+        self._done = True
+
+    def close(self) -> None:
+        # A fully read response goes back to the pool; an abandoned one drops its
+        # connection so the upstream stops generating.
+        if self._done:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class Transport:
+    """Pooled sessions keyed by provider id; sessions of vanished providers are retired."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._retired: list[aiohttp.ClientSession] = []
+
+    def _session(self, provider_id: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(provider_id)
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                            skip_auto_headers=("User-Agent",))
+            self._sessions[provider_id] = session
+        return session
+
+    async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+                   request_id: str) -> UpstreamResponse:
+        if provider.spec.local is not None:
+            return await provider.spec.local(request, target)
+        timeout = aiohttp.ClientTimeout(total=provider.timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+        try:
+            response = await self._session(provider.id).request(
+                request.method, request.url, data=request.body,
+                headers={**request.headers, "x-request-id": request_id},
+                timeout=timeout, allow_redirects=False)
+        except TimeoutError:
+            raise TransportError("timeout", f"provider {provider.id!r} timed out") from None
+        except aiohttp.ClientError as exc:
+            raise TransportError("connect", f"cannot reach provider {provider.id!r}: {type(exc).__name__}") from None
+        return _HttpResponse(response)
+
+    def retain(self, provider_ids: Iterable[str]) -> None:
+        """After a reload: keep sessions of providers that still exist."""
+        keep = set(provider_ids)
+        for provider_id in [p for p in self._sessions if p not in keep]:
+            self._retired.append(self._sessions.pop(provider_id))
+
+    async def close(self) -> None:
+        sessions = [*self._sessions.values(), *self._retired]
+        self._sessions.clear()
+        self._retired.clear()
+        await asyncio.gather(*(s.close() for s in sessions))

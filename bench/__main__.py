@@ -18,7 +18,7 @@ import orjson
 
 from bench.processes import Child, cores, free_port, pin_self, start_child, wait_for_port
 from bench.report import RunInfo, render, write_section
-from bench.runner import Target, run_rounds
+from bench.runner import SCENARIOS, Target, run_rounds
 
 CLIENT_KEY = "sk-bench-client-0123456789"
 ALIAS = "bench-model"
@@ -31,6 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--gap-ms", type=float, default=1.0, help="time between streamed chunks")
+    parser.add_argument("--scenarios", default=",".join(s.name.replace(" ", "-") for s in SCENARIOS),
+                        help="comma-separated subset, for quick looks (default: all)")
     parser.add_argument("--no-truckllm", action="store_true", help="measure only direct and reference")
     parser.add_argument("--write", type=Path, help="put the results into this markdown file (e.g. docs/performance.md)")
     return parser.parse_args()
@@ -140,7 +142,9 @@ def main() -> None:
                 raise SystemExit("the reference proxy did not start; nothing to compare against")
 
             began = time.monotonic()
-            results = run_rounds(targets, fake, load_core, args.rounds, args.duration)
+            wanted = set(args.scenarios.replace("-", " ").split(","))
+            scenarios = [s for s in SCENARIOS if s.name in wanted]
+            results = run_rounds(targets, scenarios, fake, load_core, args.rounds, args.duration)
             print(f"measured in {time.monotonic() - began:.0f} s", file=sys.stderr)
             rss = {t.name: t.proxy.peak_rss_mib() for t in targets if t.proxy is not None}
             rss["fake upstream"] = fake.peak_rss_mib()

@@ -150,6 +150,8 @@ def _rss_table(info: RunInfo) -> list[str]:
 def _verdicts(results: Results, info: RunInfo) -> list[str]:
     if "truckllm" not in info.target_names:
         return ["TruckLLM was not measured in this run."]
+    if any((s.name, n) not in results for s in SCENARIOS for n in ("truckllm", "reference", "direct")):
+        return ["Not every scenario ran: no verdict."]
     lines = []
     ratios = []
     for scenario in (s for s in SCENARIOS if not s.stream):

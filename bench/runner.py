@@ -119,8 +119,9 @@ def run_once(target: Target, scenario: Scenario, fake: Child, load_core: int | N
     totals.first_chunk_ms += result["ttfb_ms"]
 
 
-def run_rounds(targets: Sequence[Target], fake: Child, load_core: int | None, rounds: int,
-               duration_s: float, progress: bool = True) -> dict[tuple[str, str], Totals]:
+def run_rounds(targets: Sequence[Target], scenarios: Sequence[Scenario], fake: Child,
+               load_core: int | None, rounds: int, duration_s: float,
+               progress: bool = True) -> dict[tuple[str, str], Totals]:
     """Every scenario, every target, `rounds` times; the target order rotates each round."""
     results: dict[tuple[str, str], Totals] = {}
     for target in targets:                      # warm pools, JITs of caches, first-request paths
@@ -128,7 +129,7 @@ def run_rounds(targets: Sequence[Target], fake: Child, load_core: int | None, ro
         run_once(target, Scenario("warm-up", 4, True), fake, load_core, 0.5, None)
     for round_index in range(rounds):
         order = list(targets[round_index % len(targets):]) + list(targets[:round_index % len(targets)])
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             for target in order:
                 totals = results.setdefault((scenario.name, target.name), Totals())
                 run_once(target, scenario, fake, load_core, duration_s, totals)

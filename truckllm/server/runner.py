@@ -7,6 +7,7 @@ streams `server.shutdown_grace_s` to finish, then end.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import structlog
@@ -18,6 +19,15 @@ from truckllm.server.keys import INFLIGHT
 from truckllm.state import StateHolder, build_state
 
 log = structlog.get_logger("truckllm")
+
+# Every in-flight request holds a few hundred young GC-tracked objects (coroutines,
+# futures, dicts), so under load CPython's default gen0 threshold (700) starts a
+# collection every few dozen requests, each scanning all live young objects: measured at
+# tens of microseconds per request (gc.callbacks under `make bench` load). A larger
+# threshold makes collections
+# rare. Requests leave almost no cyclic garbage (checked with gc.DEBUG_SAVEALL), so
+# memory hardly changes; a collection of 5000 young objects pauses well under 1 ms.
+GC_GEN0_THRESHOLD = 5_000
 
 
 class ListenError(Exception):
@@ -41,6 +51,7 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
                     "this port can use every model")
     app = create_app(StateHolder(state))
     grace = state.config.server.shutdown_grace_s
+    tune_gc()
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
     await runner.setup()
     try:
@@ -65,3 +76,12 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
     except OSError as exc:
         reason = "the port is already in use" if exc.errno == 98 else exc.strerror
         raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def tune_gc() -> None:
+    """After start-up: freeze what exists (imports, config, app) out of every future
+    collection, and collect young objects less often (see GC_GEN0_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)

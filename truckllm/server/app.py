@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from truckllm.log import access_logger
+from truckllm.log import log_access
 from truckllm.server import openai_routes
 from truckllm.server.keys import INFLIGHT, OBSERVERS, STATE, TRANSPORT, RecordObserver
 from truckllm.server.middleware import gateway_middleware
@@ -22,7 +22,7 @@ def create_app(holder: StateHolder) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=_AIOHTTP_BODY_CEILING)
     app[STATE] = holder
     app[TRANSPORT] = Transport()
-    observers: list[RecordObserver] = [access_logger(lambda: holder.current.config.server)]
+    observers: list[RecordObserver] = [log_access]
     app[OBSERVERS] = observers
     app[INFLIGHT] = [0]
     openai_routes.add_routes(app)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from truckllm import errors
+from truckllm.limits import Limiter, UpstreamUse, upstream_ref
 from truckllm.providers.base import CallContext, StreamTranslator, Target, UpstreamResponse
-from truckllm.records import Exchange
+from truckllm.records import Exchange, UpstreamFailure
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.state import CompiledProvider, Route, State, UpstreamKey
 from truckllm.transport import Transport, TransportError
@@ -34,54 +35,114 @@ class Call:
     route: Route
     targets: tuple[Target, ...]
     ctx: CallContext
+    limiter: Limiter | None = None     # upstream-key rpm/tpm accounting; None: not counted
+    estimate_tokens: int = 0           # the prompt estimate reserved against upstream tpm
 
 
 @dataclass(slots=True)
 class Reply:
     body: bytes
+    upstream_use: UpstreamUse | None = None     # settle with the real usage when done
 
 
 @dataclass(slots=True)
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
     rest: AsyncGenerator[bytes, None]  # framed events, ending with [DONE]; aclose() on abandon
+    upstream_use: UpstreamUse | None = None     # settle with the real usage when it ends
 
 
 class _Retryable(Exception):
-    def __init__(self, error: errors.GatewayError) -> None:
+    def __init__(self, error: errors.GatewayError, reason: str = "error") -> None:
         super().__init__(error.message)
         self.error = error
+        self.reason = reason            # short fixed word for metrics: "429", "timeout", ...
 
 
 async def dispatch(call: Call, transport: Transport, exchange: Exchange) -> Reply | StreamReply:
     failure: errors.GatewayError | None = None
+    waits: list[float | None] = []         # targets skipped: every key at its upstream limit
     for target in call.targets:
         provider = call.state.providers[target.provider_id]
         if call.op not in provider.spec.operations:
             continue
-        key = choose_key(provider)
+        key = choose_key(provider, call)
+        if key is None:
+            waits.append(_capacity_wait(provider, call))
+            continue
         exchange.attempts += 1
         exchange.provider_id, exchange.upstream_model = provider.id, target.model
+        exchange.upstream_key_id = key.id
+        use = _count_upstream(call, provider, key)
         try:
+            reply: Reply | StreamReply
             if call.ctx.stream:
-                return await _open_stream(call, provider, target, key, transport, exchange)
-            return await _complete(call, provider, target, key, transport, exchange)
+                reply = await _open_stream(call, provider, target, key, transport, exchange)
+            else:
+                reply = await _complete(call, provider, target, key, transport, exchange)
         except _Retryable as retry:
             failure = retry.error
             exchange.error_reason = failure.type
+            exchange.upstream_failures.append(UpstreamFailure(provider.id, key.id, retry.reason))
+            _settle_unknown(use)
+            continue
+        except BaseException as exc:
+            if isinstance(exc, errors.UpstreamStatus):     # a non-retryable upstream refusal
+                exchange.upstream_failures.append(UpstreamFailure(provider.id, key.id, str(exc.status)))
+            _settle_unknown(use)
+            raise
+        reply.upstream_use = use
+        return reply
+    if failure is None and waits:
+        raise _all_keys_busy(call, waits)
     if failure is None:
         raise errors.InvalidRequest(
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
     raise failure
 
 
-def choose_key(provider: CompiledProvider) -> UpstreamKey:
+def choose_key(provider: CompiledProvider, call: Call | None = None) -> UpstreamKey | None:
+    """A key by weight among those below their upstream rpm/tpm; None if all are at it."""
     keys = provider.keys
     if not keys:
         return _NO_KEY
+    if call is not None and call.limiter is not None:
+        limiter, policy = call.limiter, call.state.limits
+        keys = tuple(k for k in keys if limiter.upstream_has_capacity(
+            policy, upstream_ref(provider.id, k.id), call.estimate_tokens))
+        if not keys:
+            return None
     if len(keys) == 1:
         return keys[0]
     return random.choices(keys, weights=[k.weight for k in keys])[0]
+
+
+def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:
+    if call.limiter is None or key is _NO_KEY:
+        return None
+    return call.limiter.upstream_acquire(call.state.limits, upstream_ref(provider.id, key.id),
+                                         call.estimate_tokens)
+
+
+def _settle_unknown(use: UpstreamUse | None) -> None:
+    """A failed attempt reported no usage: its estimate stays counted against the key."""
+    if use is not None:
+        use.settle(None)
+
+
+def _capacity_wait(provider: CompiledProvider, call: Call) -> float | None:
+    assert call.limiter is not None
+    waits = [call.limiter.upstream_wait_s(call.state.limits, upstream_ref(provider.id, k.id),
+                                          call.estimate_tokens) for k in provider.keys]
+    known = [w for w in waits if w is not None]
+    return min(known) if known else None
+
+
+def _all_keys_busy(call: Call, waits: list[float | None]) -> errors.Overloaded:
+    known = [w for w in waits if w is not None]
+    return errors.Overloaded(
+        f"Every upstream key for model {call.ctx.alias!r} is at its rate limit; retry later.",
+        retry_after_s=min(known) if known else None)
 
 
 async def _send(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
@@ -90,7 +151,7 @@ async def _send(call: Call, provider: CompiledProvider, target: Target, key: Ups
     try:
         return await transport.send(provider, target, request, call.ctx.request_id)
     except TransportError as exc:
-        raise _Retryable(_transport_error(exc)) from None
+        raise _Retryable(_transport_error(exc), exc.kind) from None
 
 
 async def _complete(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
@@ -100,7 +161,7 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     try:
         raw = await response.read()
     except TransportError as exc:
-        raise _Retryable(_transport_error(exc)) from None
+        raise _Retryable(_transport_error(exc), exc.kind) from None
     finally:
         response.close()
         exchange.upstream_s += time.perf_counter() - started
@@ -119,7 +180,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
         try:
             raw = await response.read()
         except TransportError as exc:
-            raise _Retryable(_transport_error(exc)) from None
+            raise _Retryable(_transport_error(exc), exc.kind) from None
         finally:
             response.close()
             exchange.upstream_s += time.perf_counter() - started
@@ -130,10 +191,10 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
         first = await relay.first_output()
     except errors.GatewayError as exc:
         relay.abandon()
-        raise _Retryable(exc) from None
+        raise _Retryable(exc, "stream") from None
     except TransportError as exc:
         relay.abandon()
-        raise _Retryable(_transport_error(exc)) from None
+        raise _Retryable(_transport_error(exc), exc.kind) from None
     finally:
         exchange.upstream_s += time.perf_counter() - started
     return StreamReply(first, relay.rest())
@@ -209,5 +270,5 @@ def _upstream_failure(provider: CompiledProvider, status: int, raw: bytes) -> Ex
     info = provider.spec.parse_error(status, raw)
     if status in _RETRYABLE_STATUSES:
         return _Retryable(errors.UpstreamFailed(
-            f"provider {provider.id!r} failed with HTTP {status}: {info.message}"))
+            f"provider {provider.id!r} failed with HTTP {status}: {info.message}"), str(status))
     return errors.UpstreamStatus(status, info.message, type=info.type, code=info.code, param=info.param)

@@ -1,55 +1,232 @@
-"""structlog setup and the access line written for every request. Log lines carry ids
-and numbers only: never a key, a prompt or a completion."""
+"""Logging: structlog setup, the per-request access line, the admin request log, redaction.
+
+Owns how log lines look (JSON or console), the bounded in-memory request log behind
+GET /admin/v1/logs, and the last-line defence that masks secret values anywhere in a log
+event. Consumes RequestRecords; must not import the server, state or dispatch.
+Configuring structlog and the stdlib root logger is process-wide by nature: it happens in
+`configure_logging`, called at start and when a reload changes the log settings.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Any
+from collections import deque
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any, Literal, TextIO
 
 import orjson
 import structlog
 
+from truckllm.errors import InvalidRequest
 from truckllm.records import RequestRecord
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+LEVELS = ("debug", "info", "warning", "error")
+REDACTED = "***"
+_MIN_SECRET_LENGTH = 4      # shorter values would mask ordinary words; keys are longer
+_BEARER = re.compile(r"\b(Bearer|Basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+_SECRET_FIELD_NAMES = frozenset({
+    "authorization", "proxy-authorization", "api_key", "api-key", "x-api-key", "apikey",
+    "admin_api_key", "password", "secret", "x-goog-api-key", "cookie", "set-cookie",
+})
 
 
-def _dumps(event: Any, **_: Any) -> str:
+class SecretRedactor:
+    """A structlog processor masking known secret values and credential-shaped text.
+
+    The set of secrets is replaced (not mutated) on every applied config, so a line
+    logged during a reload sees either the old or the new set, both complete.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._pattern: re.Pattern[str] | None = None
+        self.update(secrets)
+
+    def update(self, secrets: Iterable[str]) -> None:
+        usable = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
+        # One alternation, longest first, so a secret containing another is masked whole.
+        self._pattern = re.compile("|".join(map(re.escape, usable))) if usable else None
+
+    def redact_text(self, text: str) -> str:
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
+        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+    def redact(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, Mapping):
+            return {k: REDACTED if _is_secret_field(k) else self.redact(v)
+                    for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.redact(item) for item in value]
+        if isinstance(value, bytes | bytearray):
+            return self.redact_text(bytes(value).decode("utf-8", "replace"))
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.redact_text(str(value))
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        for name, value in list(event.items()):
+            event[name] = REDACTED if _is_secret_field(name) else self.redact(value)
+        return event
+
+
+def _is_secret_field(name: object) -> bool:
+    return isinstance(name, str) and name.lower() in _SECRET_FIELD_NAMES
+
+
+def configure_logging(level: str = "info", fmt: Literal["json", "console"] | str = "json",
+                      redactor: SecretRedactor | None = None, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging (aiohttp's own) through one redacting pipeline."""
+    out = sys.stderr if stream is None else stream
+    redactor = SecretRedactor() if redactor is None else redactor
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redactor,           # after exceptions are rendered to text, so tracebacks are masked too
+    ]
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=_json_line) if fmt == "json"
+                     else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,    # a reload may change level or format
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)   # "N changes detected" is noise
+
+
+def _json_line(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    renderer: Any = (structlog.processors.JSONRenderer(serializer=_dumps) if fmt == "json"
-                     else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+def access_fields(record: RequestRecord) -> dict[str, Any]:
+    """The fields of one access line: ids, outcome, timings, counts. No content."""
+    usage = record.usage
+    return {
+        "request_id": record.request_id,
+        "method": record.method,
+        "path": record.path,
+        "key_id": record.key_id,
+        "alias": record.alias,
+        "provider": record.provider_id,
+        "upstream_model": record.upstream_model,
+        "status": record.status,
+        "latency_ms": _ms(record.latency_s),
+        "overhead_ms": _ms(record.overhead_s),
+        "ttft_ms": None if record.ttft_s is None else _ms(record.ttft_s),
+        "prompt_tokens": usage.prompt_tokens if usage else 0,
+        "completion_tokens": usage.completion_tokens if usage else 0,
+        "tokens": usage.total_tokens if usage else 0,
+        "attempts": record.attempts,
+        "stream": record.stream,
+        "cost_usd": None if record.cost_usd is None else round(record.cost_usd, 8),
+        "error": record.error_reason,
+    }
 
 
-_access = structlog.get_logger("truckllm.access")
+_access = structlog.get_logger("truckllm.access")     # a lazy proxy: follows reconfiguration
 
 
 def log_access(record: RequestRecord) -> None:
-    usage = record.usage
-    _access.log(
-        _LEVELS[record.level], "request",
-        request_id=record.request_id, method=record.method, path=record.path,
-        key_id=record.key_id, alias=record.alias, provider=record.provider_id,
-        upstream_model=record.upstream_model, status=record.status,
-        latency_ms=round(record.latency_s * 1000, 3),
-        overhead_ms=round(record.overhead_s * 1000, 3),
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        attempts=record.attempts, stream=record.stream, error=record.error_reason,
-    )
+    """The one access line of a request (a RecordObserver)."""
+    getattr(_access, record.level)("request", **access_fields(record))
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class LogQuery:
+    """Filters of GET /admin/v1/logs. `level` means that level or more severe;
+    `status` is a code (`429`) or a class (`5xx`)."""
+
+    limit: int = 100
+    provider: str | None = None
+    model: str | None = None
+    key: str | None = None
+    level: str | None = None
+    status: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> LogQuery:
+        limit = params.get("limit", "100")
+        if not limit.isdigit() or int(limit) < 1:
+            raise InvalidRequest("limit must be a positive integer", param="limit")
+        level = params.get("level")
+        if level is not None and level not in LEVELS:
+            raise InvalidRequest(f"level must be one of {', '.join(LEVELS)}", param="level")
+        status = params.get("status")
+        if status is not None and not re.fullmatch(r"[1-5](\d\d|xx)", status):
+            raise InvalidRequest("status must be a code such as 429 or a class such as 5xx",
+                                 param="status")
+        return cls(int(limit), params.get("provider"), params.get("model"), params.get("key"),
+                   level, status)
+
+    def matches(self, record: RequestRecord) -> bool:
+        if self.provider is not None and record.provider_id != self.provider:
+            return False
+        if self.model is not None and self.model not in (record.alias, record.upstream_model):
+            return False
+        if self.key is not None and record.key_id != self.key:
+            return False
+        if self.level is not None and LEVELS.index(record.level) < LEVELS.index(self.level):
+            return False
+        return self.status is None or _status_matches(self.status, record.status)
+
+
+def _status_matches(wanted: str, status: int) -> bool:
+    if wanted.endswith("xx"):
+        return status // 100 == int(wanted[0])
+    return status == int(wanted)
+
+
+class RequestLog:
+    """The last N request records, newest first; what GET /admin/v1/logs shows."""
+
+    def __init__(self, size: int) -> None:
+        self._records: deque[RequestRecord] = deque(maxlen=size)
+
+    @property
+    def size(self) -> int:
+        return self._records.maxlen or 0
+
+    def add(self, record: RequestRecord) -> None:
+        self._records.appendleft(record)
+
+    def resize(self, size: int) -> None:
+        """Keep the newest entries that still fit (a reload may change request_log_size)."""
+        if size != self.size:
+            self._records = deque(islice(self._records, size), maxlen=size)
+
+    def query(self, query: LogQuery) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for record in list(self._records):
+            if len(found) >= query.limit:
+                break
+            if query.matches(record):
+                found.append(log_entry(record))
+        return found
+
+
+def log_entry(record: RequestRecord) -> dict[str, Any]:
+    """One entry of GET /admin/v1/logs (SPEC §6 fields first)."""
+    timestamp = datetime.fromtimestamp(record.timestamp, UTC).isoformat(timespec="milliseconds")
+    return {"timestamp": timestamp.replace("+00:00", "Z"), "level": record.level,
+            "model": record.alias, **access_fields(record)}

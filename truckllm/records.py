@@ -10,6 +10,15 @@ from truckllm.usage import Usage
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """One failed upstream attempt: which provider and key, and why (a fixed short word)."""
+
+    provider_id: str
+    key_id: str
+    reason: str             # an HTTP status such as "429", or "timeout", "connect", "stream"
+
+
+@dataclass(frozen=True, slots=True)
 class RequestRecord:
     timestamp: float                 # unix seconds when the request arrived
     request_id: str
@@ -28,6 +37,8 @@ class RequestRecord:
     cost_usd: float | None
     error_reason: str | None
     stream: bool
+    upstream_key_id: str | None = None      # upstream key of the last attempt
+    upstream_failures: tuple[UpstreamFailure, ...] = ()   # every failed attempt, in order
 
     @property
     def level(self) -> str:
@@ -41,7 +52,8 @@ class Exchange:
 
     __slots__ = ("alias", "attempts", "cost_usd", "error_reason", "key_id", "method", "path",
                  "provider_id", "request_id", "started", "started_wall", "status", "stream",
-                 "ttft_s", "upstream_model", "upstream_s", "usage")
+                 "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model", "upstream_s",
+                 "usage")
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -61,6 +73,8 @@ class Exchange:
         self.error_reason: str | None = None
         self.status = 0
         self.stream = False
+        self.upstream_key_id: str | None = None
+        self.upstream_failures: list[UpstreamFailure] = []
 
     def overhead_s(self, now: float | None = None) -> float:
         elapsed = (time.perf_counter() if now is None else now) - self.started
@@ -75,4 +89,5 @@ class Exchange:
             upstream_model=self.upstream_model, status=status, latency_s=now - self.started,
             overhead_s=self.overhead_s(now), ttft_s=self.ttft_s, usage=self.usage,
             attempts=self.attempts, cost_usd=self.cost_usd, error_reason=self.error_reason,
-            stream=self.stream)
+            stream=self.stream, upstream_key_id=self.upstream_key_id,
+            upstream_failures=tuple(self.upstream_failures))

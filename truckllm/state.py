@@ -13,13 +13,14 @@ import hmac
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from types import MappingProxyType
 
 from truckllm.config.globs import compile_globs
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ClientKeyConfig, Config, ModelConfig, ProviderConfig
+from truckllm.limits.policy import LimitsPolicy, compile_policy
 from truckllm.providers import REGISTRY
 from truckllm.providers.base import ProviderSpec, Target
 
@@ -74,6 +75,7 @@ class State:
     client_keys: Mapping[bytes, ClientKey] | None     # by sha256 digest; None: open API
     all_routes: tuple[Route, ...]                     # every alias, in config order
     loaded_at: float                                  # unix seconds
+    limits: LimitsPolicy = field(default_factory=LimitsPolicy)   # rate limits, budgets, prices
 
     @property
     def config(self) -> Config:
@@ -118,7 +120,8 @@ def build_state(loaded: LoadedConfig, version: int) -> State:
     if config.keys is not None:
         client_keys = MappingProxyType({k.digest: k for k in map(_compile_client_key, config.keys)})
     return State(loaded, version, MappingProxyType(providers), MappingProxyType(routes),
-                 tuple(wildcards), client_keys, all_routes, time.time())
+                 tuple(wildcards), client_keys, all_routes, time.time(),
+                 limits=compile_policy(config))
 
 
 def _compile_provider(config: ProviderConfig) -> CompiledProvider:

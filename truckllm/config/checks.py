@@ -5,10 +5,12 @@ Returns (path, message) pairs; the loader attaches file positions.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Iterator
 
-from truckllm.config.schema import Config
+from truckllm.config.schema import Config, split_host_port
 
 PathTuple = tuple[str | int, ...]
 Problem = tuple[PathTuple, str]
@@ -16,7 +18,7 @@ _SHA256_FORM = re.compile(r"sha256:[0-9a-fA-F]{64}")
 
 
 def cross_check(config: Config) -> list[Problem]:
-    return [*_providers(config), *_models(config), *_client_keys(config)]
+    return [*_providers(config), *_models(config), *_client_keys(config), *_admin(config)]
 
 
 def _providers(config: Config) -> Iterator[Problem]:
@@ -64,3 +66,27 @@ def _client_keys(config: Config) -> Iterator[Problem]:
         elif secret in secrets:
             yield ("keys", i, "key"), "the same key is used twice"   # never echo the key
         secrets.add(secret)
+        if key.budget_period is not None and key.budget_usd is None:
+            yield ("keys", i, "budget_period"), "budget_period needs budget_usd"
+
+
+def _admin(config: Config) -> Iterator[Problem]:
+    server = config.server
+    admin = server.admin_api_key.get_secret_value() if server.admin_api_key else ""
+    if admin and any(_same_key(admin, key.key.get_secret_value()) for key in config.keys or []):
+        yield ("server", "admin_api_key"), "the admin key must differ from every client key"
+    if admin.startswith("sha256:"):
+        yield ("server", "admin_api_key"), "give the admin key itself, not its sha256: form"
+    if server.admin_listen is not None:
+        host, port = split_host_port(server.admin_listen)
+        wildcards = {"0.0.0.0", "::"}
+        overlapping = host == server.host or host in wildcards or server.host in wildcards
+        if port == server.port and overlapping:
+            yield ("server", "admin_listen"), "must differ from server.host:server.port"
+
+
+def _same_key(admin: str, client: str) -> bool:
+    if client.startswith("sha256:"):
+        client_digest = client.removeprefix("sha256:").lower()
+        return hmac.compare_digest(hashlib.sha256(admin.encode()).hexdigest(), client_digest)
+    return hmac.compare_digest(admin.encode(), client.encode())

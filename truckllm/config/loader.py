@@ -80,7 +80,8 @@ def load_bytes(raw: bytes, source: str, env: Mapping[str, str] | None = None) ->
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
-        raise ConfigError([tree.issue(_error_path(err["loc"], resolved), _message(err))
+        raise ConfigError([tree.issue(_error_path(err["loc"], resolved), _message(err),
+                                      at_key=err["type"] == "extra_forbidden")
                            for err in exc.errors()]) from None
     issues = [tree.issue(path, message) for path, message in cross_check(config)]
     if issues:
@@ -93,7 +94,8 @@ class _YamlTree:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.marks: dict[PathTuple, yaml.Mark] = {}
+        self.marks: dict[PathTuple, yaml.Mark] = {}        # where each value starts
+        self.key_marks: dict[PathTuple, yaml.Mark] = {}    # where each mapping key starts
         self.issues: list[ConfigIssue] = []
         self.env_refs: dict[str, str] = {}
 
@@ -124,6 +126,7 @@ class _YamlTree:
                 if key in result:
                     self.issues.append(ConfigIssue(format_path((*path, key)), "duplicate key",
                                                    self._location(key_node.start_mark)))
+                self.key_marks[(*path, key)] = key_node.start_mark
                 result[key] = self._convert(value_node, (*path, key), loader)
             return result
         if isinstance(node, yaml.SequenceNode):
@@ -133,7 +136,9 @@ class _YamlTree:
     def _location(self, mark: yaml.Mark) -> str:
         return f"{self.source}:{mark.line + 1}:{mark.column + 1}"
 
-    def issue(self, path: PathTuple, message: str) -> ConfigIssue:
+    def issue(self, path: PathTuple, message: str, at_key: bool = False) -> ConfigIssue:
+        if at_key and path in self.key_marks:
+            return ConfigIssue(format_path(path), message, self._location(self.key_marks[path]))
         for depth in range(len(path), -1, -1):      # the nearest written ancestor
             mark = self.marks.get(path[:depth])
             if mark is not None:

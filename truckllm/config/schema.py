@@ -26,12 +26,35 @@ class ServerConfig(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     log_format: Literal["json", "console"] = Field("json", description="json: one JSON object per line; console: coloured, for humans.")
     shutdown_grace_s: float = Field(30, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.")
+    admin_api_key: SecretStr | None = Field(None, description="Bearer token for the admin API (/admin/v1/...); the admin API is off (404) when empty or absent.")
+    metrics: bool = Field(True, description="Serve Prometheus metrics on GET /metrics (no auth, like any exporter).")
+    admin_listen: str | None = Field(None, description="Optional `host:port` serving the admin API and /metrics only there, never on the main listener.")
+    watch: bool = Field(True, description="Reload the config when its file changes on disk.")
+    request_log_size: int = Field(1000, ge=0, le=1_000_000, description="How many recent requests GET /admin/v1/logs keeps in memory.")
+    state_file: str | None = Field(None, min_length=1, description="Where usage and spend are saved across restarts; relative paths are beside the config file. Default `<config file name>.state.json` beside the config.")
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`127.0.0.1:8081`, `[::1]:8081` or `localhost:8081` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:8081")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class ProviderKey(Strict):
     id: str = Field(min_length=1, description="Stable name of this upstream key (logs, metrics, admin API).")
     value: SecretStr = Field(description="The upstream API key, usually `${ENV_VAR}`.")
     weight: float = Field(1, ge=0, description="Share of traffic this key gets among the provider's keys.")
+    rpm: int | None = Field(None, ge=0, description="The upstream's requests-per-minute limit for this key; TruckLLM skips the key while it is at the limit.")
+    tpm: int | None = Field(None, ge=0, description="The upstream's tokens-per-minute limit for this key (prompt estimate, then real usage); TruckLLM skips the key while it is at the limit.")
 
 
 class ProviderBase(Strict):
@@ -62,9 +85,18 @@ class TargetConfig(Strict):
     model: str = Field(min_length=1, description="Upstream model name; `*` in a wildcard alias stands for the requested suffix.")
 
 
+class PricingConfig(Strict):
+    input_per_mtok: float = Field(ge=0, description="USD per million prompt tokens that are not cache reads or writes.")
+    output_per_mtok: float = Field(ge=0, description="USD per million completion tokens.")
+    cache_read_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens read from the provider's cache; absent means the input price.")
+    cache_write_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens written to the provider's cache; absent means the input price.")
+
+
 class ModelConfig(Strict):
     alias: str = Field(min_length=1, description="The model name clients send; ending in `/*` makes a wildcard alias.")
     targets: list[TargetConfig] = Field(min_length=1, description="Where requests for this alias go, in order.")
+    pricing: PricingConfig | None = Field(None, description="What this alias costs, used for spend, budgets and `llm_cost_usd_total`; absent means requests cost 0.")
+    context_window: int | None = Field(None, ge=1, description="The model's context length in tokens, shown in /v1/models.")
 
 
 class ClientKeyConfig(Strict):
@@ -72,6 +104,11 @@ class ClientKeyConfig(Strict):
     key: SecretStr = Field(description="The key clients send, or `sha256:<hex>` of it to keep only a hash.")
     models: list[str] | None = Field(None, description="Glob allow-list of aliases this key may use; absent means every alias.")
     expires: datetime | None = Field(None, description="When the key stops working (ISO 8601, UTC if no zone).")
+    rpm: int | None = Field(None, ge=0, description="Requests this key may make in any 60 seconds; absent means no limit.")
+    tpm: int | None = Field(None, ge=0, description="Tokens this key may use in any 60 seconds (prompt estimate, then real usage); absent means no limit.")
+    max_concurrent: int | None = Field(None, ge=0, description="Requests and streams this key may have in flight at once; absent means no limit.")
+    budget_usd: float | None = Field(None, ge=0, description="Spend allowed per budget period, in USD; over it the key gets 403 `budget_exceeded`. Absent means no budget.")
+    budget_period: Literal["daily", "weekly", "monthly", "total"] | None = Field(None, description="Budget period: calendar day, week (from Monday) or month in UTC, or `total` (never resets). Default `total`.")
 
     @field_validator("models")
     @classmethod
@@ -81,9 +118,16 @@ class ClientKeyConfig(Strict):
         return patterns
 
 
+class LimitsConfig(Strict):
+    rpm: int | None = Field(None, ge=0, description="Requests the whole gateway admits in any 60 seconds; absent means no limit.")
+    tpm: int | None = Field(None, ge=0, description="Tokens the whole gateway admits in any 60 seconds; absent means no limit.")
+    max_concurrent: int | None = Field(None, ge=0, description="Requests and streams in flight at once across all keys; absent means no limit.")
+
+
 class Config(Strict):
     version: Literal[1] = Field(description="Config format version; always 1.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Listener and process settings.")
     providers: list[ProviderConfig] = Field(min_length=1, description="Upstream providers and their keys.")
     models: list[ModelConfig] = Field(min_length=1, description="Aliases clients can ask for and their targets.")
     keys: list[ClientKeyConfig] | None = Field(None, description="Client keys; absent means the API is open (a warning is logged).")
+    limits: LimitsConfig | None = Field(None, description="Gateway-wide limits, checked for every request in addition to the key's own.")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from truckllm.log import log_access
-from truckllm.server import openai_routes
-from truckllm.server.keys import INFLIGHT, OBSERVERS, STATE, TRANSPORT, RecordObserver
+from truckllm import errors
+from truckllm.config.loader import LoadedConfig
+from truckllm.limits import Clock, Limiter
+from truckllm.reloader import ReloadResult
+from truckllm.server import admin_keys, openai_routes
+from truckllm.server.admin_routes import add_admin_routes, add_metrics_route
+from truckllm.server.keys import INFLIGHT, LIMITER, OBSERVERS, OPS, STATE, TRANSPORT, RecordObserver
+from truckllm.server.metering import save_state
 from truckllm.server.middleware import gateway_middleware
+from truckllm.server.ops import make_ops, run_reloader
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
 
@@ -18,18 +25,79 @@ from truckllm.transport import Transport
 _AIOHTTP_BODY_CEILING = 1 << 40
 
 
-def create_app(holder: StateHolder) -> web.Application:
+def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Application:
+    """The client-facing app; it also serves the admin API and /metrics unless
+    `server.admin_listen` moves them to the app of `create_admin_app`.
+    `clock` is for tests that move time (rate windows, budget periods) without sleeping."""
     app = web.Application(middlewares=[gateway_middleware], client_max_size=_AIOHTTP_BODY_CEILING)
     app[STATE] = holder
     app[TRANSPORT] = Transport()
-    observers: list[RecordObserver] = [log_access]
-    app[OBSERVERS] = observers
     app[INFLIGHT] = [0]
+    app[LIMITER] = Limiter(clock)
+    app[LIMITER].adopt(holder.current.limits)
+    ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
+    app[OPS] = ops
+    ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app))
+    observers: list[RecordObserver] = ops.observers()
+    app[OBSERVERS] = observers
     openai_routes.add_routes(app)
+    if holder.current.config.server.admin_listen is None:
+        _add_admin(app)
     app.cleanup_ctx.append(_close_transport)
+    app.cleanup_ctx.append(save_state)
+    app.cleanup_ctx.append(_reloader)
+    return app
+
+
+def create_admin_app(main: web.Application) -> web.Application:
+    """The admin API and /metrics on their own listener (`server.admin_listen`)."""
+    app = web.Application(middlewares=[admin_middleware])
+    app[OPS] = main[OPS]
+    app[STATE] = main[STATE]
+    app[LIMITER] = main[LIMITER]
+    _add_admin(app)
+    app.router.add_get("/health", openai_routes.health)
+    return app
+
+
+def _add_admin(app: web.Application) -> None:
+    add_admin_routes(app)
+    admin_keys.add_routes(app)
+    add_metrics_route(app)
+
+
+def _limiter_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResult], None]:
+    """After a reload the limiter drops state of ids that are gone at once, not lazily."""
+    def adopt(loaded: LoadedConfig, result: ReloadResult) -> None:
+        app[LIMITER].adopt(app[STATE].current.limits)
+    return adopt
     return app
 
 
 async def _close_transport(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TRANSPORT].close()
+
+
+async def _reloader(app: web.Application) -> AsyncIterator[None]:
+    async for _ in run_reloader(app[OPS]):
+        yield
+
+
+@web.middleware
+async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Error envelope of the admin-only listener: OpenAI-shaped JSON, never HTML."""
+    try:
+        return await handler(request)
+    except errors.GatewayError as exc:
+        return error_json(exc)
+    except web.HTTPException as exc:
+        if exc.status == 405:
+            return error_json(errors.MethodNotAllowed(f"Method {request.method} is not allowed."))
+        return error_json(errors.NotFound(f"Unknown path: {request.method} {request.path}",
+                                          code="unknown_url"))
+
+
+def error_json(exc: errors.GatewayError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json",
+                        headers=exc.headers())

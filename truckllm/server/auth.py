@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 
 from aiohttp import web
 
-from truckllm.errors import AuthenticationFailed, PermissionDenied
+from truckllm.errors import AuthenticationFailed, NotFound, PermissionDenied
 from truckllm.state import ClientKey, State
 
 
@@ -35,3 +37,20 @@ def authenticate(request: web.Request, state: State) -> ClientKey | None:
     if key.expired(time.time()):
         raise PermissionDenied("This API key has expired.", code="key_expired")
     return key
+
+
+def require_admin(request: web.Request, state: State) -> None:
+    """The admin API: 404 when no admin key is configured, 401 without the right one.
+    Digests are compared, so the check takes the same time whatever was sent."""
+    secret = state.config.server.admin_api_key
+    expected = secret.get_secret_value() if secret is not None else ""
+    if not expected:
+        raise NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
+    presented = presented_key(request) or ""
+    if not hmac.compare_digest(_digest(presented), _digest(expected)):
+        raise AuthenticationFailed(
+            "Missing or incorrect admin key. Send 'Authorization: Bearer <server.admin_api_key>'.")
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()

@@ -6,7 +6,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from truckllm.limits import Limiter
 from truckllm.records import Exchange, RequestRecord
+from truckllm.server.ops import Ops
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
 
@@ -16,11 +18,19 @@ STATE = web.AppKey("state", StateHolder)
 TRANSPORT = web.AppKey("transport", Transport)
 OBSERVERS = web.AppKey("observers", list[RecordObserver])
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
+OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
+LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
 
-# Per-request key: aiohttp requests take string keys.
-EXCHANGE = "truckllm.exchange"
+EXCHANGE = web.RequestKey("exchange", Exchange)
+# () -> the client key's x-ratelimit-* headers, computed when the response goes out
+RATELIMIT_HEADERS: web.RequestKey[Callable[[], dict[str, str]]] = web.RequestKey("ratelimit_headers")
 
 
 def exchange_of(request: web.Request) -> Exchange:
-    exchange: Exchange = request[EXCHANGE]
-    return exchange
+    return request[EXCHANGE]
+
+
+def ratelimit_headers_of(request: web.Request) -> dict[str, str]:
+    """The caller's x-ratelimit-* headers, live; {} before auth or for keys without limits."""
+    headers = request.get(RATELIMIT_HEADERS)
+    return headers() if headers is not None else {}

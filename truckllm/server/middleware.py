@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from truckllm import errors
 from truckllm.records import Exchange
-from truckllm.server.keys import EXCHANGE, INFLIGHT, OBSERVERS
+from truckllm.server.keys import EXCHANGE, INFLIGHT, OBSERVERS, ratelimit_headers_of
 
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")     # printable, no spaces, bounded
 _UNRECORDED_PATHS = frozenset({"/health", "/metrics"})
@@ -33,17 +33,19 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     exchange = Exchange(request_id_for(request), request.method, request.path)
     request[EXCHANGE] = exchange
     inflight = request.app[INFLIGHT]
-    inflight[0] += 1
+    recorded = request.path not in _UNRECORDED_PATHS and not request.path.startswith("/admin/")
+    inflight[0] += recorded         # scrapes and admin calls are not traffic
     status = CLIENT_CLOSED_REQUEST
     try:
         response = await _handle(request, handler, exchange)
         status = response.status if not exchange.status else exchange.status
         if not response.prepared:
             response.headers["x-request-id"] = exchange.request_id
+            response.headers.update(ratelimit_headers_of(request))
         return response
     finally:
-        inflight[0] -= 1
-        if request.path not in _UNRECORDED_PATHS:
+        inflight[0] -= recorded
+        if recorded:
             record = exchange.finish(status)
             for observe in request.app[OBSERVERS]:
                 observe(record)

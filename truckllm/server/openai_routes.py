@@ -9,10 +9,11 @@ import orjson
 from aiohttp import web
 
 from truckllm import errors
-from truckllm.dispatch import Call, Reply, dispatch
+from truckllm.dispatch import Call, Reply, StreamReply, dispatch
 from truckllm.providers.base import CallContext
+from truckllm.server import metering
 from truckllm.server.auth import authenticate
-from truckllm.server.keys import STATE, TRANSPORT, exchange_of
+from truckllm.server.keys import LIMITER, RATELIMIT_HEADERS, STATE, TRANSPORT, exchange_of
 from truckllm.server.middleware import gateway_headers
 from truckllm.server.streaming import write_stream
 from truckllm.server.validation import check_fields, read_json
@@ -34,7 +35,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     state = request.app[STATE].current               # one snapshot for the whole request
     exchange = exchange_of(request)
-    key = authenticate(request, state)
+    key = _authenticate(request, state)
     exchange.key_id = key.id if key else None
     body = await read_json(request, state.config.server.max_body_mb)
     check_fields(op, body)
@@ -46,11 +47,27 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     exchange.stream = stream
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage)
-    reply = await dispatch(Call(state, op, body, route, targets, ctx), request.app[TRANSPORT], exchange)
-    if isinstance(reply, Reply):
-        return web.Response(body=reply.body, content_type="application/json",
-                            headers=gateway_headers(exchange))
-    return await write_stream(request, reply, exchange)
+    limiter = request.app[LIMITER]
+    admission = metering.admit(limiter, state, key, body, exchange)
+    reply: Reply | StreamReply | None = None
+    try:
+        call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate_tokens)
+        reply = await dispatch(call, request.app[TRANSPORT], exchange)
+        if isinstance(reply, Reply):
+            return web.Response(body=reply.body, content_type="application/json",
+                                headers=gateway_headers(exchange))
+        return await write_stream(request, reply, exchange)
+    finally:   # after the last byte, an error, or the client leaving (streams included)
+        metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+def _authenticate(request: web.Request, state: State) -> ClientKey | None:
+    """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
+    key = authenticate(request, state)
+    if key is not None:
+        limiter = request.app[LIMITER]
+        request[RATELIMIT_HEADERS] = lambda: metering.ratelimit_headers(limiter, state, key)
+    return key
 
 
 def _route_for(state: State, key: ClientKey | None, model: str) -> tuple[Route, Any]:
@@ -66,7 +83,7 @@ def _route_for(state: State, key: ClientKey | None, model: str) -> tuple[Route, 
 
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE].current
-    key = authenticate(request, state)
+    key = _authenticate(request, state)
     data = [_model_entry(state, route.alias, route) for route in state.all_routes
             if key is None or key.may_use(route.alias)]
     return _json({"object": "list", "data": data})
@@ -74,7 +91,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     state = request.app[STATE].current
-    key = authenticate(request, state)
+    key = _authenticate(request, state)
     model = request.match_info["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):
@@ -85,8 +102,13 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 def _model_entry(state: State, model: str, route: Route) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": int(state.loaded_at),
-            "owned_by": route.targets[0].provider_id}
+    entry: dict[str, Any] = {"id": model, "object": "model", "created": int(state.loaded_at),
+                             "owned_by": route.targets[0].provider_id}
+    if route.config.context_window is not None:
+        entry["context_window"] = route.config.context_window
+    if route.config.pricing is not None:
+        entry["pricing"] = route.config.pricing.model_dump(exclude_none=True)
+    return entry
 
 
 async def health(request: web.Request) -> web.Response:

@@ -14,8 +14,9 @@ import structlog
 from aiohttp import web
 
 from truckllm.config.loader import LoadedConfig
-from truckllm.server.app import create_app
-from truckllm.server.keys import INFLIGHT
+from truckllm.config.schema import split_host_port
+from truckllm.server.app import create_admin_app, create_app
+from truckllm.server.keys import INFLIGHT, OPS
 from truckllm.state import StateHolder, build_state
 
 log = structlog.get_logger("truckllm")
@@ -50,14 +51,27 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         log.warning("open_api", detail="the config has no `keys:` section: anyone who can reach "
                     "this port can use every model")
     app = create_app(StateHolder(state))
+    ops = app[OPS]
+    ops.configure_logging()                 # now with the config's secrets to redact
+    loop = asyncio.get_running_loop()
+    # At once: SIGHUP's default action would end the process. An early one waits in the
+    # reloader until its worker starts.
+    loop.add_signal_handler(signal.SIGHUP, ops.reloader.request_reload, "sighup")
     grace = state.config.server.shutdown_grace_s
     tune_gc()
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    runners = [runner]
     await runner.setup()
     try:
         await _listen(runner, host, port)
+        admin_listen = state.config.server.admin_listen
+        if admin_listen is not None:
+            admin_runner = web.AppRunner(create_admin_app(app), access_log=None)
+            runners.append(admin_runner)
+            await admin_runner.setup()
+            await _listen(admin_runner, *split_host_port(admin_listen))
+            log.info("admin_listening", url=f"http://{admin_listen}")
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
@@ -65,7 +79,9 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         await stop.wait()
         log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
     finally:
-        await runner.cleanup()
+        loop.remove_signal_handler(signal.SIGHUP)
+        for each in reversed(runners):
+            await each.cleanup()
     log.info("stopped")
 
 

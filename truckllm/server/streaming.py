@@ -9,6 +9,7 @@ from aiohttp import web
 
 from truckllm.dispatch import StreamReply
 from truckllm.records import Exchange
+from truckllm.server.keys import ratelimit_headers_of
 from truckllm.server.middleware import CLIENT_CLOSED_REQUEST, gateway_headers
 
 _SSE_HEADERS = {
@@ -19,7 +20,8 @@ _SSE_HEADERS = {
 
 
 async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **gateway_headers(exchange)})
+    headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_of(request)}
+    response = web.StreamResponse(status=200, headers=headers)
     rest = reply.rest
     try:
         await response.prepare(request)

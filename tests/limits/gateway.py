@@ -1,0 +1,60 @@
+"""Start the real gateway app in-process for limits tests: a config file in a temp dir,
+an injectable clock, an OpenAI SDK client per key."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from openai import AsyncOpenAI
+
+from truckllm.config.loader import load_file
+from truckllm.limits import Clock, Limiter
+from truckllm.server.app import create_app
+from truckllm.server.keys import LIMITER
+from truckllm.state import StateHolder, build_state
+
+ADMIN_KEY = "admin-secret-1"
+
+
+@dataclass
+class Gateway:
+    app: web.Application
+    url: str                    # ends in /v1
+    root: str                   # http://127.0.0.1:PORT
+
+    def client(self, key: str) -> AsyncOpenAI:
+        return AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=10)
+
+    @property
+    def limiter(self) -> Limiter:
+        return self.app[LIMITER]
+
+    async def admin(self, method: str, path: str, key: str | None = ADMIN_KEY) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session, \
+                session.request(method, self.root + path, headers=headers) as response:
+            return response.status, await response.json()
+
+
+@asynccontextmanager
+async def make_gateway(config_text: str, directory: Path, clock: Clock | None = None,
+                       name: str = "config.yaml") -> AsyncIterator[Gateway]:
+    path = directory / name
+    path.write_text(config_text)
+    loaded = load_file(path, env={})
+    app = create_app(StateHolder(build_state(loaded, version=1)), clock=clock)
+    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
+    await server.start_server()
+    root = str(server.make_url("")).rstrip("/")
+    try:
+        yield Gateway(app, root + "/v1", root)
+    finally:
+        await server.close()

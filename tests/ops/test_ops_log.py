@@ -1,0 +1,171 @@
+"""The admin request log (ring buffer and filters), access lines, and secret redaction."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import orjson
+import pytest
+import structlog
+
+from truckllm.errors import InvalidRequest
+from truckllm.log import (
+    LogQuery,
+    RequestLog,
+    SecretRedactor,
+    configure_logging,
+    log_access,
+    log_entry,
+)
+from truckllm.records import RequestRecord
+from truckllm.usage import Usage
+
+SECRETS = ["sk-upstream-0123456789", "client-key-abcdef", "admin-key-xyz-987"]
+
+
+def make_record(n: int, **overrides: object) -> RequestRecord:
+    fields: dict[str, object] = dict(
+        timestamp=1_700_000_000.0 + n, request_id=f"req-{n}", key_id="team-a", alias="gpt-4o",
+        provider_id="openai", upstream_model="gpt-4o-2024", status=200, latency_s=0.25,
+        overhead_s=0.0003, ttft_s=None, usage=Usage(prompt_tokens=3, completion_tokens=4),
+        attempts=1, cost_usd=0.0001, error_reason=None, method="POST",
+        path="/v1/chat/completions", stream=False)
+    fields.update(overrides)
+    return RequestRecord(**fields)  # type: ignore[arg-type]
+
+
+def make_log(size: int = 100) -> RequestLog:
+    log = RequestLog(size)
+    log.add(make_record(1))
+    log.add(make_record(2, provider_id="claude", alias="sonnet", upstream_model="claude-sonnet-4-5"))
+    log.add(make_record(3, key_id="team-b", status=429, error_reason="rate_limited:key_rpm"))
+    log.add(make_record(4, status=502, error_reason="upstream"))
+    log.add(make_record(5, status=503, provider_id="claude", alias="sonnet"))
+    return log
+
+
+def ids(entries: list[dict[str, object]]) -> list[object]:
+    return [entry["request_id"] for entry in entries]
+
+
+def test_newest_first_and_limit() -> None:
+    log = make_log()
+    assert ids(log.query(LogQuery())) == ["req-5", "req-4", "req-3", "req-2", "req-1"]
+    assert ids(log.query(LogQuery(limit=2))) == ["req-5", "req-4"]
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({"provider": "claude"}, ["req-5", "req-2"]),
+    ({"model": "sonnet"}, ["req-5", "req-2"]),
+    ({"model": "claude-sonnet-4-5"}, ["req-2"]),
+    ({"key": "team-b"}, ["req-3"]),
+    ({"level": "warning"}, ["req-5", "req-4", "req-3"]),
+    ({"level": "error"}, ["req-5", "req-4"]),
+    ({"status": "5xx"}, ["req-5", "req-4"]),
+    ({"status": "429"}, ["req-3"]),
+    ({"status": "200", "provider": "openai", "limit": "1"}, ["req-1"]),
+    ({"provider": "nope"}, []),
+])
+def test_filters(params: dict[str, str], expected: list[str]) -> None:
+    assert ids(make_log().query(LogQuery.from_params(params))) == expected
+
+
+@pytest.mark.parametrize("params", [
+    {"limit": "0"}, {"limit": "-1"}, {"limit": "ten"}, {"level": "loud"}, {"status": "200x"},
+    {"status": "6xx"},
+])
+def test_bad_filters_are_invalid_requests(params: dict[str, str]) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        LogQuery.from_params(params)
+    assert caught.value.param == next(iter(params))
+
+
+def test_ring_buffer_keeps_only_the_newest() -> None:
+    log = RequestLog(3)
+    for n in range(10):
+        log.add(make_record(n))
+    assert ids(log.query(LogQuery())) == ["req-9", "req-8", "req-7"]
+    log.resize(2)
+    assert ids(log.query(LogQuery())) == ["req-9", "req-8"]
+    log.resize(5)
+    log.add(make_record(10))
+    assert ids(log.query(LogQuery())) == ["req-10", "req-9", "req-8"]
+    empty = RequestLog(0)
+    empty.add(make_record(1))
+    assert empty.query(LogQuery()) == []
+
+
+def test_entry_has_the_spec_fields_and_no_content() -> None:
+    entry = log_entry(make_record(1, ttft_s=0.1))
+    for name in ("timestamp", "level", "request_id", "key_id", "provider", "model", "status",
+                 "latency_ms", "tokens", "cost_usd"):
+        assert name in entry
+    assert entry["timestamp"] == "2023-11-14T22:13:21.000Z"
+    assert entry["latency_ms"] == 250.0
+    assert entry["tokens"] == 7
+    assert entry["ttft_ms"] == 100.0
+    assert not {"messages", "prompt", "content", "completion"} & set(entry)
+
+
+def test_redactor_masks_known_secrets_everywhere() -> None:
+    redactor = SecretRedactor(SECRETS)
+    event = {
+        "event": f"upstream said no to {SECRETS[0]}",
+        "nested": {"list": [f"x{SECRETS[1]}y", 3, None], "authorization": "whatever"},
+        "header": "Bearer some-token-value",
+        "raw": SECRETS[2].encode(),
+        "api_key": "short",
+    }
+    out = redactor(None, "info", dict(event))
+    text = orjson.dumps(out).decode()
+    for secret in [*SECRETS, "some-token-value", "whatever", "short"]:
+        assert secret not in text
+    assert out["event"] == "upstream said no to ***"
+    assert out["header"] == "Bearer ***"
+    assert out["nested"]["list"] == ["x***y", 3, None]
+
+
+def test_redactor_update_replaces_the_set() -> None:
+    redactor = SecretRedactor(["old-secret-1"])
+    redactor.update(["new-secret-2"])
+    assert redactor.redact_text("old-secret-1 new-secret-2") == "old-secret-1 ***"
+
+
+@pytest.fixture
+def captured() -> io.StringIO:
+    stream = io.StringIO()
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def test_json_access_line_and_stdlib_logs_are_redacted(captured: io.StringIO) -> None:
+    configure_logging("info", "json", SecretRedactor(SECRETS), captured)
+    logger = structlog.get_logger("truckllm.access")
+    log_access(make_record(1, status=502, error_reason="upstream"))
+    logger.debug("hidden at info level")
+    try:
+        raise RuntimeError(f"failed with key {SECRETS[0]}")
+    except RuntimeError:
+        logging.getLogger("aiohttp.server").exception("Error handling request %s", SECRETS[1])
+        logger.exception("boom")
+
+    lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
+    access = lines[0]
+    assert access["event"] == "request"
+    assert access["level"] == "error"
+    assert access["status"] == 502 and access["request_id"] == "req-1"
+    assert access["prompt_tokens"] == 3 and access["attempts"] == 1
+    assert not [line for line in lines if line["event"] == "hidden at info level"]
+    assert len(lines) == 3
+    for secret in SECRETS:
+        assert secret not in captured.getvalue()
+
+
+def test_console_format_and_level_change(captured: io.StringIO) -> None:
+    configure_logging("debug", "console", SecretRedactor(SECRETS), captured)
+    structlog.get_logger().debug("visible", secret_in_text=SECRETS[2])
+    text = captured.getvalue()
+    assert "visible" in text and SECRETS[2] not in text
+    assert not text.lstrip().startswith("{")

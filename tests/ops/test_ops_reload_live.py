@@ -1,0 +1,238 @@
+"""Reloading a running `truckllm serve`: file watch, SIGHUP, admin reload, and the proof
+that no request is lost across 50 reloads under streaming and non-streaming load."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import orjson
+import pytest
+from openai import AsyncOpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ops.live import (
+    ENV,
+    SECRETS,
+    Gateway,
+    free_port,
+    make_config,
+    run_gateway,
+    wait_until,
+    write_replacing,
+)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+async def wait_for_models(gateway: Gateway, expected: set[str]) -> None:
+    async def check() -> bool:
+        return await gateway.model_ids() == expected
+    await wait_until(check, f"models to become {sorted(expected)}")
+
+
+async def wait_for_reload_count(gateway: Gateway, result: str, count: int) -> str:
+    async def check() -> bool:
+        _, text = await gateway.get("/metrics")
+        return metric(text, "truckllm_config_reloads_total", result=result) >= count
+    await wait_until(check, f"{count} reload(s) with result {result}")
+    return (await gateway.get("/metrics"))[1]
+
+
+async def test_file_watch_edit_rename_invalid_and_revert(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    first = make_config(port)
+    path.write_text(first)
+    async with run_gateway(path, port) as gateway:
+        assert await gateway.model_ids() == {"demo"}
+
+        second = make_config(port, aliases=("demo", "extra"))
+        path.write_text(second)                                    # edit in place
+        await wait_for_models(gateway, {"demo", "extra"})
+
+        write_replacing(path, make_config(port, aliases=("demo", "renamed")))   # rename-replace
+        await wait_for_models(gateway, {"demo", "renamed"})
+
+        write_replacing(path, "version: 1\nproviders: [{id: demo, type: mock}]\nmodels:\n"
+                        "  - alias: broken\n    targets: [{provider: nowhere, model: x}]\n")
+        text = await wait_for_reload_count(gateway, "error", 1)
+        assert await gateway.model_ids() == {"demo", "renamed"}     # still the last good one
+        assert metric(text, "truckllm_config_version") == 3
+        status = await gateway.status()
+        assert status["last_reload"]["result"] == "error"
+        [issue] = status["last_reload"]["errors"]
+        assert issue["path"] == "models[0].targets[0].provider"
+        assert issue["location"].endswith("config.yaml:5:26")
+
+        write_replacing(path, first)                                # revert
+        await wait_for_models(gateway, {"demo"})
+        text = await wait_for_reload_count(gateway, "success", 3)
+        assert metric(text, "truckllm_config_version") == 4
+        status = await gateway.status()
+        assert status["config"]["version"] == 4 and status["last_reload"]["result"] == "success"
+
+        output = gateway.output()
+        reloaded = [orjson.loads(line) for line in output.splitlines()
+                    if '"config reloaded"' in line]
+        assert reloaded[0]["aliases"] == {"added": ["extra"], "removed": [], "changed": []}
+        assert reloaded[1]["aliases"]["removed"] == ["extra"]
+        assert "config reload failed" in output and "unknown provider 'nowhere'" in output
+
+
+async def test_sighup_reloads_and_same_bytes_do_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port, watch=False))
+    async with run_gateway(path, port) as gateway:
+        gateway.signal(signal.SIGHUP)                       # same bytes: nothing happens
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is False and body["unchanged"] is True
+        assert (await gateway.status())["config"]["version"] == 1
+
+        path.write_text(make_config(port, aliases=("demo", "after-hup"), watch=False))
+        gateway.signal(signal.SIGHUP)
+        await wait_for_models(gateway, {"demo", "after-hup"})
+        status = await gateway.status()
+        assert status["last_reload"]["trigger"] == "sighup"
+        assert status["config"]["version"] == 2
+        _, text = await gateway.get("/metrics")
+        assert metric(text, "truckllm_config_reloads_total", result="success") == 1
+        assert metric(text, "truckllm_config_reloads_total", result="error") == 0
+
+
+async def test_log_settings_apply_on_reload(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port, watch=False))
+    async with run_gateway(path, port) as gateway:
+        path.write_text(make_config(port, watch=False, extra_server="log_level: warning"))
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["changes"]["server"] == ["log_level"], body
+        headers = {"Authorization": f"Bearer {ENV['TEAM_KEY']}", "X-Request-ID": "quiet-one"}
+        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                     json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
+            assert response.status == 200
+        headers["X-Request-ID"] = "loud-one"
+        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                     json={"model": "missing", "messages": [{"role": "user", "content": "hi"}]}) as response:
+            assert response.status == 404
+
+        path.write_text(make_config(port, watch=False, extra_server="log_format: console"))
+        code, _, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200
+        headers["X-Request-ID"] = "console-one"
+        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+                                     json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
+            assert response.status == 200
+
+        async def logged() -> bool:
+            return "console-one" in gateway.output()
+        await wait_until(logged, "the console access line")
+        lines = gateway.output().splitlines()
+        assert any('"loud-one"' in line and line.startswith("{") for line in lines)
+        assert not any("quiet-one" in line for line in lines)
+        [console] = [line for line in lines if "console-one" in line]
+        assert not console.startswith("{") and "request" in console
+
+
+async def test_listener_changes_are_reported_as_needing_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port, watch=False))
+    async with run_gateway(path, port) as gateway:
+        path.write_text(make_config(port + 1, aliases=("demo", "also"), watch=False))
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is True and body["version"] == 2
+        assert body["needs_restart"] == ["server.port"]
+        assert await gateway.model_ids() == {"demo", "also"}       # the rest applied
+        assert (await gateway.status())["needs_restart"] == ["server.port"]
+        assert "need a restart" in gateway.output()
+
+
+ROUNDS = 50
+WORKERS = 6
+
+
+async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port, watch=False, chunk_delay_ms=10))
+    async with run_gateway(path, port) as gateway:
+        client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key=ENV["TEAM_KEY"], max_retries=0,
+                             timeout=30)
+        done = asyncio.Event()
+        answered: list[str] = []
+
+        async def non_streaming(worker: int) -> None:
+            n = 0
+            while not done.is_set():
+                text = f"plain {worker} {n}"
+                reply = await client.chat.completions.create(
+                    model="demo", messages=[{"role": "user", "content": text}])
+                assert reply.choices[0].message.content == f"You said: {text}"
+                assert reply.choices[0].finish_reason == "stop"
+                answered.append("plain")
+                n += 1
+
+        async def streaming(worker: int) -> None:
+            n = 0
+            while not done.is_set():
+                text = f"stream {worker} {n} with several words to make several chunks"
+                stream = await client.chat.completions.create(
+                    model="demo", stream=True, stream_options={"include_usage": True},
+                    messages=[{"role": "user", "content": text}])
+                pieces, finishes, usages = [], [], 0
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usages += 1
+                    for choice in chunk.choices:
+                        pieces.append(choice.delta.content or "")
+                        if choice.finish_reason:
+                            finishes.append(choice.finish_reason)
+                assert "".join(pieces) == f"You said: {text}"
+                assert finishes == ["stop"] and usages == 1
+                answered.append("stream")
+                n += 1
+
+        async def reload_many() -> None:
+            try:
+                for round_ in range(ROUNDS):
+                    valid = round_ % 2 == 0
+                    text = (make_config(port, aliases=("demo", f"v{round_}"), watch=False,
+                                        chunk_delay_ms=8 + round_ % 3) if valid
+                            else f"version: 1\nproviders: []\n# broken {round_}\n")
+                    write_replacing(path, text)
+                    code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+                    assert (code == 200) == valid, body
+                    assert body["reloaded"] is valid
+                    await asyncio.sleep(0.02)       # let requests start on each snapshot
+            finally:
+                done.set()
+
+        loads = [non_streaming(i) for i in range(WORKERS // 2)] + \
+                [streaming(i) for i in range(WORKERS // 2)]
+        await asyncio.wait_for(asyncio.gather(reload_many(), *loads), 120)
+        await client.close()
+
+        assert answered.count("plain") >= WORKERS // 2 and answered.count("stream") >= WORKERS // 2
+        _, text = await gateway.get("/metrics")
+        assert metric(text, "truckllm_config_reloads_total", result="success") == ROUNDS // 2
+        assert metric(text, "truckllm_config_reloads_total", result="error") == ROUNDS // 2
+        assert metric(text, "truckllm_config_version") == 1 + ROUNDS // 2
+        served = sum(metric(text, "llm_requests_total", provider="demo", model="demo", status=s)
+                     for s in ("200",))
+        assert served == len(answered)
+        for code in ("400", "404", "499", "500", "502", "503"):
+            with pytest.raises(AssertionError):
+                metric(text, "llm_requests_total", provider="demo", model="demo", status=code)
+        output = gateway.output()
+        for secret in SECRETS:
+            assert secret not in output

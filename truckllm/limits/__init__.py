@@ -1,0 +1,50 @@
+"""Rate limits, concurrency, budgets, cost and the usage that survives restarts.
+
+    policy    config -> LimitsPolicy (compiled once per config snapshot)
+    window    exact sliding-log rate window
+    meter     rpm/tpm windows + in-flight count for one subject
+    limiter   Limiter.admit() -> Admission (settle, release, headers); upstream-key accounting
+    estimate  prompt-token estimate reserved before the call
+    cost      Usage x pricing -> CostBreakdown
+    budget    calendar budget periods (UTC)
+    headers   x-ratelimit-* values
+    persist   the state file and its saver
+
+Must not import the server, dispatch or transport.
+"""
+
+from truckllm.limits.clock import Clock, ManualClock, SystemClock
+from truckllm.limits.cost import CostBreakdown, CostLine, cost_of
+from truckllm.limits.estimate import estimate_prompt_tokens
+from truckllm.limits.limiter import (
+    Admission,
+    BudgetExceeded,
+    Limiter,
+    RateLimitExceeded,
+    UpstreamUse,
+)
+from truckllm.limits.persist import StateSaver, load_state, state_file_path
+from truckllm.limits.policy import KeyPolicy, LimitsPolicy, RateLimits, compile_policy, upstream_ref
+
+__all__ = [
+    "Admission",
+    "BudgetExceeded",
+    "Clock",
+    "CostBreakdown",
+    "CostLine",
+    "KeyPolicy",
+    "Limiter",
+    "LimitsPolicy",
+    "ManualClock",
+    "RateLimitExceeded",
+    "RateLimits",
+    "StateSaver",
+    "SystemClock",
+    "UpstreamUse",
+    "compile_policy",
+    "cost_of",
+    "estimate_prompt_tokens",
+    "load_state",
+    "state_file_path",
+    "upstream_ref",
+]

@@ -1,0 +1,355 @@
+"""Admission of client requests (key and gateway limits, budgets) and upstream-key
+accounting. Runtime state that survives reloads, keyed by stable ids.
+
+Everything here is synchronous on purpose: one event loop runs it, so a check and the
+reservation that follows it can never interleave with another request's — that is what
+makes the limits exact under concurrency. Must not import the server or dispatch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from truckllm.errors import PermissionDenied, RateLimited
+from truckllm.limits.accounts import Account, Counters
+from truckllm.limits.budget import period_start
+from truckllm.limits.clock import Clock, SystemClock
+from truckllm.limits.headers import ratelimit_headers
+from truckllm.limits.meter import RateMeter, Refusal, Reservation
+from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy
+from truckllm.usage import Usage
+
+
+class RateLimitExceeded(RateLimited):
+    """429 with Retry-After and the key's x-ratelimit-* headers."""
+
+    def __init__(self, message: str, *, scope: str, limit: str, retry_after_s: float | None,
+                 ratelimit: dict[str, str]) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.scope = scope          # key | gateway  (the llm_rate_limited_total label)
+        self.limit = limit          # rpm | tpm | max_concurrent
+        self.ratelimit = ratelimit
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.ratelimit}
+
+
+class BudgetExceeded(PermissionDenied):
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, ratelimit: dict[str, str]) -> None:
+        super().__init__(message)
+        self.ratelimit = ratelimit
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.ratelimit}
+
+
+class Limiter:
+    """Counters, windows and accounts for client keys, the gateway and upstream keys."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.changes = 0            # bumped on every change worth saving
+        self._policy: LimitsPolicy | None = None
+        self._gateway = RateMeter()
+        self._key_meters: dict[str, RateMeter] = {}
+        self._accounts: dict[str, Account] = {}
+        self._upstream_meters: dict[str, RateMeter] = {}
+        self._upstream_counters: dict[str, Counters] = {}
+
+    # -- config snapshots -------------------------------------------------------------
+
+    def adopt(self, policy: LimitsPolicy) -> None:
+        """Follow a new config snapshot: state of ids that are gone is dropped."""
+        if policy is self._policy:
+            return
+        self._policy = policy
+        for table in (self._key_meters, self._accounts):
+            _keep_only(table, policy.keys)
+        for upstream in (self._upstream_meters, self._upstream_counters):
+            _keep_only(upstream, policy.upstream)
+
+    # -- client requests --------------------------------------------------------------
+
+    def admit(self, policy: LimitsPolicy, key_id: str | None, estimate_tokens: int) -> Admission:
+        """Admit one request or raise BudgetExceeded (403) / RateLimitExceeded (429).
+
+        Nothing is counted for a refused request. An admitted one holds a concurrency
+        slot until `Admission.release()`.
+        """
+        self.adopt(policy)
+        now = self.clock.monotonic()
+        key = policy.key(key_id) if key_id is not None else None
+        if key is not None:
+            self._check_key(key, estimate_tokens, now)
+        refusal = self._gateway.refusal(policy.gateway, estimate_tokens, now)
+        if refusal is not None:
+            raise self._refused("gateway", key, refusal, estimate_tokens)
+        # every check passed: only now is anything counted
+        reservations = [self._gateway.reserve(policy.gateway, estimate_tokens, now, hold_slot=True)]
+        account = None
+        if key is not None:
+            meter = self._key_meter(key.key_id)
+            reservations.append(meter.reserve(key.rates, estimate_tokens, now, hold_slot=True))
+            account = self._account(key)
+            account.period.requests += 1
+            account.lifetime.requests += 1
+        self.changes += 1
+        return Admission(self, key, account, reservations, estimate_tokens)
+
+    def key_headers(self, key: KeyPolicy | None) -> dict[str, str]:
+        """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
+        if key is None or not key.sends_headers:
+            return {}
+        meter = self._key_meter(key.key_id)
+        now = self.clock.monotonic()
+        return ratelimit_headers(meter.requests_state(key.rates, now),
+                                 meter.tokens_state(key.rates, now))
+
+    def _check_key(self, key: KeyPolicy, estimate: int, now: float) -> None:
+        self._check_budget(key, self._account(key))
+        refusal = self._key_meter(key.key_id).refusal(key.rates, estimate, now)
+        if refusal is not None:
+            raise self._refused("key", key, refusal, estimate)
+
+    def _check_budget(self, key: KeyPolicy, account: Account) -> None:
+        if key.budget_usd is None:
+            return
+        account.roll(key.budget_period, self.clock.now())
+        if account.period.spend_usd >= key.budget_usd:
+            raise BudgetExceeded(
+                f"Budget exceeded for key {key.key_id!r}: spent ${account.period.spend_usd:.4f} "
+                f"of ${key.budget_usd:g} ({key.budget_period}).",
+                ratelimit=self.key_headers(key),
+            )
+
+    def _refused(self, scope: str, key: KeyPolicy | None, refusal: Refusal,
+                 estimate: int) -> RateLimitExceeded:
+        whose = f"key {key.key_id!r}" if scope == "key" and key else "the gateway"
+        if refusal.retry_after_s is None:
+            message = (f"Request too large for {whose}: about {estimate} tokens estimated, "
+                       f"the {refusal.limit} limit is {refusal.configured}.")
+        else:
+            message = (f"Rate limit reached for {whose}: {refusal.limit} limit of "
+                       f"{refusal.configured}. Retry after {refusal.retry_after_s:.1f}s.")
+        return RateLimitExceeded(message, scope=scope, limit=refusal.limit,
+                                 retry_after_s=refusal.retry_after_s,
+                                 ratelimit=self.key_headers(key))
+
+    def _key_meter(self, key_id: str) -> RateMeter:
+        meter = self._key_meters.get(key_id)
+        if meter is None:
+            meter = self._key_meters[key_id] = RateMeter()
+        return meter
+
+    def _account(self, key: KeyPolicy) -> Account:
+        account = self._accounts.get(key.key_id)
+        if account is None:
+            account = Account(period_start=_period_start(key, self.clock.now()))
+            self._accounts[key.key_id] = account
+        return account
+
+    # -- admin ------------------------------------------------------------------------
+
+    def reset_key(self, policy: LimitsPolicy, key_id: str) -> bool:
+        """Zero a key's period counters and rate windows; False for an unknown key.
+
+        Requests in flight keep their concurrency slots (their release still comes).
+        """
+        self.adopt(policy)
+        if key_id not in policy.keys:
+            return False
+        key = policy.keys[key_id]
+        account = self._account(key)
+        account.period_start = _period_start(key, self.clock.now())
+        account.period.clear()
+        self._key_meter(key_id).clear_windows()
+        self.changes += 1
+        return True
+
+    def key_report(self, policy: LimitsPolicy, key_id: str) -> dict[str, Any]:
+        """One key for GET /admin/v1/keys: counters, budget, limits and current use."""
+        self.adopt(policy)
+        key = policy.key(key_id)
+        account = self._account(key)
+        account.roll(key.budget_period, self.clock.now())
+        meter = self._key_meter(key_id)
+        now = self.clock.monotonic()
+        budget_left = (None if key.budget_usd is None
+                       else max(0.0, key.budget_usd - account.period.spend_usd))
+        resets_at = account.resets_at(key.budget_period)
+        return {
+            "id": key_id,
+            "requests": account.period.requests,
+            "tokens": account.period.tokens,
+            "prompt_tokens": account.period.prompt_tokens,
+            "completion_tokens": account.period.completion_tokens,
+            "spend_usd": account.period.spend_usd,
+            "budget_usd": key.budget_usd,
+            "budget_left_usd": budget_left,
+            "budget_period": key.budget_period,
+            "period_start": _iso(account.period_start) if key.budget_period != "total" else None,
+            "period_resets_at": _iso(resets_at) if resets_at else None,
+            "limits": key.rates.as_dict(),
+            "current": {
+                "requests_last_minute": meter.requests.used(now),
+                "tokens_last_minute": meter.tokens.used(now),
+                "in_flight": meter.in_flight,
+            },
+            "lifetime": {"requests": account.lifetime.requests, "tokens": account.lifetime.tokens,
+                         "spend_usd": account.lifetime.spend_usd},
+        }
+
+    # -- upstream keys ----------------------------------------------------------------
+
+    def upstream_has_capacity(self, policy: LimitsPolicy, ref: str, estimate_tokens: int) -> bool:
+        """Whether upstream key `ref` ("provider/key") can take one more request now."""
+        rates = policy.upstream.get(ref, NO_LIMITS)
+        if rates.rpm is None and rates.tpm is None:
+            return True
+        meter = self._upstream_meter(ref)
+        return meter.refusal(rates, estimate_tokens, self.clock.monotonic()) is None
+
+    def upstream_wait_s(self, policy: LimitsPolicy, ref: str, estimate_tokens: int) -> float | None:
+        """Seconds until `ref` has capacity (0 if it has now); None if it never will."""
+        rates = policy.upstream.get(ref, NO_LIMITS)
+        refusal = self._upstream_meter(ref).refusal(rates, estimate_tokens, self.clock.monotonic())
+        return 0.0 if refusal is None else refusal.retry_after_s
+
+    def upstream_acquire(self, policy: LimitsPolicy, ref: str, estimate_tokens: int) -> UpstreamUse:
+        """Count one request sent with upstream key `ref`; settle it with the real usage."""
+        self.adopt(policy)
+        rates = policy.upstream.get(ref, NO_LIMITS)
+        reservation = self._upstream_meter(ref).reserve(
+            rates, estimate_tokens, self.clock.monotonic(), hold_slot=False)
+        counters = self._upstream_counters.setdefault(ref, Counters())
+        counters.requests += 1
+        self.changes += 1
+        return UpstreamUse(self, counters, reservation)
+
+    def upstream_report(self, ref: str) -> dict[str, Any]:
+        counters = self._upstream_counters.get(ref, Counters())
+        return {"requests": counters.requests, "tokens": counters.tokens,
+                "prompt_tokens": counters.prompt_tokens,
+                "completion_tokens": counters.completion_tokens, "spend_usd": counters.spend_usd}
+
+    def _upstream_meter(self, ref: str) -> RateMeter:
+        meter = self._upstream_meters.get(ref)
+        if meter is None:
+            meter = self._upstream_meters[ref] = RateMeter()
+        return meter
+
+    # -- persistence ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Usage and spend as JSON-able data (rate windows are not saved)."""
+        return {
+            "client_keys": {key_id: account.as_dict() for key_id, account in self._accounts.items()},
+            "upstream_keys": {ref: counters.as_dict()
+                              for ref, counters in self._upstream_counters.items()},
+        }
+
+    def restore(self, data: Any) -> None:
+        """Load what `snapshot` wrote; raises ValueError (changing nothing) if malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("state must be an object")
+        clients, upstream = data.get("client_keys", {}), data.get("upstream_keys", {})
+        if not isinstance(clients, dict) or not isinstance(upstream, dict):
+            raise ValueError("client_keys and upstream_keys must be objects")
+        accounts = {str(k): Account.from_dict(v) for k, v in clients.items()}
+        counters = {str(k): Counters.from_dict(v) for k, v in upstream.items()}
+        self._accounts.update(accounts)
+        self._upstream_counters.update(counters)
+        if self._policy is not None:
+            policy, self._policy = self._policy, None
+            self.adopt(policy)
+
+
+class Admission:
+    """One admitted client request: settle it with its real usage, release its slot."""
+
+    __slots__ = ("_account", "_limiter", "_released", "_reservations", "_settled",
+                 "estimate_tokens", "key")
+
+    def __init__(self, limiter: Limiter, key: KeyPolicy | None, account: Account | None,
+                 reservations: list[Reservation], estimate_tokens: int) -> None:
+        self._limiter = limiter
+        self.key = key
+        self.estimate_tokens = estimate_tokens
+        self._account = account
+        self._reservations = reservations
+        self._settled = False
+        self._released = False
+
+    def headers(self) -> dict[str, str]:
+        """x-ratelimit-* for this key as they stand now (this request included)."""
+        return self._limiter.key_headers(self.key)
+
+    def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
+        """Replace the token estimate with real usage and add the spend; once.
+
+        `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
+        in the token windows and adds only `cost_usd`.
+        """
+        if self._settled:
+            return
+        self._settled = True
+        limiter = self._limiter
+        if usage is not None:
+            now = limiter.clock.monotonic()
+            for reservation in self._reservations:
+                if reservation.tokens is not None:
+                    reservation.meter.tokens.reconcile(reservation.tokens, usage.total_tokens, now)
+        if self._account is not None and self.key is not None:
+            self._account.roll(self.key.budget_period, limiter.clock.now())
+            for counters in (self._account.period, self._account.lifetime):
+                counters.add_usage(usage or Usage(), cost_usd)
+        limiter.changes += 1
+
+    def release(self) -> None:
+        """Give back the concurrency slots; safe to call more than once."""
+        if self._released:
+            return
+        self._released = True
+        for reservation in self._reservations:
+            if reservation.holds_slot:
+                reservation.meter.in_flight -= 1
+
+
+class UpstreamUse:
+    """One request sent with an upstream key; `settle` reconciles its tokens, once."""
+
+    __slots__ = ("_counters", "_limiter", "_reservation", "_settled")
+
+    def __init__(self, limiter: Limiter, counters: Counters, reservation: Reservation) -> None:
+        self._limiter = limiter
+        self._counters = counters
+        self._reservation = reservation
+        self._settled = False
+
+    def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        if usage is not None and self._reservation.tokens is not None:
+            self._reservation.meter.tokens.reconcile(
+                self._reservation.tokens, usage.total_tokens, self._limiter.clock.monotonic())
+        self._counters.add_usage(usage or Usage(), cost_usd)
+        self._limiter.changes += 1
+
+
+def _keep_only(table: dict[str, Any], ids: Any) -> None:
+    for gone in [key for key in table if key not in ids]:
+        del table[gone]
+
+
+def _period_start(key: KeyPolicy, now: datetime) -> datetime:
+    return period_start(key.budget_period, now)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+

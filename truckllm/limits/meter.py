@@ -1,0 +1,81 @@
+"""Rate windows and an in-flight count for one subject: a client key, the gateway, or an
+upstream key. Pure; `now` is monotonic seconds given by the caller.
+
+A window is only kept for a limit that is set, so unlimited subjects cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from truckllm.limits.headers import LimitState
+from truckllm.limits.policy import RateLimits
+from truckllm.limits.window import SlidingWindow, WindowEntry
+
+WINDOW_S = 60.0
+CONCURRENCY_RETRY_S = 1.0     # a slot frees when some request ends, which we cannot predict
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    limit: str                  # rpm | tpm | max_concurrent
+    configured: int
+    retry_after_s: float | None  # None: waiting cannot help (the request alone is too big)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one admission added to a meter, so it can be reconciled and released."""
+
+    meter: RateMeter
+    tokens: WindowEntry | None
+    holds_slot: bool
+
+
+class RateMeter:
+    __slots__ = ("in_flight", "requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests = SlidingWindow(WINDOW_S)
+        self.tokens = SlidingWindow(WINDOW_S)
+        self.in_flight = 0
+
+    def refusal(self, rates: RateLimits, estimate: int, now: float) -> Refusal | None:
+        """Why one more request of `estimate` tokens would break a limit; None if it fits."""
+        if rates.max_concurrent is not None and self.in_flight >= rates.max_concurrent:
+            return Refusal("max_concurrent", rates.max_concurrent, CONCURRENCY_RETRY_S)
+        if rates.rpm is not None and not self.requests.fits(1, rates.rpm, now):
+            return Refusal("rpm", rates.rpm, _finite(self.requests.wait_s(1, rates.rpm, now)))
+        if rates.tpm is not None and not self.tokens.fits(estimate, rates.tpm, now):
+            return Refusal("tpm", rates.tpm, _finite(self.tokens.wait_s(estimate, rates.tpm, now)))
+        return None
+
+    def reserve(self, rates: RateLimits, estimate: int, now: float, *, hold_slot: bool) -> Reservation:
+        """Count one admitted request; the caller has checked `refusal` first."""
+        if rates.rpm is not None:
+            self.requests.add(1, now)
+        tokens = self.tokens.add(estimate, now) if rates.tpm is not None else None
+        if hold_slot:
+            self.in_flight += 1
+        return Reservation(self, tokens, hold_slot)
+
+    def requests_state(self, rates: RateLimits, now: float) -> LimitState | None:
+        if rates.rpm is None:
+            return None
+        used = self.requests.used(now)
+        return LimitState(rates.rpm, max(0, rates.rpm - used), self.requests.reset_in(now))
+
+    def tokens_state(self, rates: RateLimits, now: float) -> LimitState | None:
+        if rates.tpm is None:
+            return None
+        used = self.tokens.used(now)
+        return LimitState(rates.tpm, max(0, rates.tpm - used), self.tokens.reset_in(now))
+
+    def clear_windows(self) -> None:
+        self.requests.clear()
+        self.tokens.clear()
+
+
+def _finite(seconds: float) -> float | None:
+    return None if math.isinf(seconds) else seconds

@@ -1,0 +1,82 @@
+"""The limits part of a config, compiled once per config snapshot for the hot path.
+
+Pure: built from a validated Config, read by truckllm.limits.limiter. Holds no counters
+(those live in the Limiter and survive reloads); a reload just compiles a new policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from truckllm.config.schema import Config, PricingConfig
+from truckllm.limits.budget import BudgetPeriod
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Per-minute request and token limits and a concurrency cap; None means unlimited."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {"rpm": self.rpm, "tpm": self.tpm, "max_concurrent": self.max_concurrent}
+
+
+NO_LIMITS = RateLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """What one client key may do."""
+
+    key_id: str
+    rates: RateLimits = NO_LIMITS
+    budget_usd: float | None = None
+    budget_period: BudgetPeriod = "total"
+
+    @property
+    def sends_headers(self) -> bool:
+        """Responses carry x-ratelimit-* headers for keys with an rpm or tpm."""
+        return self.rates.rpm is not None or self.rates.tpm is not None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LimitsPolicy:
+    gateway: RateLimits = NO_LIMITS
+    keys: Mapping[str, KeyPolicy] = field(default_factory=dict)
+    upstream: Mapping[str, RateLimits] = field(default_factory=dict)   # upstream_ref -> limits
+    pricing: Mapping[str, PricingConfig] = field(default_factory=dict)  # config alias -> prices
+
+    def key(self, key_id: str) -> KeyPolicy:
+        found = self.keys.get(key_id)
+        return found if found is not None else KeyPolicy(key_id)
+
+
+def upstream_ref(provider_id: str, key_id: str) -> str:
+    """The stable id of an upstream key: `provider/key`."""
+    return f"{provider_id}/{key_id}"
+
+
+def compile_policy(config: Config) -> LimitsPolicy:
+    gateway = config.limits
+    return LimitsPolicy(
+        gateway=RateLimits(gateway.rpm, gateway.tpm, gateway.max_concurrent) if gateway else NO_LIMITS,
+        keys={
+            key.id: KeyPolicy(
+                key_id=key.id,
+                rates=RateLimits(key.rpm, key.tpm, key.max_concurrent),
+                budget_usd=key.budget_usd,
+                budget_period=key.budget_period or "total",
+            )
+            for key in config.keys or []
+        },
+        upstream={
+            upstream_ref(provider.id, key.id): RateLimits(key.rpm, key.tpm)
+            for provider in config.providers
+            for key in provider.keys
+        },
+        pricing={model.alias: model.pricing for model in config.models if model.pricing},
+    )

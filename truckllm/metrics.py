@@ -1,0 +1,154 @@
+"""Prometheus metrics (SPEC §7) on a private CollectorRegistry, fed from RequestRecords.
+
+Owns the metric objects and the rule that every label value comes from the config (ids
+and aliases), so cardinality stays bounded and no secret or raw user string becomes a
+label. Must not import the server or dispatch; they call into this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from truckllm import __version__
+from truckllm.records import RequestRecord
+
+# Whole requests and first tokens of LLM calls run from tens of milliseconds to minutes.
+REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
+# The gateway's own share should be well under a millisecond; the tail shows trouble.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+UNKNOWN = ""            # label value for a model or key the config does not name
+RATE_LIMITED_PREFIX = "rate_limited:"   # RequestRecord.error_reason "rate_limited:<scope>"
+
+
+class AliasLabels:
+    """Maps what a client asked for onto a configured alias, or UNKNOWN."""
+
+    def __init__(self, aliases: Iterable[str] = ()) -> None:
+        exact: set[str] = set()
+        prefixes: list[tuple[str, str]] = []
+        for alias in aliases:
+            if alias == "*":
+                prefixes.append(("", alias))
+            elif alias.endswith("/*"):
+                prefixes.append((alias[:-1], alias))
+            else:
+                exact.add(alias)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(sorted(prefixes, key=lambda item: -len(item[0])))
+
+    def label(self, requested: str | None) -> str:
+        if requested is None:
+            return UNKNOWN
+        if requested in self._exact:
+            return requested
+        for prefix, alias in self._prefixes:
+            if requested.startswith(prefix):
+                return alias
+        return UNKNOWN
+
+
+class Metrics:
+    """Every metric of SPEC §7, registered on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._aliases = AliasLabels()
+        r = self.registry
+        self.requests = Counter("llm_requests_total", "Requests answered, by HTTP status sent.",
+                                ["provider", "model", "status"], registry=r)
+        self.duration = Histogram("llm_request_duration_seconds",
+                                  "Arrival to last byte sent, upstream included.",
+                                  ["provider", "model"], buckets=REQUEST_BUCKETS, registry=r)
+        self.ttft = Histogram("llm_time_to_first_token_seconds",
+                              "Streams: arrival to the first chunk sent to the client.",
+                              ["provider", "model"], buckets=TTFT_BUCKETS, registry=r)
+        self.tokens = Counter("llm_tokens_total", "Tokens counted from upstream usage.",
+                              ["provider", "model", "kind"], registry=r)
+        self.cost = Counter("llm_cost_usd_total", "Spend in USD from configured pricing.",
+                            ["model", "key"], registry=r)
+        self.upstream_errors = Counter("llm_upstream_errors_total",
+                                       "Failed upstream attempts, by upstream key and reason.",
+                                       ["provider", "key", "reason"], registry=r)
+        self.rate_limited = Counter("llm_rate_limited_total",
+                                    "Requests refused by a TruckLLM limit.",
+                                    ["key", "scope"], registry=r)
+        self.inflight = Gauge("llm_inflight_requests", "Requests and streams in progress.",
+                              registry=r)
+        self.overhead = Histogram("llm_overhead_seconds",
+                                  "Time spent in TruckLLM itself, upstream excluded.",
+                                  buckets=OVERHEAD_BUCKETS, registry=r)
+        self.reloads = Counter("truckllm_config_reloads_total",
+                               "Config reloads that changed something or failed.",
+                               ["result"], registry=r)
+        self.config_version = Gauge("truckllm_config_version",
+                                    "Number of the config in use; 1 at start, +1 per applied reload.",
+                                    registry=r)
+        self.config_info = Info("truckllm_config", "sha256 of the config file in use.",
+                                registry=r)
+        self.last_reload = Gauge("truckllm_config_last_reload_timestamp_seconds",
+                                 "When the last reload attempt finished.", registry=r)
+        self.last_reload_ok = Gauge("truckllm_config_last_reload_success",
+                                    "1 when the last reload attempt was applied, 0 when it failed.",
+                                    registry=r)
+        Info("truckllm_build", "TruckLLM version.", registry=r).info({"version": __version__})
+        for result in ("success", "error"):
+            self.reloads.labels(result=result)
+
+    def observe(self, record: RequestRecord) -> None:
+        provider = record.provider_id or UNKNOWN
+        model = self._aliases.label(record.alias)
+        key = record.key_id or UNKNOWN
+        self.requests.labels(provider=provider, model=model, status=str(record.status)).inc()
+        self.duration.labels(provider=provider, model=model).observe(record.latency_s)
+        self.overhead.observe(record.overhead_s)
+        if record.ttft_s is not None:
+            self.ttft.labels(provider=provider, model=model).observe(record.ttft_s)
+        if record.usage is not None:
+            self.tokens.labels(provider=provider, model=model, kind="prompt").inc(
+                record.usage.prompt_tokens)
+            self.tokens.labels(provider=provider, model=model, kind="completion").inc(
+                record.usage.completion_tokens)
+        if record.cost_usd:
+            self.cost.labels(model=model, key=key).inc(record.cost_usd)
+        for failure in record.upstream_failures:
+            self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
+        reason = record.error_reason or ""
+        if reason.startswith(RATE_LIMITED_PREFIX):
+            self.count_rate_limited(record.key_id, reason.removeprefix(RATE_LIMITED_PREFIX))
+        elif record.status == 429 and record.provider_id is None:   # refused before upstream
+            self.count_rate_limited(record.key_id, "limit")
+
+    def count_upstream_error(self, provider_id: str, key_id: str, reason: str) -> None:
+        """One failed upstream attempt; `reason` is a short fixed word (429, timeout, ...)."""
+        self.upstream_errors.labels(provider=provider_id, key=key_id, reason=reason).inc()
+
+    def count_rate_limited(self, key_id: str | None, scope: str) -> None:
+        self.rate_limited.labels(key=key_id or UNKNOWN, scope=scope).inc()
+
+    def set_config(self, aliases: Iterable[str], sha256: str, version: int) -> None:
+        """The config now in use: its aliases bound the `model` label."""
+        self._aliases = AliasLabels(aliases)
+        self.config_info.info({"sha256": sha256})
+        self.config_version.set(version)
+
+    def count_reload(self, ok: bool, at: float | None = None) -> None:
+        self.reloads.labels(result="success" if ok else "error").inc()
+        self.last_reload.set(time.time() if at is None else at)
+        self.last_reload_ok.set(1 if ok else 0)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type, for GET /metrics."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

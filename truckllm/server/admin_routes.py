@@ -1,0 +1,159 @@
+"""The admin API (/admin/v1/...) and GET /metrics.
+
+The admin API answers 404 when no `server.admin_api_key` is configured and 401 without
+it; the key is compared in constant time. Responses carry ids, counts and references,
+never a secret value. Handlers only translate HTTP to the Ops objects and back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from truckllm import __version__, errors
+from truckllm.config.changes import RESTART_SETTINGS
+from truckllm.config.redaction import redacted_config
+from truckllm.limits import upstream_ref
+from truckllm.log import LogQuery
+from truckllm.reloader import ReloadResult
+from truckllm.server.auth import require_admin
+from truckllm.server.keys import LIMITER, OPS
+from truckllm.server.ops import Ops
+from truckllm.upstream_stats import provider_status
+
+_MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/v1/config", get_config)
+    app.router.add_post("/admin/v1/config", post_config)
+    app.router.add_post("/admin/v1/config/validate", validate_config)
+    app.router.add_post("/admin/v1/reload", reload_config)
+    app.router.add_get("/admin/v1/providers", providers)
+    app.router.add_get("/admin/v1/logs", logs)
+    app.router.add_get("/admin/v1/status", status)
+
+
+def add_metrics_route(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ops = request.app[OPS]
+    if not ops.holder.current.config.server.metrics:
+        raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
+    body, content_type = ops.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _authorized(request: web.Request) -> Ops:
+    ops = request.app[OPS]
+    require_admin(request, ops.holder.current)
+    return ops
+
+
+async def get_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    loaded = ops.reloader.loaded
+    return _json(redacted_config(loaded), headers={
+        "x-truckllm-config-version": str(ops.reloader.version),
+        "x-truckllm-config-sha256": loaded.sha256})
+
+
+async def post_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    result = await ops.reloader.apply_posted(await _read_body(request))
+    return _reload_response(result)
+
+
+async def validate_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    issues = await ops.reloader.validate_posted(await _read_body(request))
+    if not issues:
+        return _json({"valid": True})
+    return _json({"valid": False, "errors": [issue.as_dict() for issue in issues]})
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    return _reload_response(await ops.reloader.reload("admin"))
+
+
+async def providers(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    listed = []
+    for provider in ops.holder.current.providers.values():
+        keys = [_key_entry(request, ops, provider.id, key.id) for key in provider.keys]
+        listed.append({"id": provider.id, "type": provider.config.type,
+                       "status": provider_status(k["status"] for k in keys), "keys": keys})
+    return _json({"providers": listed})
+
+
+def _key_entry(request: web.Request, ops: Ops, provider_id: str, key_id: str) -> dict[str, Any]:
+    stats = ops.upstream.key(provider_id, key_id)
+    spend = request.app[LIMITER].upstream_report(upstream_ref(provider_id, key_id))["spend_usd"]
+    return {"id": key_id, "usage_req": stats.requests, "usage_tokens": stats.tokens,
+            "errors": stats.errors, "status": stats.status, "last_error": stats.last_error,
+            "spend_usd": spend, "cooldown_until": None}
+
+
+async def logs(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    query = LogQuery.from_params(request.query)
+    return _json({"logs": ops.request_log.query(query)})
+
+
+async def status(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    reloader = ops.reloader
+    last = reloader.last_result
+    now = time.time()
+    running, started = reloader.loaded.config.server, ops.started_with.config.server
+    return _json({
+        "version": __version__,
+        "config": {"version": reloader.version, "sha256": reloader.loaded.sha256,
+                   "path": str(reloader.path), "loaded_at": ops.holder.loaded_at},
+        "last_reload": None if last is None else {
+            "at": last.at, "trigger": last.trigger, "result": "success" if last.ok else "error",
+            "errors": [issue.as_dict() for issue in last.errors]},
+        "needs_restart": [f"server.{name}" for name in RESTART_SETTINGS
+                          if getattr(running, name) != getattr(started, name)],
+        "started_at": ops.started_at,
+        "uptime_s": round(now - ops.started_at, 3),
+        "inflight": ops.inflight[0],
+    })
+
+
+def _reload_response(result: ReloadResult) -> web.Response:
+    body = result.as_dict()
+    if result.ok:
+        return _json(body)
+    if result.write_failed:
+        failure = errors.GatewayError(result.errors[0].message, code="config_not_writable")
+    else:
+        failure = errors.InvalidRequest(
+            "; ".join(str(issue) for issue in result.errors[:5]), code="invalid_config")
+    return _json({**failure.body(), **body}, status=failure.status)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    too_large = errors.PayloadTooLarge(
+        f"A config body may be at most {_MAX_CONFIG_BYTES // (1024 * 1024)} MiB.")
+    if (request.content_length or 0) > _MAX_CONFIG_BYTES:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > _MAX_CONFIG_BYTES:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
+                        headers=headers)

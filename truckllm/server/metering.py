@@ -1,0 +1,79 @@
+"""The server's side of limits: admit a /v1 request before dispatch, put the key's
+x-ratelimit-* headers on its response, and settle cost and usage when it ends (streams
+included, client disconnects included). The counting itself lives in truckllm.limits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from truckllm.limits import (
+    Admission,
+    Limiter,
+    RateLimitExceeded,
+    UpstreamUse,
+    cost_of,
+    estimate_prompt_tokens,
+    state_file_path,
+)
+from truckllm.limits.persist import StateSaver
+from truckllm.records import Exchange
+from truckllm.server.keys import LIMITER, STATE
+from truckllm.state import ClientKey, Route, State
+
+log = structlog.get_logger("truckllm.limits")
+
+
+def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
+          exchange: Exchange) -> Admission:
+    """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
+    try:
+        return limiter.admit(state.limits, key.id if key else None, estimate_prompt_tokens(body))
+    except RateLimitExceeded as refused:
+        # "rate_limited:<scope>" is what metrics count as llm_rate_limited_total{key,scope}
+        exchange.error_reason = f"rate_limited:{refused.scope}"
+        raise
+
+
+def ratelimit_headers(limiter: Limiter, state: State, key: ClientKey | None) -> dict[str, str]:
+    """The key's x-ratelimit-* headers as they stand now; {} for keys without rpm/tpm."""
+    if key is None:
+        return {}
+    return limiter.key_headers(state.limits.key(key.id))
+
+
+def settle(admission: Admission, exchange: Exchange, route: Route,
+           upstream_use: UpstreamUse | None) -> None:
+    """Price the request's real usage, charge it to the client key and the upstream key,
+    release the client key's concurrency slot."""
+    try:
+        breakdown = cost_of(exchange.usage, route.config.pricing)
+        if route.config.pricing is not None and exchange.usage is not None:
+            exchange.cost_usd = breakdown.total_usd
+            log.info("request_cost", request_id=exchange.request_id, key_id=exchange.key_id,
+                     alias=route.alias, provider=exchange.provider_id, **breakdown.as_log())
+        admission.settle(exchange.usage, breakdown.total_usd)
+        if upstream_use is not None:
+            upstream_use.settle(exchange.usage, breakdown.total_usd)
+    finally:
+        admission.release()
+
+
+async def save_state(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: load the state file before serving, save it every few seconds while
+    usage changes, and once more after the last request has finished."""
+    loaded = app[STATE].current.loaded
+    configured = loaded.config.server.state_file
+    if configured is None and not _is_config_file(loaded.source):
+        yield                       # a config that came from no file: nowhere to put state
+        return
+    async with StateSaver(app[LIMITER], state_file_path(loaded.source, configured)):
+        yield
+
+
+def _is_config_file(source: str) -> bool:
+    return not source.startswith("<") and Path(source).is_file()

@@ -1,0 +1,79 @@
+"""The operating side of the app: metrics, request log, upstream counters, redaction and
+the reloader, built once per process and kept current by the reload hook.
+
+Owns what happens after a config is applied (resize, re-key, re-redact, drop vanished
+ids) and the reloader's lifetime as a cleanup context. No request handling here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from truckllm.config.loader import LoadedConfig
+from truckllm.config.redaction import secret_values
+from truckllm.log import RequestLog, SecretRedactor, configure_logging, log_access
+from truckllm.metrics import Metrics
+from truckllm.records import RequestRecord
+from truckllm.reloader import Reloader, ReloadResult
+from truckllm.state import State, StateHolder, build_state
+from truckllm.transport import Transport
+from truckllm.upstream_stats import UpstreamStats
+
+_LOG_SETTINGS = ("log_level", "log_format")
+
+
+@dataclass(slots=True)
+class Ops:
+    holder: StateHolder
+    metrics: Metrics
+    request_log: RequestLog
+    upstream: UpstreamStats
+    redactor: SecretRedactor
+    reloader: Reloader[State]
+    inflight: list[int]
+    started_with: LoadedConfig      # listener settings come from here until a restart
+    started_at: float
+
+    def observers(self) -> list[Callable[[RequestRecord], None]]:
+        return [log_access, self.metrics.observe, self.request_log.add, self.upstream.observe]
+
+    def configure_logging(self) -> None:
+        server = self.holder.current.config.server
+        configure_logging(server.log_level, server.log_format, self.redactor)
+
+
+def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> Ops:
+    loaded = holder.current.loaded
+    metrics = Metrics()
+    metrics.inflight.set_function(lambda: inflight[0])
+    reloader = Reloader[State](Path(loaded.source), loaded, holder, _compile, metrics,
+                               version=holder.current.version)
+    ops = Ops(holder, metrics, RequestLog(loaded.config.server.request_log_size), UpstreamStats(),
+              SecretRedactor(secret_values(loaded)), reloader, inflight, loaded, time.time())
+
+    def applied(new: LoadedConfig, result: ReloadResult) -> None:
+        ops.request_log.resize(new.config.server.request_log_size)
+        ops.redactor.update(secret_values(new))
+        transport.retain(p.id for p in new.config.providers)
+        ops.upstream.retain((p.id, k.id) for p in new.config.providers for k in p.keys)
+        if result.changes is not None and set(_LOG_SETTINGS) & set(result.changes.server):
+            ops.configure_logging()
+
+    reloader.on_applied = (applied,)
+    return ops
+
+
+def _compile(loaded: LoadedConfig, version: int) -> State:
+    return build_state(loaded, version)
+
+
+async def run_reloader(ops: Ops) -> AsyncIterator[None]:
+    """Cleanup context body: file watcher and SIGHUP worker live as long as the app."""
+    ops.reloader.start()
+    try:
+        yield
+    finally:
+        await ops.reloader.stop()

@@ -39,7 +39,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def truckllm_config(port: int, upstream_port: int) -> str:
-    """Auth on (one client key), one alias routed to an `openai` provider: the fake."""
+    """Auth on (one client key), one priced alias routed to an `openai` provider (the fake);
+    everything else at its defaults: JSON access log at info, metrics, config watching."""
     return f"""version: 1
 server:
   host: 127.0.0.1
@@ -55,6 +56,7 @@ models:
   - alias: {ALIAS}
     targets:
       - {{provider: fake, model: {UPSTREAM_MODEL}}}
+    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
 keys:
   - id: bench
     key: {CLIENT_KEY}
@@ -126,7 +128,10 @@ def main() -> None:
 
             def make_truckllm() -> tuple[Child, Target]:
                 port = free_port()
-                config = work / "bench.yaml"
+                # A directory of its own: TruckLLM watches the config's directory, and the
+                # logs written into `work` would wake its watcher thread on every line.
+                (work / "config").mkdir()
+                config = work / "config" / "bench.yaml"
                 config.write_text(truckllm_config(port, fake_port))
                 child = start_child("truckllm", truckllm_command(config, port), proxy_core, work)
                 return child, Target("truckllm", port, CLIENT_KEY, ALIAS, child)

@@ -29,6 +29,7 @@ LEVELS = ("debug", "info", "warning", "error")
 REDACTED = "***"
 _MIN_SECRET_LENGTH = 4      # shorter values would mask ordinary words; keys are longer
 _BEARER = re.compile(r"\b(Bearer|Basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+_PLAIN_SCALARS = frozenset({int, float, bool})
 _SECRET_FIELD_NAMES = frozenset({
     "authorization", "proxy-authorization", "api_key", "api-key", "x-api-key", "apikey",
     "admin_api_key", "password", "secret", "x-goog-api-key", "cookie", "set-cookie",
@@ -54,9 +55,13 @@ class SecretRedactor:
     def redact_text(self, text: str) -> str:
         if self._pattern is not None:
             text = self._pattern.sub(REDACTED, text)
+        if "earer" not in text and "Basic" not in text:     # cheap test before the regex
+            return text
         return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
     def redact(self, value: Any) -> Any:
+        if value is None or value.__class__ in _PLAIN_SCALARS:     # most fields: checked first
+            return value
         if isinstance(value, str):
             return self.redact_text(value)
         if isinstance(value, Mapping):

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
+from truckllm.atomic_file import write_atomic
 from truckllm.limits import (
     BudgetExceeded,
     KeyPolicy,
@@ -21,7 +22,7 @@ from truckllm.limits import (
     state_file_path,
 )
 from truckllm.limits.budget import period_start
-from truckllm.limits.persist import encode_state, write_atomic
+from truckllm.limits.persist import encode_state
 from truckllm.usage import Usage
 
 POLICY = LimitsPolicy(

@@ -18,6 +18,7 @@ from typing import Any
 from truckllm import errors
 from truckllm.limits import Limiter, UpstreamUse, upstream_ref
 from truckllm.providers.base import CallContext, StreamTranslator, Target, UpstreamResponse
+from truckllm.providers.media import PASS_THROUGH_OPERATIONS
 from truckllm.records import Exchange, UpstreamFailure
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.state import CompiledProvider, Route, State, UpstreamKey
@@ -46,6 +47,16 @@ class Reply:
 
 
 @dataclass(slots=True)
+class RawReply:
+    """A pass-through answer (audio, images): upstream status, type and bytes as they come."""
+
+    status: int
+    content_type: str
+    body: AsyncGenerator[bytes, None]  # aclose() on abandon releases the upstream
+    upstream_use: UpstreamUse | None = None     # settled when the body is done
+
+
+@dataclass(slots=True)
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
     rest: AsyncGenerator[bytes, None]  # framed events, ending with [DONE]; aclose() on abandon
@@ -59,7 +70,8 @@ class _Retryable(Exception):
         self.reason = reason            # short fixed word for metrics: "429", "timeout", ...
 
 
-async def dispatch(call: Call, transport: Transport, exchange: Exchange) -> Reply | StreamReply:
+async def dispatch(call: Call, transport: Transport,
+                   exchange: Exchange) -> Reply | StreamReply | RawReply:
     failure: errors.GatewayError | None = None
     waits: list[float | None] = []         # targets skipped: every key at its upstream limit
     for target in call.targets:
@@ -75,8 +87,10 @@ async def dispatch(call: Call, transport: Transport, exchange: Exchange) -> Repl
         exchange.upstream_key_id = key.id
         use = _count_upstream(call, provider, key)
         try:
-            reply: Reply | StreamReply
-            if call.ctx.stream:
+            reply: Reply | StreamReply | RawReply
+            if call.op in PASS_THROUGH_OPERATIONS:
+                reply = await _open_raw(call, provider, target, key, transport, exchange)
+            elif call.ctx.stream:
                 reply = await _open_stream(call, provider, target, key, transport, exchange)
             else:
                 reply = await _complete(call, provider, target, key, transport, exchange)
@@ -200,6 +214,31 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
     return StreamReply(first, relay.rest())
 
 
+async def _open_raw(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                    transport: Transport, exchange: Exchange) -> RawReply:
+    started = time.perf_counter()
+    response = await _send(call, provider, target, key, transport)
+    exchange.upstream_s += time.perf_counter() - started
+    if response.status >= 400:
+        try:
+            raw = await response.read()
+        except TransportError as exc:
+            raise _Retryable(_transport_error(exc), exc.kind) from None
+        finally:
+            response.close()
+        raise _upstream_failure(provider, response.status, raw)
+    content_type = response.headers.get("Content-Type", "application/octet-stream")
+    return RawReply(response.status, content_type, _raw_body(response))
+
+
+async def _raw_body(response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
+    try:
+        async for chunk in response.iter_chunks():
+            yield chunk
+    finally:
+        response.close()
+
+
 class _Relay:
     """Upstream bytes -> SSE events -> translator -> framed client events."""
 
@@ -211,6 +250,7 @@ class _Relay:
         self._translator = translator
         self._exchange = exchange
         self._ended = False
+        self._pending: errors.GatewayError | None = None    # raised after the chunks before it
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
@@ -224,10 +264,12 @@ class _Relay:
     async def rest(self) -> AsyncGenerator[bytes, None]:
         try:
             if not self._ended:
+                self._raise_pending()
                 async for raw in self._chunks:
                     out = self._translate(raw)
                     if out:
                         yield out
+                    self._raise_pending()
                 yield self._finish()
         except errors.GatewayError as exc:
             self._exchange.error_reason = exc.type
@@ -246,10 +288,22 @@ class _Relay:
 
     def _translate(self, raw: bytes) -> bytes:
         translator = self._translator
-        payloads = [p for event in self._decoder.feed(raw) for p in translator.feed(event)]
+        payloads: list[bytes] = []
+        try:
+            for event in self._decoder.feed(raw):
+                payloads.extend(translator.feed(event))
+        except errors.GatewayError as exc:
+            if not payloads:
+                raise
+            # Chunks translated before an error event in the same read still reach the client.
+            self._pending = exc
         if not payloads:
             return b""
         return b"".join(frame(p) for p in payloads)
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            raise self._pending
 
     def _finish(self) -> bytes:
         translator = self._translator

@@ -13,6 +13,11 @@ def frame(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
+def frame_event(name: str, payload: bytes) -> bytes:
+    """A named event (`event:` + `data:`), as Anthropic streams carry them."""
+    return b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n"
+
+
 class SSEDecoder:
     """Turns arbitrary byte chunks into whole events.
 

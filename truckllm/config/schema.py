@@ -77,7 +77,31 @@ class MockProvider(ProviderBase):
     embedding_dim: int = Field(256, ge=1, le=8192, description="Length of the vectors the mock's embeddings return.")
 
 
-ProviderConfig = Annotated[OpenAIProvider | MockProvider, Field(discriminator="type")]
+class AnthropicProvider(ProviderBase):
+    type: Literal["anthropic"] = Field(description="Anthropic Messages API; chat completions are translated both ways.")
+    base_url: str = Field("https://api.anthropic.com/v1", description="API root including `/v1`; requests go to `{base_url}/messages`.")
+    keys: list[ProviderKey] = Field(min_length=1, description="Upstream API keys, sent as `x-api-key`; requests are spread over them by weight.")
+    anthropic_version: str = Field("2023-06-01", description="Value of the `anthropic-version` header.")
+    default_max_tokens: int = Field(4096, ge=1, description="`max_tokens` sent when the client gives none (Anthropic requires it).")
+
+
+class GeminiProvider(ProviderBase):
+    type: Literal["gemini"] = Field(description="Google Gemini API (AI Studio keys); chat and embeddings are translated both ways.")
+    base_url: str = Field("https://generativelanguage.googleapis.com/v1beta", description="API root including the version; requests go to `{base_url}/models/{model}:generateContent`.")
+    keys: list[ProviderKey] = Field(min_length=1, description="Upstream API keys, sent as `x-goog-api-key`; requests are spread over them by weight.")
+
+
+class AzureProvider(ProviderBase):
+    type: Literal["azure"] = Field(description="Azure OpenAI; a target's `model` is the deployment name.")
+    base_url: str = Field(min_length=1, description="Resource endpoint (`https://NAME.openai.azure.com`) for deployment URLs, or an URL ending in `/openai/v1` for Azure's v1 API.")
+    api_version: str = Field("2024-10-21", min_length=1, description="`api-version` query parameter of deployment URLs (unused with `/openai/v1`).")
+    keys: list[ProviderKey] = Field(min_length=1, description="Upstream API keys, sent as `api-key`; requests are spread over them by weight.")
+
+
+ProviderConfig = Annotated[
+    OpenAIProvider | AnthropicProvider | GeminiProvider | AzureProvider | MockProvider,
+    Field(discriminator="type"),
+]
 
 
 class TargetConfig(Strict):

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import structlog
 
+from truckllm.atomic_file import write_atomic
 from truckllm.limits.limiter import Limiter
 
 STATE_VERSION = 1
@@ -39,34 +40,6 @@ def encode_state(limiter: Limiter) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename over the old file, fsync the dir:
-    a crash leaves either the old file or the new one, never half of one. The directory
-    is created when missing. Each write has its own temp name, so a write still running
-    in an abandoned worker thread cannot mix with the next one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):      # not every filesystem lets a directory be synced
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def decode_state(raw: bytes) -> Any:

@@ -1,11 +1,16 @@
-"""The provider registry: every provider type TruckLLM speaks, by config `type`."""
+"""The provider registry: every provider type TruckLLM speaks, by config `type`.
+
+Providers that speak chat also answer the Anthropic Messages API (`messages`), translated
+through chat unless they speak it natively (truckllm.providers.messages_inbound).
+"""
 
 from __future__ import annotations
 
-from truckllm.providers import mock, openai
+from truckllm.providers import anthropic, azure, gemini, mock, openai
 from truckllm.providers.base import ProviderSpec
+from truckllm.providers.messages_inbound import with_messages_inbound
 
 REGISTRY: dict[str, ProviderSpec] = {
-    openai.SPEC.type: openai.SPEC,
-    mock.SPEC.type: mock.SPEC,
+    spec.type: with_messages_inbound(spec)
+    for spec in (openai.SPEC, mock.SPEC, anthropic.SPEC, gemini.SPEC, azure.SPEC)
 }

@@ -14,7 +14,11 @@ from typing import Any, Literal, Protocol
 from truckllm.usage import Usage
 
 # The client-facing operations a request can ask for. Issue-specific ones are added here.
-Operation = Literal["chat", "completions", "embeddings"]
+Operation = Literal[
+    "chat", "completions", "embeddings",
+    "messages",                                  # Anthropic Messages API, native pass-through
+    "audio_transcriptions", "audio_translations", "audio_speech", "images",   # pass-through
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,9 @@ class CallContext:
     created: int                # unix seconds, for translated responses and chunks
     stream: bool
     include_usage: bool         # the client asked for stream_options.include_usage
+    # The request body as build_request received it. Answers whose shape depends on the
+    # request read it here: legacy `functions`, embeddings' `encoding_format`, input sizes.
+    client_body: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class UpstreamErrorInfo:
     message: str
     code: str | None = None
     param: str | None = None
+    retry_after_s: float | None = None      # when the body says when to retry (Gemini RetryInfo)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from truckllm.errors import UpstreamFailed
+from truckllm.providers import media
 from truckllm.providers.base import (
     CallContext,
     ParsedResponse,
@@ -25,7 +26,8 @@ from truckllm.providers.base import (
 )
 from truckllm.usage import Usage
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
+         **{op: "/" + path for op, path in media.PATHS.items()}}
 
 # A JSON key "model" with its string value. Inside a JSON string every quote is escaped,
 # so this only ever matches a real key; the first match is the top-level one in every
@@ -37,6 +39,10 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 def build_request(op: str, body: dict[str, Any], target: Target, key: str,
                   ctx: CallContext) -> UpstreamRequest:
+    if op in media.PASS_THROUGH_OPERATIONS:     # audio and images: passed through as sent
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return media.media_request(op, body, target.base_url + PATHS[op], {**target.headers, **auth},
+                                   target.model, ctx)
     payload = dict(body)
     payload["model"] = target.model
     if ctx.stream and op in ("chat", "completions"):

@@ -9,14 +9,15 @@ import orjson
 from aiohttp import web
 
 from truckllm import errors
-from truckllm.dispatch import Call, Reply, StreamReply, dispatch
+from truckllm.dispatch import Call, RawReply, Reply, StreamReply, dispatch
 from truckllm.providers.base import CallContext
-from truckllm.server import metering
+from truckllm.providers.media import MULTIPART_OPERATIONS
+from truckllm.server import anthropic_wire, metering
 from truckllm.server.auth import authenticate
 from truckllm.server.keys import LIMITER, RATELIMIT_HEADERS, STATE, TRANSPORT, exchange_of
 from truckllm.server.middleware import gateway_headers
-from truckllm.server.streaming import write_stream
-from truckllm.server.validation import check_fields, read_json
+from truckllm.server.streaming import write_raw, write_stream
+from truckllm.server.validation import check_fields, read_json, read_multipart
 from truckllm.state import ClientKey, Route, State
 
 
@@ -32,12 +33,37 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return await _relay(request, "embeddings")
 
 
+async def audio_transcriptions(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "audio_transcriptions")
+
+
+async def audio_translations(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "audio_translations")
+
+
+async def audio_speech(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "audio_speech")
+
+
+async def images_generations(request: web.Request) -> web.StreamResponse:
+    return await _relay(request, "images")
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """The Anthropic Messages API: same pipeline, Anthropic-shaped answers and errors."""
+    try:
+        return await _relay(request, "messages")
+    except errors.GatewayError as exc:
+        return anthropic_wire.error_response(exc, exchange_of(request))
+
+
 async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     state = request.app[STATE].current               # one snapshot for the whole request
     exchange = exchange_of(request)
     key = _authenticate(request, state)
     exchange.key_id = key.id if key else None
-    body = await read_json(request, state.config.server.max_body_mb)
+    read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
+    body = await read_body(request, state.config.server.max_body_mb)
     check_fields(op, body)
     model: str = body["model"]
     route, targets = _route_for(state, key, model)
@@ -45,17 +71,22 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     stream = bool(body.get("stream")) and op != "embeddings"
     options = body.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    include_usage = include_usage or (stream and op == "messages")   # message_delta carries usage
     exchange.stream = stream
-    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage)
+    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body)
     limiter = request.app[LIMITER]
     admission = metering.admit(limiter, state, key, body, exchange)
-    reply: Reply | StreamReply | None = None
+    reply: Reply | StreamReply | RawReply | None = None
     try:
         call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate_tokens)
         reply = await dispatch(call, request.app[TRANSPORT], exchange)
         if isinstance(reply, Reply):
             return web.Response(body=reply.body, content_type="application/json",
                                 headers=gateway_headers(exchange))
+        if isinstance(reply, RawReply):
+            return await write_raw(request, reply, exchange)
+        if op == "messages":
+            reply = anthropic_wire.reframe(reply)
         return await write_stream(request, reply, exchange)
     finally:   # after the last byte, an error, or the client leaving (streams included)
         metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
@@ -123,6 +154,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/audio/transcriptions", audio_transcriptions)
+    app.router.add_post("/v1/audio/translations", audio_translations)
+    app.router.add_post("/v1/audio/speech", audio_speech)
+    app.router.add_post("/v1/images/generations", images_generations)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)

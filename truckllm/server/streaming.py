@@ -7,10 +7,11 @@ import time
 
 from aiohttp import web
 
-from truckllm.dispatch import StreamReply
+from truckllm.dispatch import RawReply, StreamReply
 from truckllm.records import Exchange
 from truckllm.server.keys import ratelimit_headers_of
 from truckllm.server.middleware import CLIENT_CLOSED_REQUEST, gateway_headers
+from truckllm.transport import TransportError
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -41,4 +42,24 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
         exchange.error_reason = "client_disconnected"
     finally:
         await rest.aclose()              # releases or drops the upstream connection
+    return response
+
+
+async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -> web.StreamResponse:
+    """A pass-through answer (audio, images): upstream bytes relayed as they arrive."""
+    response = web.StreamResponse(status=reply.status, headers={
+        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_of(request)})
+    body = reply.body
+    try:
+        await response.prepare(request)
+        async for chunk in body:
+            await response.write(chunk)
+        await response.write_eof()
+    except TransportError:
+        exchange.error_reason = "upstream_error"     # headers are sent: all we can do is stop
+    except (ConnectionResetError, OSError):
+        exchange.status = CLIENT_CLOSED_REQUEST
+        exchange.error_reason = "client_disconnected"
+    finally:
+        await body.aclose()
     return response

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from truckllm.errors import InvalidRequest, PayloadTooLarge
+from truckllm.providers.media import MultipartField
 
 _MIB = 1024 * 1024
 _NUMBER = (int, float)
@@ -31,6 +32,16 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "model": ((str,), True), "input": ((str, list), True),
         "encoding_format": ((str,), False), "dimensions": ((int,), False),
     },
+    "audio_transcriptions": {"model": ((str,), True), "fields": ((list,), True)},   # multipart
+    "audio_translations": {"model": ((str,), True), "fields": ((list,), True)},
+    "audio_speech": {"model": ((str,), True), "input": ((str,), True), "voice": ((str, dict), True)},
+    "images": {"model": ((str,), True), "prompt": ((str,), True), "n": ((int,), False)},
+    "messages": {       # the Anthropic Messages API (POST /v1/messages)
+        "model": ((str,), True), "messages": ((list,), True), "max_tokens": ((int,), True),
+        "stream": ((bool,), False), "system": ((str, list), False), "tools": ((list,), False),
+        "tool_choice": ((dict,), False), "stop_sequences": ((list,), False),
+        "temperature": (_NUMBER, False), "top_p": (_NUMBER, False), "metadata": ((dict,), False),
+    },
 }
 _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a boolean",
                int: "an integer", float: "a number"}
@@ -47,6 +58,28 @@ async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return body
+
+
+async def read_multipart(request: web.Request, max_body_mb: float) -> dict[str, Any]:
+    """A multipart/form-data upload as {"model": ..., "fields": [MultipartField, ...]}."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise InvalidRequest("This endpoint takes a multipart/form-data upload.")
+    limit, size = int(max_body_mb * _MIB), 0
+    fields: list[MultipartField] = []
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise InvalidRequest("Nested or unnamed multipart parts are not accepted.")
+        value = await part.read(decode=False)
+        size += len(value)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than the {max_body_mb:g} MiB limit.")
+        fields.append(MultipartField(part.name, bytes(value), part.filename,
+                                     part.headers.get("Content-Type") if part.filename else None))
+    model = next((f.value.decode("utf-8", "replace") for f in fields if f.name == "model"), None)
+    if not any(f.name == "file" and f.filename is not None for f in fields):
+        raise InvalidRequest("Missing required parameter: 'file' (an uploaded file).", param="file")
+    return {"model": model, "fields": fields}
 
 
 async def _read_body(request: web.Request, limit: int, max_body_mb: float) -> bytes:

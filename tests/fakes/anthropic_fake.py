@@ -1,0 +1,150 @@
+"""A fake Anthropic Messages API (POST /v1/messages), streaming and not, speaking the real
+wire format: named SSE events, tool_use blocks with input_json_delta fragments, ping,
+cumulative usage in message_delta, Anthropic's error envelope.
+
+Default answers: with tools and a user turn mentioning weather, tool calls (two when it
+also says "and"); after tool results, a text quoting them; otherwise "Fake reply to: ...".
+A request without a key (`x-api-key`, or a Bearer token as newer SDKs send) or without
+`anthropic-version` gets 401, one without `max_tokens` 400.
+
+    async with make_anthropic_fake() as fake:   # fake.url ends in /v1
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fakes.wire_fake import Reply, WireFake, json_response, serve, split_text, sse
+
+MODEL_VERSION = "claude-fake-20250929"
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
+
+
+class AnthropicFake(WireFake):
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/messages", self._messages)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        recorded = await self.record(request)
+        scripted = self.next_script(request.path)
+        if scripted is not None:
+            return await self.send(request, scripted)
+        authorised = recorded.headers.get("x-api-key") or recorded.headers.get("authorization", "").startswith("Bearer ")
+        if not authorised or not recorded.headers.get("anthropic-version"):
+            return json_response(error_body("authentication_error", "invalid x-api-key"), 401)
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        if not isinstance(body.get("max_tokens"), int):
+            return json_response(error_body("invalid_request_error", "max_tokens: Field required"), 400)
+        answer = FakeAnswer.for_request(body, f"msg_fake{len(self.requests)}")
+        if body.get("stream"):
+            return await self.stream(request, answer.events())
+        return json_response(answer.message())
+
+
+class FakeAnswer:
+    def __init__(self, message_id: str, text: str, calls: list[dict[str, Any]], input_tokens: int) -> None:
+        self.id = message_id
+        self.text = text
+        self.calls = calls
+        self.input_tokens = input_tokens
+
+    @classmethod
+    def for_request(cls, body: dict[str, Any], message_id: str) -> FakeAnswer:
+        messages = body.get("messages") or []
+        last = messages[-1] if messages else {}
+        blocks = last.get("content") if isinstance(last.get("content"), list) else [
+            {"type": "text", "text": str(last.get("content", ""))}]
+        results = [b for b in blocks if b.get("type") == "tool_result"]
+        text = " ".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+        words = sum(len(str(m.get("content", "")).split()) for m in messages)
+        calls: list[dict[str, Any]] = []
+        if results:
+            reply = "Tool said: " + "; ".join(_result_text(r) for r in results)
+        elif body.get("tools") and "weather" in text.lower():
+            cities = ["Paris", "Rome"] if " and " in text else ["Paris"]
+            name = body["tools"][0]["name"]
+            calls = [{"type": "tool_use", "id": f"toolu_fake{i}", "name": name, "input": {"city": c}}
+                     for i, c in enumerate(cities)]
+            reply = "Let me check."
+        else:
+            reply = f"Fake reply to: {text}".strip()
+        return cls(message_id, reply, calls, max(words, 1))
+
+    @property
+    def output_tokens(self) -> int:
+        return len(split_text(self.text)) + 5 * len(self.calls)
+
+    def usage(self) -> dict[str, int]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+
+    def message(self) -> dict[str, Any]:
+        content = [{"type": "text", "text": self.text}, *self.calls]
+        return {"id": self.id, "type": "message", "role": "assistant", "model": MODEL_VERSION,
+                "content": content, "stop_reason": "tool_use" if self.calls else "end_turn",
+                "stop_sequence": None, "usage": self.usage()}
+
+    def events(self) -> list[str]:
+        start = {**self.message(), "content": [], "stop_reason": None,
+                 "usage": {**self.usage(), "output_tokens": 1}}
+        events = [sse({"type": "message_start", "message": start}, "message_start"),
+                  _event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+                  sse({"type": "ping"}, "ping")]
+        events += [_event("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
+                   for piece in split_text(self.text)]
+        events.append(_event("content_block_stop", index=0))
+        for index, call in enumerate(self.calls, start=1):
+            events.append(_event("content_block_start", index=index,
+                                 content_block={**call, "input": {}}))
+            arguments = orjson.dumps(call["input"]).decode()
+            for fragment in ("", arguments[:5], arguments[5:]):
+                events.append(_event("content_block_delta", index=index,
+                                     delta={"type": "input_json_delta", "partial_json": fragment}))
+            events.append(_event("content_block_stop", index=index))
+        stop = "tool_use" if self.calls else "end_turn"
+        events.append(_event("message_delta", delta={"stop_reason": stop, "stop_sequence": None},
+                             usage={"output_tokens": self.output_tokens}))
+        events.append(_event("message_stop"))
+        return events
+
+
+def _event(kind: str, **fields: Any) -> str:
+    return sse({"type": kind, **fields}, kind)
+
+
+def _result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def overloaded_reply() -> Reply:
+    return Reply(status=529, body=error_body("overloaded_error", "Overloaded"))
+
+
+def overload_after_start_reply() -> Reply:
+    """A stream that starts, pings, then fails before any content (a common overload)."""
+    start = {"type": "message_start", "message": {"id": "msg_x", "type": "message", "role": "assistant",
+             "model": MODEL_VERSION, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    return Reply(events=[sse(start, "message_start"), sse({"type": "ping"}, "ping"), error_event()])
+
+
+def error_event(kind: str = "overloaded_error", message: str = "Overloaded") -> str:
+    return sse({"type": "error", "error": {"type": kind, "message": message}}, "error")
+
+
+@asynccontextmanager
+async def make_anthropic_fake() -> AsyncIterator[AnthropicFake]:
+    async with serve(AnthropicFake, "/v1") as fake:
+        yield fake

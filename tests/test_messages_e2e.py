@@ -1,0 +1,158 @@
+"""End to end: the real `anthropic` SDK on TruckLLM's /v1/messages, natively to the fake
+Anthropic upstream and translated to the fake Gemini and Azure upstreams and the mock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import pytest
+from anthropic import Anthropic, AsyncAnthropic
+
+from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
+from tests.fakes.wire_fake import Reply, sse
+from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
+
+ALIASES = ["claude", "gem", "az", "oai-chat"]     # oai-chat: an `openai`-type provider
+WEATHER: Any = {"name": "get_weather", "description": "Current weather for a city.",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Stack]:
+    async with make_stack() as running:
+        yield running
+        for client in running.clients:
+            await client.close()
+
+
+def make_client(stack: Stack) -> AsyncAnthropic:
+    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+    stack.clients.append(client)
+    return client
+
+
+@pytest.mark.parametrize("alias", [*ALIASES, "demo"])
+async def test_messages_answer_in_anthropic_shape(stack: Stack, alias: str) -> None:
+    client = make_client(stack)
+    message = await client.messages.create(model=alias, max_tokens=100, system="Be brief.",
+                                           messages=[{"role": "user", "content": "hello there"}])
+    assert message.model == alias and message.role == "assistant"
+    assert message.stop_reason == "end_turn"
+    text = "".join(block.text for block in message.content if block.type == "text")
+    assert text if alias == "demo" else text == "Fake reply to: hello there"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+
+
+async def test_anthropic_upstream_is_passed_through_natively(stack: Stack) -> None:
+    client = make_client(stack)
+    await client.messages.create(model="claude", max_tokens=64, extra_body={"top_k": 5},
+                                 messages=[{"role": "user", "content": "hi"}])
+    sent = stack.anthropic.requests[-1].body
+    assert sent == {"model": "claude-sonnet-4-5", "max_tokens": 64, "top_k": 5,
+                    "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+async def test_stream_helper_accumulates_text(stack: Stack, alias: str) -> None:
+    client = make_client(stack)
+    async with client.messages.stream(model=alias, max_tokens=100,
+                                      messages=[{"role": "user", "content": "tell me a story"}]) as stream:
+        pieces = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    assert len(pieces) >= 2 and "".join(pieces) == "Fake reply to: tell me a story"
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0 and final.usage.input_tokens > 0
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+async def test_stream_helper_accumulates_parallel_tool_use(stack: Stack, alias: str) -> None:
+    client = make_client(stack)
+    async with client.messages.stream(model=alias, max_tokens=200, tools=[WEATHER],
+                                      messages=[{"role": "user", "content": "weather in Paris and Rome?"}]) as stream:
+        final = await stream.get_final_message()
+    calls = [(block.name, block.input) for block in final.content if block.type == "tool_use"]
+    assert calls == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]
+    assert final.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+async def test_tool_loop_through_messages(stack: Stack, alias: str) -> None:
+    client = make_client(stack)
+    messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+    first = await client.messages.create(model=alias, max_tokens=200, tools=[WEATHER], messages=messages)
+    tool_use = next(block for block in first.content if block.type == "tool_use")
+    messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use.id,
+                                               "content": "18C and sunny"}]}]
+    second = await client.messages.create(model=alias, max_tokens=200, tools=[WEATHER], messages=messages)
+    text = "".join(block.text for block in second.content if block.type == "text")
+    assert "18C and sunny" in text
+
+
+async def test_sync_client(stack: Stack) -> None:
+    def use_sync_client() -> str:
+        client = Anthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+        try:
+            with client.messages.stream(model="gem", max_tokens=50,
+                                        messages=[{"role": "user", "content": "sync"}]) as stream:
+                return "".join(stream.text_stream)
+        finally:
+            client.close()
+
+    assert await asyncio.to_thread(use_sync_client) == "Fake reply to: sync"
+
+
+async def test_errors_come_back_in_anthropic_shape(stack: Stack) -> None:
+    client = make_client(stack)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await client.messages.create(model="nope", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert missing.value.body == {"type": "error", "error": {"type": "not_found_error",
+                                                             "message": "The model 'nope' does not exist."}}
+    with pytest.raises(anthropic.BadRequestError):
+        await client.messages.create(model="claude", max_tokens="many",  # type: ignore[arg-type]
+                                     messages=[{"role": "user", "content": "x"}])
+    unauthorised = AsyncAnthropic(base_url=stack.root, api_key="wrong", max_retries=0, timeout=10)
+    stack.clients.append(unauthorised)
+    with pytest.raises(anthropic.AuthenticationError):
+        await unauthorised.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+
+
+async def test_upstream_overload_is_an_anthropic_error(stack: Stack) -> None:
+    stack.anthropic.script(overloaded_reply())
+    client = make_client(stack)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        await client.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code >= 500
+    assert isinstance(raised.value.body, dict) and raised.value.body["type"] == "error"
+
+
+async def test_error_mid_stream_raises_in_the_sdk(stack: Stack) -> None:
+    start = {"type": "message_start", "message": {"id": "msg_x", "type": "message", "role": "assistant",
+             "model": "m", "content": [], "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    events = [sse(start, "message_start"),
+              sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                  "content_block_start"),
+              sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Part"}},
+                  "content_block_delta"),
+              error_event()]
+    stack.anthropic.script(Reply(events=events))
+    client = make_client(stack)
+    received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError, match="overloaded_error"):
+        async with client.messages.stream(model="claude", max_tokens=10,
+                                          messages=[{"role": "user", "content": "x"}]) as stream:
+            async for text in stream.text_stream:
+                received.append(text)
+    assert received == ["Part"]
+
+
+async def test_native_stream_error_before_content_falls_back(stack: Stack) -> None:
+    stack.anthropic.script(overload_after_start_reply())
+    client = make_client(stack)
+    async with client.messages.stream(model="claude-or-gem", max_tokens=20,
+                                      messages=[{"role": "user", "content": "hello"}]) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+    assert text == "Fake reply to: hello"
+    assert len(stack.gemini.requests) == 1

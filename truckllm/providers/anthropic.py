@@ -1,0 +1,406 @@
+"""Anthropic Messages API <-> OpenAI chat completions, both directions, streams included.
+
+Pure translation, no I/O; must not import transport, dispatch or server modules.
+Operations: chat, completions (answered through chat), and messages (the Anthropic
+Messages API spoken natively: the body passes through with only `model` rewritten).
+Target.options: `anthropic_version` (header value), `default_max_tokens` (sent when the
+client gives no max tokens, since Anthropic requires it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from truckllm.errors import InvalidRequest, UpstreamFailed
+from truckllm.providers.base import (
+    CallContext,
+    ParsedResponse,
+    ProviderSpec,
+    SSEEvent,
+    Target,
+    UpstreamErrorInfo,
+    UpstreamRequest,
+)
+from truckllm.providers.chat_request import (
+    ChatRequest,
+    Media,
+    Text,
+    ToolChoice,
+    ToolResult,
+    ToolUse,
+    Turn,
+    chat_body_from_completions,
+    read_chat_request,
+    refuse,
+    uses_legacy_functions,
+)
+from truckllm.providers.chat_shapes import (
+    ChoiceOut,
+    ChunkStream,
+    ToolCallOut,
+    build_response,
+    kind_of,
+)
+from truckllm.providers.upstream_errors import (
+    context_overflow_code,
+    decode_json,
+    error_type_for_status,
+    fallback_message,
+    to_gateway_error,
+)
+from truckllm.usage import Usage
+
+DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
+DEFAULT_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Anthropic error types -> the status a client sees (SPEC §5: 529 overloaded -> 503).
+STATUS_BY_ERROR_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 502,
+    "timeout_error": 504,
+    "overloaded_error": 503,
+}
+
+
+# ---- request ------------------------------------------------------------------------------
+
+
+def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
+                  ctx: CallContext) -> UpstreamRequest:
+    if operation == "messages":
+        payload = {**body, "model": target.model}
+    elif operation in ("chat", "completions"):
+        chat_body = chat_body_from_completions(body) if operation == "completions" else body
+        payload = to_messages_request(read_chat_request(chat_body), target, ctx.stream)
+    else:
+        raise InvalidRequest(f"provider type 'anthropic' cannot serve {operation}", code="unsupported_operation")
+    headers = {
+        "content-type": "application/json",
+        "anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
+        **target.headers,
+        "x-api-key": key,
+    }
+    return UpstreamRequest("POST", f"{target.base_url}/messages", headers, orjson.dumps(payload),
+                           bool(payload.get("stream")))
+
+
+def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> dict[str, Any]:
+    _refuse_unsupported(request)
+    payload: dict[str, Any] = {
+        "model": target.model,
+        "max_tokens": request.max_tokens or int(target.options.get("default_max_tokens") or DEFAULT_MAX_TOKENS),
+    }
+    if request.system:
+        payload["system"] = [{"type": "text", "text": text} for text in request.system]
+    payload["messages"] = _messages(request.turns)
+    if request.temperature is not None:
+        payload["temperature"] = min(request.temperature, 1.0)   # Anthropic's range is 0..1
+    if request.top_p is not None:
+        payload["top_p"] = request.top_p
+    if request.stop:
+        payload["stop_sequences"] = request.stop
+    if request.tools:
+        payload["tools"] = [
+            {"name": tool.name, **({"description": tool.description} if tool.description else {}),
+             "input_schema": tool.parameters or {"type": "object", "properties": {}}}
+            for tool in request.tools
+        ]
+    tool_choice = _tool_choice(request.tool_choice, request.parallel_tool_calls, bool(request.tools))
+    if tool_choice is not None:
+        payload["tool_choice"] = tool_choice
+    if request.response_format is not None:
+        schema = request.response_format["json_schema"]["schema"]
+        payload["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    if request.user:
+        payload["metadata"] = {"user_id": request.user}
+    if stream:
+        payload["stream"] = True
+    return payload
+
+
+def _refuse_unsupported(request: ChatRequest) -> None:
+    if request.n > 1:
+        raise refuse("anthropic", "n > 1", "n")
+    if request.audio_output:
+        raise refuse("anthropic", "audio output", "modalities")
+    if request.logprobs:
+        raise refuse("anthropic", "logprobs", "logprobs")
+    if request.response_format is not None and request.response_format["type"] == "json_object":
+        raise refuse("anthropic", "response_format json_object (use json_schema)", "response_format")
+
+
+def _messages(turns: list[Turn]) -> list[dict[str, Any]]:
+    messages = [{"role": turn.role, "content": [_block(block) for block in turn.blocks]} for turn in turns]
+    if not messages or messages[0]["role"] != "user":
+        # Anthropic requires the conversation to open with a user turn.
+        messages.insert(0, {"role": "user", "content": [{"type": "text", "text": "(continue)"}]})
+    return messages
+
+
+def _block(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
+    if isinstance(block, Text):
+        return {"type": "text", "text": block.text}
+    if isinstance(block, ToolUse):
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.arguments}
+    if isinstance(block, ToolResult):
+        return {"type": "tool_result", "tool_use_id": block.tool_call_id, "content": block.content}
+    return _media_block(block)
+
+
+def _media_block(media: Media) -> dict[str, Any]:
+    if media.kind == "image":
+        if media.url is not None:
+            return {"type": "image", "source": {"type": "url", "url": media.url}}
+        if media.mime not in IMAGE_TYPES:
+            raise refuse("anthropic", f"image type {media.mime!r}", media.param)
+        return {"type": "image", "source": {"type": "base64", "media_type": media.mime, "data": media.data}}
+    if media.kind == "file" and media.mime == "application/pdf":
+        return {"type": "document", "source": {"type": "base64", "media_type": media.mime, "data": media.data}}
+    raise refuse("anthropic", f"{media.kind} input ({media.mime})", media.param)
+
+
+def _tool_choice(choice: ToolChoice | None, parallel: bool | None, has_tools: bool) -> dict[str, Any] | None:
+    if not has_tools or (choice is None and parallel is not False):
+        return None             # Anthropic only accepts tool_choice alongside tools
+    mode = choice.mode if choice is not None else "auto"
+    rendered: dict[str, Any]
+    if mode == "function" and choice is not None:
+        rendered = {"type": "tool", "name": choice.name}
+    else:
+        rendered = {"type": {"auto": "auto", "none": "none", "required": "any"}[mode]}
+    if parallel is False and mode != "none":
+        rendered["disable_parallel_tool_use"] = True
+    return rendered
+
+
+# ---- response -----------------------------------------------------------------------------
+
+
+def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
+    message = decode_json(raw)
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        raise UpstreamFailed("upstream answered with a body that is not an Anthropic message")
+    usage = usage_from(message.get("usage"))
+    if operation == "messages":
+        return ParsedResponse(orjson.dumps({**message, "model": ctx.alias}), usage)
+    blocks = [b for b in message["content"] if isinstance(b, dict)]
+    text = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
+    calls = [
+        ToolCallOut(str(b.get("id")), str(b.get("name")), orjson.dumps(b.get("input") or {}).decode())
+        for b in blocks if b.get("type") == "tool_use"
+    ]
+    finish = FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
+    choice = ChoiceOut(text=text, tool_calls=calls, finish_reason=finish)
+    upstream_id = str(message.get("id") or "").removeprefix("msg_") or None
+    body = build_response(kind_of(operation), ctx, upstream_id, [choice], usage, uses_legacy_functions(ctx.client_body))
+    return ParsedResponse(body, usage)
+
+
+_USAGE_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
+
+
+def merge_counts(counts: dict[str, int], raw: Any) -> dict[str, int]:
+    """Overlay the counts present in an Anthropic usage object (stream usage is cumulative)."""
+    if isinstance(raw, dict):
+        for name in _USAGE_KEYS:
+            value = raw.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                counts[name] = value
+    return counts
+
+
+def usage_from(raw: Any) -> Usage:
+    return usage_of(merge_counts({}, raw))
+
+
+def usage_of(counts: dict[str, int]) -> Usage:
+    """Anthropic counts fresh input apart from cache reads and writes; OpenAI sums them."""
+    read = counts.get("cache_read_input_tokens", 0)
+    write = counts.get("cache_creation_input_tokens", 0)
+    return Usage(prompt_tokens=counts.get("input_tokens", 0) + read + write,
+                 completion_tokens=counts.get("output_tokens", 0),
+                 cache_read_tokens=read, cache_write_tokens=write)
+
+
+# ---- stream -------------------------------------------------------------------------------
+
+
+class AnthropicStreamTranslator:
+    """Anthropic SSE events -> OpenAI chunks (chat or text_completion)."""
+
+    def __init__(self, operation: str, ctx: CallContext) -> None:
+        self._out = ChunkStream(kind_of(operation), ctx, uses_legacy_functions(ctx.client_body))
+        self.usage: Usage | None = None
+        self._counts: dict[str, int] = {}
+        self._tools: dict[int, int] = {}           # Anthropic block index -> OpenAI tool index
+        self._tool_has_args: dict[int, bool] = {}
+        self._finish: str | None = None
+        self._done = False
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        data = decode_json(event.data)
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("type") or event.event
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._out.set_upstream_id(str(message.get("id") or "").removeprefix("msg_") or None)
+            self.usage = usage_of(merge_counts(self._counts, message.get("usage")))
+            # The role chunk waits for content: an error event right after message_start
+            # (overload, say) then fails the attempt before anything reached the client,
+            # so dispatch can still try another target.
+            return []
+        if kind == "content_block_start":
+            return self._block_start(data.get("index"), data.get("content_block") or {})
+        if kind == "content_block_delta":
+            return self._block_delta(data.get("index"), data.get("delta") or {})
+        if kind == "content_block_stop":
+            return self._block_stop(data.get("index"))
+        if kind == "message_delta":
+            self.usage = usage_of(merge_counts(self._counts, data.get("usage")))
+            reason = (data.get("delta") or {}).get("stop_reason")
+            if reason:
+                self._finish = FINISH_REASONS.get(str(reason), "stop")
+                return self._out.finish(self._finish)
+            return []
+        if kind == "message_stop":
+            self._done = True
+            return [*self._out.finish(self._finish or "stop"), *self._out.usage(self.usage)]
+        if kind == "error":
+            raise to_gateway_error(error_info_from_event(data))
+        return []                                   # ping and anything new
+
+    def close(self) -> list[bytes]:
+        if not self._done:
+            raise UpstreamFailed("upstream stream ended before message_stop")
+        return []
+
+    def _block_start(self, index: Any, block: dict[str, Any]) -> list[bytes]:
+        if block.get("type") == "text":
+            return self._out.text(str(block.get("text") or ""))
+        if block.get("type") == "tool_use" and isinstance(index, int):
+            tool_index, out = self._out.tool_start(str(block.get("id")), str(block.get("name")))
+            self._tools[index] = tool_index
+            self._tool_has_args[index] = False
+            return out
+        return []                                   # thinking blocks are not forwarded
+
+    def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[bytes]:
+        if delta.get("type") == "text_delta":
+            return self._out.text(str(delta.get("text") or ""))
+        if delta.get("type") == "input_json_delta" and index in self._tools:
+            fragment = str(delta.get("partial_json") or "")
+            if fragment:
+                self._tool_has_args[index] = True
+            return self._out.tool_arguments(self._tools[index], fragment)
+        return []
+
+    def _block_stop(self, index: Any) -> list[bytes]:
+        if index in self._tools and not self._tool_has_args[index]:
+            return self._out.tool_arguments(self._tools[index], "{}")   # no-argument tools
+        return []
+
+
+class NativeMessagesStream:
+    """Anthropic events passed through for Anthropic clients: only `model` is rewritten,
+    usage is noted, and an error event or a missing message_stop still fails the stream."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._alias = ctx.alias
+        self.usage: Usage | None = None
+        self._counts: dict[str, int] = {}
+        self._done = False
+        self._held: bytes | None = None
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        data = decode_json(event.data)
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("type") or event.event
+        if kind == "error":
+            raise to_gateway_error(error_info_from_event(data))
+        if kind == "message_start" and isinstance(data.get("message"), dict):
+            self.usage = usage_of(merge_counts(self._counts, data["message"].get("usage")))
+            # Held back until the next event, so an error right after it is still retryable.
+            self._held = orjson.dumps({**data, "message": {**data["message"], "model": self._alias}})
+            return []
+        if kind == "message_delta":
+            self.usage = usage_of(merge_counts(self._counts, data.get("usage")))
+        if kind == "ping" and self._held is not None:
+            return []
+        self._done = self._done or kind == "message_stop"
+        held, self._held = self._held, None
+        return [held, event.data] if held else [event.data]
+
+    def close(self) -> list[bytes]:
+        if not self._done:
+            raise UpstreamFailed("upstream stream ended before message_stop")
+        return []
+
+
+def new_stream_translator(operation: str, target: Target,
+                          ctx: CallContext) -> AnthropicStreamTranslator | NativeMessagesStream:
+    if operation == "messages":
+        return NativeMessagesStream(ctx)
+    return AnthropicStreamTranslator(operation, ctx)
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+def parse_error(status: int, body: bytes) -> UpstreamErrorInfo:
+    data = decode_json(body)
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        mapped = 503 if status == 529 else status
+        return UpstreamErrorInfo(mapped, error_type_for_status(mapped), fallback_message(status, body))
+    return _info(status, error)
+
+
+def error_info_from_event(data: dict[str, Any]) -> UpstreamErrorInfo:
+    error = data.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    status = STATUS_BY_ERROR_TYPE.get(str(error.get("type")), 502)
+    return _info(status, error)
+
+
+def _info(status: int, error: dict[str, Any]) -> UpstreamErrorInfo:
+    message = str(error.get("message") or "upstream error")
+    kind = str(error.get("type") or "")
+    if status == 529 or kind == "overloaded_error":
+        return UpstreamErrorInfo(503, "overloaded_error", message, code="overloaded")
+    code = {"rate_limit_error": "rate_limit_exceeded", "request_too_large": "request_too_large",
+            "not_found_error": "model_not_found"}.get(kind) or context_overflow_code(message)
+    return UpstreamErrorInfo(status, error_type_for_status(status), message, code=code)
+
+
+SPEC = ProviderSpec(
+    type="anthropic",
+    default_base_url=DEFAULT_BASE_URL,
+    operations=frozenset({"chat", "completions", "messages"}),
+    build_request=build_request,
+    parse_response=parse_response,
+    new_stream_translator=new_stream_translator,
+    parse_error=parse_error,
+)

@@ -1,0 +1,231 @@
+"""Builds the OpenAI shapes the translating adapters answer with: `chat.completion` and
+`text_completion` bodies, and streams of chunks in the order the official SDKs rely on.
+
+Pure, no I/O. Imports only base, usage and errors. Every translated stream goes through
+ChunkStream, so the SDK invariants (SPEC §4) are enforced in one place:
+role first and once; a tool call's id/type/name once, then argument fragments by index;
+finish_reason alone in its own chunk after the last delta; the usage chunk only when the
+client asked for it, exactly once, last.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from truckllm.providers.base import CallContext
+from truckllm.usage import Usage
+
+Kind = Literal["chat", "completions"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallOut:
+    id: str
+    name: str
+    arguments: str          # JSON text, as OpenAI sends it
+
+
+@dataclass(slots=True)
+class ChoiceOut:
+    index: int = 0
+    text: str = ""
+    tool_calls: list[ToolCallOut] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+
+def kind_of(operation: str) -> Kind:
+    return "completions" if operation == "completions" else "chat"
+
+
+def response_id(kind: Kind, upstream_id: str | None, ctx: CallContext) -> str:
+    prefix = "cmpl-" if kind == "completions" else "chatcmpl-"
+    return prefix + (upstream_id or ctx.request_id)
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    body = usage.to_openai()
+    if usage.cache_write_tokens:
+        details = body.setdefault("prompt_tokens_details", {"cached_tokens": usage.cache_read_tokens})
+        details["cache_write_tokens"] = usage.cache_write_tokens
+    return body
+
+
+def build_response(kind: Kind, ctx: CallContext, upstream_id: str | None, choices: list[ChoiceOut],
+                   usage: Usage | None, legacy_functions: bool = False) -> bytes:
+    body: dict[str, Any] = {
+        "id": response_id(kind, upstream_id, ctx),
+        "object": "text_completion" if kind == "completions" else "chat.completion",
+        "created": ctx.created,
+        "model": ctx.alias,
+        "choices": [_choice(kind, choice, legacy_functions) for choice in choices],
+    }
+    if usage is not None:
+        body["usage"] = usage_body(usage)
+    return orjson.dumps(body)
+
+
+def _choice(kind: Kind, choice: ChoiceOut, legacy: bool) -> dict[str, Any]:
+    if kind == "completions":
+        return {"text": choice.text, "index": choice.index, "logprobs": None,
+                "finish_reason": choice.finish_reason}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": choice.text or (None if choice.tool_calls else ""),
+        "refusal": None,
+    }
+    finish = choice.finish_reason
+    if choice.tool_calls and legacy:
+        first = choice.tool_calls[0]     # the legacy dialect carries one call only
+        message["function_call"] = {"name": first.name, "arguments": first.arguments}
+        finish = "function_call" if finish == "tool_calls" else finish
+    elif choice.tool_calls:
+        message["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in choice.tool_calls
+        ]
+    return {"index": choice.index, "message": message, "logprobs": None, "finish_reason": finish}
+
+
+class ChunkStream:
+    """Emits one choice's chunks. Upstream-specific translators call it as events arrive."""
+
+    def __init__(self, kind: Kind, ctx: CallContext, legacy_functions: bool = False,
+                 index: int = 0) -> None:
+        self._kind = kind
+        self._ctx = ctx
+        self._legacy = legacy_functions
+        self._index = index
+        self.id = response_id(kind, None, ctx)
+        self._started = False
+        self._tool_count = 0
+        self.finished = False
+        self._usage_sent = False
+
+    def set_upstream_id(self, upstream_id: str | None) -> None:
+        if upstream_id and not self._started:
+            self.id = response_id(self._kind, upstream_id, self._ctx)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def tool_count(self) -> int:
+        return self._tool_count
+
+    def start(self) -> list[bytes]:
+        """The role chunk, once (completions streams have no role and send nothing)."""
+        if self._started:
+            return []
+        self._started = True
+        if self._kind == "completions":
+            return []
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def text(self, text: str) -> list[bytes]:
+        if not text or self.finished:
+            return []
+        out = self.start()
+        if self._kind == "completions":
+            out.append(self._completion_chunk(text, None))
+        else:
+            out.append(self._chunk({"content": text}))
+        return out
+
+    def tool_start(self, call_id: str, name: str, arguments: str = "") -> tuple[int, list[bytes]]:
+        """Announces a tool call; returns its OpenAI index and the chunks to send."""
+        index = self._tool_count
+        self._tool_count += 1
+        out = self.start()
+        if self._kind == "completions" or self.finished:
+            return index, out
+        if self._legacy:
+            if index == 0:
+                out.append(self._chunk({"function_call": {"name": name, "arguments": arguments}}))
+            return index, out
+        call = {"index": index, "id": call_id, "type": "function",
+                "function": {"name": name, "arguments": arguments}}
+        out.append(self._chunk({"tool_calls": [call]}))
+        return index, out
+
+    def tool_arguments(self, index: int, fragment: str) -> list[bytes]:
+        if not fragment or self._kind == "completions" or self.finished:
+            return []
+        if self._legacy:
+            return [self._chunk({"function_call": {"arguments": fragment}})] if index == 0 else []
+        return [self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})]
+
+    def finish(self, reason: str) -> list[bytes]:
+        if self.finished:
+            return []
+        out = self.start()
+        self.finished = True
+        if self._tool_count and reason == "stop":
+            reason = "tool_calls"       # some upstreams end a tool turn with a plain stop
+        if self._legacy and reason == "tool_calls":
+            reason = "function_call"
+        if self._kind == "completions":
+            out.append(self._completion_chunk("", reason))
+        else:
+            out.append(self._chunk({}, reason))
+        return out
+
+    def usage(self, usage: Usage | None) -> list[bytes]:
+        """The usage chunk: only when the client asked for it, and only once."""
+        if not self._ctx.include_usage or self._usage_sent:
+            return []
+        self._usage_sent = True
+        body = self._envelope([])
+        body["usage"] = usage_body(usage or Usage())
+        return [orjson.dumps(body)]
+
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "text_completion" if self._kind == "completions" else "chat.completion.chunk",
+            "created": self._ctx.created,
+            "model": self._ctx.alias,
+            "choices": choices,
+        }
+        if self._ctx.include_usage:
+            body["usage"] = None
+        return body
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": self._index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return orjson.dumps(self._envelope([choice]))
+
+    def _completion_chunk(self, text: str, finish_reason: str | None) -> bytes:
+        choice = {"text": text, "index": self._index, "logprobs": None, "finish_reason": finish_reason}
+        return orjson.dumps(self._envelope([choice]))
+
+
+def build_embeddings(ctx: CallContext, vectors: list[list[float]], usage: Usage) -> bytes:
+    """An OpenAI embeddings list; base64 little-endian float32 when the client asked for it
+    (the official SDKs ask by default and decode it)."""
+    as_base64 = ctx.client_body.get("encoding_format") == "base64"
+    data = [
+        {"object": "embedding", "index": i,
+         "embedding": floats_to_base64(vector) if as_base64 else vector}
+        for i, vector in enumerate(vectors)
+    ]
+    return orjson.dumps({
+        "object": "list",
+        "data": data,
+        "model": ctx.alias,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
+    })
+
+
+def floats_to_base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough count for upstreams that report none (about four characters a token)."""
+    return max(1, (len(text) + 3) // 4) if text else 0

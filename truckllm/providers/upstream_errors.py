@@ -1,0 +1,73 @@
+"""Upstream errors reduced to SPEC §5 terms, shared by the translating adapters.
+
+Pure. Imports only base and errors. `to_gateway_error` is how a translator raises an error
+event met mid-stream (the server turns it into an SSE error event and `[DONE]`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from truckllm.errors import (
+    GatewayError,
+    Overloaded,
+    RateLimited,
+    UpstreamFailed,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
+from truckllm.providers.base import UpstreamErrorInfo
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    if status in _TYPE_BY_STATUS:
+        return _TYPE_BY_STATUS[status]
+    return "upstream_error" if status >= 500 else "invalid_request_error"
+
+
+def decode_json(body: bytes) -> Any:
+    """The JSON value of a body, or None when it is not JSON (an HTML error page, say)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def context_overflow_code(message: str) -> str | None:
+    lowered = message.lower()
+    if "prompt is too long" in lowered or "context length" in lowered or "too many tokens" in lowered:
+        return "context_length_exceeded"
+    return None
+
+
+def fallback_message(status: int, body: bytes) -> str:
+    text = body[:200].decode("utf-8", "replace").strip()
+    return f"upstream answered {status}" + (f": {text}" if text else "")
+
+
+def to_gateway_error(info: UpstreamErrorInfo) -> GatewayError:
+    """The client-facing exception for an upstream error (used for mid-stream errors)."""
+    message = f"upstream error: {info.message}"
+    if info.status == 429:
+        return RateLimited(message, retry_after_s=info.retry_after_s)
+    if info.status == 503:
+        return Overloaded(message, code=info.code, retry_after_s=info.retry_after_s)
+    if info.status == 504:
+        return UpstreamTimeout(message)
+    if info.status >= 500:
+        return UpstreamFailed(message, code=info.code)
+    return UpstreamStatus(info.status, message, type=info.type, code=info.code, param=info.param)

@@ -58,7 +58,6 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
     # reloader until its worker starts.
     loop.add_signal_handler(signal.SIGHUP, ops.reloader.request_reload, "sighup")
     grace = state.config.server.shutdown_grace_s
-    tune_gc()
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
     runners = [runner]
     await runner.setup()
@@ -71,6 +70,7 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
             await admin_runner.setup()
             await _listen(admin_runner, *split_host_port(admin_listen))
             log.info("admin_listening", url=f"http://{admin_listen}")
+        tune_gc()                           # once serving for sure: it is process-wide
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)

@@ -43,3 +43,9 @@ def test_an_event_mixing_numbers_and_secrets() -> None:
     assert redactor(None, "info", dict(event)) == {
         "status": 200, "latency_ms": 1.5, "stream": False, "error": None,
         "request_id": REDACTED, "detail": f"Bearer {REDACTED}"}
+
+
+@pytest.mark.parametrize("name", ["password", "Authorization", "X-API-Key", "api_key"])
+@pytest.mark.parametrize("value", [1234, 3.5, None, True, "plain", b"bytes", {"a": 1}])
+def test_secret_field_names_are_masked_whatever_the_value(name: str, value: object) -> None:
+    assert SecretRedactor()(None, "info", {name: value, "other": 1}) == {name: REDACTED, "other": 1}

@@ -9,6 +9,7 @@ Configuring structlog and the stdlib root logger is process-wide by nature: it h
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -76,11 +77,17 @@ class SecretRedactor:
         return self.redact_text(str(value))
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
-        for name, value in list(event.items()):
-            event[name] = REDACTED if _is_secret_field(name) else self.redact(value)
+        # Runs on every log line, access lines included: plain numbers skip redact(), and
+        # values are replaced in place (same keys, so iterating while assigning is safe).
+        for name, value in event.items():
+            if _is_secret_field(name):
+                event[name] = REDACTED
+            elif value is not None and value.__class__ not in _PLAIN_SCALARS:
+                event[name] = self.redact(value)
         return event
 
 
+@functools.lru_cache(maxsize=1024)      # field names come from code: a small, fixed set
 def _is_secret_field(name: object) -> bool:
     return isinstance(name, str) and name.lower() in _SECRET_FIELD_NAMES
 

@@ -105,7 +105,7 @@ UPSTREAM_CASES = [
      400, "invalid_request_error", "context_length_exceeded"),
     (Scripted(status=404), 404, "invalid_request_error", "model_not_found"),
     (Scripted(status=500), 502, "upstream_error", None),
-    (Scripted(status=503, raw=b"<html>bad gateway</html>", content_type="text/html"), 502, "upstream_error", None),
+    (Scripted(status=503, raw=b"<html>bad gateway</html>", content_type="text/html"), 503, "overloaded_error", "overloaded"),
     (Scripted(drop=True), 502, "upstream_error", None),
     (Scripted(raw=b"not json at all", content_type="text/plain"), 502, "upstream_error", None),
 ]
@@ -116,7 +116,7 @@ UPSTREAM_CASES = [
                               "upstream html 503", "dropped connection", "non-JSON 200"])
 async def test_upstream_failures_are_reshaped(gateway: Gateway, openai_fake: OpenAIFake,
                                               scripted: Scripted, status: int, type_: str, code: str | None) -> None:
-    openai_fake.script(scripted)
+    openai_fake.script(*[scripted] * 3)     # retryable failures are retried (routing.max_attempts)
     async with gateway.http() as http:
         response = await http.post("/v1/chat/completions", json={**CHAT, "model": "gpt"}, headers=AUTH)
         assert response.status == status

@@ -55,6 +55,15 @@ async def test_anthropic_upstream_is_passed_through_natively(stack: Stack) -> No
                     "messages": [{"role": "user", "content": "hi"}]}
 
 
+async def test_native_pass_through_forwards_anthropic_beta(stack: Stack) -> None:
+    client = make_client(stack)
+    await client.messages.create(model="claude", max_tokens=16, messages=[{"role": "user", "content": "hi"}],
+                                 extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})
+    headers = stack.anthropic.requests[-1].headers
+    assert headers["anthropic-beta"] == "prompt-caching-2024-07-31"
+    assert headers["x-api-key"] != CLIENT_KEY                  # the gateway's key, never the client's
+
+
 @pytest.mark.parametrize("alias", ALIASES)
 async def test_stream_helper_accumulates_text(stack: Stack, alias: str) -> None:
     client = make_client(stack)
@@ -120,7 +129,7 @@ async def test_errors_come_back_in_anthropic_shape(stack: Stack) -> None:
 
 
 async def test_upstream_overload_is_an_anthropic_error(stack: Stack) -> None:
-    stack.anthropic.script(overloaded_reply())
+    stack.anthropic.script(*[overloaded_reply()] * 3)    # every attempt (routing.max_attempts)
     client = make_client(stack)
     with pytest.raises(anthropic.APIStatusError) as raised:
         await client.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])

@@ -173,12 +173,21 @@ async def test_upstream_auth_headers_and_no_client_key_upstream(stack: Stack) ->
 
 
 async def test_upstream_overload_before_the_stream_is_an_openai_error(stack: Stack) -> None:
-    stack.anthropic.script(overloaded_reply())
+    stack.anthropic.script(*[overloaded_reply()] * 3)    # every attempt (routing.max_attempts)
     client = make_client(stack)
     with pytest.raises(openai.APIStatusError) as raised:
         await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}], stream=True)
-    assert raised.value.status_code in (502, 503)
-    assert raised.value.body is not None
+    assert raised.value.status_code == 503                 # Anthropic 529 -> 503 overloaded_error
+    assert isinstance(raised.value.body, dict) and raised.value.body["type"] == "overloaded_error"
+
+
+async def test_upstream_overload_without_streaming_is_a_503(stack: Stack) -> None:
+    stack.anthropic.script(*[overloaded_reply()] * 3)
+    client = make_client(stack)
+    with pytest.raises(openai.InternalServerError) as raised:
+        await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 503
+    assert isinstance(raised.value.body, dict) and raised.value.body["type"] == "overloaded_error"
 
 
 async def test_upstream_client_error_keeps_its_status_and_message(stack: Stack) -> None:

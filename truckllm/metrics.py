@@ -31,6 +31,7 @@ TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 
 UNKNOWN = ""            # label value for a model or key the config does not name
+UPSTREAM_STATUSES = ("healthy", "degraded", "down")
 RATE_LIMITED_PREFIX = "rate_limited:"   # RequestRecord.error_reason "rate_limited:<scope>"
 
 
@@ -108,9 +109,22 @@ class Metrics:
         self.last_reload_ok = Gauge("truckllm_config_last_reload_success",
                                     "1 when the last reload attempt was applied, 0 when it failed.",
                                     registry=r)
+        self.upstream_status = Gauge(
+            "llm_upstream_status",
+            "Routing health: 1 for the current status of each upstream key, and of each "
+            "provider as a whole (key \"\").", ["provider", "key", "status"], registry=r)
         Info("truckllm_build", "TruckLLM version.", registry=r).info({"version": __version__})
         for result in ("success", "error"):
             self.reloads.labels(result=result)
+
+    def set_upstream_health(self, statuses: Iterable[tuple[str, str, str]]) -> None:
+        """(provider id, key id or "", healthy|degraded|down) for every configured key and
+        provider, set at scrape time; ids gone from the config disappear."""
+        self.upstream_status.clear()
+        for provider, key, status in statuses:
+            for name in UPSTREAM_STATUSES:
+                self.upstream_status.labels(provider=provider, key=key, status=name).set(
+                    1.0 if name == status else 0.0)
 
     def observe(self, record: RequestRecord) -> None:
         provider = record.provider_id or UNKNOWN

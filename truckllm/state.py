@@ -24,7 +24,9 @@ from truckllm.limits.policy import LimitsPolicy, compile_policy
 from truckllm.providers import REGISTRY
 from truckllm.providers.base import ProviderSpec, Target
 
-_PROVIDER_COMMON_FIELDS = {"id", "type", "keys", "headers", "base_url", "timeout_s"}
+_PROVIDER_COMMON_FIELDS = {"id", "type", "keys", "headers", "base_url", "timeout_s",
+                           "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
+                           "health_check_interval_s"}
 
 
 @dataclass(frozen=True, slots=True)

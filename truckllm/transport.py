@@ -4,6 +4,11 @@
 or streams the body and must `close()` it (closing early drops the connection, which is
 how an abandoned request is cancelled upstream). Failures become TransportError with a
 kind dispatch can classify: "connect" or "timeout".
+
+Timeouts per provider: `connect_timeout_s` (opening the connection, a "connect"
+failure), `timeout_s` (the whole request, body or stream included) and `idle_timeout_s`
+(the longest gap between two stream chunks, once the first has arrived). Time to first byte is dispatch's, since
+for a stream it ends at the first translated event.
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ import aiohttp
 from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
 from truckllm.state import CompiledProvider
 
-CONNECT_TIMEOUT_S = 10.0
-
 
 class TransportError(Exception):
     def __init__(self, kind: str, detail: str) -> None:
@@ -28,10 +31,11 @@ class TransportError(Exception):
 class _HttpResponse:
     """An aiohttp response seen through the UpstreamResponse protocol."""
 
-    __slots__ = ("_done", "_response", "headers", "status")
+    __slots__ = ("_done", "_idle_timeout_s", "_response", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
         self._response = response
+        self._idle_timeout_s = idle_timeout_s
         self._done = False
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
@@ -47,13 +51,26 @@ class _HttpResponse:
         return body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except TimeoutError:
-            raise TransportError("timeout", "upstream stream timed out") from None
-        except aiohttp.ClientError as exc:
-            raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+        content = self._response.content
+        # The wait for the first chunk is time to first token (dispatch bounds it, and a
+        # reasoning model may think long); the idle limit starts once data flows.
+        idle_limit: float | None = None
+        while True:
+            idle = asyncio.timeout(idle_limit)
+            try:
+                async with idle:
+                    chunk = await content.readany()
+            except TimeoutError:
+                if idle.expired():
+                    raise TransportError("timeout", f"upstream stream stalled: no data for "
+                                         f"{self._idle_timeout_s:g} s") from None
+                raise TransportError("timeout", "upstream stream timed out") from None
+            except aiohttp.ClientError as exc:
+                raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+            if not chunk:
+                break
+            idle_limit = self._idle_timeout_s
+            yield chunk
         self._done = True
 
     def close(self) -> None:
@@ -85,17 +102,21 @@ class Transport:
                    request_id: str) -> UpstreamResponse:
         if provider.spec.local is not None:
             return await provider.spec.local(request, target)
-        timeout = aiohttp.ClientTimeout(total=provider.timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+        config = provider.config
+        timeout = aiohttp.ClientTimeout(total=provider.timeout_s, sock_connect=config.connect_timeout_s)
         try:
             response = await self._session(provider.id).request(
                 request.method, request.url, data=request.body,
                 headers={**request.headers, "x-request-id": request_id},
                 timeout=timeout, allow_redirects=False)
+        except aiohttp.ConnectionTimeoutError:
+            raise TransportError("connect", f"cannot reach provider {provider.id!r}: connect timed out "
+                                 f"after {config.connect_timeout_s:g} s") from None
         except TimeoutError:
             raise TransportError("timeout", f"provider {provider.id!r} timed out") from None
         except aiohttp.ClientError as exc:
             raise TransportError("connect", f"cannot reach provider {provider.id!r}: {type(exc).__name__}") from None
-        return _HttpResponse(response)
+        return _HttpResponse(response, config.idle_timeout_s)
 
     def retain(self, provider_ids: Iterable[str]) -> None:
         """After a reload: keep sessions of providers that still exist."""

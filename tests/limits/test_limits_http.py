@@ -193,6 +193,40 @@ async def test_gateway_limits_span_keys(fake: OpenAIFake, tmp_path: Path) -> Non
         assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "49"
 
 
+async def test_gateway_tpm_spans_keys_and_reconciles(fake: OpenAIFake, tmp_path: Path) -> None:
+    keys = "  - {id: team-a, key: key-a}\n  - {id: team-b, key: key-b}"
+    config = make_config(fake.url, keys=keys, limits="limits: {tpm: 1000}")
+    async with make_gateway(config, tmp_path, ManualClock()) as gateway:
+        await gateway.client("key-a").chat.completions.create(   # ~750 estimated, a few real
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "w" * 3000}])
+        await gateway.client("key-b").chat.completions.create(   # fits only after reconciling
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "v" * 3000}])
+        with pytest.raises(openai.RateLimitError) as refused:    # this one would pass 1000
+            await gateway.client("key-a").chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "u" * 3970}])
+        assert_refused(refused.value, 429, "rate_limit_error", "rate_limit_exceeded")
+        assert "gateway" in str(refused.value)
+        assert "retry-after" in refused.value.response.headers
+        assert len(fake.requests) == 2                            # refused before upstream
+
+
+async def test_gateway_max_concurrent_spans_keys_until_the_stream_ends(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    keys = "  - {id: team-a, key: key-a}\n  - {id: team-b, key: key-b}"
+    config = make_config(fake.url, keys=keys, limits="limits: {max_concurrent: 1}")
+    async with make_gateway(config, tmp_path) as gateway:
+        fake.script(Scripted(chunk_delay_s=0.05))
+        stream = await gateway.client("key-a").chat.completions.create(
+            model="gpt-4o-mini", messages=HELLO, stream=True)
+        await stream.__anext__()
+        with pytest.raises(openai.RateLimitError) as refused:     # another key, same gateway
+            await chat(gateway.client("key-b"))
+        assert_refused(refused.value, 429, "rate_limit_error", "rate_limit_exceeded")
+        assert refused.value.response.headers["retry-after"] == "1"
+        [chunk async for chunk in stream]
+        await chat(gateway.client("key-b"))                       # the slot came back
+
+
 async def test_budget_refuses_before_any_upstream_call(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, budget_usd: 1, budget_period: daily, rpm: 100}"
     async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:

@@ -182,7 +182,7 @@ async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fa
         for word in ("one", "two"):
             await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": word}])
         await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}])
-        fake.script(Scripted(status=500))
+        fake.script(*[Scripted(status=500)] * 3)    # every attempt fails (routing.max_attempts)
         with pytest.raises(APIStatusError) as failed:
             await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "x"}])
         assert failed.value.status_code == 502
@@ -197,8 +197,12 @@ async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fa
             "id": "k1", "usage_req": 2, "usage_tokens": 0, "errors": 0, "status": "healthy",
             "last_error": None, "spend_usd": 0.0, "cooldown_until": None}
         main = providers["openai"]["keys"][0]
-        assert (main["id"], main["usage_req"], main["errors"], main["last_error"]) == ("main", 2, 1, "500")
-        assert main["usage_tokens"] > 0 and providers["openai"]["status"] == "degraded"
+        # Attempts: main (500), the weight-0 backup key (500), main again (500).
+        assert (main["id"], main["usage_req"], main["errors"], main["last_error"]) == ("main", 3, 2, "500")
+        assert main["usage_tokens"] > 0 and main["status"] == "degraded"
+        assert providers["openai"]["keys"][1]["errors"] == 1
+        # Three server errors in a row opened the gpt-4o-mini target's breaker.
+        assert providers["openai"]["status"] == "down"
         assert_no_secret(text, "providers")
 
         code, body, text = await gateway.admin("GET", "/admin/v1/logs")
@@ -222,7 +226,8 @@ async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fa
         assert samples[("llm_requests_total", (("model", "demo"), ("provider", "demo"), ("status", "200")))] == 2
         assert samples[("llm_requests_total", (("model", "gpt"), ("provider", "openai"), ("status", "502")))] == 1
         assert samples[("llm_requests_total", (("model", ""), ("provider", ""), ("status", "404")))] == 1
-        assert samples[("llm_upstream_errors_total", (("key", "main"), ("provider", "openai"), ("reason", "500")))] == 1
+        assert samples[("llm_upstream_errors_total", (("key", "main"), ("provider", "openai"), ("reason", "500")))] == 2
+        assert samples[("llm_upstream_errors_total", (("key", "backup"), ("provider", "openai"), ("reason", "500")))] == 1
         assert samples[("llm_inflight_requests", ())] == 0
         assert all("nope" not in label for _, labels in samples for label in dict(labels).values())
 

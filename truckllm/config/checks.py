@@ -37,6 +37,7 @@ def _providers(config: Config) -> Iterator[Problem]:
 def _models(config: Config) -> Iterator[Problem]:
     provider_ids = {p.id for p in config.providers}
     aliases: set[str] = set()
+    yield from _context_fallbacks(config)
     for i, model in enumerate(config.models):
         if model.alias in aliases:
             yield ("models", i, "alias"), f"duplicate alias {model.alias!r}"
@@ -49,6 +50,18 @@ def _models(config: Config) -> Iterator[Problem]:
                 yield ("models", i, "targets", j, "provider"), f"unknown provider {target.provider!r}"
             if "*" in target.model and not wildcard:
                 yield ("models", i, "targets", j, "model"), "'*' is only allowed in the targets of a wildcard alias"
+
+
+def _context_fallbacks(config: Config) -> Iterator[Problem]:
+    aliases = {model.alias for model in config.models}
+    for i, model in enumerate(config.models):
+        fallback = model.fallback_on_context_overflow
+        if fallback is None:
+            continue
+        if fallback == model.alias:
+            yield ("models", i, "fallback_on_context_overflow"), "an alias cannot be its own context-overflow fallback"
+        elif fallback not in aliases:
+            yield ("models", i, "fallback_on_context_overflow"), f"unknown alias {fallback!r}"
 
 
 def _client_keys(config: Config) -> Iterator[Problem]:

@@ -60,6 +60,10 @@ class ProviderKey(Strict):
 class ProviderBase(Strict):
     id: str = Field(min_length=1, description="Name targets use to refer to this provider.")
     timeout_s: float = Field(120, gt=0, description="Total time allowed for one upstream request, streams included.")
+    connect_timeout_s: float = Field(10, gt=0, description="Time allowed to open a connection to the upstream; past it the attempt fails as `connect`.")
+    first_byte_timeout_s: float | None = Field(None, gt=0, description="Time allowed until the response starts (headers for a plain request, the first event of a stream); absent means only `timeout_s` bounds it. Set it to fail over from a hung upstream quickly, but above the longest answer you expect for non-streamed requests.")
+    idle_timeout_s: float = Field(60, gt=0, description="Longest silence allowed between two chunks of a stream once it has started; a stalled stream is ended with an error event and its upstream connection closed.")
+    health_check_interval_s: float | None = Field(None, gt=0, description="When set, probe each key this often with a free request (`GET /models` or equivalent, never a completion); absent means health is judged from real traffic only.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent upstream on every request.")
 
 
@@ -107,6 +111,7 @@ ProviderConfig = Annotated[
 class TargetConfig(Strict):
     provider: str = Field(description="Id of a provider in `providers`.")
     model: str = Field(min_length=1, description="Upstream model name; `*` in a wildcard alias stands for the requested suffix.")
+    weight: float = Field(1, ge=0, description="Share of traffic for this target under the `weighted` strategy (0: only when the others are unusable).")
 
 
 class PricingConfig(Strict):
@@ -119,8 +124,30 @@ class PricingConfig(Strict):
 class ModelConfig(Strict):
     alias: str = Field(min_length=1, description="The model name clients send; ending in `/*` makes a wildcard alias.")
     targets: list[TargetConfig] = Field(min_length=1, description="Where requests for this alias go, in order.")
+    strategy: Literal["fallback", "round_robin", "weighted", "least_busy", "lowest_latency"] = Field(
+        "fallback", description="How targets are ordered per request: `fallback` (in the order written), `round_robin`, `weighted` (by target `weight`), `least_busy` (fewest requests in flight), `lowest_latency` (recent time to first token).")
+    fallback_on_context_overflow: str | None = Field(None, description="Alias tried when an upstream says the prompt is too long for the model; absent means the error goes back to the client.")
+
     pricing: PricingConfig | None = Field(None, description="What this alias costs, used for spend, budgets and `llm_cost_usd_total`; absent means requests cost 0.")
     context_window: int | None = Field(None, ge=1, description="The model's context length in tokens, shown in /v1/models.")
+
+
+RetryOn = Annotated[int, Field(ge=400, le=599)] | Literal["timeout", "connect"]
+
+
+def _default_retry_on() -> list[int | Literal["timeout", "connect"]]:
+    return [429, 500, 502, 503, 504, 529, "timeout", "connect"]
+
+
+class RoutingConfig(Strict):
+    max_attempts: int = Field(3, ge=1, le=20, description="Most upstream attempts for one request, across targets and keys, all before the first byte reaches the client.")
+    retry_on: list[RetryOn] = Field(
+        default_factory=_default_retry_on,
+        description="Upstream statuses (400-599) and `timeout` / `connect` failures after which another attempt is made; an upstream 401/403 always moves to another key.")
+    cooldown_s: float = Field(30, gt=0, description="How long a rate-limited key (without Retry-After) or a key/target whose breaker opened is skipped; doubles on repeated failures, up to 10 times this.")
+    wait_for_recovery_ms: float = Field(0, ge=0, description="When every target is cooling down, wait up to this long for the first to recover instead of answering 503 at once.")
+    breaker_failures: int = Field(3, ge=1, description="Consecutive server errors, timeouts or connection failures that open the breaker of a key or target.")
+    breaker_window_s: float = Field(60, gt=0, description="The failures counted by `breaker_failures` must fall within this many seconds.")
 
 
 class ClientKeyConfig(Strict):
@@ -154,4 +181,5 @@ class Config(Strict):
     providers: list[ProviderConfig] = Field(min_length=1, description="Upstream providers and their keys.")
     models: list[ModelConfig] = Field(min_length=1, description="Aliases clients can ask for and their targets.")
     keys: list[ClientKeyConfig] | None = Field(None, description="Client keys; absent means the API is open (a warning is logged).")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Attempts, retries, cooldowns and breakers across targets and keys.")
     limits: LimitsConfig | None = Field(None, description="Gateway-wide limits, checked for every request in addition to the key's own.")

@@ -98,6 +98,7 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
         "content-type": "application/json",
         "anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
         **target.headers,
+        **(ctx.forward_headers if operation == "messages" else {}),
         "x-api-key": key,
     }
     return UpstreamRequest("POST", f"{target.base_url}/messages", headers, orjson.dumps(payload),
@@ -395,6 +396,13 @@ def _info(status: int, error: dict[str, Any]) -> UpstreamErrorInfo:
     return UpstreamErrorInfo(status, error_type_for_status(status), message, code=code)
 
 
+def build_probe(target: Target, key: str) -> UpstreamRequest:
+    """`GET /models`: free, and answers 401 for a bad key (routing's health checks)."""
+    headers = {"anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
+               **target.headers, "x-api-key": key}
+    return UpstreamRequest("GET", f"{target.base_url}/models", headers, None, False)
+
+
 SPEC = ProviderSpec(
     type="anthropic",
     default_base_url=DEFAULT_BASE_URL,
@@ -403,4 +411,5 @@ SPEC = ProviderSpec(
     parse_response=parse_response,
     new_stream_translator=new_stream_translator,
     parse_error=parse_error,
+    build_probe=build_probe,
 )

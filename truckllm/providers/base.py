@@ -45,6 +45,8 @@ class CallContext:
     # The request body as build_request received it. Answers whose shape depends on the
     # request read it here: legacy `functions`, embeddings' `encoding_format`, input sizes.
     client_body: Mapping[str, Any] = field(default_factory=dict)
+    # Client headers a native pass-through forwards (e.g. `anthropic-beta` on /v1/messages).
+    forward_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +131,6 @@ class ProviderSpec:
     # (status, upstream body) -> the error reduced to OpenAI terms
     parse_error: Callable[[int, bytes], UpstreamErrorInfo]
     local: LocalHandler | None = None
+    # (target, upstream key value) -> a free request that shows whether the key works
+    # (`GET /models` or equivalent, never anything billed); None: no active health checks
+    build_probe: Callable[[Target, str], UpstreamRequest] | None = None

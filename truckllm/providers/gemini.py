@@ -370,6 +370,12 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
     return None
 
 
+def build_probe(target: Target, key: str) -> UpstreamRequest:
+    """`GET /models`: free, and answers 400/403 for a bad key (routing's health checks)."""
+    headers = {**target.headers, "x-goog-api-key": key}
+    return UpstreamRequest("GET", f"{target.base_url}/models", headers, None, False)
+
+
 SPEC = ProviderSpec(
     type="gemini",
     default_base_url=DEFAULT_BASE_URL,
@@ -378,4 +384,5 @@ SPEC = ProviderSpec(
     parse_response=parse_response,
     new_stream_translator=new_stream_translator,
     parse_error=parse_error,
+    build_probe=build_probe,
 )

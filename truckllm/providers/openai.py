@@ -56,6 +56,14 @@ def build_request(op: str, body: dict[str, Any], target: Target, key: str,
                            orjson.dumps(payload), ctx.stream)
 
 
+def build_probe(target: Target, key: str) -> UpstreamRequest:
+    """`GET /models`: free, and answers 401 for a bad key."""
+    headers = dict(target.headers)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return UpstreamRequest("GET", target.base_url + "/models", headers, None, False)
+
+
 def rewrite_model(payload: bytes, alias_json: bytes) -> bytes:
     """Replace the first `"model": "..."` with the alias; `alias_json` is its JSON string."""
     replacement = b'"model":' + alias_json
@@ -148,4 +156,5 @@ SPEC = ProviderSpec(
     parse_response=parse_response,
     new_stream_translator=new_stream_translator,
     parse_error=parse_error,
+    build_probe=build_probe,
 )

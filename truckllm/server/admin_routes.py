@@ -8,6 +8,7 @@ never a secret value. Handlers only translate HTTP to the Ops objects and back.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,9 +21,8 @@ from truckllm.limits import upstream_ref
 from truckllm.log import LogQuery
 from truckllm.reloader import ReloadResult
 from truckllm.server.auth import require_admin
-from truckllm.server.keys import LIMITER, OPS
+from truckllm.server.keys import LIMITER, OPS, ROUTING, STATE
 from truckllm.server.ops import Ops
-from truckllm.upstream_stats import provider_status
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -45,8 +45,19 @@ async def metrics(request: web.Request) -> web.Response:
     ops = request.app[OPS]
     if not ops.holder.current.config.server.metrics:
         raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
+    ops.metrics.set_upstream_health(_upstream_statuses(request))
     body, content_type = ops.metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _upstream_statuses(request: web.Request) -> Iterator[tuple[str, str, str]]:
+    health = request.app[ROUTING].health
+    for provider in request.app[STATE].current.providers.values():
+        key_ids = [key.id for key in provider.keys]
+        report = health.provider_report(provider.id, provider.config.type, key_ids)
+        yield provider.id, "", report["status"]
+        for entry in report["keys"]:
+            yield provider.id, entry["id"], entry["status"]
 
 
 def _authorized(request: web.Request) -> Ops:
@@ -83,12 +94,18 @@ async def reload_config(request: web.Request) -> web.Response:
 
 
 async def providers(request: web.Request) -> web.Response:
+    """Counters from real traffic (ops, limits); status and cooldowns from routing health
+    (cooling keys, keys upstream rejected, open breakers)."""
     ops = _authorized(request)
+    health = request.app[ROUTING].health
     listed = []
     for provider in ops.holder.current.providers.values():
-        keys = [_key_entry(request, ops, provider.id, key.id) for key in provider.keys]
+        key_ids = [key.id for key in provider.keys]
+        report = health.provider_report(provider.id, provider.config.type, key_ids)
+        keys = [_key_entry(request, ops, provider.id, key_id) | _health_fields(entry)
+                for key_id, entry in zip(key_ids, report["keys"], strict=True)]
         listed.append({"id": provider.id, "type": provider.config.type,
-                       "status": provider_status(k["status"] for k in keys), "keys": keys})
+                       "status": report["status"], "keys": keys})
     return _json({"providers": listed})
 
 
@@ -96,8 +113,11 @@ def _key_entry(request: web.Request, ops: Ops, provider_id: str, key_id: str) ->
     stats = ops.upstream.key(provider_id, key_id)
     spend = request.app[LIMITER].upstream_report(upstream_ref(provider_id, key_id))["spend_usd"]
     return {"id": key_id, "usage_req": stats.requests, "usage_tokens": stats.tokens,
-            "errors": stats.errors, "status": stats.status, "last_error": stats.last_error,
-            "spend_usd": spend, "cooldown_until": None}
+            "errors": stats.errors, "last_error": stats.last_error, "spend_usd": spend}
+
+
+def _health_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"status": entry["status"], "cooldown_until": entry["cooldown_until"]}
 
 
 async def logs(request: web.Request) -> web.Response:

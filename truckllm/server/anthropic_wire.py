@@ -29,7 +29,8 @@ def error_response(exc: GatewayError, exchange: Exchange) -> web.Response:
 
 def reframe(reply: StreamReply) -> StreamReply:
     decoder = SSEDecoder()
-    return StreamReply(_named_events(decoder, reply.first), _rest(decoder, reply.rest), reply.upstream_use)
+    return StreamReply(_named_events(decoder, reply.first), _rest(decoder, reply.rest),
+                       reply.upstream_use, release=reply.release)
 
 
 async def _rest(decoder: SSEDecoder, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:

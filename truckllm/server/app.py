@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -9,11 +11,23 @@ from aiohttp.typedefs import Handler
 
 from truckllm import errors
 from truckllm.config.loader import LoadedConfig
+from truckllm.dispatch import adopt
 from truckllm.limits import Clock, Limiter
+from truckllm.probes import run_probes
 from truckllm.reloader import ReloadResult
+from truckllm.router import Routing
 from truckllm.server import admin_keys, openai_routes
 from truckllm.server.admin_routes import add_admin_routes, add_metrics_route
-from truckllm.server.keys import INFLIGHT, LIMITER, OBSERVERS, OPS, STATE, TRANSPORT, RecordObserver
+from truckllm.server.keys import (
+    INFLIGHT,
+    LIMITER,
+    OBSERVERS,
+    OPS,
+    ROUTING,
+    STATE,
+    TRANSPORT,
+    RecordObserver,
+)
 from truckllm.server.metering import save_state
 from truckllm.server.middleware import gateway_middleware
 from truckllm.server.ops import make_ops, run_reloader
@@ -33,17 +47,20 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[STATE] = holder
     app[TRANSPORT] = Transport()
     app[INFLIGHT] = [0]
+    app[ROUTING] = Routing()
     app[LIMITER] = Limiter(clock)
     app[LIMITER].adopt(holder.current.limits)
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops
-    ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app))
+    ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app),
+                               _routing_follows(app))
     observers: list[RecordObserver] = ops.observers()
     app[OBSERVERS] = observers
     openai_routes.add_routes(app)
     if holder.current.config.server.admin_listen is None:
         _add_admin(app)
     app.cleanup_ctx.append(_close_transport)
+    app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)
     app.cleanup_ctx.append(_reloader)
     return app
@@ -55,6 +72,7 @@ def create_admin_app(main: web.Application) -> web.Application:
     app[OPS] = main[OPS]
     app[STATE] = main[STATE]
     app[LIMITER] = main[LIMITER]
+    app[ROUTING] = main[ROUTING]
     _add_admin(app)
     app.router.add_get("/health", openai_routes.health)
     return app
@@ -71,12 +89,29 @@ def _limiter_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResu
     def adopt(loaded: LoadedConfig, result: ReloadResult) -> None:
         app[LIMITER].adopt(app[STATE].current.limits)
     return adopt
-    return app
+
+
+def _routing_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResult], None]:
+    """After a reload, health forgets ids that are gone and re-enables rejected keys at
+    once (requests would otherwise do it on their first pass)."""
+    def adopt_routing(loaded: LoadedConfig, result: ReloadResult) -> None:
+        adopt(app[ROUTING], app[STATE].current)
+    return adopt_routing
 
 
 async def _close_transport(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TRANSPORT].close()
+
+
+async def _health_checks(app: web.Application) -> AsyncIterator[None]:
+    """Active probes for providers with `health_check_interval_s` (free endpoints only)."""
+    holder, health = app[STATE], app[ROUTING].health
+    task = asyncio.create_task(run_probes(lambda: holder.current, app[TRANSPORT], health))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _reloader(app: web.Application) -> AsyncIterator[None]:

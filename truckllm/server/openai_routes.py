@@ -14,7 +14,7 @@ from truckllm.providers.base import CallContext
 from truckllm.providers.media import MULTIPART_OPERATIONS
 from truckllm.server import anthropic_wire, metering
 from truckllm.server.auth import authenticate
-from truckllm.server.keys import LIMITER, RATELIMIT_HEADERS, STATE, TRANSPORT, exchange_of
+from truckllm.server.keys import LIMITER, RATELIMIT_HEADERS, ROUTING, STATE, TRANSPORT, exchange_of
 from truckllm.server.middleware import gateway_headers
 from truckllm.server.streaming import write_raw, write_stream
 from truckllm.server.validation import check_fields, read_json, read_multipart
@@ -73,13 +73,14 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     include_usage = include_usage or (stream and op == "messages")   # message_delta carries usage
     exchange.stream = stream
-    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body)
+    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
+                      _forwarded(request, op))
     limiter = request.app[LIMITER]
     admission = metering.admit(limiter, state, key, body, exchange)
     reply: Reply | StreamReply | RawReply | None = None
     try:
         call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate_tokens)
-        reply = await dispatch(call, request.app[TRANSPORT], exchange)
+        reply = await dispatch(call, request.app[TRANSPORT], exchange, request.app[ROUTING])
         if isinstance(reply, Reply):
             return web.Response(body=reply.body, content_type="application/json",
                                 headers=gateway_headers(exchange))
@@ -90,6 +91,16 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
         return await write_stream(request, reply, exchange)
     finally:   # after the last byte, an error, or the client leaving (streams included)
         metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+# Client headers that mean something to a native upstream: Anthropic's beta features
+# (Claude Code and other Anthropic SDK tools turn them on per request).
+_FORWARDED_HEADERS = {"messages": ("anthropic-beta",)}
+
+
+def _forwarded(request: web.Request, op: str) -> dict[str, str]:
+    names = _FORWARDED_HEADERS.get(op, ())
+    return {name: request.headers[name] for name in names if name in request.headers}
 
 
 def _authenticate(request: web.Request, state: State) -> ClientKey | None:

@@ -42,6 +42,7 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
         exchange.error_reason = "client_disconnected"
     finally:
         await rest.aclose()              # releases or drops the upstream connection
+        reply.release()                  # also when the stream never started (client gone)
     return response
 
 
@@ -62,4 +63,5 @@ async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -
         exchange.error_reason = "client_disconnected"
     finally:
         await body.aclose()
+        reply.release()                  # also when the body never started (client gone)
     return response

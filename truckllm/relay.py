@@ -1,0 +1,111 @@
+"""One upstream stream relayed to the client: upstream bytes -> SSE events -> the
+provider's translator -> framed client events, ending with `[DONE]` (after an SSE error
+event when the upstream fails once the stream has started). Owns the upstream response
+and the health attempt until the stream ends. No routing decisions; dispatch creates it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+
+from truckllm import errors
+from truckllm.health import Attempt
+from truckllm.policy import ErrorClass, event_outcome, transport_failed
+from truckllm.providers.base import StreamTranslator, UpstreamResponse
+from truckllm.records import Exchange
+from truckllm.sse import DONE, SSEDecoder, frame
+from truckllm.transport import TransportError
+
+
+class StreamRelay:
+    """Upstream bytes -> SSE events -> translator -> framed client events. Owns the
+    upstream response and the health attempt until the stream ends."""
+
+    def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
+                 exchange: Exchange, attempt: Attempt) -> None:
+        self._response = response
+        self._chunks = response.iter_chunks()
+        self._decoder = SSEDecoder()
+        self._translator = translator
+        self._exchange = exchange
+        self._attempt = attempt
+        self._ended = False
+        self._abandoned = False
+        self._pending: errors.GatewayError | None = None    # raised after the chunks before it
+
+    async def first_output(self) -> bytes:
+        """Read until the translator has something for the client (or upstream ended)."""
+        async for raw in self._chunks:
+            out = self._translate(raw)
+            if out:
+                return out
+        self._ended = True
+        return self._finish()
+
+    async def rest(self) -> AsyncGenerator[bytes, None]:
+        try:
+            if not self._ended:
+                self._raise_pending()
+                async for raw in self._chunks:
+                    out = self._translate(raw)
+                    if out:
+                        yield out
+                    self._raise_pending()
+                yield self._finish()
+        except errors.GatewayError as exc:     # an error event from upstream mid-stream
+            self._attempt.failed(event_outcome(exc, now_unix=time.time()))
+            self._exchange.error_reason = exc.type
+            yield frame(exc.to_json())
+        except TransportError as exc:
+            # Too late to try elsewhere: end the stream with an error event, count the
+            # failure against the upstream, and close it.
+            outcome = transport_failed(exc.kind, str(exc))
+            self._attempt.failed(outcome)
+            error = (errors.UpstreamTimeout(outcome.message)
+                     if outcome.error_class is ErrorClass.TIMEOUT
+                     else errors.UpstreamFailed(outcome.message))
+            self._exchange.error_reason = outcome.error_class.value
+            yield frame(error.to_json())
+        finally:
+            self.abandon()
+        yield DONE
+
+    def close_upstream(self) -> None:
+        self._response.close()
+
+    def abandon(self) -> None:
+        """The stream is over, finished or not: close upstream, end the attempt."""
+        if self._abandoned:
+            return
+        self._abandoned = True
+        usage = self._translator.usage
+        self._exchange.usage = usage
+        self._response.close()
+        self._attempt.end(usage.total_tokens if usage else 0)
+
+    def _translate(self, raw: bytes) -> bytes:
+        translator = self._translator
+        payloads: list[bytes] = []
+        try:
+            for event in self._decoder.feed(raw):
+                payloads.extend(translator.feed(event))
+        except errors.GatewayError as exc:
+            if not payloads:
+                raise
+            # Chunks translated before an error event in the same read still reach the client.
+            self._pending = exc
+        if not payloads:
+            return b""
+        return b"".join(frame(p) for p in payloads)
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            raise self._pending
+
+    def _finish(self) -> bytes:
+        translator = self._translator
+        payloads = [p for event in self._decoder.flush() for p in translator.feed(event)]
+        payloads.extend(translator.close())
+        self._exchange.usage = translator.usage
+        return b"".join(frame(p) for p in payloads)

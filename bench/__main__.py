@@ -149,7 +149,7 @@ def main() -> None:
             began = time.monotonic()
             wanted = set(args.scenarios.replace("-", " ").split(","))
             scenarios = [s for s in SCENARIOS if s.name in wanted]
-            results = run_rounds(targets, scenarios, fake, load_core, args.rounds, args.duration)
+            results = run_rounds(targets, scenarios, fake, (proxy_core, load_core), args.rounds, args.duration)
             print(f"measured in {time.monotonic() - began:.0f} s", file=sys.stderr)
             rss = {t.name: t.proxy.peak_rss_mib() for t in targets if t.proxy is not None}
             rss["fake upstream"] = fake.peak_rss_mib()

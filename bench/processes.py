@@ -34,6 +34,17 @@ def pin_self(core: int | None) -> None:
         os.sched_setaffinity(0, {core})
 
 
+def core_busy_seconds(core: int | None) -> float:
+    """Time the CPU `core` spent not idle, whoever ran on it (from /proc/stat); 0 for None."""
+    if core is None:
+        return 0.0
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{core} "):
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, line.split()[1:9])
+            return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    return 0.0
+
+
 @dataclass
 class Child:
     name: str

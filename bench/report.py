@@ -73,6 +73,7 @@ def render(results: Results, info: RunInfo) -> str:
         f"{info.duration_s:g} s per scenario and target, targets alternating.",
         "",
         *_skipped(info),
+        *_disturbance(results, info),
         "### Non-streaming chat completions",
         "",
         *_plain_table(results, info),
@@ -99,6 +100,23 @@ def render(results: Results, info: RunInfo) -> str:
 
 def _skipped(info: RunInfo) -> list[str]:
     return [f"**{name} not measured:** {why}\n" for name, why in info.skipped.items()]
+
+
+DISTURBED = 0.10     # other processes' share of the proxy core above which a run is flagged
+
+
+def _disturbance(results: Results, info: RunInfo) -> list[str]:
+    proxied = [t for (_, name), t in results.items() if name != "direct"]
+    if not proxied or "CPU" not in info.pinned:
+        return []
+    worst = max(t.disturbance() for t in proxied)
+    average = sum(t.others_on_proxy_core_s for t in proxied) / sum(t.wall_s for t in proxied)
+    line = (f"Other processes used {average:.0%} of the proxy core on average during the "
+            f"proxied runs (at worst {worst:.0%} in one scenario).")
+    if worst > DISTURBED:
+        line += (" **This run was disturbed:** latencies and req/s are not representative; "
+                 "CPU µs per request holds up better. Re-run on a quiet machine.")
+    return [line, ""]
 
 
 def _plain_table(results: Results, info: RunInfo) -> list[str]:

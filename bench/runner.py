@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from bench.processes import Child, pin_self
+from bench.processes import Child, core_busy_seconds, pin_self
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Totals:
     proxy_cpu_s: float = 0.0
     fake_cpu_s: float = 0.0
     load_cpu_s: float = 0.0
+    others_on_proxy_core_s: float = 0.0     # CPU other processes took on the proxy's core
     latency_ms: list[float] = field(default_factory=list)
     first_chunk_ms: list[float] = field(default_factory=list)
 
@@ -70,6 +71,10 @@ class Totals:
     def load_core_busy(self) -> float:
         return (self.fake_cpu_s + self.load_cpu_s) / self.wall_s if self.wall_s else 0.0
 
+    def disturbance(self) -> float:
+        """Share of the proxy core that other processes used during the runs."""
+        return self.others_on_proxy_core_s / self.wall_s if self.wall_s else 0.0
+
     def proxy_core_busy(self) -> float:
         return self.proxy_cpu_s / self.wall_s if self.wall_s else 0.0
 
@@ -82,9 +87,10 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
     return statistics.quantiles(samples, n=1000, method="inclusive")[round(fraction * 1000) - 1]
 
 
-def run_once(target: Target, scenario: Scenario, fake: Child, load_core: int | None,
+def run_once(target: Target, scenario: Scenario, fake: Child, cores: tuple[int | None, int | None],
              duration_s: float, totals: Totals | None) -> None:
-    """One timed run; adds to `totals` (None for a warm-up)."""
+    """One timed run; adds to `totals` (None for a warm-up). `cores`: (proxy, load)."""
+    proxy_core, load_core = cores
     out = fake.log_path.with_name("loadgen-result.json")
     command = [sys.executable, "-m", "bench.loadgen", "--port", str(target.port), "--key", target.key,
                "--model", target.model, "--concurrency", str(scenario.concurrency),
@@ -97,6 +103,7 @@ def run_once(target: Target, scenario: Scenario, fake: Child, load_core: int | N
             raise RuntimeError(f"load generator failed against {target.name}")
         proxy_before = target.proxy.cpu_seconds() if target.proxy else 0.0
         fake_before = fake.cpu_seconds()
+        core_before = core_busy_seconds(proxy_core)
         load.stdin.write(b"go\n")
         load.stdin.flush()
         if load.stdout.readline().strip() != b"done":
@@ -104,6 +111,7 @@ def run_once(target: Target, scenario: Scenario, fake: Child, load_core: int | N
         result = orjson.loads(out.read_bytes())
         proxy_after = target.proxy.cpu_seconds() if target.proxy else 0.0
         fake_after = fake.cpu_seconds()
+        core_after = core_busy_seconds(proxy_core)
     finally:
         load.stdin.close()
         load.wait(timeout=duration_s + 30)
@@ -115,24 +123,26 @@ def run_once(target: Target, scenario: Scenario, fake: Child, load_core: int | N
     totals.load_cpu_s += result["cpu_s"]
     totals.proxy_cpu_s += proxy_after - proxy_before
     totals.fake_cpu_s += fake_after - fake_before
+    if proxy_core is not None:
+        totals.others_on_proxy_core_s += max(0.0, (core_after - core_before) - (proxy_after - proxy_before))
     totals.latency_ms += result["latency_ms"]
     totals.first_chunk_ms += result["ttfb_ms"]
 
 
 def run_rounds(targets: Sequence[Target], scenarios: Sequence[Scenario], fake: Child,
-               load_core: int | None, rounds: int, duration_s: float,
+               cores: tuple[int | None, int | None], rounds: int, duration_s: float,
                progress: bool = True) -> dict[tuple[str, str], Totals]:
     """Every scenario, every target, `rounds` times; the target order rotates each round."""
     results: dict[tuple[str, str], Totals] = {}
     for target in targets:                      # warm pools, JITs of caches, first-request paths
-        run_once(target, Scenario("warm-up", 16, False), fake, load_core, 1.0, None)
-        run_once(target, Scenario("warm-up", 4, True), fake, load_core, 0.5, None)
+        run_once(target, Scenario("warm-up", 16, False), fake, cores, 1.0, None)
+        run_once(target, Scenario("warm-up", 4, True), fake, cores, 0.5, None)
     for round_index in range(rounds):
         order = list(targets[round_index % len(targets):]) + list(targets[:round_index % len(targets)])
         for scenario in scenarios:
             for target in order:
                 totals = results.setdefault((scenario.name, target.name), Totals())
-                run_once(target, scenario, fake, load_core, duration_s, totals)
+                run_once(target, scenario, fake, cores, duration_s, totals)
                 if progress:
                     print(f"  round {round_index + 1}/{rounds} {scenario.name:>10} {target.name:<9} "
                           f"{totals.rps:8.0f} req/s so far", file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """The benchmark's load generator: raw HTTP/1.1 keep-alive connections on uvloop.
 
 Opens `--concurrency` connections, prints `ready`, waits for a line on stdin, then each
-connection sends requests back to back for `--duration` seconds. Writes one JSON object to `--out`:
+connection sends requests back to back for `--duration` seconds; a request still open
+10 s after that counts as an error (code -1) and is abandoned, so a run always ends. Writes one JSON object to `--out`:
 requests, errors, wall and own CPU seconds, latency and time-to-first-body-byte samples
 (ms). Speaks just enough HTTP to read Content-Length and chunked answers, which keeps its
 own CPU per request far below the proxies'. Imports nothing from truckllm.
@@ -21,6 +22,7 @@ import orjson
 import uvloop
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+STUCK_GRACE_S = 10.0      # after the run's end, how long the last requests may take
 CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
 
 
@@ -130,7 +132,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     samples: dict[str, list[float]] = {"latency_ms": [], "ttfb_ms": [], "error_codes": []}
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     end_at = wall_before + args.duration
-    await asyncio.gather(*(run_connection(c, request, end_at, samples) for c in connections))
+    workers = [asyncio.ensure_future(run_connection(c, request, end_at, samples)) for c in connections]
+    _, stuck = await asyncio.wait(workers, timeout=args.duration + STUCK_GRACE_S)
+    for worker in stuck:                 # a request that never finished: counted, not awaited
+        worker.cancel()
+        samples["error_codes"].append(-1.0)
     wall, cpu = time.perf_counter() - wall_before, time.process_time() - cpu_before
     for conn in connections:
         if conn.transport is not None:

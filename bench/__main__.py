@@ -5,24 +5,25 @@ into docs/performance.md. Traffic stays on 127.0.0.1; the run is bounded in time
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shlex
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-
+from bench.calls import count_calls
 from bench.processes import Child, cores, free_port, pin_self, start_child, wait_for_port
 from bench.report import RunInfo, render, write_section
 from bench.runner import SCENARIOS, Target, run_rounds
-
-CLIENT_KEY = "sk-bench-client-0123456789"
-ALIAS = "bench-model"
-UPSTREAM_MODEL = "gpt-4o-mini"
+from bench.targets import (
+    ALIAS,
+    CLIENT_KEY,
+    UPSTREAM_MODEL,
+    check_answers,
+    truckllm_command,
+    truckllm_config,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,52 +35,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(s.name.replace(" ", "-") for s in SCENARIOS),
                         help="comma-separated subset, for quick looks (default: all)")
     parser.add_argument("--no-truckllm", action="store_true", help="measure only direct and reference")
+    parser.add_argument("--no-calls", action="store_true",
+                        help="skip counting Python calls per request (bench.calls, ~40 s)")
     parser.add_argument("--write", type=Path, help="put the results into this markdown file (e.g. docs/performance.md)")
     return parser.parse_args()
-
-
-def truckllm_config(port: int, upstream_port: int) -> str:
-    """Auth on (one client key), one priced alias routed to an `openai` provider (the fake);
-    everything else at its defaults: JSON access log at info, metrics, config watching."""
-    return f"""version: 1
-server:
-  host: 127.0.0.1
-  port: {port}
-providers:
-  - id: fake
-    type: openai
-    base_url: http://127.0.0.1:{upstream_port}/v1
-    keys:
-      - id: bench
-        value: sk-bench-upstream
-models:
-  - alias: {ALIAS}
-    targets:
-      - {{provider: fake, model: {UPSTREAM_MODEL}}}
-    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
-keys:
-  - id: bench
-    key: {CLIENT_KEY}
-"""
-
-
-def truckllm_command(config: Path, port: int) -> list[str]:
-    if importlib.util.find_spec("truckllm.__main__") is not None:
-        return [sys.executable, "-m", "truckllm", "serve", "-c", str(config), "--port", str(port)]
-    return [str(Path(sys.executable).with_name("truckllm")), "serve", "-c", str(config), "--port", str(port)]
-
-
-def check_answers(port: int, key: str, model: str) -> None:
-    """One request through the target before measuring: it must answer 200 with a choice."""
-    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions", data=body, method="POST",
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        answer = orjson.loads(response.read())
-    if not answer.get("choices"):
-        raise RuntimeError(f"unexpected answer: {answer!r}")
 
 
 def start_target(name: str, make: Callable[[], tuple[Child, Target]], started: list[Child],
@@ -162,7 +121,11 @@ def main() -> None:
         duration_s=args.duration, pinned=pinned, stream_chunks=args.chunks, gap_ms=args.gap_ms,
         target_names=[t.name for t in targets], peak_rss_mib=rss, skipped=skipped,
     )
-    section = render(results, info)
+    calls = None
+    if not args.no_calls:
+        print("counting Python calls per request (bench.calls)...", file=sys.stderr, flush=True)
+        calls = count_calls(truckllm="truckllm" in info.target_names)
+    section = render(results, info, calls)
     print(section)
     if args.write:
         write_section(args.write, section)

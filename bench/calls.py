@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from bench.__main__ import ALIAS, CLIENT_KEY, UPSTREAM_MODEL, check_answers, truckllm_config
 from bench.processes import cores, free_port, pin_self, start_child, wait_for_port
+from bench.targets import ALIAS, CLIENT_KEY, UPSTREAM_MODEL, check_answers, truckllm_config
 
 SHORT_S, LONG_S = 0.3, 3.0
 
@@ -101,10 +101,26 @@ def render(rows: Sequence[tuple[str, float, float]], truckllm_origins: Counter[s
         ratio = f" ({plain / reference[0]:.2f}x)" if reference and name != "reference" else ""
         stream_ratio = f" ({stream / reference[1]:.2f}x)" if reference and name != "reference" else ""
         lines.append(f"| {name} | {plain:.0f}{ratio} | {stream:.0f}{stream_ratio} |")
-    lines += ["", "TruckLLM's calls per non-streaming request, by where they are spent:", "",
+    lines += ["", "Per request the count is the same in every run; per stream it varies by a few "
+              "percent with how many events arrive in one read.", "",
+              "TruckLLM's calls per non-streaming request, by where they are spent:", "",
               "| module or library | calls |", "|---|---:|"]
     lines += [f"| {name} | {count:.0f} |" for name, count in truckllm_origins.most_common(25) if count >= 0.5]
     return "\n".join(lines) + "\n"
+
+
+def count_calls(truckllm: bool = True) -> str:
+    """The markdown tables: calls per request and per stream, and TruckLLM's by module."""
+    rows = []
+    origins: Counter[str] = Counter()
+    for kind in ("reference", "truckllm") if truckllm else ("reference",):
+        plain, by_origin = per_request(kind, stream=False)
+        stream, _ = per_request(kind, stream=True)
+        rows.append((kind, plain, stream))
+        if kind == "truckllm":
+            origins = by_origin
+        print(f"  {kind}: {plain:.0f} calls per request, {stream:.0f} per stream", file=sys.stderr)
+    return render(rows, origins)
 
 
 def main() -> None:
@@ -112,16 +128,7 @@ def main() -> None:
     parser.add_argument("--no-truckllm", action="store_true")
     args = parser.parse_args()
     pin_self(cores()[1])
-    rows = []
-    origins: Counter[str] = Counter()
-    for kind in ("reference",) if args.no_truckllm else ("reference", "truckllm"):
-        plain, by_origin = per_request(kind, stream=False)
-        stream, _ = per_request(kind, stream=True)
-        rows.append((kind, plain, stream))
-        if kind == "truckllm":
-            origins = by_origin
-        print(f"{kind}: {plain:.0f} calls per request, {stream:.0f} per stream", file=sys.stderr)
-    print(render(rows, origins))
+    print(count_calls(truckllm=not args.no_truckllm))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x"
 
 
-def render(results: Results, info: RunInfo) -> str:
+def render(results: Results, info: RunInfo, calls: str | None = None) -> str:
     parts = [
         BEGIN,
         f"Command: `{info.command}` — {info.date}",
@@ -93,6 +93,8 @@ def render(results: Results, info: RunInfo) -> str:
         "### Is the fake upstream ever the bottleneck?",
         "",
         *_sanity(results, info),
+        *(["", "### Python function calls (`python -m bench.calls`)", "", calls.rstrip("\n")]
+          if calls else []),
         END,
     ]
     return "\n".join(parts) + "\n"

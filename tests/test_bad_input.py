@@ -50,6 +50,17 @@ CASES = [
     Case("temperature a string", 400, "invalid_request_error", body={**CHAT, "temperature": "hot"}, param="temperature"),
     Case("embeddings bad encoding", 400, "invalid_request_error", path="/v1/embeddings",
          body={"model": "demo", "input": "x", "encoding_format": "hex"}, param="encoding_format"),
+    Case("n zero", 400, "invalid_request_error", body={**CHAT, "n": 0}, param="n"),
+    Case("n over 128", 400, "invalid_request_error", body={**CHAT, "n": 100000}, param="n"),
+    Case("max_tokens negative", 400, "invalid_request_error", body={**CHAT, "max_tokens": -5}, param="max_tokens"),
+    Case("embeddings dimensions zero", 400, "invalid_request_error", path="/v1/embeddings",
+         body={"model": "demo", "input": "x", "dimensions": 0}, param="dimensions"),
+    Case("embeddings dimensions the mock cannot make", 400, "invalid_request_error", path="/v1/embeddings",
+         body={"model": "demo", "input": "x", "dimensions": 100_000_000}, param="dimensions"),
+    Case("embeddings empty input list", 400, "invalid_request_error", path="/v1/embeddings",
+         body={"model": "demo", "input": []}, param="input"),
+    Case("embeddings empty input string", 400, "invalid_request_error", path="/v1/embeddings",
+         body={"model": "demo", "input": ""}, param="input"),
     Case("embeddings missing input", 400, "invalid_request_error", path="/v1/embeddings", body={"model": "demo"}, param="input"),
     Case("completions prompt wrong type", 400, "invalid_request_error", path="/v1/completions",
          body={"model": "demo", "prompt": {"a": 1}}, param="prompt"),
@@ -62,6 +73,13 @@ CASES = [
          headers={"Authorization": "Bearer tk-demo-only"}, code="model_not_allowed", param="model"),
     Case("unknown model", 404, "not_found_error", body={**CHAT, "model": "gpt-17"}, code="model_not_found", param="model"),
     Case("models without key", 401, "authentication_error", method="GET", path="/v1/models", headers={}),
+    # deeper than the recursive walks downstream survive (the estimate, orjson.dumps at 255)
+    Case("tools nested 300 deep", 400, "invalid_request_error",
+         body=b'{"model": "demo", "messages": [{"role": "user", "content": "hi"}], "tools": '
+              + b"[" * 300 + b"]" * 300 + b"}"),
+    Case("content nested 1000 deep", 400, "invalid_request_error",
+         body=b'{"model": "demo", "messages": [{"role": "user", "content": [{"type": "text", "x": '
+              + b"[" * 1000 + b"]" * 1000 + b"}]}]}"),
 ]
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from truckllm.config.schema import PricingConfig
 from truckllm.limits import cost_of, estimate_prompt_tokens
-from truckllm.limits.estimate import MEDIA_PART_TOKENS
+from truckllm.limits.estimate import MEDIA_PART_TOKENS, stream_usage, streamed_text_chars
 from truckllm.usage import Usage
 
 
@@ -77,3 +77,27 @@ def test_cost_is_zero_without_pricing_or_usage_and_skips_empty_kinds() -> None:
 def test_inconsistent_cache_counts_never_price_more_tokens_than_the_prompt() -> None:
     breakdown = cost_of(Usage(prompt_tokens=100, cache_read_tokens=150), PRICES)
     assert sum(line.tokens for line in breakdown.lines) == 100
+
+
+def test_streamed_text_counts_generated_output_of_openai_and_anthropic_payloads() -> None:
+    chat = b'{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":"hello"}}]}'
+    tool = (b'{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1",'
+            b'"type":"function","function":{"name":"f","arguments":"{}"}}]}}]}')
+    legacy = b'{"choices":[{"index":0,"text":"abc","finish_reason":null}]}'
+    anthropic = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hey"}}'
+    assert [streamed_text_chars(p) for p in (chat, tool, legacy, anthropic)] == [5, 3, 3, 3]
+    assert streamed_text_chars(b"not json") == streamed_text_chars(b"[1]") == 0
+
+
+def test_stream_usage_is_exact_when_complete_and_estimated_when_cut() -> None:
+    reported = Usage(prompt_tokens=10, completion_tokens=3)
+    assert stream_usage(reported, complete=True, prompt_estimate=7, text_chars=99) == (reported, False)
+    assert stream_usage(None, complete=True, prompt_estimate=7, text_chars=9) == (
+        Usage(prompt_tokens=7, completion_tokens=3), True)
+    assert stream_usage(None, complete=False, prompt_estimate=7, text_chars=0) == (
+        Usage(prompt_tokens=7, completion_tokens=0), True)
+    # Anthropic reports the prompt at message_start: it is kept, the completion is estimated
+    started = Usage(prompt_tokens=10, completion_tokens=1, cache_read_tokens=4)
+    assert stream_usage(started, complete=False, prompt_estimate=7, text_chars=40) == (
+        Usage(prompt_tokens=10, completion_tokens=10, cache_read_tokens=4), True)
+    assert stream_usage(reported, complete=False, prompt_estimate=7, text_chars=4) == (reported, False)

@@ -369,7 +369,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
                 raw = await _read_error_body(response)
                 raise _AttemptFailed(_status_outcome(provider, response, raw))
             translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
-            relay = StreamRelay(response, translator, exchange, attempt)
+            relay = StreamRelay(response, translator, exchange, attempt, call.estimate_tokens)
             first = await relay.first_output()
     except TimeoutError:
         _abandon(relay)

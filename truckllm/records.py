@@ -53,7 +53,7 @@ class Exchange:
     __slots__ = ("alias", "attempts", "cost_usd", "error_reason", "key_id", "method", "path",
                  "provider_id", "request_id", "started", "started_wall", "status", "stream",
                  "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model", "upstream_s",
-                 "usage")
+                 "usage", "usage_estimated")
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -69,6 +69,7 @@ class Exchange:
         self.upstream_s = 0.0            # time spent waiting on upstream
         self.ttft_s: float | None = None
         self.usage: Usage | None = None
+        self.usage_estimated = False     # a stream cut short: usage estimated, not reported
         self.cost_usd: float | None = None
         self.error_reason: str | None = None
         self.status = 0

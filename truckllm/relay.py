@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 
 from truckllm import errors
 from truckllm.health import Attempt
+from truckllm.limits.estimate import stream_usage, streamed_text_chars
 from truckllm.policy import ErrorClass, event_outcome, transport_failed
 from truckllm.providers.base import StreamTranslator, UpstreamResponse
 from truckllm.records import Exchange
@@ -23,7 +24,7 @@ class StreamRelay:
     upstream response and the health attempt until the stream ends."""
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
-                 exchange: Exchange, attempt: Attempt) -> None:
+                 exchange: Exchange, attempt: Attempt, prompt_estimate: int = 0) -> None:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder()
@@ -33,6 +34,9 @@ class StreamRelay:
         self._ended = False
         self._abandoned = False
         self._pending: errors.GatewayError | None = None    # raised after the chunks before it
+        self._prompt_estimate = prompt_estimate
+        self._text_chars = 0            # generated text streamed: the usage estimate if cut
+        self._complete = False          # the upstream stream reached its end
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
@@ -79,8 +83,13 @@ class StreamRelay:
         if self._abandoned:
             return
         self._abandoned = True
-        usage = self._translator.usage
+        # A stream cut short (client gone, upstream failure) or one without reported usage
+        # is charged an estimate rather than nothing (docs/limits.md).
+        usage, estimated = stream_usage(self._translator.usage, complete=self._complete,
+                                        prompt_estimate=self._prompt_estimate,
+                                        text_chars=self._text_chars)
         self._exchange.usage = usage
+        self._exchange.usage_estimated = estimated
         self._response.close()
         self._attempt.end(usage.total_tokens if usage else 0)
 
@@ -97,6 +106,7 @@ class StreamRelay:
             self._pending = exc
         if not payloads:
             return b""
+        self._text_chars += sum(streamed_text_chars(p) for p in payloads)
         return b"".join(frame(p) for p in payloads)
 
     def _raise_pending(self) -> None:
@@ -107,5 +117,7 @@ class StreamRelay:
         translator = self._translator
         payloads = [p for event in self._decoder.flush() for p in translator.feed(event)]
         payloads.extend(translator.close())
+        self._complete = True
+        self._text_chars += sum(streamed_text_chars(p) for p in payloads)
         self._exchange.usage = translator.usage
         return b"".join(frame(p) for p in payloads)

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.limits.gateway import ADMIN_KEY, make_gateway
 from truckllm.config.loader import load_file
-from truckllm.limits import ManualClock
+from truckllm.limits import ManualClock, estimate_prompt_tokens
 from truckllm.server.keys import STATE
 from truckllm.state import build_state
 
@@ -176,6 +176,19 @@ async def test_a_client_that_leaves_mid_stream_gives_its_slot_back(
         await chat(client)
 
 
+@pytest.mark.parametrize("limit", ["rpm", "tpm", "max_concurrent"])
+async def test_a_zero_limit_refuses_everything_without_retry_after(
+        fake: OpenAIFake, tmp_path: Path, limit: str) -> None:
+    keys = f"  - {{id: team-a, key: key-a, {limit}: 0}}"
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+        with pytest.raises(openai.RateLimitError) as refused:
+            await chat(gateway.client("key-a"))
+        assert_refused(refused.value, 429, "rate_limit_error", "rate_limit_exceeded")
+        assert f"{limit} limit of key 'team-a' is 0" in str(refused.value)
+        assert "retry-after" not in refused.value.response.headers
+        assert not fake.requests
+
+
 async def test_gateway_limits_span_keys(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a}\n  - {id: team-b, key: key-b, rpm: 50}"
     config = make_config(fake.url, keys=keys, limits="limits: {rpm: 2}")
@@ -273,6 +286,67 @@ async def test_a_stream_that_crosses_the_budget_finishes_and_the_next_request_is
         assert body["keys"][0]["spend_usd"] == pytest.approx(2 * 0.05 * usage.total_tokens)
 
 
+async def test_a_client_that_cuts_a_stream_is_charged_an_estimate_and_cannot_dodge_the_budget(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    keys = "  - {id: team-a, key: key-a, budget_usd: 5, tpm: 100000}"
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+        client = gateway.client("key-a")
+        fake.script(Scripted(chunk_delay_s=0.05, text="word " * 40))
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+        received = [await stream.__anext__() for _ in range(4)]
+        assert "".join(c.choices[0].delta.content or "" for c in received)
+        with capture_logs() as logs:
+            await stream.close()                               # gone before the usage chunk
+            report: dict[str, Any] = {}
+            for _ in range(200):                               # bounded: at most ~2 s
+                _, body = await gateway.admin("GET", "/admin/v1/keys")
+                report = body["keys"][0]
+                if report["current"]["in_flight"] == 0:
+                    break
+                await asyncio.sleep(0.01)
+        estimate = estimate_prompt_tokens({"messages": HELLO})
+        assert report["prompt_tokens"] == estimate and report["completion_tokens"] >= 1
+        assert report["spend_usd"] == pytest.approx(report["tokens"])   # $1 a token
+        assert report["current"]["tokens_last_minute"] == report["tokens"]
+        [cost] = [line for line in logs if line["event"] == "request_cost"]
+        assert cost["usage_estimated"] is True and cost["cost_usd"] == report["spend_usd"]
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await chat(client)
+        assert_refused(refused.value, 403, "permission_error", "budget_exceeded")
+
+
+@pytest.mark.parametrize(("period", "resets_at", "hours_to_reset"), [
+    ("daily", "2026-01-16T00:00:00Z", 12),          # the clock starts Thu 2026-01-15 12:00 UTC
+    ("weekly", "2026-01-19T00:00:00Z", 3 * 24 + 12),
+    ("monthly", "2026-02-01T00:00:00Z", 16 * 24 + 12),
+    ("total", None, None),
+])
+async def test_budget_periods_reset_at_their_calendar_boundary_in_utc(
+        fake: OpenAIFake, tmp_path: Path, period: str, resets_at: str | None,
+        hours_to_reset: int | None) -> None:
+    keys = f"  - {{id: team-a, key: key-a, budget_usd: 1, budget_period: {period}}}"
+    clock = ManualClock()
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, clock) as gateway:
+        client = gateway.client("key-a")
+        await chat(client)                                     # $1 a token: over budget
+        _, body = await gateway.admin("GET", "/admin/v1/keys")
+        assert body["keys"][0]["period_resets_at"] == resets_at
+        clock.advance(((hours_to_reset or 24 * 400) - 1) * 3600.0)   # an hour before
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await chat(client)
+        assert_refused(refused.value, 403, "permission_error", "budget_exceeded")
+        clock.advance(3600.0)                                  # the boundary
+        if resets_at is None:                                  # total: never resets
+            with pytest.raises(openai.PermissionDeniedError):
+                await chat(client)
+            return
+        await chat(client)                                     # a fresh period
+        _, body = await gateway.admin("GET", "/admin/v1/keys")
+        [report] = body["keys"]
+        assert report["period_start"] == resets_at and report["requests"] == 1
+        assert report["lifetime"]["requests"] == 2
+
+
 async def test_admin_reset_gives_the_key_a_fresh_period(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, budget_usd: 1, rpm: 1}"
     async with make_gateway(make_config(fake.url, keys=keys), tmp_path, ManualClock()) as gateway:
@@ -342,6 +416,49 @@ async def test_64_concurrent_clients_on_one_key_get_exactly_rpm(
         statuses = await asyncio.gather(*(one() for _ in range(64)))
         assert statuses.count(200) == 10 and statuses.count(429) == 54
         assert len(fake.requests) == 10
+        gateway_clock = gateway.limiter.clock
+        assert isinstance(gateway_clock, ManualClock)
+        gateway_clock.advance(60)                               # the next window: exactly 10 again
+        statuses = await asyncio.gather(*(one() for _ in range(64)))
+        assert statuses.count(200) == 10 and statuses.count(429) == 54
+        assert len(fake.requests) == 20
+        await client.close()
+
+
+async def test_64_concurrent_streams_get_exactly_max_concurrent_until_they_end(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    keys = "  - {id: team-a, key: key-a, max_concurrent: 8}"
+    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+        client = gateway.client("key-a")
+        # Admitted streams stay open (a chunk every 0.3 s) while all 64 requests arrive.
+        fake.script(*[Scripted(chunk_delay_s=0.3, text="word " * 30) for _ in range(64)])
+        opened: list[Any] = []
+
+        async def one() -> int:
+            try:
+                stream = await client.chat.completions.create(
+                    model="gpt-4o-mini", messages=HELLO, stream=True)
+            except openai.RateLimitError:
+                return 429
+            opened.append(stream)
+            return 200
+
+        statuses = await asyncio.gather(*(one() for _ in range(64)))
+        assert statuses.count(200) == 8 and statuses.count(429) == 56
+        _, body = await gateway.admin("GET", "/admin/v1/keys")
+        assert body["keys"][0]["current"]["in_flight"] == 8
+        for stream in opened[:4]:
+            await stream.close()                                # four clients leave mid-stream
+        in_flight = 8
+        for _ in range(200):                                    # bounded: at most ~2 s
+            _, body = await gateway.admin("GET", "/admin/v1/keys")
+            in_flight = body["keys"][0]["current"]["in_flight"]
+            if in_flight == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert in_flight == 4                                   # the other four still hold theirs
+        for stream in opened[4:]:
+            await stream.close()
         await client.close()
 
 
@@ -364,6 +481,25 @@ async def test_upstream_keys_at_their_limit_are_skipped_then_503(
         assert len(fake.requests) == 2                          # no upstream 429 collected
         assert gateway.limiter.upstream_report("up/k1")["requests"] == 1
         assert gateway.limiter.upstream_report("up/k1")["tokens"] > 0
+
+
+async def test_upstream_key_tpm_skips_a_key_the_prompt_does_not_fit(
+        fake: OpenAIFake, tmp_path: Path) -> None:
+    provider_keys = "[{id: k1, value: sk-up-1, tpm: 10}, {id: k2, value: sk-up-2, tpm: 1000}]"
+    config = make_config(fake.url, keys="  - {id: team-a, key: key-a}", provider_keys=provider_keys)
+    async with make_gateway(config, tmp_path, ManualClock()) as gateway:
+        client = gateway.client("key-a")
+        long_prompt = [{"role": "user", "content": "x" * 200}]   # ~60 tokens estimated
+        for _ in range(2):
+            await client.chat.completions.create(model="gpt-4o-mini", messages=long_prompt)  # type: ignore[arg-type]
+        assert [r.headers["authorization"] for r in fake.requests] == ["Bearer sk-up-2"] * 2
+        with pytest.raises(openai.InternalServerError) as overloaded:   # fits no key, ever
+            await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 8000}])
+        assert overloaded.value.status_code == 503 and len(fake.requests) == 2
+        k2 = gateway.limiter.upstream_report("up/k2")
+        assert k2["requests"] == 2 and k2["tokens"] > 0
+        assert gateway.limiter.upstream_report("up/k1")["requests"] == 0
 
 
 async def test_a_reload_keeps_usage_of_surviving_keys_and_applies_new_limits(

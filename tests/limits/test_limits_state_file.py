@@ -18,7 +18,8 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from tests.limits.gateway import make_gateway
+from tests.fakes.openai_fake import make_openai_fake
+from tests.limits.gateway import ADMIN_KEY, make_gateway
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 15.0
@@ -47,8 +48,9 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def make_serve_process(config: Path, port: int) -> AsyncIterator[str]:
-    """`truckllm serve` from this checkout; yields its /v1 URL; SIGTERM on exit, exit 0."""
+async def make_serve_process(config: Path, port: int, *, crash: bool = False) -> AsyncIterator[str]:
+    """`truckllm serve` from this checkout; yields its /v1 URL; SIGTERM on exit, exit 0
+    (or, with `crash`, SIGKILL: no shutdown code runs at all)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "truckllm", "serve", "-c", str(config), env=env,
@@ -56,9 +58,9 @@ async def make_serve_process(config: Path, port: int) -> AsyncIterator[str]:
     try:
         await _wait_healthy(port, process)
         yield f"http://127.0.0.1:{port}/v1"
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
         _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
-        assert process.returncode == 0, stderr.decode()
+        assert process.returncode == (-signal.SIGKILL if crash else 0), stderr.decode()
     finally:
         if process.returncode is None:
             process.kill()
@@ -105,6 +107,65 @@ async def test_spend_survives_a_process_restart(tmp_path: Path) -> None:
         await spend(url, "key-b")                              # other keys are unaffected
 
 
+async def saved_spend(state_file: Path, key_id: str) -> float:
+    """The key's period spend once the periodic save has written it (bounded wait)."""
+    for _ in range(300):                                       # at most ~15 s; saves every 5 s
+        if state_file.exists():
+            saved = orjson.loads(state_file.read_bytes())
+            spent: float = saved["client_keys"].get(key_id, {}).get("period", {}).get("spend_usd", 0)
+            if spent:
+                return spent
+        await asyncio.sleep(0.05)
+    raise AssertionError("the state file was not saved within its interval")
+
+
+async def test_a_crash_loses_at_most_the_last_interval(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(port=port))
+    state_file = tmp_path / "gateway.state.json"
+    async with make_serve_process(config, port, crash=True) as url:
+        await spend(url, "key-a")
+        assert await saved_spend(state_file, "team-a") > 1    # the periodic save, not shutdown
+    async with make_serve_process(config, port) as url:       # after SIGKILL
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await spend(url, "key-a")
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["code"] == "budget_exceeded"
+
+
+UPSTREAM_CONFIG = """\
+version: 1
+server: {{admin_api_key: {admin}}}
+providers:
+  - {{id: up, type: openai, base_url: "{url}", keys: [{{id: k1, value: sk-up-1}}]}}
+models:
+  - alias: demo-chat
+    targets: [{{provider: up, model: gpt-4o-mini}}]
+    pricing: {{input_per_mtok: 1000000, output_per_mtok: 1000000}}
+keys:
+  - {{id: team-a, key: key-a}}
+"""
+
+
+async def test_upstream_key_usage_and_spend_survive_a_restart(tmp_path: Path) -> None:
+    async with make_openai_fake() as fake:
+        config = UPSTREAM_CONFIG.format(admin=ADMIN_KEY, url=fake.url)
+        async with make_gateway(config, tmp_path) as gateway:
+            await spend(gateway.url, "key-a")
+            _, before = await gateway.admin("GET", "/admin/v1/providers")
+        saved = orjson.loads((tmp_path / "config.state.json").read_bytes())
+        assert saved["upstream_keys"]["up/k1"]["requests"] == 1
+        async with make_gateway(config, tmp_path) as gateway:  # started again
+            _, after = await gateway.admin("GET", "/admin/v1/providers")
+            _, keys = await gateway.admin("GET", "/admin/v1/keys")
+        [old], [new] = before["providers"][0]["keys"], after["providers"][0]["keys"]
+        assert old["lifetime"]["requests"] == 1 and old["lifetime"]["tokens"] > 0
+        assert new["lifetime"] == old["lifetime"] and new["spend_usd"] == old["spend_usd"] > 0
+        assert new["usage_req"] == 0                           # since start, by design
+        assert keys["keys"][0]["lifetime"]["spend_usd"] == old["spend_usd"]
+
+
 CORRUPT_CONFIG = """\
 version: 1
 server: {state_file: usage/state.json}
@@ -130,3 +191,34 @@ async def test_a_corrupt_state_file_warns_and_starts_fresh(tmp_path: Path) -> No
     assert state_file.with_name("state.json.corrupt").exists()
     saved = orjson.loads(state_file.read_bytes())              # saved on shutdown, fresh
     assert saved["client_keys"]["team-a"]["period"]["requests"] == 1
+
+
+async def test_a_stream_in_flight_at_sigterm_finishes_and_its_spend_is_saved(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(port=port).replace(
+        "{id: demo, type: mock}", "{id: demo, type: mock, chunk_delay_ms: 50}").replace(
+        "log_level: warning", "log_level: warning, shutdown_grace_s: 10"))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "truckllm", "serve", "-c", str(config), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        await _wait_healthy(port, process)
+        url = f"http://127.0.0.1:{port}/v1"
+        async with openai.AsyncOpenAI(base_url=url, api_key="key-a", max_retries=0, timeout=10) as client:
+            stream = await client.chat.completions.create(
+                model="demo-chat", stream=True, messages=[{"role": "user", "content": "spend a lot"}])
+            await stream.__anext__()
+            process.send_signal(signal.SIGTERM)                # mid-stream
+            rest = [chunk async for chunk in stream]           # the stream drains
+        assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
+        _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
+        assert process.returncode == 0, stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    saved = orjson.loads((tmp_path / "gateway.state.json").read_bytes())
+    period = saved["client_keys"]["team-a"]["period"]
+    assert period["requests"] == 1 and period["completion_tokens"] > 0 and period["spend_usd"] > 1

@@ -112,7 +112,7 @@ async def test_redaction_persistence_and_secrets_kept(tmp_path: Path, fake: Open
         # A YAML body works too; an identical config changes nothing.
         yaml_body = written.encode()
         code, body, _ = await gateway.admin("POST", "/admin/v1/config", data=yaml_body)
-        assert code == 200 and body["reloaded"] is False and body["version"] == 2
+        assert code == 200 and body["reloaded"] is False and body["version"] == 2, orjson.dumps(body).decode()
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is False        # the file is what runs
         await client.close()
@@ -195,7 +195,9 @@ async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fa
         assert providers["demo"]["status"] == "healthy"
         assert providers["demo"]["keys"][0] | {"usage_tokens": 0} == {
             "id": "k1", "usage_req": 2, "usage_tokens": 0, "errors": 0, "status": "healthy",
-            "last_error": None, "spend_usd": 0.0, "cooldown_until": None}
+            "last_error": None, "spend_usd": 0.0, "cooldown_until": None,
+            "lifetime": {"requests": 2, "tokens": providers["demo"]["keys"][0]["usage_tokens"],
+                         "spend_usd": 0.0}}
         main = providers["openai"]["keys"][0]
         # Attempts: main (500), the weight-0 backup key (500), main again (500).
         assert (main["id"], main["usage_req"], main["errors"], main["last_error"]) == ("main", 3, 2, "500")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -63,10 +63,13 @@ def parse_posted(body: bytes) -> dict[str, Any]:
     return data
 
 
-def to_yaml(document: Any, written_at: datetime | None = None) -> bytes:
-    """The config file text written for a POSTed config."""
-    when = (written_at or datetime.now(UTC)).isoformat(timespec="seconds")
-    header = f"# Written by POST /admin/v1/config at {when}; the previous file is kept as .bak\n"
+def to_yaml(document: Any) -> bytes:
+    """The config file text written for a POSTed config.
+
+    The same document always gives the same bytes (no timestamp: the file's mtime has it),
+    so POSTing the running config again is recognised as no change.
+    """
+    header = "# Written by POST /admin/v1/config; the previous file is kept as .bak\n"
     body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, default_flow_style=False)
     return (header + body).encode()
 

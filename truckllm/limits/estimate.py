@@ -9,6 +9,11 @@ included, and divide by 4, rounding up (English text averages about 4 characters
 token; the keys stand in for the few tokens of per-message overhead). Media parts
 (images, audio, files) count a flat 85 tokens each instead of their base64 text, and an
 array of token ids (`prompt` or `input` as integers) counts one token per id.
+
+A stream that ends without the upstream's usage (the client left before the usage chunk,
+the upstream failed mid-stream, or never reports stream usage) is not free: its usage is
+estimated as the prompt estimate plus the generated text it streamed, by the same
+characters / 4 rule (`stream_usage`).
 """
 
 from __future__ import annotations
@@ -16,11 +21,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
+from truckllm.usage import Usage
+
 CHARS_PER_TOKEN = 4
 MEDIA_PART_TOKENS = 85
 PROMPT_FIELDS = ("messages", "prompt", "input", "system", "instructions", "tools", "functions")
 _TOKEN_ID_FIELDS = frozenset({"prompt", "input"})
 _MEDIA_PART_TYPES = frozenset({"image_url", "image", "input_audio", "audio", "file", "document"})
+_NOT_GENERATED = frozenset({"role", "type", "id", "index"})   # delta keys that are not output
 
 
 def estimate_prompt_tokens(body: Any) -> int:
@@ -83,3 +93,50 @@ def _count_token_ids(value: list[Any]) -> int:
     if value and isinstance(value[0], list):
         return sum(len(row) for row in value)
     return len(value)
+
+
+def streamed_text_chars(payload: bytes) -> int:
+    """Characters of generated output in one stream payload: an OpenAI chunk (`choices[].delta`
+    or `choices[].text`) or an Anthropic event (`delta`). 0 for anything else."""
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return 0
+    if not isinstance(chunk, dict):
+        return 0
+    choices = chunk.get("choices")
+    if isinstance(choices, list):
+        return sum(_generated_chars(choice.get("delta")) + _generated_chars(choice.get("text"))
+                   for choice in choices if isinstance(choice, dict))
+    return _generated_chars(chunk.get("delta"))
+
+
+def _generated_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_generated_chars(v) for k, v in value.items() if k not in _NOT_GENERATED)
+    if isinstance(value, list):
+        return sum(_generated_chars(item) for item in value)
+    return 0
+
+
+def stream_usage(reported: Usage | None, *, complete: bool, prompt_estimate: int,
+                 text_chars: int) -> tuple[Usage | None, bool]:
+    """The usage to charge for a stream, and whether it is (partly) an estimate.
+
+    A complete stream with reported usage is charged exactly that. Otherwise what is
+    missing is estimated: the prompt from the admission estimate, the completion from the
+    text streamed so far (never less than what the upstream already reported).
+    """
+    if reported is not None and complete:
+        return reported, False
+    streamed = math.ceil(text_chars / CHARS_PER_TOKEN)
+    if reported is None:
+        return Usage(prompt_tokens=prompt_estimate, completion_tokens=streamed), True
+    if reported.prompt_tokens and reported.completion_tokens >= streamed:
+        return reported, False
+    return Usage(prompt_tokens=reported.prompt_tokens or prompt_estimate,
+                 completion_tokens=max(reported.completion_tokens, streamed),
+                 cache_read_tokens=reported.cache_read_tokens,
+                 cache_write_tokens=reported.cache_write_tokens), True

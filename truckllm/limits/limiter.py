@@ -128,7 +128,9 @@ class Limiter:
     def _refused(self, scope: str, key: KeyPolicy | None, refusal: Refusal,
                  estimate: int) -> RateLimitExceeded:
         whose = f"key {key.key_id!r}" if scope == "key" and key else "the gateway"
-        if refusal.retry_after_s is None:
+        if refusal.configured == 0:
+            message = f"The {refusal.limit} limit of {whose} is 0: no requests are allowed."
+        elif refusal.retry_after_s is None:
             message = (f"Request too large for {whose}: about {estimate} tokens estimated, "
                        f"the {refusal.limit} limit is {refusal.configured}.")
         else:

@@ -44,7 +44,8 @@ class RateMeter:
     def refusal(self, rates: RateLimits, estimate: int, now: float) -> Refusal | None:
         """Why one more request of `estimate` tokens would break a limit; None if it fits."""
         if rates.max_concurrent is not None and self.in_flight >= rates.max_concurrent:
-            return Refusal("max_concurrent", rates.max_concurrent, CONCURRENCY_RETRY_S)
+            wait = CONCURRENCY_RETRY_S if rates.max_concurrent else None   # 0: waiting cannot help
+            return Refusal("max_concurrent", rates.max_concurrent, wait)
         if rates.rpm is not None and not self.requests.fits(1, rates.rpm, now):
             return Refusal("rpm", rates.rpm, _finite(self.requests.wait_s(1, rates.rpm, now)))
         if rates.tpm is not None and not self.tokens.fits(estimate, rates.tpm, now):

@@ -22,6 +22,7 @@ from truckllm.providers.base import ProviderSpec, Target, UpstreamRequest
 from truckllm.usage import Usage
 
 _PER_MESSAGE_OVERHEAD = 3
+MAX_EMBEDDING_DIM = 8192
 
 
 class LocalResponse:
@@ -61,13 +62,23 @@ async def respond(request: UpstreamRequest, target: Target) -> LocalResponse:
     delay_s = float(options.get("chunk_delay_ms", 0)) / 1000
     path = request.url.rsplit("/", 2)
     if request.url.endswith("/embeddings"):
-        vectors = _embeddings(body, int(options.get("embedding_dim", 256)))
+        dimensions = body.get("dimensions") or int(options.get("embedding_dim", 256))
+        if not 1 <= dimensions <= MAX_EMBEDDING_DIM:
+            return _refusal(f"'dimensions' must be between 1 and {MAX_EMBEDDING_DIM} for the mock",
+                            "dimensions")
+        vectors = _embeddings(body, dimensions)
         return LocalResponse(200, orjson.dumps(vectors), latency_s=latency_s)
     kind = "text_completion" if path[-1] == "completions" and path[-2] != "chat" else "chat"
     answer = _Answer(body, kind)
     if request.stream:
         return LocalResponse(200, events=answer.events(), latency_s=latency_s, chunk_delay_s=delay_s)
     return LocalResponse(200, orjson.dumps(answer.response()), latency_s=latency_s)
+
+
+def _refusal(message: str, param: str) -> LocalResponse:
+    """A 400 in OpenAI's error shape, as a real upstream would send it."""
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+    return LocalResponse(400, orjson.dumps({"error": error}))
 
 
 class _Answer:
@@ -202,9 +213,9 @@ def _forced_tool(body: dict[str, Any]) -> str | None:
 
 
 def _embeddings(body: dict[str, Any], dim: int) -> dict[str, Any]:
+    """One vector per input; `dim` already bounded by the caller."""
     raw_input = body.get("input", "")
     inputs = raw_input if isinstance(raw_input, list) and raw_input and not isinstance(raw_input[0], int) else [raw_input]
-    dim = int(body.get("dimensions") or dim)
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for index, item in enumerate(inputs):

@@ -111,9 +111,13 @@ async def providers(request: web.Request) -> web.Response:
 
 def _key_entry(request: web.Request, ops: Ops, provider_id: str, key_id: str) -> dict[str, Any]:
     stats = ops.upstream.key(provider_id, key_id)
-    spend = request.app[LIMITER].upstream_report(upstream_ref(provider_id, key_id))["spend_usd"]
+    saved = request.app[LIMITER].upstream_report(upstream_ref(provider_id, key_id))
+    # usage_req/usage_tokens count since start; spend and `lifetime` come from the state
+    # file's counters, so they survive restarts (docs/limits.md).
     return {"id": key_id, "usage_req": stats.requests, "usage_tokens": stats.tokens,
-            "errors": stats.errors, "last_error": stats.last_error, "spend_usd": spend}
+            "errors": stats.errors, "last_error": stats.last_error,
+            "spend_usd": saved["spend_usd"],
+            "lifetime": {name: saved[name] for name in ("requests", "tokens", "spend_usd")}}
 
 
 def _health_fields(entry: dict[str, Any]) -> dict[str, Any]:

@@ -55,7 +55,8 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
         if route.config.pricing is not None and exchange.usage is not None:
             exchange.cost_usd = breakdown.total_usd
             log.info("request_cost", request_id=exchange.request_id, key_id=exchange.key_id,
-                     alias=route.alias, provider=exchange.provider_id, **breakdown.as_log())
+                     alias=route.alias, provider=exchange.provider_id,
+                     usage_estimated=exchange.usage_estimated, **breakdown.as_log())
         admission.settle(exchange.usage, breakdown.total_usd)
         if upstream_use is not None:
             upstream_use.settle(exchange.usage, breakdown.total_usd)

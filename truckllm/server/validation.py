@@ -43,6 +43,12 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "temperature": (_NUMBER, False), "top_p": (_NUMBER, False), "metadata": ((dict,), False),
     },
 }
+# Integer fields with the ranges OpenAI enforces; a value outside is refused here rather
+# than costing an upstream call (or, with n or dimensions, a huge answer).
+_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "n": (1, 128), "max_tokens": (1, None), "max_completion_tokens": (1, None),
+    "dimensions": (1, None),
+}
 _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a boolean",
                int: "an integer", float: "a number"}
 
@@ -57,7 +63,26 @@ async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    _check_depth(raw, body)
     return body
+
+
+# Deeper than any real request (tool schemas nest a few dozen levels at most); deeper
+# bodies would break the recursive walks downstream (orjson.dumps stops at 255 levels).
+MAX_JSON_DEPTH = 64
+
+
+def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
+    """400 for a body nested deeper than MAX_JSON_DEPTH arrays/objects."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return                          # the common case: too few brackets to be too deep
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 async def read_multipart(request: web.Request, max_body_mb: float) -> dict[str, Any]:
@@ -114,10 +139,22 @@ def check_fields(op: str, body: dict[str, Any]) -> None:
             raise InvalidRequest(f"Invalid type for '{name}': expected {expected}.", param=name)
     if not body["model"]:
         raise InvalidRequest("'model' must not be empty.", param="model")
+    _check_bounds(body)
     if op == "chat":
         _check_messages(body["messages"])
-    elif op == "embeddings" and body.get("encoding_format") not in (None, "float", "base64"):
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+    elif op == "embeddings":
+        if body.get("encoding_format") not in (None, "float", "base64"):
+            raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
+        if body["input"] in ("", []):
+            raise InvalidRequest("'input' must not be empty.", param="input")
+
+
+def _check_bounds(body: dict[str, Any]) -> None:
+    for name, (low, high) in _BOUNDS.items():
+        value = body.get(name)
+        if isinstance(value, int) and (value < low or (high is not None and value > high)):
+            allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise InvalidRequest(f"'{name}' must be {allowed}; got {value}.", param=name)
 
 
 def _check_messages(messages: list[Any]) -> None:

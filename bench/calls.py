@@ -97,7 +97,7 @@ def per_request(kind: str, stream: bool) -> tuple[float, Counter[str]]:
 
 
 def render(rows: Sequence[tuple[str, float, float]], truckllm_origins: Counter[str]) -> str:
-    lines = ["| target | Python calls per request | per stream (22 chunks) |", "|---|---:|---:|"]
+    lines = ["| target | Python calls per request | per stream (24 events, concurrency 1) |", "|---|---:|---:|"]
     reference = {name: (plain, stream) for name, plain, stream in rows}.get("reference")
     for name, plain, stream in rows:
         ratio = f" ({plain / reference[0]:.2f}x)" if reference and name != "reference" else ""

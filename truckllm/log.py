@@ -9,6 +9,7 @@ Configuring structlog and the stdlib root logger is process-wide by nature: it h
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -29,6 +30,7 @@ LEVELS = ("debug", "info", "warning", "error")
 REDACTED = "***"
 _MIN_SECRET_LENGTH = 4      # shorter values would mask ordinary words; keys are longer
 _BEARER = re.compile(r"\b(Bearer|Basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+_PLAIN_SCALARS = frozenset({int, float, bool})
 _SECRET_FIELD_NAMES = frozenset({
     "authorization", "proxy-authorization", "api_key", "api-key", "x-api-key", "apikey",
     "admin_api_key", "password", "secret", "x-goog-api-key", "cookie", "set-cookie",
@@ -54,9 +56,13 @@ class SecretRedactor:
     def redact_text(self, text: str) -> str:
         if self._pattern is not None:
             text = self._pattern.sub(REDACTED, text)
+        if "earer" not in text and "Basic" not in text:     # cheap test before the regex
+            return text
         return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
 
     def redact(self, value: Any) -> Any:
+        if value is None or value.__class__ in _PLAIN_SCALARS:     # most fields: checked first
+            return value
         if isinstance(value, str):
             return self.redact_text(value)
         if isinstance(value, Mapping):
@@ -71,11 +77,17 @@ class SecretRedactor:
         return self.redact_text(str(value))
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
-        for name, value in list(event.items()):
-            event[name] = REDACTED if _is_secret_field(name) else self.redact(value)
+        # Runs on every log line, access lines included: plain numbers skip redact(), and
+        # values are replaced in place (same keys, so iterating while assigning is safe).
+        for name, value in event.items():
+            if _is_secret_field(name):
+                event[name] = REDACTED
+            elif value is not None and value.__class__ not in _PLAIN_SCALARS:
+                event[name] = self.redact(value)
         return event
 
 
+@functools.lru_cache(maxsize=1024)      # field names come from code: a small, fixed set
 def _is_secret_field(name: object) -> bool:
     return isinstance(name, str) and name.lower() in _SECRET_FIELD_NAMES
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -67,6 +68,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._aliases = AliasLabels()
+        # labels() validates and locks on every call (~3 µs); the children it returns are
+        # stable (nothing here removes label sets), so each is looked up once. Bounded:
+        # every label value comes from the config or a small fixed set.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter("llm_requests_total", "Requests answered, by HTTP status sent.",
                                 ["provider", "model", "status"], registry=r)
@@ -125,18 +130,17 @@ class Metrics:
         provider = record.provider_id or UNKNOWN
         model = self._aliases.label(record.alias)
         key = record.key_id or UNKNOWN
-        self.requests.labels(provider=provider, model=model, status=str(record.status)).inc()
-        self.duration.labels(provider=provider, model=model).observe(record.latency_s)
+        child = self._child
+        child(self.requests, provider, model, str(record.status)).inc()
+        child(self.duration, provider, model).observe(record.latency_s)
         self.overhead.observe(record.overhead_s)
         if record.ttft_s is not None:
-            self.ttft.labels(provider=provider, model=model).observe(record.ttft_s)
+            child(self.ttft, provider, model).observe(record.ttft_s)
         if record.usage is not None:
-            self.tokens.labels(provider=provider, model=model, kind="prompt").inc(
-                record.usage.prompt_tokens)
-            self.tokens.labels(provider=provider, model=model, kind="completion").inc(
-                record.usage.completion_tokens)
+            child(self.tokens, provider, model, "prompt").inc(record.usage.prompt_tokens)
+            child(self.tokens, provider, model, "completion").inc(record.usage.completion_tokens)
         if record.cost_usd:
-            self.cost.labels(model=model, key=key).inc(record.cost_usd)
+            child(self.cost, model, key).inc(record.cost_usd)
         for failure in record.upstream_failures:
             self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
         reason = record.error_reason or ""
@@ -144,6 +148,13 @@ class Metrics:
             self.count_rate_limited(record.key_id, reason.removeprefix(RATE_LIMITED_PREFIX))
         elif record.status == 429 and record.provider_id is None:   # refused before upstream
             self.count_rate_limited(record.key_id, "limit")
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """metric.labels(*values), remembered (values in the metric's label order)."""
+        found = self._children.get((metric, values))
+        if found is None:
+            found = self._children[(metric, values)] = metric.labels(*values)
+        return found
 
     def count_upstream_error(self, provider_id: str, key_id: str, reason: str) -> None:
         """One failed upstream attempt; `reason` is a short fixed word (429, timeout, ...)."""

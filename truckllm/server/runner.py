@@ -7,6 +7,7 @@ streams `server.shutdown_grace_s` to finish, then end.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import structlog
@@ -19,6 +20,15 @@ from truckllm.server.keys import INFLIGHT, OPS
 from truckllm.state import StateHolder, build_state
 
 log = structlog.get_logger("truckllm")
+
+# Every in-flight request holds a few hundred young GC-tracked objects (coroutines,
+# futures, dicts), so under load CPython's default gen0 threshold (700) starts a
+# collection every few dozen requests, each scanning all live young objects: measured at
+# tens of microseconds per request (gc.callbacks under `make bench` load). A larger
+# threshold makes collections
+# rare. Requests leave almost no cyclic garbage (checked with gc.DEBUG_SAVEALL), so
+# memory hardly changes; a collection of 5000 young objects pauses well under 1 ms.
+GC_GEN0_THRESHOLD = 5_000
 
 
 class ListenError(Exception):
@@ -60,6 +70,7 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
             await admin_runner.setup()
             await _listen(admin_runner, *split_host_port(admin_listen))
             log.info("admin_listening", url=f"http://{admin_listen}")
+        tune_gc()                           # once serving for sure: it is process-wide
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
@@ -81,3 +92,12 @@ async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
     except OSError as exc:
         reason = "the port is already in use" if exc.errno == 98 else exc.strerror
         raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def tune_gc() -> None:
+    """After start-up: freeze what exists (imports, config, app) out of every future
+    collection, and collect young objects less often (see GC_GEN0_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)

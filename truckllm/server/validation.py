@@ -112,20 +112,23 @@ async def read_multipart(request: web.Request, max_body_mb: float) -> dict[str, 
 
 
 async def _read_body(request: web.Request, limit: int, max_body_mb: float) -> bytes:
-    too_large = PayloadTooLarge(f"The request body is larger than the {max_body_mb:g} MiB limit.")
     length = request.content_length
     if length is not None:
         if length > limit:
-            raise too_large
+            raise _too_large(max_body_mb)
         return await request.read()
     parts: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(64 * 1024):     # chunked upload
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(max_body_mb)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _too_large(max_body_mb: float) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the {max_body_mb:g} MiB limit.")
 
 
 def check_fields(op: str, body: dict[str, Any]) -> None:

@@ -157,6 +157,8 @@ def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
                     has_capacity: HasCapacity, first_keys: dict[str, str | None]) -> list[Candidate]:
     if not target.keys:
         return [Candidate(target, None)]
+    if len(target.keys) == 1:               # the common case: nothing to choose between
+        return [Candidate(target, target.keys[0].id)]
     usable = [k for k in target.keys if _key_usable(target.provider_id, k.id, health, has_capacity)]
     provider = target.provider_id
     if provider not in first_keys:

@@ -19,6 +19,7 @@ from truckllm.server.app import create_app
 from truckllm.state import StateHolder, build_state
 
 CLIENT_KEY = "tk-providers-client-key"
+EXTRA_HEADERS = {"x-team": "truck-test"}      # a provider's `headers:`, sent with every request
 UPSTREAM_KEYS = {"claude": "sk-ant-upstream-1", "google": "gm-upstream-1", "az": "az-upstream-1"}
 
 
@@ -40,9 +41,11 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
         "version": 1,
         "server": {"log_level": "warning"},
         "providers": [
-            {"id": "claude", "type": "anthropic", "base_url": anthropic_url, "keys": keys("claude")},
-            {"id": "google", "type": "gemini", "base_url": gemini_url, "keys": keys("google")},
-            {"id": "az", "type": "azure", "base_url": azure_url, "keys": keys("az")},
+            {"id": "claude", "type": "anthropic", "base_url": anthropic_url, "keys": keys("claude"),
+             "headers": EXTRA_HEADERS},
+            {"id": "google", "type": "gemini", "base_url": gemini_url, "keys": keys("google"),
+             "headers": EXTRA_HEADERS},
+            {"id": "az", "type": "azure", "base_url": azure_url, "keys": keys("az"), "headers": EXTRA_HEADERS},
             {"id": "az1", "type": "azure", "base_url": azure_url + "/openai/v1", "keys": keys("az")},
             {"id": "oai", "type": "openai", "base_url": azure_url + "/openai/v1", "keys": keys("az")},
             {"id": "demo", "type": "mock"},
@@ -60,6 +63,9 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
             {"alias": "az-tts", "targets": [{"provider": "az", "model": "tts-deploy"}]},
             {"alias": "az-image", "targets": [{"provider": "az", "model": "image-deploy"}]},
             {"alias": "oai-chat", "targets": [{"provider": "oai", "model": "gpt-4o"}]},
+            {"alias": "oai-then-gem", "targets": [{"provider": "oai", "model": "gpt-4o"},
+                                                  {"provider": "google", "model": "gemini-2.5-flash"}]},
+            {"alias": "oai-embed", "targets": [{"provider": "oai", "model": "text-embedding-3-small"}]},
             {"alias": "oai-whisper", "targets": [{"provider": "oai", "model": "whisper-1"}]},
             {"alias": "demo", "targets": [{"provider": "demo", "model": "mock-1"}]},
         ],

@@ -165,3 +165,43 @@ async def test_native_stream_error_before_content_falls_back(stack: Stack) -> No
         text = "".join([piece async for piece in stream.text_stream])
     assert text == "Fake reply to: hello"
     assert len(stack.gemini.requests) == 1
+
+
+async def test_count_tokens_passes_through_to_an_anthropic_upstream(stack: Stack) -> None:
+    client = make_client(stack)
+    counted = await client.messages.count_tokens(model="claude", system="Be brief.", tools=[WEATHER],
+                                                 messages=[{"role": "user", "content": "hello there"}])
+    assert counted.input_tokens > 10
+    sent = stack.anthropic.requests[-1]
+    assert sent.path == "/v1/messages/count_tokens" and sent.body["model"] == "claude-sonnet-4-5"
+    assert sent.body["tools"] == [WEATHER] and sent.headers["x-api-key"] != CLIENT_KEY
+
+
+async def test_count_tokens_elsewhere_is_a_clear_anthropic_400(stack: Stack) -> None:
+    client = make_client(stack)
+    with pytest.raises(anthropic.BadRequestError, match="cannot serve count_tokens"):
+        await client.messages.count_tokens(model="gem", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.NotFoundError):
+        await client.messages.count_tokens(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert stack.gemini.requests == []
+
+
+@pytest.mark.parametrize("alias", ["gem", "az"])
+async def test_images_in_a_tool_result_are_not_lost(stack: Stack, alias: str) -> None:
+    client = make_client(stack)
+    png = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+    await client.messages.create(model=alias, max_tokens=50, tools=[WEATHER], messages=[
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                           "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+            {"type": "text", "text": "radar attached"}, {"type": "image", "source": png}]}]}])
+    sent = (stack.gemini if alias == "gem" else stack.azure).requests[-1].body
+    if alias == "gem":
+        parts = sent["contents"][-1]["parts"]
+        assert parts[0]["functionResponse"]["response"] == {"output": "radar attached"}
+        assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}
+    else:
+        assert sent["messages"][-2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "radar attached"}
+        assert sent["messages"][-1]["content"] == [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]

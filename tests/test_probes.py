@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from tests.fakes.azure_fake import make_azure_fake
 from tests.fakes.failing_upstream import make_fixed_upstream
 from tests.fakes.openai_fake import make_openai_fake
 from tests.test_routing_e2e import make_gateway
@@ -162,3 +163,36 @@ models:
     assert (method, path, headers[key_header]) == ("GET", "/v1/models", "secret-aaa")
     if extra:
         assert headers[extra[0]] == extra[1]
+
+
+@pytest.mark.parametrize(("path_suffix", "expected_path", "expected_query"), [
+    ("", "/openai/models", {"api-version": "2024-06-01"}),
+    ("/openai/v1", "/openai/v1/models", {}),
+])
+async def test_azure_probes_its_free_model_listing(path_suffix: str, expected_path: str,
+                                                   expected_query: dict[str, str]) -> None:
+    async with make_azure_fake() as fake:
+        config = f"""
+version: 1
+providers:
+  - id: az
+    type: azure
+    base_url: {fake.url}{path_suffix}
+    api_version: "2024-06-01"
+    health_check_interval_s: 60
+    keys: [{{id: good, value: {fake.valid_key}}}, {{id: bad, value: wrong-key}}]
+models:
+  - alias: chat
+    targets: [{{provider: az, model: my-deployment}}]
+"""
+        state = build_state(load_bytes(config.encode(), "t.yaml", {}), 1)
+        transport = Transport()
+        health = Health()
+        try:
+            assert await probe_due(state, transport, health, {}, now=0.0) == 2
+        finally:
+            await transport.close()
+    assert {(r.method, r.path) for r in fake.requests} == {("GET", expected_path)}
+    assert all(dict(r.query) == expected_query and r.body is None for r in fake.requests)
+    assert health.key_health("az/good").status == "healthy"
+    assert health.key_health("az/bad").disabled        # the listing said 401: key rejected

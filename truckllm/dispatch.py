@@ -29,8 +29,10 @@ from truckllm.policy import (
     backoff_s,
     classify_response,
     event_outcome,
+    failure_reason,
     final_error,
     is_retryable,
+    outcome_without_secret,
     passthrough_error,
     recovery_wait_budget_s,
     timed_out,
@@ -42,6 +44,7 @@ from truckllm.providers.base import (
     UpstreamResponse,
 )
 from truckllm.providers.media import PASS_THROUGH_OPERATIONS
+from truckllm.providers.upstream_errors import WRONG_SHAPE, wrong_shape
 from truckllm.records import Exchange, UpstreamFailure
 from truckllm.relay import StreamRelay
 from truckllm.router import (
@@ -268,6 +271,7 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
         else:
             reply = await _complete(call, provider, target, key, transport, exchange, attempt)
     except _AttemptFailed as failed:
+        failed.outcome = outcome_without_secret(failed.outcome, key.value)
         attempt.failed(failed.outcome)
         attempt.end()
         _settle_unknown(use)
@@ -281,11 +285,6 @@ async def _attempt(call: Call, candidate: Candidate, target: Target, transport: 
         raise
     reply.upstream_use = use
     return reply
-
-
-def failure_reason(outcome: Outcome) -> str:
-    """The short fixed word metrics count a failed attempt under: "429", "timeout", ..."""
-    return str(outcome.retry_on_name)
 
 
 def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:
@@ -337,25 +336,36 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     started = time.perf_counter()
     try:
+        raw, response = await _fetch(call, provider, target, key, transport)
+    finally:
+        exchange.upstream_s += time.perf_counter() - started   # failed attempts wait too
+    if response.status >= 400:
+        raise _AttemptFailed(_status_outcome(provider, response, raw))
+    attempt.succeeded(time.perf_counter() - started)
+    try:
+        parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
+    except WRONG_SHAPE as exc:
+        log.warning("upstream_body_unreadable", provider=target.provider_id, error=f"{type(exc).__name__}: {exc}")
+        raise wrong_shape("a body") from None
+    exchange.usage = parsed.usage
+    attempt.end(parsed.usage.total_tokens if parsed.usage else 0)
+    return Reply(parsed.body)
+
+
+async def _fetch(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                 transport: Transport) -> tuple[bytes, UpstreamResponse]:
+    """A plain upstream answer, read whole: (body, response)."""
+    try:
         async with _first_byte_deadline(provider):
             response = await _send(call, provider, target, key, transport)
     except TimeoutError:
-        exchange.upstream_s += time.perf_counter() - started
         raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
     try:
-        raw = await response.read()
+        return await response.read(), response
     except TransportError as exc:
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     finally:
         response.close()
-        exchange.upstream_s += time.perf_counter() - started
-    if response.status >= 400:
-        raise _AttemptFailed(_status_outcome(provider, response, raw))
-    attempt.succeeded(time.perf_counter() - started)
-    parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
-    exchange.usage = parsed.usage
-    attempt.end(parsed.usage.total_tokens if parsed.usage else 0)
-    return Reply(parsed.body)
 
 
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
@@ -369,7 +379,8 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
                 raw = await _read_error_body(response)
                 raise _AttemptFailed(_status_outcome(provider, response, raw))
             translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
-            relay = StreamRelay(response, translator, exchange, attempt, call.estimate_tokens)
+            relay = StreamRelay(response, translator, exchange, attempt, call.estimate_tokens,
+                                key.value)
             first = await relay.first_output()
     except TimeoutError:
         _abandon(relay)
@@ -406,14 +417,25 @@ async def _open_raw(call: Call, provider: CompiledProvider, target: Target, key:
         response.close()
         attempt.end()
 
-    return RawReply(response.status, content_type, _raw_body(response, release), release=release)
+    def failed(exc: TransportError) -> None:
+        """The body broke off after the status line: too late to retry, but it counts."""
+        outcome = transport_failed(exc.kind, str(exc))
+        attempt.failed(outcome)
+        exchange.upstream_failures.append(
+            UpstreamFailure(provider.id, key.id, failure_reason(outcome)))
+
+    return RawReply(response.status, content_type, _raw_body(response, release, failed),
+                    release=release)
 
 
-async def _raw_body(response: UpstreamResponse,
-                    release: Callable[[], None]) -> AsyncGenerator[bytes, None]:
+async def _raw_body(response: UpstreamResponse, release: Callable[[], None],
+                    failed: Callable[[TransportError], None]) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in response.iter_chunks():
             yield chunk
+    except TransportError as exc:
+        failed(exc)
+        raise
     finally:
         release()
 

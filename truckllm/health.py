@@ -437,10 +437,14 @@ def _decayed_ttft(state: _TargetState, now: float) -> float | None:
     return state.ttft_s * decay
 
 
+_LAST_SHOWABLE_UNIX = 253_402_300_799.0      # 9999-12-31T23:59:59Z
+
+
 def _iso(unix: float | None) -> str | None:
     if unix is None:
         return None
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    # A huge cooldown_s in the config must not make the admin API fail.
+    return datetime.fromtimestamp(min(unix, _LAST_SHOWABLE_UNIX), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _blend(previous: float | None, sample: float) -> float:

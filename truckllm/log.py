@@ -31,6 +31,11 @@ REDACTED = "***"
 _MIN_SECRET_LENGTH = 4      # shorter values would mask ordinary words; keys are longer
 _BEARER = re.compile(r"\b(Bearer|Basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
 _PLAIN_SCALARS = frozenset({int, float, bool})
+# Fields whose values TruckLLM builds from config ids, aliases and its own words, never
+# from what a client or upstream sent: not worth a scan on every access line. Anything a
+# client controls (request id, path, method, a wildcard's upstream model) is still scanned.
+_TRUSTED_FIELDS = frozenset({"timestamp", "level", "key_id", "alias", "provider",
+                             "cost_lines", "usage_estimated"})
 _SECRET_FIELD_NAMES = frozenset({
     "authorization", "proxy-authorization", "api_key", "api-key", "x-api-key", "apikey",
     "admin_api_key", "password", "secret", "x-goog-api-key", "cookie", "set-cookie",
@@ -77,9 +82,12 @@ class SecretRedactor:
         return self.redact_text(str(value))
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
-        # Runs on every log line, access lines included: plain numbers skip redact(), and
-        # values are replaced in place (same keys, so iterating while assigning is safe).
+        # Runs on every log line, access lines included: plain numbers and trusted fields
+        # skip redact(), and values are replaced in place (same keys, so iterating while
+        # assigning is safe).
         for name, value in event.items():
+            if name in _TRUSTED_FIELDS:
+                continue
             if _is_secret_field(name):
                 event[name] = REDACTED
             elif value is not None and value.__class__ not in _PLAIN_SCALARS:
@@ -147,7 +155,10 @@ def access_fields(record: RequestRecord) -> dict[str, Any]:
         "tokens": usage.total_tokens if usage else 0,
         "attempts": record.attempts,
         "stream": record.stream,
-        "cost_usd": None if record.cost_usd is None else round(record.cost_usd, 8),
+        "cost_usd": record.cost_usd,
+        "cost_lines": [{"kind": line.kind, "tokens": line.tokens, "usd_per_mtok": line.usd_per_mtok,
+                        "usd": line.usd} for line in record.cost_lines] or None,
+        "usage_estimated": record.usage_estimated,
         "error": record.error_reason,
     }
 

@@ -7,6 +7,7 @@ provider types; must not import health, router or dispatch.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import math
 import random
@@ -32,7 +33,11 @@ BACKOFF_CAP_S = 1.0
 SHORT_RETRY_AFTER_S = 2.0
 # When the only thing blocking every candidate is a key's own rpm/tpm, it frees up soon.
 CAPACITY_RETRY_S = 1.0
+# The longest Retry-After honoured (an upstream's daily quota): beyond it a value is
+# nonsense, and would push times past what clocks and dates can show.
+MAX_RETRY_AFTER_S = 86_400.0
 _MESSAGE_LIMIT = 2000
+_MIN_MASKED_SECRET = 8
 
 
 class ErrorClass(StrEnum):
@@ -71,6 +76,11 @@ class Outcome:
         return self.status if self.status is not None else self.error_class.value
 
 
+def failure_reason(outcome: Outcome) -> str:
+    """The short fixed word metrics count a failed attempt under: "429", "timeout", ..."""
+    return str(outcome.retry_on_name)
+
+
 _OVERLOADED_STATUSES = frozenset({503, 529})
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "model_context_window_exceeded",
                             "string_above_max_length"})
@@ -101,6 +111,8 @@ def classify_response(status: int, headers: Mapping[str, str],
     retry_after = parse_retry_after(headers, now_unix=now_unix)
     if retry_after is None and info is not None:
         retry_after = info.retry_after_s        # e.g. Gemini's RetryInfo in the body
+    if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER_S)
     upstream_message = scrub(info.message) if info else f"upstream answered {status}"
     if status in (401, 403) or (info is not None and _names_bad_key(info)):
         # The client's key was fine; ours was not. Never repeat the upstream's words.
@@ -108,7 +120,8 @@ def classify_response(status: int, headers: Mapping[str, str],
                        status, None, info)
     if status in (402, 429):
         if retry_after is None:
-            retry_after = parse_rate_limit_reset(headers)
+            reset = parse_rate_limit_reset(headers)
+            retry_after = None if reset is None else min(reset, MAX_RETRY_AFTER_S)
         return Outcome(ErrorClass.RATE_LIMITED, upstream_message, status, retry_after, info)
     if status >= 500 or status == 408:
         return Outcome(ErrorClass.SERVER, upstream_message, status, retry_after, info)
@@ -267,8 +280,11 @@ def final_error(last: Outcome | None, recovery_s: float | None) -> GatewayError:
         return UpstreamTimeout(last.message)
     if _overloaded(last):
         # The upstream said it is overloaded (Anthropic 529, a 503): say so honestly, so
-        # SDKs back off and retry, rather than reporting a broken gateway.
-        return Overloaded(last.message, code="overloaded", retry_after_s=last.retry_after_s)
+        # SDKs back off and retry, rather than reporting a broken gateway. Retry-After:
+        # the later of the upstream's own and the earliest recovery of any candidate.
+        waits = [w for w in (last.retry_after_s, recovery_s) if w is not None]
+        return Overloaded(last.message, code="overloaded",
+                          retry_after_s=max(waits) if waits else None)
     return UpstreamFailed(last.message)
 
 
@@ -276,6 +292,20 @@ def _overloaded(outcome: Outcome) -> bool:
     if outcome.status in _OVERLOADED_STATUSES:
         return True
     return outcome.info is not None and outcome.info.type == "overloaded_error"
+
+
+def without_secret(text: str, secret: str) -> str:
+    """`text` with the upstream key the attempt sent masked, whatever its shape (an Azure
+    key is 32 hex digits, which `scrub` cannot recognise). Very short values are left
+    alone: masking them would garble ordinary words and they are not real keys."""
+    if len(secret) < _MIN_MASKED_SECRET or secret not in text:
+        return text
+    return text.replace(secret, "***")
+
+
+def outcome_without_secret(outcome: Outcome, secret: str) -> Outcome:
+    message = without_secret(outcome.message, secret)
+    return outcome if message == outcome.message else dataclasses.replace(outcome, message=message)
 
 
 def scrub(text: str) -> str:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from truckllm.usage import Usage
+
+if TYPE_CHECKING:
+    from truckllm.limits.cost import CostLine
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,8 @@ class RequestRecord:
     stream: bool
     upstream_key_id: str | None = None      # upstream key of the last attempt
     upstream_failures: tuple[UpstreamFailure, ...] = ()   # every failed attempt, in order
+    cost_lines: tuple[CostLine, ...] = ()   # what cost_usd came from: tokens by kind x rate
+    usage_estimated: bool = False           # a stream cut short: usage estimated, not reported
 
     @property
     def level(self) -> str:
@@ -50,7 +56,7 @@ class RequestRecord:
 class Exchange:
     """The mutable progress of one request, owned by that request alone."""
 
-    __slots__ = ("alias", "attempts", "cost_usd", "error_reason", "key_id", "method", "path",
+    __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "error_reason", "key_id", "method", "path",
                  "provider_id", "request_id", "started", "started_wall", "status", "stream",
                  "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model", "upstream_s",
                  "usage", "usage_estimated")
@@ -71,6 +77,7 @@ class Exchange:
         self.usage: Usage | None = None
         self.usage_estimated = False     # a stream cut short: usage estimated, not reported
         self.cost_usd: float | None = None
+        self.cost_lines: tuple[CostLine, ...] = ()
         self.error_reason: str | None = None
         self.status = 0
         self.stream = False
@@ -91,4 +98,5 @@ class Exchange:
             overhead_s=self.overhead_s(now), ttft_s=self.ttft_s, usage=self.usage,
             attempts=self.attempts, cost_usd=self.cost_usd, error_reason=self.error_reason,
             stream=self.stream, upstream_key_id=self.upstream_key_id,
-            upstream_failures=tuple(self.upstream_failures))
+            upstream_failures=tuple(self.upstream_failures), cost_lines=self.cost_lines,
+            usage_estimated=self.usage_estimated)

@@ -9,14 +9,28 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 
+import structlog
+
 from truckllm import errors
 from truckllm.health import Attempt
 from truckllm.limits.estimate import stream_usage, streamed_text_chars
-from truckllm.policy import ErrorClass, event_outcome, transport_failed
-from truckllm.providers.base import StreamTranslator, UpstreamResponse
-from truckllm.records import Exchange
+from truckllm.policy import (
+    ErrorClass,
+    Outcome,
+    event_outcome,
+    failure_reason,
+    scrub,
+    transport_failed,
+    without_secret,
+)
+from truckllm.providers.base import SSEEvent, StreamTranslator, UpstreamResponse
+from truckllm.providers.upstream_errors import WRONG_SHAPE, wrong_shape
+from truckllm.records import Exchange, UpstreamFailure
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.transport import TransportError
+from truckllm.usage import Usage
+
+log = structlog.get_logger("truckllm.relay")
 
 
 class StreamRelay:
@@ -24,13 +38,15 @@ class StreamRelay:
     upstream response and the health attempt until the stream ends."""
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
-                 exchange: Exchange, attempt: Attempt, prompt_estimate: int = 0) -> None:
+                 exchange: Exchange, attempt: Attempt, prompt_estimate: int = 0,
+                 key_value: str = "") -> None:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder()
-        self._translator = translator
+        self._translator = ShapeGuard(translator)
         self._exchange = exchange
         self._attempt = attempt
+        self._key_value = key_value         # masked in any upstream words sent on
         self._ended = False
         self._abandoned = False
         self._pending: errors.GatewayError | None = None    # raised after the chunks before it
@@ -61,14 +77,15 @@ class StreamRelay:
                     self._raise_pending()
                 yield self._finish()
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
-            self._attempt.failed(event_outcome(exc, now_unix=time.time()))
+            exc.message = without_secret(scrub(exc.message), self._key_value)
+            self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
             yield frame(exc.to_json())
         except TransportError as exc:
             # Too late to try elsewhere: end the stream with an error event, count the
             # failure against the upstream, and close it.
             outcome = transport_failed(exc.kind, str(exc))
-            self._attempt.failed(outcome)
+            self._failed(outcome)
             error = (errors.UpstreamTimeout(outcome.message)
                      if outcome.error_class is ErrorClass.TIMEOUT
                      else errors.UpstreamFailed(outcome.message))
@@ -77,6 +94,14 @@ class StreamRelay:
         finally:
             self.abandon()
         yield DONE
+
+    def _failed(self, outcome: Outcome) -> None:
+        """A failure after the first byte: health counts it, and so does the request's
+        list of failed attempts (metrics, admin counters), like one before it."""
+        self._attempt.failed(outcome)
+        exchange = self._exchange
+        exchange.upstream_failures.append(UpstreamFailure(
+            exchange.provider_id or "", exchange.upstream_key_id or "", failure_reason(outcome)))
 
     def close_upstream(self) -> None:
         self._response.close()
@@ -128,3 +153,30 @@ class StreamRelay:
         self._sent.extend(payloads)
         self._exchange.usage = translator.usage
         return b"".join(frame(p) for p in payloads)
+
+
+class ShapeGuard:
+    """A translator whose failures on malformed upstream events are upstream failures (an
+    SSE error event, or the next attempt before the first byte), not a stalled stream."""
+
+    def __init__(self, inner: StreamTranslator) -> None:
+        self._inner = inner
+        self.usage: Usage | None = inner.usage
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        try:
+            return self._inner.feed(event)
+        except WRONG_SHAPE as exc:
+            log.warning("upstream_event_unreadable", error=f"{type(exc).__name__}: {exc}")
+            raise wrong_shape("a stream event") from None
+        finally:
+            self.usage = self._inner.usage
+
+    def close(self) -> list[bytes]:
+        try:
+            return self._inner.close()
+        except WRONG_SHAPE as exc:
+            log.warning("upstream_event_unreadable", error=f"{type(exc).__name__}: {exc}")
+            raise wrong_shape("a stream") from None
+        finally:
+            self.usage = self._inner.usage

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -101,14 +102,13 @@ class Reloader(Generic[S]):
             except OSError as exc:
                 issue = ConfigIssue("", f"cannot read {self.path}: {exc.strerror}")
                 return self._failed(trigger, [issue])
-            return self._apply_raw(raw, trigger)
+            return await self._apply_raw(raw, trigger)
 
     async def apply_posted(self, body: bytes) -> ReloadResult:
         """POST /admin/v1/config: validate, persist atomically (FILE.bak kept), then apply."""
         async with self._lock:
             try:
-                raw = self._posted_file_bytes(body)
-                loaded, state = self._build(raw)
+                raw, loaded, state = await asyncio.to_thread(self._build_posted, body)
             except ConfigError as exc:
                 return self._failed("admin_config", _without_locations(exc.issues))
             if loaded.sha256 != self.loaded.sha256:
@@ -122,7 +122,7 @@ class Reloader(Generic[S]):
     async def validate_posted(self, body: bytes) -> list[ConfigIssue]:
         """POST /admin/v1/config/validate: the problems of a posted config; changes nothing."""
         try:
-            self._build(self._posted_file_bytes(body))
+            await asyncio.to_thread(self._build_posted, body)
         except ConfigError as exc:
             return _without_locations(exc.issues)
         return []
@@ -131,6 +131,11 @@ class Reloader(Generic[S]):
         """Signal-handler safe: ask the worker task to reload soon."""
         self._pending_trigger = trigger
         self._requested.set()
+
+    @property
+    def watching(self) -> bool:
+        """Whether the file watcher runs (it follows `server.watch` on every reload)."""
+        return self._watcher is not None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -187,14 +192,32 @@ class Reloader(Generic[S]):
         return to_yaml(merge_posted(parse_posted(body), self.loaded))
 
     def _build(self, raw: bytes) -> tuple[LoadedConfig, S]:
-        loaded = load_bytes(raw, str(self.path), self.env)
-        return loaded, self.compile(loaded, self.version + 1)
+        """Parse, validate, compile: CPU work that runs in a worker thread (a big or
+        hostile file must not stall the requests in flight). It reads `self.loaded` and
+        `self.version`, which change only under the lock that apply callers hold."""
+        try:
+            loaded = load_bytes(raw, str(self.path), self.env)
+            return loaded, self.compile(loaded, self.version + 1)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # A bug must not take the reload worker or the watcher down with it. The
+            # exception's text may hold values of the new config: log only where it was.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self._log.error("config could not be compiled", error=type(exc).__name__,
+                            at=f"{where.filename}:{where.lineno}")
+            raise ConfigError([ConfigIssue(
+                "", f"the config could not be compiled ({type(exc).__name__}); see the log")]) from None
 
-    def _apply_raw(self, raw: bytes, trigger: str) -> ReloadResult:
+    def _build_posted(self, body: bytes) -> tuple[bytes, LoadedConfig, S]:
+        raw = self._posted_file_bytes(body)
+        return (raw, *self._build(raw))
+
+    async def _apply_raw(self, raw: bytes, trigger: str) -> ReloadResult:
         if raw == self.loaded.raw:
             return ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
         try:
-            loaded, state = self._build(raw)
+            loaded, state = await asyncio.to_thread(self._build, raw)
         except ConfigError as exc:
             return self._failed(trigger, exc.issues)
         return self._swap(loaded, state, trigger)

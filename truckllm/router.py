@@ -124,8 +124,12 @@ def plan(alias: str, strategy: Strategy, targets: Sequence[RouteTarget], cursors
     """Every candidate for one request, most preferred first. Usable keys of a target come
     before its unusable ones; `next_candidate` skips what is unusable when it is tried."""
     ordered = order_targets(alias, strategy, targets, cursors, health, has_capacity)
+    # One key pick per provider and request: two targets of the same provider (gpt-4o
+    # falling back to gpt-4o-mini) must not each advance its key cursor, or the first
+    # target would get the same key on every request.
+    first_keys: dict[str, str | None] = {}
     return [candidate for target in ordered
-            for candidate in _key_candidates(target, cursors, health, has_capacity)]
+            for candidate in _key_candidates(target, cursors, health, has_capacity, first_keys)]
 
 
 def order_targets(alias: str, strategy: Strategy, targets: Sequence[RouteTarget],
@@ -150,12 +154,15 @@ def order_targets(alias: str, strategy: Strategy, targets: Sequence[RouteTarget]
 
 
 def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
-                    has_capacity: HasCapacity) -> list[Candidate]:
+                    has_capacity: HasCapacity, first_keys: dict[str, str | None]) -> list[Candidate]:
     if not target.keys:
         return [Candidate(target, None)]
     usable = [k for k in target.keys if _key_usable(target.provider_id, k.id, health, has_capacity)]
-    first = cursors.pick_weighted(f"keys:{target.provider_id}",
-                                  [(k.id, k.weight) for k in usable])
+    provider = target.provider_id
+    if provider not in first_keys:
+        first_keys[provider] = cursors.pick_weighted(f"keys:{provider}",
+                                                     [(k.id, k.weight) for k in usable])
+    first = first_keys[provider]
     rest = sorted((k for k in usable if k.id != first), key=lambda k: -k.weight)
     unusable = [k for k in target.keys if k not in usable]
     ordered_ids = ([first] if first else []) + [k.id for k in (*rest, *unusable)]

@@ -97,7 +97,8 @@ class State:
     def authenticate(self, presented: str) -> ClientKey | None:
         """Look a presented key up by digest; compare digests in constant time."""
         assert self.client_keys is not None
-        digest = hashlib.sha256(presented.encode()).digest()
+        # A header that is not UTF-8 arrives surrogate-escaped; it is just a wrong key.
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
         key = self.client_keys.get(digest)
         if key is None or not hmac.compare_digest(key.digest, digest):
             return None

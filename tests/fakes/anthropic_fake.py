@@ -1,11 +1,12 @@
-"""A fake Anthropic Messages API (POST /v1/messages), streaming and not, speaking the real
-wire format: named SSE events, tool_use blocks with input_json_delta fragments, ping,
+"""A fake Anthropic Messages API (POST /v1/messages, streaming and not, and
+/v1/messages/count_tokens) speaking the real wire format: named SSE events, tool_use blocks with input_json_delta fragments, ping,
 cumulative usage in message_delta, Anthropic's error envelope.
 
 Default answers: with tools and a user turn mentioning weather, tool calls (two when it
 also says "and"); after tool results, a text quoting them; otherwise "Fake reply to: ...".
 A request without a key (`x-api-key`, or a Bearer token as newer SDKs send) or without
-`anthropic-version` gets 401, one without `max_tokens` 400.
+`anthropic-version` gets 401, one without `max_tokens` or with a tool id outside
+`[a-zA-Z0-9_-]` 400.
 
     async with make_anthropic_fake() as fake:   # fake.url ends in /v1
         ...
@@ -13,6 +14,7 @@ A request without a key (`x-api-key`, or a Bearer token as newer SDKs send) or w
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +34,18 @@ def error_body(kind: str, message: str) -> dict[str, Any]:
 class AnthropicFake(WireFake):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        recorded = await self.record(request)
+        scripted = self.next_script(request.path)
+        if scripted is not None:
+            return await self.send(request, scripted)
+        if not recorded.headers.get("x-api-key") or not recorded.headers.get("anthropic-version"):
+            return json_response(error_body("authentication_error", "invalid x-api-key"), 401)
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        words = len(orjson.dumps(body.get("messages") or []).split()) + len(str(body.get("system") or "").split())
+        return json_response({"input_tokens": 10 + words})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         recorded = await self.record(request)
@@ -44,6 +58,10 @@ class AnthropicFake(WireFake):
         body = recorded.body if isinstance(recorded.body, dict) else {}
         if not isinstance(body.get("max_tokens"), int):
             return json_response(error_body("invalid_request_error", "max_tokens: Field required"), 400)
+        bad_id = _first_bad_tool_id(body)
+        if bad_id is not None:
+            return json_response(error_body("invalid_request_error",
+                                            f"{bad_id}: String should match pattern '^[a-zA-Z0-9_-]+$'"), 400)
         answer = FakeAnswer.for_request(body, f"msg_fake{len(self.requests)}")
         if body.get("stream"):
             return await self.stream(request, answer.events())
@@ -115,6 +133,17 @@ class FakeAnswer:
                              usage={"output_tokens": self.output_tokens}))
         events.append(_event("message_stop"))
         return events
+
+
+def _first_bad_tool_id(body: dict[str, Any]) -> str | None:
+    """The path of the first tool_use id / tool_result tool_use_id Anthropic would refuse."""
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            value = block.get("id") if block.get("type") == "tool_use" else block.get("tool_use_id")
+            if isinstance(value, str) and not re.fullmatch(r"[a-zA-Z0-9_-]+", value):
+                return f"messages.{i}.content.{j}"
+    return None
 
 
 def _event(kind: str, **fields: Any) -> str:

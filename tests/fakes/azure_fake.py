@@ -2,9 +2,10 @@
 (`/openai/deployments/{deployment}/...?api-version=...`) and the v1 API (`/openai/v1/...`),
 `api-key` auth, OpenAI bodies with Azure's additions (prompt_filter_results,
 content_filter_results, a prompt-filter-only first stream chunk with empty choices, a
-usage chunk when asked), Azure's error envelope (`code` "429", null `type`), and the media
+usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`code` "429", null `type`), and the media
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
-writes), image generations.
+writes), image generations; and the free model listing health checks use
+(`GET /openai/models?api-version=...`, `GET /openai/v1/models`).
 
     async with make_azure_fake() as fake:       # fake.url is the resource endpoint
         ...
@@ -12,8 +13,10 @@ writes), image generations.
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,9 +35,23 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 class AzureFake(WireFake):
+    valid_key = "azure-key"         # the only key the model listing accepts
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/deployments/{deployment}/{path:.+}", self._deployment)
         app.router.add_post("/openai/v1/{path:.+}", self._v1)
+        app.router.add_get("/openai/models", self._models)
+        app.router.add_get("/openai/v1/models", self._models)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """Models - List: free; the classic route needs api-version, both need the key."""
+        recorded = await self.record(request)
+        if "/openai/v1/" not in recorded.path and "api-version" not in recorded.query:
+            return json_response(error_body("404", "Resource not found"), 404)
+        if recorded.headers.get("api-key") != self.valid_key:
+            return json_response(error_body("401", "Access denied due to invalid subscription key."), 401)
+        return json_response({"object": "list", "data": [
+            {"id": "gpt-4o", "object": "model", "status": "succeeded", "created_at": 1715558400}]})
 
     async def _deployment(self, request: web.Request) -> web.StreamResponse:
         recorded = await self.record(request)
@@ -63,7 +80,7 @@ class AzureFake(WireFake):
             return json_response(answer.response())
         if path == "embeddings":
             inputs = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
-            data = [{"object": "embedding", "index": i, "embedding": [0.5, -0.5, float(len(str(text)))]}
+            data = [{"object": "embedding", "index": i, "embedding": _embedding(text, body.get("encoding_format"))}
                     for i, text in enumerate(inputs)]
             return json_response({"object": "list", "model": "text-embedding-3-small", "data": data,
                                   "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
@@ -83,6 +100,14 @@ class AzureFake(WireFake):
             await response.write(SPEECH[start:start + 256])
         await response.write_eof()
         return response
+
+
+def _embedding(text: Any, encoding_format: Any) -> Any:
+    """Floats, or little-endian float32 in base64 when asked (as current api-versions do)."""
+    vector = [0.5, -0.5, float(len(str(text)))]
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
 
 
 def multipart_fields(recorded: Recorded) -> dict[str, tuple[str | None, bytes]]:

@@ -308,7 +308,7 @@ async def test_a_client_that_cuts_a_stream_is_charged_an_estimate_and_cannot_dod
         assert report["prompt_tokens"] == estimate and report["completion_tokens"] >= 1
         assert report["spend_usd"] == pytest.approx(report["tokens"])   # $1 a token
         assert report["current"]["tokens_last_minute"] == report["tokens"]
-        [cost] = [line for line in logs if line["event"] == "request_cost"]
+        [cost] = [line for line in logs if line["event"] == "request" and line["cost_lines"]]
         assert cost["usage_estimated"] is True and cost["cost_usd"] == report["spend_usd"]
         with pytest.raises(openai.PermissionDeniedError) as refused:
             await chat(client)

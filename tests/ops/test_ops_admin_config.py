@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from truckllm.config.loader import ConfigError, load_bytes
 from truckllm.config.persist import backup_path, write_atomically
 from truckllm.config.redaction import merge_posted, parse_posted, redacted_config, to_yaml
+from truckllm.reloader import Reloader
+from truckllm.state import State, StateHolder, build_state
 
 ENV = {
     "OPENAI_API_KEY": "sk-live-openai-0123456789",
@@ -156,6 +159,17 @@ def test_atomic_write_failure_leaves_the_file_alone(tmp_path: Path) -> None:
     assert path.read_bytes() == b"old\n"
 
 
+def test_atomic_write_failure_leaves_the_file_alone_even_as_root(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"old\n")
+    (tmp_path / "config.yaml.bak").mkdir()          # renaming a file over a directory fails
+    (tmp_path / "config.yaml.bak" / "keep").write_bytes(b"x")
+    with pytest.raises(OSError):
+        write_atomically(path, b"new\n")
+    assert path.read_bytes() == b"old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "config.yaml.bak"]
+
+
 # -- config fields -------------------------------------------------------------------
 
 MINIMAL = b"""version: 1
@@ -197,3 +211,93 @@ def test_ops_fields_validation(server: str, path: str, fragment: str) -> None:
 def test_admin_listen_accepts_host_port(listen: str) -> None:
     raw = MINIMAL + f"server: {{admin_listen: '{listen}', admin_api_key: ''}}\n".encode()
     assert load_bytes(raw, "c.yaml", {}).config.server.admin_listen == listen
+
+
+async def test_posting_the_running_config_again_changes_nothing(tmp_path: Path) -> None:
+    """The written file depends only on the config (no time stamp in it), so POSTing what
+    runs is no change however much later it comes (a stamp once made a live test flaky)."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(CONFIG)
+    loaded = load_bytes(CONFIG, str(path), ENV)
+    holder = StateHolder(build_state(loaded, 1))
+    reloader = Reloader[State](path, loaded, holder, build_state, env=ENV)
+    first = await reloader.apply_posted(CONFIG)
+    assert first.ok and first.changed and first.version == 2
+    written = path.read_bytes()
+    assert not re.search(rb"\d{4}-\d{2}-\d{2}", written.partition(b"\n")[0])   # no date in the header
+    again = await reloader.apply_posted(written)
+    assert again.ok and not again.changed and again.version == 2
+    assert path.read_bytes() == written
+
+
+# -- documents too large or too deep (YAML alias bombs, self reference, deep nesting) ----
+
+LAUGHS = b"version: 1\n" + b"".join(
+    f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else 'ha'] * 9)}]\n".encode() for n in range(9))
+HOSTILE = {
+    "aliases": (LAUGHS, "more than 100000 values"),
+    "self reference": (b"version: 1\nproviders: &p [*p]\n", "contains itself"),
+    "deep flow": (b"version: 1\nmodels: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests deeper"),
+    "deep block": (b"version: 1\nmodels:\n  " + b"- " * 5000 + b"x\n", "nests deeper"),
+    "deep json": (b'{"version": 1, "models": ' + b"[" * 900 + b"]" * 900 + b"}", "nests deeper"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_documents_are_config_errors(name: str) -> None:
+    body, fragment = HOSTILE[name]
+    with pytest.raises(ConfigError) as posted:
+        parse_posted(body)
+    assert fragment in str(posted.value)
+    if not body.startswith(b"{"):
+        with pytest.raises(ConfigError) as loaded:
+            load_bytes(body, "c.yaml", {})
+        assert fragment in str(loaded.value)
+
+
+def test_shared_parts_within_the_bounds_still_load() -> None:
+    raw = MINIMAL + b"keys: [{id: a, key: key-a-1234, models: &m [demo]}, {id: b, key: key-b-1234, models: *m}]\n"
+    config = load_bytes(raw, "c.yaml", {}).config
+    assert [key.models for key in config.keys or []] == [["demo"], ["demo"]]
+
+
+@pytest.mark.parametrize("value", ['"line\\nbreak-1234"', '"\\udc80surrogate-1234"', '"nul\\0-1234"'])
+@pytest.mark.parametrize("where", ["admin", "client", "upstream", "header"])
+def test_keys_and_header_values_must_be_header_text(where: str, value: str) -> None:
+    fields = {"admin": "admin-key-1234", "client": "client-key-1234", "upstream": "up-key-1234",
+              "header": "header-value"}
+    fields[where] = value
+    raw = f"""version: 1
+server: {{admin_api_key: {fields['admin']}}}
+providers: [{{id: demo, type: mock, headers: {{X-A: {fields['header']}}}, keys: [{{id: k, value: {fields['upstream']}}}]}}]
+models: [{{alias: d, targets: [{{provider: demo, model: e}}]}}]
+keys: [{{id: a, key: {fields['client']}}}]
+""".encode()
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(raw, "c.yaml", {})
+    paths = {"admin": "server.admin_api_key", "client": "keys[0].key",
+             "upstream": "providers[0].keys[0].value", "header": "providers[0].headers.X-A"}
+    [issue] = caught.value.issues
+    assert issue.path == paths[where] and "line breaks" in issue.message
+    assert "1234" not in str(caught.value)
+
+
+def test_merge_keys_may_be_overridden_but_written_keys_not_twice() -> None:
+    raw = b"""version: 1
+providers:
+  - &base {type: mock, id: a, chunk_delay_ms: 5}
+  - {<<: *base, id: b}
+models: [{alias: m, targets: &t [{provider: a, model: x}]}, {alias: n, targets: *t}]
+"""
+    config = load_bytes(raw, "c.yaml", {}).config
+    assert [(p.id, p.chunk_delay_ms) for p in config.providers] == [("a", 5.0), ("b", 5.0)]
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(raw.replace(b"id: b}", b"id: b, id: c}"), "c.yaml", {})
+    assert [(i.path, i.message, i.location) for i in caught.value.issues] == [
+        ("providers[1].id", "duplicate key", "c.yaml:4:24")]
+
+
+def test_a_list_as_a_mapping_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(b"version: 1\n? [a, b]\n: 1\n", "c.yaml", {})
+    assert caught.value.issues[0].message == "a key must be a plain value"

@@ -24,7 +24,8 @@ from tests.ops.live import (
     run_gateway,
 )
 
-ADMIN_GETS = ["/admin/v1/config", "/admin/v1/status", "/admin/v1/providers", "/admin/v1/logs"]
+ADMIN_GETS = ["/admin/v1/config", "/admin/v1/status", "/admin/v1/providers", "/admin/v1/logs",
+              "/admin/v1/keys"]
 
 
 @pytest.fixture

@@ -17,8 +17,34 @@ Problem = tuple[PathTuple, str]
 _SHA256_FORM = re.compile(r"sha256:[0-9a-fA-F]{64}")
 
 
+# Keys and header values travel in HTTP headers and are hashed as UTF-8: no control
+# characters (a line break would split a header) and no lone surrogates.
+_NOT_HEADER_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+_NOT_HEADER_TEXT_MESSAGE = "must be text without line breaks or control characters"
+
+
 def cross_check(config: Config) -> list[Problem]:
+    unsafe = list(_header_text(config))
+    if unsafe:
+        return unsafe           # the checks below hash these values
     return [*_providers(config), *_models(config), *_client_keys(config), *_admin(config)]
+
+
+def _header_text(config: Config) -> Iterator[Problem]:
+    """Never echoes the value: most of these are secrets."""
+    admin = config.server.admin_api_key
+    if admin is not None and _NOT_HEADER_TEXT.search(admin.get_secret_value()):
+        yield ("server", "admin_api_key"), _NOT_HEADER_TEXT_MESSAGE
+    for i, provider in enumerate(config.providers):
+        for j, key in enumerate(provider.keys):
+            if _NOT_HEADER_TEXT.search(key.value.get_secret_value()):
+                yield ("providers", i, "keys", j, "value"), _NOT_HEADER_TEXT_MESSAGE
+        for name, value in provider.headers.items():
+            if _NOT_HEADER_TEXT.search(name) or _NOT_HEADER_TEXT.search(value):
+                yield ("providers", i, "headers", name), _NOT_HEADER_TEXT_MESSAGE
+    for i, client in enumerate(config.keys or []):
+        if _NOT_HEADER_TEXT.search(client.key.get_secret_value()):
+            yield ("keys", i, "key"), _NOT_HEADER_TEXT_MESSAGE
 
 
 def _providers(config: Config) -> Iterator[Problem]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ from pydantic import ValidationError
 
 from truckllm.config.checks import cross_check
 from truckllm.config.schema import Config
+from truckllm.config.size import TOO_DEEP, TooLarge, check_node, check_text
 
 PathTuple = tuple[str | int, ...]
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -98,18 +100,27 @@ class _YamlTree:
         self.key_marks: dict[PathTuple, yaml.Mark] = {}    # where each mapping key starts
         self.issues: list[ConfigIssue] = []
         self.env_refs: dict[str, str] = {}
+        self._merged: dict[int, int] = {}     # id(mapping node) -> entries that came from `<<`
 
     def parse(self, raw: bytes) -> Any:
         try:
             text = raw.decode("utf-8")
+            check_text(text)
             loader = yaml.SafeLoader(text)
             try:
                 node = loader.get_single_node()
-                return None if node is None else self._convert(node, (), loader)
+                if node is None:
+                    return None
+                check_node(node)            # before _convert walks every alias
+                return self._convert(node, (), loader)
             finally:
                 loader.dispose()
         except UnicodeDecodeError:
             self.issues.append(ConfigIssue("", "the file is not UTF-8 text"))
+        except TooLarge as exc:
+            self.issues.append(ConfigIssue("", str(exc)))
+        except RecursionError:              # the YAML composer itself recurses per level
+            self.issues.append(ConfigIssue("", TOO_DEEP))
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             location = self._location(mark) if mark else None
@@ -119,19 +130,36 @@ class _YamlTree:
     def _convert(self, node: yaml.Node, path: PathTuple, loader: yaml.SafeLoader) -> Any:
         self.marks[path] = node.start_mark
         if isinstance(node, yaml.MappingNode):
-            loader.flatten_mapping(node)
+            merged = self._flatten(node, loader)
             result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
+            written: set[Any] = set()       # keys given here, not taken from `<<: *base`
+            for index, (key_node, value_node) in enumerate(node.value):
                 key = loader.construct_object(key_node, deep=True)
-                if key in result:
-                    self.issues.append(ConfigIssue(format_path((*path, key)), "duplicate key",
+                if not _hashable(key):
+                    self.issues.append(ConfigIssue(format_path(path), "a key must be a plain value",
                                                    self._location(key_node.start_mark)))
+                    continue
+                if index >= merged:
+                    if key in written:
+                        self.issues.append(ConfigIssue(format_path((*path, key)), "duplicate key",
+                                                       self._location(key_node.start_mark)))
+                    written.add(key)
                 self.key_marks[(*path, key)] = key_node.start_mark
                 result[key] = self._convert(value_node, (*path, key), loader)
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self._convert(item, (*path, i), loader) for i, item in enumerate(node.value)]
         return loader.construct_object(node, deep=True)
+
+    def _flatten(self, node: yaml.MappingNode, loader: yaml.SafeLoader) -> int:
+        """Expand `<<` merge keys in place; how many leading entries came from merges
+        (remembered per node: an aliased mapping is visited again, already flat)."""
+        known = self._merged.get(id(node))
+        if known is None:
+            explicit = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
+            loader.flatten_mapping(node)
+            known = self._merged[id(node)] = len(node.value) - explicit
+        return known
 
     def _location(self, mark: yaml.Mark) -> str:
         return f"{self.source}:{mark.line + 1}:{mark.column + 1}"
@@ -144,6 +172,11 @@ class _YamlTree:
             if mark is not None:
                 return ConfigIssue(format_path(path), message, self._location(mark))
         return ConfigIssue(format_path(path), message)
+
+
+def _hashable(key: Any) -> bool:
+    """A YAML mapping key can be a list (`? [a, b]`): not usable as a config key."""
+    return isinstance(key, Hashable)
 
 
 def _resolve_env(value: Any, path: PathTuple, env: Mapping[str, str], tree: _YamlTree) -> Any:

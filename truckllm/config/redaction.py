@@ -20,6 +20,7 @@ import yaml
 from pydantic import SecretStr
 
 from truckllm.config.loader import ConfigError, ConfigIssue, LoadedConfig, PathTuple, format_path
+from truckllm.config.size import TOO_DEEP, TooLarge, check_data, check_text
 
 REDACTED = "***"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -54,10 +55,19 @@ def parse_posted(body: bytes) -> dict[str, Any]:
     """A POSTed config body, JSON or YAML, as plain data."""
     try:
         text = body.decode("utf-8")
-        data = orjson.loads(body) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        if text.lstrip().startswith("{"):
+            data = orjson.loads(body)
+        else:
+            check_text(text)
+            data = yaml.safe_load(text)
+        check_data(data)            # aliases are shared objects here: merging would walk each
     except (UnicodeDecodeError, orjson.JSONDecodeError, yaml.YAMLError) as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([ConfigIssue("", f"the body is not valid JSON or YAML: {problem}")]) from None
+    except TooLarge as exc:
+        raise ConfigError([ConfigIssue("", str(exc))]) from None
+    except RecursionError:          # the YAML parser recurses per nesting level
+        raise ConfigError([ConfigIssue("", TOO_DEEP)]) from None
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue("", "the body must be a config object (a mapping)")])
     return data

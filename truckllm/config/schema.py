@@ -52,7 +52,7 @@ def split_host_port(value: str) -> tuple[str, int]:
 class ProviderKey(Strict):
     id: str = Field(min_length=1, description="Stable name of this upstream key (logs, metrics, admin API).")
     value: SecretStr = Field(description="The upstream API key, usually `${ENV_VAR}`.")
-    weight: float = Field(1, ge=0, description="Share of traffic this key gets among the provider's keys.")
+    weight: float = Field(1, ge=0, description="Share of first choices this key gets among the provider's keys; 0: only an in-request fallback when the others are cooling down, at their limit or failed.")
     rpm: int | None = Field(None, ge=0, description="The upstream's requests-per-minute limit for this key; TruckLLM skips the key while it is at the limit.")
     tpm: int | None = Field(None, ge=0, description="The upstream's tokens-per-minute limit for this key (prompt estimate, then real usage); TruckLLM skips the key while it is at the limit.")
 

@@ -1,14 +1,17 @@
 """Anthropic Messages API <-> OpenAI chat completions, both directions, streams included.
 
 Pure translation, no I/O; must not import transport, dispatch or server modules.
-Operations: chat, completions (answered through chat), and messages (the Anthropic
-Messages API spoken natively: the body passes through with only `model` rewritten).
+Operations: chat, completions (answered through chat), and messages and count_tokens
+(the Anthropic Messages API spoken natively: the body passes through with only `model`
+rewritten).
 Target.options: `anthropic_version` (header value), `default_max_tokens` (sent when the
 client gives no max tokens, since Anthropic requires it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -53,6 +56,7 @@ from truckllm.providers.upstream_errors import (
 from truckllm.usage import Usage
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
+_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
@@ -87,7 +91,8 @@ STATUS_BY_ERROR_TYPE = {
 
 def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
                   ctx: CallContext) -> UpstreamRequest:
-    if operation == "messages":
+    path = "/messages/count_tokens" if operation == "count_tokens" else "/messages"
+    if operation in ("messages", "count_tokens"):
         payload = {**body, "model": target.model}
     elif operation in ("chat", "completions"):
         chat_body = chat_body_from_completions(body) if operation == "completions" else body
@@ -98,11 +103,11 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
         "content-type": "application/json",
         "anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
         **target.headers,
-        **(ctx.forward_headers if operation == "messages" else {}),
+        **(ctx.forward_headers if operation in ("messages", "count_tokens") else {}),
         "x-api-key": key,
     }
-    return UpstreamRequest("POST", f"{target.base_url}/messages", headers, orjson.dumps(payload),
-                           bool(payload.get("stream")))
+    return UpstreamRequest("POST", target.base_url + path, headers, orjson.dumps(payload),
+                           bool(payload.get("stream")) and operation != "count_tokens")
 
 
 def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> dict[str, Any]:
@@ -116,7 +121,9 @@ def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> d
     payload["messages"] = _messages(request.turns)
     if request.temperature is not None:
         payload["temperature"] = min(request.temperature, 1.0)   # Anthropic's range is 0..1
-    if request.top_p is not None:
+    if request.top_p is not None and request.top_p < 1:
+        # top_p 1 samples from everything, as if unset; sending it anyway fails on newer
+        # models, which refuse temperature and top_p together (OpenAI clients often send both).
         payload["top_p"] = request.top_p
     if request.stop:
         payload["stop_sequences"] = request.stop
@@ -162,10 +169,20 @@ def _block(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
     if isinstance(block, Text):
         return {"type": "text", "text": block.text}
     if isinstance(block, ToolUse):
-        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.arguments}
+        return {"type": "tool_use", "id": tool_id(block.id), "name": block.name, "input": block.arguments}
     if isinstance(block, ToolResult):
-        return {"type": "tool_result", "tool_use_id": block.tool_call_id, "content": block.content}
+        return {"type": "tool_result", "tool_use_id": tool_id(block.tool_call_id), "content": block.content}
     return _media_block(block)
+
+
+def tool_id(call_id: str) -> str:
+    """A tool-call id Anthropic accepts (`^[a-zA-Z0-9_-]+$`). Ids from other providers may
+    not be (Gemini's carry a base64 thought signature: `+`, `/`, `=`) when a conversation
+    moves here on fallback; they are replaced by a stable digest, the same for the call and
+    its result."""
+    if _TOOL_ID.fullmatch(call_id):
+        return call_id
+    return "toolu_" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
 
 
 def _media_block(media: Media) -> dict[str, Any]:
@@ -199,6 +216,10 @@ def _tool_choice(choice: ToolChoice | None, parallel: bool | None, has_tools: bo
 
 def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
     message = decode_json(raw)
+    if operation == "count_tokens":
+        if not isinstance(message, dict) or not isinstance(message.get("input_tokens"), int):
+            raise UpstreamFailed("upstream answered count_tokens with an unexpected body")
+        return ParsedResponse(raw, None)        # free: nothing is charged
     if not isinstance(message, dict) or not isinstance(message.get("content"), list):
         raise UpstreamFailed("upstream answered with a body that is not an Anthropic message")
     usage = usage_from(message.get("usage"))
@@ -406,7 +427,7 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
 SPEC = ProviderSpec(
     type="anthropic",
     default_base_url=DEFAULT_BASE_URL,
-    operations=frozenset({"chat", "completions", "messages"}),
+    operations=frozenset({"chat", "completions", "messages", "count_tokens"}),
     build_request=build_request,
     parse_response=parse_response,
     new_stream_translator=new_stream_translator,

@@ -62,7 +62,7 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
 def _chat_messages(message: Any, i: int) -> list[dict[str, Any]]:
     if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
         raise InvalidRequest(f"messages.{i}: role must be 'user' or 'assistant'", param=f"messages.{i}.role")
-    content = message["content"]
+    content = message.get("content")
     blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(blocks, list):
         raise InvalidRequest(f"messages.{i}.content must be a string or an array", param=f"messages.{i}.content")
@@ -72,16 +72,26 @@ def _chat_messages(message: Any, i: int) -> list[dict[str, Any]]:
 
 
 def _user_messages(blocks: list[Any], i: int) -> list[dict[str, Any]]:
-    """Tool results become `tool` messages ahead of the rest of the user turn."""
+    """Tool results become `tool` messages ahead of the rest of the user turn (their images
+    and documents join that rest)."""
     out: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
+                raise InvalidRequest(f"messages.{i}.content.{j}.tool_use_id: a string is required",
+                                     param=f"messages.{i}.content.{j}.tool_use_id")
             content = _text_of(block.get("content"), f"messages.{i}.content.{j}.content")
             if block.get("is_error"):
                 content = f"Error: {content}"
             out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id")), "content": content})
+            # Chat tool messages carry text only: a result's images (screenshots, say) follow
+            # in the user message after the tool messages rather than being lost.
+            nested = block.get("content") if isinstance(block.get("content"), list) else []
+            parts += [_media_part(item, f"messages.{i}.content.{j}.content.{k}")
+                      for k, item in enumerate(nested)
+                      if isinstance(item, dict) and item.get("type") in ("image", "document")]
         elif kind == "text":
             parts.append({"type": "text", "text": str(block.get("text", ""))})
         elif kind in ("image", "document"):
@@ -99,11 +109,14 @@ def _user_messages(blocks: list[Any], i: int) -> list[dict[str, Any]]:
 def _assistant_message(blocks: list[Any], i: int) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in blocks:
+    for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text", "")))
         elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise InvalidRequest(f"messages.{i}.content.{j}: a tool_use block needs a string id and name",
+                                     param=f"messages.{i}.content.{j}")
             calls.append({"id": str(block.get("id")), "type": "function",
                           "function": {"name": str(block.get("name")),
                                        "arguments": orjson.dumps(block.get("input") or {}).decode()}})
@@ -120,8 +133,8 @@ def _media_part(block: dict[str, Any], param: str) -> dict[str, Any]:
     source: dict[str, Any] = block["source"] if isinstance(block.get("source"), dict) else {}
     if source.get("type") == "base64":
         url = f"data:{source.get('media_type')};base64,{source.get('data')}"
-    elif source.get("type") == "url" and block.get("type") == "image":
-        url = str(source.get("url"))
+    elif source.get("type") == "url" and block.get("type") == "image" and isinstance(source.get("url"), str):
+        url = source["url"]
     else:
         raise InvalidRequest(f"{param}: only base64 sources (and image URLs) can be translated", param=param)
     if block.get("type") == "document":

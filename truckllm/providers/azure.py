@@ -5,7 +5,7 @@ URL shapes (checked against openai-python's lib/azure.py):
   classic: {base_url}/openai/deployments/{deployment}/{path}?api-version={api_version}
            (Target.model is the deployment name);
   v1:      base_url ending in /openai/v1 -> {base_url}/{path}, deployment in the body's `model`.
-Auth is the `api-key` header. Azure's content-filter annotations are stripped, its
+Auth is the `api-key` header; health checks list models (free). Azure's content-filter annotations are stripped, its
 prompt-filter-only stream chunks skipped, and usage is always requested upstream.
 Target.options: `api_version`.
 """
@@ -26,6 +26,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
+from truckllm.providers.chat_shapes import encode_float_embeddings
 from truckllm.providers.media import PASS_THROUGH_OPERATIONS, media_request
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
@@ -89,18 +90,20 @@ def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext)
             choice.pop("content_filter_results", None)
     if "model" in data or operation in ("chat", "completions", "embeddings"):
         data["model"] = ctx.alias
+    if operation == "embeddings" and ctx.client_body.get("encoding_format") == "base64":
+        encode_float_embeddings(data)       # older api-versions ignore encoding_format
     return ParsedResponse(orjson.dumps(data), Usage.from_openai(data.get("usage")))
 
 
 class AzureStreamTranslator:
     """Azure's OpenAI chunks, normalised: filter-only chunks skipped, annotations stripped,
-    role sent once, finish_reason alone in its chunk, usage chunk last and only on request."""
+    role sent once per choice, finish_reason alone in its chunk, usage chunk last and only on request."""
 
     def __init__(self, operation: str, ctx: CallContext) -> None:
         self._ctx = ctx
         self._chat = operation == "chat"
         self.usage: Usage | None = None
-        self._role_sent = False
+        self._roles_sent: set[int] = set()         # choice indices whose role went out
         self._finished = False
         self._done = False
         self._envelope: dict[str, Any] | None = None
@@ -137,11 +140,12 @@ class AzureStreamTranslator:
         out: list[bytes] = []
         if self._chat:
             delta = dict(choice.get("delta") or {})
-            if delta.get("role") and self._role_sent:
+            index = choice.get("index", 0)
+            if delta.get("role") and index in self._roles_sent:
                 del delta["role"]                   # a repeated role breaks the SDK's accumulator
-            if not self._role_sent:
+            if index not in self._roles_sent:      # once per choice (n > 1 streams several)
                 delta["role"] = "assistant"
-                self._role_sent = True
+                self._roles_sent.add(index)
             if delta:
                 out.append(self._chunk({**choice, "delta": delta, "finish_reason": None}))
             if finish:
@@ -192,6 +196,17 @@ def _info(status: int, error: dict[str, Any]) -> UpstreamErrorInfo:
     return UpstreamErrorInfo(status, kind, message, code=code or context_overflow_code(message), param=param)
 
 
+def build_probe(target: Target, key: str) -> UpstreamRequest:
+    """The free model listing (routing's health checks; answers 401 for a bad key):
+    `GET {base_url}/openai/models?api-version=...`, or `{base_url}/models` on the v1 API."""
+    if target.base_url.endswith("/openai/v1"):
+        url = f"{target.base_url}/models"
+    else:
+        version = str(target.options.get("api_version") or DEFAULT_API_VERSION)
+        url = f"{target.base_url}/openai/models?api-version={version}"
+    return UpstreamRequest("GET", url, auth_headers(target, key), None, False)
+
+
 SPEC = ProviderSpec(
     type="azure",
     default_base_url=None,
@@ -200,4 +215,5 @@ SPEC = ProviderSpec(
     parse_response=parse_response,
     new_stream_translator=new_stream_translator,
     parse_error=parse_error,
+    build_probe=build_probe,
 )

@@ -17,6 +17,7 @@ from truckllm.usage import Usage
 Operation = Literal[
     "chat", "completions", "embeddings",
     "messages",                                  # Anthropic Messages API, native pass-through
+    "count_tokens",                              # Anthropic's /v1/messages/count_tokens, native only
     "audio_transcriptions", "audio_translations", "audio_speech", "images",   # pass-through
 ]
 

@@ -357,7 +357,8 @@ def _read_tool_choice(body: dict[str, Any]) -> ToolChoice | None:
     if choice in ("auto", "none", "required"):
         return ToolChoice(choice)
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
         if isinstance(name, str) and name:
             return ToolChoice("function", name)
     raise InvalidRequest("tool_choice must be 'auto', 'none', 'required' or a named function", param=param)
@@ -420,11 +421,12 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
-        schema = (value.get("json_schema") or {}).get("schema")
-        if not isinstance(schema, dict):
+        json_schema = value.get("json_schema")
+        schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
+        if not isinstance(json_schema, dict) or not isinstance(schema, dict):
             raise InvalidRequest("'response_format.json_schema.schema' must be an object",
                                  param="response_format.json_schema.schema")
-        return {"type": "json_schema", "json_schema": {**value["json_schema"], "schema": schema}}
+        return {"type": "json_schema", "json_schema": {**json_schema, "schema": schema}}
     raise InvalidRequest("response_format type must be text, json_object or json_schema",
                          param="response_format.type")
 

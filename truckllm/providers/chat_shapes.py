@@ -222,6 +222,23 @@ def build_embeddings(ctx: CallContext, vectors: list[list[float]], usage: Usage)
     })
 
 
+def encode_float_embeddings(body: dict[str, Any]) -> bool:
+    """Rewrites float-array embeddings in an OpenAI embeddings list as base64, in place.
+
+    For a client that asked for base64 when the upstream answered floats anyway (older
+    Azure api-versions, some OpenAI-compatible servers): the Node SDK decodes every
+    embedding as base64 when it asked, and a float array decodes to garbage. True when
+    anything changed.
+    """
+    changed = False
+    for item in body.get("data") or []:
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vector, list) and all(isinstance(v, int | float) for v in vector):
+            item["embedding"] = floats_to_base64([float(v) for v in vector])
+            changed = True
+    return changed
+
+
 def floats_to_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 

@@ -12,6 +12,7 @@ restored when the id comes back in an assistant `tool_calls` entry.
 from __future__ import annotations
 
 import mimetypes
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -73,6 +74,10 @@ FINISH_REASONS = {
     "IMAGE_RECITATION": "content_filter",
 }
 
+# Google's canonical status names -> HTTP, for an error event without a usable `code`.
+_HTTP_BY_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "PERMISSION_DENIED": 403,
+                   "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429, "INTERNAL": 500, "UNAVAILABLE": 503,
+                   "DEADLINE_EXCEEDED": 504}
 _STATUS_CODES = {"FAILED_PRECONDITION": "failed_precondition", "NOT_FOUND": "model_not_found",
                  "RESOURCE_EXHAUSTED": "rate_limit_exceeded", "UNAVAILABLE": "overloaded",
                  "DEADLINE_EXCEEDED": "timeout"}
@@ -144,9 +149,16 @@ def _part(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
         return {"functionResponse": {"name": block.name,
                                      "response": parsed if parsed is not None else {"output": block.content}}}
     if block.url is not None:
-        mime = mimetypes.guess_type(block.url)[0] or "image/jpeg"
-        return {"fileData": {"mimeType": mime, "fileUri": block.url}}
+        return {"fileData": {"mimeType": url_mime_type(block.url), "fileUri": block.url}}
     return {"inlineData": {"mimeType": block.mime, "data": block.data}}
+
+
+def url_mime_type(url: str) -> str:
+    """The MIME type an image URL's path names (the query of a signed URL ignored);
+    image/jpeg when it names none, since Gemini requires one for an external URL."""
+    path = urllib.parse.urlsplit(url).path
+    guessed = mimetypes.guess_type(path.lower())[0]
+    return guessed if guessed and guessed.startswith("image/") else "image/jpeg"
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -290,7 +302,10 @@ class GeminiStreamTranslator:
         if not isinstance(data, dict):
             return []
         if isinstance(data.get("error"), dict):
-            raise to_gateway_error(_info(int(data["error"].get("code") or 502), data["error"]))
+            code = data["error"].get("code")
+            status = (code if isinstance(code, int) and not isinstance(code, bool) and code >= 400
+                      else _HTTP_BY_STATUS.get(str(data["error"].get("status")), 502))
+            raise to_gateway_error(_info(status, data["error"]))
         if data.get("usageMetadata"):
             self.usage = usage_from(data["usageMetadata"])     # cumulative: keep the last
         self._response_id = self._response_id or (str(data.get("responseId") or "") or None)

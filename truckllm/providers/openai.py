@@ -3,7 +3,10 @@
 Requests go out as the client sent them, with the upstream model name and, for streams,
 `stream_options.include_usage` forced on so usage can always be counted. Responses and
 stream chunks are handed back as bytes with only `model` rewritten to the client's alias,
-found by a byte pattern rather than decoding and re-encoding each chunk.
+found by a byte pattern rather than decoding and re-encoding each chunk. An
+`{"error": ...}` event in a stream is raised as a GatewayError, like every translator's.
+Embeddings the client asked for in base64 are encoded here when the upstream answered
+floats anyway.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
+from truckllm.providers.chat_shapes import encode_float_embeddings
+from truckllm.providers.upstream_errors import to_gateway_error
 from truckllm.usage import Usage
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",
@@ -35,6 +40,9 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+# An `"error":` key (same reasoning: never inside a string); decoded only when present.
+_ERROR_KEY = re.compile(rb'"error"\s*:')
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
 
 
 def build_request(op: str, body: dict[str, Any], target: Target, key: str,
@@ -77,35 +85,66 @@ def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> Par
         raise UpstreamFailed(f"provider {target.provider_id!r} returned a body that is not JSON") from None
     if not isinstance(parsed, dict):
         raise UpstreamFailed(f"provider {target.provider_id!r} returned an unexpected JSON shape")
-    return ParsedResponse(rewrite_model(raw, orjson.dumps(ctx.alias)), Usage.from_openai(parsed.get("usage")))
+    usage = Usage.from_openai(parsed.get("usage"))
+    if op == "embeddings" and ctx.client_body.get("encoding_format") == "base64" and encode_float_embeddings(parsed):
+        return ParsedResponse(orjson.dumps({**parsed, "model": ctx.alias}), usage)
+    return ParsedResponse(rewrite_model(raw, orjson.dumps(ctx.alias)), usage)
 
 
 class PassThroughStream:
     """Forwards OpenAI chunks as they are, rewriting `model` and noting usage.
 
+    An upstream error event raises (the relay turns it into TruckLLM's error event), and
+    so does a stream that ends with neither `[DONE]` nor a finish_reason.
     The usage-only chunk (empty `choices`) that TruckLLM asked for on the client's behalf
-    is dropped unless the client asked for it too.
+    is dropped unless the client asked for it too; chunks with empty `choices` and no
+    usage are always dropped.
     """
 
-    __slots__ = ("_alias_json", "_include_usage", "usage")
+    __slots__ = ("_alias_json", "_ended", "_include_usage", "usage")
 
     def __init__(self, ctx: CallContext) -> None:
         self._alias_json = orjson.dumps(ctx.alias)
         self._include_usage = ctx.include_usage
         self.usage: Usage | None = None
+        self._ended = False         # `[DONE]` or a finish_reason seen: the answer is whole
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         data = event.data
         if data.startswith(b"[DONE]"):
+            self._ended = True
             return []
+        if _ERROR_KEY.search(data):
+            self._raise_error_event(data)
+        if not self._ended and _FINISH_REASON.search(data):
+            self._ended = True
         if _USAGE_OBJECT.search(data):
             self._note_usage(data)
             if not self._include_usage and _EMPTY_CHOICES.search(data):
                 return []
+        elif _EMPTY_CHOICES.search(data):
+            # Nothing for the client and no usage: Azure's prompt-filter chunk (sent first,
+            # with an empty id) on its v1 API, keep-alives. Clients that read choices[0]
+            # crash on it, and the SDKs expect the role in the first chunk.
+            return []
         return [rewrite_model(data, self._alias_json)]
 
     def close(self) -> list[bytes]:
+        if not self._ended:
+            raise UpstreamFailed("upstream stream ended before it finished (no finish_reason, no [DONE])")
         return []
+
+    @staticmethod
+    def _raise_error_event(data: bytes) -> None:
+        """An `{"error": {...}}` event (OpenAI and compatible servers send one when a
+        stream fails): raised, so that routing can retry it before the first byte and the
+        relay ends the stream with a clean error event after it."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict | str) and "choices" not in chunk:
+            raise to_gateway_error(parse_error(502, data))
 
     def _note_usage(self, data: bytes) -> None:
         try:

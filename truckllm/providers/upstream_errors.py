@@ -33,6 +33,16 @@ _TYPE_BY_STATUS = {
 }
 
 
+# What a translator raises on an upstream body of the wrong shape (a string where an object
+# belongs, say). Callers turn it into an upstream failure: a 502 or an SSE error event,
+# never a 500 or a stream left hanging.
+WRONG_SHAPE = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+
+
+def wrong_shape(what: str) -> UpstreamFailed:
+    return UpstreamFailed(f"upstream sent {what} of a shape TruckLLM cannot read")
+
+
 def error_type_for_status(status: int) -> str:
     if status in _TYPE_BY_STATUS:
         return _TYPE_BY_STATUS[status]

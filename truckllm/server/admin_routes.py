@@ -139,7 +139,8 @@ async def status(request: web.Request) -> web.Response:
     return _json({
         "version": __version__,
         "config": {"version": reloader.version, "sha256": reloader.loaded.sha256,
-                   "path": str(reloader.path), "loaded_at": ops.holder.loaded_at},
+                   "path": str(reloader.path), "loaded_at": ops.holder.loaded_at,
+                   "watching": reloader.watching},
         "last_reload": None if last is None else {
             "at": last.at, "trigger": last.trigger, "result": "success" if last.ok else "error",
             "errors": [issue.as_dict() for issue in last.errors]},

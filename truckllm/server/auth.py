@@ -53,4 +53,5 @@ def require_admin(request: web.Request, state: State) -> None:
 
 
 def _digest(text: str) -> bytes:
-    return hashlib.sha256(text.encode()).digest()
+    # Header bytes that are not UTF-8 reach us surrogate-escaped: hash the bytes as sent.
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()

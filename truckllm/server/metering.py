@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from truckllm.limits import (
@@ -24,8 +23,6 @@ from truckllm.limits.persist import StateSaver
 from truckllm.records import Exchange
 from truckllm.server.keys import LIMITER, STATE
 from truckllm.state import ClientKey, Route, State
-
-log = structlog.get_logger("truckllm.limits")
 
 
 def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
@@ -54,9 +51,7 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
         breakdown = cost_of(exchange.usage, route.config.pricing)
         if route.config.pricing is not None and exchange.usage is not None:
             exchange.cost_usd = breakdown.total_usd
-            log.info("request_cost", request_id=exchange.request_id, key_id=exchange.key_id,
-                     alias=route.alias, provider=exchange.provider_id,
-                     usage_estimated=exchange.usage_estimated, **breakdown.as_log())
+            exchange.cost_lines = breakdown.lines      # logged in the request's access line
         admission.settle(exchange.usage, breakdown.total_usd)
         if upstream_use is not None:
             upstream_use.settle(exchange.usage, breakdown.total_usd)

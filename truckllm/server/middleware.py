@@ -81,6 +81,10 @@ def gateway_headers(exchange: Exchange) -> dict[str, str]:
         headers["x-truckllm-model"] = exchange.upstream_model or ""
         headers["x-truckllm-attempts"] = str(exchange.attempts)
         headers["x-truckllm-overhead-ms"] = f"{exchange.overhead_s() * 1000:.3f}"
+    elif exchange.alias is not None:
+        # Routed, but answered without calling upstream (every target cooling, a limit).
+        headers["x-truckllm-attempts"] = "0"
+        headers["x-truckllm-overhead-ms"] = f"{exchange.overhead_s() * 1000:.3f}"
     return headers
 
 

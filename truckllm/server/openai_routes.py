@@ -51,8 +51,17 @@ async def images_generations(request: web.Request) -> web.StreamResponse:
 
 async def messages(request: web.Request) -> web.StreamResponse:
     """The Anthropic Messages API: same pipeline, Anthropic-shaped answers and errors."""
+    return await _anthropic_relay(request, "messages")
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """Anthropic's token counting, passed to an `anthropic` upstream (others cannot count)."""
+    return await _anthropic_relay(request, "count_tokens")
+
+
+async def _anthropic_relay(request: web.Request, op: str) -> web.StreamResponse:
     try:
-        return await _relay(request, "messages")
+        return await _relay(request, op)
     except errors.GatewayError as exc:
         return anthropic_wire.error_response(exc, exchange_of(request))
 
@@ -68,7 +77,7 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     model: str = body["model"]
     route, targets = _route_for(state, key, model)
     exchange.alias = route.alias
-    stream = bool(body.get("stream")) and op != "embeddings"
+    stream = bool(body.get("stream")) and op not in ("embeddings", "count_tokens")
     options = body.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
     include_usage = include_usage or (stream and op == "messages")   # message_delta carries usage
@@ -95,7 +104,7 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
 
 # Client headers that mean something to a native upstream: Anthropic's beta features
 # (Claude Code and other Anthropic SDK tools turn them on per request).
-_FORWARDED_HEADERS = {"messages": ("anthropic-beta",)}
+_FORWARDED_HEADERS = {"messages": ("anthropic-beta",), "count_tokens": ("anthropic-beta",)}
 
 
 def _forwarded(request: web.Request, op: str) -> dict[str, str]:
@@ -166,6 +175,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_post("/v1/audio/transcriptions", audio_transcriptions)
     app.router.add_post("/v1/audio/translations", audio_translations)
     app.router.add_post("/v1/audio/speech", audio_speech)

@@ -40,6 +40,12 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
     except (ConnectionResetError, OSError):
         exchange.status = CLIENT_CLOSED_REQUEST
         exchange.error_reason = "client_disconnected"
+    except Exception:
+        # A fault after the headers went out cannot become an error response any more:
+        # drop the connection so the client sees the stream break instead of waiting on it.
+        if request.transport is not None:
+            request.transport.close()
+        raise
     finally:
         await rest.aclose()              # releases or drops the upstream connection
         reply.release()                  # also when the stream never started (client gone)
@@ -57,7 +63,11 @@ async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -
             await response.write(chunk)
         await response.write_eof()
     except TransportError:
-        exchange.error_reason = "upstream_error"     # headers are sent: all we can do is stop
+        # The status line is sent: the only honest signal left is to break the connection,
+        # so the client sees an incomplete body instead of a short file that looks whole.
+        exchange.error_reason = "upstream_error"
+        if request.transport is not None:
+            request.transport.close()
     except (ConnectionResetError, OSError):
         exchange.status = CLIENT_CLOSED_REQUEST
         exchange.error_reason = "client_disconnected"

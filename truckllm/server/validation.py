@@ -36,6 +36,10 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "audio_translations": {"model": ((str,), True), "fields": ((list,), True)},
     "audio_speech": {"model": ((str,), True), "input": ((str,), True), "voice": ((str, dict), True)},
     "images": {"model": ((str,), True), "prompt": ((str,), True), "n": ((int,), False)},
+    "count_tokens": {   # POST /v1/messages/count_tokens (anthropic upstreams only)
+        "model": ((str,), True), "messages": ((list,), True), "system": ((str, list), False),
+        "tools": ((list,), False), "tool_choice": ((dict,), False),
+    },
     "messages": {       # the Anthropic Messages API (POST /v1/messages)
         "model": ((str,), True), "messages": ((list,), True), "max_tokens": ((int,), True),
         "stream": ((bool,), False), "system": ((str, list), False), "tools": ((list,), False),

@@ -52,21 +52,28 @@ class _HttpResponse:
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
+        loop = asyncio.get_running_loop()
         # The wait for the first chunk is time to first token (dispatch bounds it, and a
-        # reasoning model may think long); the idle limit starts once data flows.
+        # reasoning model may think long); the idle limit starts once data flows. It is a
+        # plain timer per read that fails the reader when it fires: far cheaper per chunk
+        # than an asyncio.timeout context.
         idle_limit: float | None = None
+
+        def stalled() -> None:
+            content.set_exception(TransportError(
+                "timeout", f"upstream stream stalled: no data for {self._idle_timeout_s:g} s"))
+
         while True:
-            idle = asyncio.timeout(idle_limit)
+            timer = loop.call_later(idle_limit, stalled) if idle_limit is not None else None
             try:
-                async with idle:
-                    chunk = await content.readany()
+                chunk = await content.readany()
             except TimeoutError:
-                if idle.expired():
-                    raise TransportError("timeout", f"upstream stream stalled: no data for "
-                                         f"{self._idle_timeout_s:g} s") from None
                 raise TransportError("timeout", "upstream stream timed out") from None
             except aiohttp.ClientError as exc:
                 raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if not chunk:
                 break
             idle_limit = self._idle_timeout_s

@@ -75,6 +75,12 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
 def rewrite_model(payload: bytes, alias_json: bytes) -> bytes:
     """Replace the first `"model": "..."` with the alias; `alias_json` is its JSON string."""
     replacement = b'"model":' + alias_json
+    # Fast path for compact JSON (what OpenAI and most servers send): find, not a regex.
+    start = payload.find(b'"model":"')
+    if start >= 0:
+        end = payload.find(b'"', start + 9)
+        if end >= 0 and payload.find(b"\\", start + 9, end) < 0:
+            return payload[:start] + replacement + payload[end + 1:]
     return _MODEL_FIELD.sub(lambda _: replacement, payload, count=1)
 
 

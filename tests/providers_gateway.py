@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from aiohttp.test_utils import TestServer
+from openai import AsyncOpenAI
 
 from tests.fakes.anthropic_fake import AnthropicFake, make_anthropic_fake
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
@@ -85,3 +86,10 @@ async def make_stack() -> AsyncIterator[Stack]:
             yield Stack(root + "/v1", root, anthropic, gemini, azure)
         finally:
             await server.close()
+
+
+def make_openai_client(stack: Stack) -> AsyncOpenAI:
+    """An SDK client for the stack's gateway; the `stack` fixture closes it."""
+    client = AsyncOpenAI(base_url=stack.url, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+    stack.clients.append(client)
+    return client

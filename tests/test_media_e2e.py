@@ -4,30 +4,13 @@ provider), and a clear 400 when the alias's provider cannot do it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import openai
 import pytest
-from openai import AsyncOpenAI
 
 from tests.fakes.azure_fake import SPEECH, multipart_fields
-from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
+from tests.providers_gateway import Stack, make_openai_client
 
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256))
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with make_stack() as running:
-        yield running
-        for client in running.clients:
-            await client.close()
-
-
-def make_client(stack: Stack) -> AsyncOpenAI:
-    client = AsyncOpenAI(base_url=stack.url, api_key=CLIENT_KEY, max_retries=0, timeout=10)
-    stack.clients.append(client)
-    return client
 
 
 @pytest.mark.parametrize(("alias", "upstream_path", "upstream_model"), [
@@ -36,7 +19,7 @@ def make_client(stack: Stack) -> AsyncOpenAI:
 ])
 async def test_transcription_multipart_passes_through(stack: Stack, alias: str, upstream_path: str,
                                                       upstream_model: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     result = await client.audio.transcriptions.create(model=alias, file=("clip.wav", AUDIO, "audio/wav"),
                                                       language="en")
     assert result.text == f"fake transcript of clip.wav ({len(AUDIO)} bytes)"
@@ -48,21 +31,21 @@ async def test_transcription_multipart_passes_through(stack: Stack, alias: str, 
 
 
 async def test_transcription_text_format_keeps_its_content_type(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     text = await client.audio.transcriptions.create(model="az-whisper", file=("a.wav", AUDIO),
                                                     response_format="text")
     assert str(text).strip() == f"fake transcript of a.wav ({len(AUDIO)} bytes)"
 
 
 async def test_translation_passes_through(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     result = await client.audio.translations.create(model="az-whisper", file=("fr.wav", AUDIO))
     assert result.text.startswith("fake transcript of fr.wav")
     assert stack.azure.requests[-1].path.endswith("/audio/translations")
 
 
 async def test_speech_streams_binary_audio_back(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     async with client.audio.speech.with_streaming_response.create(
             model="az-tts", voice="alloy", input="Hello there") as response:
         assert response.headers["content-type"] == "audio/mpeg"
@@ -72,7 +55,7 @@ async def test_speech_streams_binary_audio_back(stack: Stack) -> None:
 
 
 async def test_image_generation_passes_through(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     result = await client.images.generate(model="az-image", prompt="a sea otter")
     assert result.data is not None and result.data[0].b64_json == "ZmFrZS1pbWFnZQ=="
     assert stack.azure.requests[-1].path == "/openai/deployments/image-deploy/images/generations"
@@ -80,7 +63,7 @@ async def test_image_generation_passes_through(stack: Stack) -> None:
 
 @pytest.mark.parametrize("alias", ["claude", "gem"])
 async def test_provider_without_audio_is_a_clear_400(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.BadRequestError, match="cannot serve audio_transcriptions"):
         await client.audio.transcriptions.create(model=alias, file=("a.wav", AUDIO))
     with pytest.raises(openai.BadRequestError, match="cannot serve images"):
@@ -88,7 +71,7 @@ async def test_provider_without_audio_is_a_clear_400(stack: Stack, alias: str) -
 
 
 async def test_upload_without_a_file_is_a_400(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.BadRequestError) as raised:
         await client.post("/audio/transcriptions", cast_to=object,
                           body={"model": "az-whisper"}, files=[("language", ("x", b"en"))],

@@ -4,7 +4,6 @@ Anthropic upstream and translated to the fake Gemini and Azure upstreams and the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -13,19 +12,11 @@ from anthropic import Anthropic, AsyncAnthropic
 
 from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
+from tests.providers_gateway import CLIENT_KEY, Stack
 
 ALIASES = ["claude", "gem", "az", "oai-chat"]     # oai-chat: an `openai`-type provider
 WEATHER: Any = {"name": "get_weather", "description": "Current weather for a city.",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with make_stack() as running:
-        yield running
-        for client in running.clients:
-            await client.close()
 
 
 def make_client(stack: Stack) -> AsyncAnthropic:

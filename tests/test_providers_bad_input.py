@@ -4,13 +4,12 @@ sent upstream. Raw HTTP through the real app to the fake Anthropic and Gemini se
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
+from tests.providers_gateway import CLIENT_KEY, Stack
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 USER = [{"role": "user", "content": "hi"}]
@@ -31,12 +30,6 @@ MESSAGES_CASES: list[tuple[str, list[Any], str]] = [
     ("image url source without url", [{"role": "user", "content": [{"type": "image", "source": {"type": "url"}}]}],
      "messages.0.content.0"),
 ]
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with make_stack() as running:
-        yield running
 
 
 async def post(stack: Stack, path: str, body: dict[str, Any]) -> tuple[int, Any]:

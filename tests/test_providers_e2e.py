@@ -5,36 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import OpenAI
 
 from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.gemini_fake import SIGNATURE
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import CLIENT_KEY, UPSTREAM_KEYS, Stack, make_stack
+from tests.providers_gateway import CLIENT_KEY, UPSTREAM_KEYS, Stack, make_openai_client
 
 CHAT_ALIASES = ["claude", "gem", "az", "az-v1"]
 WEATHER_TOOL: Any = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with make_stack() as running:
-        yield running
-        for client in running.clients:
-            await client.close()
-
-
-def make_client(stack: Stack) -> AsyncOpenAI:
-    client = AsyncOpenAI(base_url=stack.url, api_key=CLIENT_KEY, max_retries=0, timeout=10)
-    stack.clients.append(client)
-    return client
 
 
 def upstream_of(stack: Stack, alias: str) -> Any:
@@ -43,7 +28,7 @@ def upstream_of(stack: Stack, alias: str) -> Any:
 
 @pytest.mark.parametrize("alias", CHAT_ALIASES)
 async def test_chat_answers_in_openai_shape(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     answer = await client.chat.completions.create(
         model=alias, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}])
     assert answer.model == alias
@@ -54,7 +39,7 @@ async def test_chat_answers_in_openai_shape(stack: Stack, alias: str) -> None:
 
 @pytest.mark.parametrize("alias", CHAT_ALIASES)
 async def test_stream_has_role_first_and_one_usage_chunk_last(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(
         model=alias, messages=[{"role": "user", "content": "tell me a story please"}], stream=True,
         stream_options={"include_usage": True})
@@ -71,7 +56,7 @@ async def test_stream_has_role_first_and_one_usage_chunk_last(stack: Stack, alia
 
 @pytest.mark.parametrize("alias", CHAT_ALIASES)
 async def test_stream_without_include_usage_has_no_usage_chunk(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(
         model=alias, messages=[{"role": "user", "content": "hi"}], stream=True)
     chunks = [chunk async for chunk in stream]
@@ -80,7 +65,7 @@ async def test_stream_without_include_usage_has_no_usage_chunk(stack: Stack, ali
 
 @pytest.mark.parametrize("alias", CHAT_ALIASES)
 async def test_streaming_helper_accumulates_parallel_tool_calls(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     async with client.chat.completions.stream(
         model=alias, messages=[{"role": "user", "content": "weather in Paris and Rome?"}], tools=[WEATHER_TOOL],
     ) as stream:
@@ -95,7 +80,7 @@ async def test_streaming_helper_accumulates_parallel_tool_calls(stack: Stack, al
 
 @pytest.mark.parametrize("alias", ["claude", "gem", "az"])
 async def test_tool_loop_sends_results_back_in_the_upstream_format(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
     first = await client.chat.completions.create(model=alias, messages=messages, tools=[WEATHER_TOOL])
     call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
@@ -130,7 +115,7 @@ async def test_sync_client_stream_and_not(stack: Stack) -> None:
 
 @pytest.mark.parametrize("alias", ["gem-embed", "az-embed"])
 async def test_embeddings_through_the_sdk_default_base64(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     result = await client.embeddings.create(model=alias, input=["first", "second"])   # SDK asks base64
     assert [d.index for d in result.data] == [0, 1]
     assert all(isinstance(v, float) for v in result.data[0].embedding)
@@ -140,7 +125,7 @@ async def test_embeddings_through_the_sdk_default_base64(stack: Stack, alias: st
 
 
 async def test_gemini_embeddings_decode_to_the_upstream_values(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     result = await client.embeddings.create(model="gem-embed", input="same text", dimensions=4)
     raw = await client.embeddings.create(model="gem-embed", input="same text", dimensions=4, encoding_format="float")
     assert result.data[0].embedding == pytest.approx(raw.data[0].embedding, rel=1e-6)
@@ -150,7 +135,7 @@ async def test_gemini_embeddings_decode_to_the_upstream_values(stack: Stack) -> 
 
 @pytest.mark.parametrize("alias", ["claude", "gem"])
 async def test_completions_are_answered_through_chat(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     answer = await client.completions.create(model=alias, prompt="say something", max_tokens=20)
     assert answer.object == "text_completion" and answer.choices[0].text == "Fake reply to: say something"
     stream = await client.completions.create(model=alias, prompt="say more", max_tokens=20, stream=True)
@@ -158,7 +143,7 @@ async def test_completions_are_answered_through_chat(stack: Stack, alias: str) -
 
 
 async def test_upstream_auth_headers_and_no_client_key_upstream(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     for alias in ("claude", "gem", "az"):
         await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "x"}])
     anthropic_headers = stack.anthropic.requests[-1].headers
@@ -174,7 +159,7 @@ async def test_upstream_auth_headers_and_no_client_key_upstream(stack: Stack) ->
 
 async def test_upstream_overload_before_the_stream_is_an_openai_error(stack: Stack) -> None:
     stack.anthropic.script(*[overloaded_reply()] * 3)    # every attempt (routing.max_attempts)
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.APIStatusError) as raised:
         await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}], stream=True)
     assert raised.value.status_code == 503                 # Anthropic 529 -> 503 overloaded_error
@@ -183,7 +168,7 @@ async def test_upstream_overload_before_the_stream_is_an_openai_error(stack: Sta
 
 async def test_upstream_overload_without_streaming_is_a_503(stack: Stack) -> None:
     stack.anthropic.script(*[overloaded_reply()] * 3)
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.InternalServerError) as raised:
         await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
     assert raised.value.status_code == 503
@@ -193,7 +178,7 @@ async def test_upstream_overload_without_streaming_is_a_503(stack: Stack) -> Non
 async def test_upstream_client_error_keeps_its_status_and_message(stack: Stack) -> None:
     stack.anthropic.script(Reply(status=400, body={"type": "error", "error": {
         "type": "invalid_request_error", "message": "prompt is too long: 215000 tokens > 200000 maximum"}}))
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.BadRequestError) as raised:
         await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
     assert "prompt is too long" in raised.value.message
@@ -210,7 +195,7 @@ async def test_error_mid_stream_reaches_the_sdk_after_the_text(stack: Stack) -> 
                   "content_block_delta"),
               error_event()]
     stack.anthropic.script(Reply(events=events))
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}],
                                                   stream=True)
     received: list[str] = []
@@ -223,7 +208,7 @@ async def test_error_mid_stream_reaches_the_sdk_after_the_text(stack: Stack) -> 
 async def test_gemini_stream_cut_short_is_an_error_not_a_stop(stack: Stack) -> None:
     chunk = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Half"}]}, "index": 0}]}
     stack.gemini.script(Reply(events=[sse(chunk)]))
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}],
                                                   stream=True)
     with pytest.raises(openai.APIError, match="finishReason"):
@@ -232,7 +217,7 @@ async def test_gemini_stream_cut_short_is_an_error_not_a_stop(stack: Stack) -> N
 
 
 async def test_refused_feature_is_a_clear_400(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.BadRequestError) as raised:
         await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}], n=2)
     assert raised.value.param == "n" and raised.value.code == "unsupported_parameter"
@@ -241,7 +226,7 @@ async def test_refused_feature_is_a_clear_400(stack: Stack) -> None:
 
 async def test_error_event_before_any_content_falls_back_to_the_next_target(stack: Stack) -> None:
     stack.anthropic.script(overload_after_start_reply())
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(model="claude-or-gem", stream=True,
                                                   messages=[{"role": "user", "content": "hello"}])
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])

@@ -9,18 +9,22 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import anthropic
 import openai
 import pytest
-from openai import AsyncOpenAI
 
 from tests.fakes.gemini_fake import error_body as gemini_error
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import CLIENT_KEY, EXTRA_HEADERS, UPSTREAM_KEYS, Stack, make_stack
+from tests.providers_gateway import (
+    CLIENT_KEY,
+    EXTRA_HEADERS,
+    UPSTREAM_KEYS,
+    Stack,
+    make_openai_client,
+)
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -28,20 +32,6 @@ PHOTO = "https://example.com/photos/cat.webp?sig=abc"
 WEATHER_FUNCTION: Any = {"name": "get_weather", "description": "Current weather for a city.",
                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
 SCHEMA: Any = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with make_stack() as running:
-        yield running
-        for client in running.clients:
-            await client.close()
-
-
-def make_client(stack: Stack) -> AsyncOpenAI:
-    client = AsyncOpenAI(base_url=stack.url, api_key=CLIENT_KEY, max_retries=0, timeout=10)
-    stack.clients.append(client)
-    return client
 
 
 async def post_json(stack: Stack, path: str, body: dict[str, Any]) -> Any:
@@ -85,7 +75,7 @@ async def test_upstream_ignoring_base64_is_encoded_for_the_client(stack: Stack, 
 
 @pytest.mark.parametrize("alias", ["claude", "gem", "az"])
 async def test_images_as_data_and_https_urls_reach_the_upstream(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     answer = await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
         {"type": "image_url", "image_url": {"url": PNG}},
@@ -110,7 +100,7 @@ async def test_images_as_data_and_https_urls_reach_the_upstream(stack: Stack, al
 
 @pytest.mark.parametrize("alias", ["claude", "gem"])
 async def test_legacy_functions_answer_with_function_call(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     messages: Any = [{"role": "user", "content": "weather in Paris?"}]
     answer = await client.chat.completions.create(model=alias, messages=messages, functions=[WEATHER_FUNCTION],
                                                   function_call={"name": "get_weather"})
@@ -133,7 +123,7 @@ async def test_legacy_functions_answer_with_function_call(stack: Stack, alias: s
 
 @pytest.mark.parametrize("alias", ["claude", "gem", "az"])
 async def test_json_schema_response_format_is_mapped(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi"}],
                                          response_format={"type": "json_schema",
                                                           "json_schema": {"name": "answer", "schema": SCHEMA}})
@@ -148,7 +138,7 @@ async def test_json_schema_response_format_is_mapped(stack: Stack, alias: str) -
 
 
 async def test_json_object_without_an_anthropic_equivalent_is_a_400(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.BadRequestError) as raised:
         await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}],
                                              response_format={"type": "json_object"})
@@ -182,7 +172,7 @@ def upstream_of(stack: Stack, alias: str) -> Any:
 @pytest.mark.parametrize("alias", ["gem", "az"])
 async def test_upstream_error_before_the_stream_keeps_status_and_message(stack: Stack, alias: str) -> None:
     upstream_of(stack, alias).script(BAD_REQUEST[alias])
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.BadRequestError) as raised:
         await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "x"}], stream=True)
     assert raised.value.status_code == 400
@@ -194,7 +184,7 @@ async def test_upstream_error_before_the_stream_keeps_status_and_message(stack: 
 @pytest.mark.parametrize("alias", ["gem", "az", "oai-chat"])
 async def test_upstream_error_mid_stream_reaches_the_sdk_after_the_text(stack: Stack, alias: str) -> None:
     upstream_of(stack, alias).script(Reply(events=MID_STREAM[alias]))
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "x"}],
                                                   stream=True)
     received: list[str] = []
@@ -221,7 +211,7 @@ async def test_translated_messages_stream_error_raises_in_the_anthropic_sdk(stac
 @pytest.mark.parametrize("alias", ["gem", "az", "oai-chat"])
 async def test_stream_cut_short_is_an_error_not_a_stop(stack: Stack, alias: str) -> None:
     upstream_of(stack, alias).script(Reply(events=MID_STREAM[alias][:1]))    # no finish, no [DONE]
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "x"}],
                                                   stream=True)
     finishes: list[str] = []
@@ -233,7 +223,7 @@ async def test_stream_cut_short_is_an_error_not_a_stop(stack: Stack, alias: str)
 
 async def test_openai_type_error_event_before_content_falls_back(stack: Stack) -> None:
     stack.azure.script(Reply(events=MID_STREAM["az"][1:], path="/openai/v1/"))
-    client = make_client(stack)
+    client = make_openai_client(stack)
     stream = await client.chat.completions.create(model="oai-then-gem", stream=True,
                                                   messages=[{"role": "user", "content": "hello"}])
     text = "".join([choice.delta.content or "" async for chunk in stream for choice in chunk.choices])
@@ -254,7 +244,7 @@ async def test_key_in_a_mid_stream_error_is_masked(stack: Stack) -> None:
 
 @pytest.mark.parametrize(("alias", "provider"), [("claude", "claude"), ("gem", "google"), ("az", "az")])
 async def test_provider_headers_and_auth_reach_the_upstream(stack: Stack, alias: str, provider: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     await client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "x"}])
     headers = {"claude": stack.anthropic, "gem": stack.gemini}.get(alias, stack.azure).requests[-1].headers
     assert all(headers[name] == value for name, value in EXTRA_HEADERS.items())
@@ -264,7 +254,7 @@ async def test_provider_headers_and_auth_reach_the_upstream(stack: Stack, alias:
 
 @pytest.mark.parametrize("alias", ["claude", "gem"])
 async def test_system_developer_merging_and_sampling_are_translated(stack: Stack, alias: str) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     await client.chat.completions.create(
         model=alias, temperature=0.3, top_p=0.9, max_tokens=77, stop=["END"],
         messages=[{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "Use French."},
@@ -285,7 +275,7 @@ async def test_system_developer_merging_and_sampling_are_translated(stack: Stack
 
 
 async def test_anthropic_gets_a_default_max_tokens(stack: Stack) -> None:
-    client = make_client(stack)
+    client = make_openai_client(stack)
     await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}])
     assert stack.anthropic.requests[-1].body["max_tokens"] == 4096
 
@@ -293,7 +283,7 @@ async def test_anthropic_gets_a_default_max_tokens(stack: Stack) -> None:
 async def test_a_gemini_tool_conversation_can_continue_on_anthropic(stack: Stack) -> None:
     """Gemini's tool-call ids carry a base64 thought signature; Anthropic refuses such ids,
     so a conversation that moves there (fallback, alias switch) gets them rewritten."""
-    client = make_client(stack)
+    client = make_openai_client(stack)
     tools: Any = [{"type": "function", "function": WEATHER_FUNCTION}]
     messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
     first = await client.chat.completions.create(model="gem", messages=messages, tools=tools)
@@ -325,7 +315,7 @@ async def test_malformed_upstream_event_ends_the_stream_with_an_error(stack: Sta
 
 async def test_malformed_upstream_body_is_a_502(stack: Stack) -> None:
     stack.gemini.script(Reply(body={"candidates": [{"content": {"parts": [1, 2]}}]}))
-    client = make_client(stack)
+    client = make_openai_client(stack)
     with pytest.raises(openai.APIStatusError) as raised:
         await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}])
     assert raised.value.status_code == 502

@@ -5,26 +5,19 @@ The same invariants as the conformance suite's, applied to what a client really 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
-from tests.providers_gateway import CLIENT_KEY, Stack, make_stack
+from tests.providers_gateway import CLIENT_KEY, Stack
 from tests.test_conformance import check_stream_invariants
 
 ALIASES = ["claude", "gem", "az", "az-v1", "oai-chat", "demo"]
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 WEATHER: Any = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
-
-
-@pytest.fixture
-async def stack() -> AsyncIterator[Stack]:
-    async with make_stack() as running:
-        yield running
 
 
 async def stream_chunks(stack: Stack, body: dict[str, Any]) -> list[Any]:

@@ -124,3 +124,19 @@ def test_serve_refuses_new_connections_while_draining(tmp_path: Path) -> None:
         assert refused
         list(stream)
         assert served.process.wait(timeout=15) == 0
+
+
+def test_bytes_that_are_not_http_get_a_400_and_one_warning_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {**make_config(), "server": {"log_format": "json"}})
+    with make_serve_process(path) as served:
+        for raw in (b"GET /v1/models?x=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", served.port), timeout=5) as connection:
+                connection.sendall(raw)
+                assert connection.recv(64).startswith(b"HTTP/1.0 400")
+        client = OpenAI(base_url=served.url, api_key=CLIENT_KEY, max_retries=0)
+        assert client.models.list().data                        # still serving
+        served.stop()
+    log = served.log()
+    assert "Traceback" not in log
+    assert log.count("malformed HTTP request refused with 400") == 2

@@ -22,6 +22,7 @@ from typing import Any, Literal, TextIO
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from truckllm.errors import InvalidRequest
 from truckllm.records import RequestRecord
@@ -129,6 +130,25 @@ def configure_logging(level: str = "info", fmt: Literal["json", "console"] | str
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("watchfiles").setLevel(logging.WARNING)   # "N changes detected" is noise
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedHttpFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedHttpFilter())
+
+
+class MalformedHttpFilter(logging.Filter):
+    """Bytes that are not HTTP at all (a garbage request line, a bad header) are the
+    client's fault: aiohttp answers them with a plain 400 and closes the connection, and
+    logs a traceback at error level. Say it in one warning line with the reason instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "malformed HTTP request refused with 400: %s"
+            record.args = (str(error.message).splitlines()[0] if error.message else type(error).__name__,)
+        return True
 
 
 def _json_line(event: Any, **_: Any) -> str:

@@ -368,16 +368,23 @@ async def _fetch(call: Call, provider: CompiledProvider, target: Target, key: Up
         response.close()
 
 
+async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                   transport: Transport) -> UpstreamResponse:
+    """A response whose body is still to be read; an error status is a failed attempt."""
+    response = await _send(call, provider, target, key, transport)
+    if response.status >= 400:
+        raw = await _read_error_body(response)
+        raise _AttemptFailed(_status_outcome(provider, response, raw))
+    return response
+
+
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                        transport: Transport, exchange: Exchange, attempt: Attempt) -> StreamReply:
     started = time.perf_counter()
     relay: StreamRelay | None = None
     try:
         async with _first_byte_deadline(provider):
-            response = await _send(call, provider, target, key, transport)
-            if response.status >= 400:
-                raw = await _read_error_body(response)
-                raise _AttemptFailed(_status_outcome(provider, response, raw))
+            response = await _send_ok(call, provider, target, key, transport)
             translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
             relay = StreamRelay(response, translator, exchange, attempt, call.estimate_tokens,
                                 key.value)
@@ -402,10 +409,7 @@ async def _open_raw(call: Call, provider: CompiledProvider, target: Target, key:
     started = time.perf_counter()
     try:
         async with _first_byte_deadline(provider):
-            response = await _send(call, provider, target, key, transport)
-            if response.status >= 400:
-                raw = await _read_error_body(response)
-                raise _AttemptFailed(_status_outcome(provider, response, raw))
+            response = await _send_ok(call, provider, target, key, transport)
     except TimeoutError:
         raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
     finally:

@@ -49,6 +49,7 @@ from truckllm.providers.chat_shapes import (
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
     decode_json,
+    error_object,
     error_type_for_status,
     fallback_message,
     to_gateway_error,
@@ -391,9 +392,8 @@ def new_stream_translator(operation: str, target: Target,
 
 
 def parse_error(status: int, body: bytes) -> UpstreamErrorInfo:
-    data = decode_json(body)
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
+    error = error_object(body)
+    if error is None:
         mapped = 503 if status == 529 else status
         return UpstreamErrorInfo(mapped, error_type_for_status(mapped), fallback_message(status, body))
     return _info(status, error)

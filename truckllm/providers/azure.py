@@ -31,6 +31,7 @@ from truckllm.providers.media import PASS_THROUGH_OPERATIONS, media_request
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
     decode_json,
+    error_object,
     error_type_for_status,
     fallback_message,
     to_gateway_error,
@@ -179,9 +180,8 @@ def new_stream_translator(operation: str, target: Target, ctx: CallContext) -> A
 
 
 def parse_error(status: int, body: bytes) -> UpstreamErrorInfo:
-    data = decode_json(body)
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
+    error = error_object(body)
+    if error is None:
         return UpstreamErrorInfo(status, error_type_for_status(status), fallback_message(status, body))
     return _info(status, error)
 

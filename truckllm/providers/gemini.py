@@ -52,6 +52,7 @@ from truckllm.providers.chat_shapes import (
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
     decode_json,
+    error_object,
     error_type_for_status,
     fallback_message,
     to_gateway_error,
@@ -355,11 +356,8 @@ def new_stream_translator(operation: str, target: Target, ctx: CallContext) -> G
 
 
 def parse_error(status: int, body: bytes) -> UpstreamErrorInfo:
-    data = decode_json(body)
-    if isinstance(data, list) and data:         # errors sometimes come wrapped in an array
-        data = data[0]
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
+    error = error_object(body)
+    if error is None:
         return UpstreamErrorInfo(status, error_type_for_status(status), fallback_message(status, body))
     return _info(status, error)
 

@@ -57,6 +57,16 @@ def decode_json(body: bytes) -> Any:
         return None
 
 
+def error_object(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of an upstream error body (`{"error": {...}}`, also wrapped in a
+    one-element array as Gemini sometimes sends it); None when the body has none."""
+    data = decode_json(body)
+    if isinstance(data, list) and data:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else None
+
+
 def context_overflow_code(message: str) -> str | None:
     lowered = message.lower()
     if "prompt is too long" in lowered or "context length" in lowered or "too many tokens" in lowered:

@@ -120,15 +120,17 @@ class PassThroughStream:
         if data.startswith(b"[DONE]"):
             self._ended = True
             return []
-        if _ERROR_KEY.search(data):
+        # Every pattern starts with a quoted key: a substring test rules most chunks out
+        # before any regex runs (this is per chunk of every stream).
+        if b'"error"' in data and _ERROR_KEY.search(data):
             self._raise_error_event(data)
-        if not self._ended and _FINISH_REASON.search(data):
+        if not self._ended and b'"finish_reason"' in data and _FINISH_REASON.search(data):
             self._ended = True
-        if _USAGE_OBJECT.search(data):
+        if b'"usage"' in data and _USAGE_OBJECT.search(data):
             self._note_usage(data)
-            if not self._include_usage and _EMPTY_CHOICES.search(data):
+            if not self._include_usage and _has_empty_choices(data):
                 return []
-        elif _EMPTY_CHOICES.search(data):
+        elif _has_empty_choices(data):
             # Nothing for the client and no usage: Azure's prompt-filter chunk (sent first,
             # with an empty id) on its v1 API, keep-alives. Clients that read choices[0]
             # crash on it, and the SDKs expect the role in the first chunk.
@@ -159,6 +161,11 @@ class PassThroughStream:
             return
         if isinstance(chunk, dict):
             self.usage = Usage.from_openai(chunk.get("usage")) or self.usage
+
+
+def _has_empty_choices(data: bytes) -> bool:
+    # `"choices":[{` (compact JSON, what nearly every chunk has) means choices is not empty.
+    return b'"choices":[{' not in data and _EMPTY_CHOICES.search(data) is not None
 
 
 def new_stream_translator(op: str, target: Target, ctx: CallContext) -> PassThroughStream:

@@ -30,10 +30,11 @@ def request_id_for(request: web.Request) -> str:
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    exchange = Exchange(request_id_for(request), request.method, request.path)
+    path, app = request.path, request.app       # properties: read once
+    exchange = Exchange(request_id_for(request), request.method, path)
     request[EXCHANGE] = exchange
-    inflight = request.app[INFLIGHT]
-    recorded = request.path not in _UNRECORDED_PATHS and not request.path.startswith("/admin/")
+    inflight = app[INFLIGHT]
+    recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
     inflight[0] += recorded         # scrapes and admin calls are not traffic
     status = CLIENT_CLOSED_REQUEST
     try:
@@ -47,7 +48,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         inflight[0] -= recorded
         if recorded:
             record = exchange.finish(status)
-            for observe in request.app[OBSERVERS]:
+            for observe in app[OBSERVERS]:
                 observe(record)
 
 

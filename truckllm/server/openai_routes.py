@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -10,6 +12,7 @@ from aiohttp import web
 
 from truckllm import errors
 from truckllm.dispatch import Call, RawReply, Reply, StreamReply, dispatch
+from truckllm.limits import Limiter
 from truckllm.providers.base import CallContext
 from truckllm.providers.media import MULTIPART_OPERATIONS
 from truckllm.server import anthropic_wire, metering
@@ -67,9 +70,11 @@ async def _anthropic_relay(request: web.Request, op: str) -> web.StreamResponse:
 
 
 async def _relay(request: web.Request, op: str) -> web.StreamResponse:
-    state = request.app[STATE].current               # one snapshot for the whole request
+    app = request.app                                # a property with lookups: read once
+    state = app[STATE].current                       # one snapshot for the whole request
     exchange = exchange_of(request)
-    key = _authenticate(request, state)
+    limiter = app[LIMITER]
+    key = _authenticate(request, state, limiter)
     exchange.key_id = key.id if key else None
     read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
     body = await read_body(request, state.config.server.max_body_mb)
@@ -84,12 +89,11 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     exchange.stream = stream
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
                       _forwarded(request, op))
-    limiter = request.app[LIMITER]
     admission = metering.admit(limiter, state, key, body, exchange)
     reply: Reply | StreamReply | RawReply | None = None
     try:
         call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate_tokens)
-        reply = await dispatch(call, request.app[TRANSPORT], exchange, request.app[ROUTING])
+        reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
         if isinstance(reply, Reply):
             return web.Response(body=reply.body, content_type="application/json",
                                 headers=gateway_headers(exchange))
@@ -105,18 +109,20 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
 # Client headers that mean something to a native upstream: Anthropic's beta features
 # (Claude Code and other Anthropic SDK tools turn them on per request).
 _FORWARDED_HEADERS = {"messages": ("anthropic-beta",), "count_tokens": ("anthropic-beta",)}
+_NOTHING_FORWARDED: Mapping[str, str] = MappingProxyType({})
 
 
-def _forwarded(request: web.Request, op: str) -> dict[str, str]:
-    names = _FORWARDED_HEADERS.get(op, ())
+def _forwarded(request: web.Request, op: str) -> Mapping[str, str]:
+    names = _FORWARDED_HEADERS.get(op)
+    if names is None:
+        return _NOTHING_FORWARDED
     return {name: request.headers[name] for name in names if name in request.headers}
 
 
-def _authenticate(request: web.Request, state: State) -> ClientKey | None:
+def _authenticate(request: web.Request, state: State, limiter: Limiter) -> ClientKey | None:
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
-        limiter = request.app[LIMITER]
         request[RATELIMIT_HEADERS] = lambda: metering.ratelimit_headers(limiter, state, key)
     return key
 
@@ -134,7 +140,7 @@ def _route_for(state: State, key: ClientKey | None, model: str) -> tuple[Route, 
 
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state)
+    key = _authenticate(request, state, request.app[LIMITER])
     data = [_model_entry(state, route.alias, route) for route in state.all_routes
             if key is None or key.may_use(route.alias)]
     return _json({"object": "list", "data": data})
@@ -142,7 +148,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state)
+    key = _authenticate(request, state, request.app[LIMITER])
     model = request.match_info["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):

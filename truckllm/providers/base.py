@@ -80,7 +80,7 @@ class UpstreamErrorInfo:
     retry_after_s: float | None = None      # when the body says when to retry (Gemini RetryInfo)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)           # one per streamed event, read-only by convention (see CallContext)
 class SSEEvent:
     event: str | None
     data: bytes

@@ -84,18 +84,21 @@ class SecretRedactor:
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         # Runs on every log line, access lines included. Most lines are flat: numbers,
-        # trusted fields and short texts with nothing to mask. The texts are scanned in one
-        # pass, joined by NUL (which no secret or credential pattern matches across); only
-        # when that pass would mask something does each value go through redact().
+        # trusted fields and short texts with nothing to mask. Which fields to look at
+        # depends only on the field names (remembered per set of names); their texts are
+        # scanned in one pass, joined by NUL (which no secret or credential pattern matches
+        # across). Only when that pass would mask something, or a field has a secret's
+        # name or a structured value, does each value go through redact().
+        scanned = _scanned_fields(tuple(event))
+        if scanned is None:
+            return self._redact_each(event)
         texts: list[str] = []
-        for name, value in event.items():
-            if name in _TRUSTED_FIELDS:
-                continue
-            if _is_secret_field(name) or (value.__class__ is not str and value is not None
-                                          and value.__class__ not in _PLAIN_SCALARS):
-                return self._redact_each(event)
+        for name in scanned:
+            value = event[name]
             if value.__class__ is str:
                 texts.append(value)
+            elif value is not None and value.__class__ not in _PLAIN_SCALARS:
+                return self._redact_each(event)
         joined = "\0".join(texts)
         return event if self.redact_text(joined) == joined else self._redact_each(event)
 
@@ -109,6 +112,15 @@ class SecretRedactor:
             elif value is not None and value.__class__ not in _PLAIN_SCALARS:
                 event[name] = self.redact(value)
         return event
+
+
+@functools.lru_cache(maxsize=256)       # sets of field names come from code: a few dozen
+def _scanned_fields(names: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The fields of an event with these names that may hold text to mask (not trusted);
+    None when one of the names is a secret's, so the whole value is masked."""
+    if any(map(_is_secret_field, names)):
+        return None
+    return tuple(name for name in names if name not in _TRUSTED_FIELDS)
 
 
 @functools.lru_cache(maxsize=1024)      # field names come from code: a small, fixed set

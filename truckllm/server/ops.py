@@ -46,7 +46,8 @@ class Ops:
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
         """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
-        self.log_stream = stream or self.log_stream
+        if stream is not None:
+            self.log_stream = stream
         server = self.holder.current.config.server
         configure_logging(server.log_level, server.log_format, self.redactor, self.log_stream,
                           self.access_log)

@@ -84,10 +84,12 @@ class PlainCounter:
         registry.register(self)
 
     def inc(self, labels: Labels, amount: float = 1.0) -> None:
-        series = self._series.get(labels)
-        if series is None:
-            series = self._series[labels] = [0.0, time.time()]
+        series = self._series.get(labels) or self._new(labels)
         series[0] += amount
+
+    def _new(self, labels: Labels) -> list[float]:
+        series = self._series[labels] = [0.0, time.time()]
+        return series
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         name, documentation, labelnames = self._family

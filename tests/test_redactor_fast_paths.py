@@ -49,3 +49,28 @@ def test_an_event_mixing_numbers_and_secrets() -> None:
 @pytest.mark.parametrize("value", [1234, 3.5, None, True, "plain", b"bytes", {"a": 1}])
 def test_secret_field_names_are_masked_whatever_the_value(name: str, value: object) -> None:
     assert SecretRedactor()(None, "info", {name: value, "other": 1}) == {name: REDACTED, "other": 1}
+
+
+def test_one_pass_over_a_lines_texts_masks_what_the_field_by_field_path_masks() -> None:
+    redactor = SecretRedactor(["sk-known-secret"])
+    event = {"request_id": "r-1", "path": "/v1/sk-known-secret", "method": "POST",
+             "detail": "Bearer abcdefgh12345", "status": 200, "key_id": "sk-known-secret"}
+    assert redactor(None, "info", dict(event)) == {
+        "request_id": "r-1", "path": f"/v1/{REDACTED}", "method": "POST",
+        "detail": f"Bearer {REDACTED}", "status": 200,
+        "key_id": "sk-known-secret"}             # a trusted field: a config id, never scanned
+
+
+def test_texts_are_not_matched_across_fields() -> None:
+    redactor = SecretRedactor(["sk-known-secret"])
+    event = {"a": "sk-kno", "b": "wn-secret", "c": "Bearer", "d": "abcdefgh12345"}
+    assert redactor(None, "info", dict(event)) == event
+
+
+@pytest.mark.parametrize("value", [{"nested": "sk-known-secret"}, ["sk-known-secret"],
+                                   b"sk-known-secret"])
+def test_the_same_field_names_with_a_structured_value_take_the_full_path(value: object) -> None:
+    redactor = SecretRedactor(["sk-known-secret"])
+    assert redactor(None, "info", {"request_id": "r-1", "detail": "plain"})["detail"] == "plain"
+    out = redactor(None, "info", {"request_id": "r-1", "detail": value})
+    assert "sk-known-secret" not in str(out) and REDACTED in str(out)

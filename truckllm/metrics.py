@@ -8,18 +8,20 @@ label. Must not import the server or dispatch; they call into this module.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     Info,
     generate_latest,
 )
+from prometheus_client.metrics import _use_created
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from truckllm import __version__
 from truckllm.records import RequestRecord
@@ -62,29 +64,100 @@ class AliasLabels:
         return UNKNOWN
 
 
+Labels = tuple[str, ...]     # label values, in the order of the metric's label names
+
+
+# The metrics fed on every request are plain numbers rendered on scrape: prometheus-client's
+# Counter and Histogram check arguments and take a lock on every inc()/observe() (about
+# 2 µs each, six of them a request), which buys thread safety that nothing here needs:
+# records are observed and /metrics is rendered on the event loop. They expose the same
+# samples as prometheus-client's own, in the same order: `_total` and `_created` for a
+# counter; `_bucket`s, `_count`, `_sum` and `_created` for a histogram (`_created` unless
+# PROMETHEUS_DISABLE_CREATED_SERIES is set: prometheus-client's `_use_created`).
+class PlainCounter:
+    """A labelled counter, registered on `registry`."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry) -> None:
+        self._family = (name, documentation, tuple(labelnames))
+        self._series: dict[Labels, list[float]] = {}        # labels -> [value, created]
+        registry.register(self)
+
+    def inc(self, labels: Labels, amount: float = 1.0) -> None:
+        series = self._series.get(labels) or self._new(labels)
+        series[0] += amount
+
+    def _new(self, labels: Labels) -> list[float]:
+        series = self._series[labels] = [0.0, time.time()]
+        return series
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        name, documentation, labelnames = self._family
+        family = CounterMetricFamily(name, documentation, labels=labelnames)
+        for labels, (value, created) in self._series.items():
+            family.add_metric(labels, value, created=created if _use_created else None)
+        yield family
+
+
+class PlainHistogram:
+    """A histogram, labelled or not (then its one series exists from the start, as in
+    prometheus-client), registered on `registry`."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self._family = (name, documentation, tuple(labelnames))
+        self._bounds = (*map(float, buckets), float("inf"))
+        self._le = tuple(map(floatToGoString, self._bounds))
+        # labels -> [sum, created, count in bucket 0, 1, ..., +Inf]; counts not cumulative
+        self._series: dict[Labels, list[float]] = {}
+        if not labelnames:
+            self._new(())
+        registry.register(self)
+
+    def observe(self, labels: Labels, amount: float) -> None:
+        series = self._series.get(labels) or self._new(labels)
+        series[0] += amount
+        series[2 + bisect_left(self._bounds, amount)] += 1     # first bound >= amount
+
+    def _new(self, labels: Labels) -> list[float]:
+        series = self._series[labels] = [0.0, time.time(), *[0.0] * len(self._bounds)]
+        return series
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        name, documentation, labelnames = self._family
+        family = HistogramMetricFamily(name, documentation, labels=labelnames)
+        for labels, series in self._series.items():
+            cumulative, total = [], 0.0
+            for le, count in zip(self._le, series[2:], strict=True):
+                total += count
+                cumulative.append((le, total))
+            family.add_metric(labels, cumulative, series[0])
+            if _use_created:
+                family.add_sample(name + "_created", dict(zip(labelnames, labels, strict=True)),
+                                  series[1])
+        yield family
+
+
 class Metrics:
     """Every metric of SPEC §7, registered on a registry of its own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._aliases = AliasLabels()
-        # labels() validates and locks on every call (~3 µs); the children it returns are
-        # stable (nothing here removes label sets), so each is looked up once. Bounded:
-        # every label value comes from the config or a small fixed set.
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        # Label sets are bounded: every label value comes from the config or a small fixed set.
         r = self.registry
-        self.requests = Counter("llm_requests_total", "Requests answered, by HTTP status sent.",
-                                ["provider", "model", "status"], registry=r)
-        self.duration = Histogram("llm_request_duration_seconds",
-                                  "Arrival to last byte sent, upstream included.",
-                                  ["provider", "model"], buckets=REQUEST_BUCKETS, registry=r)
-        self.ttft = Histogram("llm_time_to_first_token_seconds",
-                              "Streams: arrival to the first chunk sent to the client.",
-                              ["provider", "model"], buckets=TTFT_BUCKETS, registry=r)
-        self.tokens = Counter("llm_tokens_total", "Tokens counted from upstream usage.",
-                              ["provider", "model", "kind"], registry=r)
-        self.cost = Counter("llm_cost_usd_total", "Spend in USD from configured pricing.",
-                            ["model", "key"], registry=r)
+        self.requests = PlainCounter("llm_requests_total", "Requests answered, by HTTP status sent.",
+                                     ["provider", "model", "status"], r)
+        self.duration = PlainHistogram("llm_request_duration_seconds",
+                                       "Arrival to last byte sent, upstream included.",
+                                       ["provider", "model"], REQUEST_BUCKETS, r)
+        self.ttft = PlainHistogram("llm_time_to_first_token_seconds",
+                                   "Streams: arrival to the first chunk sent to the client.",
+                                   ["provider", "model"], TTFT_BUCKETS, r)
+        self.tokens = PlainCounter("llm_tokens_total", "Tokens counted from upstream usage.",
+                                   ["provider", "model", "kind"], r)
+        self.cost = PlainCounter("llm_cost_usd_total", "Spend in USD from configured pricing.",
+                                 ["model", "key"], r)
         self.upstream_errors = Counter("llm_upstream_errors_total",
                                        "Failed upstream attempts, by upstream key and reason.",
                                        ["provider", "key", "reason"], registry=r)
@@ -93,9 +166,9 @@ class Metrics:
                                     ["key", "scope"], registry=r)
         self.inflight = Gauge("llm_inflight_requests", "Requests and streams in progress.",
                               registry=r)
-        self.overhead = Histogram("llm_overhead_seconds",
-                                  "Time spent in TruckLLM itself, upstream excluded.",
-                                  buckets=OVERHEAD_BUCKETS, registry=r)
+        self.overhead = PlainHistogram("llm_overhead_seconds",
+                                       "Time spent in TruckLLM itself, upstream excluded.",
+                                       (), OVERHEAD_BUCKETS, r)
         self.reloads = Counter("truckllm_config_reloads_total",
                                "Config reloads that changed something or failed.",
                                ["result"], registry=r)
@@ -129,18 +202,17 @@ class Metrics:
     def observe(self, record: RequestRecord) -> None:
         provider = record.provider_id or UNKNOWN
         model = self._aliases.label(record.alias)
-        key = record.key_id or UNKNOWN
-        child = self._child
-        child(self.requests, provider, model, str(record.status)).inc()
-        child(self.duration, provider, model).observe(record.latency_s)
-        self.overhead.observe(record.overhead_s)
+        series = (provider, model)
+        self.requests.inc((provider, model, str(record.status)))
+        self.duration.observe(series, record.latency_s)
+        self.overhead.observe((), record.overhead_s)
         if record.ttft_s is not None:
-            child(self.ttft, provider, model).observe(record.ttft_s)
+            self.ttft.observe(series, record.ttft_s)
         if record.usage is not None:
-            child(self.tokens, provider, model, "prompt").inc(record.usage.prompt_tokens)
-            child(self.tokens, provider, model, "completion").inc(record.usage.completion_tokens)
+            self.tokens.inc((provider, model, "prompt"), record.usage.prompt_tokens)
+            self.tokens.inc((provider, model, "completion"), record.usage.completion_tokens)
         if record.cost_usd:
-            child(self.cost, model, key).inc(record.cost_usd)
+            self.cost.inc((model, record.key_id or UNKNOWN), record.cost_usd)
         for failure in record.upstream_failures:
             self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
         reason = record.error_reason or ""
@@ -148,13 +220,6 @@ class Metrics:
             self.count_rate_limited(record.key_id, reason.removeprefix(RATE_LIMITED_PREFIX))
         elif record.status == 429 and record.provider_id is None:   # refused before upstream
             self.count_rate_limited(record.key_id, "limit")
-
-    def _child(self, metric: Any, *values: str) -> Any:
-        """metric.labels(*values), remembered (values in the metric's label order)."""
-        found = self._children.get((metric, values))
-        if found is None:
-            found = self._children[(metric, values)] = metric.labels(*values)
-        return found
 
     def count_upstream_error(self, provider_id: str, key_id: str, reason: str) -> None:
         """One failed upstream attempt; `reason` is a short fixed word (429, timeout, ...)."""

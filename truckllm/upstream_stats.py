@@ -37,15 +37,17 @@ class UpstreamStats:
         self._keys: dict[KeyId, KeyStats] = {}
 
     def observe(self, record: RequestRecord) -> None:
-        for failure in record.upstream_failures:
+        failures = record.upstream_failures
+        for failure in failures:
             stats = self._stats((failure.provider_id, failure.key_id))
             stats.requests += 1
             stats.errors += 1
             stats.consecutive_errors += 1
             stats.last_error = failure.reason
-        answered = record.attempts > len(record.upstream_failures)
-        if answered and record.provider_id is not None and record.upstream_key_id is not None:
-            stats = self._stats((record.provider_id, record.upstream_key_id))
+        if (record.attempts > len(failures) and record.provider_id is not None
+                and record.upstream_key_id is not None):     # answered
+            key = (record.provider_id, record.upstream_key_id)
+            stats = self._keys.get(key) or self._stats(key)     # a plain lookup once known
             stats.requests += 1
             stats.consecutive_errors = 0
             stats.tokens += record.usage.total_tokens if record.usage else 0

@@ -3,13 +3,17 @@ an injectable clock, an OpenAI SDK client per key."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
@@ -17,7 +21,7 @@ from openai import AsyncOpenAI
 from truckllm.config.loader import load_file
 from truckllm.limits import Clock, Limiter
 from truckllm.server.app import create_app
-from truckllm.server.keys import LIMITER
+from truckllm.server.keys import LIMITER, OPS
 from truckllm.state import StateHolder, build_state
 
 ADMIN_KEY = "admin-secret-1"
@@ -42,6 +46,20 @@ class Gateway:
         async with aiohttp.ClientSession(timeout=timeout) as session, \
                 session.request(method, self.root + path, headers=headers) as response:
             return response.status, await response.json()
+
+    @contextmanager
+    def log_lines(self) -> Iterator[list[dict[str, Any]]]:
+        """The JSON log lines (access lines included) written inside the block, read from
+        the log stream the gateway writes to; the list is filled when the block ends."""
+        stream = io.StringIO()
+        self.app[OPS].configure_logging(stream)
+        lines: list[dict[str, Any]] = []
+        try:
+            yield lines
+        finally:
+            lines.extend(orjson.loads(line) for line in stream.getvalue().splitlines())
+            structlog.reset_defaults()
+            logging.getLogger().handlers.clear()
 
 
 @asynccontextmanager

@@ -13,7 +13,6 @@ import anthropic
 import pytest
 from anthropic import AsyncAnthropic
 from prometheus_client.parser import text_string_to_metric_families
-from structlog.testing import capture_logs
 
 from tests.fakes.anthropic_fake import make_anthropic_fake
 from tests.fakes.wire_fake import Reply, sse
@@ -84,7 +83,7 @@ async def test_cache_reads_and_writes_are_priced_logged_spent_and_exported(tmp_p
         client = gateway.client("key-a")
         fake.script(Reply(body=message()), Reply(events=stream_events()))
         hello = [{"role": "user", "content": "hello"}]
-        with capture_logs() as logs:
+        with gateway.log_lines() as logs:
             plain = await client.chat.completions.create(model="sonnet", messages=hello)  # type: ignore[arg-type]
             stream = await client.chat.completions.create(
                 model="sonnet", messages=hello, stream=True,  # type: ignore[arg-type]
@@ -149,7 +148,7 @@ async def test_a_native_anthropic_stream_cut_by_upstream_is_charged_an_estimate(
         fake.script(Reply(events=[*events[:2], piece, piece, piece, *events[2:]],
                           drop_after_events=5))
         client = AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10)
-        with capture_logs() as logs:
+        with gateway.log_lines() as logs:
             stream = await client.messages.create(model="sonnet", max_tokens=10, stream=True,
                                                   messages=[{"role": "user", "content": "hello"}])
             with pytest.raises(anthropic.APIError):

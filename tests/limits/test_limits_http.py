@@ -11,7 +11,6 @@ from typing import Any
 import openai
 import pytest
 from openai import AsyncOpenAI
-from structlog.testing import capture_logs
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.limits.gateway import ADMIN_KEY, make_gateway
@@ -196,7 +195,7 @@ async def test_gateway_limits_span_keys(fake: OpenAIFake, tmp_path: Path) -> Non
         raw = await chat(gateway.client("key-a"))
         assert "x-ratelimit-limit-requests" not in raw.headers    # team-a has no limits itself
         await chat(gateway.client("key-b"))
-        with capture_logs() as logs, pytest.raises(openai.RateLimitError) as refused:
+        with gateway.log_lines() as logs, pytest.raises(openai.RateLimitError) as refused:
             await chat(gateway.client("key-b"))
         access = [entry for entry in logs if entry["event"] == "request"]
         assert [entry["error"] for entry in access] == ["rate_limited:gateway"]
@@ -295,7 +294,7 @@ async def test_a_client_that_cuts_a_stream_is_charged_an_estimate_and_cannot_dod
         stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
         received = [await stream.__anext__() for _ in range(4)]
         assert "".join(c.choices[0].delta.content or "" for c in received)
-        with capture_logs() as logs:
+        with gateway.log_lines() as logs:
             await stream.close()                               # gone before the usage chunk
             report: dict[str, Any] = {}
             for _ in range(200):                               # bounded: at most ~2 s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 
 import orjson
 import pytest
@@ -11,11 +12,12 @@ import structlog
 
 from truckllm.errors import InvalidRequest
 from truckllm.log import (
+    REDACTED,
+    AccessLog,
     LogQuery,
     RequestLog,
     SecretRedactor,
     configure_logging,
-    log_access,
     log_entry,
 )
 from truckllm.records import RequestRecord
@@ -141,9 +143,10 @@ def captured() -> io.StringIO:
 
 
 def test_json_access_line_and_stdlib_logs_are_redacted(captured: io.StringIO) -> None:
-    configure_logging("info", "json", SecretRedactor(SECRETS), captured)
+    access = AccessLog()
+    configure_logging("info", "json", SecretRedactor(SECRETS), captured, access)
     logger = structlog.get_logger("truckllm.access")
-    log_access(make_record(1, status=502, error_reason="upstream"))
+    access.write(make_record(1, status=502, error_reason="upstream"))
     logger.debug("hidden at info level")
     try:
         raise RuntimeError(f"failed with key {SECRETS[0]}")
@@ -169,3 +172,56 @@ def test_console_format_and_level_change(captured: io.StringIO) -> None:
     text = captured.getvalue()
     assert "visible" in text and SECRETS[2] not in text
     assert not text.lstrip().startswith("{")
+
+
+def access_lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [line for line in map(orjson.loads, stream.getvalue().splitlines())
+            if line["event"] == "request"]
+
+
+CLIENT_TEXT = {"request_id": f"id-{SECRETS[1]}", "path": f"/v1/{SECRETS[0]}", "method": SECRETS[2],
+               "upstream_model": f"m-{SECRETS[0]}", "error_reason": "Bearer abcdefgh12345"}
+
+
+@pytest.mark.parametrize("record", [
+    make_record(1),
+    make_record(2, status=429, usage=None, cost_usd=None, error_reason="rate_limited:key_rpm"),
+    make_record(3, status=502, ttft_s=0.01, stream=True, **CLIENT_TEXT),
+], ids=["ok", "refused", "client-text"])
+def test_the_direct_json_access_line_is_the_structlog_line(
+        captured: io.StringIO, record: RequestRecord) -> None:
+    """The JSON access line is written without structlog; it must be the line structlog
+    writes (same fields, order, values and masking), apart from the moment it was taken."""
+    redactor = SecretRedactor(SECRETS)
+    direct = AccessLog()
+    configure_logging("info", "json", redactor, captured, direct)
+    direct.write(record)
+    AccessLog().write(record)       # never configured itself: through structlog
+    ours, theirs = access_lines(captured)
+    timestamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z"
+    assert re.fullmatch(timestamp, str(ours.pop("timestamp")))
+    assert re.fullmatch(timestamp, str(theirs.pop("timestamp")))
+    assert list(ours.items()) == list(theirs.items())
+    for secret in [*SECRETS, "abcdefgh12345"]:
+        assert secret not in captured.getvalue()
+
+
+def test_the_access_line_follows_level_format_and_secrets(captured: io.StringIO) -> None:
+    redactor = SecretRedactor()
+    access = AccessLog()
+    configure_logging("warning", "json", redactor, captured, access)
+    for status in (200, 429, 502):
+        access.write(make_record(status, status=status))
+    assert [line["level"] for line in access_lines(captured)] == ["warning", "error"]
+
+    redactor.update(["req-77-new"])             # a reload added a secret
+    configure_logging("error", "json", redactor, captured, access)
+    access.write(make_record(77, status=429))
+    access.write(make_record(77, status=503, path="/v1/req-77-new"))
+    assert [(line["status"], line["request_id"], line["path"])
+            for line in access_lines(captured)[2:]] == [(503, "req-77", f"/v1/{REDACTED}")]
+
+    configure_logging("info", "console", redactor, captured, access)
+    access.write(make_record(78, request_id="console-line"))
+    assert "console-line" in captured.getvalue().splitlines()[-1]
+    assert not captured.getvalue().splitlines()[-1].startswith("{")

@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 
 import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from truckllm.metrics import Metrics
+from truckllm.metrics import Metrics, PlainCounter, PlainHistogram
 from truckllm.records import RequestRecord, UpstreamFailure
 from truckllm.usage import Usage
 
@@ -147,3 +148,28 @@ def test_upstream_failures_of_a_record_are_counted() -> None:
         UpstreamFailure("openai", "main", "429"), UpstreamFailure("openai", "backup", "timeout"))))
     assert value(metrics, "llm_upstream_errors_total", provider="openai", key="main", reason="429") == 1
     assert value(metrics, "llm_upstream_errors_total", provider="openai", key="backup", reason="timeout") == 1
+
+
+def test_plain_series_expose_what_prometheus_client_would() -> None:
+    """The per-request metrics are plain numbers; their exposition must be prometheus-client's
+    (names, labels, types, HELP, sample order), `_created` values aside."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = PlainCounter("x_total", "Doc.", ["a"], ours)
+    labelled = PlainHistogram("h_seconds", "Doc.", ["a"], (0.1, 1), ours)
+    unlabelled = PlainHistogram("p_seconds", "Doc.", (), (0.5,), ours)
+    their_counter = Counter("x_total", "Doc.", ["a"], registry=theirs)
+    their_labelled = Histogram("h_seconds", "Doc.", ["a"], buckets=(0.1, 1), registry=theirs)
+    their_unlabelled = Histogram("p_seconds", "Doc.", buckets=(0.5,), registry=theirs)
+    for label, amount in [("u", 0.05), ("v", 0.1), ("u", 3.0), ("u", 1.0), ("v", 0)]:
+        counter.inc((label,), amount)
+        their_counter.labels(label).inc(amount)
+        labelled.observe((label,), amount)
+        their_labelled.labels(label).observe(amount)
+        unlabelled.observe((), amount)
+        their_unlabelled.observe(amount)
+
+    def text(registry: CollectorRegistry) -> str:
+        return re.sub(r"(_created(\{[^}]*\})?) \S+", r"\1 T", generate_latest(registry).decode())
+
+    assert "_created" in text(ours)
+    assert text(ours) == text(theirs)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
-from truckllm.log import RequestLog, SecretRedactor, configure_logging, log_access
+from truckllm.log import AccessLog, RequestLog, SecretRedactor, configure_logging
 from truckllm.metrics import Metrics
 from truckllm.records import RequestRecord
 from truckllm.reloader import Reloader, ReloadResult
@@ -36,13 +37,20 @@ class Ops:
     inflight: list[int]
     started_with: LoadedConfig      # listener settings come from here until a restart
     started_at: float
+    access_log: AccessLog = field(default_factory=AccessLog)
+    log_stream: TextIO | None = None    # where log lines go; None: stderr
 
     def observers(self) -> list[Callable[[RequestRecord], None]]:
-        return [log_access, self.metrics.observe, self.request_log.add, self.upstream.observe]
+        return [self.access_log.write, self.metrics.observe, self.request_log.add,
+                self.upstream.observe]
 
-    def configure_logging(self) -> None:
+    def configure_logging(self, stream: TextIO | None = None) -> None:
+        """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
+        if stream is not None:
+            self.log_stream = stream
         server = self.holder.current.config.server
-        configure_logging(server.log_level, server.log_format, self.redactor)
+        configure_logging(server.log_level, server.log_format, self.redactor, self.log_stream,
+                          self.access_log)
 
 
 def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> Ops:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 
 import aiohttp
 
+from truckllm.config.schema import ProviderConfig
 from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
 from truckllm.state import CompiledProvider
 
@@ -89,33 +90,52 @@ class _HttpResponse:
             self._response.close()
 
 
+class _Pool:
+    """One provider's pooled session, and the timeouts of the provider config last seen
+    (built once per config, not per request)."""
+
+    __slots__ = ("config", "session", "timeout")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.config: ProviderConfig | None = None
+        self.timeout = aiohttp.ClientTimeout()
+
+    def adopt(self, provider: CompiledProvider) -> None:
+        self.config = provider.config
+        self.timeout = aiohttp.ClientTimeout(total=provider.timeout_s,
+                                             sock_connect=provider.config.connect_timeout_s)
+
+
 class Transport:
     """Pooled sessions keyed by provider id; sessions of vanished providers are retired."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, _Pool] = {}
         self._retired: list[aiohttp.ClientSession] = []
 
-    def _session(self, provider_id: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(provider_id)
-        if session is None:
+    def _pool(self, provider: CompiledProvider) -> _Pool:
+        pool = self._pools.get(provider.id)
+        if pool is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                            skip_auto_headers=("User-Agent",))
-            self._sessions[provider_id] = session
-        return session
+            pool = self._pools[provider.id] = _Pool(aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)))
+        pool.adopt(provider)
+        return pool
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                    request_id: str) -> UpstreamResponse:
         if provider.spec.local is not None:
             return await provider.spec.local(request, target)
         config = provider.config
-        timeout = aiohttp.ClientTimeout(total=provider.timeout_s, sock_connect=config.connect_timeout_s)
+        pool = self._pools.get(provider.id)
+        if pool is None or pool.config is not config:   # first use, or a reloaded config
+            pool = self._pool(provider)
         try:
-            response = await self._session(provider.id).request(
+            response = await pool.session.request(
                 request.method, request.url, data=request.body,
                 headers={**request.headers, "x-request-id": request_id},
-                timeout=timeout, allow_redirects=False)
+                timeout=pool.timeout, allow_redirects=False)
         except aiohttp.ConnectionTimeoutError:
             raise TransportError("connect", f"cannot reach provider {provider.id!r}: connect timed out "
                                  f"after {config.connect_timeout_s:g} s") from None
@@ -128,11 +148,11 @@ class Transport:
     def retain(self, provider_ids: Iterable[str]) -> None:
         """After a reload: keep sessions of providers that still exist."""
         keep = set(provider_ids)
-        for provider_id in [p for p in self._sessions if p not in keep]:
-            self._retired.append(self._sessions.pop(provider_id))
+        for provider_id in [p for p in self._pools if p not in keep]:
+            self._retired.append(self._pools.pop(provider_id).session)
 
     async def close(self) -> None:
-        sessions = [*self._sessions.values(), *self._retired]
-        self._sessions.clear()
+        sessions = [*(pool.session for pool in self._pools.values()), *self._retired]
+        self._pools.clear()
         self._retired.clear()
         await asyncio.gather(*(s.close() for s in sessions))

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -75,8 +75,11 @@ _MIN_RECOVERY_PAUSE_S = 0.01
 log = structlog.get_logger("truckllm.dispatch")
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
+    """One client request as dispatch receives it. Immutable; a NamedTuple rather than a
+    frozen dataclass because one is built per request, and a frozen dataclass's __init__
+    pays an object.__setattr__ call per field."""
+
     state: State
     op: str
     body: dict[str, Any]

@@ -41,7 +41,6 @@ from truckllm.policy import (
 from truckllm.providers.base import (
     CallContext,
     Target,
-    UpstreamRequest,
     UpstreamResponse,
 )
 from truckllm.providers.media import PASS_THROUGH_OPERATIONS
@@ -360,15 +359,10 @@ def _first_byte_deadline(provider: CompiledProvider) -> AbstractAsyncContextMana
     return nullcontext() if limit is None else asyncio.timeout(limit)
 
 
-def _build(call: Call, provider: CompiledProvider, target: Target,
-           key: UpstreamKey) -> UpstreamRequest:
-    return provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
-
-
 async def _complete(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     """A plain upstream answer, read whole and translated."""
-    request = _build(call, provider, target, key)
+    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
     limit = provider.config.first_byte_timeout_s
     started = time.perf_counter()
     try:
@@ -386,10 +380,11 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     except TransportError as exc:
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     finally:
-        exchange.upstream_s += time.perf_counter() - started   # failed attempts wait too
+        waited = time.perf_counter() - started
+        exchange.upstream_s += waited           # failed attempts wait too
     if response.status >= 400:
         raise _AttemptFailed(_status_outcome(provider, response, raw))
-    attempt.succeeded(time.perf_counter() - started)
+    attempt.succeeded(waited)
     try:
         parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
     except WRONG_SHAPE as exc:
@@ -403,7 +398,7 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
 async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                    transport: Transport) -> UpstreamResponse:
     """A response whose body is still to be read; an error status is a failed attempt."""
-    request = _build(call, provider, target, key)
+    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
     try:
         response = await transport.send(provider, target, request, call.ctx.request_id)
     except TransportError as exc:

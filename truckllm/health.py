@@ -253,8 +253,10 @@ class Health:
             if key_state is None:
                 key_state = self._keys[key_ref] = _KeyState()
             key_state.requests += 1
-            claimed_key = key_state.breaker.claim_trial(now)
-        claimed_target = target_state.breaker.claim_trial(now)
+            # (Only a breaker that has opened has a trial to claim: the common case asks nothing.)
+            claimed_key = key_state.breaker.open_until is not None and key_state.breaker.claim_trial(now)
+        claimed_target = (target_state.breaker.open_until is not None
+                          and target_state.breaker.claim_trial(now))
         return Attempt(self, target_state, key_state, claimed_target, claimed_key)
 
     def _forget_idle_targets(self, now: float) -> None:

@@ -197,16 +197,23 @@ def next_candidate(candidates: Sequence[Candidate], tried: Sequence[Candidate],
     (a 429 or 401 is about the key, so the next key of the same target comes first).
     Once every candidate was tried, a tried one that is still usable may go again.
     """
-    untried = [c for c in candidates if c not in tried and usable(c)]
-    if untried:
-        if last_error in TARGET_FAILURES and tried:
-            failed_target = tried[-1].target.target_id
-            elsewhere = [c for c in untried if c.target.target_id != failed_target]
-            if elsewhere:
-                return elsewhere[0]
-        return untried[0]
-    again = [c for c in candidates if usable(c)]
-    return again[0] if again else None
+    # One pass, stopping at the first fit: usability is only asked of candidates in the
+    # running (on a first attempt, of the first one alone).
+    avoid = tried[-1].target.target_id if tried and last_error in TARGET_FAILURES else None
+    same_target: Candidate | None = None     # the first untried usable one on `avoid`
+    for candidate in candidates:
+        if candidate in tried or not usable(candidate):
+            continue
+        if avoid is None or candidate.target.target_id != avoid:
+            return candidate
+        if same_target is None:
+            same_target = candidate
+    if same_target is not None:
+        return same_target
+    for candidate in candidates:
+        if usable(candidate):
+            return candidate
+    return None
 
 
 def earliest_recovery_s(candidates: Sequence[Candidate], health: Health,

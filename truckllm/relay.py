@@ -148,9 +148,11 @@ class StreamRelay:
         if not payloads:
             return b""
         self._sent += payloads
-        if len(payloads) == 1:
-            return frame(payloads[0])
-        return b"".join([frame(p) for p in payloads])
+        match payloads:
+            case [payload]:         # one event per read, the common case: nothing to join
+                return frame(payload)
+            case _:
+                return b"".join([frame(p) for p in payloads])
 
     def _finish(self) -> bytes:
         translator = self._translator

@@ -32,12 +32,15 @@ class TransportError(Exception):
 class _HttpResponse:
     """An aiohttp response seen through the UpstreamResponse protocol."""
 
-    __slots__ = ("_done", "_idle_timeout_s", "_response", "headers", "status")
+    __slots__ = ("_done", "_idle_timeout_s", "_reading_since", "_response", "_watch",
+                 "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
         self._response = response
         self._idle_timeout_s = idle_timeout_s
         self._done = False
+        self._reading_since: float | None = None     # loop time a chunk read began
+        self._watch: asyncio.TimerHandle | None = None
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
@@ -52,36 +55,52 @@ class _HttpResponse:
         return body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
+        # The wait for the first chunk is time to first token (dispatch bounds it, and a
+        # reasoning model may think long); the idle limit starts once data flows. Each read
+        # after the first notes when it began, and one timer per stream (`_check_idle`)
+        # fails a read that has waited `idle_timeout_s`: arming and cancelling a timer per
+        # chunk cost more than all the rest of the relay's own work per chunk.
         content = self._response.content
         loop = asyncio.get_running_loop()
-        # The wait for the first chunk is time to first token (dispatch bounds it, and a
-        # reasoning model may think long); the idle limit starts once data flows. It is a
-        # plain timer per read that fails the reader when it fires: far cheaper per chunk
-        # than an asyncio.timeout context.
-        idle_limit: float | None = None
-
-        def stalled() -> None:
-            content.set_exception(TransportError(
-                "timeout", f"upstream stream stalled: no data for {self._idle_timeout_s:g} s"))
-
-        while True:
-            timer = loop.call_later(idle_limit, stalled) if idle_limit is not None else None
-            try:
-                chunk = await content.readany()
-            except TimeoutError:
-                raise TransportError("timeout", "upstream stream timed out") from None
-            except aiohttp.ClientError as exc:
-                raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            if not chunk:
-                break
-            idle_limit = self._idle_timeout_s
-            yield chunk
+        try:
+            while True:
+                try:
+                    chunk = await content.readany()
+                except TimeoutError:
+                    raise TransportError("timeout", "upstream stream timed out") from None
+                except aiohttp.ClientError as exc:
+                    raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+                finally:
+                    self._reading_since = None
+                if not chunk:
+                    break
+                if self._watch is None:
+                    self._watch = loop.call_later(self._idle_timeout_s, self._check_idle)
+                yield chunk
+                self._reading_since = loop.time()
+        finally:
+            self._stop_watch()
         self._done = True
 
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        since, now = self._reading_since, loop.time()
+        if since is not None and now - since >= self._idle_timeout_s:
+            self._watch = None
+            self._response.content.set_exception(TransportError(
+                "timeout", f"upstream stream stalled: no data for {self._idle_timeout_s:g} s"))
+            return
+        # Not reading (the client is being written to), or not for long enough yet.
+        self._watch = loop.call_at((now if since is None else since) + self._idle_timeout_s,
+                                   self._check_idle)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
     def close(self) -> None:
+        self._stop_watch()
         # A fully read response goes back to the pool; an abandoned one drops its
         # connection so the upstream stops generating.
         if self._done:

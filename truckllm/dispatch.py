@@ -430,8 +430,9 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
         _abandon(relay)
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     finally:
-        exchange.upstream_s += time.perf_counter() - started
-    attempt.succeeded(time.perf_counter() - started)
+        waited = time.perf_counter() - started
+        exchange.upstream_s += waited
+    attempt.succeeded(waited)
     return StreamReply(first, relay.rest(), release=relay.abandon)
 
 

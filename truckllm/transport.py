@@ -100,7 +100,8 @@ class _HttpResponse:
             self._watch = None
 
     def close(self) -> None:
-        self._stop_watch()
+        if self._watch is not None:         # a stream closed before its end
+            self._stop_watch()
         # A fully read response goes back to the pool; an abandoned one drops its
         # connection so the upstream stops generating.
         if self._done:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -128,32 +128,16 @@ class _AttemptFailed(Exception):
         self.outcome = outcome
 
 
-class _ContextOverflow(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
-
-
 Answer = Reply | StreamReply | RawReply
 
 
-async def dispatch(call: Call, transport: Transport, exchange: Exchange,
-                   routing: Routing) -> Answer:
+def dispatch(call: Call, transport: Transport, exchange: Exchange,
+             routing: Routing) -> Coroutine[Any, Any, Answer]:
+    """The answer to one call (await it). A plain function handing back the attempt loop's
+    coroutine, so that the loop is the only dispatch layer every resume passes through."""
     adopt(routing, call.state)
-    route, targets = call.route, call.targets
-    seen = {route.alias}
-    while True:
-        try:
-            return await _serve_route(call, route, targets, transport, exchange, routing)
-        except _ContextOverflow as overflow:
-            fallback = route.config.fallback_on_context_overflow
-            resolved = call.state.resolve(fallback) if fallback and fallback not in seen else None
-            if fallback is None or resolved is None:
-                raise passthrough_error(overflow.outcome) from None
-            log.info("context_overflow_fallback", request_id=call.ctx.request_id,
-                     alias=route.alias, fallback=fallback)
-            seen.add(fallback)
-            route, targets = resolved
+    return _serve_route(call, call.route, call.targets, transport, exchange, routing,
+                        (call.route.alias,))
 
 
 def adopt(routing: Routing, state: State) -> None:
@@ -171,8 +155,9 @@ def adopt(routing: Routing, state: State) -> None:
 
 
 async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
-                       transport: Transport, exchange: Exchange,
-                       routing: Routing) -> Answer:
+                       transport: Transport, exchange: Exchange, routing: Routing,
+                       seen: tuple[str, ...]) -> Answer:
+    """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
     settings = call.state.config.routing
     has_capacity, capacity_wait = _capacity_checks(call, routing)
     choices = _choices(call, route, targets)
@@ -208,11 +193,27 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             return reply
         exchange.error_reason = last.error_class.value
         if last.error_class is ErrorClass.CONTEXT_OVERFLOW:
-            raise _ContextOverflow(last)
+            return await _fall_back(call, route, last, transport, exchange, routing, seen)
         if not is_retryable(last, settings.retry_on):
             break
     raise final_error(last, earliest_recovery_s(candidates, routing.health, has_capacity,
                                                 capacity_wait))
+
+
+def _fall_back(call: Call, route: Route, overflow: Outcome, transport: Transport,
+               exchange: Exchange, routing: Routing,
+               seen: tuple[str, ...]) -> Coroutine[Any, Any, Answer]:
+    """A prompt too long for this route goes to its `fallback_on_context_overflow` alias
+    (once per alias); without one, the client gets the upstream's error."""
+    fallback = route.config.fallback_on_context_overflow
+    resolved = call.state.resolve(fallback) if fallback and fallback not in seen else None
+    if fallback is None or resolved is None:
+        raise passthrough_error(overflow)
+    log.info("context_overflow_fallback", request_id=call.ctx.request_id,
+             alias=route.alias, fallback=fallback)
+    fallback_route, targets = resolved
+    return _serve_route(call, fallback_route, targets, transport, exchange, routing,
+                        (*seen, fallback))
 
 
 async def _next_try(candidates: Sequence[Candidate], tried: list[Candidate], last: Outcome | None,

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 from truckllm import errors
-from truckllm.health import Attempt, HealthSettings, TargetId, key_ref
+from truckllm.health import Attempt, HealthSettings, key_ref
 from truckllm.limits import Limiter, UpstreamUse, upstream_ref
 from truckllm.policy import (
     ErrorClass,
@@ -51,7 +51,6 @@ from truckllm.router import (
     Candidate,
     CapacityWait,
     HasCapacity,
-    RouteTarget,
     Routing,
     cursor_names,
     earliest_recovery_s,
@@ -59,16 +58,27 @@ from truckllm.router import (
     next_candidate,
     plan,
 )
-from truckllm.state import CompiledProvider, Route, State, UpstreamKey
+from truckllm.state import (
+    CompiledProvider,
+    Route,
+    RouteChoices,
+    State,
+    UpstreamKey,
+    route_choices,
+)
 from truckllm.transport import Transport, TransportError
 
 _NO_KEY = UpstreamKey("", "", 1.0)
+_NO_CHOICES = RouteChoices((), {})
 _MIN_RECOVERY_PAUSE_S = 0.01
 log = structlog.get_logger("truckllm.dispatch")
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
+    """One client request as dispatch receives it. Immutable; a NamedTuple rather than a
+    frozen dataclass because one is built per request, and a frozen dataclass's __init__
+    pays an object.__setattr__ call per field."""
+
     state: State
     op: str
     body: dict[str, Any]
@@ -118,32 +128,16 @@ class _AttemptFailed(Exception):
         self.outcome = outcome
 
 
-class _ContextOverflow(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
-
-
 Answer = Reply | StreamReply | RawReply
 
 
-async def dispatch(call: Call, transport: Transport, exchange: Exchange,
-                   routing: Routing) -> Answer:
+def dispatch(call: Call, transport: Transport, exchange: Exchange,
+             routing: Routing) -> Coroutine[Any, Any, Answer]:
+    """The answer to one call (await it). A plain function handing back the attempt loop's
+    coroutine, so that the loop is the only dispatch layer every resume passes through."""
     adopt(routing, call.state)
-    route, targets = call.route, call.targets
-    seen = {route.alias}
-    while True:
-        try:
-            return await _serve_route(call, route, targets, transport, exchange, routing)
-        except _ContextOverflow as overflow:
-            fallback = route.config.fallback_on_context_overflow
-            resolved = call.state.resolve(fallback) if fallback and fallback not in seen else None
-            if fallback is None or resolved is None:
-                raise passthrough_error(overflow.outcome) from None
-            log.info("context_overflow_fallback", request_id=call.ctx.request_id,
-                     alias=route.alias, fallback=fallback)
-            seen.add(fallback)
-            route, targets = resolved
+    return _serve_route(call, call.route, call.targets, transport, exchange, routing,
+                        (call.route.alias,))
 
 
 def adopt(routing: Routing, state: State) -> None:
@@ -161,49 +155,96 @@ def adopt(routing: Routing, state: State) -> None:
 
 
 async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
-                       transport: Transport, exchange: Exchange,
-                       routing: Routing) -> Answer:
+                       transport: Transport, exchange: Exchange, routing: Routing,
+                       seen: tuple[str, ...]) -> Answer:
+    """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
     settings = call.state.config.routing
-    health = routing.health
     has_capacity, capacity_wait = _capacity_checks(call, routing)
-    candidates, by_id = _candidates(call, route, targets, routing, has_capacity)
+    choices = _choices(call, route, targets)
+    candidates = plan(route.alias, route.config.strategy, choices.targets, routing.cursors,
+                      routing.health, has_capacity)
     if not candidates:
         raise errors.InvalidRequest(
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
-
-    def usable(candidate: Candidate) -> bool:
-        return is_usable(candidate, health, has_capacity)
-
+    opener = _opener(call)
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0
     while len(tried) < settings.max_attempts:
-        candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
+        candidate, waited = await _next_try(candidates, tried, last, waited, routing, has_capacity,
+                                            capacity_wait, settings.wait_for_recovery_ms)
         if candidate is None:
-            pause = _recovery_pause(candidates, routing, has_capacity, capacity_wait,
-                                    len(tried), waited, settings.wait_for_recovery_ms)
-            if pause is None:
-                break
-            await asyncio.sleep(pause)
-            waited += pause
-            continue
-        if tried:
-            same = candidate.target.target_id == tried[-1].target.target_id
-            pause = backoff_s(len(tried) - 1, routing.rng, same_target=same)
-            if pause:
-                await asyncio.sleep(pause)
-        tried.append(candidate)
+            break
+        # The attempt is awaited here, not in a helper coroutine: every coroutine layer
+        # between the handler and aiohttp is paid again on each resume.
+        target, provider, key = _resolved(call, choices, candidate)
+        attempt, use = _begin(call, candidate, target, provider, key, exchange, routing)
         try:
-            return await _attempt(call, candidate, by_id[candidate.target.target_id],
-                                  transport, exchange, routing)
+            reply = await opener(call, provider, target, key, transport, exchange, attempt)
         except _AttemptFailed as failed:
-            last = failed.outcome
+            last = _attempt_failed(call, provider, target, key, attempt, use, exchange,
+                                   failed.outcome)
+        except BaseException:
+            attempt.end()                   # cancelled (the client left) or a bug: free the slot
+            _settle_unknown(use)
+            raise
+        else:
+            reply.upstream_use = use
+            return reply
         exchange.error_reason = last.error_class.value
         if last.error_class is ErrorClass.CONTEXT_OVERFLOW:
-            raise _ContextOverflow(last)
+            return await _fall_back(call, route, last, transport, exchange, routing, seen)
         if not is_retryable(last, settings.retry_on):
             break
-    raise final_error(last, earliest_recovery_s(candidates, health, has_capacity, capacity_wait))
+    raise final_error(last, earliest_recovery_s(candidates, routing.health, has_capacity,
+                                                capacity_wait))
+
+
+def _fall_back(call: Call, route: Route, overflow: Outcome, transport: Transport,
+               exchange: Exchange, routing: Routing,
+               seen: tuple[str, ...]) -> Coroutine[Any, Any, Answer]:
+    """A prompt too long for this route goes to its `fallback_on_context_overflow` alias
+    (once per alias); without one, the client gets the upstream's error."""
+    fallback = route.config.fallback_on_context_overflow
+    resolved = call.state.resolve(fallback) if fallback and fallback not in seen else None
+    if fallback is None or resolved is None:
+        raise passthrough_error(overflow)
+    log.info("context_overflow_fallback", request_id=call.ctx.request_id,
+             alias=route.alias, fallback=fallback)
+    fallback_route, targets = resolved
+    return _serve_route(call, fallback_route, targets, transport, exchange, routing,
+                        (*seen, fallback))
+
+
+async def _next_try(candidates: Sequence[Candidate], tried: list[Candidate], last: Outcome | None,
+                    waited: float, routing: Routing, has_capacity: HasCapacity,
+                    capacity_wait: CapacityWait | None,
+                    wait_for_recovery_ms: float) -> tuple[Candidate | None, float]:
+    """The candidate for the next attempt, appended to `tried`, after waiting for one to
+    recover or backing off before a retry (None when there is none to try), and the time
+    this request has now waited for recovery in all."""
+    health = routing.health
+
+    def usable(candidate: Candidate) -> bool:
+        return is_usable(candidate, health, has_capacity)
+
+    while True:
+        candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
+        if candidate is not None:
+            break
+        pause = _recovery_pause(candidates, routing, has_capacity, capacity_wait,
+                                len(tried), waited, wait_for_recovery_ms)
+        if pause is None:
+            return None, waited
+        await asyncio.sleep(pause)
+        waited += pause
+    if tried:
+        same = candidate.target.target_id == tried[-1].target.target_id
+        pause = backoff_s(len(tried) - 1, routing.rng, same_target=same)
+        if pause:
+            await asyncio.sleep(pause)
+    tried.append(candidate)
+    return candidate, waited
 
 
 def _capacity_checks(call: Call, routing: Routing) -> tuple[HasCapacity, CapacityWait | None]:
@@ -224,7 +265,7 @@ def _capacity_checks(call: Call, routing: Routing) -> tuple[HasCapacity, Capacit
     return has_capacity, capacity_wait
 
 
-def _recovery_pause(candidates: list[Candidate], routing: Routing, has_capacity: HasCapacity,
+def _recovery_pause(candidates: Sequence[Candidate], routing: Routing, has_capacity: HasCapacity,
                     capacity_wait: CapacityWait | None, attempts_made: int, waited: float,
                     wait_for_recovery_ms: float) -> float | None:
     """How long to wait for a cooling candidate, or None to give up now."""
@@ -236,55 +277,58 @@ def _recovery_pause(candidates: list[Candidate], routing: Routing, has_capacity:
     return max(wait, _MIN_RECOVERY_PAUSE_S)
 
 
-def _candidates(call: Call, route: Route, targets: tuple[Target, ...], routing: Routing,
-                has_capacity: HasCapacity) -> tuple[list[Candidate], dict[TargetId, Target]]:
-    weights = route.config.targets
-    route_targets: list[RouteTarget] = []
-    by_id: dict[TargetId, Target] = {}
-    for index, target in enumerate(targets):
-        provider = call.state.providers[target.provider_id]
-        if call.op not in provider.spec.operations:
-            continue
-        option = RouteTarget(target.provider_id, target.model, weights[index].weight, provider.keys)
-        route_targets.append(option)
-        by_id.setdefault(option.target_id, target)
-    ordered = plan(route.alias, route.config.strategy, route_targets, routing.cursors,
-                   routing.health, has_capacity)
-    return ordered, by_id
+def _choices(call: Call, route: Route, targets: tuple[Target, ...]) -> RouteChoices:
+    """The route's targets that serve the operation: compiled with the snapshot, except
+    for a wildcard alias, whose targets carry the model this request named."""
+    if targets is route.targets:
+        return route.choices.get(call.op, _NO_CHOICES)
+    return route_choices(route.config, targets, call.state.providers, call.op)
 
 
-async def _attempt(call: Call, candidate: Candidate, target: Target, transport: Transport,
-                   exchange: Exchange, routing: Routing) -> Answer:
+_Opener = Callable[[Call, CompiledProvider, Target, UpstreamKey, Transport, Exchange, Attempt],
+                   Awaitable[Answer]]
+
+
+def _opener(call: Call) -> _Opener:
+    """How an attempt of this request is made: passed through, streamed, or read whole."""
+    if call.op in PASS_THROUGH_OPERATIONS:
+        return _open_raw
+    return _open_stream if call.ctx.stream else _complete
+
+
+def _resolved(call: Call, choices: RouteChoices,
+              candidate: Candidate) -> tuple[Target, CompiledProvider, UpstreamKey]:
+    target = choices.by_id[candidate.target.target_id]
     provider = call.state.providers[target.provider_id]
-    key = _key_named(provider, candidate.key_id)
+    key_id = candidate.key_id
+    key = _NO_KEY if key_id is None else provider.keys_by_id.get(key_id, _NO_KEY)
+    return target, provider, key
+
+
+def _begin(call: Call, candidate: Candidate, target: Target, provider: CompiledProvider,
+           key: UpstreamKey, exchange: Exchange,
+           routing: Routing) -> tuple[Attempt, UpstreamUse | None]:
+    """An attempt starts: the request, health and the upstream key's rpm/tpm know it."""
     exchange.attempts += 1
     exchange.provider_id, exchange.upstream_model = provider.id, target.model
     exchange.upstream_key_id = key.id
     attempt = routing.health.begin(candidate.target.target_id, candidate.key_ref)
-    use = _count_upstream(call, provider, key)
-    try:
-        reply: Answer
-        if call.op in PASS_THROUGH_OPERATIONS:
-            reply = await _open_raw(call, provider, target, key, transport, exchange, attempt)
-        elif call.ctx.stream:
-            reply = await _open_stream(call, provider, target, key, transport, exchange, attempt)
-        else:
-            reply = await _complete(call, provider, target, key, transport, exchange, attempt)
-    except _AttemptFailed as failed:
-        failed.outcome = outcome_without_secret(failed.outcome, key.value)
-        attempt.failed(failed.outcome)
-        attempt.end()
-        _settle_unknown(use)
-        exchange.upstream_failures.append(
-            UpstreamFailure(provider.id, key.id, failure_reason(failed.outcome)))
-        _log_failure(call, provider, key, target, failed.outcome)
-        raise
-    except BaseException:
-        attempt.end()                   # cancelled (the client left) or a bug: free the slot
-        _settle_unknown(use)
-        raise
-    reply.upstream_use = use
-    return reply
+    return attempt, _count_upstream(call, provider, key)
+
+
+def _attempt_failed(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
+                    attempt: Attempt, use: UpstreamUse | None, exchange: Exchange,
+                    outcome: Outcome) -> Outcome:
+    """An attempt failed before anything reached the client: health, the key's counters,
+    the request's list of failures and the log learn it. Returns it without the key."""
+    outcome = outcome_without_secret(outcome, key.value)
+    attempt.failed(outcome)
+    attempt.end()
+    _settle_unknown(use)
+    exchange.upstream_failures.append(
+        UpstreamFailure(provider.id, key.id, failure_reason(outcome)))
+    _log_failure(call, provider, key, target, outcome)
+    return outcome
 
 
 def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:
@@ -298,13 +342,6 @@ def _settle_unknown(use: UpstreamUse | None) -> None:
     """A failed attempt reported no usage: its estimate stays counted against the key."""
     if use is not None:
         use.settle(None)
-
-
-def _key_named(provider: CompiledProvider, key_id: str | None) -> UpstreamKey:
-    for key in provider.keys:
-        if key.id == key_id:
-            return key
-    return _NO_KEY
 
 
 def _log_failure(call: Call, provider: CompiledProvider, key: UpstreamKey, target: Target,
@@ -323,25 +360,32 @@ def _first_byte_deadline(provider: CompiledProvider) -> AbstractAsyncContextMana
     return nullcontext() if limit is None else asyncio.timeout(limit)
 
 
-async def _send(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
-                transport: Transport) -> UpstreamResponse:
-    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
-    try:
-        return await transport.send(provider, target, request, call.ctx.request_id)
-    except TransportError as exc:
-        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
-
-
 async def _complete(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
+    """A plain upstream answer, read whole and translated."""
+    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
+    limit = provider.config.first_byte_timeout_s
     started = time.perf_counter()
     try:
-        raw, response = await _fetch(call, provider, target, key, transport)
+        if limit is None:       # no deadline: no (even empty) context manager to enter
+            response = await transport.send(provider, target, request, call.ctx.request_id)
+        else:
+            async with asyncio.timeout(limit):
+                response = await transport.send(provider, target, request, call.ctx.request_id)
+        try:
+            raw = await response.read()
+        finally:
+            response.close()
+    except TimeoutError:
+        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
+    except TransportError as exc:
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     finally:
-        exchange.upstream_s += time.perf_counter() - started   # failed attempts wait too
+        waited = time.perf_counter() - started
+        exchange.upstream_s += waited           # failed attempts wait too
     if response.status >= 400:
         raise _AttemptFailed(_status_outcome(provider, response, raw))
-    attempt.succeeded(time.perf_counter() - started)
+    attempt.succeeded(waited)
     try:
         parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
     except WRONG_SHAPE as exc:
@@ -352,26 +396,14 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     return Reply(parsed.body)
 
 
-async def _fetch(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
-                 transport: Transport) -> tuple[bytes, UpstreamResponse]:
-    """A plain upstream answer, read whole: (body, response)."""
-    try:
-        async with _first_byte_deadline(provider):
-            response = await _send(call, provider, target, key, transport)
-    except TimeoutError:
-        raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
-    try:
-        return await response.read(), response
-    except TransportError as exc:
-        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
-    finally:
-        response.close()
-
-
 async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                    transport: Transport) -> UpstreamResponse:
     """A response whose body is still to be read; an error status is a failed attempt."""
-    response = await _send(call, provider, target, key, transport)
+    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
+    try:
+        response = await transport.send(provider, target, request, call.ctx.request_id)
+    except TransportError as exc:
+        raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     if response.status >= 400:
         raw = await _read_error_body(response)
         raise _AttemptFailed(_status_outcome(provider, response, raw))
@@ -399,8 +431,9 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
         _abandon(relay)
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     finally:
-        exchange.upstream_s += time.perf_counter() - started
-    attempt.succeeded(time.perf_counter() - started)
+        waited = time.perf_counter() - started
+        exchange.upstream_s += waited
+    attempt.succeeded(waited)
     return StreamReply(first, relay.rest(), release=relay.abandon)
 
 

@@ -81,12 +81,15 @@ class _Breaker:
         return now >= self.open_until and not self.trial_taken
 
     def claim_trial(self, now: float) -> bool:
-        if self.is_half_open(now) and not self.trial_taken:
-            self.trial_taken = True
-            return True
-        return False
+        """Take the one trial of a half-open breaker, if it is half-open and untaken."""
+        if self.open_until is None or self.trial_taken or now < self.open_until:
+            return False
+        self.trial_taken = True
+        return True
 
     def on_success(self) -> None:
+        if self.open_until is None and not self.failures:
+            return      # closed and clean: nothing to reset (open_until None implies the rest)
         self.failures.clear()
         self.open_until = None
         self.openings = 0
@@ -177,20 +180,19 @@ class Health:
     # -- questions the router asks --------------------------------------------------
 
     def key_available(self, key_ref: str | None) -> bool:
-        if key_ref is None:
-            return True
-        state = self._keys.get(key_ref)
-        if state is None:
-            return True
-        now = self._clock()
-        return not state.disabled and now >= state.cooldown_until and state.breaker.allows(now)
+        return key_ref is None or _key_usable(self._keys.get(key_ref), self._clock())
 
     def target_available(self, target: TargetId) -> bool:
         state = self._targets.get(target)
         return state is None or state.breaker.allows(self._clock())
 
     def available(self, target: TargetId, key_ref: str | None) -> bool:
-        return self.target_available(target) and self.key_available(key_ref)
+        """`target_available` and `key_available`, read at one instant (asked per attempt)."""
+        now = self._clock()
+        state = self._targets.get(target)
+        if state is not None and not state.breaker.allows(now):
+            return False
+        return key_ref is None or _key_usable(self._keys.get(key_ref), now)
 
     def in_flight(self, target: TargetId) -> int:
         state = self._targets.get(target)
@@ -244,12 +246,17 @@ class Health:
                 self._forget_idle_targets(now)
             target_state = self._targets[target] = _TargetState()
         target_state.in_flight += 1
-        key_state = self._keys.setdefault(key_ref, _KeyState()) if key_ref is not None else None
+        key_state = None
         claimed_key = False
-        if key_state is not None:
+        if key_ref is not None:
+            key_state = self._keys.get(key_ref)
+            if key_state is None:
+                key_state = self._keys[key_ref] = _KeyState()
             key_state.requests += 1
-            claimed_key = key_state.breaker.claim_trial(now)
-        claimed_target = target_state.breaker.claim_trial(now)
+            # (Only a breaker that has opened has a trial to claim: the common case asks nothing.)
+            claimed_key = key_state.breaker.open_until is not None and key_state.breaker.claim_trial(now)
+        claimed_target = (target_state.breaker.open_until is not None
+                          and target_state.breaker.claim_trial(now))
         return Attempt(self, target_state, key_state, claimed_target, claimed_key)
 
     def _forget_idle_targets(self, now: float) -> None:
@@ -428,6 +435,12 @@ class Attempt:
         if self._claimed_key and self._key is not None:
             self._key.breaker.trial_taken = False
         self._claimed_target = self._claimed_key = False
+
+
+def _key_usable(state: _KeyState | None, now: float) -> bool:
+    if state is None:
+        return True
+    return not state.disabled and now >= state.cooldown_until and state.breaker.allows(now)
 
 
 def _decayed_ttft(state: _TargetState, now: float) -> float | None:

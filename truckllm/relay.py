@@ -23,12 +23,11 @@ from truckllm.policy import (
     transport_failed,
     without_secret,
 )
-from truckllm.providers.base import SSEEvent, StreamTranslator, UpstreamResponse
+from truckllm.providers.base import StreamTranslator, UpstreamResponse
 from truckllm.providers.upstream_errors import WRONG_SHAPE, wrong_shape
 from truckllm.records import Exchange, UpstreamFailure
 from truckllm.sse import DONE, SSEDecoder, frame
 from truckllm.transport import TransportError
-from truckllm.usage import Usage
 
 log = structlog.get_logger("truckllm.relay")
 
@@ -43,7 +42,7 @@ class StreamRelay:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder()
-        self._translator = ShapeGuard(translator)
+        self._translator = translator
         self._exchange = exchange
         self._attempt = attempt
         self._key_value = key_value         # masked in any upstream words sent on
@@ -69,12 +68,14 @@ class StreamRelay:
     async def rest(self) -> AsyncGenerator[bytes, None]:
         try:
             if not self._ended:
-                self._raise_pending()
+                if self._pending is not None:
+                    raise self._pending
                 async for raw in self._chunks:
                     out = self._translate(raw)
                     if out:
                         yield out
-                    self._raise_pending()
+                    if self._pending is not None:
+                        raise self._pending
                 yield self._finish()
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
             exc.message = without_secret(scrub(exc.message), self._key_value)
@@ -126,57 +127,52 @@ class StreamRelay:
         self._attempt.end(usage.total_tokens if usage else 0)
 
     def _translate(self, raw: bytes) -> bytes:
+        """Framed client events for one upstream read. Runs once per chunk: it calls the
+        translator directly (no wrapper per event) and frames a lone event without a join."""
         translator = self._translator
+        events = self._decoder.feed(raw)
         payloads: list[bytes] = []
+        error: errors.GatewayError | None = None
         try:
-            for event in self._decoder.feed(raw):
-                payloads.extend(translator.feed(event))
+            for event in events:
+                payloads += translator.feed(event)
+        except WRONG_SHAPE as exc:
+            error = _unreadable(exc, "a stream event")
         except errors.GatewayError as exc:
+            error = exc
+        if error is not None:
             if not payloads:
-                raise
+                raise error
             # Chunks translated before an error event in the same read still reach the client.
-            self._pending = exc
+            self._pending = error
         if not payloads:
             return b""
-        self._sent.extend(payloads)
-        return b"".join(frame(p) for p in payloads)
-
-    def _raise_pending(self) -> None:
-        if self._pending is not None:
-            raise self._pending
+        self._sent += payloads
+        match payloads:
+            case [payload]:         # one event per read, the common case: nothing to join
+                return frame(payload)
+            case _:
+                return b"".join([frame(p) for p in payloads])
 
     def _finish(self) -> bytes:
         translator = self._translator
-        payloads = [p for event in self._decoder.flush() for p in translator.feed(event)]
-        payloads.extend(translator.close())
+        events = self._decoder.flush()
+        try:
+            payloads = [p for event in events for p in translator.feed(event)]
+        except WRONG_SHAPE as exc:
+            raise _unreadable(exc, "a stream event") from None
+        try:
+            payloads += translator.close()
+        except WRONG_SHAPE as exc:
+            raise _unreadable(exc, "a stream") from None
         self._complete = True
-        self._sent.extend(payloads)
+        self._sent += payloads
         self._exchange.usage = translator.usage
-        return b"".join(frame(p) for p in payloads)
+        return b"".join([frame(p) for p in payloads])
 
 
-class ShapeGuard:
-    """A translator whose failures on malformed upstream events are upstream failures (an
-    SSE error event, or the next attempt before the first byte), not a stalled stream."""
-
-    def __init__(self, inner: StreamTranslator) -> None:
-        self._inner = inner
-        self.usage: Usage | None = inner.usage
-
-    def feed(self, event: SSEEvent) -> list[bytes]:
-        try:
-            return self._inner.feed(event)
-        except WRONG_SHAPE as exc:
-            log.warning("upstream_event_unreadable", error=f"{type(exc).__name__}: {exc}")
-            raise wrong_shape("a stream event") from None
-        finally:
-            self.usage = self._inner.usage
-
-    def close(self) -> list[bytes]:
-        try:
-            return self._inner.close()
-        except WRONG_SHAPE as exc:
-            log.warning("upstream_event_unreadable", error=f"{type(exc).__name__}: {exc}")
-            raise wrong_shape("a stream") from None
-        finally:
-            self.usage = self._inner.usage
+def _unreadable(exc: Exception, what: str) -> errors.GatewayError:
+    """A translator's failure on a malformed upstream event is an upstream failure (an SSE
+    error event, or the next attempt before the first byte), not a stalled stream."""
+    log.warning("upstream_event_unreadable", error=f"{type(exc).__name__}: {exc}")
+    return wrong_shape(what)

@@ -48,16 +48,22 @@ class KeyOption:
 
 @dataclass(frozen=True, slots=True)
 class RouteTarget:
-    """One target of an alias as the router sees it (compiled from config)."""
+    """One target of an alias as the router sees it (compiled from config, once per
+    snapshot: its id and its candidates are built here, not per request)."""
 
     provider_id: str
     model: str
     weight: float = 1.0
     keys: tuple[WeightedKey, ...] = ()     # empty for providers without keys (mock)
+    target_id: TargetId = field(init=False)
+    # One candidate per key, in key order (or one without a key): `plan` hands these out
+    # rather than building new ones per request. Not compared: each points back here.
+    candidates: tuple[Candidate, ...] = field(init=False, compare=False, repr=False)
 
-    @property
-    def target_id(self) -> TargetId:
-        return (self.provider_id, self.model)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_id", (self.provider_id, self.model))
+        key_ids: list[str | None] = [k.id for k in self.keys] or [None]
+        object.__setattr__(self, "candidates", tuple(Candidate(self, k) for k in key_ids))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +72,11 @@ class Candidate:
 
     target: RouteTarget
     key_id: str | None
+    key_ref: str | None = field(init=False)     # health's id for the key
 
-    @property
-    def key_ref(self) -> str | None:
-        return None if self.key_id is None else key_ref(self.target.provider_id, self.key_id)
+    def __post_init__(self) -> None:
+        ref = None if self.key_id is None else key_ref(self.target.provider_id, self.key_id)
+        object.__setattr__(self, "key_ref", ref)
 
 
 class Cursors:
@@ -120,23 +127,25 @@ def cursor_names(aliases: Collection[str], provider_ids: Collection[str]) -> set
 
 
 def plan(alias: str, strategy: Strategy, targets: Sequence[RouteTarget], cursors: Cursors,
-         health: Health, has_capacity: HasCapacity = always_has_capacity) -> list[Candidate]:
+         health: Health, has_capacity: HasCapacity = always_has_capacity) -> Sequence[Candidate]:
     """Every candidate for one request, most preferred first. Usable keys of a target come
     before its unusable ones; `next_candidate` skips what is unusable when it is tried."""
-    ordered = order_targets(alias, strategy, targets, cursors, health, has_capacity)
+    ordered = (targets if len(targets) <= 1 or strategy == "fallback"
+               else _order_targets(alias, strategy, targets, cursors, health, has_capacity))
     # One key pick per provider and request: two targets of the same provider (gpt-4o
     # falling back to gpt-4o-mini) must not each advance its key cursor, or the first
     # target would get the same key on every request.
     first_keys: dict[str, str | None] = {}
+    if len(ordered) == 1:       # most aliases: the target's own candidates, no list built
+        return _key_candidates(ordered[0], cursors, health, has_capacity, first_keys)
     return [candidate for target in ordered
             for candidate in _key_candidates(target, cursors, health, has_capacity, first_keys)]
 
 
-def order_targets(alias: str, strategy: Strategy, targets: Sequence[RouteTarget],
-                  cursors: Cursors, health: Health,
-                  has_capacity: HasCapacity = always_has_capacity) -> list[RouteTarget]:
-    if len(targets) <= 1 or strategy == "fallback":
-        return list(targets)
+def _order_targets(alias: str, strategy: Strategy, targets: Sequence[RouteTarget],
+                   cursors: Cursors, health: Health,
+                   has_capacity: HasCapacity) -> list[RouteTarget]:
+    """Two or more targets in the order a strategy other than fallback tries them."""
     name = f"alias:{alias}"
     if strategy == "weighted":
         usable = [t for t in targets if _target_usable(t, health, has_capacity)]
@@ -154,11 +163,9 @@ def order_targets(alias: str, strategy: Strategy, targets: Sequence[RouteTarget]
 
 
 def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
-                    has_capacity: HasCapacity, first_keys: dict[str, str | None]) -> list[Candidate]:
-    if not target.keys:
-        return [Candidate(target, None)]
-    if len(target.keys) == 1:               # the common case: nothing to choose between
-        return [Candidate(target, target.keys[0].id)]
+                    has_capacity: HasCapacity, first_keys: dict[str, str | None]) -> Sequence[Candidate]:
+    if len(target.keys) <= 1:               # the common case: nothing to choose between
+        return target.candidates
     usable = [k for k in target.keys if _key_usable(target.provider_id, k.id, health, has_capacity)]
     provider = target.provider_id
     if provider not in first_keys:
@@ -168,7 +175,8 @@ def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
     rest = sorted((k for k in usable if k.id != first), key=lambda k: -k.weight)
     unusable = [k for k in target.keys if k not in usable]
     ordered_ids = ([first] if first else []) + [k.id for k in (*rest, *unusable)]
-    return [Candidate(target, key_id) for key_id in ordered_ids]
+    by_id = {c.key_id: c for c in target.candidates}
+    return [by_id[key_id] for key_id in ordered_ids]
 
 
 def is_usable(candidate: Candidate, health: Health,
@@ -189,16 +197,23 @@ def next_candidate(candidates: Sequence[Candidate], tried: Sequence[Candidate],
     (a 429 or 401 is about the key, so the next key of the same target comes first).
     Once every candidate was tried, a tried one that is still usable may go again.
     """
-    untried = [c for c in candidates if c not in tried and usable(c)]
-    if untried:
-        if last_error in TARGET_FAILURES and tried:
-            failed_target = tried[-1].target.target_id
-            elsewhere = [c for c in untried if c.target.target_id != failed_target]
-            if elsewhere:
-                return elsewhere[0]
-        return untried[0]
-    again = [c for c in candidates if usable(c)]
-    return again[0] if again else None
+    # One pass, stopping at the first fit: usability is only asked of candidates in the
+    # running (on a first attempt, of the first one alone).
+    avoid = tried[-1].target.target_id if tried and last_error in TARGET_FAILURES else None
+    same_target: Candidate | None = None     # the first untried usable one on `avoid`
+    for candidate in candidates:
+        if candidate in tried or not usable(candidate):
+            continue
+        if avoid is None or candidate.target.target_id != avoid:
+            return candidate
+        if same_target is None:
+            same_target = candidate
+    if same_target is not None:
+        return same_target
+    for candidate in candidates:
+        if usable(candidate):
+            return candidate
+    return None
 
 
 def earliest_recovery_s(candidates: Sequence[Candidate], health: Health,

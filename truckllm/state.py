@@ -20,9 +20,11 @@ from types import MappingProxyType
 from truckllm.config.globs import compile_globs
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ClientKeyConfig, Config, ModelConfig, ProviderConfig
+from truckllm.health import TargetId
 from truckllm.limits.policy import LimitsPolicy, compile_policy
 from truckllm.providers import REGISTRY
 from truckllm.providers.base import ProviderSpec, Target
+from truckllm.router import RouteTarget
 
 _PROVIDER_COMMON_FIELDS = {"id", "type", "keys", "headers", "base_url", "timeout_s",
                            "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
@@ -43,6 +45,16 @@ class CompiledProvider:
     config: ProviderConfig
     keys: tuple[UpstreamKey, ...]
     timeout_s: float
+    keys_by_id: Mapping[str, UpstreamKey] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteChoices:
+    """What the router chooses between for one operation of a route: the targets whose
+    provider serves it, and the Target behind each target id."""
+
+    targets: tuple[RouteTarget, ...]
+    by_id: Mapping[TargetId, Target]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,9 @@ class Route:
     alias: str
     config: ModelConfig
     targets: tuple[Target, ...]
+    # Per operation, compiled once per snapshot (a wildcard's targets, whose model each
+    # request fills in, are compiled per request by `route_choices`).
+    choices: Mapping[str, RouteChoices] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +125,7 @@ def build_state(loaded: LoadedConfig, version: int) -> State:
     providers = {p.id: _compile_provider(p) for p in config.providers}
     routes: dict[str, Route] = {}
     wildcards: list[tuple[str, Route]] = []
-    all_routes = tuple(Route(m.alias, m, tuple(_compile_target(t.provider, t.model, providers)
-                                               for t in m.targets)) for m in config.models)
+    all_routes = tuple(_compile_route(m, providers) for m in config.models)
     for route in all_routes:
         model = route.config
         if model.alias.endswith("*"):
@@ -130,7 +144,30 @@ def build_state(loaded: LoadedConfig, version: int) -> State:
 def _compile_provider(config: ProviderConfig) -> CompiledProvider:
     spec = REGISTRY[config.type]
     keys = tuple(UpstreamKey(k.id, k.value.get_secret_value(), k.weight) for k in config.keys)
-    return CompiledProvider(config.id, spec, config, keys, config.timeout_s)
+    return CompiledProvider(config.id, spec, config, keys, config.timeout_s,
+                            MappingProxyType({k.id: k for k in keys}))
+
+
+def _compile_route(model: ModelConfig, providers: Mapping[str, CompiledProvider]) -> Route:
+    targets = tuple(_compile_target(t.provider, t.model, providers) for t in model.targets)
+    operations = {op for t in targets for op in providers[t.provider_id].spec.operations}
+    choices = {op: route_choices(model, targets, providers, op) for op in sorted(operations)}
+    return Route(model.alias, model, targets, MappingProxyType(choices))
+
+
+def route_choices(model: ModelConfig, targets: tuple[Target, ...],
+                  providers: Mapping[str, CompiledProvider], op: str) -> RouteChoices:
+    """The targets (of `model`, resolved to `targets`) whose provider serves `op`."""
+    route_targets: list[RouteTarget] = []
+    by_id: dict[TargetId, Target] = {}
+    for target, entry in zip(targets, model.targets, strict=True):
+        provider = providers[target.provider_id]
+        if op not in provider.spec.operations:
+            continue
+        option = RouteTarget(target.provider_id, target.model, entry.weight, provider.keys)
+        route_targets.append(option)
+        by_id.setdefault(option.target_id, target)
+    return RouteChoices(tuple(route_targets), MappingProxyType(by_id))
 
 
 def _compile_target(provider_id: str, model: str, providers: Mapping[str, CompiledProvider]) -> Target:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 
 import aiohttp
 
+from truckllm.config.schema import ProviderConfig
 from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
 from truckllm.state import CompiledProvider
 
@@ -31,12 +32,15 @@ class TransportError(Exception):
 class _HttpResponse:
     """An aiohttp response seen through the UpstreamResponse protocol."""
 
-    __slots__ = ("_done", "_idle_timeout_s", "_response", "headers", "status")
+    __slots__ = ("_done", "_idle_timeout_s", "_reading_since", "_response", "_watch",
+                 "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
         self._response = response
         self._idle_timeout_s = idle_timeout_s
         self._done = False
+        self._reading_since: float | None = None     # loop time a chunk read began
+        self._watch: asyncio.TimerHandle | None = None
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
@@ -51,36 +55,53 @@ class _HttpResponse:
         return body
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
+        # The wait for the first chunk is time to first token (dispatch bounds it, and a
+        # reasoning model may think long); the idle limit starts once data flows. Each read
+        # after the first notes when it began, and one timer per stream (`_check_idle`)
+        # fails a read that has waited `idle_timeout_s`: arming and cancelling a timer per
+        # chunk cost more than all the rest of the relay's own work per chunk.
         content = self._response.content
         loop = asyncio.get_running_loop()
-        # The wait for the first chunk is time to first token (dispatch bounds it, and a
-        # reasoning model may think long); the idle limit starts once data flows. It is a
-        # plain timer per read that fails the reader when it fires: far cheaper per chunk
-        # than an asyncio.timeout context.
-        idle_limit: float | None = None
-
-        def stalled() -> None:
-            content.set_exception(TransportError(
-                "timeout", f"upstream stream stalled: no data for {self._idle_timeout_s:g} s"))
-
-        while True:
-            timer = loop.call_later(idle_limit, stalled) if idle_limit is not None else None
-            try:
-                chunk = await content.readany()
-            except TimeoutError:
-                raise TransportError("timeout", "upstream stream timed out") from None
-            except aiohttp.ClientError as exc:
-                raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            if not chunk:
-                break
-            idle_limit = self._idle_timeout_s
-            yield chunk
+        try:
+            while True:
+                try:
+                    chunk = await content.readany()
+                except TimeoutError:
+                    raise TransportError("timeout", "upstream stream timed out") from None
+                except aiohttp.ClientError as exc:
+                    raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+                finally:
+                    self._reading_since = None
+                if not chunk:
+                    break
+                if self._watch is None:
+                    self._watch = loop.call_later(self._idle_timeout_s, self._check_idle)
+                yield chunk
+                self._reading_since = loop.time()
+        finally:
+            self._stop_watch()
         self._done = True
 
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        since, now = self._reading_since, loop.time()
+        if since is not None and now - since >= self._idle_timeout_s:
+            self._watch = None
+            self._response.content.set_exception(TransportError(
+                "timeout", f"upstream stream stalled: no data for {self._idle_timeout_s:g} s"))
+            return
+        # Not reading (the client is being written to), or not for long enough yet.
+        self._watch = loop.call_at((now if since is None else since) + self._idle_timeout_s,
+                                   self._check_idle)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
     def close(self) -> None:
+        if self._watch is not None:         # a stream closed before its end
+            self._stop_watch()
         # A fully read response goes back to the pool; an abandoned one drops its
         # connection so the upstream stops generating.
         if self._done:
@@ -89,33 +110,52 @@ class _HttpResponse:
             self._response.close()
 
 
+class _Pool:
+    """One provider's pooled session, and the timeouts of the provider config last seen
+    (built once per config, not per request)."""
+
+    __slots__ = ("config", "session", "timeout")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.config: ProviderConfig | None = None
+        self.timeout = aiohttp.ClientTimeout()
+
+    def adopt(self, provider: CompiledProvider) -> None:
+        self.config = provider.config
+        self.timeout = aiohttp.ClientTimeout(total=provider.timeout_s,
+                                             sock_connect=provider.config.connect_timeout_s)
+
+
 class Transport:
     """Pooled sessions keyed by provider id; sessions of vanished providers are retired."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, _Pool] = {}
         self._retired: list[aiohttp.ClientSession] = []
 
-    def _session(self, provider_id: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(provider_id)
-        if session is None:
+    def _pool(self, provider: CompiledProvider) -> _Pool:
+        pool = self._pools.get(provider.id)
+        if pool is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                            skip_auto_headers=("User-Agent",))
-            self._sessions[provider_id] = session
-        return session
+            pool = self._pools[provider.id] = _Pool(aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)))
+        pool.adopt(provider)
+        return pool
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                    request_id: str) -> UpstreamResponse:
         if provider.spec.local is not None:
             return await provider.spec.local(request, target)
         config = provider.config
-        timeout = aiohttp.ClientTimeout(total=provider.timeout_s, sock_connect=config.connect_timeout_s)
+        pool = self._pools.get(provider.id)
+        if pool is None or pool.config is not config:   # first use, or a reloaded config
+            pool = self._pool(provider)
         try:
-            response = await self._session(provider.id).request(
+            response = await pool.session.request(
                 request.method, request.url, data=request.body,
                 headers={**request.headers, "x-request-id": request_id},
-                timeout=timeout, allow_redirects=False)
+                timeout=pool.timeout, allow_redirects=False)
         except aiohttp.ConnectionTimeoutError:
             raise TransportError("connect", f"cannot reach provider {provider.id!r}: connect timed out "
                                  f"after {config.connect_timeout_s:g} s") from None
@@ -128,11 +168,11 @@ class Transport:
     def retain(self, provider_ids: Iterable[str]) -> None:
         """After a reload: keep sessions of providers that still exist."""
         keep = set(provider_ids)
-        for provider_id in [p for p in self._sessions if p not in keep]:
-            self._retired.append(self._sessions.pop(provider_id))
+        for provider_id in [p for p in self._pools if p not in keep]:
+            self._retired.append(self._pools.pop(provider_id).session)
 
     async def close(self) -> None:
-        sessions = [*self._sessions.values(), *self._retired]
-        self._sessions.clear()
+        sessions = [*(pool.session for pool in self._pools.values()), *self._retired]
+        self._pools.clear()
         self._retired.clear()
         await asyncio.gather(*(s.close() for s in sessions))

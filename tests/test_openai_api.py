@@ -44,6 +44,7 @@ async def test_chat_non_streaming_answers_with_the_alias_and_gateway_headers(gat
     assert sent.body["model"] == "gpt-4o-mini"
     assert sent.headers["authorization"] == "Bearer sk-upstream-secret-1"
     assert sent.headers["x-request-id"] == "req-from-client-1"
+    assert sent.headers["user-agent"].startswith("TruckLLM/")      # not aiohttp's
 
 
 async def test_sync_client_streams_and_completes(gateway: Gateway) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 
 import aiohttp
 
+from truckllm import __version__
 from truckllm.config.schema import ProviderConfig
 from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
 from truckllm.state import CompiledProvider
@@ -110,6 +111,9 @@ class _HttpResponse:
             self._response.close()
 
 
+_SESSION_HEADERS = {"User-Agent": f"TruckLLM/{__version__}"}
+
+
 class _Pool:
     """One provider's pooled session, and the timeouts of the provider config last seen
     (built once per config, not per request)."""
@@ -138,8 +142,10 @@ class Transport:
         pool = self._pools.get(provider.id)
         if pool is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            # Our own User-Agent rather than aiohttp's, set once on the session: asking
+            # aiohttp to skip its default instead costs a header-set copy per request.
             pool = self._pools[provider.id] = _Pool(aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)))
+                connector=connector, auto_decompress=True, headers=_SESSION_HEADERS))
         pool.adopt(provider)
         return pool
 

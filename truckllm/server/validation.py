@@ -136,9 +136,6 @@ def _too_large(max_body_mb: float) -> PayloadTooLarge:
 def check_fields(op: str, body: dict[str, Any]) -> None:
     if not _fields_look_valid(op, body):
         _raise_first_field_error(op, body)
-    if not body["model"]:
-        raise InvalidRequest("'model' must not be empty.", param="model")
-    _check_bounds(body)
     if op == "chat":
         _check_messages(body["messages"])
     elif op == "embeddings":
@@ -150,15 +147,23 @@ def check_fields(op: str, body: dict[str, Any]) -> None:
 
 def _fields_look_valid(op: str, body: dict[str, Any]) -> bool:
     """The common case, checked cheaply: a body names a few of the known fields, so walk
-    the body rather than the whole table. Any doubt goes to the ordered check, which
-    finds the first problem in table order (the error a client sees stays the same)."""
+    the body (types and ranges at once) rather than the tables. Any doubt goes to the
+    ordered check, which finds the first problem in table order: the error a client
+    sees stays the same."""
+    if not body.get("model"):
+        return False
     rules = _FIELDS[op]
     for name in _REQUIRED[op]:
         if body.get(name) is None:
             return False
     for name, value in body.items():
         rule = rules.get(name)
-        if rule is not None and value is not None and not _has_type(value, rule[0]):
+        if rule is None or value is None:
+            continue
+        if not _has_type(value, rule[0]):
+            return False
+        bounds = _BOUNDS.get(name)
+        if bounds is not None and _out_of_bounds(value, bounds):
             return False
     return True
 
@@ -173,6 +178,13 @@ def _raise_first_field_error(op: str, body: dict[str, Any]) -> None:
         if not _has_type(value, types):
             expected = " or ".join(_TYPE_NAMES[t] for t in types)
             raise InvalidRequest(f"Invalid type for '{name}': expected {expected}.", param=name)
+    if not body["model"]:
+        raise InvalidRequest("'model' must not be empty.", param="model")
+    for name, (low, high) in _BOUNDS.items():
+        value = body.get(name)
+        if value is not None and _out_of_bounds(value, (low, high)):
+            allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise InvalidRequest(f"'{name}' must be {allowed}; got {value}.", param=name)
 
 
 def _has_type(value: Any, types: tuple[type, ...]) -> bool:
@@ -180,14 +192,9 @@ def _has_type(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types) and (value.__class__ is not bool or bool in types)
 
 
-def _check_bounds(body: dict[str, Any]) -> None:
-    for name, (low, high) in _BOUNDS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, int) and (value < low or (high is not None and value > high)):
-            allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise InvalidRequest(f"'{name}' must be {allowed}; got {value}.", param=name)
+def _out_of_bounds(value: Any, bounds: tuple[int, int | None]) -> bool:
+    low, high = bounds
+    return isinstance(value, int) and (value < low or (high is not None and value > high))
 
 
 def _check_messages(messages: list[Any]) -> None:

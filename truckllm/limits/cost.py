@@ -7,8 +7,7 @@ falling back to the input price when a cache rate is not configured.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from truckllm.config.schema import PricingConfig
 from truckllm.usage import Usage
@@ -16,16 +15,18 @@ from truckllm.usage import Usage
 PER_MTOK = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class CostLine:
+# Named tuples, not frozen dataclasses: both are built for every priced request, and a
+# tuple is made in one step where a frozen dataclass sets each field by object.__setattr__.
+
+
+class CostLine(NamedTuple):
     kind: str               # input | cache_read | cache_write | output
     tokens: int
     usd_per_mtok: float
     usd: float
 
 
-@dataclass(frozen=True, slots=True)
-class CostBreakdown:
+class CostBreakdown(NamedTuple):
     total_usd: float
     lines: tuple[CostLine, ...]
 
@@ -51,15 +52,22 @@ def cost_of(usage: Usage | None, pricing: PricingConfig | None) -> CostBreakdown
     cache_read = min(usage.cache_read_tokens, usage.prompt_tokens)
     cache_write = min(usage.cache_write_tokens, usage.prompt_tokens - cache_read)
     plain_input = usage.prompt_tokens - cache_read - cache_write
-    rates = (
-        ("input", plain_input, pricing.input_per_mtok),
-        ("cache_read", cache_read, _or(pricing.cache_read_per_mtok, pricing.input_per_mtok)),
-        ("cache_write", cache_write, _or(pricing.cache_write_per_mtok, pricing.input_per_mtok)),
-        ("output", usage.completion_tokens, pricing.output_per_mtok),
-    )
-    lines = tuple(CostLine(kind, tokens, rate, tokens * rate / PER_MTOK)
-                  for kind, tokens, rate in rates if tokens)
-    return CostBreakdown(sum(line.usd for line in lines), lines)
+    input_rate = pricing.input_per_mtok
+    lines = []
+    if plain_input:
+        lines.append(_line("input", plain_input, input_rate))
+    if cache_read:
+        lines.append(_line("cache_read", cache_read, _or(pricing.cache_read_per_mtok, input_rate)))
+    if cache_write:
+        lines.append(_line("cache_write", cache_write,
+                           _or(pricing.cache_write_per_mtok, input_rate)))
+    if usage.completion_tokens:
+        lines.append(_line("output", usage.completion_tokens, pricing.output_per_mtok))
+    return CostBreakdown(sum([line.usd for line in lines]), tuple(lines))
+
+
+def _line(kind: str, tokens: int, usd_per_mtok: float) -> CostLine:
+    return CostLine(kind, tokens, usd_per_mtok, tokens * usd_per_mtok / PER_MTOK)
 
 
 def _or(rate: float | None, fallback: float) -> float:

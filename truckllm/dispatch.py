@@ -22,7 +22,7 @@ import structlog
 
 from truckllm import errors
 from truckllm.health import Attempt, HealthSettings, key_ref
-from truckllm.limits import Limiter, UpstreamUse, upstream_ref
+from truckllm.limits import NO_PROMPT, Limiter, PromptEstimate, UpstreamUse, upstream_ref
 from truckllm.policy import (
     ErrorClass,
     Outcome,
@@ -86,7 +86,7 @@ class Call(NamedTuple):
     targets: tuple[Target, ...]
     ctx: CallContext
     limiter: Limiter | None = None     # upstream-key rpm/tpm accounting; None: not counted
-    estimate_tokens: int = 0           # the prompt estimate reserved against upstream tpm
+    estimate: PromptEstimate = NO_PROMPT   # the prompt estimate, reserved against upstream tpm
 
 
 @dataclass(slots=True)
@@ -251,9 +251,9 @@ def _capacity_checks(call: Call, routing: Routing) -> tuple[HasCapacity, Capacit
     """Whether an upstream key is below its own rpm/tpm for this request, and how long
     until it is: from the limiter when the call has one (and `routing.has_capacity`)."""
     limiter, extra = call.limiter, routing.has_capacity
-    if limiter is None:
-        return extra, None
-    policy, estimate = call.state.limits, call.estimate_tokens
+    if limiter is None or not call.state.limits.limits_upstream:
+        return extra, None          # no upstream key has an rpm or tpm: always capacity
+    policy, estimate = call.state.limits, call.estimate
 
     def has_capacity(provider_id: str, key_id: str) -> bool:
         ref = upstream_ref(provider_id, key_id)
@@ -335,7 +335,7 @@ def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) ->
     if call.limiter is None or key is _NO_KEY:
         return None
     return call.limiter.upstream_acquire(call.state.limits, upstream_ref(provider.id, key.id),
-                                         call.estimate_tokens)
+                                         call.estimate)
 
 
 def _settle_unknown(use: UpstreamUse | None) -> None:
@@ -418,7 +418,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
         async with _first_byte_deadline(provider):
             response = await _send_ok(call, provider, target, key, transport)
             translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
-            relay = StreamRelay(response, translator, exchange, attempt, call.estimate_tokens,
+            relay = StreamRelay(response, translator, exchange, attempt, call.estimate.tokens,
                                 key.value)
             first = await relay.first_output()
     except TimeoutError:

@@ -4,7 +4,7 @@
     window    exact sliding-log rate window
     meter     rpm/tpm windows + in-flight count for one subject
     limiter   Limiter.admit() -> Admission (settle, release, headers); upstream-key accounting
-    estimate  prompt-token estimate reserved before the call
+    estimate  prompt-token estimate reserved before the call (worked out when first read)
     cost      Usage x pricing -> CostBreakdown
     budget    calendar budget periods (UTC)
     headers   x-ratelimit-* values
@@ -15,7 +15,7 @@ Must not import the server, dispatch or transport.
 
 from truckllm.limits.clock import Clock, ManualClock, SystemClock
 from truckllm.limits.cost import CostBreakdown, CostLine, cost_of
-from truckllm.limits.estimate import estimate_prompt_tokens
+from truckllm.limits.estimate import NO_PROMPT, PromptEstimate, estimate_prompt_tokens
 from truckllm.limits.limiter import (
     Admission,
     BudgetExceeded,
@@ -27,6 +27,7 @@ from truckllm.limits.persist import StateSaver, load_state, state_file_path
 from truckllm.limits.policy import KeyPolicy, LimitsPolicy, RateLimits, compile_policy, upstream_ref
 
 __all__ = [
+    "NO_PROMPT",
     "Admission",
     "BudgetExceeded",
     "Clock",
@@ -36,6 +37,7 @@ __all__ = [
     "Limiter",
     "LimitsPolicy",
     "ManualClock",
+    "PromptEstimate",
     "RateLimitExceeded",
     "RateLimits",
     "StateSaver",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from truckllm.limits.budget import BudgetPeriod, period_end, period_start
+from truckllm.limits.budget import BudgetPeriod, period_end
 from truckllm.usage import Usage
 
 
@@ -63,9 +63,9 @@ class Account:
     period: Counters = field(default_factory=Counters)
     lifetime: Counters = field(default_factory=Counters)
 
-    def roll(self, kind: BudgetPeriod, now: datetime) -> None:
-        """Start a new period when `now` is past the one the counters belong to."""
-        start = period_start(kind, now)
+    def enter(self, start: datetime) -> None:
+        """Count into the period beginning at `start` (see truckllm.limits.budget): the
+        period counters start from zero when that is not the period they belong to."""
         if start != self.period_start:
             self.period_start = start
             self.period.clear()

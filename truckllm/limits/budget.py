@@ -1,12 +1,14 @@
 """Budget periods: calendar periods in UTC (weeks start on Monday) or one endless period.
 
-Pure date arithmetic; no clock of its own.
+Date arithmetic and its memo; no clock of its own.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Literal
+
+from truckllm.limits.clock import Clock
 
 BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -36,3 +38,29 @@ def period_end(period: BudgetPeriod, start: datetime) -> datetime | None:
             return start.replace(year=start.year + 1, month=1)
         return start.replace(month=start.month + 1)
     return None
+
+
+class PeriodStarts:
+    """`period_start` of the current period, remembered per kind of period: within a
+    period the answer cannot change, so a request pays two datetime comparisons instead
+    of calendar arithmetic, and a `total` budget does not even read the clock. A time
+    outside the remembered period (the next one, or a clock set back) is worked out
+    afresh, exactly as `period_start` would."""
+
+    __slots__ = ("_spans",)
+
+    def __init__(self) -> None:
+        self._spans: dict[BudgetPeriod, tuple[datetime, datetime]] = {}
+
+    def current(self, period: BudgetPeriod, clock: Clock) -> datetime:
+        if period == "total":
+            return EPOCH
+        now = clock.now()
+        span = self._spans.get(period)
+        if span is not None and span[0] <= now < span[1]:
+            return span[0]
+        start = period_start(period, now)
+        end = period_end(period, start)
+        if end is not None:
+            self._spans[period] = (start, end)
+        return start

@@ -33,6 +33,35 @@ _MEDIA_PART_TYPES = frozenset({"image_url", "image", "input_audio", "audio", "fi
 _NOT_GENERATED = frozenset({"role", "type", "id", "index"})   # delta keys that are not output
 
 
+class PromptEstimate:
+    """One request's prompt estimate, worked out on first use.
+
+    Only a tpm limit (client key, gateway or upstream key) and a stream cut short before
+    its usage read it, so a request that meets neither never walks its body.
+    """
+
+    __slots__ = ("_body", "_tokens")
+
+    def __init__(self, body: Any, tokens: int | None = None) -> None:
+        self._body = body
+        self._tokens = tokens
+
+    @classmethod
+    def known(cls, tokens: int) -> PromptEstimate:
+        return cls(None, tokens)
+
+    @property
+    def tokens(self) -> int:
+        tokens = self._tokens
+        if tokens is None:
+            tokens = self._tokens = estimate_prompt_tokens(self._body)
+            self._body = None
+        return tokens
+
+
+NO_PROMPT = PromptEstimate.known(0)     # a request with no prompt to estimate
+
+
 def estimate_prompt_tokens(body: Any) -> int:
     """Estimated prompt tokens of a parsed request body; 0 for anything unrecognised."""
     if not isinstance(body, dict):

@@ -13,11 +13,13 @@ from typing import Any
 
 from truckllm.errors import PermissionDenied, RateLimited
 from truckllm.limits.accounts import Account, Counters
-from truckllm.limits.budget import period_start
+from truckllm.limits.budget import PeriodStarts, period_start
 from truckllm.limits.clock import Clock, SystemClock
+from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import ratelimit_headers
-from truckllm.limits.meter import RateMeter, Refusal, Reservation
-from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy
+from truckllm.limits.meter import RateMeter, Refusal
+from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy, RateLimits
+from truckllm.limits.window import SlidingWindow, WindowEntry
 from truckllm.usage import Usage
 
 
@@ -47,7 +49,13 @@ class BudgetExceeded(PermissionDenied):
 
 
 class Limiter:
-    """Counters, windows and accounts for client keys, the gateway and upstream keys."""
+    """Counters, windows and accounts for client keys, the gateway and upstream keys.
+
+    Work is only done for what is limited: a key with no rate, cap or budget behind an
+    unlimited gateway is admitted without a check, a window or the clock, and an upstream
+    key without rpm/tpm is only counted. The in-flight counts are kept for every request
+    all the same: they are reported, and a reload may add a cap while requests are out.
+    """
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
@@ -58,6 +66,7 @@ class Limiter:
         self._accounts: dict[str, Account] = {}
         self._upstream_meters: dict[str, RateMeter] = {}
         self._upstream_counters: dict[str, Counters] = {}
+        self._periods = PeriodStarts()
 
     # -- config snapshots -------------------------------------------------------------
 
@@ -73,31 +82,37 @@ class Limiter:
 
     # -- client requests --------------------------------------------------------------
 
-    def admit(self, policy: LimitsPolicy, key_id: str | None, estimate_tokens: int) -> Admission:
+    def admit(self, policy: LimitsPolicy, key_id: str | None,
+              estimate_tokens: int | PromptEstimate) -> Admission:
         """Admit one request or raise BudgetExceeded (403) / RateLimitExceeded (429).
 
         Nothing is counted for a refused request. An admitted one holds a concurrency
         slot until `Admission.release()`.
         """
-        self.adopt(policy)
-        now = self.clock.monotonic()
-        key = policy.key(key_id) if key_id is not None else None
-        if key is not None:
-            self._check_key(key, estimate_tokens, now)
-        refusal = self._gateway.refusal(policy.gateway, estimate_tokens, now)
-        if refusal is not None:
-            raise self._refused("gateway", key, refusal, estimate_tokens)
-        # every check passed: only now is anything counted
-        reservations = [self._gateway.reserve(policy.gateway, estimate_tokens, now, hold_slot=True)]
-        account = None
-        if key is not None:
-            meter = self._key_meter(key.key_id)
-            reservations.append(meter.reserve(key.rates, estimate_tokens, now, hold_slot=True))
+        if policy is not self._policy:
+            self.adopt(policy)
+        estimate = _as_estimate(estimate_tokens)
+        key = account = None
+        if key_id is not None:
+            key = policy.key(key_id)
             account = self._account(key)
+        gateway = policy.gateway
+        now = 0.0                   # read only when some window is
+        if gateway.limited or (key is not None and key.limited):
+            now = self.clock.monotonic()
+            self._check(gateway, key, account, estimate, now)
+        # every check passed: only now is anything counted
+        self._gateway.in_flight += 1
+        held = _reserve(self._gateway, gateway, estimate, now)
+        key_meter = None
+        if key is not None and account is not None:
+            key_meter = self._key_meter(key.key_id)
+            key_meter.in_flight += 1
+            held += _reserve(key_meter, key.rates, estimate, now)
             account.period.requests += 1
             account.lifetime.requests += 1
         self.changes += 1
-        return Admission(self, key, account, reservations, estimate_tokens)
+        return Admission(self, key, account, key_meter, held, estimate)
 
     def key_headers(self, key: KeyPolicy | None) -> dict[str, str]:
         """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
@@ -108,16 +123,22 @@ class Limiter:
         return ratelimit_headers(meter.requests_state(key.rates, now),
                                  meter.tokens_state(key.rates, now))
 
-    def _check_key(self, key: KeyPolicy, estimate: int, now: float) -> None:
-        self._check_budget(key, self._account(key))
-        refusal = self._key_meter(key.key_id).refusal(key.rates, estimate, now)
+    def _check(self, gateway: RateLimits, key: KeyPolicy | None, account: Account | None,
+               estimate: PromptEstimate, now: float) -> None:
+        """The checks in their documented order: budget, the key's limits, the gateway's."""
+        if key is not None and account is not None and key.limited:
+            self._check_budget(key, account)
+            refusal = self._key_meter(key.key_id).refusal(key.rates, estimate, now)
+            if refusal is not None:
+                raise self._refused("key", key, refusal, estimate)
+        refusal = self._gateway.refusal(gateway, estimate, now)
         if refusal is not None:
-            raise self._refused("key", key, refusal, estimate)
+            raise self._refused("gateway", key, refusal, estimate)
 
     def _check_budget(self, key: KeyPolicy, account: Account) -> None:
         if key.budget_usd is None:
             return
-        account.roll(key.budget_period, self.clock.now())
+        self._enter_current_period(account, key)
         if account.period.spend_usd >= key.budget_usd:
             raise BudgetExceeded(
                 f"Budget exceeded for key {key.key_id!r}: spent ${account.period.spend_usd:.4f} "
@@ -126,13 +147,13 @@ class Limiter:
             )
 
     def _refused(self, scope: str, key: KeyPolicy | None, refusal: Refusal,
-                 estimate: int) -> RateLimitExceeded:
+                 estimate: PromptEstimate) -> RateLimitExceeded:
         whose = f"key {key.key_id!r}" if scope == "key" and key else "the gateway"
         if refusal.configured == 0:
             message = f"The {refusal.limit} limit of {whose} is 0: no requests are allowed."
         elif refusal.retry_after_s is None:
-            message = (f"Request too large for {whose}: about {estimate} tokens estimated, "
-                       f"the {refusal.limit} limit is {refusal.configured}.")
+            message = (f"Request too large for {whose}: about {estimate.tokens} tokens "
+                       f"estimated, the {refusal.limit} limit is {refusal.configured}.")
         else:
             message = (f"Rate limit reached for {whose}: {refusal.limit} limit of "
                        f"{refusal.configured}. Retry after {refusal.retry_after_s:.1f}s.")
@@ -149,9 +170,12 @@ class Limiter:
     def _account(self, key: KeyPolicy) -> Account:
         account = self._accounts.get(key.key_id)
         if account is None:
-            account = Account(period_start=_period_start(key, self.clock.now()))
+            account = Account(period_start=self._periods.current(key.budget_period, self.clock))
             self._accounts[key.key_id] = account
         return account
+
+    def _enter_current_period(self, account: Account, key: KeyPolicy) -> None:
+        account.enter(self._periods.current(key.budget_period, self.clock))
 
     # -- admin ------------------------------------------------------------------------
 
@@ -165,7 +189,7 @@ class Limiter:
             return False
         key = policy.keys[key_id]
         account = self._account(key)
-        account.period_start = _period_start(key, self.clock.now())
+        account.period_start = period_start(key.budget_period, self.clock.now())
         account.period.clear()
         self._key_meter(key_id).clear_windows()
         self.changes += 1
@@ -176,7 +200,7 @@ class Limiter:
         self.adopt(policy)
         key = policy.key(key_id)
         account = self._account(key)
-        account.roll(key.budget_period, self.clock.now())
+        self._enter_current_period(account, key)
         meter = self._key_meter(key_id)
         now = self.clock.monotonic()
         budget_left = (None if key.budget_usd is None
@@ -206,30 +230,39 @@ class Limiter:
 
     # -- upstream keys ----------------------------------------------------------------
 
-    def upstream_has_capacity(self, policy: LimitsPolicy, ref: str, estimate_tokens: int) -> bool:
+    def upstream_has_capacity(self, policy: LimitsPolicy, ref: str,
+                              estimate_tokens: int | PromptEstimate) -> bool:
         """Whether upstream key `ref` ("provider/key") can take one more request now."""
         rates = policy.upstream.get(ref, NO_LIMITS)
-        if rates.rpm is None and rates.tpm is None:
+        if not rates.windowed:
             return True
         meter = self._upstream_meter(ref)
-        return meter.refusal(rates, estimate_tokens, self.clock.monotonic()) is None
+        return meter.refusal(rates, _as_estimate(estimate_tokens), self.clock.monotonic()) is None
 
-    def upstream_wait_s(self, policy: LimitsPolicy, ref: str, estimate_tokens: int) -> float | None:
+    def upstream_wait_s(self, policy: LimitsPolicy, ref: str,
+                        estimate_tokens: int | PromptEstimate) -> float | None:
         """Seconds until `ref` has capacity (0 if it has now); None if it never will."""
         rates = policy.upstream.get(ref, NO_LIMITS)
-        refusal = self._upstream_meter(ref).refusal(rates, estimate_tokens, self.clock.monotonic())
+        refusal = self._upstream_meter(ref).refusal(rates, _as_estimate(estimate_tokens),
+                                                    self.clock.monotonic())
         return 0.0 if refusal is None else refusal.retry_after_s
 
-    def upstream_acquire(self, policy: LimitsPolicy, ref: str, estimate_tokens: int) -> UpstreamUse:
+    def upstream_acquire(self, policy: LimitsPolicy, ref: str,
+                         estimate_tokens: int | PromptEstimate) -> UpstreamUse:
         """Count one request sent with upstream key `ref`; settle it with the real usage."""
-        self.adopt(policy)
+        if policy is not self._policy:
+            self.adopt(policy)
         rates = policy.upstream.get(ref, NO_LIMITS)
-        reservation = self._upstream_meter(ref).reserve(
-            rates, estimate_tokens, self.clock.monotonic(), hold_slot=False)
-        counters = self._upstream_counters.setdefault(ref, Counters())
+        held: _Held = ()
+        if rates.windowed:
+            held = _reserve(self._upstream_meter(ref), rates, _as_estimate(estimate_tokens),
+                            self.clock.monotonic())
+        counters = self._upstream_counters.get(ref)
+        if counters is None:
+            counters = self._upstream_counters[ref] = Counters()
         counters.requests += 1
         self.changes += 1
-        return UpstreamUse(self, counters, reservation)
+        return UpstreamUse(self, counters, held)
 
     def upstream_report(self, ref: str) -> dict[str, Any]:
         counters = self._upstream_counters.get(ref, Counters())
@@ -272,18 +305,23 @@ class Limiter:
 class Admission:
     """One admitted client request: settle it with its real usage, release its slot."""
 
-    __slots__ = ("_account", "_limiter", "_released", "_reservations", "_settled",
-                 "estimate_tokens", "key")
+    __slots__ = ("_account", "_held", "_key_meter", "_limiter", "_released", "_settled",
+                 "estimate", "key")
 
     def __init__(self, limiter: Limiter, key: KeyPolicy | None, account: Account | None,
-                 reservations: list[Reservation], estimate_tokens: int) -> None:
+                 key_meter: RateMeter | None, held: _Held, estimate: PromptEstimate) -> None:
         self._limiter = limiter
         self.key = key
-        self.estimate_tokens = estimate_tokens
+        self.estimate = estimate
         self._account = account
-        self._reservations = reservations
+        self._key_meter = key_meter     # holds a slot, as the gateway's meter does
+        self._held = held
         self._settled = False
         self._released = False
+
+    @property
+    def estimate_tokens(self) -> int:
+        return self.estimate.tokens
 
     def headers(self) -> dict[str, str]:
         """x-ratelimit-* for this key as they stand now (this request included)."""
@@ -299,15 +337,14 @@ class Admission:
             return
         self._settled = True
         limiter = self._limiter
-        if usage is not None:
-            now = limiter.clock.monotonic()
-            for reservation in self._reservations:
-                if reservation.tokens is not None:
-                    reservation.meter.tokens.reconcile(reservation.tokens, usage.total_tokens, now)
-        if self._account is not None and self.key is not None:
-            self._account.roll(self.key.budget_period, limiter.clock.now())
-            for counters in (self._account.period, self._account.lifetime):
-                counters.add_usage(usage or Usage(), cost_usd)
+        if usage is not None and self._held:
+            _reconcile(self._held, usage, limiter.clock.monotonic())
+        account = self._account
+        if account is not None and self.key is not None:
+            limiter._enter_current_period(account, self.key)
+            usage = usage or Usage()
+            account.period.add_usage(usage, cost_usd)
+            account.lifetime.add_usage(usage, cost_usd)
         limiter.changes += 1
 
     def release(self) -> None:
@@ -315,31 +352,52 @@ class Admission:
         if self._released:
             return
         self._released = True
-        for reservation in self._reservations:
-            if reservation.holds_slot:
-                reservation.meter.in_flight -= 1
+        self._limiter._gateway.in_flight -= 1
+        if self._key_meter is not None:
+            self._key_meter.in_flight -= 1
 
 
 class UpstreamUse:
     """One request sent with an upstream key; `settle` reconciles its tokens, once."""
 
-    __slots__ = ("_counters", "_limiter", "_reservation", "_settled")
+    __slots__ = ("_counters", "_held", "_limiter", "_settled")
 
-    def __init__(self, limiter: Limiter, counters: Counters, reservation: Reservation) -> None:
+    def __init__(self, limiter: Limiter, counters: Counters, held: _Held) -> None:
         self._limiter = limiter
         self._counters = counters
-        self._reservation = reservation
+        self._held = held
         self._settled = False
 
     def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
         if self._settled:
             return
         self._settled = True
-        if usage is not None and self._reservation.tokens is not None:
-            self._reservation.meter.tokens.reconcile(
-                self._reservation.tokens, usage.total_tokens, self._limiter.clock.monotonic())
+        if usage is not None and self._held:
+            _reconcile(self._held, usage, self._limiter.clock.monotonic())
         self._counters.add_usage(usage or Usage(), cost_usd)
         self._limiter.changes += 1
+
+
+# The token entries a request holds in tpm windows until its real usage replaces them;
+# () when no tpm applies, which costs no allocation.
+_Held = tuple[tuple[SlidingWindow, WindowEntry], ...]
+
+
+def _reserve(meter: RateMeter, rates: RateLimits, estimate: PromptEstimate, now: float) -> _Held:
+    """Count one request in the windows of `rates` that are set."""
+    if not rates.windowed:
+        return ()
+    entry = meter.reserve(rates, estimate, now)
+    return () if entry is None else ((meter.tokens, entry),)
+
+
+def _reconcile(held: _Held, usage: Usage, now: float) -> None:
+    for window, entry in held:
+        window.reconcile(entry, usage.total_tokens, now)
+
+
+def _as_estimate(estimate: int | PromptEstimate) -> PromptEstimate:
+    return estimate if isinstance(estimate, PromptEstimate) else PromptEstimate.known(estimate)
 
 
 def _keep_only(table: dict[str, Any], ids: Any) -> None:
@@ -347,11 +405,5 @@ def _keep_only(table: dict[str, Any], ids: Any) -> None:
         del table[gone]
 
 
-def _period_start(key: KeyPolicy, now: datetime) -> datetime:
-    return period_start(key.budget_period, now)
-
-
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
-
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
 from truckllm.limits.policy import RateLimits
 from truckllm.limits.window import SlidingWindow, WindowEntry
@@ -24,15 +25,6 @@ class Refusal:
     retry_after_s: float | None  # None: waiting cannot help (the request alone is too big)
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What one admission added to a meter, so it can be reconciled and released."""
-
-    meter: RateMeter
-    tokens: WindowEntry | None
-    holds_slot: bool
-
-
 class RateMeter:
     __slots__ = ("in_flight", "requests", "tokens")
 
@@ -41,25 +33,25 @@ class RateMeter:
         self.tokens = SlidingWindow(WINDOW_S)
         self.in_flight = 0
 
-    def refusal(self, rates: RateLimits, estimate: int, now: float) -> Refusal | None:
+    def refusal(self, rates: RateLimits, estimate: PromptEstimate, now: float) -> Refusal | None:
         """Why one more request of `estimate` tokens would break a limit; None if it fits."""
         if rates.max_concurrent is not None and self.in_flight >= rates.max_concurrent:
             wait = CONCURRENCY_RETRY_S if rates.max_concurrent else None   # 0: waiting cannot help
             return Refusal("max_concurrent", rates.max_concurrent, wait)
         if rates.rpm is not None and not self.requests.fits(1, rates.rpm, now):
             return Refusal("rpm", rates.rpm, _finite(self.requests.wait_s(1, rates.rpm, now)))
-        if rates.tpm is not None and not self.tokens.fits(estimate, rates.tpm, now):
-            return Refusal("tpm", rates.tpm, _finite(self.tokens.wait_s(estimate, rates.tpm, now)))
+        if rates.tpm is not None and not self.tokens.fits(estimate.tokens, rates.tpm, now):
+            wait = self.tokens.wait_s(estimate.tokens, rates.tpm, now)
+            return Refusal("tpm", rates.tpm, _finite(wait))
         return None
 
-    def reserve(self, rates: RateLimits, estimate: int, now: float, *, hold_slot: bool) -> Reservation:
-        """Count one admitted request; the caller has checked `refusal` first."""
+    def reserve(self, rates: RateLimits, estimate: PromptEstimate, now: float) -> WindowEntry | None:
+        """Count one admitted request in the windows of the limits that are set (the
+        caller has checked `refusal` first); the token entry, if any, is what to reconcile
+        with the real usage. Concurrency slots are the caller's: `in_flight`."""
         if rates.rpm is not None:
             self.requests.add(1, now)
-        tokens = self.tokens.add(estimate, now) if rates.tpm is not None else None
-        if hold_slot:
-            self.in_flight += 1
-        return Reservation(self, tokens, hold_slot)
+        return self.tokens.add(estimate.tokens, now) if rates.tpm is not None else None
 
     def requests_state(self, rates: RateLimits, now: float) -> LimitState | None:
         if rates.rpm is None:

@@ -2,6 +2,8 @@
 
 Pure: built from a validated Config, read by truckllm.limits.limiter. Holds no counters
 (those live in the Limiter and survive reloads); a reload just compiles a new policy.
+The derived flags (`windowed`, `limited`, `limits_upstream`) are worked out here once so
+a request for a key with nothing limited tests one attribute instead of six.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ class RateLimits:
     rpm: int | None = None
     tpm: int | None = None
     max_concurrent: int | None = None
+    windowed: bool = field(init=False, repr=False, compare=False)   # an rpm or tpm is set
+    limited: bool = field(init=False, repr=False, compare=False)    # any of the three is set
+
+    def __post_init__(self) -> None:
+        windowed = self.rpm is not None or self.tpm is not None
+        object.__setattr__(self, "windowed", windowed)
+        object.__setattr__(self, "limited", windowed or self.max_concurrent is not None)
 
     def as_dict(self) -> dict[str, int | None]:
         return {"rpm": self.rpm, "tpm": self.tpm, "max_concurrent": self.max_concurrent}
@@ -36,11 +45,14 @@ class KeyPolicy:
     rates: RateLimits = NO_LIMITS
     budget_usd: float | None = None
     budget_period: BudgetPeriod = "total"
+    # Responses carry x-ratelimit-* headers for keys with an rpm or tpm.
+    sends_headers: bool = field(init=False, repr=False, compare=False)
+    # Admission has something to check: a rate, a concurrency cap or a budget.
+    limited: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def sends_headers(self) -> bool:
-        """Responses carry x-ratelimit-* headers for keys with an rpm or tpm."""
-        return self.rates.rpm is not None or self.rates.tpm is not None
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sends_headers", self.rates.windowed)
+        object.__setattr__(self, "limited", self.rates.limited or self.budget_usd is not None)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -49,6 +61,12 @@ class LimitsPolicy:
     keys: Mapping[str, KeyPolicy] = field(default_factory=dict)
     upstream: Mapping[str, RateLimits] = field(default_factory=dict)   # upstream_ref -> limits
     pricing: Mapping[str, PricingConfig] = field(default_factory=dict)  # config alias -> prices
+    # Some upstream key has an rpm or tpm; without one, dispatch needs no capacity checks.
+    limits_upstream: bool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limits_upstream",
+                           any(rates.windowed for rates in self.upstream.values()))
 
     def key(self, key_id: str) -> KeyPolicy:
         found = self.keys.get(key_id)

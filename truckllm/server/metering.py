@@ -4,7 +4,8 @@ included, client disconnects included). The counting itself lives in truckllm.li
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,10 @@ from aiohttp import web
 from truckllm.limits import (
     Admission,
     Limiter,
+    PromptEstimate,
     RateLimitExceeded,
     UpstreamUse,
     cost_of,
-    estimate_prompt_tokens,
     state_file_path,
 )
 from truckllm.limits.persist import StateSaver
@@ -29,18 +30,26 @@ def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str,
           exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
     try:
-        return limiter.admit(state.limits, key.id if key else None, estimate_prompt_tokens(body))
+        return limiter.admit(state.limits, key.id if key else None, PromptEstimate(body))
     except RateLimitExceeded as refused:
         # "rate_limited:<scope>" is what metrics count as llm_rate_limited_total{key,scope}
         exchange.error_reason = f"rate_limited:{refused.scope}"
         raise
 
 
-def ratelimit_headers(limiter: Limiter, state: State, key: ClientKey | None) -> dict[str, str]:
-    """The key's x-ratelimit-* headers as they stand now; {} for keys without rpm/tpm."""
-    if key is None:
-        return {}
-    return limiter.key_headers(state.limits.key(key.id))
+def ratelimit_headers(limiter: Limiter, state: State, key: ClientKey) -> Callable[[], dict[str, str]]:
+    """() -> the key's x-ratelimit-* headers as they stand when the response goes out.
+
+    Keys without rpm/tpm (most) send none: they share one function instead of a closure
+    built per request."""
+    policy = state.limits.key(key.id)
+    if not policy.sends_headers:
+        return no_ratelimit_headers
+    return partial(limiter.key_headers, policy)
+
+
+def no_ratelimit_headers() -> dict[str, str]:
+    return {}
 
 
 def settle(admission: Admission, exchange: Exchange, route: Route,
@@ -48,13 +57,14 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
     """Price the request's real usage, charge it to the client key and the upstream key,
     release the client key's concurrency slot."""
     try:
-        breakdown = cost_of(exchange.usage, route.config.pricing)
-        if route.config.pricing is not None and exchange.usage is not None:
+        usage, pricing = exchange.usage, route.config.pricing
+        breakdown = cost_of(usage, pricing)
+        if pricing is not None and usage is not None:
             exchange.cost_usd = breakdown.total_usd
             exchange.cost_lines = breakdown.lines      # logged in the request's access line
-        admission.settle(exchange.usage, breakdown.total_usd)
+        admission.settle(usage, breakdown.total_usd)
         if upstream_use is not None:
-            upstream_use.settle(exchange.usage, breakdown.total_usd)
+            upstream_use.settle(usage, breakdown.total_usd)
     finally:
         admission.release()
 

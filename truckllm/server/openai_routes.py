@@ -92,7 +92,7 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     admission = metering.admit(limiter, state, key, body, exchange)
     reply: Reply | StreamReply | RawReply | None = None
     try:
-        call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate_tokens)
+        call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
         reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
         if isinstance(reply, Reply):
             return web.Response(body=reply.body, content_type="application/json",
@@ -123,7 +123,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter) -> Clien
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
-        request[RATELIMIT_HEADERS] = lambda: metering.ratelimit_headers(limiter, state, key)
+        request[RATELIMIT_HEADERS] = metering.ratelimit_headers(limiter, state, key)
     return key
 
 

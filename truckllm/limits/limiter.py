@@ -103,12 +103,13 @@ class Limiter:
             self._check(gateway, key, account, estimate, now)
         # every check passed: only now is anything counted
         self._gateway.in_flight += 1
-        held = _reserve(self._gateway, gateway, estimate, now)
+        held = _reserve(self._gateway, gateway, estimate, now) if gateway.windowed else ()
         key_meter = None
         if key is not None and account is not None:
             key_meter = self._key_meter(key.key_id)
             key_meter.in_flight += 1
-            held += _reserve(key_meter, key.rates, estimate, now)
+            if key.rates.windowed:
+                held += _reserve(key_meter, key.rates, estimate, now)
             account.period.requests += 1
             account.lifetime.requests += 1
         self.changes += 1
@@ -341,7 +342,7 @@ class Admission:
             _reconcile(self._held, usage, limiter.clock.monotonic())
         account = self._account
         if account is not None and self.key is not None:
-            limiter._enter_current_period(account, self.key)
+            account.enter(limiter._periods.current(self.key.budget_period, limiter.clock))
             usage = usage or Usage()
             account.period.add_usage(usage, cost_usd)
             account.lifetime.add_usage(usage, cost_usd)
@@ -384,9 +385,7 @@ _Held = tuple[tuple[SlidingWindow, WindowEntry], ...]
 
 
 def _reserve(meter: RateMeter, rates: RateLimits, estimate: PromptEstimate, now: float) -> _Held:
-    """Count one request in the windows of `rates` that are set."""
-    if not rates.windowed:
-        return ()
+    """Count one request in the windows of `rates` that are set (the caller knows some is)."""
     entry = meter.reserve(rates, estimate, now)
     return () if entry is None else ((meter.tokens, entry),)
 

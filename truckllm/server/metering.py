@@ -17,9 +17,9 @@ from truckllm.limits import (
     PromptEstimate,
     RateLimitExceeded,
     UpstreamUse,
-    cost_of,
     state_file_path,
 )
+from truckllm.limits.cost import priced_lines
 from truckllm.limits.persist import StateSaver
 from truckllm.records import Exchange
 from truckllm.server.keys import LIMITER, STATE
@@ -58,13 +58,13 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
     release the client key's concurrency slot."""
     try:
         usage, pricing = exchange.usage, route.config.pricing
-        breakdown = cost_of(usage, pricing)
+        cost_usd = 0.0
         if pricing is not None and usage is not None:
-            exchange.cost_usd = breakdown.total_usd
-            exchange.cost_lines = breakdown.lines      # logged in the request's access line
-        admission.settle(usage, breakdown.total_usd)
+            cost_usd, exchange.cost_lines = priced_lines(usage, pricing)   # lines: access line
+            exchange.cost_usd = cost_usd
+        admission.settle(usage, cost_usd)
         if upstream_use is not None:
-            upstream_use.settle(usage, breakdown.total_usd)
+            upstream_use.settle(usage, cost_usd)
     finally:
         admission.release()
 

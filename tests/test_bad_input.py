@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import openai
 import orjson
 import pytest
+import yaml
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted
 from tests.gateway import CLIENT_KEY, Gateway, make_config, make_gateway
+from truckllm.config.loader import load_bytes
+from truckllm.server.keys import STATE
+from truckllm.state import build_state
 
 pytestmark = pytest.mark.asyncio
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -151,3 +156,20 @@ async def test_unreachable_upstream_is_a_502() -> None:
         response = await http.post("/v1/chat/completions", json={**CHAT, "model": "gpt"}, headers=AUTH)
         assert response.status == 502
         assert (await response.json())["error"]["type"] == "upstream_error"
+
+
+async def test_a_key_dropped_by_a_reload_is_refused_at_once() -> None:
+    """Verified keys are remembered per config snapshot (auth skips the digest for them):
+    the next snapshot must not inherit that memory."""
+    other = "tk-test-client-key-0002"
+    config = make_config(keys=[{"id": "team", "key": CLIENT_KEY}, {"id": "other", "key": other}])
+    async with make_gateway(config) as gateway:
+        for key in (CLIENT_KEY, other, CLIENT_KEY):
+            answer = await gateway.client(key).chat.completions.create(**CHAT)
+            assert answer.choices[0].message.content
+        reloaded = make_config(keys=[{"id": "other", "key": other}])
+        holder = gateway.app[STATE]
+        holder.swap(build_state(load_bytes(yaml.safe_dump(reloaded).encode(), "test.yaml", {}), 2))
+        with pytest.raises(openai.AuthenticationError):
+            await gateway.client(CLIENT_KEY).chat.completions.create(**CHAT)
+        assert (await gateway.client(other).chat.completions.create(**CHAT)).choices

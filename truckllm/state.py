@@ -93,6 +93,11 @@ class State:
     all_routes: tuple[Route, ...]                     # every alias, in config order
     loaded_at: float                                  # unix seconds
     limits: LimitsPolicy = field(default_factory=LimitsPolicy)   # rate limits, budgets, prices
+    # Keys already verified against this snapshot, by the text presented: a repeat caller
+    # skips the SHA-256 (the costliest step of auth). At most one entry per client key,
+    # since only verified keys go in; it dies with the snapshot, so a reload that drops
+    # or changes a key takes effect at once.
+    _verified: dict[str, ClientKey] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def config(self) -> Config:
@@ -112,11 +117,17 @@ class State:
     def authenticate(self, presented: str) -> ClientKey | None:
         """Look a presented key up by digest; compare digests in constant time."""
         assert self.client_keys is not None
+        # A dict hit compares strings only after their (seeded, 64-bit) hashes match, so
+        # its timing says nothing useful about a wrong key; a miss takes the digest path.
+        known = self._verified.get(presented)
+        if known is not None:
+            return known
         # A header that is not UTF-8 arrives surrogate-escaped; it is just a wrong key.
         digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
         key = self.client_keys.get(digest)
         if key is None or not hmac.compare_digest(key.digest, digest):
             return None
+        self._verified[presented] = key
         return key
 
 

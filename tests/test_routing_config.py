@@ -57,6 +57,7 @@ routing:
     (b"routing: {retry_on: [sometimes]}", "routing.retry_on[0]", ""),
     (b"routing: {max_attempts: 0}", "routing.max_attempts", ""),
     (b"routing: {cooldown: 5}", "routing.cooldown", "unknown field"),
+    (b"routing: {cooldown_s: 30000}", "routing.cooldown_s", "3600"),
 ])
 def test_bad_routing_values(extra: bytes, path: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -144,7 +144,7 @@ class RoutingConfig(Strict):
     retry_on: list[RetryOn] = Field(
         default_factory=_default_retry_on,
         description="Upstream statuses (400-599) and `timeout` / `connect` failures after which another attempt is made; an upstream 401/403 always moves to another key.")
-    cooldown_s: float = Field(30, gt=0, description="How long a rate-limited key (without Retry-After) or a key/target whose breaker opened is skipped; doubles on repeated failures, up to 10 times this.")
+    cooldown_s: float = Field(30, gt=0, le=3600, description="How long a rate-limited key (without Retry-After) or a key/target whose breaker opened is skipped; doubles on repeated failures, up to 10 times this. At most 3600 (an hour).")
     wait_for_recovery_ms: float = Field(0, ge=0, description="When every target is cooling down, wait up to this long for the first to recover instead of answering 503 at once.")
     breaker_failures: int = Field(3, ge=1, description="Consecutive server errors, timeouts or connection failures that open the breaker of a key or target.")
     breaker_window_s: float = Field(60, gt=0, description="The failures counted by `breaker_failures` must fall within this many seconds.")

@@ -168,12 +168,19 @@ async def test_count_tokens_passes_through_to_an_anthropic_upstream(stack: Stack
     assert sent.body["tools"] == [WEATHER] and sent.headers["x-api-key"] != CLIENT_KEY
 
 
-async def test_count_tokens_elsewhere_is_a_clear_anthropic_400(stack: Stack) -> None:
+async def test_count_tokens_elsewhere_is_estimated_and_marked(stack: Stack) -> None:
+    """No upstream to ask: the gateway estimates (characters / 4, keys included: role 4 +
+    user 4 + content 7 + the text), says so in a header, and calls nobody."""
     client = make_client(stack)
-    with pytest.raises(anthropic.BadRequestError, match="cannot serve count_tokens"):
-        await client.messages.count_tokens(model="gem", messages=[{"role": "user", "content": "x"}])
+    raw = await client.messages.with_raw_response.count_tokens(
+        model="gem", messages=[{"role": "user", "content": "x" * 41}])
+    assert (await raw.parse()).input_tokens == (4 + 4 + 7 + 41 + 3) // 4
+    assert raw.headers["x-truckllm-estimated"] == "true"
+    assert raw.headers["x-truckllm-attempts"] == "0"
     with pytest.raises(anthropic.NotFoundError):
         await client.messages.count_tokens(model="nope", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(anthropic.BadRequestError, match="messages"):
+        await client.messages.count_tokens(model="gem", messages="not a list")  # type: ignore[arg-type]
     assert stack.gemini.requests == []
 
 

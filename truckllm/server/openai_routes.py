@@ -12,9 +12,10 @@ from aiohttp import web
 
 from truckllm import errors
 from truckllm.dispatch import Call, RawReply, Reply, StreamReply, dispatch
-from truckllm.limits import Limiter
-from truckllm.providers.base import CallContext
+from truckllm.limits import Limiter, estimate_prompt_tokens
+from truckllm.providers.base import CallContext, Target
 from truckllm.providers.media import MULTIPART_OPERATIONS
+from truckllm.records import Exchange
 from truckllm.server import anthropic_wire, metering
 from truckllm.server.auth import authenticate
 from truckllm.server.keys import LIMITER, RATELIMIT_HEADERS, ROUTING, STATE, TRANSPORT, exchange_of
@@ -92,6 +93,8 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     admission = metering.admit(limiter, state, key, body, exchange)
     reply: Reply | StreamReply | RawReply | None = None
     try:
+        if op == "count_tokens" and not _any_serves(state, targets, op):
+            return _estimated_count(body, exchange)
         call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
         reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
         if isinstance(reply, Reply):
@@ -104,6 +107,19 @@ async def _relay(request: web.Request, op: str) -> web.StreamResponse:
         return await write_stream(request, reply, exchange)
     finally:   # after the last byte, an error, or the client leaving (streams included)
         metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+def _any_serves(state: State, targets: tuple[Target, ...], op: str) -> bool:
+    return any(op in state.providers[t.provider_id].spec.operations for t in targets)
+
+
+def _estimated_count(body: dict[str, Any], exchange: Exchange) -> web.Response:
+    """Token counting for an alias with no `anthropic` target: estimated here by the rule
+    tpm limits use (characters / 4), marked as such. Clients ask it to manage their
+    context window, where an estimate serves and a 400 only breaks them."""
+    headers = {**gateway_headers(exchange), "x-truckllm-estimated": "true"}
+    return web.Response(body=orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}),
+                        content_type="application/json", headers=headers)
 
 
 # Client headers that mean something to a native upstream: Anthropic's beta features

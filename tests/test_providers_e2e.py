@@ -15,6 +15,7 @@ from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, 
 from tests.fakes.gemini_fake import SIGNATURE
 from tests.fakes.wire_fake import Reply, sse
 from tests.providers_gateway import CLIENT_KEY, UPSTREAM_KEYS, Stack, make_openai_client
+from truckllm.providers.gemini import SIGNATURE_MARK
 
 CHAT_ALIASES = ["claude", "gem", "az", "az-v1"]
 WEATHER_TOOL: Any = {"type": "function", "function": {
@@ -232,3 +233,26 @@ async def test_error_event_before_any_content_falls_back_to_the_next_target(stac
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Fake reply to: hello"
     assert len(stack.anthropic.requests) == 1 and len(stack.gemini.requests) == 1
+
+
+@pytest.mark.parametrize("alias", ["oai-chat", "az"])
+async def test_a_gemini_tool_history_continues_on_openai_with_short_ids(stack: Stack, alias: str) -> None:
+    """Gemini's tool-call ids carry its thought signature (hundreds of characters, far over
+    OpenAI's 40); a conversation that moves to an OpenAI-compatible upstream (a fallback,
+    or the client switching models) must still be accepted, its call and result matched."""
+    long_id = "call_resp-7_0" + SIGNATURE_MARK + "Cs8BAdHtim9" * 40
+    messages: list[Any] = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": long_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": long_id, "content": "18C and sunny"},
+    ]
+    answer = await make_openai_client(stack).chat.completions.create(
+        model=alias, messages=messages, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content
+    sent = stack.azure.requests[-1].body["messages"]
+    sent_call_id, sent_result_id = sent[1]["tool_calls"][0]["id"], sent[2]["tool_call_id"]
+    assert sent_call_id == sent_result_id and len(sent_call_id) <= 40
+    assert sent[2]["content"] == "18C and sunny" and sent[0] == messages[0]
+    assert sent[1]["tool_calls"][0]["function"] == messages[1]["tool_calls"][0]["function"]

@@ -10,7 +10,6 @@ client gives no max tokens, since Anthropic requires it).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any
 
@@ -46,6 +45,7 @@ from truckllm.providers.chat_shapes import (
     build_response,
     kind_of,
 )
+from truckllm.providers.tool_ids import stand_in
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
     decode_json,
@@ -183,7 +183,7 @@ def tool_id(call_id: str) -> str:
     its result."""
     if _TOOL_ID.fullmatch(call_id):
         return call_id
-    return "toolu_" + hashlib.sha256(call_id.encode()).hexdigest()[:24]
+    return stand_in("toolu_", call_id, 24)
 
 
 def _media_block(media: Media) -> dict[str, Any]:

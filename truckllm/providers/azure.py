@@ -28,6 +28,7 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.chat_shapes import encode_float_embeddings
 from truckllm.providers.media import PASS_THROUGH_OPERATIONS, media_request
+from truckllm.providers.tool_ids import with_short_tool_ids
 from truckllm.providers.upstream_errors import (
     context_overflow_code,
     decode_json,
@@ -75,7 +76,10 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
         # Always ask for usage so streams count; the chunk is dropped unless the client asked.
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
     headers = {"content-type": "application/json", **auth_headers(target, key)}
-    return UpstreamRequest("POST", url, headers, orjson.dumps(payload), stream)
+    data = orjson.dumps(payload)
+    if operation == "chat":
+        data = with_short_tool_ids(payload, data)
+    return UpstreamRequest("POST", url, headers, data, stream)
 
 
 # ---- response -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from truckllm.providers.base import (
     UpstreamRequest,
 )
 from truckllm.providers.chat_shapes import encode_float_embeddings
+from truckllm.providers.tool_ids import with_short_tool_ids
 from truckllm.providers.upstream_errors import to_gateway_error
 from truckllm.usage import Usage
 
@@ -60,8 +61,10 @@ def build_request(op: str, body: dict[str, Any], target: Target, key: str,
     headers = {"Content-Type": "application/json", **target.headers}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    return UpstreamRequest("POST", target.base_url + PATHS[op], headers,
-                           orjson.dumps(payload), ctx.stream)
+    data = orjson.dumps(payload)
+    if op == "chat":
+        data = with_short_tool_ids(payload, data)
+    return UpstreamRequest("POST", target.base_url + PATHS[op], headers, data, ctx.stream)
 
 
 def build_probe(target: Target, key: str) -> UpstreamRequest:

@@ -207,8 +207,7 @@ def access_fields(record: RequestRecord) -> dict[str, Any]:
         "attempts": record.attempts,
         "stream": record.stream,
         "cost_usd": record.cost_usd,
-        "cost_lines": [{"kind": line.kind, "tokens": line.tokens, "usd_per_mtok": line.usd_per_mtok,
-                        "usd": line.usd} for line in record.cost_lines] or None,
+        "cost_lines": [line._asdict() for line in record.cost_lines] or None,   # named tuples
         "usage_estimated": record.usage_estimated,
         "error": record.error_reason,
     }

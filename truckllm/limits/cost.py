@@ -35,11 +35,7 @@ class CostBreakdown(NamedTuple):
         """The numbers the total came from, for a log line: tokens by kind x rate."""
         return {
             "cost_usd": self.total_usd,
-            "cost_lines": [
-                {"kind": line.kind, "tokens": line.tokens,
-                 "usd_per_mtok": line.usd_per_mtok, "usd": line.usd}
-                for line in self.lines
-            ],
+            "cost_lines": [line._asdict() for line in self.lines],
         }
 
 
@@ -50,12 +46,6 @@ def cost_of(usage: Usage | None, pricing: PricingConfig | None) -> CostBreakdown
     """The cost of one request's usage; FREE when either is unknown."""
     if usage is None or pricing is None:
         return FREE
-    return CostBreakdown(*priced_lines(usage, pricing))
-
-
-def priced_lines(usage: Usage, pricing: PricingConfig) -> tuple[float, tuple[CostLine, ...]]:
-    """The total and the lines it is the sum of (empty kinds left out): `cost_of` without
-    its wrapper, for the request path that reads each once."""
     prompt = usage.prompt_tokens
     # min() by hand: a builtin call costs more than the rest of this arithmetic
     cache_read = usage.cache_read_tokens
@@ -76,7 +66,7 @@ def priced_lines(usage: Usage, pricing: PricingConfig) -> tuple[float, tuple[Cos
                            _or(pricing.cache_write_per_mtok, input_rate)))
     if usage.completion_tokens:
         lines.append(_line("output", usage.completion_tokens, pricing.output_per_mtok))
-    return sum(map(_USD, lines)), tuple(lines)
+    return CostBreakdown(sum(map(_USD, lines)), tuple(lines))     # empty kinds left out
 
 
 _USD = attrgetter("usd")

@@ -19,7 +19,7 @@ from truckllm.limits import (
     UpstreamUse,
     state_file_path,
 )
-from truckllm.limits.cost import priced_lines
+from truckllm.limits.cost import cost_of
 from truckllm.limits.persist import StateSaver
 from truckllm.records import Exchange
 from truckllm.server.keys import LIMITER, STATE
@@ -60,7 +60,7 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
         usage, pricing = exchange.usage, route.config.pricing
         cost_usd = 0.0
         if pricing is not None and usage is not None:
-            cost_usd, exchange.cost_lines = priced_lines(usage, pricing)   # lines: access line
+            cost_usd, exchange.cost_lines = cost_of(usage, pricing)   # lines: access line
             exchange.cost_usd = cost_usd
         admission.settle(usage, cost_usd)
         if upstream_use is not None:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,20 @@ class Gateway:
     url: str                    # base URL ending in /v1
     root: str                   # http://127.0.0.1:port
     app: web.Application
+    # SDK clients handed out, closed when the gateway stops: one left open is closed by
+    # the garbage collector later, on a loop that is gone, and logs a traceback into
+    # whichever test happens to be running then.
+    clients: list[AsyncOpenAI | OpenAI] = field(default_factory=list)
 
     def client(self, key: str = CLIENT_KEY, **options: Any) -> AsyncOpenAI:
-        return AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, **options)
+        client = AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, **options)
+        self.clients.append(client)
+        return client
 
     def sync_client(self, key: str = CLIENT_KEY, **options: Any) -> OpenAI:
-        return OpenAI(base_url=self.url, api_key=key, max_retries=0, **options)
+        client = OpenAI(base_url=self.url, api_key=key, max_retries=0, **options)
+        self.clients.append(client)
+        return client
 
     def http(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(base_url=self.root, timeout=aiohttp.ClientTimeout(total=10))
@@ -79,9 +87,12 @@ async def make_gateway(config: Mapping[str, Any], env: Mapping[str, str] | None 
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     root = str(server.make_url("")).rstrip("/")
+    gateway = Gateway(root + "/v1", root, app)
     try:
-        yield Gateway(root + "/v1", root, app)
+        yield gateway
     finally:
+        for client in gateway.clients:
+            await client.close() if isinstance(client, AsyncOpenAI) else client.close()
         await server.close()
 
 

@@ -82,7 +82,7 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, ["serve", "-c", str(path), "--port", str(port)])
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in result.output
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output, result.output
 
 
 def test_serve_process_answers_then_drains_a_stream_on_sigterm(tmp_path: Path) -> None:

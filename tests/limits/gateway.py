@@ -7,7 +7,7 @@ import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,14 @@ class Gateway:
     app: web.Application
     url: str                    # ends in /v1
     root: str                   # http://127.0.0.1:PORT
+    # Closed when the gateway stops (see tests/gateway.py: a client left to the garbage
+    # collector logs a traceback into whichever test runs then).
+    clients: list[AsyncOpenAI] = field(default_factory=list)
 
     def client(self, key: str) -> AsyncOpenAI:
-        return AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=10)
+        client = AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=10)
+        self.clients.append(client)
+        return client
 
     @property
     def limiter(self) -> Limiter:
@@ -72,7 +77,10 @@ async def make_gateway(config_text: str, directory: Path, clock: Clock | None = 
     server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
     await server.start_server()
     root = str(server.make_url("")).rstrip("/")
+    gateway = Gateway(app, root + "/v1", root)
     try:
-        yield Gateway(app, root + "/v1", root)
+        yield gateway
     finally:
+        for client in gateway.clients:
+            await client.close()
         await server.close()

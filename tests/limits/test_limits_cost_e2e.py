@@ -110,8 +110,8 @@ async def test_cache_reads_and_writes_are_priced_logged_spent_and_exported(tmp_p
 async def test_messages_api_carries_the_headers_and_refuses_in_anthropic_shape(tmp_path: Path) -> None:
     limited = config("URL").replace("rpm: 100, budget_usd: 10000", "rpm: 3, budget_usd: 10000")
     async with make_anthropic_fake() as fake, \
-            make_gateway(limited.replace("URL", fake.url), tmp_path) as gateway:
-        client = AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10)
+            make_gateway(limited.replace("URL", fake.url), tmp_path) as gateway, \
+            AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10) as client:
         hello: Any = [{"role": "user", "content": "hello"}]
         plain = await client.messages.with_raw_response.create(
             model="sonnet", max_tokens=10, messages=hello)

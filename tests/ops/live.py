@@ -12,12 +12,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from openai import AsyncOpenAI
 
 WORKTREE = Path(__file__).resolve().parents[2]
 START_LIMIT_S = 20.0
@@ -92,6 +93,15 @@ class Gateway:
     config_path: Path
     log_path: Path
     http: aiohttp.ClientSession
+    clients: list[AsyncOpenAI] = field(default_factory=list)    # closed when the gateway stops
+
+    def openai_client(self, key: str, timeout_s: float = 20) -> AsyncOpenAI:
+        """An SDK client of this gateway, closed with it: one left to the garbage collector
+        closes on a loop that is gone and logs a traceback into a later test."""
+        client = AsyncOpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0,
+                             timeout=timeout_s)
+        self.clients.append(client)
+        return client
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -166,6 +176,8 @@ async def run_gateway(config_path: Path, port: int, *, admin_port: int | None = 
             await wait_until(healthy, "the gateway to answer /health", START_LIMIT_S)
             yield gateway
         finally:
+            for client in gateway.clients:
+                await client.close()
             await _stop(process)
 
 

@@ -35,8 +35,7 @@ async def fake() -> AsyncIterator[OpenAIFake]:
 
 
 def client_for(gateway: Gateway) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=gateway.url + "/v1", api_key=ENV["TEAM_KEY"], max_retries=0,
-                       timeout=20)
+    return gateway.openai_client(ENV["TEAM_KEY"])
 
 
 def assert_no_secret(text: str, where: str) -> None:

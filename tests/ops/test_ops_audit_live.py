@@ -44,8 +44,7 @@ async def fake() -> AsyncIterator[OpenAIFake]:
 
 
 def client_for(gateway: Gateway, key: str | None = None) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=gateway.url + "/v1", api_key=key or ENV["TEAM_KEY"],
-                       max_retries=0, timeout=20)
+    return gateway.openai_client(key or ENV["TEAM_KEY"])
 
 
 async def metric_samples(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ops.live import (
@@ -166,8 +165,7 @@ async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(make_config(port, watch=False, chunk_delay_ms=10))
     async with run_gateway(path, port) as gateway:
-        client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key=ENV["TEAM_KEY"], max_retries=0,
-                             timeout=30)
+        client = gateway.openai_client(ENV["TEAM_KEY"], timeout_s=30)
         done = asyncio.Event()
         answered: list[str] = []
 

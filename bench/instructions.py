@@ -1,0 +1,125 @@
+"""`python -m bench.instructions`: machine instructions per request, TruckLLM vs the reference.
+
+CPU time on a shared (virtual) machine moves by ±15% between two processes of the same
+code; the number of instructions a request executes does not. Each proxy runs under
+valgrind's callgrind with instrumentation off (so start-up runs at near full speed), gets
+a warm-up load, and then counts instructions only while a measured load runs. Callgrind
+slows the proxy about fifty times, so a few hundred requests are enough.
+
+It counts instructions, not time: cache misses and system calls (the kernel's share) are
+not in it. Use it to judge a change to TruckLLM's own code; `make bench` remains the
+measure of CPU time. Needs valgrind (`apt-get install valgrind`); without it this says so
+and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from bench.processes import Child, cores, free_port, pin_self, start_child, wait_for_port
+from bench.targets import (
+    ALIAS,
+    CLIENT_KEY,
+    UPSTREAM_MODEL,
+    check_answers,
+    truckllm_command,
+    truckllm_config,
+)
+
+WARM_UP_S = 3.0
+START_LIMIT_S = 300.0       # importing pydantic and friends under valgrind takes a while
+
+
+def proxy_command(kind: str, port: int, fake_port: int, work: Path) -> tuple[list[str], str, str]:
+    if kind == "reference":
+        return ([sys.executable, "-m", "bench.reference_proxy", "--port", str(port), "--upstream",
+                 f"http://127.0.0.1:{fake_port}"], "none", UPSTREAM_MODEL)
+    config = work / "config" / "bench.yaml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(truckllm_config(port, fake_port))
+    return truckllm_command(config, port), CLIENT_KEY, ALIAS
+
+
+def instructions_per_request(kind: str, concurrency: int, duration_s: float) -> float:
+    proxy_core, load_core = cores()
+    with tempfile.TemporaryDirectory(prefix="truckllm-instructions-") as scratch:
+        work = Path(scratch)
+        fake_port, port = free_port(), free_port()
+        fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)],
+                           load_core, work)
+        counts = work / "callgrind.out"
+        command, key, model = proxy_command(kind, port, fake_port, work)
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={counts}"]
+        proxy = start_child(kind, [*valgrind, *command], proxy_core, work)
+        try:
+            wait_for_port(fake, fake_port)
+            wait_for_port(proxy, port, timeout_s=START_LIMIT_S)
+            check_answers(port, key, model)
+            load = ["--port", str(port), "--key", key, "--model", model, "--concurrency", str(concurrency)]
+            _run_load(load, WARM_UP_S, work, load_core)
+            _callgrind(proxy, "--instr=on")
+            _callgrind(proxy, "--zero")
+            requests = _run_load(load, duration_s, work, load_core)
+            _callgrind(proxy, "--instr=off")
+            _callgrind(proxy, "--dump")
+            time.sleep(1.0)         # the dump is written by the proxy process itself
+            return _instructions(work) / requests
+        finally:
+            proxy.stop()
+            fake.stop()
+
+
+def _run_load(arguments: list[str], duration_s: float, work: Path, core: int | None) -> int:
+    result = work / "load.json"
+    subprocess.run([sys.executable, "-m", "bench.loadgen", *arguments, "--duration", str(duration_s),
+                    "--out", str(result)], input=b"go\n", stdout=subprocess.DEVNULL, check=True,
+                   timeout=duration_s + 120, preexec_fn=(lambda: pin_self(core)) if core is not None else None)
+    return int(orjson.loads(result.read_bytes())["requests"])
+
+
+def _callgrind(proxy: Child, option: str) -> None:
+    subprocess.run(["callgrind_control", option, str(proxy.process.pid)], capture_output=True,
+                   check=True, timeout=60)
+
+
+def _instructions(work: Path) -> int:
+    """Instructions counted since the zeroing: the `totals` of the dumps (the file of the
+    dump requested and the one written when the process ends, empty by then)."""
+    total = 0
+    for dump in work.glob("callgrind.out*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of measured load per proxy")
+    parser.add_argument("--no-truckllm", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        raise SystemExit(2)
+    pin_self(cores()[1])
+    kinds = ("reference",) if args.no_truckllm else ("reference", "truckllm")
+    figures = {kind: instructions_per_request(kind, args.concurrency, args.duration) for kind in kinds}
+    print("| target | instructions per request | vs reference |\n|---|---:|---:|")
+    for kind, count in figures.items():
+        ratio = "" if kind == "reference" else f"{count / figures['reference']:.2f}x"
+        print(f"| {kind} | {count / 1000:,.0f}k | {ratio} |")
+    print(f"\nConcurrency {args.concurrency}, {args.duration:g} s of load per proxy under callgrind.")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ from truckllm.providers.media import MULTIPART_OPERATIONS
 from truckllm.records import Exchange
 from truckllm.server import anthropic_wire, metering
 from truckllm.server.auth import authenticate
-from truckllm.server.keys import LIMITER, RATELIMIT_HEADERS, ROUTING, STATE, TRANSPORT, exchange_of
+from truckllm.server.keys import EXCHANGE, LIMITER, RATELIMIT_HEADERS, ROUTING, STATE, TRANSPORT
 from truckllm.server.middleware import gateway_headers
 from truckllm.server.streaming import write_raw, write_stream
 from truckllm.server.validation import check_fields, read_json, read_multipart
@@ -32,13 +32,13 @@ async def _anthropic_relay(request: web.Request, op: str) -> web.StreamResponse:
     try:
         return await _relay(request, op)
     except errors.GatewayError as exc:
-        return anthropic_wire.error_response(exc, exchange_of(request))
+        return anthropic_wire.error_response(exc, request[EXCHANGE])
 
 
 async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     app = request.app                                # a property with lookups: read once
     state = app[STATE].current                       # one snapshot for the whole request
-    exchange = exchange_of(request)
+    exchange = request[EXCHANGE]
     limiter = app[LIMITER]
     key = _authenticate(request, state, limiter)
     exchange.key_id = key.id if key else None

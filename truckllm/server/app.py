@@ -29,7 +29,7 @@ from truckllm.server.keys import (
     RecordObserver,
 )
 from truckllm.server.metering import save_state
-from truckllm.server.middleware import through_gateway
+from truckllm.server.middleware import add_gateway_routes
 from truckllm.server.ops import make_ops, run_reloader
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
@@ -59,7 +59,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     routes = openai_routes.routes()
     if holder.current.config.server.admin_listen is None:
         routes += _admin_routes()
-    app.add_routes(through_gateway(app, routes))
+    add_gateway_routes(app, routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)

@@ -1,5 +1,9 @@
-"""The one middleware: request id, the Exchange that records the request, the error
-envelope (every failure leaves as an OpenAI-shaped JSON error), and the final record."""
+"""The gateway around every route handler of the client-facing app: request id, the
+Exchange that records the request, the error envelope (every failure leaves as an
+OpenAI-shaped JSON error, unknown paths and methods included), and the final record.
+
+Applied to each handler when the routes are registered, not as an aiohttp middleware,
+which would cost aiohttp's middleware machinery on every request."""
 
 from __future__ import annotations
 
@@ -32,16 +36,29 @@ def request_id_for(request: web.Request) -> str:
     return _random_bits(96).to_bytes(12).hex()
 
 
-def through_gateway(app: web.Application, routes: Iterable[web.RouteDef]) -> list[web.RouteDef]:
-    """`routes` with every handler wrapped by `gateway_handler`, and a last route that
-    answers the paths and methods no other route takes.
+def add_gateway_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
+    """Register `routes` with every handler wrapped by `gateway_handler`, then, last, a
+    route for every path and method that no other route takes.
 
     Wrapping at registration instead of an aiohttp middleware saves, on every request,
     aiohttp's middleware chain (a cached partial and a middleware of its own that resets
     `request.app`) and two coroutine layers."""
-    routes = [*routes, web.route("*", "/{path:.*}", unrouted)]
-    return [web.RouteDef(route.method, route.path, gateway_handler(app, route.handler),
-                         route.kwargs) for route in routes]
+    app.add_routes(web.RouteDef(route.method, route.path, gateway_handler(app, route.handler),
+                                route.kwargs) for route in routes)
+    everything_else = _AnyPath()
+    app.router.register_resource(everything_else)
+    everything_else.add_route("*", gateway_handler(app, unrouted))
+
+
+class _AnyPath(web.PlainResource):
+    """Matches every path, even `*` (OPTIONS *). aiohttp's router indexes it under "/",
+    which it tries after every longer prefix of a path: the resource of last resort."""
+
+    def __init__(self) -> None:
+        super().__init__("/")
+
+    def _match(self, path: str) -> dict[str, str]:
+        return {}
 
 
 async def unrouted(request: web.Request) -> web.StreamResponse:

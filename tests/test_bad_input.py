@@ -3,6 +3,7 @@ server stays healthy after. Table-driven over raw HTTP, as a misbehaving client 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -119,6 +120,19 @@ async def test_bad_input_gets_an_openai_error(gateway: Gateway, case: Case) -> N
         health = await http.get("/health")
         assert health.status == 200 and await health.json() == {"status": "ok"}
 
+
+
+async def test_a_request_line_no_route_can_match_gets_an_openai_error(gateway: Gateway) -> None:
+    """`OPTIONS *` has no path for a route to match at all; it is still answered in the
+    OpenAI shape, not with aiohttp's plain-text 404."""
+    host, port = gateway.root.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert b"Content-Type: application/json" in head
+    assert orjson.loads(body)["error"]["code"] == "unknown_url"
 
 UPSTREAM_CASES = [
     # (scripted upstream answer, client status, client error type, code)

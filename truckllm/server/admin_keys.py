@@ -44,6 +44,5 @@ def _json(payload: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/v1/keys", list_keys)
-    app.router.add_post("/admin/v1/keys/{key_id}/reset", reset_key)
+def routes() -> list[web.RouteDef]:
+    return [web.get("/admin/v1/keys", list_keys), web.post("/admin/v1/keys/{key_id}/reset", reset_key)]

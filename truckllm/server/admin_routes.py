@@ -27,18 +27,20 @@ from truckllm.server.ops import Ops
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
-def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/admin/v1/config", get_config)
-    app.router.add_post("/admin/v1/config", post_config)
-    app.router.add_post("/admin/v1/config/validate", validate_config)
-    app.router.add_post("/admin/v1/reload", reload_config)
-    app.router.add_get("/admin/v1/providers", providers)
-    app.router.add_get("/admin/v1/logs", logs)
-    app.router.add_get("/admin/v1/status", status)
+def admin_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/admin/v1/config", get_config),
+        web.post("/admin/v1/config", post_config),
+        web.post("/admin/v1/config/validate", validate_config),
+        web.post("/admin/v1/reload", reload_config),
+        web.get("/admin/v1/providers", providers),
+        web.get("/admin/v1/logs", logs),
+        web.get("/admin/v1/status", status),
+    ]
 
 
-def add_metrics_route(app: web.Application) -> None:
-    app.router.add_get("/metrics", metrics)
+def metrics_routes() -> list[web.RouteDef]:
+    return [web.get("/metrics", metrics)]
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from truckllm.probes import run_probes
 from truckllm.reloader import ReloadResult
 from truckllm.router import Routing
 from truckllm.server import admin_keys, openai_routes
-from truckllm.server.admin_routes import add_admin_routes, add_metrics_route
+from truckllm.server.admin_routes import admin_routes, metrics_routes
 from truckllm.server.keys import (
     INFLIGHT,
     LIMITER,
@@ -29,7 +29,7 @@ from truckllm.server.keys import (
     RecordObserver,
 )
 from truckllm.server.metering import save_state
-from truckllm.server.middleware import gateway_middleware
+from truckllm.server.middleware import add_gateway_routes
 from truckllm.server.ops import make_ops, run_reloader
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
@@ -43,7 +43,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     """The client-facing app; it also serves the admin API and /metrics unless
     `server.admin_listen` moves them to the app of `create_admin_app`.
     `clock` is for tests that move time (rate windows, budget periods) without sleeping."""
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=_AIOHTTP_BODY_CEILING)
+    app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING)
     app[STATE] = holder
     app[TRANSPORT] = Transport()
     app[INFLIGHT] = [0]
@@ -56,9 +56,10 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
                                _routing_follows(app))
     observers: list[RecordObserver] = ops.observers()
     app[OBSERVERS] = observers
-    openai_routes.add_routes(app)
+    routes = openai_routes.routes()
     if holder.current.config.server.admin_listen is None:
-        _add_admin(app)
+        routes += _admin_routes()
+    add_gateway_routes(app, routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)
@@ -73,15 +74,12 @@ def create_admin_app(main: web.Application) -> web.Application:
     app[STATE] = main[STATE]
     app[LIMITER] = main[LIMITER]
     app[ROUTING] = main[ROUTING]
-    _add_admin(app)
-    app.router.add_get("/health", openai_routes.health)
+    app.add_routes([*_admin_routes(), web.get("/health", openai_routes.health)])
     return app
 
 
-def _add_admin(app: web.Application) -> None:
-    add_admin_routes(app)
-    admin_keys.add_routes(app)
-    add_metrics_route(app)
+def _admin_routes() -> list[web.RouteDef]:
+    return [*admin_routes(), *admin_keys.routes(), *metrics_routes()]
 
 
 def _limiter_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResult], None]:

@@ -18,8 +18,9 @@ def presented_key(request: web.Request) -> str | None:
     authorization = headers.get("Authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
+        token = token.strip()
+        if token and scheme.lower() == "bearer":
+            return token
     return headers.get("x-api-key") or headers.get("api-key") or None
 
 

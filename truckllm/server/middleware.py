@@ -1,11 +1,16 @@
-"""The one middleware: request id, the Exchange that records the request, the error
-envelope (every failure leaves as an OpenAI-shaped JSON error), and the final record."""
+"""The gateway around every route handler of the client-facing app: request id, the
+Exchange that records the request, the error envelope (every failure leaves as an
+OpenAI-shaped JSON error, unknown paths and methods included), and the final record.
+
+Applied to each handler when the routes are registered, not as an aiohttp middleware,
+which would cost aiohttp's middleware machinery on every request."""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import re
+from collections.abc import Iterable
 
 import structlog
 from aiohttp import web
@@ -16,6 +21,7 @@ from truckllm.records import Exchange
 from truckllm.server.keys import EXCHANGE, INFLIGHT, OBSERVERS, ratelimit_headers_of
 
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")     # printable, no spaces, bounded
+_random_bits = random.getrandbits
 _UNRECORDED_PATHS = frozenset({"/health", "/metrics"})
 CLIENT_CLOSED_REQUEST = 499
 log = structlog.get_logger("truckllm.server")
@@ -25,47 +31,96 @@ def request_id_for(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID")
     if given and _CLIENT_REQUEST_ID.fullmatch(given):
         return given
-    return os.urandom(12).hex()
+    # 96 random bits as 24 hex digits, from the random module's generator rather than
+    # os.urandom: no system call per request, and an id needs uniqueness, not secrecy.
+    return _random_bits(96).to_bytes(12).hex()
 
 
-@web.middleware
-async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path, app = request.path, request.app       # properties: read once
-    exchange = Exchange(request_id_for(request), request.method, path)
-    request[EXCHANGE] = exchange
+def add_gateway_routes(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
+    """Register `routes` with every handler wrapped by `gateway_handler`, then, last, a
+    route for every path and method that no other route takes.
+
+    Wrapping at registration instead of an aiohttp middleware saves, on every request,
+    aiohttp's middleware chain (a cached partial and a middleware of its own that resets
+    `request.app`) and two coroutine layers."""
+    app.add_routes(web.RouteDef(route.method, route.path, gateway_handler(app, route.handler),
+                                route.kwargs) for route in routes)
+    everything_else = _AnyPath()
+    app.router.register_resource(everything_else)
+    everything_else.add_route("*", gateway_handler(app, unrouted))
+
+
+class _AnyPath(web.PlainResource):
+    """Matches every path, even `*` (OPTIONS *). aiohttp's router indexes it under "/",
+    which it tries after every longer prefix of a path: the resource of last resort."""
+
+    def __init__(self) -> None:
+        super().__init__("/")
+
+    def _match(self, path: str) -> dict[str, str]:
+        return {}
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    """404 for an unknown path, 405 for a known path asked with the wrong method: what
+    aiohttp's router answers when no route matches, asked of the other routes again."""
+    this = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not this:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def gateway_handler(app: web.Application, handler: Handler) -> Handler:
+    """`handler` inside the request id, the Exchange, the error envelope and the record."""
     inflight = app[INFLIGHT]
-    recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
-    inflight[0] += recorded         # scrapes and admin calls are not traffic
-    status = CLIENT_CLOSED_REQUEST
-    try:
-        response = await _handle(request, handler, exchange)
-        status = response.status if not exchange.status else exchange.status
-        if not response.prepared:
-            response.headers["x-request-id"] = exchange.request_id
-            response.headers.update(ratelimit_headers_of(request))
-        return response
-    finally:
-        inflight[0] -= recorded
-        if recorded:
-            record = exchange.finish(status)
-            for observe in app[OBSERVERS]:
-                observe(record)
+
+    async def gateway(request: web.Request) -> web.StreamResponse:
+        path = request.path         # a property: read once
+        exchange = Exchange(request_id_for(request), request.method, path)
+        request[EXCHANGE] = exchange
+        recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
+        inflight[0] += recorded         # scrapes and admin calls are not traffic
+        status = CLIENT_CLOSED_REQUEST
+        try:
+            try:
+                response = await handler(request)
+            except BaseException as exc:
+                response = _failure_response(request, exc, exchange)
+            status = response.status if not exchange.status else exchange.status
+            if not response.prepared:
+                response.headers["x-request-id"] = exchange.request_id
+                response.headers.update(ratelimit_headers_of(request))
+            return response
+        finally:
+            inflight[0] -= recorded
+            if recorded:
+                record = exchange.finish(status)
+                for observe in app[OBSERVERS]:
+                    observe(record)
+
+    return gateway
 
 
-async def _handle(request: web.Request, handler: Handler, exchange: Exchange) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except errors.GatewayError as exc:
+def _failure_response(request: web.Request, exc: BaseException, exchange: Exchange) -> web.Response:
+    """The error envelope for what a handler raised (called in its `except`): every
+    failure becomes an OpenAI-shaped answer, but a client leaving (and anything that is
+    not an Exception) is raised on."""
+    if isinstance(exc, errors.GatewayError):
         return error_response(exc, exchange)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         return error_response(_from_http_exception(request, exc), exchange)
-    except (asyncio.CancelledError, ConnectionResetError):
+    if isinstance(exc, asyncio.CancelledError | ConnectionResetError):
         exchange.error_reason = "client_disconnected"
-        raise
-    except Exception:
-        log.exception("unhandled_error", request_id=exchange.request_id, path=request.path)
-        return error_response(errors.GatewayError("Internal error in TruckLLM; see its log for "
-                                                  f"request {exchange.request_id}."), exchange)
+        raise exc
+    if not isinstance(exc, Exception):
+        raise exc
+    log.exception("unhandled_error", request_id=exchange.request_id, path=request.path)
+    return error_response(errors.GatewayError("Internal error in TruckLLM; see its log for "
+                                              f"request {exchange.request_id}."), exchange)
 
 
 def error_response(exc: errors.GatewayError, exchange: Exchange) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -18,62 +19,26 @@ from truckllm.providers.media import MULTIPART_OPERATIONS
 from truckllm.records import Exchange
 from truckllm.server import anthropic_wire, metering
 from truckllm.server.auth import authenticate
-from truckllm.server.keys import LIMITER, RATELIMIT_HEADERS, ROUTING, STATE, TRANSPORT, exchange_of
+from truckllm.server.keys import EXCHANGE, LIMITER, RATELIMIT_HEADERS, ROUTING, STATE, TRANSPORT
 from truckllm.server.middleware import gateway_headers
 from truckllm.server.streaming import write_raw, write_stream
 from truckllm.server.validation import check_fields, read_json, read_multipart
 from truckllm.state import ClientKey, Route, State
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _relay(request, "chat")
-
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await _relay(request, "completions")
-
-
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await _relay(request, "embeddings")
-
-
-async def audio_transcriptions(request: web.Request) -> web.StreamResponse:
-    return await _relay(request, "audio_transcriptions")
-
-
-async def audio_translations(request: web.Request) -> web.StreamResponse:
-    return await _relay(request, "audio_translations")
-
-
-async def audio_speech(request: web.Request) -> web.StreamResponse:
-    return await _relay(request, "audio_speech")
-
-
-async def images_generations(request: web.Request) -> web.StreamResponse:
-    return await _relay(request, "images")
-
-
-async def messages(request: web.Request) -> web.StreamResponse:
-    """The Anthropic Messages API: same pipeline, Anthropic-shaped answers and errors."""
-    return await _anthropic_relay(request, "messages")
-
-
-async def count_tokens(request: web.Request) -> web.StreamResponse:
-    """Anthropic's token counting, passed to an `anthropic` upstream (others cannot count)."""
-    return await _anthropic_relay(request, "count_tokens")
-
-
 async def _anthropic_relay(request: web.Request, op: str) -> web.StreamResponse:
+    """The Anthropic Messages API (and its token counting, passed to an `anthropic`
+    upstream): the same pipeline, Anthropic-shaped answers and errors."""
     try:
         return await _relay(request, op)
     except errors.GatewayError as exc:
-        return anthropic_wire.error_response(exc, exchange_of(request))
+        return anthropic_wire.error_response(exc, request[EXCHANGE])
 
 
 async def _relay(request: web.Request, op: str) -> web.StreamResponse:
     app = request.app                                # a property with lookups: read once
     state = app[STATE].current                       # one snapshot for the whole request
-    exchange = exchange_of(request)
+    exchange = request[EXCHANGE]
     limiter = app[LIMITER]
     key = _authenticate(request, state, limiter)
     exchange.key_id = key.id if key else None
@@ -192,16 +157,20 @@ def _json(payload: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_post("/v1/messages", messages)
-    app.router.add_post("/v1/messages/count_tokens", count_tokens)
-    app.router.add_post("/v1/audio/transcriptions", audio_transcriptions)
-    app.router.add_post("/v1/audio/translations", audio_translations)
-    app.router.add_post("/v1/audio/speech", audio_speech)
-    app.router.add_post("/v1/images/generations", images_generations)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model:.+}", get_model)
-    app.router.add_get("/health", health)
+def routes() -> list[web.RouteDef]:
+    # Handlers are `_relay` with the operation bound once here: a handler per operation
+    # that awaited `_relay` would add a coroutine layer, paid on every resume.
+    return [
+        web.post("/v1/chat/completions", partial(_relay, op="chat")),
+        web.post("/v1/completions", partial(_relay, op="completions")),
+        web.post("/v1/embeddings", partial(_relay, op="embeddings")),
+        web.post("/v1/messages", partial(_anthropic_relay, op="messages")),
+        web.post("/v1/messages/count_tokens", partial(_anthropic_relay, op="count_tokens")),
+        web.post("/v1/audio/transcriptions", partial(_relay, op="audio_transcriptions")),
+        web.post("/v1/audio/translations", partial(_relay, op="audio_translations")),
+        web.post("/v1/audio/speech", partial(_relay, op="audio_speech")),
+        web.post("/v1/images/generations", partial(_relay, op="images")),
+        web.get("/v1/models", list_models),
+        web.get("/v1/models/{model:.+}", get_model),
+        web.get("/health", health),
+    ]

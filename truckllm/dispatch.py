@@ -135,7 +135,8 @@ def dispatch(call: Call, transport: Transport, exchange: Exchange,
              routing: Routing) -> Coroutine[Any, Any, Answer]:
     """The answer to one call (await it). A plain function handing back the attempt loop's
     coroutine, so that the loop is the only dispatch layer every resume passes through."""
-    adopt(routing, call.state)
+    if call.state.version > routing.adopted_version:    # a newer snapshot: rarely
+        adopt(routing, call.state)
     return _serve_route(call, call.route, call.targets, transport, exchange, routing,
                         (call.route.alias,))
 
@@ -349,7 +350,8 @@ def _first_byte_deadline(provider: CompiledProvider) -> AbstractAsyncContextMana
 async def _complete(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     """A plain upstream answer, read whole and translated."""
-    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
+    spec = provider.spec_by_op[call.op]
+    request = spec.build_request(call.op, call.body, target, key.value, call.ctx)
     limit = provider.config.first_byte_timeout_s
     started = time.perf_counter()
     try:
@@ -373,7 +375,7 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
         raise _AttemptFailed(_status_outcome(provider, response, raw))
     attempt.succeeded(waited)
     try:
-        parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
+        parsed = spec.parse_response(call.op, raw, target, call.ctx)
     except WRONG_SHAPE as exc:
         log.warning("upstream_body_unreadable", provider=target.provider_id, error=f"{type(exc).__name__}: {exc}")
         raise wrong_shape("a body") from None
@@ -385,7 +387,8 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
 async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                    transport: Transport) -> UpstreamResponse:
     """A response whose body is still to be read; an error status is a failed attempt."""
-    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
+    request = provider.spec_by_op[call.op].build_request(call.op, call.body, target, key.value,
+                                                         call.ctx)
     try:
         response = await transport.send(provider, target, request, call.ctx.request_id)
     except TransportError as exc:
@@ -403,7 +406,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
     try:
         async with _first_byte_deadline(provider):
             response = await _send_ok(call, provider, target, key, transport)
-            translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
+            translator = provider.spec_by_op[call.op].new_stream_translator(call.op, target, call.ctx)
             relay = StreamRelay(response, translator, exchange, attempt, call.estimate.tokens,
                                 key.value)
             first = await relay.first_output()

@@ -47,6 +47,9 @@ class CompiledProvider:
     keys: tuple[UpstreamKey, ...]
     timeout_s: float
     keys_by_id: Mapping[str, UpstreamKey] = field(default_factory=dict)
+    # The spec whose functions serve each operation (`spec`, or the one it delegates the
+    # operation to): one Python frame fewer per request than going through `spec`.
+    spec_by_op: Mapping[str, ProviderSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,8 @@ def _compile_provider(config: ProviderConfig) -> CompiledProvider:
     keys = tuple(UpstreamKey(k.id, k.value.get_secret_value(), k.weight, upstream_ref(config.id, k.id))
                  for k in config.keys)
     return CompiledProvider(config.id, spec, config, keys, config.timeout_s,
-                            MappingProxyType({k.id: k for k in keys}))
+                            MappingProxyType({k.id: k for k in keys}),
+                            MappingProxyType({op: spec.delegates.get(op, spec) for op in spec.operations}))
 
 
 def _compile_route(model: ModelConfig, providers: Mapping[str, CompiledProvider]) -> Route:

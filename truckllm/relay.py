@@ -134,11 +134,12 @@ class StreamRelay:
         payloads: list[bytes] = []
         error: errors.GatewayError | None = None
         try:
-            if len(events) == 1:        # one event per read, the common case: no list to grow
-                payloads = translator.feed(events[0])
-            else:
-                for event in events:
-                    payloads += translator.feed(event)
+            match events:               # (`match`, not len(): no call per event)
+                case [event]:           # one event per read, the common case: no list to grow
+                    payloads = translator.feed(event)
+                case _:
+                    for event in events:
+                        payloads += translator.feed(event)
         except WRONG_SHAPE as exc:
             error = _unreadable(exc, "a stream event")
         except errors.GatewayError as exc:
@@ -151,9 +152,11 @@ class StreamRelay:
         if not payloads:
             return b""
         self._sent += payloads
-        if len(payloads) == 1:      # nothing to join
-            return frame(payloads[0])
-        return b"".join([frame(p) for p in payloads])
+        match payloads:
+            case [payload]:         # nothing to join
+                return frame(payload)
+            case _:
+                return b"".join([frame(p) for p in payloads])
 
     def _finish(self) -> bytes:
         translator = self._translator

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from truckllm import errors
-from truckllm.health import Attempt, HealthSettings, key_ref
+from truckllm.health import Attempt, Health, HealthSettings, key_ref
 from truckllm.limits import NO_PROMPT, Limiter, PromptEstimate, UpstreamUse, upstream_ref
 from truckllm.policy import (
     ErrorClass,
@@ -69,7 +69,7 @@ from truckllm.state import (
 from truckllm.transport import Transport, TransportError
 
 _NO_KEY = UpstreamKey("", "", 1.0)
-_NO_CHOICES = RouteChoices((), {})
+_NO_CHOICES = RouteChoices((), {}, ())
 _MIN_RECOVERY_PAUSE_S = 0.01
 log = structlog.get_logger("truckllm.dispatch")
 
@@ -135,7 +135,8 @@ def dispatch(call: Call, transport: Transport, exchange: Exchange,
              routing: Routing) -> Coroutine[Any, Any, Answer]:
     """The answer to one call (await it). A plain function handing back the attempt loop's
     coroutine, so that the loop is the only dispatch layer every resume passes through."""
-    adopt(routing, call.state)
+    if call.state.version > routing.adopted_version:    # a newer snapshot: rarely
+        adopt(routing, call.state)
     return _serve_route(call, call.route, call.targets, transport, exchange, routing,
                         (call.route.alias,))
 
@@ -158,27 +159,42 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
                        transport: Transport, exchange: Exchange, routing: Routing,
                        seen: tuple[str, ...]) -> Answer:
     """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
-    settings = call.state.config.routing
-    has_capacity, capacity_wait = _capacity_checks(call, routing)
-    choices = _choices(call, route, targets)
-    candidates = plan(route.alias, route.config.strategy, choices.targets, routing.cursors,
-                      routing.health, has_capacity)
+    state = call.state
+    settings = state.config.routing
+    if call.limiter is None or not state.limits.limits_upstream:
+        has_capacity, capacity_wait = routing.has_capacity, None    # no key has rpm/tpm
+    else:
+        has_capacity, capacity_wait = _capacity_checks(call, routing)
+    choices = (route.choices.get(call.op, _NO_CHOICES) if targets is route.targets
+               else route_choices(route.config, targets, state.providers, call.op))
+    candidates: Sequence[Candidate] | None = choices.fixed
+    if candidates is None:      # the order depends on cursors or health: planned now
+        candidates = plan(route.alias, route.config.strategy, choices.targets, routing.cursors,
+                          routing.health, has_capacity)
     if not candidates:
         raise errors.InvalidRequest(
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
-    opener = _opener(call)
+    opener = _OPENERS[call.op in PASS_THROUGH_OPERATIONS, call.ctx.stream]
+    health = routing.health
+
+    def usable(candidate: Candidate) -> bool:
+        return is_usable(candidate, health, has_capacity)
+
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0
     while len(tried) < settings.max_attempts:
-        candidate, waited = await _next_try(candidates, tried, last, waited, routing, has_capacity,
-                                            capacity_wait, settings.wait_for_recovery_ms)
-        if candidate is None:
-            break
+        candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
+        if candidate is None or tried:      # nothing usable yet, or a retry: pause first
+            candidate, waited = await _after_pause(candidate, candidates, tried, last, waited,
+                                                   routing, usable, has_capacity, capacity_wait,
+                                                   settings.wait_for_recovery_ms)
+            if candidate is None:
+                break
+        tried.append(candidate)
         # The attempt is awaited here, not in a helper coroutine: every coroutine layer
         # between the handler and aiohttp is paid again on each resume.
-        target, provider, key = _resolved(call, choices, candidate)
-        attempt, use = _begin(call, candidate, target, provider, key, exchange, routing)
+        target, provider, key, attempt, use = _begin(call, choices, candidate, exchange, health)
         try:
             reply = await opener(call, provider, target, key, transport, exchange, attempt)
         except _AttemptFailed as failed:
@@ -216,43 +232,37 @@ def _fall_back(call: Call, route: Route, overflow: Outcome, transport: Transport
                         (*seen, fallback))
 
 
-async def _next_try(candidates: Sequence[Candidate], tried: list[Candidate], last: Outcome | None,
-                    waited: float, routing: Routing, has_capacity: HasCapacity,
-                    capacity_wait: CapacityWait | None,
-                    wait_for_recovery_ms: float) -> tuple[Candidate | None, float]:
-    """The candidate for the next attempt, appended to `tried`, after waiting for one to
-    recover or backing off before a retry (None when there is none to try), and the time
-    this request has now waited for recovery in all."""
-    health = routing.health
-
-    def usable(candidate: Candidate) -> bool:
-        return is_usable(candidate, health, has_capacity)
-
-    while True:
-        candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
-        if candidate is not None:
-            break
+async def _after_pause(candidate: Candidate | None, candidates: Sequence[Candidate],
+                       tried: list[Candidate], last: Outcome | None, waited: float,
+                       routing: Routing, usable: Callable[[Candidate], bool],
+                       has_capacity: HasCapacity, capacity_wait: CapacityWait | None,
+                       wait_for_recovery_ms: float) -> tuple[Candidate | None, float]:
+    """The candidate for the next attempt after waiting for one to recover (when
+    `candidate`, the one usable now, is None) or backing off before a retry (None when
+    there is none to try), and the time this request has now waited for recovery in all.
+    Not awaited for a first attempt with a usable candidate: nothing to wait for."""
+    while candidate is None:
         pause = _recovery_pause(candidates, routing, has_capacity, capacity_wait,
                                 len(tried), waited, wait_for_recovery_ms)
         if pause is None:
             return None, waited
         await asyncio.sleep(pause)
         waited += pause
+        candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
     if tried:
         same = candidate.target.target_id == tried[-1].target.target_id
         pause = backoff_s(len(tried) - 1, routing.rng, same_target=same)
         if pause:
             await asyncio.sleep(pause)
-    tried.append(candidate)
     return candidate, waited
 
 
 def _capacity_checks(call: Call, routing: Routing) -> tuple[HasCapacity, CapacityWait | None]:
     """Whether an upstream key is below its own rpm/tpm for this request, and how long
-    until it is: from the limiter when the call has one (and `routing.has_capacity`)."""
+    until it is: from the call's limiter (and `routing.has_capacity`), for a snapshot in
+    which some upstream key has an rpm or tpm."""
     limiter, extra = call.limiter, routing.has_capacity
-    if limiter is None or not call.state.limits.limits_upstream:
-        return extra, None          # no upstream key has an rpm or tpm: always capacity
+    assert limiter is not None
     policy, estimate = call.state.limits, call.estimate
 
     def has_capacity(provider_id: str, key_id: str) -> bool:
@@ -277,43 +287,27 @@ def _recovery_pause(candidates: Sequence[Candidate], routing: Routing, has_capac
     return max(wait, _MIN_RECOVERY_PAUSE_S)
 
 
-def _choices(call: Call, route: Route, targets: tuple[Target, ...]) -> RouteChoices:
-    """The route's targets that serve the operation: compiled with the snapshot, except
-    for a wildcard alias, whose targets carry the model this request named."""
-    if targets is route.targets:
-        return route.choices.get(call.op, _NO_CHOICES)
-    return route_choices(route.config, targets, call.state.providers, call.op)
-
-
 _Opener = Callable[[Call, CompiledProvider, Target, UpstreamKey, Transport, Exchange, Attempt],
                    Awaitable[Answer]]
 
 
-def _opener(call: Call) -> _Opener:
-    """How an attempt of this request is made: passed through, streamed, or read whole."""
-    if call.op in PASS_THROUGH_OPERATIONS:
-        return _open_raw
-    return _open_stream if call.ctx.stream else _complete
-
-
-def _resolved(call: Call, choices: RouteChoices,
-              candidate: Candidate) -> tuple[Target, CompiledProvider, UpstreamKey]:
+def _begin(call: Call, choices: RouteChoices, candidate: Candidate, exchange: Exchange,
+           health: Health) -> tuple[Target, CompiledProvider, UpstreamKey, Attempt,
+                                    UpstreamUse | None]:
+    """An attempt starts: what the candidate stands for, and the request, health and the
+    upstream key's counters know it (one call per attempt: the hot path)."""
     target = choices.by_id[candidate.target.target_id]
     provider = call.state.providers[target.provider_id]
     key_id = candidate.key_id
     key = _NO_KEY if key_id is None else provider.keys_by_id.get(key_id, _NO_KEY)
-    return target, provider, key
-
-
-def _begin(call: Call, candidate: Candidate, target: Target, provider: CompiledProvider,
-           key: UpstreamKey, exchange: Exchange,
-           routing: Routing) -> tuple[Attempt, UpstreamUse | None]:
-    """An attempt starts: the request, health and the upstream key's rpm/tpm know it."""
     exchange.attempts += 1
     exchange.provider_id, exchange.upstream_model = provider.id, target.model
     exchange.upstream_key_id = key.id
-    attempt = routing.health.begin(candidate.target.target_id, candidate.key_ref)
-    return attempt, _count_upstream(call, provider, key)
+    attempt = health.begin(candidate.target.target_id, candidate.key_ref)
+    limiter = call.limiter
+    use = (None if limiter is None or key is _NO_KEY
+           else limiter.upstream_acquire(call.state.limits, key.ref, call.estimate))
+    return target, provider, key, attempt, use
 
 
 def _attempt_failed(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
@@ -329,13 +323,6 @@ def _attempt_failed(call: Call, provider: CompiledProvider, target: Target, key:
         UpstreamFailure(provider.id, key.id, failure_reason(outcome)))
     _log_failure(call, provider, key, target, outcome)
     return outcome
-
-
-def _count_upstream(call: Call, provider: CompiledProvider, key: UpstreamKey) -> UpstreamUse | None:
-    if call.limiter is None or key is _NO_KEY:
-        return None
-    return call.limiter.upstream_acquire(call.state.limits, upstream_ref(provider.id, key.id),
-                                         call.estimate)
 
 
 def _settle_unknown(use: UpstreamUse | None) -> None:
@@ -363,7 +350,8 @@ def _first_byte_deadline(provider: CompiledProvider) -> AbstractAsyncContextMana
 async def _complete(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     """A plain upstream answer, read whole and translated."""
-    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
+    spec = provider.spec_by_op[call.op]
+    request = spec.build_request(call.op, call.body, target, key.value, call.ctx)
     limit = provider.config.first_byte_timeout_s
     started = time.perf_counter()
     try:
@@ -387,7 +375,7 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
         raise _AttemptFailed(_status_outcome(provider, response, raw))
     attempt.succeeded(waited)
     try:
-        parsed = provider.spec.parse_response(call.op, raw, target, call.ctx)
+        parsed = spec.parse_response(call.op, raw, target, call.ctx)
     except WRONG_SHAPE as exc:
         log.warning("upstream_body_unreadable", provider=target.provider_id, error=f"{type(exc).__name__}: {exc}")
         raise wrong_shape("a body") from None
@@ -399,7 +387,8 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
 async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                    transport: Transport) -> UpstreamResponse:
     """A response whose body is still to be read; an error status is a failed attempt."""
-    request = provider.spec.build_request(call.op, call.body, target, key.value, call.ctx)
+    request = provider.spec_by_op[call.op].build_request(call.op, call.body, target, key.value,
+                                                         call.ctx)
     try:
         response = await transport.send(provider, target, request, call.ctx.request_id)
     except TransportError as exc:
@@ -417,7 +406,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
     try:
         async with _first_byte_deadline(provider):
             response = await _send_ok(call, provider, target, key, transport)
-            translator = provider.spec.new_stream_translator(call.op, target, call.ctx)
+            translator = provider.spec_by_op[call.op].new_stream_translator(call.op, target, call.ctx)
             relay = StreamRelay(response, translator, exchange, attempt, call.estimate.tokens,
                                 key.value)
             first = await relay.first_output()
@@ -494,3 +483,11 @@ def _abandon(relay: StreamRelay | None) -> None:
 def _status_outcome(provider: CompiledProvider, response: UpstreamResponse, raw: bytes) -> Outcome:
     info = provider.spec.parse_error(response.status, raw)
     return classify_response(response.status, response.headers, info, now_unix=time.time())
+
+
+# How an attempt of a request is made, by (passed through, streamed): read whole,
+# streamed, or passed through (audio, images) whatever the stream flag says.
+_OPENERS: dict[tuple[bool, bool], _Opener] = {
+    (False, False): _complete, (False, True): _open_stream,
+    (True, False): _open_raw, (True, True): _open_raw,
+}

@@ -88,8 +88,8 @@ class _Breaker:
         return True
 
     def on_success(self) -> None:
-        if self.open_until is None and not self.failures:
-            return      # closed and clean: nothing to reset (open_until None implies the rest)
+        # Idempotent: a closed breaker with no failures (open_until None implies no trial
+        # and no openings) is left as it is, so callers on the hot path skip the call then.
         self.failures.clear()
         self.open_until = None
         self.openings = 0
@@ -190,7 +190,8 @@ class Health:
         """`target_available` and `key_available`, read at one instant (asked per attempt)."""
         now = self._clock()
         state = self._targets.get(target)
-        if state is not None and not state.breaker.allows(now):
+        # A breaker that never opened allows everything: not asked (this runs per attempt).
+        if state is not None and state.breaker.open_until is not None and not state.breaker.allows(now):
             return False
         return key_ref is None or _key_usable(self._keys.get(key_ref), now)
 
@@ -265,13 +266,19 @@ class Health:
                          or state.breaker.recent_failures(now, self.settings)}
 
     def _succeeded(self, target: _TargetState, key: _KeyState | None, ttft_s: float | None) -> None:
-        now = self._clock()
-        target.breaker.on_success()
+        # Every answer passes here: a closed, clean breaker (the common case) is not called.
+        breaker = target.breaker
+        if breaker.open_until is not None or breaker.failures:
+            breaker.on_success()
         if ttft_s is not None:
-            target.ttft_s = _blend(_decayed_ttft(target, now), ttft_s)
+            now = self._clock()
+            previous = _decayed_ttft(target, now)
+            target.ttft_s = ttft_s if previous is None else previous + TTFT_ALPHA * (ttft_s - previous)
             target.ttft_at = now
         if key is not None:
-            key.breaker.on_success()
+            breaker = key.breaker
+            if breaker.open_until is not None or breaker.failures:
+                breaker.on_success()
             key.rate_limit_streak = 0
 
     def _failed(self, target: _TargetState, key: _KeyState | None, outcome: Outcome) -> None:
@@ -440,7 +447,9 @@ class Attempt:
 def _key_usable(state: _KeyState | None, now: float) -> bool:
     if state is None:
         return True
-    return not state.disabled and now >= state.cooldown_until and state.breaker.allows(now)
+    breaker = state.breaker
+    return (not state.disabled and now >= state.cooldown_until
+            and (breaker.open_until is None or breaker.allows(now)))
 
 
 def _decayed_ttft(state: _TargetState, now: float) -> float | None:
@@ -459,6 +468,3 @@ def _iso(unix: float | None) -> str | None:
     # A huge cooldown_s in the config must not make the admin API fail.
     return datetime.fromtimestamp(min(unix, _LAST_SHOWABLE_UNIX), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
-
-def _blend(previous: float | None, sample: float) -> float:
-    return sample if previous is None else previous + TTFT_ALPHA * (sample - previous)

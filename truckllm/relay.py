@@ -134,8 +134,12 @@ class StreamRelay:
         payloads: list[bytes] = []
         error: errors.GatewayError | None = None
         try:
-            for event in events:
-                payloads += translator.feed(event)
+            match events:               # (`match`, not len(): no call per event)
+                case [event]:           # one event per read, the common case: no list to grow
+                    payloads = translator.feed(event)
+                case _:
+                    for event in events:
+                        payloads += translator.feed(event)
         except WRONG_SHAPE as exc:
             error = _unreadable(exc, "a stream event")
         except errors.GatewayError as exc:
@@ -149,7 +153,7 @@ class StreamRelay:
             return b""
         self._sent += payloads
         match payloads:
-            case [payload]:         # one event per read, the common case: nothing to join
+            case [payload]:         # nothing to join
                 return frame(payload)
             case _:
                 return b"".join([frame(p) for p in payloads])

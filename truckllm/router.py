@@ -130,7 +130,10 @@ def plan(alias: str, strategy: Strategy, targets: Sequence[RouteTarget], cursors
          health: Health, has_capacity: HasCapacity = always_has_capacity) -> Sequence[Candidate]:
     """Every candidate for one request, most preferred first. Usable keys of a target come
     before its unusable ones; `next_candidate` skips what is unusable when it is tried."""
-    ordered = (targets if len(targets) <= 1 or strategy == "fallback"
+    fixed = fixed_plan(strategy, targets)
+    if fixed is not None:
+        return fixed
+    ordered = (targets if _in_given_order(strategy, targets)
                else _order_targets(alias, strategy, targets, cursors, health, has_capacity))
     # One key pick per provider and request: two targets of the same provider (gpt-4o
     # falling back to gpt-4o-mini) must not each advance its key cursor, or the first
@@ -140,6 +143,19 @@ def plan(alias: str, strategy: Strategy, targets: Sequence[RouteTarget], cursors
         return _key_candidates(ordered[0], cursors, health, has_capacity, first_keys)
     return [candidate for target in ordered
             for candidate in _key_candidates(target, cursors, health, has_capacity, first_keys)]
+
+
+def fixed_plan(strategy: Strategy, targets: Sequence[RouteTarget]) -> tuple[Candidate, ...] | None:
+    """The plan of every request, when nothing at runtime can change it: targets tried in
+    the given order, none with keys to choose between. Compiled once per snapshot (the
+    route's choices carry it), so most requests never call `plan`; None otherwise."""
+    if not _in_given_order(strategy, targets) or any(len(t.keys) > 1 for t in targets):
+        return None
+    return tuple(candidate for target in targets for candidate in target.candidates)
+
+
+def _in_given_order(strategy: Strategy, targets: Sequence[RouteTarget]) -> bool:
+    return len(targets) <= 1 or strategy == "fallback"
 
 
 def _order_targets(alias: str, strategy: Strategy, targets: Sequence[RouteTarget],

@@ -138,3 +138,7 @@ class ProviderSpec:
     # (target, upstream key value) -> a free request that shows whether the key works
     # (`GET /models` or equivalent, never anything billed); None: no active health checks
     build_probe: Callable[[Target, str], UpstreamRequest] | None = None
+    # Operations this spec's functions only hand on, unchanged, to another spec's (a spec
+    # extended with `messages` passes chat through): callers that look an operation up
+    # here (dispatch, via the compiled provider) call that spec directly.
+    delegates: Mapping[str, ProviderSpec] = field(default_factory=dict)

@@ -54,7 +54,8 @@ def with_messages_inbound(spec: ProviderSpec) -> ProviderSpec:
         return MessagesStream(spec.new_stream_translator("chat", target, chat_context(ctx)), ctx.alias)
 
     return replace(spec, operations=spec.operations | {"messages"}, build_request=build_request,
-                   parse_response=parse_response, new_stream_translator=new_stream_translator)
+                   parse_response=parse_response, new_stream_translator=new_stream_translator,
+                   delegates={op: spec.delegates.get(op, spec) for op in spec.operations})
 
 
 def chat_context(ctx: CallContext) -> CallContext:

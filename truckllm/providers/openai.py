@@ -11,6 +11,7 @@ floats anyway.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -44,6 +45,11 @@ _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 # An `"error":` key (same reasoning: never inside a string); decoded only when present.
 _ERROR_KEY = re.compile(rb'"error"\s*:')
 _FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
+# Anything in a stream chunk that `PassThroughStream.feed` acts on: an error value it may
+# raise (an object or a string), a finish_reason or usage that is set, empty choices. Most
+# chunks have none of these, and one search tells so (several substring tests each
+# scanned the whole chunk).
+_NOTABLE = re.compile(rb'"(?:error|finish_reason|usage)"\s*:\s*["{]|"choices"\s*:\s*\[\s*\]')
 
 
 def build_request(op: str, body: dict[str, Any], target: Target, key: str,
@@ -58,7 +64,9 @@ def build_request(op: str, body: dict[str, Any], target: Target, key: str,
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                      "include_usage": True}
-    headers = {"Content-Type": "application/json", **target.headers}
+    # (Most targets have no extra headers: no merge then.)
+    headers = ({"Content-Type": "application/json", **target.headers} if target.headers
+               else {"Content-Type": "application/json"})
     if key:
         headers["Authorization"] = f"Bearer {key}"
     data = orjson.dumps(payload)
@@ -77,14 +85,22 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
 
 def rewrite_model(payload: bytes, alias_json: bytes) -> bytes:
     """Replace the first `"model": "..."` with the alias; `alias_json` is its JSON string."""
-    replacement = b'"model":' + alias_json
-    # Fast path for compact JSON (what OpenAI and most servers send): find, not a regex.
+    # Fast path for compact JSON (what OpenAI and most servers send): find, not a regex,
+    # and one join rather than two concatenations of the whole payload.
     start = payload.find(b'"model":"')
     if start >= 0:
         end = payload.find(b'"', start + 9)
         if end >= 0 and payload.find(b"\\", start + 9, end) < 0:
-            return payload[:start] + replacement + payload[end + 1:]
+            return b"".join((payload[:start + 8], alias_json, payload[end + 1:]))
+    replacement = b'"model":' + alias_json
     return _MODEL_FIELD.sub(lambda _: replacement, payload, count=1)
+
+
+@functools.lru_cache(maxsize=1024)
+def json_string(text: str) -> bytes:
+    """`text` as a JSON string: an alias, encoded for every answer and stream that names
+    it (bounded: wildcard aliases let clients send any model name)."""
+    return orjson.dumps(text)
 
 
 def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
@@ -97,7 +113,7 @@ def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> Par
     usage = Usage.from_openai(parsed.get("usage"))
     if op == "embeddings" and ctx.client_body.get("encoding_format") == "base64" and encode_float_embeddings(parsed):
         return ParsedResponse(orjson.dumps({**parsed, "model": ctx.alias}), usage)
-    return ParsedResponse(rewrite_model(raw, orjson.dumps(ctx.alias)), usage)
+    return ParsedResponse(rewrite_model(raw, json_string(ctx.alias)), usage)
 
 
 class PassThroughStream:
@@ -113,7 +129,7 @@ class PassThroughStream:
     __slots__ = ("_alias_json", "_ended", "_include_usage", "usage")
 
     def __init__(self, ctx: CallContext) -> None:
-        self._alias_json = orjson.dumps(ctx.alias)
+        self._alias_json = json_string(ctx.alias)
         self._include_usage = ctx.include_usage
         self.usage: Usage | None = None
         self._ended = False         # `[DONE]` or a finish_reason seen: the answer is whole
@@ -123,8 +139,8 @@ class PassThroughStream:
         if data.startswith(b"[DONE]"):
             self._ended = True
             return []
-        # Every pattern starts with a quoted key: a substring test rules most chunks out
-        # before any regex runs (this is per chunk of every stream).
+        if _NOTABLE.search(data) is None:     # the common chunk: content, nothing to note
+            return [rewrite_model(data, self._alias_json)]
         if b'"error"' in data and _ERROR_KEY.search(data):
             self._raise_error_event(data)
         if not self._ended and b'"finish_reason"' in data and _FINISH_REASON.search(data):

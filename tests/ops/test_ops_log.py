@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from pathlib import Path
 
 import orjson
 import pytest
@@ -225,3 +226,36 @@ def test_the_access_line_follows_level_format_and_secrets(captured: io.StringIO)
     access.write(make_record(78, request_id="console-line"))
     assert "console-line" in captured.getvalue().splitlines()[-1]
     assert not captured.getvalue().splitlines()[-1].startswith("{")
+
+
+def test_a_file_stream_gets_the_same_lines_as_bytes_in_order(tmp_path: object) -> None:
+    """On a UTF-8 file (stderr in production) the access line is written to the file
+    itself; it must stay in order with structlog's lines and be masked the same way."""
+    path = f"{tmp_path}/log.jsonl"
+    with open(path, "w", encoding="utf-8") as stream:
+        access = AccessLog()
+        configure_logging("info", "json", SecretRedactor(SECRETS), stream, access)
+        try:
+            logger = structlog.get_logger("truckllm.test")
+            logger.info("before", detail=SECRETS[0])
+            access.write(make_record(1, path=f"/v1/{SECRETS[1]}", upstream_model="modèle"))
+            logger.info("after")
+            access.write(make_record(2))
+        finally:
+            structlog.reset_defaults()
+            logging.getLogger().handlers.clear()
+    text = Path(path).read_text(encoding="utf-8")
+    lines = [orjson.loads(line) for line in text.splitlines()]
+    assert [line["event"] for line in lines] == ["before", "request", "after", "request"]
+    assert lines[1]["path"] == f"/v1/{REDACTED}" and lines[1]["upstream_model"] == "modèle"
+    for secret in SECRETS:
+        assert secret not in text
+
+
+@pytest.mark.parametrize("secrets", [SECRETS, [f"secret-number-{n:03d}" for n in range(40)]],
+                         ids=["few", "many"])
+def test_would_mask_agrees_with_redact_text(secrets: list[str]) -> None:
+    redactor = SecretRedactor(secrets)
+    for text in ["plain text", f"x{secrets[-1]}y", "Bearer abcdefgh12345", "Bearer short",
+                 f"{secrets[0][:-1]}\0{secrets[0][-1]}", "Basic dXNlcjpwYXNzd29yZA=="]:
+        assert redactor.would_mask(text) == (redactor.redact_text(text) != text), text

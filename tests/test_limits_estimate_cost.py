@@ -64,6 +64,9 @@ def test_cost_prices_each_kind_of_token_at_its_rate() -> None:
     assert logged["cost_usd"] == pytest.approx(4.0)
     assert logged["cost_lines"][0] == {"kind": "input", "tokens": 500_000,
                                        "usd_per_mtok": 2.5, "usd": pytest.approx(1.25)}
+    # The log rendering is the named tuple's own, key order included.
+    assert [list(line.items()) for line in logged["cost_lines"]] == \
+        [list(line._asdict().items()) for line in breakdown.lines]
 
 
 def test_cost_is_zero_without_pricing_or_usage_and_skips_empty_kinds() -> None:

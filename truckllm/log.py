@@ -232,7 +232,7 @@ def access_fields(record: RequestRecord) -> dict[str, Any]:
         "attempts": attempts,
         "stream": stream,
         "cost_usd": cost_usd,
-        "cost_lines": [line._asdict() for line in cost_lines] if cost_lines else None,
+        "cost_lines": [line.as_log() for line in cost_lines] if cost_lines else None,
         "usage_estimated": usage_estimated,
         "error": error_reason,
     }

@@ -26,6 +26,12 @@ class CostLine(NamedTuple):
     usd_per_mtok: float
     usd: float
 
+    def as_log(self) -> dict[str, Any]:
+        """The line as logs and the admin API show it: `_asdict()`'s keys and values, built
+        as one literal (it is rendered on every priced request's access line)."""
+        kind, tokens, usd_per_mtok, usd = self
+        return {"kind": kind, "tokens": tokens, "usd_per_mtok": usd_per_mtok, "usd": usd}
+
 
 class CostBreakdown(NamedTuple):
     total_usd: float
@@ -35,7 +41,7 @@ class CostBreakdown(NamedTuple):
         """The numbers the total came from, for a log line: tokens by kind x rate."""
         return {
             "cost_usd": self.total_usd,
-            "cost_lines": [line._asdict() for line in self.lines],
+            "cost_lines": [line.as_log() for line in self.lines],
         }
 
 

@@ -11,63 +11,28 @@ from __future__ import annotations
 
 import argparse
 import pstats
-import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import orjson
-
-from bench.processes import cores, free_port, pin_self, start_child, wait_for_port
-from bench.targets import ALIAS, CLIENT_KEY, UPSTREAM_MODEL, check_answers, truckllm_config
+from bench.alone import proxy_alone, run_load
+from bench.processes import cores, pin_self
 
 SHORT_S, LONG_S = 0.3, 3.0
-
-
-def proxy_command(kind: str, stats: Path, port: int, fake_port: int, work: Path) -> tuple[list[str], str, str]:
-    profiled = [sys.executable, "-m", "bench.profiled", str(stats)]
-    if kind == "reference":
-        return ([*profiled, "bench.reference_proxy", "--port", str(port), "--upstream",
-                 f"http://127.0.0.1:{fake_port}"], "none", UPSTREAM_MODEL)
-    config_dir = work / "config"
-    config_dir.mkdir(exist_ok=True)
-    config = config_dir / "bench.yaml"
-    config.write_text(truckllm_config(port, fake_port))
-    return [*profiled, "truckllm", "serve", "-c", str(config), "--port", str(port)], CLIENT_KEY, ALIAS
 
 
 def profile_once(kind: str, duration_s: float, stream: bool) -> tuple[int, pstats.Stats]:
     """Requests answered and the cProfile stats of one proxy process under load."""
     # Streams at concurrency 1: at 16 a busy proxy reads several events at once, and the
     # count would depend on how busy it was.
-    proxy_core, load_core = cores()
-    with tempfile.TemporaryDirectory(prefix="truckllm-calls-") as scratch:
-        work = Path(scratch)
-        fake_port, port = free_port(), free_port()
-        fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)],
-                           load_core, work)
-        stats_path = work / "proxy.prof"
-        command, key, model = proxy_command(kind, stats_path, port, fake_port, work)
-        proxy = start_child(kind, command, proxy_core, work)
-        try:
-            wait_for_port(fake, fake_port)
-            wait_for_port(proxy, port, timeout_s=60)
-            check_answers(port, key, model)
-            result = work / "load.json"
-            subprocess.run(
-                [sys.executable, "-m", "bench.loadgen", "--port", str(port), "--key", key, "--model", model,
-                 "--concurrency", "1" if stream else "16", "--duration", str(duration_s), "--out", str(result)]
-                + (["--stream"] if stream else []),
-                input=b"go\n", stdout=subprocess.DEVNULL, check=True, timeout=duration_s + 60,
-                preexec_fn=(lambda: pin_self(load_core)) if load_core is not None else None,
-            )
-            requests = int(orjson.loads(result.read_bytes())["requests"]) + 1   # + check_answers
-        finally:
-            proxy.stop()
-            fake.stop()
-        return requests, pstats.Stats(str(stats_path))
+    def profiled(work: Path) -> list[str]:
+        return [sys.executable, "-m", "bench.profiled", str(work / "proxy.prof")]
+
+    with proxy_alone(kind, profiled) as alone:
+        requests = run_load(alone, 1 if stream else 16, duration_s, stream) + 1  # + check_answers
+        alone.proxy.stop()          # the profile is written when the process ends
+        return requests, pstats.Stats(str(alone.work / "proxy.prof"))
 
 
 def calls_by_origin(stats: pstats.Stats) -> Counter[str]:

@@ -18,71 +18,30 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
-from bench.processes import Child, cores, free_port, pin_self, start_child, wait_for_port
-from bench.targets import (
-    ALIAS,
-    CLIENT_KEY,
-    UPSTREAM_MODEL,
-    check_answers,
-    truckllm_command,
-    truckllm_config,
-)
+from bench.alone import proxy_alone, run_load
+from bench.processes import Child, cores, pin_self
 
 WARM_UP_S = 3.0
 START_LIMIT_S = 300.0       # importing pydantic and friends under valgrind takes a while
 
 
-def proxy_command(kind: str, port: int, fake_port: int, work: Path) -> tuple[list[str], str, str]:
-    if kind == "reference":
-        return ([sys.executable, "-m", "bench.reference_proxy", "--port", str(port), "--upstream",
-                 f"http://127.0.0.1:{fake_port}"], "none", UPSTREAM_MODEL)
-    config = work / "config" / "bench.yaml"
-    config.parent.mkdir(exist_ok=True)
-    config.write_text(truckllm_config(port, fake_port))
-    return truckllm_command(config, port), CLIENT_KEY, ALIAS
-
-
 def instructions_per_request(kind: str, concurrency: int, duration_s: float) -> float:
-    proxy_core, load_core = cores()
-    with tempfile.TemporaryDirectory(prefix="truckllm-instructions-") as scratch:
-        work = Path(scratch)
-        fake_port, port = free_port(), free_port()
-        fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)],
-                           load_core, work)
-        counts = work / "callgrind.out"
-        command, key, model = proxy_command(kind, port, fake_port, work)
-        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={counts}"]
-        proxy = start_child(kind, [*valgrind, *command], proxy_core, work)
-        try:
-            wait_for_port(fake, fake_port)
-            wait_for_port(proxy, port, timeout_s=START_LIMIT_S)
-            check_answers(port, key, model)
-            load = ["--port", str(port), "--key", key, "--model", model, "--concurrency", str(concurrency)]
-            _run_load(load, WARM_UP_S, work, load_core)
-            _callgrind(proxy, "--instr=on")
-            _callgrind(proxy, "--zero")
-            requests = _run_load(load, duration_s, work, load_core)
-            _callgrind(proxy, "--instr=off")
-            _callgrind(proxy, "--dump")
-            time.sleep(1.0)         # the dump is written by the proxy process itself
-            return _instructions(work) / requests
-        finally:
-            proxy.stop()
-            fake.stop()
+    def callgrind(work: Path) -> list[str]:
+        return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={work / 'callgrind.out'}", sys.executable, "-m"]
 
-
-def _run_load(arguments: list[str], duration_s: float, work: Path, core: int | None) -> int:
-    result = work / "load.json"
-    subprocess.run([sys.executable, "-m", "bench.loadgen", *arguments, "--duration", str(duration_s),
-                    "--out", str(result)], input=b"go\n", stdout=subprocess.DEVNULL, check=True,
-                   timeout=duration_s + 120, preexec_fn=(lambda: pin_self(core)) if core is not None else None)
-    return int(orjson.loads(result.read_bytes())["requests"])
+    with proxy_alone(kind, callgrind, start_timeout_s=START_LIMIT_S) as alone:
+        run_load(alone, concurrency, WARM_UP_S)
+        _callgrind(alone.proxy, "--instr=on")
+        _callgrind(alone.proxy, "--zero")
+        requests = run_load(alone, concurrency, duration_s)
+        _callgrind(alone.proxy, "--instr=off")
+        _callgrind(alone.proxy, "--dump")
+        time.sleep(1.0)         # the dump is written by the proxy process itself
+        return _instructions(alone.work) / requests
 
 
 def _callgrind(proxy: Child, option: str) -> None:

@@ -31,7 +31,11 @@ from truckllm.metrics import Metrics
 
 S = TypeVar("S")
 S_contra = TypeVar("S_contra", contravariant=True)
-WATCH_DEBOUNCE_MS = 300     # editors write in bursts (temp file, rename, chmod): one reload
+# Editors save in bursts (truncate, write, write, chmod; or temp file and rename): the
+# watcher waits until the file has been quiet for WATCH_QUIET_MS, so a burst is one reload
+# of the finished file, but gives up waiting after WATCH_DEBOUNCE_MS of constant writing.
+WATCH_QUIET_MS = 100
+WATCH_DEBOUNCE_MS = 1000
 
 
 class Holder(Protocol[S_contra]):
@@ -182,8 +186,8 @@ class Reloader(Generic[S]):
             name = os.path.basename(changed_path)
             return name in names or name.startswith("..")    # Kubernetes' ..data swap
 
-        async for _ in awatch(*directories, watch_filter=is_config, debounce=WATCH_DEBOUNCE_MS,
-                              recursive=False):
+        async for _ in awatch(*directories, watch_filter=is_config, step=WATCH_QUIET_MS,
+                              debounce=WATCH_DEBOUNCE_MS, recursive=False):
             await self.reload("file")
 
     # -- the one apply path ------------------------------------------------------------

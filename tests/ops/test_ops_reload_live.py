@@ -86,6 +86,34 @@ async def test_file_watch_edit_rename_invalid_and_revert(tmp_path: Path) -> None
         assert "config reload failed" in output and "unknown provider 'nowhere'" in output
 
 
+async def test_a_burst_of_writes_is_one_reload(tmp_path: Path) -> None:
+    """An editor saving in several writes (truncate, a half-written file, the rest, a
+    chmod), a few milliseconds apart, must give one reload of the finished file, not a
+    failed reload of the half: the watcher waits for the writes to stop."""
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(make_config(port))
+    async with run_gateway(path, port) as gateway:
+        finished = make_config(port, aliases=("demo", "saved")).encode()
+        half = len(finished) // 2
+        with path.open("r+b") as file:
+            file.truncate(0)
+            file.flush()
+            await asyncio.sleep(0.02)
+            file.write(finished[:half])      # cut mid-line: not a valid config on its own
+            file.flush()
+            await asyncio.sleep(0.02)
+            file.write(finished[half:])
+        await asyncio.sleep(0.02)
+        path.chmod(0o644)
+        await wait_for_models(gateway, {"demo", "saved"})
+        await asyncio.sleep(1.0)             # > debounce: any second reload has happened
+        _, text = await gateway.get("/metrics")
+        assert metric(text, "truckllm_config_reloads_total", result="success") == 1
+        assert metric(text, "truckllm_config_reloads_total", result="error") == 0
+        assert (await gateway.status())["config"]["version"] == 2
+
+
 async def test_sighup_reloads_and_same_bytes_do_nothing(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"

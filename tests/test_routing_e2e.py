@@ -141,6 +141,27 @@ async def test_fallback_order_and_headers(fakes: tuple[OpenAIFake, OpenAIFake]) 
     assert raw.headers["x-truckllm-model"] == "m2"
 
 
+async def test_retries_of_the_same_target_back_off(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    """One target with one key: each retry waits a jittered, growing pause (0.05-0.1 s,
+    then 0.1-0.2 s), so a struggling upstream is not hammered."""
+    one, _ = fakes
+    one.script(Scripted(status=503), Scripted(status=503))
+    config = f"""
+version: 1
+providers:
+  - {{id: p1, type: openai, base_url: {one.url}, keys: [{{id: k1, value: sk-one}}]}}
+models:
+  - {{alias: chat, targets: [{{provider: p1, model: m1}}]}}
+routing: {{max_attempts: 3}}
+"""
+    async with make_gateway(config, real_clock=True) as gw:
+        answer = await gw.chat()
+    assert answer.choices[0].message.content == "Fake reply to: hello"
+    first, second, third = (r.received_at for r in one.requests)
+    assert 0.05 <= second - first < 1.0
+    assert 0.1 <= third - second < 1.0
+
+
 async def test_keys_rotate_by_weight(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url).replace("value: sk-one}", "value: sk-one, weight: 3}")

@@ -58,6 +58,9 @@ class RecordedRequest:
     body: Any                   # parsed JSON, or None when the body was empty or not JSON
     disconnected: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
     """Set when the fake saw the caller go away before the answer was complete."""
+    received_at: float = field(default_factory=lambda: asyncio.get_running_loop().time(),
+                               compare=False)
+    """The event loop's clock when the request arrived."""
 
 
 @dataclass(frozen=True)

@@ -290,6 +290,7 @@ class AccessLog:
         self._redactor = SecretRedactor()
         self._levels = frozenset(LEVELS)
         self._line = dict.fromkeys((*ACCESS_FIELDS, "event", "level", "timestamp"))
+        self._level_of_status: dict[int, str] = {}
 
     def configure(self, level: str, fmt: str, redactor: SecretRedactor, stream: TextIO) -> None:
         self._stream = stream if fmt == "json" else None
@@ -298,7 +299,9 @@ class AccessLog:
         self._levels = frozenset(LEVELS[LEVELS.index(level):])
 
     def write(self, record: RequestRecord) -> None:
-        level = record.level
+        # A record's level depends on its status alone: the property is read once per status.
+        level = (self._level_of_status.get(record.status)
+                 or self._level_of_status.setdefault(record.status, record.level))
         stream = self._stream
         if stream is None:
             getattr(_access, level)(_ACCESS_EVENT, **access_fields(record))
@@ -309,9 +312,12 @@ class AccessLog:
         # serialized before this returns, it is never seen outside.
         event = fill_access_fields(self._line, record)
         event["event"] = _ACCESS_EVENT
-        # NUL between the texts: no secret or credential pattern matches across it.
-        if self._redactor.would_mask(f"{record.request_id}\0{record.method}\0{record.path}\0"
-                                     f"{record.upstream_model}\0{record.error_reason}\0{_ACCESS_EVENT}"):
+        # NUL between the texts: no secret or credential pattern matches across it. Read
+        # from the dict (cheaper than the record's attributes); None is left out rather
+        # than formatted (which costs as much again): there is nothing in it to mask.
+        if self._redactor.would_mask(f"{event['request_id']}\0{event['method']}\0{event['path']}\0"
+                                     f"{event['upstream_model'] or ''}\0{event['error'] or ''}\0"
+                                     f"{_ACCESS_EVENT}"):
             self._redactor(None, level, event)
         event["level"] = level
         event["timestamp"] = datetime.now(UTC)
@@ -320,7 +326,9 @@ class AccessLog:
             stream.write(line.decode())
             stream.flush()
         else:
-            _write_all(self._fd, line)
+            written = os.write(self._fd, line)
+            if written < len(line):
+                _write_rest(self._fd, line, written)
 
 
 def _utf8_fileno(stream: TextIO) -> int | None:
@@ -337,8 +345,8 @@ def _utf8_fileno(stream: TextIO) -> int | None:
     return fd if encoding and codecs.lookup(encoding).name == "utf-8" else None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    written = os.write(fd, data)
+def _write_rest(fd: int, data: bytes, written: int) -> None:
+    """Write what follows the first `written` bytes of `data`."""
     while written < len(data):      # a signal may interrupt a long write to a pipe
         data = data[written:]
         written = os.write(fd, data)

@@ -208,34 +208,52 @@ def _json_line(event: Any, option: int = 0, **_: Any) -> str:
     return orjson.dumps(event, default=str, option=option).decode()
 
 
+# The fields of an access line, in their order.
+ACCESS_FIELDS = ("request_id", "method", "path", "key_id", "alias", "provider", "upstream_model",
+                 "status", "latency_ms", "overhead_ms", "ttft_ms", "prompt_tokens",
+                 "completion_tokens", "tokens", "attempts", "stream", "cost_usd", "cost_lines",
+                 "usage_estimated", "error")
+
+
 def access_fields(record: RequestRecord) -> dict[str, Any]:
     """The fields of one access line: ids, outcome, timings, counts. No content."""
+    return fill_access_fields(dict.fromkeys(ACCESS_FIELDS), record)
+
+
+def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[str, Any]:
+    """Set the access line's fields of `record` in `fields`, which has ACCESS_FIELDS first.
+
+    Assigned one by one into existing keys rather than built as a literal: a literal of
+    more than 16 entries is compiled to one insertion per key, growing the table three times.
+    """
     # One unpacking in RequestRecord's field order: cheaper than 18 attribute reads.
     (_, request_id, method, path, key_id, alias, provider_id, upstream_model, status, latency_s,
      overhead_s, ttft_s, usage, attempts, cost_usd, error_reason, stream, _, _, cost_lines,
      usage_estimated) = record
-    return {
-        "request_id": request_id,
-        "method": method,
-        "path": path,
-        "key_id": key_id,
-        "alias": alias,
-        "provider": provider_id,
-        "upstream_model": upstream_model,
-        "status": status,
-        "latency_ms": round(latency_s * 1000, 3),
-        "overhead_ms": round(overhead_s * 1000, 3),
-        "ttft_ms": None if ttft_s is None else round(ttft_s * 1000, 3),
-        "prompt_tokens": 0 if usage is None else usage.prompt_tokens,
-        "completion_tokens": 0 if usage is None else usage.completion_tokens,
-        "tokens": 0 if usage is None else usage.total_tokens,
-        "attempts": attempts,
-        "stream": stream,
-        "cost_usd": cost_usd,
-        "cost_lines": [line.as_log() for line in cost_lines] if cost_lines else None,
-        "usage_estimated": usage_estimated,
-        "error": error_reason,
-    }
+    fields["request_id"] = request_id
+    fields["method"] = method
+    fields["path"] = path
+    fields["key_id"] = key_id
+    fields["alias"] = alias
+    fields["provider"] = provider_id
+    fields["upstream_model"] = upstream_model
+    fields["status"] = status
+    fields["latency_ms"] = round(latency_s * 1000, 3)
+    fields["overhead_ms"] = round(overhead_s * 1000, 3)
+    fields["ttft_ms"] = None if ttft_s is None else round(ttft_s * 1000, 3)
+    if usage is None:
+        fields["prompt_tokens"] = fields["completion_tokens"] = fields["tokens"] = 0
+    else:
+        fields["prompt_tokens"] = usage.prompt_tokens
+        fields["completion_tokens"] = usage.completion_tokens
+        fields["tokens"] = usage.total_tokens
+    fields["attempts"] = attempts
+    fields["stream"] = stream
+    fields["cost_usd"] = cost_usd
+    fields["cost_lines"] = [line.as_log() for line in cost_lines] if cost_lines else None
+    fields["usage_estimated"] = usage_estimated
+    fields["error"] = error_reason
+    return fields
 
 
 _access = structlog.get_logger("truckllm.access")     # a lazy proxy: follows reconfiguration
@@ -271,6 +289,8 @@ class AccessLog:
         self._fd: int | None = None              # the stream's file, written to as bytes
         self._redactor = SecretRedactor()
         self._levels = frozenset(LEVELS)
+        self._line = dict.fromkeys((*ACCESS_FIELDS, "event", "level", "timestamp"))
+        self._level_of_status: dict[int, str] = {}
 
     def configure(self, level: str, fmt: str, redactor: SecretRedactor, stream: TextIO) -> None:
         self._stream = stream if fmt == "json" else None
@@ -279,18 +299,25 @@ class AccessLog:
         self._levels = frozenset(LEVELS[LEVELS.index(level):])
 
     def write(self, record: RequestRecord) -> None:
-        level = record.level
+        # A record's level depends on its status alone: the property is read once per status.
+        level = (self._level_of_status.get(record.status)
+                 or self._level_of_status.setdefault(record.status, record.level))
         stream = self._stream
         if stream is None:
             getattr(_access, level)(_ACCESS_EVENT, **access_fields(record))
             return
         if level not in self._levels:
             return
-        event = access_fields(record)
+        # One dict, refilled for every line (all its keys are set again each time):
+        # serialized before this returns, it is never seen outside.
+        event = fill_access_fields(self._line, record)
         event["event"] = _ACCESS_EVENT
-        # NUL between the texts: no secret or credential pattern matches across it.
-        if self._redactor.would_mask(f"{record.request_id}\0{record.method}\0{record.path}\0"
-                                     f"{record.upstream_model}\0{record.error_reason}\0{_ACCESS_EVENT}"):
+        # NUL between the texts: no secret or credential pattern matches across it. Read
+        # from the dict (cheaper than the record's attributes); None is left out rather
+        # than formatted (which costs as much again): there is nothing in it to mask.
+        if self._redactor.would_mask(f"{event['request_id']}\0{event['method']}\0{event['path']}\0"
+                                     f"{event['upstream_model'] or ''}\0{event['error'] or ''}\0"
+                                     f"{_ACCESS_EVENT}"):
             self._redactor(None, level, event)
         event["level"] = level
         event["timestamp"] = datetime.now(UTC)
@@ -299,7 +326,9 @@ class AccessLog:
             stream.write(line.decode())
             stream.flush()
         else:
-            _write_all(self._fd, line)
+            written = os.write(self._fd, line)
+            if written < len(line):
+                _write_rest(self._fd, line, written)
 
 
 def _utf8_fileno(stream: TextIO) -> int | None:
@@ -316,8 +345,8 @@ def _utf8_fileno(stream: TextIO) -> int | None:
     return fd if encoding and codecs.lookup(encoding).name == "utf-8" else None
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    written = os.write(fd, data)
+def _write_rest(fd: int, data: bytes, written: int) -> None:
+    """Write what follows the first `written` bytes of `data`."""
     while written < len(data):      # a signal may interrupt a long write to a pipe
         data = data[written:]
         written = os.write(fd, data)

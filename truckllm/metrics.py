@@ -84,11 +84,13 @@ class PlainCounter:
         registry.register(self)
 
     def inc(self, labels: Labels, amount: float = 1.0) -> None:
-        series = self._series.get(labels) or self._new(labels)
-        series[0] += amount
+        self.series(labels)[0] += amount
 
-    def _new(self, labels: Labels) -> list[float]:
-        series = self._series[labels] = [0.0, time.time()]
+    def series(self, labels: Labels) -> list[float]:
+        """[value, created] of these labels, created at first use (and exposed from then)."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0, time.time()]
         return series
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -106,21 +108,22 @@ class PlainHistogram:
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
                  buckets: Sequence[float], registry: CollectorRegistry) -> None:
         self._family = (name, documentation, tuple(labelnames))
-        self._bounds = (*map(float, buckets), float("inf"))
-        self._le = tuple(map(floatToGoString, self._bounds))
+        self.bounds = (*map(float, buckets), float("inf"))
+        self._le = tuple(map(floatToGoString, self.bounds))
         # labels -> [sum, created, count in bucket 0, 1, ..., +Inf]; counts not cumulative
         self._series: dict[Labels, list[float]] = {}
         if not labelnames:
-            self._new(())
+            self.series(())
         registry.register(self)
 
     def observe(self, labels: Labels, amount: float) -> None:
-        series = self._series.get(labels) or self._new(labels)
-        series[0] += amount
-        series[2 + bisect_left(self._bounds, amount)] += 1     # first bound >= amount
+        add_observation(self.series(labels), self.bounds, amount)
 
-    def _new(self, labels: Labels) -> list[float]:
-        series = self._series[labels] = [0.0, time.time(), *[0.0] * len(self._bounds)]
+    def series(self, labels: Labels) -> list[float]:
+        """[sum, created, count per bucket] of these labels, created at first use."""
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0, time.time(), *[0.0] * len(self.bounds)]
         return series
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
@@ -138,12 +141,43 @@ class PlainHistogram:
         yield family
 
 
+def add_observation(series: list[float], bounds: tuple[float, ...], amount: float) -> None:
+    """One observation into a histogram's series (`PlainHistogram.series`) with `bounds`."""
+    series[0] += amount
+    series[2 + bisect_left(bounds, amount)] += 1     # first bound >= amount
+
+
+class RequestSeries:
+    """The series that the records of one (provider, alias, status, client key) feed, found
+    once per config (see `Metrics.observe`). Those of first tokens, tokens and cost are
+    created when first fed, as prometheus-client would: a series is exposed from then on."""
+
+    __slots__ = ("cost", "cost_labels", "duration", "labels", "requests", "tokens", "ttft")
+
+    def __init__(self, metrics: Metrics, provider: str, model: str, status: int,
+                 key: str) -> None:
+        self.labels = (provider, model)
+        self.cost_labels = (model, key)
+        self.requests = metrics.requests.series((provider, model, str(status)))
+        self.duration = metrics.duration.series(self.labels)
+        self.ttft: list[float] | None = None
+        self.tokens: tuple[list[float], list[float]] | None = None     # prompt, completion
+        self.cost: list[float] | None = None
+
+
+# Records are labelled by (provider, alias, status, client key): config ids, a status code
+# and the matched config alias, so few combinations exist. Forgetting them all past this
+# many keeps memory bounded whatever records arrive.
+_REMEMBERED_SERIES = 4096
+
+
 class Metrics:
     """Every metric of SPEC §7, registered on a registry of its own."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._aliases = AliasLabels()
+        self._series: dict[tuple[str | None, str | None, int, str | None], RequestSeries] = {}
         # Label sets are bounded: every label value comes from the config or a small fixed set.
         r = self.registry
         self.requests = PlainCounter("llm_requests_total", "Requests answered, by HTTP status sent.",
@@ -169,6 +203,7 @@ class Metrics:
         self.overhead = PlainHistogram("llm_overhead_seconds",
                                        "Time spent in TruckLLM itself, upstream excluded.",
                                        (), OVERHEAD_BUCKETS, r)
+        self._overhead = self.overhead.series(())
         self.reloads = Counter("truckllm_config_reloads_total",
                                "Config reloads that changed something or failed.",
                                ["result"], registry=r)
@@ -200,26 +235,54 @@ class Metrics:
                     1.0 if name == status else 0.0)
 
     def observe(self, record: RequestRecord) -> None:
-        provider = record.provider_id or UNKNOWN
-        model = self._aliases.label(record.alias)
-        series = (provider, model)
-        self.requests.inc((provider, model, str(record.status)))
-        self.duration.observe(series, record.latency_s)
-        self.overhead.observe((), record.overhead_s)
-        if record.ttft_s is not None:
-            self.ttft.observe(series, record.ttft_s)
-        if record.usage is not None:
-            self.tokens.inc((provider, model, "prompt"), record.usage.prompt_tokens)
-            self.tokens.inc((provider, model, "completion"), record.usage.completion_tokens)
-        if record.cost_usd:
-            self.cost.inc((model, record.key_id or UNKNOWN), record.cost_usd)
-        for failure in record.upstream_failures:
+        # Labelling a record (the model label of its alias, the status as text, the label
+        # tuples and their lookups) costs more than counting it, and depends only on these
+        # four fields and the config's aliases: the series they lead to are remembered per
+        # combination until the aliases change (set_config).
+        (_, _, _, _, key_id, alias, provider_id, _, status, latency_s, overhead_s, ttft_s, usage,
+         _, cost_usd, error_reason, _, _, failures, _, _) = record
+        series = (self._series.get((provider_id, alias, status, key_id))
+                  or self._request_series(provider_id, alias, status, key_id))
+        series.requests[0] += 1.0
+        add_observation(series.duration, self.duration.bounds, latency_s)
+        add_observation(self._overhead, self.overhead.bounds, overhead_s)
+        if ttft_s is not None:
+            add_observation(series.ttft or self._ttft_series(series), self.ttft.bounds, ttft_s)
+        if usage is not None:
+            prompt, completion = series.tokens or self._token_series(series)
+            prompt[0] += usage.prompt_tokens
+            completion[0] += usage.completion_tokens
+        if cost_usd:
+            (series.cost or self._cost_series(series))[0] += cost_usd
+        for failure in failures:
             self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
-        reason = record.error_reason or ""
-        if reason.startswith(RATE_LIMITED_PREFIX):
-            self.count_rate_limited(record.key_id, reason.removeprefix(RATE_LIMITED_PREFIX))
-        elif record.status == 429 and record.provider_id is None:   # refused before upstream
-            self.count_rate_limited(record.key_id, "limit")
+        if error_reason is not None and error_reason.startswith(RATE_LIMITED_PREFIX):
+            self.count_rate_limited(key_id, error_reason.removeprefix(RATE_LIMITED_PREFIX))
+        elif status == 429 and provider_id is None:   # refused before upstream
+            self.count_rate_limited(key_id, "limit")
+
+    def _request_series(self, provider_id: str | None, alias: str | None, status: int,
+                        key_id: str | None) -> RequestSeries:
+        series = RequestSeries(self, provider_id or UNKNOWN, self._aliases.label(alias), status,
+                               key_id or UNKNOWN)
+        if len(self._series) >= _REMEMBERED_SERIES:
+            self._series.clear()
+        self._series[provider_id, alias, status, key_id] = series
+        return series
+
+    def _ttft_series(self, series: RequestSeries) -> list[float]:
+        series.ttft = self.ttft.series(series.labels)
+        return series.ttft
+
+    def _token_series(self, series: RequestSeries) -> tuple[list[float], list[float]]:
+        provider, model = series.labels
+        series.tokens = (self.tokens.series((provider, model, "prompt")),
+                         self.tokens.series((provider, model, "completion")))
+        return series.tokens
+
+    def _cost_series(self, series: RequestSeries) -> list[float]:
+        series.cost = self.cost.series(series.cost_labels)
+        return series.cost
 
     def count_upstream_error(self, provider_id: str, key_id: str, reason: str) -> None:
         """One failed upstream attempt; `reason` is a short fixed word (429, timeout, ...)."""
@@ -231,6 +294,7 @@ class Metrics:
     def set_config(self, aliases: Iterable[str], sha256: str, version: int) -> None:
         """The config now in use: its aliases bound the `model` label."""
         self._aliases = AliasLabels(aliases)
+        self._series.clear()        # the model labels they were found with may differ now
         self.config_info.info({"sha256": sha256})
         self.config_version.set(version)
 

@@ -76,6 +76,22 @@ def test_model_label_is_always_a_configured_alias() -> None:
     assert value(metrics, "llm_requests_total", provider="", model="", status="404") == 1
 
 
+def test_model_label_follows_the_aliases_of_the_config_in_use() -> None:
+    """The series a record feeds are remembered per (provider, alias, status, key); a new
+    config's aliases must still decide the model label of the next record."""
+    metrics = make_metrics()
+    metrics.observe(make_record())
+    metrics.set_config(["openai/*"], "cd" * 32, 2)
+    metrics.observe(make_record())
+    metrics.set_config(["gpt-4o"], "ef" * 32, 3)
+    metrics.observe(make_record(cost_usd=0.001))
+
+    assert value(metrics, "llm_requests_total", provider="openai", model="gpt-4o", status="200") == 2
+    assert value(metrics, "llm_requests_total", provider="openai", model="", status="200") == 1
+    assert value(metrics, "llm_tokens_total", provider="openai", model="", kind="prompt") == 10
+    assert value(metrics, "llm_cost_usd_total", model="gpt-4o", key="team-a") == 0.003
+
+
 def test_upstream_errors_and_rate_limits() -> None:
     metrics = make_metrics()
     metrics.count_upstream_error("openai", "main", "429")

@@ -7,7 +7,6 @@ falling back to the input price when a cache rate is not configured.
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any, NamedTuple
 
 from truckllm.config.schema import PricingConfig
@@ -48,10 +47,37 @@ class CostBreakdown(NamedTuple):
 FREE = CostBreakdown(0.0, ())
 
 
+class Prices(NamedTuple):
+    """An alias's `pricing` as requests are priced: the cache rates' fallback to the input
+    rate worked out once per config snapshot (truckllm.limits.policy keeps them)."""
+
+    input: float
+    cache_read: float
+    cache_write: float
+    output: float
+
+    @classmethod
+    def of(cls, pricing: PricingConfig) -> Prices:
+        read, write = pricing.cache_read_per_mtok, pricing.cache_write_per_mtok
+        return cls(pricing.input_per_mtok, pricing.input_per_mtok if read is None else read,
+                   pricing.input_per_mtok if write is None else write, pricing.output_per_mtok)
+
+
 def cost_of(usage: Usage | None, pricing: PricingConfig | None) -> CostBreakdown:
     """The cost of one request's usage; FREE when either is unknown."""
     if usage is None or pricing is None:
         return FREE
+    return CostBreakdown(*price(usage, Prices.of(pricing)))
+
+
+def price(usage: Usage, prices: Prices) -> tuple[float, tuple[CostLine, ...]]:
+    """The total and the lines of `cost_of`, for the hot path: `prices` compiled already.
+
+    One function on purpose: it runs for every priced request, and each helper call,
+    NamedTuple `__new__` (a Python function) or `sum(map(...))` cost more than the
+    arithmetic. The lines are made by `tuple.__new__`, exactly as their `__new__` would.
+    """
+    input_rate, read_rate, write_rate, output_rate = prices
     prompt = usage.prompt_tokens
     # min() by hand: a builtin call costs more than the rest of this arithmetic
     cache_read = usage.cache_read_tokens
@@ -60,27 +86,21 @@ def cost_of(usage: Usage | None, pricing: PricingConfig | None) -> CostBreakdown
     cache_write = usage.cache_write_tokens
     if prompt - cache_read < cache_write:
         cache_write = prompt - cache_read
-    plain_input = prompt - cache_read - cache_write
-    input_rate = pricing.input_per_mtok
+    priced: tuple[tuple[str, int, float], ...]
+    if cache_read or cache_write:
+        priced = (("input", prompt - cache_read - cache_write, input_rate),
+                  ("cache_read", cache_read, read_rate), ("cache_write", cache_write, write_rate),
+                  ("output", usage.completion_tokens, output_rate))
+    else:
+        priced = (("input", prompt, input_rate), ("output", usage.completion_tokens, output_rate))
     lines = []
-    if plain_input:
-        lines.append(_line("input", plain_input, input_rate))
-    if cache_read:
-        lines.append(_line("cache_read", cache_read, _or(pricing.cache_read_per_mtok, input_rate)))
-    if cache_write:
-        lines.append(_line("cache_write", cache_write,
-                           _or(pricing.cache_write_per_mtok, input_rate)))
-    if usage.completion_tokens:
-        lines.append(_line("output", usage.completion_tokens, pricing.output_per_mtok))
-    return CostBreakdown(sum(map(_USD, lines)), tuple(lines))     # empty kinds left out
+    total_usd: float = 0          # an int 0 when no line is left, as sum() gave
+    for kind, tokens, usd_per_mtok in priced:
+        if tokens:                  # empty kinds left out
+            usd = tokens * usd_per_mtok / PER_MTOK
+            lines.append(_new_tuple(CostLine, (kind, tokens, usd_per_mtok, usd)))
+            total_usd += usd
+    return total_usd, tuple(lines)
 
 
-_USD = attrgetter("usd")
-
-
-def _line(kind: str, tokens: int, usd_per_mtok: float) -> CostLine:
-    return CostLine(kind, tokens, usd_per_mtok, tokens * usd_per_mtok / PER_MTOK)
-
-
-def _or(rate: float | None, fallback: float) -> float:
-    return fallback if rate is None else rate
+_new_tuple = tuple.__new__

@@ -47,38 +47,36 @@ class CostBreakdown(NamedTuple):
 FREE = CostBreakdown(0.0, ())
 
 
-class Prices(NamedTuple):
-    """An alias's `pricing` as requests are priced: the cache rates' fallback to the input
-    rate worked out once per config snapshot (truckllm.limits.policy keeps them)."""
+# An alias's `pricing` as requests are priced: USD per million input, cache-read,
+# cache-write and output tokens, the cache rates' fallback to the input rate worked out.
+# Compiled once per config snapshot (truckllm.limits.policy keeps them); a plain tuple,
+# which unpacks faster than a named one.
+Prices = tuple[float, float, float, float]
 
-    input: float
-    cache_read: float
-    cache_write: float
-    output: float
 
-    @classmethod
-    def of(cls, pricing: PricingConfig) -> Prices:
-        read, write = pricing.cache_read_per_mtok, pricing.cache_write_per_mtok
-        return cls(pricing.input_per_mtok, pricing.input_per_mtok if read is None else read,
-                   pricing.input_per_mtok if write is None else write, pricing.output_per_mtok)
+def prices_of(pricing: PricingConfig) -> Prices:
+    read, write = pricing.cache_read_per_mtok, pricing.cache_write_per_mtok
+    return (pricing.input_per_mtok, pricing.input_per_mtok if read is None else read,
+            pricing.input_per_mtok if write is None else write, pricing.output_per_mtok)
 
 
 def cost_of(usage: Usage | None, pricing: PricingConfig | None) -> CostBreakdown:
     """The cost of one request's usage; FREE when either is unknown."""
     if usage is None or pricing is None:
         return FREE
-    return CostBreakdown(*price(usage, Prices.of(pricing)))
+    return CostBreakdown(*price(usage, prices_of(pricing)))
 
 
 def price(usage: Usage, prices: Prices) -> tuple[float, tuple[CostLine, ...]]:
     """The total and the lines of `cost_of`, for the hot path: `prices` compiled already.
 
-    One function on purpose: it runs for every priced request, and each helper call,
-    NamedTuple `__new__` (a Python function) or `sum(map(...))` cost more than the
-    arithmetic. The lines are made by `tuple.__new__`, exactly as their `__new__` would.
+    Unrolled on purpose, kind by kind: it runs for every priced request, and a loop, a
+    helper call, NamedTuple `__new__` (a Python function) or `sum(map(...))` each cost
+    more than the arithmetic. The lines are made by `tuple.__new__`, as `__new__` would.
+    The total adds the lines in order from int 0, exactly as `sum()` of them did.
     """
     input_rate, read_rate, write_rate, output_rate = prices
-    prompt = usage.prompt_tokens
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
     # min() by hand: a builtin call costs more than the rest of this arithmetic
     cache_read = usage.cache_read_tokens
     if prompt < cache_read:
@@ -86,20 +84,25 @@ def price(usage: Usage, prices: Prices) -> tuple[float, tuple[CostLine, ...]]:
     cache_write = usage.cache_write_tokens
     if prompt - cache_read < cache_write:
         cache_write = prompt - cache_read
-    priced: tuple[tuple[str, int, float], ...]
-    if cache_read or cache_write:
-        priced = (("input", prompt - cache_read - cache_write, input_rate),
-                  ("cache_read", cache_read, read_rate), ("cache_write", cache_write, write_rate),
-                  ("output", usage.completion_tokens, output_rate))
-    else:
-        priced = (("input", prompt, input_rate), ("output", usage.completion_tokens, output_rate))
-    lines = []
-    total_usd: float = 0          # an int 0 when no line is left, as sum() gave
-    for kind, tokens, usd_per_mtok in priced:
-        if tokens:                  # empty kinds left out
-            usd = tokens * usd_per_mtok / PER_MTOK
-            lines.append(_new_tuple(CostLine, (kind, tokens, usd_per_mtok, usd)))
-            total_usd += usd
+    plain_input = prompt - cache_read - cache_write
+    lines = []                      # empty kinds left out
+    total_usd: float = 0
+    if plain_input:
+        usd = plain_input * input_rate / PER_MTOK
+        lines.append(_new_tuple(CostLine, ("input", plain_input, input_rate, usd)))
+        total_usd += usd
+    if cache_read:
+        usd = cache_read * read_rate / PER_MTOK
+        lines.append(_new_tuple(CostLine, ("cache_read", cache_read, read_rate, usd)))
+        total_usd += usd
+    if cache_write:
+        usd = cache_write * write_rate / PER_MTOK
+        lines.append(_new_tuple(CostLine, ("cache_write", cache_write, write_rate, usd)))
+        total_usd += usd
+    if completion:
+        usd = completion * output_rate / PER_MTOK
+        lines.append(_new_tuple(CostLine, ("output", completion, output_rate, usd)))
+        total_usd += usd
     return total_usd, tuple(lines)
 
 

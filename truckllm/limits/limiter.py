@@ -68,6 +68,7 @@ class Limiter:
         self._entries: dict[str, _KeyEntry] = {}     # for the adopted policy; see _KeyEntry
         self._upstream_meters: dict[str, RateMeter] = {}
         self._upstream_counters: dict[str, Counters] = {}
+        self._shared_uses: dict[str, UpstreamUse] = {}  # upstream keys without rpm/tpm
         self._periods = PeriodStarts()
 
     # -- config snapshots -------------------------------------------------------------
@@ -77,7 +78,7 @@ class Limiter:
         if policy is self._policy:
             return
         self._policy = policy
-        self._entries = {}
+        self._entries, self._shared_uses = {}, {}     # both made for one policy
         for table in (self._key_meters, self._accounts):
             _keep_only(table, policy.keys)
         for upstream in (self._upstream_meters, self._upstream_counters):
@@ -260,16 +261,24 @@ class Limiter:
         """Count one request sent with upstream key `ref`; settle it with the real usage."""
         if policy is not self._policy:
             self.adopt(policy)
-        rates = policy.upstream.get(ref, NO_LIMITS)
-        held: _Held = ()
-        if rates.windowed:
-            held = _reserve(self._upstream_meter(ref), rates, _as_estimate(estimate_tokens),
-                            self.clock.monotonic())
+        use = self._shared_uses.get(ref) or self._upstream_use(policy, ref, estimate_tokens)
+        use._counters.requests += 1
+        self.changes += 1
+        return use
+
+    def _upstream_use(self, policy: LimitsPolicy, ref: str,
+                      estimate_tokens: int | PromptEstimate) -> UpstreamUse:
+        """A use of `ref` for a key with rpm or tpm: this request's, holding its estimate in
+        the windows. For a key without: the one its requests share under this policy."""
         counters = self._upstream_counters.get(ref)
         if counters is None:
             counters = self._upstream_counters[ref] = Counters()
-        counters.requests += 1
-        self.changes += 1
+        rates = policy.upstream.get(ref, NO_LIMITS)
+        if not rates.windowed:
+            use = self._shared_uses[ref] = UpstreamUse(self, counters, ())
+            return use
+        held = _reserve(self._upstream_meter(ref), rates, _as_estimate(estimate_tokens),
+                        self.clock.monotonic())
         return UpstreamUse(self, counters, held)
 
     def upstream_report(self, ref: str) -> dict[str, Any]:
@@ -305,7 +314,7 @@ class Limiter:
         counters = {str(k): Counters.from_dict(v) for k, v in upstream.items()}
         self._accounts.update(accounts)
         self._upstream_counters.update(counters)
-        self._entries = {}
+        self._entries, self._shared_uses = {}, {}     # they hold replaced counters
         if self._policy is not None:
             policy, self._policy = self._policy, None
             self.adopt(policy)
@@ -380,8 +389,7 @@ class Admission:
                 entry.account.enter(limiter._periods.current(entry.key.budget_period,
                                                              limiter.clock))
             counters = entry.counters
-        if upstream is not None and not upstream._settled:
-            upstream._settled = True
+        if upstream is not None:
             held += upstream._held
             counters = (*counters, upstream._counters)
         _charge(limiter, held, counters, usage, cost_usd)
@@ -397,20 +405,22 @@ class Admission:
 
 
 class UpstreamUse:
-    """One request sent with an upstream key; `settle` reconciles its tokens, once."""
+    """What `Limiter.upstream_acquire` gives for one request sent with an upstream key: the
+    caller settles it once per acquire, with the request's real usage.
 
-    __slots__ = ("_counters", "_held", "_limiter", "_settled")
+    For a key with rpm or tpm it is the request's own and holds its token estimate in the
+    windows until then. A key without has nothing to hold: its requests share one use per
+    config snapshot, so counting one costs no allocation.
+    """
+
+    __slots__ = ("_counters", "_held", "_limiter")
 
     def __init__(self, limiter: Limiter, counters: Counters, held: _Held) -> None:
         self._limiter = limiter
         self._counters = counters
         self._held = held
-        self._settled = False
 
     def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
-        if self._settled:
-            return
-        self._settled = True
         _charge(self._limiter, self._held, (self._counters,), usage, cost_usd)
 
 

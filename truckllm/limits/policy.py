@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from truckllm.config.schema import Config, PricingConfig
 from truckllm.limits.budget import BudgetPeriod
-from truckllm.limits.cost import Prices
+from truckllm.limits.cost import Prices, prices_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class LimitsPolicy:
         object.__setattr__(self, "limits_upstream",
                            any(rates.windowed for rates in self.upstream.values()))
         object.__setattr__(self, "prices",
-                           {alias: Prices.of(pricing) for alias, pricing in self.pricing.items()})
+                           {alias: prices_of(pricing) for alias, pricing in self.pricing.items()})
 
     def key(self, key_id: str) -> KeyPolicy:
         found = self.keys.get(key_id)

@@ -95,7 +95,9 @@ class Limiter:
         """
         if policy is not self._policy:
             self.adopt(policy)
-        estimate = _as_estimate(estimate_tokens)
+        # _as_estimate inline: admission is the hot path
+        estimate = (estimate_tokens if isinstance(estimate_tokens, PromptEstimate)
+                    else PromptEstimate.known(estimate_tokens))
         entry = None if key_id is None else self._entries.get(key_id) or self._entry(key_id)
         gateway = policy.gateway
         now = 0.0                   # read only when some window is

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from truckllm.limits import (
+    NO_PROMPT,
     Admission,
     Limiter,
     PromptEstimate,
@@ -29,8 +30,12 @@ from truckllm.state import ClientKey, Route, State
 def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
           exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
+    policy = state.limits
+    # The estimate is only read under a tpm or for a stream (`stream` is what makes the
+    # handler stream): other requests carry none, rather than one never worked out.
+    estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
     try:
-        return limiter.admit(state.limits, key.id if key else None, PromptEstimate(body))
+        return limiter.admit(policy, key.id if key else None, estimate)
     except RateLimitExceeded as refused:
         # "rate_limited:<scope>" is what metrics count as llm_rate_limited_total{key,scope}
         exchange.error_reason = f"rate_limited:{refused.scope}"

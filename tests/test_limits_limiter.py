@@ -302,3 +302,19 @@ def test_changes_counter_moves_on_everything_worth_saving() -> None:
     admission.settle(Usage(), 0.0)
     admission.release()
     assert limiter.changes == before + 2
+
+
+def test_a_request_and_its_unlimited_upstream_key_are_charged_together_and_exactly() -> None:
+    limiter, _ = make_limiter()
+    policy = make_policy(upstream={"p/free": RateLimits()}, a=KeyPolicy("a"))
+    for _ in range(2):                                       # uses of a key without rpm/tpm
+        admission = limiter.admit(policy, "a", 0)
+        use = limiter.upstream_acquire(policy, "p/free", 0)
+        admission.settle(Usage(prompt_tokens=10, completion_tokens=5), 0.25, use)
+        admission.release()
+    limiter.upstream_acquire(policy, "p/free", 0).settle(None)   # a failed attempt
+    upstream = limiter.upstream_report("p/free")
+    assert (upstream["requests"], upstream["tokens"], upstream["spend_usd"]) == (3, 30, 0.5)
+    key = limiter.key_report(policy, "a")
+    assert (key["requests"], key["tokens"], key["spend_usd"]) == (2, 30, 0.5)
+    assert key["current"]["in_flight"] == 0

@@ -5,7 +5,7 @@
     meter     rpm/tpm windows + in-flight count for one subject
     limiter   Limiter.admit() -> Admission (settle, release, headers); upstream-key accounting
     estimate  prompt-token estimate reserved before the call (worked out when first read)
-    cost      Usage x pricing -> CostBreakdown
+    cost      Usage x pricing -> CostBreakdown; `price`: the same with prices compiled
     budget    calendar budget periods (UTC)
     headers   x-ratelimit-* values
     persist   the state file and its saver

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import Any
 
 from truckllm.limits.budget import BudgetPeriod, period_end
-from truckllm.usage import Usage
 
 
 @dataclass(slots=True)
@@ -24,11 +23,6 @@ class Counters:
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-    def add_usage(self, usage: Usage, cost_usd: float) -> None:
-        self.prompt_tokens += usage.prompt_tokens
-        self.completion_tokens += usage.completion_tokens
-        self.spend_usd += cost_usd
 
     def clear(self) -> None:
         self.requests = self.prompt_tokens = self.completion_tokens = 0

@@ -8,12 +8,13 @@ makes the limits exact under concurrency. Must not import the server or dispatch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from truckllm.errors import PermissionDenied, RateLimited
 from truckllm.limits.accounts import Account, Counters
-from truckllm.limits.budget import PeriodStarts, period_start
+from truckllm.limits.budget import EPOCH, PeriodStarts, period_start
 from truckllm.limits.clock import Clock, SystemClock
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import ratelimit_headers
@@ -64,8 +65,10 @@ class Limiter:
         self._gateway = RateMeter()
         self._key_meters: dict[str, RateMeter] = {}
         self._accounts: dict[str, Account] = {}
+        self._entries: dict[str, _KeyEntry] = {}     # for the adopted policy; see _KeyEntry
         self._upstream_meters: dict[str, RateMeter] = {}
         self._upstream_counters: dict[str, Counters] = {}
+        self._shared_uses: dict[str, UpstreamUse] = {}  # upstream keys without rpm/tpm
         self._periods = PeriodStarts()
 
     # -- config snapshots -------------------------------------------------------------
@@ -75,6 +78,7 @@ class Limiter:
         if policy is self._policy:
             return
         self._policy = policy
+        self._entries, self._shared_uses = {}, {}     # both made for one policy
         for table in (self._key_meters, self._accounts):
             _keep_only(table, policy.keys)
         for upstream in (self._upstream_meters, self._upstream_counters):
@@ -91,29 +95,27 @@ class Limiter:
         """
         if policy is not self._policy:
             self.adopt(policy)
-        estimate = _as_estimate(estimate_tokens)
-        key = account = None
-        if key_id is not None:
-            key = policy.key(key_id)
-            account = self._account(key)
+        # _as_estimate inline: admission is the hot path
+        estimate = (estimate_tokens if isinstance(estimate_tokens, PromptEstimate)
+                    else PromptEstimate.known(estimate_tokens))
+        entry = None if key_id is None else self._entries.get(key_id) or self._entry(key_id)
         gateway = policy.gateway
         now = 0.0                   # read only when some window is
-        if gateway.limited or (key is not None and key.limited):
+        if gateway.limited or (entry is not None and entry.key.limited):
             now = self.clock.monotonic()
-            self._check(gateway, key, account, estimate, now)
+            self._check(gateway, entry, estimate, now)
         # every check passed: only now is anything counted
         self._gateway.in_flight += 1
         held = _reserve(self._gateway, gateway, estimate, now) if gateway.windowed else ()
-        key_meter = None
-        if key is not None and account is not None:
-            key_meter = self._key_meter(key.key_id)
-            key_meter.in_flight += 1
-            if key.rates.windowed:
-                held += _reserve(key_meter, key.rates, estimate, now)
-            account.period.requests += 1
-            account.lifetime.requests += 1
+        if entry is not None:
+            entry.meter.in_flight += 1
+            rates = entry.key.rates
+            if rates.windowed:
+                held += _reserve(entry.meter, rates, estimate, now)
+            for counters in entry.counters:
+                counters.requests += 1
         self.changes += 1
-        return Admission(self, key, account, key_meter, held, estimate)
+        return Admission(self, policy, entry, held, estimate)
 
     def key_headers(self, key: KeyPolicy | None) -> dict[str, str]:
         """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
@@ -124,14 +126,15 @@ class Limiter:
         return ratelimit_headers(meter.requests_state(key.rates, now),
                                  meter.tokens_state(key.rates, now))
 
-    def _check(self, gateway: RateLimits, key: KeyPolicy | None, account: Account | None,
-               estimate: PromptEstimate, now: float) -> None:
+    def _check(self, gateway: RateLimits, entry: _KeyEntry | None, estimate: PromptEstimate,
+               now: float) -> None:
         """The checks in their documented order: budget, the key's limits, the gateway's."""
-        if key is not None and account is not None and key.limited:
-            self._check_budget(key, account)
-            refusal = self._key_meter(key.key_id).refusal(key.rates, estimate, now)
+        key = None if entry is None else entry.key
+        if entry is not None and entry.key.limited:
+            self._check_budget(entry.key, entry.account)
+            refusal = entry.meter.refusal(entry.key.rates, estimate, now)
             if refusal is not None:
-                raise self._refused("key", key, refusal, estimate)
+                raise self._refused("key", entry.key, refusal, estimate)
         refusal = self._gateway.refusal(gateway, estimate, now)
         if refusal is not None:
             raise self._refused("gateway", key, refusal, estimate)
@@ -167,6 +170,13 @@ class Limiter:
         if meter is None:
             meter = self._key_meters[key_id] = RateMeter()
         return meter
+
+    def _entry(self, key_id: str) -> _KeyEntry:
+        """The key's entry under the adopted policy, made on its first request."""
+        assert self._policy is not None
+        key = self._policy.key(key_id)
+        entry = self._entries[key_id] = _KeyEntry(key, self._account(key), self._key_meter(key_id))
+        return entry
 
     def _account(self, key: KeyPolicy) -> Account:
         account = self._accounts.get(key.key_id)
@@ -253,16 +263,24 @@ class Limiter:
         """Count one request sent with upstream key `ref`; settle it with the real usage."""
         if policy is not self._policy:
             self.adopt(policy)
-        rates = policy.upstream.get(ref, NO_LIMITS)
-        held: _Held = ()
-        if rates.windowed:
-            held = _reserve(self._upstream_meter(ref), rates, _as_estimate(estimate_tokens),
-                            self.clock.monotonic())
+        use = self._shared_uses.get(ref) or self._upstream_use(policy, ref, estimate_tokens)
+        use._counters.requests += 1
+        self.changes += 1
+        return use
+
+    def _upstream_use(self, policy: LimitsPolicy, ref: str,
+                      estimate_tokens: int | PromptEstimate) -> UpstreamUse:
+        """A use of `ref` for a key with rpm or tpm: this request's, holding its estimate in
+        the windows. For a key without: the one its requests share under this policy."""
         counters = self._upstream_counters.get(ref)
         if counters is None:
             counters = self._upstream_counters[ref] = Counters()
-        counters.requests += 1
-        self.changes += 1
+        rates = policy.upstream.get(ref, NO_LIMITS)
+        if not rates.windowed:
+            use = self._shared_uses[ref] = UpstreamUse(self, counters, ())
+            return use
+        held = _reserve(self._upstream_meter(ref), rates, _as_estimate(estimate_tokens),
+                        self.clock.monotonic())
         return UpstreamUse(self, counters, held)
 
     def upstream_report(self, ref: str) -> dict[str, Any]:
@@ -298,27 +316,51 @@ class Limiter:
         counters = {str(k): Counters.from_dict(v) for k, v in upstream.items()}
         self._accounts.update(accounts)
         self._upstream_counters.update(counters)
+        self._entries, self._shared_uses = {}, {}     # they hold replaced counters
         if self._policy is not None:
             policy, self._policy = self._policy, None
             self.adopt(policy)
 
 
+class _KeyEntry:
+    """A client key under one config snapshot: its policy, and the account and meter it
+    charges (those outlive the snapshot). Made on the key's first request under the
+    snapshot, so admitting a request looks up one thing instead of three.
+
+    A key whose budget period is `total` never changes period, so its account enters that
+    period here, once, and settling skips the period check (`dated` is False).
+    """
+
+    __slots__ = ("account", "counters", "dated", "key", "meter")
+
+    def __init__(self, key: KeyPolicy, account: Account, meter: RateMeter) -> None:
+        self.key = key
+        self.account = account
+        self.meter = meter
+        self.counters = (account.period, account.lifetime)   # both count every request
+        self.dated = key.budget_period != "total"
+        if not self.dated:
+            account.enter(EPOCH)
+
+
 class Admission:
     """One admitted client request: settle it with its real usage, release its slot."""
 
-    __slots__ = ("_account", "_held", "_key_meter", "_limiter", "_released", "_settled",
-                 "estimate", "key")
+    __slots__ = ("_entry", "_held", "_limiter", "_released", "_settled", "estimate", "policy")
 
-    def __init__(self, limiter: Limiter, key: KeyPolicy | None, account: Account | None,
-                 key_meter: RateMeter | None, held: _Held, estimate: PromptEstimate) -> None:
+    def __init__(self, limiter: Limiter, policy: LimitsPolicy, entry: _KeyEntry | None,
+                 held: _Held, estimate: PromptEstimate) -> None:
         self._limiter = limiter
-        self.key = key
-        self.estimate = estimate
-        self._account = account
-        self._key_meter = key_meter     # holds a slot, as the gateway's meter does
+        self.policy = policy            # the snapshot's: its prices price the request
+        self._entry = entry             # its meter holds a slot, as the gateway's meter does
         self._held = held
+        self.estimate = estimate
         self._settled = False
         self._released = False
+
+    @property
+    def key(self) -> KeyPolicy | None:
+        return None if self._entry is None else self._entry.key
 
     @property
     def estimate_tokens(self) -> int:
@@ -328,25 +370,31 @@ class Admission:
         """x-ratelimit-* for this key as they stand now (this request included)."""
         return self._limiter.key_headers(self.key)
 
-    def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
+    def settle(self, usage: Usage | None, cost_usd: float = 0.0,
+               upstream: UpstreamUse | None = None) -> None:
         """Replace the token estimate with real usage and add the spend; once.
 
         `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
-        in the token windows and adds only `cost_usd`.
+        in the token windows and adds only `cost_usd`. `upstream`: the use of the upstream
+        key the request was sent with, settled with the same usage and cost (one charge
+        for both instead of two).
         """
         if self._settled:
+            if upstream is not None:
+                upstream.settle(usage, cost_usd)
             return
         self._settled = True
-        limiter = self._limiter
-        if usage is not None and self._held:
-            _reconcile(self._held, usage, limiter.clock.monotonic())
-        account = self._account
-        if account is not None and self.key is not None:
-            account.enter(limiter._periods.current(self.key.budget_period, limiter.clock))
-            usage = usage or Usage()
-            account.period.add_usage(usage, cost_usd)
-            account.lifetime.add_usage(usage, cost_usd)
-        limiter.changes += 1
+        limiter, entry, held = self._limiter, self._entry, self._held
+        counters: tuple[Counters, ...] = ()
+        if entry is not None:
+            if entry.dated:
+                entry.account.enter(limiter._periods.current(entry.key.budget_period,
+                                                             limiter.clock))
+            counters = entry.counters
+        if upstream is not None:
+            held += upstream._held
+            counters = (*counters, upstream._counters)
+        _charge(limiter, held, counters, usage, cost_usd)
 
     def release(self) -> None:
         """Give back the concurrency slots; safe to call more than once."""
@@ -354,29 +402,45 @@ class Admission:
             return
         self._released = True
         self._limiter._gateway.in_flight -= 1
-        if self._key_meter is not None:
-            self._key_meter.in_flight -= 1
+        if self._entry is not None:
+            self._entry.meter.in_flight -= 1
 
 
 class UpstreamUse:
-    """One request sent with an upstream key; `settle` reconciles its tokens, once."""
+    """What `Limiter.upstream_acquire` gives for one request sent with an upstream key: the
+    caller settles it once per acquire, with the request's real usage.
 
-    __slots__ = ("_counters", "_held", "_limiter", "_settled")
+    For a key with rpm or tpm it is the request's own and holds its token estimate in the
+    windows until then. A key without has nothing to hold: its requests share one use per
+    config snapshot, so counting one costs no allocation.
+    """
+
+    __slots__ = ("_counters", "_held", "_limiter")
 
     def __init__(self, limiter: Limiter, counters: Counters, held: _Held) -> None:
         self._limiter = limiter
         self._counters = counters
         self._held = held
-        self._settled = False
 
     def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        if usage is not None and self._held:
-            _reconcile(self._held, usage, self._limiter.clock.monotonic())
-        self._counters.add_usage(usage or Usage(), cost_usd)
-        self._limiter.changes += 1
+        _charge(self._limiter, self._held, (self._counters,), usage, cost_usd)
+
+
+def _charge(limiter: Limiter, held: _Held, counters: Iterable[Counters], usage: Usage | None,
+            cost_usd: float) -> None:
+    """Count a settled request: its real usage replaces the token estimates it `held`
+    (kept when `usage` is None: never reported), and its usage and spend are added to
+    each of `counters`."""
+    prompt = completion = 0
+    if usage is not None:
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        if held:
+            _reconcile(held, usage, limiter.clock.monotonic())
+    for each in counters:
+        each.prompt_tokens += prompt
+        each.completion_tokens += completion
+        each.spend_usd += cost_usd
+    limiter.changes += 1
 
 
 # The token entries a request holds in tpm windows until its real usage replaces them;

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from truckllm.config.schema import Config, PricingConfig
 from truckllm.limits.budget import BudgetPeriod
+from truckllm.limits.cost import Prices, prices_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,19 @@ class LimitsPolicy:
     pricing: Mapping[str, PricingConfig] = field(default_factory=dict)  # config alias -> prices
     # Some upstream key has an rpm or tpm; without one, dispatch needs no capacity checks.
     limits_upstream: bool = field(init=False, repr=False)
+    prices: Mapping[str, Prices] = field(init=False, repr=False)    # `pricing`, compiled
+    # Some tpm is set (gateway, a client key, an upstream key): admission and dispatch read
+    # prompt estimates. Without one only a stream does (see truckllm.limits.estimate).
+    tpm_limited: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limits_upstream",
                            any(rates.windowed for rates in self.upstream.values()))
+        rates = [self.gateway, *(key.rates for key in self.keys.values()),
+                 *self.upstream.values()]
+        object.__setattr__(self, "tpm_limited", any(r.tpm is not None for r in rates))
+        object.__setattr__(self, "prices",
+                           {alias: prices_of(pricing) for alias, pricing in self.pricing.items()})
 
     def key(self, key_id: str) -> KeyPolicy:
         found = self.keys.get(key_id)

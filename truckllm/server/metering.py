@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from truckllm.limits import (
+    NO_PROMPT,
     Admission,
     Limiter,
     PromptEstimate,
@@ -19,7 +20,7 @@ from truckllm.limits import (
     UpstreamUse,
     state_file_path,
 )
-from truckllm.limits.cost import cost_of
+from truckllm.limits.cost import price
 from truckllm.limits.persist import StateSaver
 from truckllm.records import Exchange
 from truckllm.server.keys import LIMITER, STATE
@@ -29,8 +30,12 @@ from truckllm.state import ClientKey, Route, State
 def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
           exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
+    policy = state.limits
+    # The estimate is only read under a tpm or for a stream (`stream` is what makes the
+    # handler stream): other requests carry none, rather than one never worked out.
+    estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
     try:
-        return limiter.admit(state.limits, key.id if key else None, PromptEstimate(body))
+        return limiter.admit(policy, key.id if key else None, estimate)
     except RateLimitExceeded as refused:
         # "rate_limited:<scope>" is what metrics count as llm_rate_limited_total{key,scope}
         exchange.error_reason = f"rate_limited:{refused.scope}"
@@ -42,8 +47,8 @@ def ratelimit_headers(limiter: Limiter, state: State, key: ClientKey) -> Callabl
 
     Keys without rpm/tpm (most) send none: they share one function instead of a closure
     built per request."""
-    policy = state.limits.key(key.id)
-    if not policy.sends_headers:
+    policy = state.limits.keys.get(key.id)
+    if policy is None or not policy.sends_headers:
         return no_ratelimit_headers
     return partial(limiter.key_headers, policy)
 
@@ -57,14 +62,14 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
     """Price the request's real usage, charge it to the client key and the upstream key,
     release the client key's concurrency slot."""
     try:
-        usage, pricing = exchange.usage, route.config.pricing
+        usage = exchange.usage
         cost_usd = 0.0
-        if pricing is not None and usage is not None:
-            cost_usd, exchange.cost_lines = cost_of(usage, pricing)   # lines: access line
-            exchange.cost_usd = cost_usd
-        admission.settle(usage, cost_usd)
-        if upstream_use is not None:
-            upstream_use.settle(usage, cost_usd)
+        if usage is not None:
+            prices = admission.policy.prices.get(route.alias)   # the alias's `pricing`
+            if prices is not None:
+                cost_usd, exchange.cost_lines = price(usage, prices)   # lines: access line
+                exchange.cost_usd = cost_usd
+        admission.settle(usage, cost_usd, upstream_use)
     finally:
         admission.release()
 

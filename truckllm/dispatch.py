@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -356,14 +356,12 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     started = time.perf_counter()
     try:
         if limit is None:       # no deadline: no (even empty) context manager to enter
-            response = await transport.send(provider, target, request, call.ctx.request_id)
+            status, headers, raw = await transport.fetch(provider, target, request,
+                                                         call.ctx.request_id)
         else:
             async with asyncio.timeout(limit):
-                response = await transport.send(provider, target, request, call.ctx.request_id)
-        try:
-            raw = await response.read()
-        finally:
-            response.close()
+                status, headers, raw = await transport.fetch(provider, target, request,
+                                                             call.ctx.request_id)
     except TimeoutError:
         raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
     except TransportError as exc:
@@ -371,8 +369,8 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     finally:
         waited = time.perf_counter() - started
         exchange.upstream_s += waited           # failed attempts wait too
-    if response.status >= 400:
-        raise _AttemptFailed(_status_outcome(provider, response, raw))
+    if status >= 400:
+        raise _AttemptFailed(_status_outcome(provider, status, headers, raw))
     attempt.succeeded(waited)
     try:
         parsed = spec.parse_response(call.op, raw, target, call.ctx)
@@ -395,7 +393,7 @@ async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: 
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     if response.status >= 400:
         raw = await _read_error_body(response)
-        raise _AttemptFailed(_status_outcome(provider, response, raw))
+        raise _AttemptFailed(_status_outcome(provider, response.status, response.headers, raw))
     return response
 
 
@@ -480,9 +478,10 @@ def _abandon(relay: StreamRelay | None) -> None:
         relay.close_upstream()
 
 
-def _status_outcome(provider: CompiledProvider, response: UpstreamResponse, raw: bytes) -> Outcome:
-    info = provider.spec.parse_error(response.status, raw)
-    return classify_response(response.status, response.headers, info, now_unix=time.time())
+def _status_outcome(provider: CompiledProvider, status: int, headers: Mapping[str, str],
+                    raw: bytes) -> Outcome:
+    info = provider.spec.parse_error(status, raw)
+    return classify_response(status, headers, info, now_unix=time.time())
 
 
 # How an attempt of a request is made, by (passed through, streamed): read whole,

@@ -54,9 +54,9 @@ from truckllm.router import (
     Routing,
     cursor_names,
     earliest_recovery_s,
-    is_usable,
     next_candidate,
     plan,
+    usability,
 )
 from truckllm.state import (
     CompiledProvider,
@@ -160,7 +160,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
                        seen: tuple[str, ...]) -> Answer:
     """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
     state = call.state
-    settings = state.config.routing
+    settings = state.loaded.config.routing      # (not the `config` property: a call fewer)
     if call.limiter is None or not state.limits.limits_upstream:
         has_capacity, capacity_wait = routing.has_capacity, None    # no key has rpm/tpm
     else:
@@ -176,10 +176,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
     opener = _OPENERS[call.op in PASS_THROUGH_OPERATIONS, call.ctx.stream]
     health = routing.health
-
-    def usable(candidate: Candidate) -> bool:
-        return is_usable(candidate, health, has_capacity)
-
+    usable = usability(health, has_capacity)
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0

@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 
 import aiohttp
+from multidict import CIMultiDict
 
 from truckllm import __version__
 from truckllm.config.schema import ProviderConfig
@@ -162,10 +163,13 @@ class Transport:
         pool = self._pools.get(provider.id)
         if pool is None or pool.config is not provider.config:  # first use, or a reloaded config
             pool = self._pool(provider)
-        return pool.session.request(
-            request.method, request.url, data=request.body,
-            headers={**request.headers, "x-request-id": request_id},
-            timeout=pool.timeout, allow_redirects=False)
+        # Headers handed over as aiohttp's own CIMultiDict: given a dict, aiohttp converts
+        # it into one first (the same headers either way).
+        headers = CIMultiDict(request.headers)
+        headers["x-request-id"] = request_id
+        return pool.session.request(request.method, request.url, data=request.body,
+                                    headers=headers, timeout=pool.timeout,
+                                    allow_redirects=False)
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                    request_id: str) -> UpstreamResponse:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from tests.fakes.openai_fake import OpenAIFake
+from tests.fakes.openai_fake import OpenAIFake, Scripted
 from tests.gateway import CLIENT_KEY, Gateway, make_config, make_gateway
 
 pytestmark = pytest.mark.asyncio
@@ -45,6 +45,22 @@ async def test_chat_non_streaming_answers_with_the_alias_and_gateway_headers(gat
     assert sent.headers["authorization"] == "Bearer sk-upstream-secret-1"
     assert sent.headers["x-request-id"] == "req-from-client-1"
     assert sent.headers["user-agent"].startswith("TruckLLM/")      # not aiohttp's
+
+
+async def test_a_cookie_an_upstream_sets_is_never_sent_back(openai_fake: OpenAIFake) -> None:
+    # One upstream session serves every client: a cookie from one answer must not go out
+    # with the next request (another client's, or a stream's). By a host name, not an IP
+    # address: aiohttp's default cookie jar ignores cookies from IP addresses.
+    upstream = openai_fake.url.replace("127.0.0.1", "localhost")
+    openai_fake.script(Scripted(headers={"Set-Cookie": "session=client-a; Path=/"}),
+                       Scripted(headers={"Set-Cookie": "other=client-a; Path=/"}))
+    async with make_gateway(make_config(upstream)) as gateway:
+        client = gateway.client()
+        await client.chat.completions.create(model="gpt", messages=HELLO)
+        await client.chat.completions.create(model="gpt", messages=HELLO)
+        [chunk async for chunk in await client.chat.completions.create(
+            model="gpt", messages=HELLO, stream=True)]
+    assert [sent.headers.get("cookie") for sent in openai_fake.requests] == [None, None, None]
 
 
 async def test_sync_client_streams_and_completes(gateway: Gateway) -> None:

@@ -15,6 +15,9 @@ ALIAS = orjson.dumps("team/alias")
     b'{"id":"x","model":"gpt-4o-2024-08-06","choices":[]}',                  # compact
     b'{"id": "x", "model": "gpt-4o", "choices": []}',                        # spaced
     b'{"model":"a\\"b","choices":[]}',                                       # escaped quote in the value
+    b'{"model":"a\\\\","choices":[]}',                                      # ends in an escaped backslash
+    b'{"model":"caf\\u00e9\\n","choices":[]}',                                 # other escapes
+    b'{"model":"","choices":[]}',                                             # empty
     b'{"id":"x","choices":[{"delta":{"content":"\\"model\\":\\"no\\""}}],"model":"m"}',   # in a string first
 ])
 def test_the_model_key_and_only_it_is_rewritten(payload: bytes) -> None:

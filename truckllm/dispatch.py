@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -54,9 +54,9 @@ from truckllm.router import (
     Routing,
     cursor_names,
     earliest_recovery_s,
-    is_usable,
     next_candidate,
     plan,
+    usability,
 )
 from truckllm.state import (
     CompiledProvider,
@@ -160,7 +160,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
                        seen: tuple[str, ...]) -> Answer:
     """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
     state = call.state
-    settings = state.config.routing
+    settings = state.loaded.config.routing      # (not the `config` property: a call fewer)
     if call.limiter is None or not state.limits.limits_upstream:
         has_capacity, capacity_wait = routing.has_capacity, None    # no key has rpm/tpm
     else:
@@ -176,10 +176,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
     opener = _OPENERS[call.op in PASS_THROUGH_OPERATIONS, call.ctx.stream]
     health = routing.health
-
-    def usable(candidate: Candidate) -> bool:
-        return is_usable(candidate, health, has_capacity)
-
+    usable = usability(health, has_capacity)
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0
@@ -356,14 +353,12 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     started = time.perf_counter()
     try:
         if limit is None:       # no deadline: no (even empty) context manager to enter
-            response = await transport.send(provider, target, request, call.ctx.request_id)
+            status, headers, raw = await transport.fetch(provider, target, request,
+                                                         call.ctx.request_id)
         else:
             async with asyncio.timeout(limit):
-                response = await transport.send(provider, target, request, call.ctx.request_id)
-        try:
-            raw = await response.read()
-        finally:
-            response.close()
+                status, headers, raw = await transport.fetch(provider, target, request,
+                                                             call.ctx.request_id)
     except TimeoutError:
         raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
     except TransportError as exc:
@@ -371,8 +366,8 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     finally:
         waited = time.perf_counter() - started
         exchange.upstream_s += waited           # failed attempts wait too
-    if response.status >= 400:
-        raise _AttemptFailed(_status_outcome(provider, response, raw))
+    if status >= 400:
+        raise _AttemptFailed(_status_outcome(provider, status, headers, raw))
     attempt.succeeded(waited)
     try:
         parsed = spec.parse_response(call.op, raw, target, call.ctx)
@@ -395,7 +390,7 @@ async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: 
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
     if response.status >= 400:
         raw = await _read_error_body(response)
-        raise _AttemptFailed(_status_outcome(provider, response, raw))
+        raise _AttemptFailed(_status_outcome(provider, response.status, response.headers, raw))
     return response
 
 
@@ -480,9 +475,10 @@ def _abandon(relay: StreamRelay | None) -> None:
         relay.close_upstream()
 
 
-def _status_outcome(provider: CompiledProvider, response: UpstreamResponse, raw: bytes) -> Outcome:
-    info = provider.spec.parse_error(response.status, raw)
-    return classify_response(response.status, response.headers, info, now_unix=time.time())
+def _status_outcome(provider: CompiledProvider, status: int, headers: Mapping[str, str],
+                    raw: bytes) -> Outcome:
+    info = provider.spec.parse_error(status, raw)
+    return classify_response(status, headers, info, now_unix=time.time())
 
 
 # How an attempt of a request is made, by (passed through, streamed): read whole,

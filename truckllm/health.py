@@ -180,20 +180,25 @@ class Health:
     # -- questions the router asks --------------------------------------------------
 
     def key_available(self, key_ref: str | None) -> bool:
-        return key_ref is None or _key_usable(self._keys.get(key_ref), self._clock())
+        return self.available(None, key_ref)
 
     def target_available(self, target: TargetId) -> bool:
-        state = self._targets.get(target)
-        return state is None or state.breaker.allows(self._clock())
+        return self.available(target, None)
 
-    def available(self, target: TargetId, key_ref: str | None) -> bool:
-        """`target_available` and `key_available`, read at one instant (asked per attempt)."""
+    def available(self, target: TargetId | None, key_ref: str | None) -> bool:
+        """Whether an attempt on `target` with `key_ref` may start now (None: not asked).
+        Read at one instant; asked per attempt, so it is one call."""
         now = self._clock()
-        state = self._targets.get(target)
-        # A breaker that never opened allows everything: not asked (this runs per attempt).
+        state = None if target is None else self._targets.get(target)
+        # A breaker that never opened allows everything: not asked.
         if state is not None and state.breaker.open_until is not None and not state.breaker.allows(now):
             return False
-        return key_ref is None or _key_usable(self._keys.get(key_ref), now)
+        key = None if key_ref is None else self._keys.get(key_ref)
+        if key is None:
+            return True
+        breaker = key.breaker
+        return (not key.disabled and now >= key.cooldown_until
+                and (breaker.open_until is None or breaker.allows(now)))
 
     def in_flight(self, target: TargetId) -> int:
         state = self._targets.get(target)
@@ -240,25 +245,25 @@ class Health:
 
     def begin(self, target: TargetId, key_ref: str | None) -> Attempt:
         """An attempt starts: count it in flight and claim half-open trials it stands for."""
-        now = self._clock()
         target_state = self._targets.get(target)
         if target_state is None:
             if len(self._targets) >= MAX_TARGETS:
-                self._forget_idle_targets(now)
+                self._forget_idle_targets(self._clock())
             target_state = self._targets[target] = _TargetState()
         target_state.in_flight += 1
         key_state = None
-        claimed_key = False
         if key_ref is not None:
             key_state = self._keys.get(key_ref)
             if key_state is None:
                 key_state = self._keys[key_ref] = _KeyState()
             key_state.requests += 1
-            # (Only a breaker that has opened has a trial to claim: the common case asks nothing.)
-            claimed_key = key_state.breaker.open_until is not None and key_state.breaker.claim_trial(now)
-        claimed_target = (target_state.breaker.open_until is not None
-                          and target_state.breaker.claim_trial(now))
-        return Attempt(self, target_state, key_state, claimed_target, claimed_key)
+        attempt = Attempt(self, target_state, key_state)
+        # Only a breaker that has opened has a trial to claim: the common case asks nothing,
+        # not even the clock.
+        if target_state.breaker.open_until is not None or (
+                key_state is not None and key_state.breaker.open_until is not None):
+            attempt.claim_trials(self._clock())
+        return attempt
 
     def _forget_idle_targets(self, now: float) -> None:
         self._targets = {tid: state for tid, state in self._targets.items()
@@ -401,16 +406,17 @@ class Attempt:
     __slots__ = ("_claimed_key", "_claimed_target", "_ended", "_failed", "_health", "_key",
                  "_succeeded", "_target")
 
-    def __init__(self, health: Health, target: _TargetState, key: _KeyState | None,
-                 claimed_target: bool, claimed_key: bool) -> None:
+    def __init__(self, health: Health, target: _TargetState, key: _KeyState | None) -> None:
         self._health = health
         self._target = target
         self._key = key
-        self._claimed_target = claimed_target
-        self._claimed_key = claimed_key
-        self._succeeded = False
-        self._failed = False
-        self._ended = False
+        self._claimed_target = self._claimed_key = False
+        self._succeeded = self._failed = self._ended = False
+
+    def claim_trials(self, now: float) -> None:
+        """Take the trials of half-open breakers this attempt stands for (at its start)."""
+        self._claimed_target = self._target.breaker.claim_trial(now)
+        self._claimed_key = self._key is not None and self._key.breaker.claim_trial(now)
 
     def succeeded(self, ttft_s: float | None = None) -> None:
         if not (self._succeeded or self._failed):
@@ -444,18 +450,11 @@ class Attempt:
         self._claimed_target = self._claimed_key = False
 
 
-def _key_usable(state: _KeyState | None, now: float) -> bool:
-    if state is None:
-        return True
-    breaker = state.breaker
-    return (not state.disabled and now >= state.cooldown_until
-            and (breaker.open_until is None or breaker.allows(now)))
-
-
 def _decayed_ttft(state: _TargetState, now: float) -> float | None:
     if state.ttft_s is None:
         return None
-    decay: float = 0.5 ** (max(0.0, now - state.ttft_at) / TTFT_HALF_LIFE_S)
+    age = now - state.ttft_at
+    decay: float = 0.5 ** (age / TTFT_HALF_LIFE_S) if age > 0.0 else 1.0    # (max() costs more)
     return state.ttft_s * decay
 
 

@@ -197,10 +197,23 @@ def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
 
 def is_usable(candidate: Candidate, health: Health,
               has_capacity: HasCapacity = always_has_capacity) -> bool:
-    target = candidate.target
-    if not health.available(target.target_id, candidate.key_ref):
-        return False
-    return candidate.key_id is None or has_capacity(target.provider_id, candidate.key_id)
+    return usability(health, has_capacity)(candidate)
+
+
+def usability(health: Health, has_capacity: HasCapacity) -> Callable[[Candidate], bool]:
+    """Whether a candidate is usable now (health allows it, its key is under its own
+    rpm/tpm), as one callable for `next_candidate`: asked once per attempt, so without
+    layers, and without asking `always_has_capacity`."""
+    available = health.available
+    check_capacity = has_capacity is not always_has_capacity
+
+    def usable(candidate: Candidate) -> bool:
+        if not available(candidate.target.target_id, candidate.key_ref):
+            return False
+        return (not check_capacity or candidate.key_id is None
+                or has_capacity(candidate.target.provider_id, candidate.key_id))
+
+    return usable
 
 
 def next_candidate(candidates: Sequence[Candidate], tried: Sequence[Candidate],

@@ -1,9 +1,13 @@
 """The only module that talks to upstreams: one pooled aiohttp session per provider.
 
-`send` returns an UpstreamResponse whose status and headers are known; the caller reads
-or streams the body and must `close()` it (closing early drops the connection, which is
-how an abandoned request is cancelled upstream). Failures become TransportError with a
+`fetch` returns a whole answer (status, headers, body) with its connection back in the
+pool. `send` returns an UpstreamResponse whose status and headers are known; the caller
+reads or streams the body and must `close()` it (closing early drops the connection, which
+is how an abandoned request is cancelled upstream). Failures become TransportError with a
 kind dispatch can classify: "connect" or "timeout".
+
+Sessions keep no cookies (`DummyCookieJar`): a gateway's upstream session serves every
+client, so a cookie one answer set must not go out with another client's request.
 
 Timeouts per provider: `connect_timeout_s` (opening the connection, a "connect"
 failure), `timeout_s` (the whole request, body or stream included) and `idle_timeout_s`
@@ -14,9 +18,10 @@ for a stream it ends at the first translated event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 
 import aiohttp
+from multidict import CIMultiDict
 
 from truckllm import __version__
 from truckllm.config.schema import ProviderConfig
@@ -48,10 +53,8 @@ class _HttpResponse:
     async def read(self) -> bytes:
         try:
             body = await self._response.read()
-        except TimeoutError:
-            raise TransportError("timeout", "upstream timed out while sending its response") from None
-        except aiohttp.ClientError as exc:
-            raise TransportError("connect", f"upstream connection failed: {type(exc).__name__}") from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _read_failed(exc) from None
         self._done = True
         return body
 
@@ -113,6 +116,9 @@ class _HttpResponse:
 
 _SESSION_HEADERS = {"User-Agent": f"TruckLLM/{__version__}"}
 
+# A whole answer: status, headers and body.
+WholeResponse = tuple[int, Mapping[str, str], bytes]
+
 
 class _Pool:
     """One provider's pooled session, and the timeouts of the provider config last seen
@@ -145,31 +151,56 @@ class Transport:
             # Our own User-Agent rather than aiohttp's, set once on the session: asking
             # aiohttp to skip its default instead costs a header-set copy per request.
             pool = self._pools[provider.id] = _Pool(aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, headers=_SESSION_HEADERS))
+                connector=connector, auto_decompress=True, headers=_SESSION_HEADERS,
+                cookie_jar=aiohttp.DummyCookieJar()))
         pool.adopt(provider)
         return pool
+
+    def _request(self, provider: CompiledProvider, request: UpstreamRequest,
+                 request_id: str) -> Awaitable[aiohttp.ClientResponse]:
+        """aiohttp's request coroutine (not awaited here: a helper coroutine would be one
+        more layer on every resume of the request)."""
+        pool = self._pools.get(provider.id)
+        if pool is None or pool.config is not provider.config:  # first use, or a reloaded config
+            pool = self._pool(provider)
+        # Headers handed over as aiohttp's own CIMultiDict: given a dict, aiohttp converts
+        # it into one first (the same headers either way).
+        headers = CIMultiDict(request.headers)
+        headers["x-request-id"] = request_id
+        return pool.session.request(request.method, request.url, data=request.body,
+                                    headers=headers, timeout=pool.timeout,
+                                    allow_redirects=False)
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                    request_id: str) -> UpstreamResponse:
         if provider.spec.local is not None:
             return await provider.spec.local(request, target)
-        config = provider.config
-        pool = self._pools.get(provider.id)
-        if pool is None or pool.config is not config:   # first use, or a reloaded config
-            pool = self._pool(provider)
         try:
-            response = await pool.session.request(
-                request.method, request.url, data=request.body,
-                headers={**request.headers, "x-request-id": request_id},
-                timeout=pool.timeout, allow_redirects=False)
-        except aiohttp.ConnectionTimeoutError:
-            raise TransportError("connect", f"cannot reach provider {provider.id!r}: connect timed out "
-                                 f"after {config.connect_timeout_s:g} s") from None
-        except TimeoutError:
-            raise TransportError("timeout", f"provider {provider.id!r} timed out") from None
-        except aiohttp.ClientError as exc:
-            raise TransportError("connect", f"cannot reach provider {provider.id!r}: {type(exc).__name__}") from None
-        return _HttpResponse(response, config.idle_timeout_s)
+            response = await self._request(provider, request, request_id)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _send_failed(provider, exc) from None
+        return _HttpResponse(response, provider.config.idle_timeout_s)
+
+    async def fetch(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+                    request_id: str) -> WholeResponse:
+        """`send` and read the whole body, in one coroutine (one layer on every resume)."""
+        if provider.spec.local is not None:
+            local = await provider.spec.local(request, target)
+            try:
+                return local.status, local.headers, await local.read()
+            finally:
+                local.close()
+        try:
+            response = await self._request(provider, request, request_id)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _send_failed(provider, exc) from None
+        try:
+            body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _read_failed(exc) from None       # read() has closed the response
+        # No release(): read() returns once the body has ended, and aiohttp has then put
+        # the connection back in the pool and marked the response closed itself.
+        return response.status, response.headers, body
 
     def retain(self, provider_ids: Iterable[str]) -> None:
         """After a reload: keep sessions of providers that still exist."""
@@ -182,3 +213,18 @@ class Transport:
         self._pools.clear()
         self._retired.clear()
         await asyncio.gather(*(s.close() for s in sessions))
+
+
+def _send_failed(provider: CompiledProvider, exc: BaseException) -> TransportError:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return TransportError("connect", f"cannot reach provider {provider.id!r}: connect timed "
+                              f"out after {provider.config.connect_timeout_s:g} s")
+    if isinstance(exc, TimeoutError):
+        return TransportError("timeout", f"provider {provider.id!r} timed out")
+    return TransportError("connect", f"cannot reach provider {provider.id!r}: {type(exc).__name__}")
+
+
+def _read_failed(exc: BaseException) -> TransportError:
+    if isinstance(exc, TimeoutError):
+        return TransportError("timeout", "upstream timed out while sending its response")
+    return TransportError("connect", f"upstream connection failed: {type(exc).__name__}")

@@ -40,6 +40,7 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 # so this only ever matches a real key; the first match is the top-level one in every
 # OpenAI response shape (it precedes `choices` and `data`).
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+_BACKSLASH = ord("\\")
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 # An `"error":` key (same reasoning: never inside a string); decoded only when present.
@@ -85,13 +86,15 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
 
 def rewrite_model(payload: bytes, alias_json: bytes) -> bytes:
     """Replace the first `"model": "..."` with the alias; `alias_json` is its JSON string."""
-    # Fast path for compact JSON (what OpenAI and most servers send): find, not a regex,
-    # and one join rather than two concatenations of the whole payload.
-    start = payload.find(b'"model":"')
-    if start >= 0:
-        end = payload.find(b'"', start + 9)
-        if end >= 0 and payload.find(b"\\", start + 9, end) < 0:
-            return b"".join((payload[:start + 8], alias_json, payload[end + 1:]))
+    # Fast path for compact JSON (what OpenAI and most servers send): partition, not a
+    # regex or `find` (whose argument parsing costs more than the search), and one join.
+    # The value ends at the first quote after it unless that quote is escaped, which only
+    # a value ending in a backslash can hide; such a value goes the regex's way.
+    head, key, rest = payload.partition(b'"model":"')
+    if key:
+        value, quote, tail = rest.partition(b'"')
+        if quote and (not value or value[-1] != _BACKSLASH):
+            return b"".join((head, b'"model":', alias_json, tail))
     replacement = b'"model":' + alias_json
     return _MODEL_FIELD.sub(lambda _: replacement, payload, count=1)
 

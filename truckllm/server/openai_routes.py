@@ -56,6 +56,8 @@ class Relay:
         op, limiter = self.op, self.limiter
         state = self.holder.current                     # one snapshot for the whole request
         key = _authenticate(request, state, limiter, exchange)
+        if key is not None:
+            exchange.key_id = key.id
         body = await self.read_body(request, state.config.server.max_body_mb)
         check_fields(op, body)
         model: str = body["model"]
@@ -131,7 +133,6 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
-        exchange.key_id = key.id
         headers = metering.ratelimit_headers(limiter, state, key)
         if headers is not metering.no_ratelimit_headers:     # most keys send none
             exchange.ratelimit_headers = headers

@@ -28,6 +28,20 @@ def authenticate(request: web.Request, state: State) -> ClientKey | None:
     """The caller's key; None when the config has no `keys:` (open API)."""
     if state.client_keys is None:
         return None
+    # The usual header, "Bearer <a key verified before>", is found without parsing it:
+    # `presented_key` would read the same text from it.
+    authorization = request.headers.get("Authorization")
+    key = None
+    if authorization is not None and authorization.startswith("Bearer "):
+        key = state.verified_keys.get(authorization[7:])
+    if key is None:
+        key = _verify(request, state)
+    if key.expires_at is not None and key.expired(time.time()):    # most keys never expire
+        raise PermissionDenied("This API key has expired.", code="key_expired")
+    return key
+
+
+def _verify(request: web.Request, state: State) -> ClientKey:
     presented = presented_key(request)
     if presented is None:
         raise AuthenticationFailed(
@@ -35,8 +49,6 @@ def authenticate(request: web.Request, state: State) -> ClientKey | None:
     key = state.authenticate(presented)
     if key is None:
         raise AuthenticationFailed("Incorrect API key provided.")
-    if key.expired(time.time()):
-        raise PermissionDenied("This API key has expired.", code="key_expired")
     return key
 
 

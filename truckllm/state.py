@@ -107,9 +107,12 @@ class State:
     verified_keys: dict[str, ClientKey] = field(default_factory=dict, init=False, compare=False,
                                                 repr=False)
 
-    @property
-    def config(self) -> Config:
-        return self.loaded.config
+    # `loaded.config`, as a field rather than a property: read on every request, and a
+    # property is a Python call each time.
+    config: Config = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", self.loaded.config)
 
     def resolve(self, model: str) -> tuple[Route, tuple[Target, ...]] | None:
         """The route for a model name and its targets, with a wildcard's `*` filled in."""

@@ -37,7 +37,7 @@ def test_the_same_attributes_as_web_response() -> None:
 
 
 def test_headers_in_order_gateway_extra_then_content_type() -> None:
-    fast = GatewayResponse(b"{}", _answered_exchange(), ("x-truckllm-estimated", "true"))
+    fast = GatewayResponse(b"{}", _answered_exchange(), (("x-truckllm-estimated", "true"),))
     assert list(fast.headers) == ["x-request-id", "x-truckllm-provider", "x-truckllm-model",
                                   "x-truckllm-attempts", "x-truckllm-overhead-ms",
                                   "x-truckllm-estimated", "Content-Type"]

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from aiohttp.compression_utils import MAX_SYNC_CHUNK_SIZE
 from aiohttp.typedefs import Handler
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 
 from truckllm import errors
 from truckllm.records import Exchange
@@ -29,6 +29,12 @@ _random_bits = random.getrandbits
 _UNRECORDED_PATHS = frozenset({"/health", "/metrics"})
 CLIENT_CLOSED_REQUEST = 499
 log = structlog.get_logger("truckllm.server")
+
+# Header names as multidict's case-insensitive strings: a CIMultiDict built from them does
+# not fold their case again. On the wire they are the same text.
+_REQUEST_ID, _PROVIDER, _MODEL, _ATTEMPTS, _OVERHEAD, _CONTENT_TYPE = map(istr, (
+    "x-request-id", "x-truckllm-provider", "x-truckllm-model", "x-truckllm-attempts",
+    "x-truckllm-overhead-ms", "Content-Type"))
 
 
 def request_id_for(request: web.Request) -> str:
@@ -134,7 +140,7 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
 def _add_gateway_headers(headers: CIMultiDict[str], exchange: Exchange) -> None:
     """Every answer not yet sent carries the request id and, after auth, the key's
     x-ratelimit-* headers, counted after the request was settled."""
-    headers["x-request-id"] = exchange.request_id
+    headers[_REQUEST_ID] = exchange.request_id
     if exchange.ratelimit_headers is not None:
         headers.update(exchange.ratelimit_headers())
 
@@ -178,10 +184,11 @@ class GatewayResponse(web.Response):
     body; tests/test_gateway_response.py compares the two attribute by attribute, so an
     aiohttp release that changes them fails there, not in front of clients."""
 
-    def __init__(self, body: bytes, exchange: Exchange, *extra: tuple[str, str]) -> None:
-        headers = CIMultiDict(gateway_headers(exchange))
-        headers.extend(extra)
-        headers.add("Content-Type", "application/json")
+    def __init__(self, body: bytes, exchange: Exchange, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        headers = CIMultiDict(gateway_header_items(exchange))
+        if extra:
+            headers.extend(extra)
+        headers.add(_CONTENT_TYPE, "application/json")
         self._state = {}
         self._headers = headers
         self._status = 200
@@ -193,17 +200,22 @@ class GatewayResponse(web.Response):
 
 
 def gateway_headers(exchange: Exchange) -> dict[str, str]:
-    headers = {"x-request-id": exchange.request_id}
+    """The gateway's headers for an answer, to merge with its others."""
+    return dict(gateway_header_items(exchange))
+
+
+def gateway_header_items(exchange: Exchange) -> list[tuple[str, str]]:
+    """The request id; for a routed request also the provider, model, attempts and
+    TruckLLM's own time so far."""
     if exchange.provider_id is not None:
-        headers["x-truckllm-provider"] = exchange.provider_id
-        headers["x-truckllm-model"] = exchange.upstream_model or ""
-        headers["x-truckllm-attempts"] = str(exchange.attempts)
-        headers["x-truckllm-overhead-ms"] = f"{exchange.overhead_s() * 1000:.3f}"
-    elif exchange.alias is not None:
+        return [(_REQUEST_ID, exchange.request_id), (_PROVIDER, exchange.provider_id),
+                (_MODEL, exchange.upstream_model or ""), (_ATTEMPTS, str(exchange.attempts)),
+                (_OVERHEAD, f"{exchange.overhead_s() * 1000:.3f}")]
+    if exchange.alias is not None:
         # Routed, but answered without calling upstream (every target cooling, a limit).
-        headers["x-truckllm-attempts"] = "0"
-        headers["x-truckllm-overhead-ms"] = f"{exchange.overhead_s() * 1000:.3f}"
-    return headers
+        return [(_REQUEST_ID, exchange.request_id), (_ATTEMPTS, "0"),
+                (_OVERHEAD, f"{exchange.overhead_s() * 1000:.3f}")]
+    return [(_REQUEST_ID, exchange.request_id)]
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> errors.GatewayError:

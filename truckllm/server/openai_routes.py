@@ -115,7 +115,7 @@ def _estimated_count(body: dict[str, Any], exchange: Exchange) -> web.Response:
     tpm limits use (characters / 4), marked as such. Clients ask it to manage their
     context window, where an estimate serves and a 400 only breaks them."""
     return GatewayResponse(orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}), exchange,
-                           ("x-truckllm-estimated", "true"))
+                           (("x-truckllm-estimated", "true"),))
 
 
 # Client headers that mean something to a native upstream: Anthropic's beta features

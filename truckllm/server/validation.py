@@ -216,7 +216,12 @@ def _out_of_bounds(value: Any, bounds: tuple[int, int | None]) -> bool:
 def _check_messages(messages: list[Any]) -> None:
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+    for message in messages:
+        # Exact classes, as in _RULES: a body holds only JSON's own types.
+        if message.__class__ is not dict or message.get("role").__class__ is not str:
+            # Counted only now, not by enumerate() on every request. The first message
+            # equal to this one is this one: an earlier, valid message is a dict with a
+            # string role, and only a dict with the same items equals it.
+            index = messages.index(message)
             raise InvalidRequest(f"messages[{index}] must be an object with a string 'role'.",
                                  param=f"messages[{index}]")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import structlog
 from aiohttp import web
@@ -55,11 +56,12 @@ class GatewayRoute(NamedTuple):
     method: str
     path: str
     handler: ExchangeHandler
+    kwargs: Mapping[str, Any] = MappingProxyType({})     # for add_route: name=, expect_handler=
 
 
 def plain_routes(routes: Iterable[web.RouteDef]) -> list[GatewayRoute]:
     """aiohttp route definitions, whose handlers take the request alone, as gateway routes."""
-    return [GatewayRoute(route.method, route.path, _without_exchange(route.handler))
+    return [GatewayRoute(route.method, route.path, _without_exchange(route.handler), route.kwargs)
             for route in routes]
 
 
@@ -76,8 +78,10 @@ def add_gateway_routes(app: web.Application, routes: Iterable[GatewayRoute]) -> 
     Wrapping at registration instead of an aiohttp middleware saves, on every request,
     aiohttp's middleware chain (a cached partial and a middleware of its own that resets
     `request.app`) and two coroutine layers."""
-    for method, path, handler in routes:
-        app.router.add_route(method, path, gateway_handler(app, handler))
+    # As RouteDefs, so that each is registered as aiohttp's own would be (a GET also
+    # answers HEAD).
+    app.add_routes(web.RouteDef(method, path, gateway_handler(app, handler), dict(kwargs))
+                   for method, path, handler, kwargs in routes)
     everything_else = _AnyPath()
     app.router.register_resource(everything_else)
     everything_else.add_route("*", gateway_handler(app, _without_exchange(unrouted)))

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from truckllm.errors import AuthenticationFailed, NotFound, PermissionDenied
 from truckllm.state import ClientKey, State
@@ -15,7 +15,7 @@ from truckllm.state import ClientKey, State
 def presented_key(request: web.Request) -> str | None:
     """`Authorization: Bearer`, then `x-api-key`, then `api-key` (Azure-style SDKs)."""
     headers = request.headers
-    authorization = headers.get("Authorization")
+    authorization = headers.get(hdrs.AUTHORIZATION)
     if authorization:
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
@@ -30,7 +30,7 @@ def authenticate(request: web.Request, state: State) -> ClientKey | None:
         return None
     # The usual header, "Bearer <a key verified before>", is found without parsing it:
     # `presented_key` would read the same text from it.
-    authorization = request.headers.get("Authorization")
+    authorization = request.headers.get(hdrs.AUTHORIZATION)   # case-folded once, by aiohttp
     key = None
     if authorization is not None and authorization.startswith("Bearer "):
         key = state.verified_keys.get(authorization[7:])

@@ -31,15 +31,15 @@ _UNRECORDED_PATHS = frozenset({"/health", "/metrics"})
 CLIENT_CLOSED_REQUEST = 499
 log = structlog.get_logger("truckllm.server")
 
-# Header names as multidict's case-insensitive strings: a CIMultiDict built from them does
-# not fold their case again. On the wire they are the same text.
+# Header names as multidict's case-insensitive strings: a CIMultiDict built from them, or
+# looked up by them, does not fold their case again. On the wire they are the same text.
 _REQUEST_ID, _PROVIDER, _MODEL, _ATTEMPTS, _OVERHEAD, _CONTENT_TYPE = map(istr, (
     "x-request-id", "x-truckllm-provider", "x-truckllm-model", "x-truckllm-attempts",
     "x-truckllm-overhead-ms", "Content-Type"))
 
 
 def request_id_for(request: web.Request) -> str:
-    given = request.headers.get("X-Request-ID")
+    given = request.headers.get(_REQUEST_ID)
     if given and _CLIENT_REQUEST_ID.fullmatch(given):
         return given
     # 96 random bits as 24 hex digits, from the random module's generator rather than

@@ -180,6 +180,15 @@ async def test_models_list_and_get_respect_the_key_allow_list(openai_fake: OpenA
         assert getattr(denied.value, "status_code", None) == 404
 
 
+async def test_get_routes_answer_head_too(gateway: Gateway) -> None:
+    async with gateway.http() as http:
+        for path in ("/health", "/v1/models", "/v1/models/demo"):
+            response = await http.head(path, headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+            assert response.status == 200, path
+            assert response.headers["Content-Type"] == "application/json"
+            assert response.headers["x-request-id"]
+
+
 async def test_client_key_in_every_accepted_header(gateway: Gateway) -> None:
     body = {"model": "demo", "messages": HELLO}
     async with gateway.http() as http:

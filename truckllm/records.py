@@ -4,6 +4,7 @@ RequestRecord that logs, metrics and the admin log buffer consume. No prompt tex
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -60,9 +61,9 @@ class Exchange:
     """The mutable progress of one request, owned by that request alone."""
 
     __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "error_reason", "key_id", "method", "path",
-                 "provider_id", "request_id", "started", "started_wall", "status", "stream",
-                 "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model", "upstream_s",
-                 "usage", "usage_estimated")
+                 "provider_id", "ratelimit_headers", "request_id", "started", "started_wall", "status",
+                 "stream", "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model",
+                 "upstream_s", "usage", "usage_estimated")
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -86,6 +87,9 @@ class Exchange:
         self.stream = False
         self.upstream_key_id: str | None = None
         self.upstream_failures: list[UpstreamFailure] = []
+        # () -> the client key's x-ratelimit-* headers as they stand when called; set at
+        # auth for a key that sends them, for its responses. Not part of the record.
+        self.ratelimit_headers: Callable[[], dict[str, str]] | None = None
 
     def overhead_s(self, now: float | None = None) -> float:
         overhead = (time.perf_counter() if now is None else now) - self.started - self.upstream_s

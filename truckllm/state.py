@@ -103,12 +103,16 @@ class State:
     # Keys already verified against this snapshot, by the text presented: a repeat caller
     # skips the SHA-256 (the costliest step of auth). At most one entry per client key,
     # since only verified keys go in; it dies with the snapshot, so a reload that drops
-    # or changes a key takes effect at once.
-    _verified: dict[str, ClientKey] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # or changes a key takes effect at once. Filled by `authenticate` alone.
+    verified_keys: dict[str, ClientKey] = field(default_factory=dict, init=False, compare=False,
+                                                repr=False)
 
-    @property
-    def config(self) -> Config:
-        return self.loaded.config
+    # `loaded.config`, as a field rather than a property: read on every request, and a
+    # property is a Python call each time.
+    config: Config = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", self.loaded.config)
 
     def resolve(self, model: str) -> tuple[Route, tuple[Target, ...]] | None:
         """The route for a model name and its targets, with a wildcard's `*` filled in."""
@@ -126,7 +130,7 @@ class State:
         assert self.client_keys is not None
         # A dict hit compares strings only after their (seeded, 64-bit) hashes match, so
         # its timing says nothing useful about a wrong key; a miss takes the digest path.
-        known = self._verified.get(presented)
+        known = self.verified_keys.get(presented)
         if known is not None:
             return known
         # A header that is not UTF-8 arrives surrogate-escaped; it is just a wrong key.
@@ -134,7 +138,7 @@ class State:
         key = self.client_keys.get(digest)
         if key is None or not hmac.compare_digest(key.digest, digest):
             return None
-        self._verified[presented] = key
+        self.verified_keys[presented] = key
         return key
 
 

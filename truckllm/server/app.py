@@ -29,7 +29,7 @@ from truckllm.server.keys import (
     RecordObserver,
 )
 from truckllm.server.metering import save_state
-from truckllm.server.middleware import add_gateway_routes
+from truckllm.server.middleware import add_gateway_routes, plain_routes
 from truckllm.server.ops import make_ops, run_reloader
 from truckllm.state import StateHolder
 from truckllm.transport import Transport
@@ -56,9 +56,9 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
                                _routing_follows(app))
     observers: list[RecordObserver] = ops.observers()
     app[OBSERVERS] = observers
-    routes = openai_routes.routes()
+    routes = openai_routes.routes(app)
     if holder.current.config.server.admin_listen is None:
-        routes += _admin_routes()
+        routes += plain_routes(_admin_routes())
     add_gateway_routes(app, routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from truckllm.errors import AuthenticationFailed, NotFound, PermissionDenied
 from truckllm.state import ClientKey, State
@@ -15,7 +15,7 @@ from truckllm.state import ClientKey, State
 def presented_key(request: web.Request) -> str | None:
     """`Authorization: Bearer`, then `x-api-key`, then `api-key` (Azure-style SDKs)."""
     headers = request.headers
-    authorization = headers.get("Authorization")
+    authorization = headers.get(hdrs.AUTHORIZATION)
     if authorization:
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
@@ -28,6 +28,20 @@ def authenticate(request: web.Request, state: State) -> ClientKey | None:
     """The caller's key; None when the config has no `keys:` (open API)."""
     if state.client_keys is None:
         return None
+    # The usual header, "Bearer <a key verified before>", is found without parsing it:
+    # `presented_key` would read the same text from it.
+    authorization = request.headers.get(hdrs.AUTHORIZATION)   # case-folded once, by aiohttp
+    key = None
+    if authorization is not None and authorization.startswith("Bearer "):
+        key = state.verified_keys.get(authorization[7:])
+    if key is None:
+        key = _verify(request, state)
+    if key.expires_at is not None and key.expired(time.time()):    # most keys never expire
+        raise PermissionDenied("This API key has expired.", code="key_expired")
+    return key
+
+
+def _verify(request: web.Request, state: State) -> ClientKey:
     presented = presented_key(request)
     if presented is None:
         raise AuthenticationFailed(
@@ -35,8 +49,6 @@ def authenticate(request: web.Request, state: State) -> ClientKey | None:
     key = state.authenticate(presented)
     if key is None:
         raise AuthenticationFailed("Incorrect API key provided.")
-    if key.expired(time.time()):
-        raise PermissionDenied("This API key has expired.", code="key_expired")
     return key
 
 

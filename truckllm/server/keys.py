@@ -1,4 +1,4 @@
-"""Every typed key the aiohttp app and its requests carry, in one place."""
+"""Every typed key the aiohttp app carries, in one place."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from truckllm.limits import Limiter
-from truckllm.records import Exchange, RequestRecord
+from truckllm.records import RequestRecord
 from truckllm.router import Routing
 from truckllm.server.ops import Ops
 from truckllm.state import StateHolder
@@ -22,16 +22,3 @@ ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive re
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
-
-EXCHANGE = web.RequestKey("exchange", Exchange)
-# () -> the client key's x-ratelimit-* headers, computed when the response goes out
-RATELIMIT_HEADERS: web.RequestKey[Callable[[], dict[str, str]]] = web.RequestKey("ratelimit_headers")
-
-
-def ratelimit_headers_of(request: web.Request) -> dict[str, str]:
-    """The caller's x-ratelimit-* headers, live; {} before auth or for keys without limits."""
-    try:
-        headers = request[RATELIMIT_HEADERS]    # not request.get: one Python call fewer
-    except KeyError:
-        return {}
-    return headers()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -17,61 +16,94 @@ from truckllm.limits import Limiter, estimate_prompt_tokens
 from truckllm.providers.base import CallContext, Target
 from truckllm.providers.media import MULTIPART_OPERATIONS
 from truckllm.records import Exchange
+from truckllm.router import Routing
 from truckllm.server import anthropic_wire, metering
 from truckllm.server.auth import authenticate
-from truckllm.server.keys import EXCHANGE, LIMITER, RATELIMIT_HEADERS, ROUTING, STATE, TRANSPORT
-from truckllm.server.middleware import gateway_headers
+from truckllm.server.keys import LIMITER, ROUTING, STATE, TRANSPORT
+from truckllm.server.middleware import GatewayResponse, GatewayRoute, plain_routes
 from truckllm.server.streaming import write_raw, write_stream
 from truckllm.server.validation import check_fields, read_json, read_multipart
-from truckllm.state import ClientKey, Route, State
+from truckllm.state import ClientKey, Route, State, StateHolder
+from truckllm.transport import Transport
 
 
-async def _anthropic_relay(request: web.Request, op: str) -> web.StreamResponse:
+class Relay:
+    """The handler of one /v1 operation: parse -> authorise -> dispatch -> respond.
+
+    What depends only on the operation is worked out once, and the app's parts (state
+    holder, limiter, transport, routing) are read once when the app starts, after which
+    aiohttp lets them change no more: each `request.app[...]` is a Python call or two."""
+
+    __slots__ = ("forwarded_headers", "holder", "limiter", "op", "read_body", "routing", "streams",
+                 "transport")
+    holder: StateHolder
+    limiter: Limiter
+    transport: Transport
+    routing: Routing
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
+        self.streams = op not in ("embeddings", "count_tokens")
+        # Client headers that mean something to a native upstream, if any for this operation.
+        self.forwarded_headers = _FORWARDED_HEADERS.get(op)
+
+    def bind(self, app: web.Application) -> None:
+        self.holder, self.limiter = app[STATE], app[LIMITER]
+        self.transport, self.routing = app[TRANSPORT], app[ROUTING]
+
+    async def handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        op, limiter = self.op, self.limiter
+        state = self.holder.current                     # one snapshot for the whole request
+        key = _authenticate(request, state, limiter, exchange)
+        if key is not None:
+            exchange.key_id = key.id
+        body = await self.read_body(request, state.config.server.max_body_mb)
+        check_fields(op, body)
+        model: str = body["model"]
+        route, targets = _route_for(state, key, model)
+        exchange.alias = route.alias
+        stream = self.streams and bool(body.get("stream"))
+        include_usage = False
+        if stream:
+            options = body.get("stream_options")
+            # A Messages stream always includes usage: message_delta carries it.
+            include_usage = op == "messages" or (isinstance(options, dict)
+                                                 and options.get("include_usage") is True)
+        exchange.stream = stream
+        forwarded = _NOTHING_FORWARDED if self.forwarded_headers is None else _forwarded(
+            request, self.forwarded_headers)
+        ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
+                          forwarded)
+        admission = metering.admit(limiter, state, key, body, exchange)
+        reply: Reply | StreamReply | RawReply | None = None
+        try:
+            if op == "count_tokens" and not _any_serves(state, targets, op):
+                return _estimated_count(body, exchange)
+            call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
+            reply = await dispatch(call, self.transport, exchange, self.routing)
+            if isinstance(reply, Reply):
+                return GatewayResponse(reply.body, exchange)
+            if isinstance(reply, RawReply):
+                return await write_raw(request, reply, exchange)
+            if op == "messages":
+                reply = anthropic_wire.reframe(reply)
+            return await write_stream(request, reply, exchange)
+        finally:   # after the last byte, an error, or the client leaving (streams included)
+            metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+class AnthropicRelay(Relay):
     """The Anthropic Messages API (and its token counting, passed to an `anthropic`
     upstream): the same pipeline, Anthropic-shaped answers and errors."""
-    try:
-        return await _relay(request, op)
-    except errors.GatewayError as exc:
-        return anthropic_wire.error_response(exc, request[EXCHANGE])
 
+    __slots__ = ()
 
-async def _relay(request: web.Request, op: str) -> web.StreamResponse:
-    app = request.app                                # a property with lookups: read once
-    state = app[STATE].current                       # one snapshot for the whole request
-    exchange = request[EXCHANGE]
-    limiter = app[LIMITER]
-    key = _authenticate(request, state, limiter)
-    exchange.key_id = key.id if key else None
-    read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
-    body = await read_body(request, state.config.server.max_body_mb)
-    check_fields(op, body)
-    model: str = body["model"]
-    route, targets = _route_for(state, key, model)
-    exchange.alias = route.alias
-    stream = bool(body.get("stream")) and op not in ("embeddings", "count_tokens")
-    options = body.get("stream_options")
-    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-    include_usage = include_usage or (stream and op == "messages")   # message_delta carries usage
-    exchange.stream = stream
-    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
-                      _forwarded(request, op))
-    admission = metering.admit(limiter, state, key, body, exchange)
-    reply: Reply | StreamReply | RawReply | None = None
-    try:
-        if op == "count_tokens" and not _any_serves(state, targets, op):
-            return _estimated_count(body, exchange)
-        call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
-        reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
-        if isinstance(reply, Reply):
-            return web.Response(body=reply.body, content_type="application/json",
-                                headers=gateway_headers(exchange))
-        if isinstance(reply, RawReply):
-            return await write_raw(request, reply, exchange)
-        if op == "messages":
-            reply = anthropic_wire.reframe(reply)
-        return await write_stream(request, reply, exchange)
-    finally:   # after the last byte, an error, or the client leaving (streams included)
-        metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+    async def handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        try:
+            return await super().handle(request, exchange)
+        except errors.GatewayError as exc:
+            return anthropic_wire.error_response(exc, exchange)
 
 
 def _any_serves(state: State, targets: tuple[Target, ...], op: str) -> bool:
@@ -82,9 +114,8 @@ def _estimated_count(body: dict[str, Any], exchange: Exchange) -> web.Response:
     """Token counting for an alias with no `anthropic` target: estimated here by the rule
     tpm limits use (characters / 4), marked as such. Clients ask it to manage their
     context window, where an estimate serves and a 400 only breaks them."""
-    headers = {**gateway_headers(exchange), "x-truckllm-estimated": "true"}
-    return web.Response(body=orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}),
-                        content_type="application/json", headers=headers)
+    return GatewayResponse(orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}), exchange,
+                           (("x-truckllm-estimated", "true"),))
 
 
 # Client headers that mean something to a native upstream: Anthropic's beta features
@@ -93,18 +124,18 @@ _FORWARDED_HEADERS = {"messages": ("anthropic-beta",), "count_tokens": ("anthrop
 _NOTHING_FORWARDED: Mapping[str, str] = MappingProxyType({})
 
 
-def _forwarded(request: web.Request, op: str) -> Mapping[str, str]:
-    names = _FORWARDED_HEADERS.get(op)
-    if names is None:
-        return _NOTHING_FORWARDED
+def _forwarded(request: web.Request, names: tuple[str, ...]) -> Mapping[str, str]:
     return {name: request.headers[name] for name in names if name in request.headers}
 
 
-def _authenticate(request: web.Request, state: State, limiter: Limiter) -> ClientKey | None:
+def _authenticate(request: web.Request, state: State, limiter: Limiter,
+                  exchange: Exchange) -> ClientKey | None:
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
-        request[RATELIMIT_HEADERS] = metering.ratelimit_headers(limiter, state, key)
+        headers = metering.ratelimit_headers(limiter, state, key)
+        if headers is not metering.no_ratelimit_headers:     # most keys send none
+            exchange.ratelimit_headers = headers
     return key
 
 
@@ -113,23 +144,23 @@ def _route_for(state: State, key: ClientKey | None, model: str) -> tuple[Route, 
     if resolved is None:
         raise errors.NotFound(f"The model '{model}' does not exist.", param="model",
                               code="model_not_found")
-    if key is not None and not key.may_use(model):
+    if key is not None and key.allowed is not None and not key.may_use(model):   # most: no allow-list
         raise errors.PermissionDenied(f"This API key may not use the model '{model}'.",
                                       param="model", code="model_not_allowed")
     return resolved
 
 
-async def list_models(request: web.Request) -> web.Response:
+async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state, request.app[LIMITER])
+    key = _authenticate(request, state, request.app[LIMITER], exchange)
     data = [_model_entry(state, route.alias, route) for route in state.all_routes
             if key is None or key.may_use(route.alias)]
     return _json({"object": "list", "data": data})
 
 
-async def get_model(request: web.Request) -> web.Response:
+async def get_model(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state, request.app[LIMITER])
+    key = _authenticate(request, state, request.app[LIMITER], exchange)
     model = request.match_info["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):
@@ -157,20 +188,32 @@ def _json(payload: dict[str, Any]) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-def routes() -> list[web.RouteDef]:
-    # Handlers are `_relay` with the operation bound once here: a handler per operation
-    # that awaited `_relay` would add a coroutine layer, paid on every resume.
+# Each /v1 operation's path, and whether it answers in Anthropic's shape.
+_RELAYS = {
+    "/v1/chat/completions": ("chat", Relay),
+    "/v1/completions": ("completions", Relay),
+    "/v1/embeddings": ("embeddings", Relay),
+    "/v1/messages": ("messages", AnthropicRelay),
+    "/v1/messages/count_tokens": ("count_tokens", AnthropicRelay),
+    "/v1/audio/transcriptions": ("audio_transcriptions", Relay),
+    "/v1/audio/translations": ("audio_translations", Relay),
+    "/v1/audio/speech": ("audio_speech", Relay),
+    "/v1/images/generations": ("images", Relay),
+}
+
+
+def routes(app: web.Application) -> list[GatewayRoute]:
+    """The /v1 routes and /health; the relays read `app`'s parts when it starts."""
+    relays = [relay(op) for op, relay in _RELAYS.values()]
+
+    async def bind_relays(app: web.Application) -> None:
+        for relay in relays:
+            relay.bind(app)
+
+    app.on_startup.append(bind_relays)
     return [
-        web.post("/v1/chat/completions", partial(_relay, op="chat")),
-        web.post("/v1/completions", partial(_relay, op="completions")),
-        web.post("/v1/embeddings", partial(_relay, op="embeddings")),
-        web.post("/v1/messages", partial(_anthropic_relay, op="messages")),
-        web.post("/v1/messages/count_tokens", partial(_anthropic_relay, op="count_tokens")),
-        web.post("/v1/audio/transcriptions", partial(_relay, op="audio_transcriptions")),
-        web.post("/v1/audio/translations", partial(_relay, op="audio_translations")),
-        web.post("/v1/audio/speech", partial(_relay, op="audio_speech")),
-        web.post("/v1/images/generations", partial(_relay, op="images")),
-        web.get("/v1/models", list_models),
-        web.get("/v1/models/{model:.+}", get_model),
-        web.get("/health", health),
+        *(GatewayRoute("POST", path, relay.handle) for path, relay in zip(_RELAYS, relays, strict=True)),
+        GatewayRoute("GET", "/v1/models", list_models),
+        GatewayRoute("GET", "/v1/models/{model:.+}", get_model),
+        *plain_routes([web.get("/health", health)]),
     ]

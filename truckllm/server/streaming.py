@@ -9,8 +9,7 @@ from aiohttp import web
 
 from truckllm.dispatch import RawReply, StreamReply
 from truckllm.records import Exchange
-from truckllm.server.keys import ratelimit_headers_of
-from truckllm.server.middleware import CLIENT_CLOSED_REQUEST, gateway_headers
+from truckllm.server.middleware import CLIENT_CLOSED_REQUEST, gateway_headers, ratelimit_headers_of
 from truckllm.transport import TransportError
 
 _SSE_HEADERS = {
@@ -21,7 +20,7 @@ _SSE_HEADERS = {
 
 
 async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
-    headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_of(request)}
+    headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_of(exchange)}
     response = web.StreamResponse(status=200, headers=headers)
     rest = reply.rest
     try:
@@ -55,7 +54,7 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
 async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -> web.StreamResponse:
     """A pass-through answer (audio, images): upstream bytes relayed as they arrive."""
     response = web.StreamResponse(status=reply.status, headers={
-        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_of(request)})
+        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_of(exchange)})
     body = reply.body
     try:
         await response.prepare(request)

@@ -67,7 +67,16 @@ _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a bo
 
 
 async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
-    raw = await _read_body(request, int(max_body_mb * _MIB), max_body_mb)
+    limit = int(max_body_mb * _MIB)
+    content = request.content
+    if content.is_eof():
+        # The whole body has arrived (a small one comes with the headers): taken from the
+        # buffer as one piece, without aiohttp's read loop and its coroutine.
+        raw = content.read_nowait()
+        if len(raw) > limit:
+            raise _too_large(max_body_mb)
+    else:
+        raw = await _read_body(request, limit, max_body_mb)
     if not raw or raw.isspace():       # no stripped copy of the body to find out
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -76,7 +85,8 @@ async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
         raise InvalidRequest(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    _check_depth(raw, body)
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:    # else too few brackets to be too deep
+        _check_depth(body)
     return body
 
 
@@ -85,10 +95,8 @@ async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
 MAX_JSON_DEPTH = 64
 
 
-def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
+def _check_depth(body: dict[str, Any]) -> None:
     """400 for a body nested deeper than MAX_JSON_DEPTH arrays/objects."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return                          # the common case: too few brackets to be too deep
     stack: list[tuple[Any, int]] = [(body, 1)]
     while stack:
         value, depth = stack.pop()
@@ -208,7 +216,12 @@ def _out_of_bounds(value: Any, bounds: tuple[int, int | None]) -> bool:
 def _check_messages(messages: list[Any]) -> None:
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+    for message in messages:
+        # Exact classes, as in _RULES: a body holds only JSON's own types.
+        if message.__class__ is not dict or message.get("role").__class__ is not str:
+            # Counted only now, not by enumerate() on every request. The first message
+            # equal to this one is this one: an earlier, valid message is a dict with a
+            # string role, and only a dict with the same items equals it.
+            index = messages.index(message)
             raise InvalidRequest(f"messages[{index}] must be an object with a string 'role'.",
                                  param=f"messages[{index}]")

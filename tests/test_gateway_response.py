@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from truckllm.records import Exchange
@@ -43,3 +44,20 @@ def test_headers_in_order_gateway_extra_then_content_type() -> None:
                                   "x-truckllm-estimated", "Content-Type"]
     assert fast.status == 200 and fast.reason == "OK" and fast.body == b"{}"
     assert fast.content_type == "application/json" and fast.content_length == 2
+
+
+def test_built_directly_with_this_aiohttp() -> None:
+    """False means this aiohttp's Response constructor sets other attributes: answers
+    are then built by the constructor (correct, slower). Update GatewayResponse."""
+    assert GatewayResponse.direct is True
+
+
+def test_the_constructor_fallback_builds_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    exchange = _answered_exchange()
+    extra = (("x-truckllm-estimated", "true"),)
+    direct = GatewayResponse(b'{"id": 1}', exchange, extra)
+    monkeypatch.setattr(GatewayResponse, "direct", False)
+    built = GatewayResponse(b'{"id": 1}', exchange, extra)
+    overhead = direct.headers["x-truckllm-overhead-ms"]
+    built.headers["x-truckllm-overhead-ms"] = overhead       # measured at each call
+    assert _attributes(built) == _attributes(direct)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from truckllm.log import access_fields
 from truckllm.records import Exchange, RequestRecord, UpstreamFailure
 from truckllm.usage import Usage
 
@@ -23,3 +24,16 @@ def test_finish_puts_every_value_in_its_field() -> None:
     assert record.upstream_failures == (failure,)
     assert record.timestamp == exchange.started_wall
     assert record.latency_s >= record.overhead_s >= 0.0
+
+
+def test_access_line_timings_are_milliseconds_to_the_microsecond() -> None:
+    exchange = Exchange("req-2", "POST", "/v1/chat/completions")
+    for seconds in (0.0, 0.0006162345, 0.0006165, 1.2345675, 61.0000004, 3599.9999996):
+        record = exchange.finish(200)._replace(latency_s=seconds, overhead_s=seconds / 3,
+                                               ttft_s=seconds / 2)
+        fields = access_fields(record)
+        for name, exact in (("latency_ms", seconds), ("overhead_ms", seconds / 3),
+                            ("ttft_ms", seconds / 2)):
+            logged = fields[name]
+            assert abs(logged - exact * 1000) <= 0.0005 + 1e-9, (name, seconds, logged)
+            assert logged == round(logged, 3)          # no more than three decimals

@@ -238,9 +238,12 @@ def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[st
     fields["provider"] = provider_id
     fields["upstream_model"] = upstream_model
     fields["status"] = status
-    fields["latency_ms"] = round(latency_s * 1000, 3)
-    fields["overhead_ms"] = round(overhead_s * 1000, 3)
-    fields["ttft_ms"] = None if ttft_s is None else round(ttft_s * 1000, 3)
+    # Milliseconds to the microsecond, rounded half up by float arithmetic alone:
+    # `round(x, 3)` goes through a decimal string and costs ~2.5k instructions a timing.
+    # Timings are never negative, and a microsecond is far coarser than the clock.
+    fields["latency_ms"] = (latency_s * 1e6 + 0.5) // 1 / 1000
+    fields["overhead_ms"] = (overhead_s * 1e6 + 0.5) // 1 / 1000
+    fields["ttft_ms"] = None if ttft_s is None else (ttft_s * 1e6 + 0.5) // 1 / 1000
     if usage is None:
         fields["prompt_tokens"] = fields["completion_tokens"] = fields["tokens"] = 0
     else:

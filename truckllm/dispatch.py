@@ -160,7 +160,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
                        seen: tuple[str, ...]) -> Answer:
     """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
     state = call.state
-    settings = state.loaded.config.routing      # (not the `config` property: a call fewer)
+    settings = state.config.routing
     if call.limiter is None or not state.limits.limits_upstream:
         has_capacity, capacity_wait = routing.has_capacity, None    # no key has rpm/tpm
     else:

@@ -80,8 +80,10 @@ class Child:
 
 
 def start_child(name: str, command: Sequence[str], core: int | None, log_dir: Path,
-                env: dict[str, str] | None = None) -> Child:
-    log_path = log_dir / f"{name}.log"
+                env: dict[str, str] | None = None, log_name: str | None = None) -> Child:
+    """`name` is what the reports call it; its output goes to `log_dir`/`log_name`.log
+    (`log_name` defaults to `name`: a process started again needs a name of its own)."""
+    log_path = log_dir / f"{log_name or name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -2,8 +2,10 @@
 
 A run: one load generator process (pinned to the load core) opens its connections, then,
 between two reads of the proxy's and the fake's CPU time, sends requests for a fixed time.
-Runs of the same scenario are pooled over rounds: latencies are merged, CPU and requests
-summed, so a slow moment of this shared machine hits every target alike.
+A round: every scenario against every target, targets in turn (the order rotates each
+round), on proxies started afresh for the round (bench.fleet). Runs of the same scenario
+are pooled over rounds: latencies are merged, CPU and requests summed, so a slow moment of
+this shared machine hits every target alike, and each round's processes are one sample.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
@@ -57,6 +60,7 @@ class Totals:
     others_on_proxy_core_s: float = 0.0     # CPU other processes took on the proxy's core
     latency_ms: list[float] = field(default_factory=list)
     first_chunk_ms: list[float] = field(default_factory=list)
+    round_cpu_us: list[float] = field(default_factory=list)   # proxy CPU per request, each round
 
     @property
     def rps(self) -> float:
@@ -122,6 +126,8 @@ def run_once(target: Target, scenario: Scenario, fake: Child, cores: tuple[int |
     totals.wall_s += result["wall_s"]
     totals.load_cpu_s += result["cpu_s"]
     totals.proxy_cpu_s += proxy_after - proxy_before
+    if result["requests"]:
+        totals.round_cpu_us.append((proxy_after - proxy_before) / result["requests"] * 1e6)
     totals.fake_cpu_s += fake_after - fake_before
     if proxy_core is not None:
         totals.others_on_proxy_core_s += max(0.0, (core_after - core_before) - (proxy_after - proxy_before))
@@ -129,21 +135,41 @@ def run_once(target: Target, scenario: Scenario, fake: Child, cores: tuple[int |
     totals.first_chunk_ms += result["ttfb_ms"]
 
 
-def run_rounds(targets: Sequence[Target], scenarios: Sequence[Scenario], fake: Child,
+class Fleet(Protocol):
+    """Whatever starts the targets of each round (bench.fleet.Fleet)."""
+
+    def start_round(self, index: int) -> list[Target]: ...
+
+    def end_round(self) -> None: ...
+
+
+def run_rounds(fleet: Fleet, scenarios: Sequence[Scenario], fake: Child,
                cores: tuple[int | None, int | None], rounds: int, duration_s: float,
                progress: bool = True) -> dict[tuple[str, str], Totals]:
-    """Every scenario, every target, `rounds` times; the target order rotates each round."""
+    """Every scenario, every target, `rounds` times, on targets the fleet starts afresh for
+    each round; the target order rotates each round."""
     results: dict[tuple[str, str], Totals] = {}
-    for target in targets:                      # warm pools, JITs of caches, first-request paths
-        run_once(target, Scenario("warm-up", 16, False), fake, cores, 1.0, None)
-        run_once(target, Scenario("warm-up", 4, True), fake, cores, 0.5, None)
     for round_index in range(rounds):
-        order = list(targets[round_index % len(targets):]) + list(targets[:round_index % len(targets)])
-        for scenario in scenarios:
-            for target in order:
-                totals = results.setdefault((scenario.name, target.name), Totals())
-                run_once(target, scenario, fake, cores, duration_s, totals)
-                if progress:
-                    print(f"  round {round_index + 1}/{rounds} {scenario.name:>10} {target.name:<9} "
-                          f"{totals.rps:8.0f} req/s so far", file=sys.stderr, flush=True)
+        targets = fleet.start_round(round_index)
+        try:
+            for target in targets:
+                if target.proxy is not None or round_index == 0:
+                    warm_up(target, fake, cores)
+            shift = round_index % len(targets)
+            order = [*targets[shift:], *targets[:shift]]
+            for scenario in scenarios:
+                for target in order:
+                    totals = results.setdefault((scenario.name, target.name), Totals())
+                    run_once(target, scenario, fake, cores, duration_s, totals)
+                    if progress:
+                        print(f"  round {round_index + 1}/{rounds} {scenario.name:>10} {target.name:<9} "
+                              f"{totals.rps:8.0f} req/s so far", file=sys.stderr, flush=True)
+        finally:
+            fleet.end_round()
     return results
+
+
+def warm_up(target: Target, fake: Child, cores: tuple[int | None, int | None]) -> None:
+    """Unmeasured load on a fresh process: pools, caches and first-request paths filled."""
+    run_once(target, Scenario("warm-up", 16, False), fake, cores, 1.0, None)
+    run_once(target, Scenario("warm-up", 4, True), fake, cores, 0.5, None)

@@ -128,7 +128,12 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
             except BaseException as exc:
                 response = _failure_response(request, exc, exchange)
             status = exchange.status or response.status
-            if not response.prepared:
+            if response.__class__ is GatewayResponse:
+                # Built with the gateway headers: only the key's x-ratelimit-* ones, counted
+                # after settling, are still to come (and most keys send none).
+                if exchange.ratelimit_headers is not None:
+                    response.headers.update(exchange.ratelimit_headers())
+            elif not response.prepared:
                 _add_gateway_headers(response.headers, exchange)
             return response
         finally:

@@ -80,7 +80,10 @@ class Relay:
         try:
             if op == "count_tokens" and not _any_serves(state, targets, op):
                 return _estimated_count(body, exchange)
-            call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
+            # Filled in directly, like the record (Call's generated __new__ is a Python
+            # function doing only this).
+            call = tuple.__new__(Call, (state, op, body, route, targets, ctx, limiter,
+                                        admission.estimate))
             reply = await dispatch(call, self.transport, exchange, self.routing)
             if isinstance(reply, Reply):
                 return GatewayResponse(reply.body, exchange)

@@ -200,10 +200,10 @@ class Transport:
         # it into one first (the same headers either way).
         headers = CIMultiDict(request.headers)
         headers[_REQUEST_ID] = request_id
-        body: bytes | aiohttp.BytesPayload | None = request.body
-        if body is not None and _Body.direct:
-            body = _Body(body)
-        return pool.session.request(request.method, request.url, data=body, headers=headers,
+        data: bytes | aiohttp.BytesPayload | None = request.body
+        if request.body is not None and _Body.direct:
+            data = _Body(request.body)
+        return pool.session.request(request.method, request.url, data=data, headers=headers,
                                     timeout=pool.timeout, allow_redirects=False)
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,

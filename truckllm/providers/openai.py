@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict
 
 from truckllm.errors import UpstreamFailed
 from truckllm.providers import media
@@ -84,8 +85,10 @@ def _json_headers(extra: Mapping[str, str], key: str) -> dict[str, str]:
 @functools.lru_cache(maxsize=256)
 def _key_headers(key: str) -> Mapping[str, str]:
     """The headers of a request to a target without extra headers: built once per upstream
-    key rather than per request, and shared (UpstreamRequest.headers is read-only)."""
-    return _json_headers({}, key)
+    key rather than per request, and shared (UpstreamRequest.headers is read-only). As
+    aiohttp's CIMultiDict: the transport's copy for aiohttp is then a plain copy, without
+    case-folding each name again (~1.5k instructions less)."""
+    return CIMultiDict(_json_headers({}, key))
 
 
 def build_probe(target: Target, key: str) -> UpstreamRequest:

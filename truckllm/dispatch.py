@@ -176,7 +176,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
     opener = _OPENERS[call.op in PASS_THROUGH_OPERATIONS, call.ctx.stream]
     health = routing.health
-    usable = usability(health, has_capacity)
+    usable = routing.usable if has_capacity is routing.has_capacity else usability(health, has_capacity)
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0

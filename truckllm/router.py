@@ -119,6 +119,17 @@ class Routing:
     rng: random.Random = field(default_factory=random.Random)
     has_capacity: HasCapacity = always_has_capacity     # the limits module supplies the real one
     adopted_version: int = 0                            # the config version health was set up for
+    # `usability(health, has_capacity)`, built when either is set rather than for every
+    # request that asks (the same two, nearly always).
+    usable: Callable[[Candidate], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.usable = usability(self.health, self.has_capacity)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if (name == "health" or name == "has_capacity") and hasattr(self, "usable"):
+            object.__setattr__(self, "usable", usability(self.health, self.has_capacity))
 
 
 def cursor_names(aliases: Collection[str], provider_ids: Collection[str]) -> set[str]:

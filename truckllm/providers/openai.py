@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict
 
 from truckllm.errors import UpstreamFailed
 from truckllm.providers import media
@@ -65,15 +67,28 @@ def build_request(op: str, body: dict[str, Any], target: Target, key: str,
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                      "include_usage": True}
-    # (Most targets have no extra headers: no merge then.)
-    headers = ({"Content-Type": "application/json", **target.headers} if target.headers
-               else {"Content-Type": "application/json"})
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    # Most targets have no extra headers: theirs are the same few per upstream key.
+    headers = _json_headers(target.headers, key) if target.headers else _key_headers(key)
     data = orjson.dumps(payload)
     if op == "chat":
         data = with_short_tool_ids(payload, data)
     return UpstreamRequest("POST", target.base_url + PATHS[op], headers, data, ctx.stream)
+
+
+def _json_headers(extra: Mapping[str, str], key: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", **extra}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+@functools.lru_cache(maxsize=256)
+def _key_headers(key: str) -> Mapping[str, str]:
+    """The headers of a request to a target without extra headers: built once per upstream
+    key rather than per request, and shared (UpstreamRequest.headers is read-only). As
+    aiohttp's CIMultiDict: the transport's copy for aiohttp is then a plain copy, without
+    case-folding each name again (~1.5k instructions less)."""
+    return CIMultiDict(_json_headers({}, key))
 
 
 def build_probe(target: Target, key: str) -> UpstreamRequest:

@@ -38,15 +38,6 @@ _REQUEST_ID, _PROVIDER, _MODEL, _ATTEMPTS, _OVERHEAD, _CONTENT_TYPE = map(istr, 
     "x-truckllm-overhead-ms", "Content-Type"))
 
 
-def request_id_for(request: web.Request) -> str:
-    given = request.headers.get(_REQUEST_ID)
-    if given and _CLIENT_REQUEST_ID.fullmatch(given):
-        return given
-    # 96 random bits as 24 hex digits, from the random module's generator rather than
-    # os.urandom: no system call per request, and an id needs uniqueness, not secrecy.
-    return _random_bits(96).to_bytes(12).hex()
-
-
 # A handler behind the gateway: it gets the request's Exchange from the gateway as an
 # argument (request storage would cost two Python calls per request to set and read it).
 ExchangeHandler = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse]]
@@ -118,7 +109,14 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
 
     async def gateway(request: web.Request) -> web.StreamResponse:
         path = request.path         # a property: read once
-        exchange = Exchange(request_id_for(request), request.method, path)
+        # The client's own request id when it is a sane one; else 96 random bits as 24 hex
+        # digits, from the random module's generator rather than os.urandom: no system call
+        # per request, and an id needs uniqueness, not secrecy. (Here, not in a function
+        # of its own: one call fewer per request.)
+        given = request.headers.get(_REQUEST_ID)
+        request_id = (given if given and _CLIENT_REQUEST_ID.fullmatch(given)
+                      else _random_bits(96).to_bytes(12).hex())
+        exchange = Exchange(request_id, request.method, path)
         recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
         inflight[0] += recorded         # scrapes and admin calls are not traffic
         status = CLIENT_CLOSED_REQUEST
@@ -128,7 +126,12 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
             except BaseException as exc:
                 response = _failure_response(request, exc, exchange)
             status = exchange.status or response.status
-            if not response.prepared:
+            if response.__class__ is GatewayResponse:
+                # Built with the gateway headers: only the key's x-ratelimit-* ones, counted
+                # after settling, are still to come (and most keys send none).
+                if exchange.ratelimit_headers is not None:
+                    response.headers.update(exchange.ratelimit_headers())
+            elif not response.prepared:
                 _add_gateway_headers(response.headers, exchange)
             return response
         finally:

@@ -23,11 +23,14 @@ class Usage:
         if not isinstance(usage, dict):
             return None
         details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-        # Positional (prompt, completion, cache read): read once per answer and per
-        # stream, and keyword arguments cost a third more here.
-        return cls(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-                   _int(cached))
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        # A count that is not a non-negative integer is 0. Tested inline rather than by a
+        # helper per count, and positional (prompt, completion, cache read): read once per
+        # answer and per stream, where three calls and keywords cost about half again.
+        return cls(prompt if isinstance(prompt, int) and prompt >= 0 else 0,
+                   completion if isinstance(completion, int) and completion >= 0 else 0,
+                   cached if isinstance(cached, int) and cached >= 0 else 0)
 
     def to_openai(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -39,6 +42,3 @@ class Usage:
             body["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
         return body
 
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0

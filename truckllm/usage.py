@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Usage:
-    prompt_tokens: int = 0          # includes cache reads and writes, as OpenAI counts them
-    completion_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
+    prompt_tokens: int              # includes cache reads and writes, as OpenAI counts them
+    completion_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    # prompt + completion, summed once: every answer's usage is read by health, the limiter,
+    # the access log and the key counters, and a property cost a call each time. Nothing
+    # changes the prompt or completion count of a Usage after it is made.
+    total_tokens: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    def __init__(self, prompt_tokens: int = 0, completion_tokens: int = 0,
+                 cache_read_tokens: int = 0, cache_write_tokens: int = 0) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.cache_read_tokens = cache_read_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.total_tokens = prompt_tokens + completion_tokens
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:

@@ -31,24 +31,24 @@ def parse(raw: bytes, op: str = "chat", body: dict[str, Any] | None = None) -> t
     return orjson.loads(parsed.body), parsed.usage
 
 
-def answer(**fields: Any) -> dict[str, Any]:
+def make_answer(**fields: Any) -> dict[str, Any]:
     return {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o", "choices": CHOICES,
             **fields}
 
 
 @pytest.mark.parametrize("raw", [
-    orjson.dumps(answer(usage=USAGE)),                                        # compact, usage last
-    orjson.dumps(answer(usage=USAGE), option=orjson.OPT_INDENT_2),             # indented
-    b'\r\n  ' + orjson.dumps(answer(usage=USAGE)).replace(b'"usage":', b'"usage" \t:\n ') + b' \n',
-    orjson.dumps({"usage": USAGE, **answer()}),                               # usage first
-    orjson.dumps({**answer(), "usage": USAGE, "service_tier": "default",       # usage not last,
+    orjson.dumps(make_answer(usage=USAGE)),                                        # compact, usage last
+    orjson.dumps(make_answer(usage=USAGE), option=orjson.OPT_INDENT_2),             # indented
+    b'\r\n  ' + orjson.dumps(make_answer(usage=USAGE)).replace(b'"usage":', b'"usage" \t:\n ') + b' \n',
+    orjson.dumps({"usage": USAGE, **make_answer()}),                               # usage first
+    orjson.dumps({**make_answer(), "usage": USAGE, "service_tier": "default",       # usage not last,
                   "system_fingerprint": "fp_1"}),                                # as OpenAI sends it
     # "usage" inside strings: content, and a key that ends in it behind an escaped quote
-    orjson.dumps(answer(usage=USAGE, note='say "usage": {"prompt_tokens": 999}')),
-    orjson.dumps({**answer(usage=USAGE), 'x"usage': {"prompt_tokens": 999}}),
+    orjson.dumps(make_answer(usage=USAGE, note='say "usage": {"prompt_tokens": 999}')),
+    orjson.dumps({**make_answer(usage=USAGE), 'x"usage': {"prompt_tokens": 999}}),
     # a nested `usage` object after the top-level one, and one inside the usage object
-    orjson.dumps({**answer(usage=USAGE), "extra": {"usage": {"prompt_tokens": 999}}}),
-    orjson.dumps(answer(usage={**USAGE, "by_part": {"usage": {"prompt_tokens": 999}}})),
+    orjson.dumps({**make_answer(usage=USAGE), "extra": {"usage": {"prompt_tokens": 999}}}),
+    orjson.dumps(make_answer(usage={**USAGE, "by_part": {"usage": {"prompt_tokens": 999}}})),
 ])
 def test_usage_is_read_exactly_wherever_it_sits(raw: bytes) -> None:
     body, usage = parse(raw)
@@ -57,11 +57,11 @@ def test_usage_is_read_exactly_wherever_it_sits(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize("raw", [
-    orjson.dumps(answer()),                                        # no usage
-    orjson.dumps(answer(usage=None)),                              # usage null, last
-    orjson.dumps({"usage": None, **answer()}),                     # usage null, first
-    orjson.dumps(answer(usage="12 tokens")),                       # not an object
-    orjson.dumps({**answer(), "extra": {"usage": USAGE}}),         # only a nested one
+    orjson.dumps(make_answer()),                                        # no usage
+    orjson.dumps(make_answer(usage=None)),                              # usage null, last
+    orjson.dumps({"usage": None, **make_answer()}),                     # usage null, first
+    orjson.dumps(make_answer(usage="12 tokens")),                       # not an object
+    orjson.dumps({**make_answer(), "extra": {"usage": USAGE}}),         # only a nested one
 ])
 def test_an_answer_without_a_usage_object_has_no_usage(raw: bytes) -> None:
     body, usage = parse(raw)
@@ -74,15 +74,15 @@ def test_an_answer_without_a_usage_object_has_no_usage(raw: bytes) -> None:
     (b"upstream is warming up", "not JSON"),
     (b"", "not JSON"),
     (b"   ", "not JSON"),
-    (orjson.dumps(answer(usage=USAGE))[:-1], "not JSON"),               # cut off before the last }
-    (orjson.dumps(answer(usage=USAGE))[:-40], "not JSON"),              # cut off inside usage
+    (orjson.dumps(make_answer(usage=USAGE))[:-1], "not JSON"),               # cut off before the last }
+    (orjson.dumps(make_answer(usage=USAGE))[:-40], "not JSON"),              # cut off inside usage
     (b'{"id":"x","usage":{"prompt_tokens":1}', "not JSON"),            # last } missing
     (b'{"id":"x","usage":{"prompt_tokens":1}}}', "not JSON"),          # one } too many
     (b'{"id":"x","usage":{"prompt_tokens":1},}', "not JSON"),          # trailing comma
     (b'{"id":"x","usage":{"prompt_tokens":1}} {}', "not JSON"),        # bytes after the object
     (b'{"id":"x","usage":}', "not JSON"),                              # no value
     (b'{"id":"x"}\x0c', "not JSON"),                                   # not JSON whitespace
-    (orjson.dumps([answer(usage=USAGE)]), "unexpected JSON shape"),     # an array
+    (orjson.dumps([make_answer(usage=USAGE)]), "unexpected JSON shape"),     # an array
     (b'"usage"', "unexpected JSON shape"),
 ])
 def test_a_200_that_is_not_a_json_object_is_refused(raw: bytes, problem: str) -> None:

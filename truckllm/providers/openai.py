@@ -41,7 +41,7 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 # OpenAI response shape (it precedes `choices` and `data`).
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _BACKSLASH = ord("\\")
-_JSON_SPACE = b" \t\n\r"           # JSON whitespace (a bare strip() would also take \\x0b, \\x0c)
+_JSON_SPACE = b" \t\n\r"           # JSON whitespace (a bare strip() would also take \x0b, \x0c)
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 # An `"error":` key (same reasoning: never inside a string); decoded only when present.

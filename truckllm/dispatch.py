@@ -293,17 +293,19 @@ def _begin(call: Call, choices: RouteChoices, candidate: Candidate, exchange: Ex
                                     UpstreamUse | None]:
     """An attempt starts: what the candidate stands for, and the request, health and the
     upstream key's counters know it (one call per attempt: the hot path)."""
-    target = choices.by_id[candidate.target.target_id]
-    provider = call.state.providers[target.provider_id]
+    target_id = candidate.target.target_id
+    target = choices.by_id[target_id]
+    state = call.state
+    provider = state.providers[target.provider_id]
     key_id = candidate.key_id
     key = _NO_KEY if key_id is None else provider.keys_by_id.get(key_id, _NO_KEY)
     exchange.attempts += 1
     exchange.provider_id, exchange.upstream_model = provider.id, target.model
     exchange.upstream_key_id = key.id
-    attempt = health.begin(candidate.target.target_id, candidate.key_ref)
+    attempt = health.begin(target_id, candidate.key_ref)
     limiter = call.limiter
     use = (None if limiter is None or key is _NO_KEY
-           else limiter.upstream_acquire(call.state.limits, key.ref, call.estimate))
+           else limiter.upstream_acquire(state.limits, key.ref, call.estimate))
     return target, provider, key, attempt, use
 
 
@@ -347,18 +349,18 @@ def _first_byte_deadline(provider: CompiledProvider) -> AbstractAsyncContextMana
 async def _complete(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                     transport: Transport, exchange: Exchange, attempt: Attempt) -> Reply:
     """A plain upstream answer, read whole and translated."""
-    spec = provider.spec_by_op[call.op]
-    request = spec.build_request(call.op, call.body, target, key.value, call.ctx)
+    op, ctx = call.op, call.ctx             # (a NamedTuple's fields cost a lookup per read)
+    spec = provider.spec_by_op[op]
+    request = spec.build_request(op, call.body, target, key.value, ctx)
     limit = provider.config.first_byte_timeout_s
     started = time.perf_counter()
     try:
         if limit is None:       # no deadline: no (even empty) context manager to enter
-            status, headers, raw = await transport.fetch(provider, target, request,
-                                                         call.ctx.request_id)
+            status, headers, raw = await transport.fetch(provider, target, request, ctx.request_id)
         else:
             async with asyncio.timeout(limit):
                 status, headers, raw = await transport.fetch(provider, target, request,
-                                                             call.ctx.request_id)
+                                                             ctx.request_id)
     except TimeoutError:
         raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
     except TransportError as exc:
@@ -370,12 +372,12 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
         raise _AttemptFailed(_status_outcome(provider, status, headers, raw))
     attempt.succeeded(waited)
     try:
-        parsed = spec.parse_response(call.op, raw, target, call.ctx)
+        parsed = spec.parse_response(op, raw, target, ctx)
     except WRONG_SHAPE as exc:
         log.warning("upstream_body_unreadable", provider=target.provider_id, error=f"{type(exc).__name__}: {exc}")
         raise wrong_shape("a body") from None
-    exchange.usage = parsed.usage
-    attempt.end(parsed.usage.total_tokens if parsed.usage else 0)
+    usage = exchange.usage = parsed.usage
+    attempt.end(usage.total_tokens if usage else 0)
     return Reply(parsed.body)
 
 

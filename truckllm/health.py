@@ -188,17 +188,19 @@ class Health:
     def available(self, target: TargetId | None, key_ref: str | None) -> bool:
         """Whether an attempt on `target` with `key_ref` may start now (None: not asked).
         Read at one instant; asked per attempt, so it is one call."""
-        now = self._clock()
         state = None if target is None else self._targets.get(target)
-        # A breaker that never opened allows everything: not asked.
-        if state is not None and state.breaker.open_until is not None and not state.breaker.allows(now):
-            return False
         key = None if key_ref is None else self._keys.get(key_ref)
-        if key is None:
+        if key is not None and key.disabled:
+            return False
+        # Only an opened breaker or a cooled key depend on time: without one (the common
+        # case), the clock is not read.
+        if ((state is None or state.breaker.open_until is None)
+                and (key is None or (key.breaker.open_until is None and not key.cooldown_until))):
             return True
-        breaker = key.breaker
-        return (not key.disabled and now >= key.cooldown_until
-                and (breaker.open_until is None or breaker.allows(now)))
+        now = self._clock()
+        if state is not None and not state.breaker.allows(now):
+            return False
+        return key is None or (now >= key.cooldown_until and key.breaker.allows(now))
 
     def in_flight(self, target: TargetId) -> int:
         state = self._targets.get(target)

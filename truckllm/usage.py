@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Usage:
-    prompt_tokens: int = 0          # includes cache reads and writes, as OpenAI counts them
-    completion_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
+    prompt_tokens: int              # includes cache reads and writes, as OpenAI counts them
+    completion_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    # prompt + completion, summed once: every answer's usage is read by health, the limiter,
+    # the access log and the key counters, and a property cost a call each time. Nothing
+    # changes the prompt or completion count of a Usage after it is made.
+    total_tokens: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    def __init__(self, prompt_tokens: int = 0, completion_tokens: int = 0,
+                 cache_read_tokens: int = 0, cache_write_tokens: int = 0) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.cache_read_tokens = cache_read_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.total_tokens = prompt_tokens + completion_tokens
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
@@ -23,11 +31,14 @@ class Usage:
         if not isinstance(usage, dict):
             return None
         details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
-        # Positional (prompt, completion, cache read): read once per answer and per
-        # stream, and keyword arguments cost a third more here.
-        return cls(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
-                   _int(cached))
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        # A count that is not a non-negative integer is 0. Tested inline rather than by a
+        # helper per count, and positional (prompt, completion, cache read): read once per
+        # answer and per stream, where three calls and keywords cost about half again.
+        return cls(prompt if isinstance(prompt, int) and prompt >= 0 else 0,
+                   completion if isinstance(completion, int) and completion >= 0 else 0,
+                   cached if isinstance(cached, int) and cached >= 0 else 0)
 
     def to_openai(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -39,6 +50,3 @@ class Usage:
             body["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
         return body
 
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0

@@ -43,6 +43,7 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 # OpenAI response shape (it precedes `choices` and `data`).
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 _BACKSLASH = ord("\\")
+_JSON_SPACE = b" \t\n\r"           # JSON whitespace (a bare strip() would also take \x0b, \x0c)
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 # An `"error":` key (same reasoning: never inside a string); decoded only when present.
@@ -122,16 +123,45 @@ def json_string(text: str) -> bytes:
 
 
 def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
+    if op == "embeddings" and ctx.client_body.get("encoding_format") == "base64":
+        parsed = _json_object(raw, target)
+        usage = Usage.from_openai(parsed.get("usage"))
+        if encode_float_embeddings(parsed):
+            return ParsedResponse(orjson.dumps({**parsed, "model": ctx.alias}), usage)
+    else:
+        usage = Usage.from_openai(_usage_value(raw, target))
+    return ParsedResponse(rewrite_model(raw, json_string(ctx.alias)), usage)
+
+
+def _usage_value(raw: bytes, target: Target) -> Any:
+    """The top-level `usage` value of an answer, which must be a JSON object.
+
+    The answer goes to the client as it came, so it is parsed only as far as needed: when
+    it opens with `{`, from its last `"usage"` key to its end, if that reads as the rest of
+    an object (`{"usage"` put before it); otherwise whole, which refuses any body that is
+    not a JSON object. OpenAI puts usage last or before `service_tier` and
+    `system_fingerprint`, so its answers read the short way. That way cannot read a nested
+    `usage` key of a valid JSON object: the brackets closing its containers would follow
+    its value, and the short parse fails.
+    """
+    head, key, tail = raw.rpartition(b'"usage"')
+    # Inside a JSON string every quote is escaped: a `"usage"` after no backslash is a key.
+    if key and head[-1:] != b"\\" and (head[:1] == b"{" or head.lstrip(_JSON_SPACE)[:1] == b"{"):
+        try:
+            return orjson.loads(b'{"usage"' + tail)["usage"]
+        except orjson.JSONDecodeError:
+            pass            # not the rest of an object: the full parse decides
+    return _json_object(raw, target).get("usage")
+
+
+def _json_object(raw: bytes, target: Target) -> dict[str, Any]:
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UpstreamFailed(f"provider {target.provider_id!r} returned a body that is not JSON") from None
     if not isinstance(parsed, dict):
         raise UpstreamFailed(f"provider {target.provider_id!r} returned an unexpected JSON shape")
-    usage = Usage.from_openai(parsed.get("usage"))
-    if op == "embeddings" and ctx.client_body.get("encoding_format") == "base64" and encode_float_embeddings(parsed):
-        return ParsedResponse(orjson.dumps({**parsed, "model": ctx.alias}), usage)
-    return ParsedResponse(rewrite_model(raw, json_string(ctx.alias)), usage)
+    return parsed
 
 
 class PassThroughStream:

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
@@ -434,18 +434,20 @@ class RequestLog:
 
     def __init__(self, size: int) -> None:
         self._records: deque[RequestRecord] = deque(maxlen=size)
+        # add(record) is the deque's own method, called for every request: a method of
+        # this class calling it would cost a Python call more. Rebound by `resize`, so a
+        # caller that kept `add` must read it again after a resize.
+        self.add: Callable[[RequestRecord], None] = self._records.appendleft
 
     @property
     def size(self) -> int:
         return self._records.maxlen or 0
 
-    def add(self, record: RequestRecord) -> None:
-        self._records.appendleft(record)
-
     def resize(self, size: int) -> None:
         """Keep the newest entries that still fit (a reload may change request_log_size)."""
         if size != self.size:
             self._records = deque(islice(self._records, size), maxlen=size)
+            self.add = self._records.appendleft
 
     def query(self, query: LogQuery) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

@@ -269,13 +269,20 @@ def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[st
     if usage is None:
         fields["prompt_tokens"] = fields["completion_tokens"] = fields["tokens"] = 0
     else:
-        fields["prompt_tokens"] = usage.prompt_tokens
-        fields["completion_tokens"] = usage.completion_tokens
-        fields["tokens"] = usage.total_tokens
+        fields["prompt_tokens"] = prompt = usage.prompt_tokens
+        fields["completion_tokens"] = completion = usage.completion_tokens
+        fields["tokens"] = prompt + completion      # Usage.total_tokens, without its call
     fields["attempts"] = attempts
     fields["stream"] = stream
     fields["cost_usd"] = cost_usd
-    fields["cost_lines"] = [line.as_log() for line in cost_lines] if cost_lines else None
+    if cost_lines:
+        # A loop rather than a list comprehension, which is a function called (in 3.11)
+        rendered = []
+        for line in cost_lines:
+            rendered.append(line.as_log())
+        fields["cost_lines"] = rendered
+    else:
+        fields["cost_lines"] = None
     fields["usage_estimated"] = usage_estimated
     fields["error"] = error_reason
     return fields

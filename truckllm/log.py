@@ -16,7 +16,7 @@ import os
 import re
 import sys
 from collections import deque
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
@@ -34,6 +34,9 @@ REDACTED = "***"
 _MIN_SECRET_LENGTH = 4      # shorter values would mask ordinary words; keys are longer
 _FEW_SECRETS = 16           # up to this many, substring tests find a secret fastest
 _BEARER = re.compile(r"\b(Bearer|Basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+# Words that _BEARER cannot match without: a text holding neither is not searched
+_CREDENTIAL_WORDS = ("earer", "Basic")
+_REMEMBERED_VERDICTS = 1024
 _PLAIN_SCALARS = frozenset({int, float, bool})
 # Fields whose values TruckLLM builds from config ids, aliases and its own words, never
 # from what a client or upstream sent: not worth a scan on every access line. Anything a
@@ -56,6 +59,9 @@ class SecretRedactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._pattern: re.Pattern[str] | None = None
         self._few: tuple[str, ...] | None = ()
+        self._needles: tuple[str, ...] = _CREDENTIAL_WORDS
+        # would_mask's verdicts on texts that recur line after line (see `recurring_verdict`)
+        self.verdicts: dict[tuple[str | None, ...], bool] = {}
         self.update(secrets)
 
     def update(self, secrets: Iterable[str]) -> None:
@@ -66,6 +72,8 @@ class SecretRedactor:
         # cheaper than searching the alternation (which tries it at every position whose
         # character starts some secret: 3 random keys cost 3x the tests, 16 about the same).
         self._few = tuple(usable) if len(usable) <= _FEW_SECRETS else None
+        self._needles = (*(self._few or ()), *_CREDENTIAL_WORDS)
+        self.verdicts = {}      # given under the old secrets: a new set may mask other texts
 
     def has_secret(self, text: str) -> bool:
         few = self._few
@@ -85,9 +93,23 @@ class SecretRedactor:
 
     def would_mask(self, text: str) -> bool:
         """Whether redact_text would change `text`: the same two patterns, only tested."""
-        if self.has_secret(text):
-            return True
-        return ("earer" in text or "Basic" in text) and _BEARER.search(text) is not None
+        # Almost every text holds none of the few secrets and neither word that a credential
+        # pattern needs: one loop of substring tests says so (and costs no further call).
+        for needle in self._needles:
+            if needle in text:
+                return self.has_secret(text) or _BEARER.search(text) is not None
+        return self._few is None and self.has_secret(text)
+
+    def recurring_verdict(self, texts: tuple[str | None, ...]) -> bool:
+        """`would_mask` of `texts` (None left out), remembered in `verdicts` until the
+        secrets change: for texts that recur on line after line, such as a method and a
+        path. Read `verdicts` first; this is what a text not remembered yet costs."""
+        verdicts = self.verdicts
+        if len(verdicts) >= _REMEMBERED_VERDICTS:   # client-chosen texts: keep it bounded
+            verdicts.clear()
+        # NUL between the texts: no secret or credential pattern matches across it.
+        verdict = verdicts[texts] = self.would_mask("\0".join(filter(None, texts)))
+        return verdict
 
     def redact(self, value: Any) -> Any:
         if value is None or value.__class__ in _PLAIN_SCALARS:     # most fields: checked first
@@ -247,13 +269,20 @@ def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[st
     if usage is None:
         fields["prompt_tokens"] = fields["completion_tokens"] = fields["tokens"] = 0
     else:
-        fields["prompt_tokens"] = usage.prompt_tokens
-        fields["completion_tokens"] = usage.completion_tokens
-        fields["tokens"] = usage.total_tokens
+        fields["prompt_tokens"] = prompt = usage.prompt_tokens
+        fields["completion_tokens"] = completion = usage.completion_tokens
+        fields["tokens"] = prompt + completion      # Usage.total_tokens, without its call
     fields["attempts"] = attempts
     fields["stream"] = stream
     fields["cost_usd"] = cost_usd
-    fields["cost_lines"] = [line.as_log() for line in cost_lines] if cost_lines else None
+    if cost_lines:
+        # A loop rather than a list comprehension, which is a function called (in 3.11)
+        rendered = []
+        for line in cost_lines:
+            rendered.append(line.as_log())
+        fields["cost_lines"] = rendered
+    else:
+        fields["cost_lines"] = None
     fields["usage_estimated"] = usage_estimated
     fields["error"] = error_reason
     return fields
@@ -282,9 +311,12 @@ class AccessLog:
     alias passes the client's model name on) and error (fixed words today, scanned in case
     that changes). The rest are numbers, booleans and None (statuses, timings, counts,
     cost), or config ids and aliases (key_id, alias, provider, cost_lines' kinds), which
-    the redactor never scans either. Those five texts are searched for secrets and
-    credentials in one pass; only when it finds one does the line go through the
-    redactor field by field, so the line is masked exactly as structlog's would be.
+    the redactor never scans either. Those five texts (and the event's name, which
+    structlog's redactor scans too) are searched for secrets and credentials; only when
+    that finds one does the line go through the redactor field by field, so the line is
+    masked exactly as structlog's would be. All but the request id recur from line to
+    line, so the redactor's verdict on them is remembered (until a reload changes the
+    secrets) and only the request id is searched on every line.
     """
 
     def __init__(self) -> None:
@@ -315,13 +347,17 @@ class AccessLog:
         # serialized before this returns, it is never seen outside.
         event = fill_access_fields(self._line, record)
         event["event"] = _ACCESS_EVENT
-        # NUL between the texts: no secret or credential pattern matches across it. Read
-        # from the dict (cheaper than the record's attributes); None is left out rather
-        # than formatted (which costs as much again): there is nothing in it to mask.
-        if self._redactor.would_mask(f"{event['request_id']}\0{event['method']}\0{event['path']}\0"
-                                     f"{event['upstream_model'] or ''}\0{event['error'] or ''}\0"
-                                     f"{_ACCESS_EVENT}"):
-            self._redactor(None, level, event)
+        # The texts to scan (see the class docstring) other than the request id recur from
+        # line to line: the redactor remembers its verdict on them. Read from the dict
+        # (cheaper than the record's attributes).
+        redactor = self._redactor
+        recurring = (event["method"], event["path"], event["upstream_model"], event["error"],
+                     _ACCESS_EVENT)
+        masks = redactor.verdicts.get(recurring)
+        if masks is None:
+            masks = redactor.recurring_verdict(recurring)
+        if masks or redactor.would_mask(event["request_id"]):
+            redactor(None, level, event)
         event["level"] = level
         event["timestamp"] = datetime.now(UTC)
         line = orjson.dumps(event, default=str, option=_DIRECT_JSON)
@@ -405,18 +441,20 @@ class RequestLog:
 
     def __init__(self, size: int) -> None:
         self._records: deque[RequestRecord] = deque(maxlen=size)
+        # add(record) is the deque's own method, called for every request: a method of
+        # this class calling it would cost a Python call more. Rebound by `resize`, so a
+        # caller that kept `add` must read it again after a resize.
+        self.add: Callable[[RequestRecord], None] = self._records.appendleft
 
     @property
     def size(self) -> int:
         return self._records.maxlen or 0
 
-    def add(self, record: RequestRecord) -> None:
-        self._records.appendleft(record)
-
     def resize(self, size: int) -> None:
         """Keep the newest entries that still fit (a reload may change request_log_size)."""
         if size != self.size:
             self._records = deque(islice(self._records, size), maxlen=size)
+            self.add = self._records.appendleft
 
     def query(self, query: LogQuery) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

@@ -110,7 +110,8 @@ class PlainHistogram:
         self._family = (name, documentation, tuple(labelnames))
         self.bounds = (*map(float, buckets), float("inf"))
         self._le = tuple(map(floatToGoString, self.bounds))
-        # labels -> [sum, created, count in bucket 0, 1, ..., +Inf]; counts not cumulative
+        # labels -> [sum, created, count in bucket 0, 1, ..., +Inf]; counts not cumulative,
+        # and ints (adding 1 to an int costs a third of adding it to a float)
         self._series: dict[Labels, list[float]] = {}
         if not labelnames:
             self.series(())
@@ -123,7 +124,7 @@ class PlainHistogram:
         """[sum, created, count per bucket] of these labels, created at first use."""
         series = self._series.get(labels)
         if series is None:
-            series = self._series[labels] = [0.0, time.time(), *[0.0] * len(self.bounds)]
+            series = self._series[labels] = [0.0, time.time(), *[0] * len(self.bounds)]
         return series
 
     def collect(self) -> Iterator[HistogramMetricFamily]:

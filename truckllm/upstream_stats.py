@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from truckllm.records import RequestRecord
+from truckllm.records import RequestRecord, UpstreamFailure
 
 Status = Literal["healthy", "degraded", "down"]
 DOWN_AFTER_ERRORS = 3       # consecutive failed attempts before a key is shown as down
@@ -37,20 +37,26 @@ class UpstreamStats:
         self._keys: dict[KeyId, KeyStats] = {}
 
     def observe(self, record: RequestRecord) -> None:
-        failures = record.upstream_failures
+        # One unpacking in RequestRecord's field order: cheaper than five attribute reads.
+        (_, _, _, _, _, _, provider_id, _, _, _, _, _, usage, attempts, _, _, _, upstream_key_id,
+         failures, _, _) = record
+        if failures:
+            self._count_failures(failures)
+        if attempts > len(failures) and provider_id is not None and upstream_key_id is not None:
+            key = (provider_id, upstream_key_id)        # answered with this key
+            stats = self._keys.get(key) or self._stats(key)     # a plain lookup once known
+            stats.requests += 1
+            stats.consecutive_errors = 0
+            if usage is not None:       # Usage.total_tokens, without its call
+                stats.tokens += usage.prompt_tokens + usage.completion_tokens
+
+    def _count_failures(self, failures: tuple[UpstreamFailure, ...]) -> None:
         for failure in failures:
             stats = self._stats((failure.provider_id, failure.key_id))
             stats.requests += 1
             stats.errors += 1
             stats.consecutive_errors += 1
             stats.last_error = failure.reason
-        if (record.attempts > len(failures) and record.provider_id is not None
-                and record.upstream_key_id is not None):     # answered
-            key = (record.provider_id, record.upstream_key_id)
-            stats = self._keys.get(key) or self._stats(key)     # a plain lookup once known
-            stats.requests += 1
-            stats.consecutive_errors = 0
-            stats.tokens += record.usage.total_tokens if record.usage else 0
 
     def key(self, provider_id: str, key_id: str) -> KeyStats:
         return self._keys.get((provider_id, key_id)) or KeyStats()

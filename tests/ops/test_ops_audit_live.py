@@ -450,6 +450,11 @@ async def test_request_log_size_and_metrics_switch_follow_the_config(tmp_path: P
         assert code == 200 and body["reloaded"] is True
         code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
         assert [entry["request_id"] for entry in body["logs"]] == ["call-2"]
+        await client.chat.completions.create(        # recorded in the resized log
+            model="demo", messages=[{"role": "user", "content": "x"}],
+            extra_headers={"X-Request-ID": "call-3"})
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-3"]
         code, text = await gateway.get("/metrics")
         assert code == 200 and "llm_requests_total" in text
         await client.close()

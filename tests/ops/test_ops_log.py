@@ -228,6 +228,24 @@ def test_the_access_line_follows_level_format_and_secrets(captured: io.StringIO)
     assert not captured.getvalue().splitlines()[-1].startswith("{")
 
 
+def test_recurring_texts_are_tested_again_when_the_secrets_change(captured: io.StringIO) -> None:
+    """The verdict on a line's recurring texts (method, path, model, error) is remembered:
+    a reload that makes one of them a secret must mask it from the next line on, and the
+    request id is tested on every line."""
+    redactor = SecretRedactor(SECRETS)
+    access = AccessLog()
+    configure_logging("info", "json", redactor, captured, access)
+    seen = make_record(1, path="/v1/soon-secret", upstream_model="model-x")
+    access.write(seen)
+    access.write(make_record(2, path="/v1/soon-secret", upstream_model="model-x",
+                             request_id=f"id-{SECRETS[0]}"))
+    redactor.update([*SECRETS, "soon-secret"])  # a reload added a secret
+    access.write(seen)
+    assert [(line["request_id"], line["path"]) for line in access_lines(captured)] == [
+        ("req-1", "/v1/soon-secret"), (f"id-{REDACTED}", "/v1/soon-secret"),
+        ("req-1", f"/v1/{REDACTED}")]
+
+
 def test_a_file_stream_gets_the_same_lines_as_bytes_in_order(tmp_path: object) -> None:
     """On a UTF-8 file (stderr in production) the access line is written to the file
     itself; it must stay in order with structlog's lines and be masked the same way."""

@@ -39,10 +39,14 @@ class Ops:
     started_at: float
     access_log: AccessLog = field(default_factory=AccessLog)
     log_stream: TextIO | None = None    # where log lines go; None: stderr
+    _observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
     def observers(self) -> list[Callable[[RequestRecord], None]]:
-        return [self.access_log.write, self.metrics.observe, self.request_log.add,
-                self.upstream.observe]
+        """What every finished request's record is given to. Always the same list, kept
+        current in place: a resize of the request log replaces its `add` (see RequestLog)."""
+        self._observers[:] = [self.access_log.write, self.metrics.observe, self.request_log.add,
+                              self.upstream.observe]
+        return self._observers
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
         """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
@@ -64,6 +68,7 @@ def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> 
 
     def applied(new: LoadedConfig, result: ReloadResult) -> None:
         ops.request_log.resize(new.config.server.request_log_size)
+        ops.observers()         # the request log's `add` may be another now
         ops.redactor.update(secret_values(new))
         transport.retain(p.id for p in new.config.providers)
         ops.upstream.retain((p.id, k.id) for p in new.config.providers for k in p.keys)

@@ -373,38 +373,48 @@ class Admission:
 
     def settle(self, usage: Usage | None, cost_usd: float = 0.0,
                upstream: UpstreamUse | None = None) -> None:
-        """Replace the token estimate with real usage and add the spend; once.
-
-        `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
-        in the token windows and adds only `cost_usd`. `upstream`: the use of the upstream
-        key the request was sent with, settled with the same usage and cost (one charge
-        for both instead of two).
-        """
-        if self._settled:
-            if upstream is not None:
-                upstream.settle(usage, cost_usd)
-            return
-        self._settled = True
-        limiter, entry, held = self._limiter, self._entry, self._held
-        counters: tuple[Counters, ...] = ()
-        if entry is not None:
-            if entry.dated:
-                entry.account.enter(limiter._periods.current(entry.key.budget_period,
-                                                             limiter.clock))
-            counters = entry.counters
-        if upstream is not None:
-            held += upstream._held
-            counters = (*counters, upstream._counters)
-        _charge(limiter, held, counters, usage, cost_usd)
+        """Replace the token estimate with real usage and add the spend; once. The slots
+        stay held: see `end`."""
+        self.end(usage, cost_usd, upstream, True, False)
 
     def release(self) -> None:
         """Give back the concurrency slots; safe to call more than once."""
-        if self._released:
-            return
-        self._released = True
-        self._limiter._gateway.in_flight -= 1
-        if self._entry is not None:
-            self._entry.meter.in_flight -= 1
+        self.end(None, 0.0, None, False, True)
+
+    def end(self, usage: Usage | None, cost_usd: float, upstream: UpstreamUse | None,
+            settling: bool = True, releasing: bool = True) -> None:
+        """Settle (`settling`) and release (`releasing`): how a request ends, in one call.
+
+        Settling replaces the token estimate with real usage and adds the spend, once:
+        `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
+        in the token windows and adds only `cost_usd`. `upstream`: the use of the upstream
+        key the request was sent with, settled with the same usage and cost (one charge
+        for both instead of two). Releasing gives back the concurrency slots, once.
+        """
+        limiter, entry = self._limiter, self._entry
+        if not settling:
+            pass
+        elif self._settled:
+            if upstream is not None:
+                upstream.settle(usage, cost_usd)
+        else:
+            self._settled = True
+            held = self._held
+            counters: tuple[Counters, ...] = ()
+            if entry is not None:
+                if entry.dated:
+                    entry.account.enter(limiter._periods.current(entry.key.budget_period,
+                                                                 limiter.clock))
+                counters = entry.counters
+            if upstream is not None:
+                held += upstream._held
+                counters += (upstream._counters,)
+            _charge(limiter, held, counters, usage, cost_usd)
+        if releasing and not self._released:
+            self._released = True
+            limiter._gateway.in_flight -= 1
+            if entry is not None:
+                entry.meter.in_flight -= 1
 
 
 class UpstreamUse:

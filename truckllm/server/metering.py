@@ -54,17 +54,18 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
            upstream_use: UpstreamUse | None) -> None:
     """Price the request's real usage, charge it to the client key and the upstream key,
     release the client key's concurrency slot."""
+    usage = exchange.usage
+    cost_usd = 0.0
     try:
-        usage = exchange.usage
-        cost_usd = 0.0
         if usage is not None:
             prices = admission.policy.prices.get(route.alias)   # the alias's `pricing`
             if prices is not None:
                 cost_usd, exchange.cost_lines = price(usage, prices)   # lines: access line
                 exchange.cost_usd = cost_usd
-        admission.settle(usage, cost_usd, upstream_use)
-    finally:
-        admission.release()
+    except BaseException:
+        admission.release()             # a bug in pricing must not keep the slot
+        raise
+    admission.end(usage, cost_usd, upstream_use)
 
 
 async def save_state(app: web.Application) -> AsyncIterator[None]:

@@ -392,29 +392,31 @@ class Admission:
         for both instead of two). Releasing gives back the concurrency slots, once.
         """
         limiter, entry = self._limiter, self._entry
-        if not settling:
-            pass
-        elif self._settled:
-            if upstream is not None:
-                upstream.settle(usage, cost_usd)
-        else:
-            self._settled = True
-            held = self._held
-            counters: tuple[Counters, ...] = ()
-            if entry is not None:
-                if entry.dated:
-                    entry.account.enter(limiter._periods.current(entry.key.budget_period,
-                                                                 limiter.clock))
-                counters = entry.counters
-            if upstream is not None:
-                held += upstream._held
-                counters += (upstream._counters,)
-            _charge(limiter, held, counters, usage, cost_usd)
-        if releasing and not self._released:
-            self._released = True
-            limiter._gateway.in_flight -= 1
-            if entry is not None:
-                entry.meter.in_flight -= 1
+        try:
+            if not settling:
+                pass
+            elif self._settled:
+                if upstream is not None:
+                    upstream.settle(usage, cost_usd)
+            else:
+                self._settled = True
+                held = self._held
+                counters: tuple[Counters, ...] = ()
+                if entry is not None:
+                    if entry.dated:
+                        entry.account.enter(limiter._periods.current(entry.key.budget_period,
+                                                                     limiter.clock))
+                    counters = entry.counters
+                if upstream is not None:
+                    held += upstream._held
+                    counters += (upstream._counters,)
+                _charge(limiter, held, counters, usage, cost_usd)
+        finally:                        # the slots come back even if settling failed
+            if releasing and not self._released:
+                self._released = True
+                limiter._gateway.in_flight -= 1
+                if entry is not None:
+                    entry.meter.in_flight -= 1
 
 
 class UpstreamUse:

@@ -3,7 +3,7 @@
     policy    config -> LimitsPolicy (compiled once per config snapshot)
     window    exact sliding-log rate window
     meter     rpm/tpm windows + in-flight count for one subject
-    limiter   Limiter.admit() -> Admission (settle, release, headers); upstream-key accounting
+    limiter   Admission (made by admitting; settle, release, end); upstream-key accounting
     estimate  prompt-token estimate reserved before the call (worked out when first read)
     cost      Usage x pricing -> CostBreakdown; `price`: the same with prices compiled
     budget    calendar budget periods (UTC)

@@ -88,34 +88,9 @@ class Limiter:
 
     def admit(self, policy: LimitsPolicy, key_id: str | None,
               estimate_tokens: int | PromptEstimate) -> Admission:
-        """Admit one request or raise BudgetExceeded (403) / RateLimitExceeded (429).
-
-        Nothing is counted for a refused request. An admitted one holds a concurrency
-        slot until `Admission.release()`.
-        """
-        if policy is not self._policy:
-            self.adopt(policy)
-        # _as_estimate inline: admission is the hot path
-        estimate = (estimate_tokens if isinstance(estimate_tokens, PromptEstimate)
-                    else PromptEstimate.known(estimate_tokens))
-        entry = None if key_id is None else self._entries.get(key_id) or self._entry(key_id)
-        gateway = policy.gateway
-        now = 0.0                   # read only when some window is
-        if gateway.limited or (entry is not None and entry.key.limited):
-            now = self.clock.monotonic()
-            self._check(gateway, entry, estimate, now)
-        # every check passed: only now is anything counted
-        self._gateway.in_flight += 1
-        held = _reserve(self._gateway, gateway, estimate, now) if gateway.windowed else ()
-        if entry is not None:
-            entry.meter.in_flight += 1
-            rates = entry.key.rates
-            if rates.windowed:
-                held += _reserve(entry.meter, rates, estimate, now)
-            for counters in entry.counters:
-                counters.requests += 1
-        self.changes += 1
-        return Admission(self, policy, entry, held, estimate)
+        """Admit one request or raise BudgetExceeded (403) / RateLimitExceeded (429): see
+        `Admission`, which the server makes directly."""
+        return Admission(self, policy, key_id, _as_estimate(estimate_tokens))
 
     def key_headers(self, key: KeyPolicy | None) -> dict[str, str]:
         """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
@@ -344,12 +319,38 @@ class _KeyEntry:
 
 
 class Admission:
-    """One admitted client request: settle it with its real usage, release its slot."""
+    """One admitted client request: settle it with its real usage, release its slot.
+
+    Admitting a request is making its Admission (one call on the hot path, where
+    `Limiter.admit` and a constructor were two): the constructor raises BudgetExceeded
+    (403) / RateLimitExceeded (429) instead when a check fails. Nothing is counted for a
+    refused request. An admitted one holds a concurrency slot until `release()`.
+    """
 
     __slots__ = ("_entry", "_held", "_limiter", "_released", "_settled", "estimate", "policy")
 
-    def __init__(self, limiter: Limiter, policy: LimitsPolicy, entry: _KeyEntry | None,
-                 held: _Held, estimate: PromptEstimate) -> None:
+    def __init__(self, limiter: Limiter, policy: LimitsPolicy, key_id: str | None,
+                 estimate: PromptEstimate) -> None:
+        if policy is not limiter._policy:
+            limiter.adopt(policy)
+        entry = None if key_id is None else limiter._entries.get(key_id) or limiter._entry(key_id)
+        gateway = policy.gateway
+        now = 0.0                   # read only when some window is
+        if gateway.limited or (entry is not None and entry.key.limited):
+            now = limiter.clock.monotonic()
+            limiter._check(gateway, entry, estimate, now)
+        # every check passed: only now is anything counted
+        limiter._gateway.in_flight += 1
+        held = _reserve(limiter._gateway, gateway, estimate, now) if gateway.windowed else ()
+        if entry is not None:
+            entry.meter.in_flight += 1
+            rates = entry.key.rates
+            if rates.windowed:
+                held += _reserve(entry.meter, rates, estimate, now)
+            period, lifetime = entry.counters       # both count every request
+            period.requests += 1
+            lifetime.requests += 1
+        limiter.changes += 1
         self._limiter = limiter
         self.policy = policy            # the snapshot's: its prices price the request
         self._entry = entry             # its meter holds a slot, as the gateway's meter does
@@ -372,38 +373,50 @@ class Admission:
 
     def settle(self, usage: Usage | None, cost_usd: float = 0.0,
                upstream: UpstreamUse | None = None) -> None:
-        """Replace the token estimate with real usage and add the spend; once.
-
-        `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
-        in the token windows and adds only `cost_usd`. `upstream`: the use of the upstream
-        key the request was sent with, settled with the same usage and cost (one charge
-        for both instead of two).
-        """
-        if self._settled:
-            if upstream is not None:
-                upstream.settle(usage, cost_usd)
-            return
-        self._settled = True
-        limiter, entry, held = self._limiter, self._entry, self._held
-        counters: tuple[Counters, ...] = ()
-        if entry is not None:
-            if entry.dated:
-                entry.account.enter(limiter._periods.current(entry.key.budget_period,
-                                                             limiter.clock))
-            counters = entry.counters
-        if upstream is not None:
-            held += upstream._held
-            counters = (*counters, upstream._counters)
-        _charge(limiter, held, counters, usage, cost_usd)
+        """Replace the token estimate with real usage and add the spend; once. The slots
+        stay held: see `end`."""
+        self.end(usage, cost_usd, upstream, True, False)
 
     def release(self) -> None:
         """Give back the concurrency slots; safe to call more than once."""
-        if self._released:
-            return
-        self._released = True
-        self._limiter._gateway.in_flight -= 1
-        if self._entry is not None:
-            self._entry.meter.in_flight -= 1
+        self.end(None, 0.0, None, False, True)
+
+    def end(self, usage: Usage | None, cost_usd: float, upstream: UpstreamUse | None,
+            settling: bool = True, releasing: bool = True) -> None:
+        """Settle (`settling`) and release (`releasing`): how a request ends, in one call.
+
+        Settling replaces the token estimate with real usage and adds the spend, once:
+        `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
+        in the token windows and adds only `cost_usd`. `upstream`: the use of the upstream
+        key the request was sent with, settled with the same usage and cost (one charge
+        for both instead of two). Releasing gives back the concurrency slots, once.
+        """
+        limiter, entry = self._limiter, self._entry
+        try:
+            if not settling:
+                pass
+            elif self._settled:
+                if upstream is not None:
+                    upstream.settle(usage, cost_usd)
+            else:
+                self._settled = True
+                held = self._held
+                counters: tuple[Counters, ...] = ()
+                if entry is not None:
+                    if entry.dated:
+                        entry.account.enter(limiter._periods.current(entry.key.budget_period,
+                                                                     limiter.clock))
+                    counters = entry.counters
+                if upstream is not None:
+                    held += upstream._held
+                    counters += (upstream._counters,)
+                _charge(limiter, held, counters, usage, cost_usd)
+        finally:                        # the slots come back even if settling failed
+            if releasing and not self._released:
+                self._released = True
+                limiter._gateway.in_flight -= 1
+                if entry is not None:
+                    entry.meter.in_flight -= 1
 
 
 class UpstreamUse:

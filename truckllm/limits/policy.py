@@ -68,6 +68,9 @@ class LimitsPolicy:
     # Some tpm is set (gateway, a client key, an upstream key): admission and dispatch read
     # prompt estimates. Without one only a stream does (see truckllm.limits.estimate).
     tpm_limited: bool = field(init=False, repr=False)
+    # The keys whose responses carry x-ratelimit-* headers (`sends_headers`), by id: auth
+    # looks a key up here, and most keys are not in it.
+    sending_headers: Mapping[str, KeyPolicy] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limits_upstream",
@@ -77,6 +80,8 @@ class LimitsPolicy:
         object.__setattr__(self, "tpm_limited", any(r.tpm is not None for r in rates))
         object.__setattr__(self, "prices",
                            {alias: prices_of(pricing) for alias, pricing in self.pricing.items()})
+        object.__setattr__(self, "sending_headers",
+                           {key_id: key for key_id, key in self.keys.items() if key.sends_headers})
 
     def key(self, key_id: str) -> KeyPolicy:
         found = self.keys.get(key_id)

@@ -14,6 +14,7 @@ from aiohttp import web
 from truckllm.limits import (
     NO_PROMPT,
     Admission,
+    KeyPolicy,
     Limiter,
     PromptEstimate,
     RateLimitExceeded,
@@ -35,43 +36,36 @@ def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str,
     # handler stream): other requests carry none, rather than one never worked out.
     estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
     try:
-        return limiter.admit(policy, key.id if key else None, estimate)
+        return Admission(limiter, policy, key.id if key else None, estimate)
     except RateLimitExceeded as refused:
         # "rate_limited:<scope>" is what metrics count as llm_rate_limited_total{key,scope}
         exchange.error_reason = f"rate_limited:{refused.scope}"
         raise
 
 
-def ratelimit_headers(limiter: Limiter, state: State, key: ClientKey) -> Callable[[], dict[str, str]]:
-    """() -> the key's x-ratelimit-* headers as they stand when the response goes out.
-
-    Keys without rpm/tpm (most) send none: they share one function instead of a closure
-    built per request."""
-    policy = state.limits.keys.get(key.id)
-    if policy is None or not policy.sends_headers:
-        return no_ratelimit_headers
-    return partial(limiter.key_headers, policy)
-
-
-def no_ratelimit_headers() -> dict[str, str]:
-    return {}
+def ratelimit_headers(limiter: Limiter, key: KeyPolicy) -> Callable[[], dict[str, str]]:
+    """() -> the x-ratelimit-* headers of `key`, one of the snapshot's `sending_headers`
+    (found there at auth: most keys send none, and are not looked up any further), as they
+    stand when the response goes out."""
+    return partial(limiter.key_headers, key)
 
 
 def settle(admission: Admission, exchange: Exchange, route: Route,
            upstream_use: UpstreamUse | None) -> None:
     """Price the request's real usage, charge it to the client key and the upstream key,
     release the client key's concurrency slot."""
+    usage = exchange.usage
+    cost_usd = 0.0
     try:
-        usage = exchange.usage
-        cost_usd = 0.0
         if usage is not None:
             prices = admission.policy.prices.get(route.alias)   # the alias's `pricing`
             if prices is not None:
                 cost_usd, exchange.cost_lines = price(usage, prices)   # lines: access line
                 exchange.cost_usd = cost_usd
-        admission.settle(usage, cost_usd, upstream_use)
-    finally:
-        admission.release()
+    except BaseException:
+        admission.release()             # a bug in pricing must not keep the slot
+        raise
+    admission.end(usage, cost_usd, upstream_use)
 
 
 async def save_state(app: web.Application) -> AsyncIterator[None]:

@@ -142,9 +142,9 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
-        headers = metering.ratelimit_headers(limiter, state, key)
-        if headers is not metering.no_ratelimit_headers:     # most keys send none
-            exchange.ratelimit_headers = headers
+        sending = state.limits.sending_headers.get(key.id)    # most keys send none
+        if sending is not None:
+            exchange.ratelimit_headers = metering.ratelimit_headers(limiter, sending)
     return key
 
 

@@ -275,14 +275,7 @@ def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[st
     fields["attempts"] = attempts
     fields["stream"] = stream
     fields["cost_usd"] = cost_usd
-    if cost_lines:
-        # A loop rather than a list comprehension, which is a function called (in 3.11)
-        rendered = []
-        for line in cost_lines:
-            rendered.append(line.as_log())
-        fields["cost_lines"] = rendered
-    else:
-        fields["cost_lines"] = None
+    fields["cost_lines"] = list(cost_lines) if cost_lines else None   # lines are log-shaped
     fields["usage_estimated"] = usage_estimated
     fields["error"] = error_reason
     return fields

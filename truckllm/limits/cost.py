@@ -7,7 +7,7 @@ falling back to the input price when a cache rate is not configured.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 from truckllm.config.schema import PricingConfig
 from truckllm.usage import Usage
@@ -15,21 +15,16 @@ from truckllm.usage import Usage
 PER_MTOK = 1_000_000
 
 
-# Named tuples, not frozen dataclasses: both are built for every priced request, and a
-# tuple is made in one step where a frozen dataclass sets each field by object.__setattr__.
+class CostLine(TypedDict):
+    """One kind of token priced: already the shape logs and the admin API show, because
+    every priced request's access line renders its lines (a dict made once costs less
+    than a tuple made and then converted). Read-only by convention, like the record
+    that carries it."""
 
-
-class CostLine(NamedTuple):
     kind: str               # input | cache_read | cache_write | output
     tokens: int
     usd_per_mtok: float
     usd: float
-
-    def as_log(self) -> dict[str, Any]:
-        """The line as logs and the admin API show it: `_asdict()`'s keys and values, built
-        as one literal (it is rendered on every priced request's access line)."""
-        kind, tokens, usd_per_mtok, usd = self
-        return {"kind": kind, "tokens": tokens, "usd_per_mtok": usd_per_mtok, "usd": usd}
 
 
 class CostBreakdown(NamedTuple):
@@ -38,10 +33,7 @@ class CostBreakdown(NamedTuple):
 
     def as_log(self) -> dict[str, Any]:
         """The numbers the total came from, for a log line: tokens by kind x rate."""
-        return {
-            "cost_usd": self.total_usd,
-            "cost_lines": [line.as_log() for line in self.lines],
-        }
+        return {"cost_usd": self.total_usd, "cost_lines": list(self.lines)}
 
 
 FREE = CostBreakdown(0.0, ())
@@ -71,9 +63,8 @@ def price(usage: Usage, prices: Prices) -> tuple[float, tuple[CostLine, ...]]:
     """The total and the lines of `cost_of`, for the hot path: `prices` compiled already.
 
     Unrolled on purpose, kind by kind: it runs for every priced request, and a loop, a
-    helper call, NamedTuple `__new__` (a Python function) or `sum(map(...))` each cost
-    more than the arithmetic. The lines are made by `tuple.__new__`, as `__new__` would.
-    The total adds the lines in order from int 0, exactly as `sum()` of them did.
+    helper call or `sum(map(...))` each cost more than the arithmetic. The total adds the
+    lines in order from int 0, exactly as `sum()` of them did.
     """
     input_rate, read_rate, write_rate, output_rate = prices
     prompt, completion = usage.prompt_tokens, usage.completion_tokens
@@ -85,25 +76,23 @@ def price(usage: Usage, prices: Prices) -> tuple[float, tuple[CostLine, ...]]:
     if prompt - cache_read < cache_write:
         cache_write = prompt - cache_read
     plain_input = prompt - cache_read - cache_write
-    lines = []                      # empty kinds left out
+    lines: list[CostLine] = []      # empty kinds left out
     total_usd: float = 0
     if plain_input:
         usd = plain_input * input_rate / PER_MTOK
-        lines.append(_new_tuple(CostLine, ("input", plain_input, input_rate, usd)))
+        lines.append({"kind": "input", "tokens": plain_input, "usd_per_mtok": input_rate, "usd": usd})
         total_usd += usd
     if cache_read:
         usd = cache_read * read_rate / PER_MTOK
-        lines.append(_new_tuple(CostLine, ("cache_read", cache_read, read_rate, usd)))
+        lines.append({"kind": "cache_read", "tokens": cache_read, "usd_per_mtok": read_rate, "usd": usd})
         total_usd += usd
     if cache_write:
         usd = cache_write * write_rate / PER_MTOK
-        lines.append(_new_tuple(CostLine, ("cache_write", cache_write, write_rate, usd)))
+        lines.append({"kind": "cache_write", "tokens": cache_write, "usd_per_mtok": write_rate, "usd": usd})
         total_usd += usd
     if completion:
         usd = completion * output_rate / PER_MTOK
-        lines.append(_new_tuple(CostLine, ("output", completion, output_rate, usd)))
+        lines.append({"kind": "output", "tokens": completion, "usd_per_mtok": output_rate, "usd": usd})
         total_usd += usd
     return total_usd, tuple(lines)
 
-
-_new_tuple = tuple.__new__

@@ -23,7 +23,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--rounds", type=int, default=6,
                         help="rounds per scenario and target, each on freshly started proxies")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per run")
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="seconds of load per scenario, target and round")
+    parser.add_argument("--slices", type=int, default=4,
+                        help="the duration cut into this many slices, alternating between targets")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--gap-ms", type=float, default=1.0, help="time between streamed chunks")
     parser.add_argument("--scenarios", default=",".join(s.name.replace(" ", "-") for s in SCENARIOS),
@@ -54,7 +57,8 @@ def main() -> None:
             began = time.monotonic()
             wanted = set(args.scenarios.replace("-", " ").split(","))
             scenarios = [s for s in SCENARIOS if s.name in wanted]
-            results = run_rounds(fleet, scenarios, fake, (proxy_core, load_core), args.rounds, args.duration)
+            results = run_rounds(fleet, scenarios, fake, (proxy_core, load_core), args.rounds,
+                                 args.slices, args.duration / args.slices)
             print(f"measured in {time.monotonic() - began:.0f} s", file=sys.stderr)
             rss = {**fleet.peak_rss_mib, "fake upstream": fake.peak_rss_mib()}
         finally:
@@ -64,7 +68,7 @@ def main() -> None:
     info = RunInfo(
         command=shlex.join(["make", "bench"] if len(sys.argv) == 1 else ["python", "-m", "bench", *sys.argv[1:]]),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), rounds=args.rounds,
-        duration_s=args.duration, pinned=pinned, stream_chunks=args.chunks, gap_ms=args.gap_ms,
+        duration_s=args.duration, slices=args.slices, pinned=pinned, stream_chunks=args.chunks, gap_ms=args.gap_ms,
         target_names=["direct", *fleet.proxy_names], peak_rss_mib=rss, skipped=fleet.skipped,
     )
     calls = None

@@ -1,10 +1,11 @@
 """The benchmark's load generator: raw HTTP/1.1 keep-alive connections on uvloop.
 
-Opens `--concurrency` connections, prints `ready`, waits for a line on stdin, then each
-connection sends requests back to back for `--duration` seconds; a request still open
-10 s after that counts as an error (code -1) and is abandoned, so a run always ends. Writes one JSON object to `--out`:
-requests, errors, wall and own CPU seconds, latency and time-to-first-body-byte samples
-(ms). Speaks just enough HTTP to read Content-Length and chunked answers, which keeps its
+Opens `--concurrency` connections and prints `ready`. Then, for every `go` line on stdin,
+one run: each connection sends requests back to back for `--duration` seconds; a request
+still open 10 s after that counts as an error (code -1) and is abandoned, so a run always
+ends. After each run it writes one JSON object to `--out` (requests, errors, wall and own
+CPU seconds, latency and time-to-first-body-byte samples in ms) and prints `done`; the
+connections stay open for the next run. Any other line, or the end of stdin, ends it. Speaks just enough HTTP to read Content-Length and chunked answers, which keeps its
 own CPU per request far below the proxies'. Imports nothing from truckllm.
 """
 
@@ -115,7 +116,8 @@ async def run_connection(conn: Connection, request: bytes, end_at: float, sample
         samples["ttfb_ms"].append(round((first_body_at - started) * 1000, 4))
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
+async def serve_runs(args: argparse.Namespace) -> None:
+    """Open the connections, then one run per `go` line, each reported as it ends."""
     loop = asyncio.get_running_loop()
     body = orjson.dumps({
         "model": args.model, "max_tokens": 64,
@@ -128,19 +130,27 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         _, conn = await loop.create_connection(Connection, "127.0.0.1", args.port)
         connections.append(conn)
     print("ready", flush=True)
-    await loop.run_in_executor(None, sys.stdin.readline)
-    samples: dict[str, list[float]] = {"latency_ms": [], "ttfb_ms": [], "error_codes": []}
-    cpu_before, wall_before = time.process_time(), time.perf_counter()
-    end_at = wall_before + args.duration
-    workers = [asyncio.ensure_future(run_connection(c, request, end_at, samples)) for c in connections]
-    _, stuck = await asyncio.wait(workers, timeout=args.duration + STUCK_GRACE_S)
-    for worker in stuck:                 # a request that never finished: counted, not awaited
-        worker.cancel()
-        samples["error_codes"].append(-1.0)
-    wall, cpu = time.perf_counter() - wall_before, time.process_time() - cpu_before
+    while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "go":
+        result = await run(connections, request, args.duration)
+        args.out.write_bytes(orjson.dumps(result))
+        print("done", flush=True)
     for conn in connections:
         if conn.transport is not None:
             conn.transport.close()
+
+
+async def run(connections: list[Connection], request: bytes, duration_s: float) -> dict[str, object]:
+    samples: dict[str, list[float]] = {"latency_ms": [], "ttfb_ms": [], "error_codes": []}
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    end_at = wall_before + duration_s
+    workers = {asyncio.ensure_future(run_connection(c, request, end_at, samples)): c for c in connections}
+    _, stuck = await asyncio.wait(workers, timeout=duration_s + STUCK_GRACE_S)
+    for worker in stuck:                 # a request that never finished: counted, not awaited
+        worker.cancel()
+        samples["error_codes"].append(-1.0)
+        if (transport := workers[worker].transport) is not None:
+            transport.close()            # its answer may still come: not for the next run
+    wall, cpu = time.perf_counter() - wall_before, time.process_time() - cpu_before
     return {"requests": len(samples["latency_ms"]), "errors": len(samples["error_codes"]),
             "wall_s": wall, "cpu_s": cpu, **samples}
 
@@ -152,13 +162,11 @@ def main() -> None:
     parser.add_argument("--key", default="none")
     parser.add_argument("--model", default="gpt-4o-mini")
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--out", type=Path, required=True, help="where the JSON result goes")
     args = parser.parse_args()
-    result = uvloop.run(run(args))
-    args.out.write_bytes(orjson.dumps(result))
-    print("done", flush=True)
+    uvloop.run(serve_runs(args))
 
 
 if __name__ == "__main__":

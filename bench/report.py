@@ -26,7 +26,8 @@ class RunInfo:
     command: str
     date: str
     rounds: int
-    duration_s: float
+    duration_s: float               # per scenario, target and round
+    slices: int                     # that duration cut into this many alternating slices
     pinned: str
     stream_chunks: int
     gap_ms: float
@@ -70,8 +71,8 @@ def render(results: Results, info: RunInfo, calls: str | None = None) -> str:
         f"Command: `{info.command}` — {info.date}",
         "",
         f"Machine: {machine()}. {info.pinned} Each figure pools {info.rounds} rounds of "
-        f"{info.duration_s:g} s per scenario and target, targets alternating, the proxies "
-        f"started afresh for every round.",
+        f"{info.duration_s:g} s per scenario and target, in {info.slices} slices alternating "
+        f"between the targets, the proxies started afresh for every round.",
         "",
         *_skipped(info),
         *_disturbance(results, info),
@@ -146,8 +147,10 @@ def _plain_table(results: Results, info: RunInfo) -> list[str]:
 
 def round_ratios(ours: Totals, reference: Totals) -> list[float]:
     """CPU per request against the reference's, round by round (each round: fresh processes)."""
-    return [mine / theirs for mine, theirs in zip(ours.round_cpu_us, reference.round_cpu_us, strict=False)
-            if theirs > 0]
+    rounds = zip(ours.round_cpu_s, ours.round_requests, reference.round_cpu_s, reference.round_requests,
+                 strict=False)
+    return [(cpu / requests) / (ref_cpu / ref_requests)
+            for cpu, requests, ref_cpu, ref_requests in rounds if requests and ref_requests and ref_cpu]
 
 
 def _round_range(ours: Totals, reference: Totals) -> str:

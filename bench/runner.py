@@ -1,11 +1,12 @@
 """Rounds of load against each target, alternating, and what they add up to.
 
-A run: one load generator process (pinned to the load core) opens its connections, then,
-between two reads of the proxy's and the fake's CPU time, sends requests for a fixed time.
-A round: every scenario against every target, targets in turn (the order rotates each
-round), on proxies started afresh for the round (bench.fleet). Runs of the same scenario
-are pooled over rounds: latencies are merged, CPU and requests summed, so a slow moment of
-this shared machine hits every target alike, and each round's processes are one sample.
+A slice: a load generator (pinned to the load core, its connections open) sends requests
+to one target for a fixed time, between two reads of the proxy's and the fake's CPU time.
+A scenario in a round: one load generator per target, then slices against each target in
+turn, several times over, so that the targets' slices are never far apart in time and a
+slow phase of this shared machine hits them alike. A round: every scenario, on proxies
+started afresh for the round (bench.fleet): each round's processes are one sample.
+Figures pool everything: latencies merged, CPU and requests summed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import orjson
 
@@ -60,7 +62,8 @@ class Totals:
     others_on_proxy_core_s: float = 0.0     # CPU other processes took on the proxy's core
     latency_ms: list[float] = field(default_factory=list)
     first_chunk_ms: list[float] = field(default_factory=list)
-    round_cpu_us: list[float] = field(default_factory=list)   # proxy CPU per request, each round
+    round_cpu_s: list[float] = field(default_factory=list)      # proxy CPU, each round
+    round_requests: list[int] = field(default_factory=list)     # requests, each round
 
     @property
     def rps(self) -> float:
@@ -82,6 +85,29 @@ class Totals:
     def proxy_core_busy(self) -> float:
         return self.proxy_cpu_s / self.wall_s if self.wall_s else 0.0
 
+    def round_cpu_us(self) -> list[float]:
+        """Proxy CPU per request in each round (rounds without requests left out)."""
+        return [cpu / requests * 1e6 for cpu, requests in zip(self.round_cpu_s, self.round_requests, strict=True)
+                if requests]
+
+    def add(self, result: dict[str, Any], proxy_cpu_s: float, fake_cpu_s: float, others_s: float,
+            round_index: int) -> None:
+        """One slice's load generator result and CPU readings, in round `round_index`."""
+        self.requests += result["requests"]
+        self.errors += result["errors"]
+        self.wall_s += result["wall_s"]
+        self.load_cpu_s += result["cpu_s"]
+        self.proxy_cpu_s += proxy_cpu_s
+        self.fake_cpu_s += fake_cpu_s
+        self.others_on_proxy_core_s += others_s
+        self.latency_ms += result["latency_ms"]
+        self.first_chunk_ms += result["ttfb_ms"]
+        while len(self.round_cpu_s) <= round_index:
+            self.round_cpu_s.append(0.0)
+            self.round_requests.append(0)
+        self.round_cpu_s[round_index] += proxy_cpu_s
+        self.round_requests[round_index] += result["requests"]
+
 
 def percentile(samples: Sequence[float], fraction: float) -> float:
     if not samples:
@@ -91,48 +117,80 @@ def percentile(samples: Sequence[float], fraction: float) -> float:
     return statistics.quantiles(samples, n=1000, method="inclusive")[round(fraction * 1000) - 1]
 
 
-def run_once(target: Target, scenario: Scenario, fake: Child, cores: tuple[int | None, int | None],
-             duration_s: float, totals: Totals | None) -> None:
-    """One timed run; adds to `totals` (None for a warm-up). `cores`: (proxy, load)."""
+class Load:
+    """One load generator process with its connections open to one target, for a
+    scenario's slices (`go` on its stdin runs one, `done` reports it)."""
+
+    def __init__(self, target: Target, scenario: Scenario, slice_s: float, out: Path,
+                 load_core: int | None) -> None:
+        self.target, self.out = target, out
+        command = [sys.executable, "-m", "bench.loadgen", "--port", str(target.port), "--key", target.key,
+                   "--model", target.model, "--concurrency", str(scenario.concurrency),
+                   "--duration", str(slice_s), "--out", str(out)] + (["--stream"] if scenario.stream else [])
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        preexec_fn=(lambda: pin_self(load_core)) if load_core is not None else None)
+        self._expect(b"ready")
+
+    def _expect(self, word: bytes) -> None:
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != word:
+            raise RuntimeError(f"load generator failed against {self.target.name}")
+
+    def run(self) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"go\n")
+        self.process.stdin.flush()
+        self._expect(b"done")
+        result: dict[str, Any] = orjson.loads(self.out.read_bytes())
+        return result
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def measure(load: Load, fake: Child, proxy_core: int | None) -> tuple[dict[str, Any], float, float, float]:
+    """One slice: the load generator's result, and the CPU the proxy, the fake and other
+    processes on the proxy's core used meanwhile."""
+    proxy = load.target.proxy
+    proxy_before = proxy.cpu_seconds() if proxy else 0.0
+    fake_before = fake.cpu_seconds()
+    core_before = core_busy_seconds(proxy_core)
+    result = load.run()
+    proxy_cpu = (proxy.cpu_seconds() if proxy else 0.0) - proxy_before
+    fake_cpu = fake.cpu_seconds() - fake_before
+    others = max(0.0, core_busy_seconds(proxy_core) - core_before - proxy_cpu) if proxy_core is not None else 0.0
+    return result, proxy_cpu, fake_cpu, others
+
+
+def run_scenario(targets: Sequence[Target], scenario: Scenario, fake: Child,
+                 cores: tuple[int | None, int | None], slices: int, slice_s: float,
+                 totals_of: Callable[[Target], Totals] | None, round_index: int = 0,
+                 progress: bool = False) -> None:
+    """`slices` slices against each target in turn, adding to `totals_of(target)` (None:
+    a warm-up, nothing kept). One load generator per target stays open throughout."""
     proxy_core, load_core = cores
-    out = fake.log_path.with_name("loadgen-result.json")
-    command = [sys.executable, "-m", "bench.loadgen", "--port", str(target.port), "--key", target.key,
-               "--model", target.model, "--concurrency", str(scenario.concurrency),
-               "--duration", str(duration_s), "--out", str(out)] + (["--stream"] if scenario.stream else [])
-    load = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            preexec_fn=(lambda: pin_self(load_core)) if load_core is not None else None)
-    assert load.stdin is not None and load.stdout is not None
+    loads: list[Load] = []
     try:
-        if load.stdout.readline().strip() != b"ready":
-            raise RuntimeError(f"load generator failed against {target.name}")
-        proxy_before = target.proxy.cpu_seconds() if target.proxy else 0.0
-        fake_before = fake.cpu_seconds()
-        core_before = core_busy_seconds(proxy_core)
-        load.stdin.write(b"go\n")
-        load.stdin.flush()
-        if load.stdout.readline().strip() != b"done":
-            raise RuntimeError(f"load generator failed against {target.name}")
-        result = orjson.loads(out.read_bytes())
-        proxy_after = target.proxy.cpu_seconds() if target.proxy else 0.0
-        fake_after = fake.cpu_seconds()
-        core_after = core_busy_seconds(proxy_core)
+        for target in targets:
+            out = fake.log_path.with_name(f"loadgen-{target.name}.json")
+            loads.append(Load(target, scenario, slice_s, out, load_core))
+        for _ in range(slices):
+            for load in loads:
+                result, proxy_cpu, fake_cpu, others = measure(load, fake, proxy_core)
+                if totals_of is not None:
+                    totals_of(load.target).add(result, proxy_cpu, fake_cpu, others, round_index)
     finally:
-        load.stdin.close()
-        load.wait(timeout=duration_s + 30)
-    if totals is None:
-        return
-    totals.requests += result["requests"]
-    totals.errors += result["errors"]
-    totals.wall_s += result["wall_s"]
-    totals.load_cpu_s += result["cpu_s"]
-    totals.proxy_cpu_s += proxy_after - proxy_before
-    if result["requests"]:
-        totals.round_cpu_us.append((proxy_after - proxy_before) / result["requests"] * 1e6)
-    totals.fake_cpu_s += fake_after - fake_before
-    if proxy_core is not None:
-        totals.others_on_proxy_core_s += max(0.0, (core_after - core_before) - (proxy_after - proxy_before))
-    totals.latency_ms += result["latency_ms"]
-    totals.first_chunk_ms += result["ttfb_ms"]
+        for load in loads:
+            load.close()
+    if progress and totals_of is not None:
+        rates = "  ".join(f"{t.name} {totals_of(t).rps:.0f}/s" for t in targets)
+        print(f"  round {round_index + 1} {scenario.name:>10}: {rates} so far", file=sys.stderr, flush=True)
 
 
 class Fleet(Protocol):
@@ -144,32 +202,29 @@ class Fleet(Protocol):
 
 
 def run_rounds(fleet: Fleet, scenarios: Sequence[Scenario], fake: Child,
-               cores: tuple[int | None, int | None], rounds: int, duration_s: float,
+               cores: tuple[int | None, int | None], rounds: int, slices: int, slice_s: float,
                progress: bool = True) -> dict[tuple[str, str], Totals]:
     """Every scenario, every target, `rounds` times, on targets the fleet starts afresh for
-    each round; the target order rotates each round."""
+    each round, in `slices` alternating slices of `slice_s` seconds per target and round;
+    the target order rotates each round."""
     results: dict[tuple[str, str], Totals] = {}
     for round_index in range(rounds):
         targets = fleet.start_round(round_index)
         try:
-            for target in targets:
-                if target.proxy is not None or round_index == 0:
-                    warm_up(target, fake, cores)
+            fresh = [t for t in targets if t.proxy is not None or round_index == 0]
+            run_scenario(fresh, WARM_UP, fake, cores, 1, 1.0, None)     # pools, caches, first paths
+            run_scenario(fresh, WARM_UP_STREAM, fake, cores, 1, 0.5, None)
             shift = round_index % len(targets)
             order = [*targets[shift:], *targets[:shift]]
             for scenario in scenarios:
-                for target in order:
-                    totals = results.setdefault((scenario.name, target.name), Totals())
-                    run_once(target, scenario, fake, cores, duration_s, totals)
-                    if progress:
-                        print(f"  round {round_index + 1}/{rounds} {scenario.name:>10} {target.name:<9} "
-                              f"{totals.rps:8.0f} req/s so far", file=sys.stderr, flush=True)
+                def totals_of(target: Target, name: str = scenario.name) -> Totals:
+                    return results.setdefault((name, target.name), Totals())
+                run_scenario(order, scenario, fake, cores, slices, slice_s, totals_of, round_index,
+                             progress)
         finally:
             fleet.end_round()
     return results
 
 
-def warm_up(target: Target, fake: Child, cores: tuple[int | None, int | None]) -> None:
-    """Unmeasured load on a fresh process: pools, caches and first-request paths filled."""
-    run_once(target, Scenario("warm-up", 16, False), fake, cores, 1.0, None)
-    run_once(target, Scenario("warm-up", 4, True), fake, cores, 0.5, None)
+WARM_UP = Scenario("warm-up", 16, False)
+WARM_UP_STREAM = Scenario("warm-up", 4, True)

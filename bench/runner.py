@@ -85,11 +85,6 @@ class Totals:
     def proxy_core_busy(self) -> float:
         return self.proxy_cpu_s / self.wall_s if self.wall_s else 0.0
 
-    def round_cpu_us(self) -> list[float]:
-        """Proxy CPU per request in each round (rounds without requests left out)."""
-        return [cpu / requests * 1e6 for cpu, requests in zip(self.round_cpu_s, self.round_requests, strict=True)
-                if requests]
-
     def add(self, result: dict[str, Any], proxy_cpu_s: float, fake_cpu_s: float, others_s: float,
             round_index: int) -> None:
         """One slice's load generator result and CPU readings, in round `round_index`."""

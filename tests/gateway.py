@@ -25,8 +25,8 @@ from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI, OpenAI
 
 from truckllm.config.loader import load_bytes
+from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_app
-from truckllm.state import StateHolder, build_state
 
 CLIENT_KEY = "tk-test-client-key-0001"
 

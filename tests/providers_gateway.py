@@ -16,8 +16,8 @@ from tests.fakes.anthropic_fake import AnthropicFake, make_anthropic_fake
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
 from tests.fakes.gemini_fake import GeminiFake, make_gemini_fake
 from truckllm.config.loader import load_bytes
+from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_app
-from truckllm.state import StateHolder, build_state
 
 CLIENT_KEY = "tk-providers-client-key"
 EXTRA_HEADERS = {"x-team": "truck-test"}      # a provider's `headers:`, sent with every request

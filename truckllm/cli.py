@@ -37,7 +37,7 @@ def _load_or_exit(path: str) -> LoadedConfig:
 @click.option("--port", default=None, type=int, help="Overrides server.port.")
 def serve(config_path: str, host: str | None, port: int | None) -> None:
     """Run the gateway."""
-    from truckllm.log import configure_logging
+    from truckllm.observe.log import configure_logging
     from truckllm.server.runner import ListenError, run
 
     loaded = _load_or_exit(config_path)

@@ -20,9 +20,9 @@ from openai import AsyncOpenAI
 
 from truckllm.config.loader import load_file
 from truckllm.limits import Clock, Limiter
+from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_app
 from truckllm.server.keys import LIMITER, OPS
-from truckllm.state import StateHolder, build_state
 
 ADMIN_KEY = "admin-secret-1"
 

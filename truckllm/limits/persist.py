@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import structlog
 
-from truckllm.atomic_file import write_atomic
+from truckllm.config.files import write_atomic
 from truckllm.limits.limiter import Limiter
 
 STATE_VERSION = 1

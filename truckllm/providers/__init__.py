@@ -1,14 +1,14 @@
 """The provider registry: every provider type TruckLLM speaks, by config `type`.
 
 Providers that speak chat also answer the Anthropic Messages API (`messages`), translated
-through chat unless they speak it natively (truckllm.providers.messages_inbound).
+through chat unless they speak it natively (truckllm.protocols.messages_inbound).
 """
 
 from __future__ import annotations
 
+from truckllm.protocols.messages_inbound import with_messages_inbound
 from truckllm.providers import anthropic, azure, gemini, mock, openai
 from truckllm.providers.base import ProviderSpec
-from truckllm.providers.messages_inbound import with_messages_inbound
 
 REGISTRY: dict[str, ProviderSpec] = {
     spec.type: with_messages_inbound(spec)

@@ -25,7 +25,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
-from truckllm.providers.chat_request import (
+from truckllm.providers.shared.chat_request import (
     ChatRequest,
     Media,
     Text,
@@ -38,15 +38,15 @@ from truckllm.providers.chat_request import (
     refuse,
     uses_legacy_functions,
 )
-from truckllm.providers.chat_shapes import (
+from truckllm.providers.shared.chat_shapes import (
     ChoiceOut,
     ChunkStream,
     ToolCallOut,
     build_response,
     kind_of,
 )
-from truckllm.providers.tool_ids import stand_in
-from truckllm.providers.upstream_errors import (
+from truckllm.providers.shared.tool_ids import stand_in
+from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
     decode_json,
     error_object,

@@ -26,10 +26,10 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
-from truckllm.providers.chat_shapes import encode_float_embeddings
-from truckllm.providers.media import PASS_THROUGH_OPERATIONS, media_request
-from truckllm.providers.tool_ids import with_short_tool_ids
-from truckllm.providers.upstream_errors import (
+from truckllm.providers.shared.chat_shapes import encode_float_embeddings
+from truckllm.providers.shared.media import PASS_THROUGH_OPERATIONS, media_request
+from truckllm.providers.shared.tool_ids import with_short_tool_ids
+from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
     decode_json,
     error_object,

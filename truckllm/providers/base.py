@@ -2,7 +2,7 @@
 
 A provider adapter is a ProviderSpec: pure translation functions between the OpenAI
 wire format (what clients speak) and the upstream's, plus the upstream's error parser.
-The transport (truckllm.transport) does the I/O; dispatch combines the two.
+The transport (truckllm.pipeline.transport) does the I/O; dispatch combines the two.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
-from truckllm.providers.chat_request import (
+from truckllm.providers.shared.chat_request import (
     ChatRequest,
     Media,
     Text,
@@ -40,7 +40,7 @@ from truckllm.providers.chat_request import (
     refuse,
     uses_legacy_functions,
 )
-from truckllm.providers.chat_shapes import (
+from truckllm.providers.shared.chat_shapes import (
     ChoiceOut,
     ChunkStream,
     ToolCallOut,
@@ -49,7 +49,7 @@ from truckllm.providers.chat_shapes import (
     estimate_tokens,
     kind_of,
 )
-from truckllm.providers.upstream_errors import (
+from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
     decode_json,
     error_object,

@@ -20,7 +20,6 @@ import orjson
 from multidict import CIMultiDict
 
 from truckllm.errors import UpstreamFailed
-from truckllm.providers import media
 from truckllm.providers.base import (
     CallContext,
     ParsedResponse,
@@ -30,9 +29,10 @@ from truckllm.providers.base import (
     UpstreamErrorInfo,
     UpstreamRequest,
 )
-from truckllm.providers.chat_shapes import encode_float_embeddings
-from truckllm.providers.tool_ids import with_short_tool_ids
-from truckllm.providers.upstream_errors import to_gateway_error
+from truckllm.providers.shared import media
+from truckllm.providers.shared.chat_shapes import encode_float_embeddings
+from truckllm.providers.shared.tool_ids import with_short_tool_ids
+from truckllm.providers.shared.upstream_errors import to_gateway_error
 from truckllm.usage import Usage
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings",

@@ -12,9 +12,9 @@ import orjson
 from aiohttp import web
 
 from truckllm import errors
+from truckllm.runtime.state import State
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import LIMITER, STATE
-from truckllm.state import State
 
 
 async def list_keys(request: web.Request) -> web.Response:

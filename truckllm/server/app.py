@@ -11,13 +11,17 @@ from aiohttp.typedefs import Handler
 
 from truckllm import errors
 from truckllm.config.loader import LoadedConfig
-from truckllm.dispatch import adopt
 from truckllm.limits import Clock, Limiter
-from truckllm.probes import run_probes
-from truckllm.reloader import ReloadResult
-from truckllm.router import Routing
-from truckllm.server import admin_keys, openai_routes
-from truckllm.server.admin_routes import admin_routes, metrics_routes
+from truckllm.limits.metering import save_state
+from truckllm.observe.probes import run_probes
+from truckllm.pipeline.dispatch import adopt
+from truckllm.pipeline.router import Routing
+from truckllm.pipeline.transport import Transport
+from truckllm.runtime.reloader import ReloadResult
+from truckllm.runtime.state import StateHolder
+from truckllm.server import admin_keys, routes
+from truckllm.server.admin import admin_routes, metrics_routes
+from truckllm.server.edge import add_gateway_routes, plain_routes
 from truckllm.server.keys import (
     INFLIGHT,
     LIMITER,
@@ -28,11 +32,7 @@ from truckllm.server.keys import (
     TRANSPORT,
     RecordObserver,
 )
-from truckllm.server.metering import save_state
-from truckllm.server.middleware import add_gateway_routes, plain_routes
 from truckllm.server.ops import make_ops, run_reloader
-from truckllm.state import StateHolder
-from truckllm.transport import Transport
 
 # Body size is enforced per config snapshot in server.validation, so a reload can change
 # it; aiohttp's own ceiling only has to stay out of the way.
@@ -56,10 +56,10 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
                                _routing_follows(app))
     observers: list[RecordObserver] = ops.observers()
     app[OBSERVERS] = observers
-    routes = openai_routes.routes(app)
+    gateway_routes = routes.routes(app)
     if holder.current.config.server.admin_listen is None:
-        routes += plain_routes(_admin_routes())
-    add_gateway_routes(app, routes)
+        gateway_routes += plain_routes(_admin_routes())
+    add_gateway_routes(app, gateway_routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)
@@ -74,7 +74,7 @@ def create_admin_app(main: web.Application) -> web.Application:
     app[STATE] = main[STATE]
     app[LIMITER] = main[LIMITER]
     app[ROUTING] = main[ROUTING]
-    app.add_routes([*_admin_routes(), web.get("/health", openai_routes.health)])
+    app.add_routes([*_admin_routes(), web.get("/health", routes.health)])
     return app
 
 

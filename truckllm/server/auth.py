@@ -9,7 +9,7 @@ import time
 from aiohttp import hdrs, web
 
 from truckllm.errors import AuthenticationFailed, NotFound, PermissionDenied
-from truckllm.state import ClientKey, State
+from truckllm.runtime.state import ClientKey, State
 
 
 def presented_key(request: web.Request) -> str | None:

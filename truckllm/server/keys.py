@@ -7,11 +7,11 @@ from collections.abc import Callable
 from aiohttp import web
 
 from truckllm.limits import Limiter
-from truckllm.records import RequestRecord
-from truckllm.router import Routing
+from truckllm.pipeline.record import RequestRecord
+from truckllm.pipeline.router import Routing
+from truckllm.pipeline.transport import Transport
+from truckllm.runtime.state import StateHolder
 from truckllm.server.ops import Ops
-from truckllm.state import StateHolder
-from truckllm.transport import Transport
 
 RecordObserver = Callable[[RequestRecord], None]
 

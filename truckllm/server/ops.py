@@ -15,13 +15,13 @@ from typing import TextIO
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
-from truckllm.log import AccessLog, RequestLog, SecretRedactor, configure_logging
-from truckllm.metrics import Metrics
-from truckllm.records import RequestRecord
-from truckllm.reloader import Reloader, ReloadResult
-from truckllm.state import State, StateHolder, build_state
-from truckllm.transport import Transport
-from truckllm.upstream_stats import UpstreamStats
+from truckllm.observe.log import AccessLog, RequestLog, SecretRedactor, configure_logging
+from truckllm.observe.metrics import Metrics
+from truckllm.observe.upstream_stats import UpstreamStats
+from truckllm.pipeline.record import RequestRecord
+from truckllm.pipeline.transport import Transport
+from truckllm.runtime.reloader import Reloader, ReloadResult
+from truckllm.runtime.state import State, StateHolder, build_state
 
 _LOG_SETTINGS = ("log_level", "log_format")
 

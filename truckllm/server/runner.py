@@ -15,9 +15,9 @@ from aiohttp import web
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import split_host_port
+from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_admin_app, create_app
 from truckllm.server.keys import INFLIGHT, OPS
-from truckllm.state import StateHolder, build_state
 
 log = structlog.get_logger("truckllm")
 

@@ -7,10 +7,10 @@ import time
 
 from aiohttp import web
 
-from truckllm.dispatch import RawReply, StreamReply
-from truckllm.records import Exchange
-from truckllm.server.middleware import CLIENT_CLOSED_REQUEST, gateway_headers, ratelimit_headers_of
-from truckllm.transport import TransportError
+from truckllm.pipeline.dispatch import RawReply, StreamReply
+from truckllm.pipeline.record import Exchange
+from truckllm.pipeline.transport import TransportError
+from truckllm.server.edge import CLIENT_CLOSED_REQUEST, gateway_headers, ratelimit_headers_of
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",

@@ -10,7 +10,7 @@ import orjson
 from aiohttp import BodyPartReader, web
 
 from truckllm.errors import InvalidRequest, PayloadTooLarge
-from truckllm.providers.media import MultipartField
+from truckllm.providers.shared.media import MultipartField
 
 _MIB = 1024 * 1024
 _NUMBER = (int, float)

@@ -1,0 +1,120 @@
+"""Config loading: every problem found, each with its path and file:line:col."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from truckllm.config.loader import ConfigError, load_bytes, load_file
+from truckllm.config.schema import Config
+from truckllm.config.starter import STARTER_CONFIG
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BASE = """\
+version: 1
+providers:
+  - id: demo
+    type: mock
+  - id: oa
+    type: openai
+    keys: [{id: k, value: "${OPENAI_KEY:-sk-default}"}]
+models:
+  - alias: demo
+    targets: [{provider: demo, model: m}]
+keys:
+  - {id: team, key: tk-1, models: ["demo*"]}
+"""
+
+# (what to change in BASE, expected path, expected message fragment, expected line:col)
+CASES = [
+    (("    type: mock\n", "    type: mock\n    colour: red\n"), "providers[0].colour", "unknown field", "5:5"),
+    (("version: 1\n", "version: 1\nservr: {}\n"), "servr", "unknown field", "2:1"),
+    (("version: 1\n", "version: 1\nserver: {port: high}\n"), "server.port", "integer", "2:16"),
+    (("type: openai", "type: opnai"), "providers[1]", "unknown provider type 'opnai'", "5:5"),
+    (("{provider: demo, model: m}", "{provider: demo, model: m}, {provider: opnai, model: x}"),
+     "models[0].targets[1].provider", "unknown provider 'opnai'", "10:54"),
+    (("  - alias: demo\n", "  - alias: demo\n    targets: [{provider: demo, model: m}]\n  - alias: demo\n"),
+     "models[1].alias", "duplicate alias 'demo'", "11:12"),
+    (("  - id: oa\n", "  - id: demo\n"), "providers[1].id", "duplicate provider id", "5:9"),
+    (('${OPENAI_KEY:-sk-default}', '${OPENAI_KEY}'), "providers[1].keys[0].value", "environment variable OPENAI_KEY is not set", "7:27"),
+    (('models: ["demo*"]', 'models: ["demo[0"]'), "keys[0].models", "unclosed '['", "12:35"),
+    (("key: tk-1", "key: sha256:abc"), "keys[0].key", "64 hex digits", "12:21"),
+    (("    keys: [{id: k, value: \"${OPENAI_KEY:-sk-default}\"}]\n", ""), "providers[1].keys", "required field is missing", "5:5"),
+    (("version: 1", "version: 2"), "version", "1", "1:10"),
+    (("providers:", "providers: ["), "", "YAML syntax error", ""),
+]
+
+
+@pytest.mark.parametrize(("change", "path", "fragment", "position"), CASES, ids=[c[1] or c[2] for c in CASES])
+def test_each_problem_names_its_path_and_position(change: tuple[str, str], path: str, fragment: str, position: str) -> None:
+    source = BASE.replace(*change, 1)
+    assert source != BASE
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(source.encode(), "config.yaml", {})
+    issue = next((i for i in raised.value.issues if i.path == path), None)
+    assert issue is not None, [str(i) for i in raised.value.issues]
+    assert fragment in issue.message
+    if position:
+        assert issue.location == f"config.yaml:{position}"
+        assert str(issue).startswith(f"config.yaml:{position} {path}: ")
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    source = BASE.replace("type: mock", "type: mock\n    colour: red").replace("{provider: demo", "{provider: nope", 1)
+    source = source.replace("version: 1", "version: 1\nservr: {}")
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(source.encode(), "config.yaml", {})
+    assert {i.path for i in raised.value.issues} >= {"servr", "providers[0].colour"}
+
+
+def test_environment_variables_and_defaults_are_resolved() -> None:
+    loaded = load_bytes(BASE.encode(), "config.yaml", {})
+    assert loaded.config.providers[1].keys[0].value.get_secret_value() == "sk-default"
+    loaded = load_bytes(BASE.encode(), "config.yaml", {"OPENAI_KEY": "sk-from-env"})
+    assert loaded.config.providers[1].keys[0].value.get_secret_value() == "sk-from-env"
+    assert loaded.env_refs["providers[1].keys[0].value"] == "${OPENAI_KEY:-sk-default}"
+    assert "sk-from-env" not in repr(loaded.config)
+
+
+def test_an_empty_allow_list_allows_nothing() -> None:
+    from truckllm.runtime.state import build_state
+    loaded = load_bytes(BASE.replace('["demo*"]', "[]").encode(), "config.yaml", {})
+    key = next(iter(build_state(loaded, 1).client_keys.values()))  # type: ignore[union-attr]
+    assert not key.may_use("demo")
+
+
+def test_the_example_and_starter_configs_are_valid_without_environment() -> None:
+    load_file(ROOT / "config.example.yaml", env={})
+    load_bytes(STARTER_CONFIG.encode(), "starter.yaml", {})
+
+
+def _field_names(model: type, seen: set[type] | None = None) -> set[str]:
+    """Every field name in the schema, descending into nested models."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+    seen = seen if seen is not None else set()
+    names: set[str] = set()
+    if model in seen:
+        return names
+    seen.add(model)
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        assert info.description, f"{model.__name__}.{name} has no description"
+        names.add(name)
+        stack = [info.annotation]
+        while stack:
+            annotation = stack.pop()
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                names |= _field_names(annotation, seen)
+            stack.extend(get_args(annotation))
+    return names
+
+
+def test_docs_name_and_describe_every_config_field() -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"`([a-z_]+)`", reference))
+    missing = _field_names(Config) - documented
+    assert not missing, f"docs/configuration.md does not name: {sorted(missing)}"

@@ -1,0 +1,202 @@
+"""The conformance suite: every golden case under tests/golden/<provider>/<case>/ runs
+through its provider's real translation functions.
+
+A case directory holds:
+  meta.json               operation, target (model, base_url, options), features it covers
+  client_request.json     what the client sent
+  upstream_request.json   what TruckLLM must send upstream (absent when the request is refused)
+  upstream_response.json  {"status": N, "body": ...} from upstream, or
+  upstream_stream.sse     the recorded SSE body of a 200 stream
+  expected_response.json  {"status": N, "body": ...}: the client's answer (or the 400 refusal,
+                          or the upstream error reduced to OpenAI terms), or
+  expected_chunks.jsonl   the chunk payloads the client receives, one per line; a stream that
+                          fails ends with {"status": N, "error": {...}}
+
+Every stream is also fed in small byte slices (the output must not change) and checked
+against the invariants the official SDKs rely on (SPEC §4), whatever its golden says.
+Set TRUCKLLM_REGEN_GOLDEN=1 to rewrite upstream_request.json and expected_* from the code
+(then review the diff: a golden is only as good as its reading).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from truckllm.config.schema import AnthropicProvider, AzureProvider, GeminiProvider
+from truckllm.errors import GatewayError
+from truckllm.pipeline.sse import SSEDecoder
+from truckllm.providers import REGISTRY
+from truckllm.providers.base import CallContext, ProviderSpec, Target
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+REGEN = os.environ.get("TRUCKLLM_REGEN_GOLDEN") == "1"
+CONFIGS = {"anthropic": AnthropicProvider, "gemini": GeminiProvider, "azure": AzureProvider}
+CASES = sorted(p for p in GOLDEN.glob("*/*") if (p / "meta.json").exists())
+
+
+def load(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def dump(path: Path, value: Any) -> None:
+    path.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def make_target(provider_type: str, meta: dict[str, Any]) -> Target:
+    """A Target compiled the way truckllm.runtime.state does it: options are the type's own fields."""
+    spec = meta.get("target", {})
+    fields = {"id": "golden", "type": provider_type, "keys": [{"id": "k", "value": "test-key"}],
+              **spec.get("config", {})}
+    config = CONFIGS[provider_type].model_validate(fields)
+    options = config.model_dump(exclude={"id", "type", "keys", "headers", "base_url", "timeout_s"})
+    base_url = getattr(config, "base_url", None) or REGISTRY[provider_type].default_base_url or ""
+    return Target("golden", provider_type, spec.get("model", "model-x"), base_url.rstrip("/"),
+                  dict(config.headers), options)
+
+
+def make_context(body: dict[str, Any]) -> CallContext:
+    stream = bool(body.get("stream"))
+    options = body.get("stream_options") or {}
+    return CallContext(alias=body.get("model", "alias"), request_id="req_golden", created=1_700_000_000,
+                       stream=stream, include_usage=stream and options.get("include_usage") is True,
+                       client_body=body)
+
+
+def error_record(exc: GatewayError) -> dict[str, Any]:
+    return {"status": exc.status, **exc.body()}
+
+
+def run_case(case: Path) -> dict[str, Any]:
+    """Everything the code produces for a case, keyed by the golden file it is compared to."""
+    meta = load(case / "meta.json")
+    provider_type = case.parent.name
+    spec: ProviderSpec = REGISTRY[provider_type]
+    operation = meta["operation"]
+    body = load(case / "client_request.json")
+    target, ctx = make_target(provider_type, meta), make_context(body)
+    produced: dict[str, Any] = {}
+    try:
+        request = spec.build_request(operation, body, target, "test-key", ctx)
+    except GatewayError as exc:
+        produced["expected_response.json"] = error_record(exc)
+        return produced
+    produced["upstream_request.json"] = {
+        "method": request.method, "url": request.url, "headers": dict(request.headers),
+        "stream": request.stream, "body": orjson.loads(request.body) if request.body else None,
+    }
+    if (case / "upstream_stream.sse").exists():
+        raw = (case / "upstream_stream.sse").read_bytes()
+        produced["expected_chunks.jsonl"] = translate_stream(spec, operation, target, ctx, [raw])
+        sliced = [raw[i:i + 7] for i in range(0, len(raw), 7)]
+        assert translate_stream(spec, operation, target, ctx, sliced) == produced["expected_chunks.jsonl"], \
+            "a stream fed in small slices must translate to the same chunks"
+        return produced
+    upstream = load(case / "upstream_response.json")
+    raw_body = orjson.dumps(upstream["body"]) if not isinstance(upstream["body"], str) else upstream["body"].encode()
+    if upstream["status"] >= 400:
+        info = spec.parse_error(upstream["status"], raw_body)
+        produced["expected_response.json"] = {
+            "status": info.status, "type": info.type, "message": info.message, "code": info.code,
+            "param": info.param, "retry_after_s": info.retry_after_s}
+        return produced
+    try:
+        parsed = spec.parse_response(operation, raw_body, target, ctx)
+    except GatewayError as exc:
+        produced["expected_response.json"] = error_record(exc)
+        return produced
+    usage = parsed.usage
+    produced["expected_response.json"] = {
+        "status": 200, "body": orjson.loads(parsed.body),
+        "usage": None if usage is None else {
+            "prompt": usage.prompt_tokens, "completion": usage.completion_tokens,
+            "cache_read": usage.cache_read_tokens, "cache_write": usage.cache_write_tokens}}
+    return produced
+
+
+def translate_stream(spec: ProviderSpec, operation: str, target: Target, ctx: CallContext,
+                     pieces: list[bytes]) -> list[Any]:
+    translator = spec.new_stream_translator(operation, target, ctx)
+    decoder = SSEDecoder()
+    out: list[Any] = []
+    try:
+        for piece in pieces:
+            for event in decoder.feed(piece):
+                out += [orjson.loads(p) for p in translator.feed(event)]
+        for event in decoder.flush():
+            out += [orjson.loads(p) for p in translator.feed(event)]
+        out += [orjson.loads(p) for p in translator.close()]
+    except GatewayError as exc:
+        out.append(error_record(exc))
+    usage = translator.usage
+    out.append({"_usage_seen": None if usage is None else [
+        usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens, usage.cache_write_tokens]})
+    return out
+
+
+def check_stream_invariants(chunks: list[Any], include_usage: bool) -> None:
+    """What the official SDKs silently rely on (SPEC §4), for every translated stream."""
+    payloads = [c for c in chunks if "_usage_seen" not in c and "error" not in c]
+    chat = [c for c in payloads if c.get("object") == "chat.completion.chunk"]
+    if chat and chat[0]["choices"]:
+        assert chat[0]["choices"][0]["delta"].get("role") == "assistant", "the first chunk carries the role"
+    roles = [c for c in chat for ch in c["choices"] if "role" in ch["delta"]]
+    indices = {ch["index"] for c in chat for ch in c["choices"]}
+    assert len(roles) == len(indices) or not chat, "role is sent once per choice"
+    assert len({chunk["id"] for chunk in payloads}) <= 1, "one id for the whole stream"
+    seen_calls: set[tuple[int, int]] = set()
+    finished: set[int] = set()
+    for chunk in payloads:
+        for choice in chunk["choices"]:
+            assert choice["index"] not in finished, "nothing follows a choice's finish_reason"
+            if choice.get("finish_reason"):
+                # chat only: OpenAI's own text_completion streams put text and finish together
+                assert choice.get("delta", {}) == {}, "finish_reason comes alone"
+                finished.add(choice["index"])
+            for call in choice.get("delta", {}).get("tool_calls") or []:
+                key = (choice["index"], call["index"])
+                if key in seen_calls:
+                    assert set(call) == {"index", "function"} and set(call["function"]) == {"arguments"}, \
+                        "later tool-call deltas carry only argument fragments"
+                else:
+                    assert call.get("id") and call.get("type") == "function" and call["function"].get("name")
+                    seen_calls.add(key)
+    usage_chunks = [c for c in payloads if not c["choices"]]
+    if include_usage and not any("error" in c for c in chunks):
+        assert len(usage_chunks) == 1 and payloads[-1] is usage_chunks[0], "one usage chunk, last"
+    if not include_usage:
+        assert not usage_chunks and all("usage" not in c for c in payloads), "no usage unless asked"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
+def test_golden_case(case: Path) -> None:
+    produced = run_case(case)
+    for name, value in produced.items():
+        path = case / name
+        if REGEN:
+            if name.endswith(".jsonl"):
+                path.write_bytes(b"".join(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) + b"\n" for v in value))
+            else:
+                dump(path, value)
+            continue
+        assert path.exists(), f"{case.name}: missing golden {name}"
+        expected = ([orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+                    if name.endswith(".jsonl") else load(path))
+        assert value == expected, f"{case.parent.name}/{case.name}: {name} differs"
+    if "expected_chunks.jsonl" in produced:
+        body = load(case / "client_request.json")
+        check_stream_invariants(produced["expected_chunks.jsonl"],
+                                (body.get("stream_options") or {}).get("include_usage") is True)
+    stale = {"upstream_request.json", "expected_response.json", "expected_chunks.jsonl"} - set(produced)
+    for name in stale:
+        assert REGEN or not (case / name).exists(), f"{case.name}: {name} is stale"
+
+
+def test_suite_is_not_empty() -> None:
+    assert {c.parent.name for c in CASES} >= {"anthropic", "gemini", "azure"}
+    assert len(CASES) >= 40
+

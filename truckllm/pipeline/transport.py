@@ -1,0 +1,265 @@
+"""The only module that talks to upstreams: one pooled aiohttp session per provider.
+
+`fetch` returns a whole answer (status, headers, body) with its connection back in the
+pool. `send` returns an UpstreamResponse whose status and headers are known; the caller
+reads or streams the body and must `close()` it (closing early drops the connection, which
+is how an abandoned request is cancelled upstream). Failures become TransportError with a
+kind dispatch can classify: "connect" or "timeout".
+
+Sessions keep no cookies (`DummyCookieJar`): a gateway's upstream session serves every
+client, so a cookie one answer set must not go out with another client's request.
+
+Timeouts per provider: `connect_timeout_s` (opening the connection, a "connect"
+failure), `timeout_s` (the whole request, body or stream included) and `idle_timeout_s`
+(the longest gap between two stream chunks, once the first has arrived). Time to first byte is dispatch's, since
+for a stream it ends at the first translated event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+
+import aiohttp
+from multidict import CIMultiDict, istr
+
+from truckllm import __version__
+from truckllm.config.schema import ProviderConfig
+from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
+from truckllm.runtime.state import CompiledProvider
+
+
+class TransportError(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind            # "connect" | "timeout"
+
+
+class _HttpResponse:
+    """An aiohttp response seen through the UpstreamResponse protocol."""
+
+    __slots__ = ("_done", "_idle_timeout_s", "_reading_since", "_response", "_watch",
+                 "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
+        self._response = response
+        self._idle_timeout_s = idle_timeout_s
+        self._done = False
+        self._reading_since: float | None = None     # loop time a chunk read began
+        self._watch: asyncio.TimerHandle | None = None
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            body = await self._response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _read_failed(exc) from None
+        self._done = True
+        return body
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        # The wait for the first chunk is time to first token (dispatch bounds it, and a
+        # reasoning model may think long); the idle limit starts once data flows. Each read
+        # after the first notes when it began, and one timer per stream (`_check_idle`)
+        # fails a read that has waited `idle_timeout_s`: arming and cancelling a timer per
+        # chunk cost more than all the rest of the relay's own work per chunk.
+        content = self._response.content
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    chunk = await content.readany()
+                except TimeoutError:
+                    raise TransportError("timeout", "upstream stream timed out") from None
+                except aiohttp.ClientError as exc:
+                    raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+                finally:
+                    self._reading_since = None
+                if not chunk:
+                    break
+                if self._watch is None:
+                    self._watch = loop.call_later(self._idle_timeout_s, self._check_idle)
+                yield chunk
+                self._reading_since = loop.time()
+        finally:
+            self._stop_watch()
+        self._done = True
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        since, now = self._reading_since, loop.time()
+        if since is not None and now - since >= self._idle_timeout_s:
+            self._watch = None
+            self._response.content.set_exception(TransportError(
+                "timeout", f"upstream stream stalled: no data for {self._idle_timeout_s:g} s"))
+            return
+        # Not reading (the client is being written to), or not for long enough yet.
+        self._watch = loop.call_at((now if since is None else since) + self._idle_timeout_s,
+                                   self._check_idle)
+
+    def _stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def close(self) -> None:
+        if self._watch is not None:         # a stream closed before its end
+            self._stop_watch()
+        # A fully read response goes back to the pool; an abandoned one drops its
+        # connection so the upstream stops generating.
+        if self._done:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+_SESSION_HEADERS = {"User-Agent": f"TruckLLM/{__version__}"}
+_REQUEST_ID = istr("x-request-id")      # case-folded once, not on every request
+
+
+class _Body(aiohttp.BytesPayload):
+    """A request body as aiohttp's own `BytesPayload(body)`, which aiohttp would build from
+    the bytes on every request, through its payload registry and two constructors that
+    take any arguments (~8k instructions). This sets exactly the attributes those
+    constructors set for a bytes body, which are aiohttp's private ones: at import,
+    `_sets_what_aiohttp_sets` checks that they still are, and with an aiohttp release
+    that sets others the body goes as plain bytes instead (slower, never broken)."""
+
+    direct = True           # set at import: the attributes below are all aiohttp sets
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+        self._size = len(value)
+        self._headers = _OCTET_STREAM.copy()    # its own, as aiohttp's payloads have
+        self._encoding = None
+        self._filename = None
+
+
+_OCTET_STREAM = CIMultiDict({"Content-Type": "application/octet-stream"})
+
+
+def _sets_what_aiohttp_sets() -> bool:
+    ours, theirs = _Body(b"{}"), aiohttp.BytesPayload(b"{}")
+    return (list(ours.headers.items()) == list(theirs.headers.items())
+            and {**vars(ours), "_headers": None} == {**vars(theirs), "_headers": None})
+
+
+_Body.direct = _sets_what_aiohttp_sets()
+
+
+# A whole answer: status, headers and body.
+WholeResponse = tuple[int, Mapping[str, str], bytes]
+
+
+class _Pool:
+    """One provider's pooled session, and the timeouts of the provider config last seen
+    (built once per config, not per request). (URLs go as text: yarl keeps the URLs it
+    has parsed, so a URL object of ours would save aiohttp next to nothing.)"""
+
+    __slots__ = ("config", "session", "timeout")
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.config: ProviderConfig | None = None
+        self.timeout = aiohttp.ClientTimeout()
+
+    def adopt(self, provider: CompiledProvider) -> None:
+        self.config = provider.config
+        self.timeout = aiohttp.ClientTimeout(total=provider.timeout_s,
+                                             sock_connect=provider.config.connect_timeout_s)
+
+
+class Transport:
+    """Pooled sessions keyed by provider id; sessions of vanished providers are retired."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, _Pool] = {}
+        self._retired: list[aiohttp.ClientSession] = []
+
+    def _pool(self, provider: CompiledProvider) -> _Pool:
+        pool = self._pools.get(provider.id)
+        if pool is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            # Our own User-Agent rather than aiohttp's, set once on the session: asking
+            # aiohttp to skip its default instead costs a header-set copy per request.
+            pool = self._pools[provider.id] = _Pool(aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, headers=_SESSION_HEADERS,
+                cookie_jar=aiohttp.DummyCookieJar()))
+        pool.adopt(provider)
+        return pool
+
+    def _request(self, provider: CompiledProvider, request: UpstreamRequest,
+                 request_id: str) -> Awaitable[aiohttp.ClientResponse]:
+        """aiohttp's request coroutine (not awaited here: a helper coroutine would be one
+        more layer on every resume of the request)."""
+        pool = self._pools.get(provider.id)
+        if pool is None or pool.config is not provider.config:  # first use, or a reloaded config
+            pool = self._pool(provider)
+        # Headers handed over as aiohttp's own CIMultiDict: given a dict, aiohttp converts
+        # it into one first (the same headers either way).
+        headers = CIMultiDict(request.headers)
+        headers[_REQUEST_ID] = request_id
+        data: bytes | aiohttp.BytesPayload | None = request.body
+        if request.body is not None and _Body.direct:
+            data = _Body(request.body)
+        return pool.session.request(request.method, request.url, data=data, headers=headers,
+                                    timeout=pool.timeout, allow_redirects=False)
+
+    async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+                   request_id: str) -> UpstreamResponse:
+        if provider.spec.local is not None:
+            return await provider.spec.local(request, target)
+        try:
+            response = await self._request(provider, request, request_id)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _send_failed(provider, exc) from None
+        return _HttpResponse(response, provider.config.idle_timeout_s)
+
+    async def fetch(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+                    request_id: str) -> WholeResponse:
+        """`send` and read the whole body, in one coroutine (one layer on every resume)."""
+        if provider.spec.local is not None:
+            local = await provider.spec.local(request, target)
+            try:
+                return local.status, local.headers, await local.read()
+            finally:
+                local.close()
+        try:
+            response = await self._request(provider, request, request_id)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _send_failed(provider, exc) from None
+        try:
+            body = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _read_failed(exc) from None       # read() has closed the response
+        # No release(): read() returns once the body has ended, and aiohttp has then put
+        # the connection back in the pool and marked the response closed itself.
+        return response.status, response.headers, body
+
+    def retain(self, provider_ids: Iterable[str]) -> None:
+        """After a reload: keep sessions of providers that still exist."""
+        keep = set(provider_ids)
+        for provider_id in [p for p in self._pools if p not in keep]:
+            self._retired.append(self._pools.pop(provider_id).session)
+
+    async def close(self) -> None:
+        sessions = [*(pool.session for pool in self._pools.values()), *self._retired]
+        self._pools.clear()
+        self._retired.clear()
+        await asyncio.gather(*(s.close() for s in sessions))
+
+
+def _send_failed(provider: CompiledProvider, exc: BaseException) -> TransportError:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return TransportError("connect", f"cannot reach provider {provider.id!r}: connect timed "
+                              f"out after {provider.config.connect_timeout_s:g} s")
+    if isinstance(exc, TimeoutError):
+        return TransportError("timeout", f"provider {provider.id!r} timed out")
+    return TransportError("connect", f"cannot reach provider {provider.id!r}: {type(exc).__name__}")
+
+
+def _read_failed(exc: BaseException) -> TransportError:
+    if isinstance(exc, TimeoutError):
+        return TransportError("timeout", "upstream timed out while sending its response")
+    return TransportError("connect", f"upstream connection failed: {type(exc).__name__}")

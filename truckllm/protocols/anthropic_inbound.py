@@ -1,0 +1,347 @@
+"""The Anthropic Messages API spoken to clients (`POST /v1/messages`), on top of any
+provider that speaks chat: Anthropic request -> OpenAI chat request, OpenAI answer ->
+Anthropic message, OpenAI chunk stream -> Anthropic stream events, OpenAI-shaped errors ->
+Anthropic's error shape.
+
+Pure, no I/O. Imports only errors and usage. Stream events are returned as JSON payloads
+whose `type` is also their SSE event name; the server frames them (truckllm.pipeline.sse).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from truckllm.errors import InvalidRequest
+from truckllm.usage import Usage
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+                "function_call": "tool_use", "content_filter": "refusal"}
+# Error types both APIs use with the same meaning; others are mapped by HTTP status.
+SHARED_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error",
+                                "not_found_error", "rate_limit_error", "overloaded_error", "timeout_error"})
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+               413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+               504: "timeout_error", 529: "overloaded_error"}
+
+
+# ---- request ------------------------------------------------------------------------------
+
+
+def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request as an OpenAI chat request (usage always asked for)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages: a non-empty array is required", param="messages")
+    chat: dict[str, Any] = {"model": body.get("model"), "messages": []}
+    system = _text_of(body.get("system"), "system")
+    if system:
+        chat["messages"].append({"role": "system", "content": system})
+    for i, message in enumerate(messages):
+        chat["messages"] += _chat_messages(message, i)
+    if body.get("max_tokens") is not None:
+        chat["max_tokens"] = body["max_tokens"]
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            chat[name] = body[name]
+    if body.get("stop_sequences"):
+        chat["stop"] = body["stop_sequences"]
+    if body.get("tools"):
+        chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
+    _tool_choice(body.get("tool_choice"), chat)
+    user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
+    if isinstance(user, str):
+        chat["user"] = user
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+def _chat_messages(message: Any, i: int) -> list[dict[str, Any]]:
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        raise InvalidRequest(f"messages.{i}: role must be 'user' or 'assistant'", param=f"messages.{i}.role")
+    content = message.get("content")
+    blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(blocks, list):
+        raise InvalidRequest(f"messages.{i}.content must be a string or an array", param=f"messages.{i}.content")
+    if message["role"] == "assistant":
+        return [_assistant_message(blocks, i)]
+    return _user_messages(blocks, i)
+
+
+def _user_messages(blocks: list[Any], i: int) -> list[dict[str, Any]]:
+    """Tool results become `tool` messages ahead of the rest of the user turn (their images
+    and documents join that rest)."""
+    out: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_result":
+            if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
+                raise InvalidRequest(f"messages.{i}.content.{j}.tool_use_id: a string is required",
+                                     param=f"messages.{i}.content.{j}.tool_use_id")
+            content = _text_of(block.get("content"), f"messages.{i}.content.{j}.content")
+            if block.get("is_error"):
+                content = f"Error: {content}"
+            out.append({"role": "tool", "tool_call_id": str(block.get("tool_use_id")), "content": content})
+            # Chat tool messages carry text only: a result's images (screenshots, say) follow
+            # in the user message after the tool messages rather than being lost.
+            nested = block.get("content") if isinstance(block.get("content"), list) else []
+            parts += [_media_part(item, f"messages.{i}.content.{j}.content.{k}")
+                      for k, item in enumerate(nested)
+                      if isinstance(item, dict) and item.get("type") in ("image", "document")]
+        elif kind == "text":
+            parts.append({"type": "text", "text": str(block.get("text", ""))})
+        elif kind in ("image", "document"):
+            parts.append(_media_part(block, f"messages.{i}.content.{j}"))
+        else:
+            raise InvalidRequest(f"messages.{i}.content.{j}: block type {kind!r} cannot be translated",
+                                 param=f"messages.{i}.content.{j}.type")
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        out.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text and len(parts) == 1
+                    else parts})
+    return out
+
+
+def _assistant_message(blocks: list[Any], i: int) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise InvalidRequest(f"messages.{i}.content.{j}: a tool_use block needs a string id and name",
+                                     param=f"messages.{i}.content.{j}")
+            calls.append({"id": str(block.get("id")), "type": "function",
+                          "function": {"name": str(block.get("name")),
+                                       "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+        elif kind not in ("thinking", "redacted_thinking"):
+            raise InvalidRequest(f"messages.{i}: assistant block type {kind!r} cannot be translated",
+                                 param=f"messages.{i}.content")
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _media_part(block: dict[str, Any], param: str) -> dict[str, Any]:
+    source: dict[str, Any] = block["source"] if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+    elif source.get("type") == "url" and block.get("type") == "image" and isinstance(source.get("url"), str):
+        url = source["url"]
+    else:
+        raise InvalidRequest(f"{param}: only base64 sources (and image URLs) can be translated", param=param)
+    if block.get("type") == "document":
+        return {"type": "file", "file": {"filename": "document.pdf", "file_data": url}}
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _text_of(value: Any, param: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(str(b.get("text", "")) for b in value if isinstance(b, dict) and b.get("type") == "text")
+    raise InvalidRequest(f"{param} must be a string or an array of text blocks", param=param)
+
+
+def _tool(tool: Any, j: int) -> dict[str, Any]:
+    if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or "input_schema" not in tool:
+        raise InvalidRequest(f"tools.{j}: only client tools (name, input_schema) can be translated",
+                             param=f"tools.{j}")
+    function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
+    if not isinstance(choice, dict):
+        return
+    kind = choice.get("type")
+    if kind == "tool":
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif kind in ("auto", "any", "none"):
+        chat["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[kind]
+    if choice.get("disable_parallel_tool_use"):
+        chat["parallel_tool_calls"] = False
+
+
+# ---- response -----------------------------------------------------------------------------
+
+
+def from_chat_response(chat: dict[str, Any], alias: str) -> dict[str, Any]:
+    choice = (chat.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    calls = list(message.get("tool_calls") or [])
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"id": "call_legacy_0", "function": message["function_call"]})
+    for call in calls:
+        function = call.get("function") or {}
+        content.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
+                        "input": _arguments(function.get("arguments"))})
+    return {
+        "id": message_id(chat.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": alias,
+        "content": content,
+        "stop_reason": STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn"),
+        "stop_sequence": None,
+        "usage": anthropic_usage(usage_with_writes(chat.get("usage"))),
+    }
+
+
+def message_id(chat_id: Any) -> str:
+    text = str(chat_id or "")
+    for prefix in ("chatcmpl-", "cmpl-"):
+        text = text.removeprefix(prefix)
+    return "msg_" + (text or "truckllm")
+
+
+def anthropic_usage(usage: Usage | None) -> dict[str, int]:
+    usage = usage or Usage()
+    fresh = max(usage.prompt_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
+    return {"input_tokens": fresh, "output_tokens": usage.completion_tokens,
+            "cache_creation_input_tokens": usage.cache_write_tokens,
+            "cache_read_input_tokens": usage.cache_read_tokens}
+
+
+def usage_with_writes(raw: Any) -> Usage | None:
+    """Usage.from_openai plus the cache writes our translated answers report."""
+    usage = Usage.from_openai(raw)
+    details = raw.get("prompt_tokens_details") if isinstance(raw, dict) else None
+    writes = details.get("cache_write_tokens") if isinstance(details, dict) else None
+    if usage is not None and isinstance(writes, int) and not isinstance(writes, bool):
+        usage.cache_write_tokens = writes
+    return usage
+
+
+def _arguments(raw: Any) -> Any:
+    if not isinstance(raw, str) or not raw:
+        return {}
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"_raw": raw}        # Anthropic requires an object; keep what the model said
+    return parsed if isinstance(parsed, dict) else {"_raw": raw}
+
+
+# ---- stream -------------------------------------------------------------------------------
+
+
+class AnthropicEventWriter:
+    """OpenAI chat chunks in, Anthropic stream event payloads out.
+
+    message_start comes before anything else; text and each tool call get their own
+    content block (started, deltas, stopped in order); message_delta carries the stop
+    reason and the final usage, then message_stop — both at `finish()`, because OpenAI's
+    usage chunk arrives after the finish_reason chunk.
+    """
+
+    def __init__(self, alias: str) -> None:
+        self._alias = alias
+        self._started = False
+        self._open: tuple[str, int] | None = None       # ("text" | "tool", block index)
+        self._next_block = 0
+        self._tool_blocks: dict[int, int] = {}         # OpenAI tool index -> block index
+        self._stop_reason = "end_turn"
+        self._usage: Usage | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        out = self._start(chunk.get("id"))
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = usage_with_writes(chunk["usage"])
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue                # Anthropic messages have one answer
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out += self._text(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                out += self._tool_call(call)
+            if isinstance(delta.get("function_call"), dict):
+                out += self._tool_call({"index": 0, "id": "call_legacy_0", **{"function": delta["function_call"]}})
+            if choice.get("finish_reason"):
+                self._stop_reason = STOP_REASONS.get(str(choice["finish_reason"]), "end_turn")
+                out += self._close_block()
+        return out
+
+    def finish(self) -> list[bytes]:
+        out = self._start(None) + self._close_block()
+        out.append(_event("message_delta", delta={"stop_reason": self._stop_reason, "stop_sequence": None},
+                          usage=anthropic_usage(self._usage)))
+        out.append(_event("message_stop"))
+        return out
+
+    def _start(self, chunk_id: Any) -> list[bytes]:
+        if self._started:
+            return []
+        self._started = True
+        message: dict[str, Any] = {"id": message_id(chunk_id), "type": "message", "role": "assistant", "model": self._alias,
+                   "content": [], "stop_reason": None, "stop_sequence": None,
+                   "usage": anthropic_usage(None)}
+        return [_event("message_start", message=message)]
+
+    def _text(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self._open is None or self._open[0] != "text":
+            out += self._close_block()
+            out += self._open_block("text", {"type": "text", "text": ""})
+        assert self._open is not None
+        out.append(_event("content_block_delta", index=self._open[1], delta={"type": "text_delta", "text": text}))
+        return out
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        index = call.get("index", 0)
+        function = call.get("function") or {}
+        out: list[bytes] = []
+        if index not in self._tool_blocks:
+            out += self._close_block()
+            block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or f"toolu_{index}", "name": function.get("name"),
+                     "input": {}}
+            out += self._open_block("tool", block)
+            assert self._open is not None
+            self._tool_blocks[index] = self._open[1]
+        if function.get("arguments"):
+            out.append(_event("content_block_delta", index=self._tool_blocks[index],
+                              delta={"type": "input_json_delta", "partial_json": function["arguments"]}))
+        return out
+
+    def _open_block(self, kind: str, block: dict[str, Any]) -> list[bytes]:
+        self._open = (kind, self._next_block)
+        self._next_block += 1
+        return [_event("content_block_start", index=self._open[1], content_block=block)]
+
+    def _close_block(self) -> list[bytes]:
+        if self._open is None:
+            return []
+        index, self._open = self._open[1], None
+        return [_event("content_block_stop", index=index)]
+
+
+def _event(kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"type": kind, **fields})
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+def anthropic_error(status: int | None, openai_error: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-shaped error body as Anthropic's `{"type": "error", "error": {...}}`."""
+    error: dict[str, Any] = openai_error["error"] if isinstance(openai_error.get("error"), dict) else {}
+    kind = str(error.get("type") or "")
+    if kind not in SHARED_ERROR_TYPES:
+        kind = ERROR_TYPES.get(status or 0) or ("invalid_request_error" if status and 400 <= status < 500
+                                               else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "error")}}

@@ -1,0 +1,186 @@
+"""The admin API (/admin/v1/...) and GET /metrics.
+
+The admin API answers 404 when no `server.admin_api_key` is configured and 401 without
+it; the key is compared in constant time. Responses carry ids, counts and references,
+never a secret value. Handlers only translate HTTP to the Ops objects and back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from truckllm import __version__, errors
+from truckllm.config.changes import RESTART_SETTINGS
+from truckllm.config.redaction import redacted_config
+from truckllm.limits import upstream_ref
+from truckllm.observe.log import LogQuery
+from truckllm.runtime.reloader import ReloadResult
+from truckllm.server.auth import require_admin
+from truckllm.server.keys import LIMITER, OPS, ROUTING, STATE
+from truckllm.server.ops import Ops
+
+_MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def admin_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/admin/v1/config", get_config),
+        web.post("/admin/v1/config", post_config),
+        web.post("/admin/v1/config/validate", validate_config),
+        web.post("/admin/v1/reload", reload_config),
+        web.get("/admin/v1/providers", providers),
+        web.get("/admin/v1/logs", logs),
+        web.get("/admin/v1/status", status),
+    ]
+
+
+def metrics_routes() -> list[web.RouteDef]:
+    return [web.get("/metrics", metrics)]
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ops = request.app[OPS]
+    if not ops.holder.current.config.server.metrics:
+        raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
+    ops.metrics.set_upstream_health(_upstream_statuses(request))
+    body, content_type = ops.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def _upstream_statuses(request: web.Request) -> Iterator[tuple[str, str, str]]:
+    health = request.app[ROUTING].health
+    for provider in request.app[STATE].current.providers.values():
+        key_ids = [key.id for key in provider.keys]
+        report = health.provider_report(provider.id, provider.config.type, key_ids)
+        yield provider.id, "", report["status"]
+        for entry in report["keys"]:
+            yield provider.id, entry["id"], entry["status"]
+
+
+def _authorized(request: web.Request) -> Ops:
+    ops = request.app[OPS]
+    require_admin(request, ops.holder.current)
+    return ops
+
+
+async def get_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    loaded = ops.reloader.loaded
+    return _json(redacted_config(loaded), headers={
+        "x-truckllm-config-version": str(ops.reloader.version),
+        "x-truckllm-config-sha256": loaded.sha256})
+
+
+async def post_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    result = await ops.reloader.apply_posted(await _read_body(request))
+    return _reload_response(result)
+
+
+async def validate_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    issues = await ops.reloader.validate_posted(await _read_body(request))
+    if not issues:
+        return _json({"valid": True})
+    return _json({"valid": False, "errors": [issue.as_dict() for issue in issues]})
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    return _reload_response(await ops.reloader.reload("admin"))
+
+
+async def providers(request: web.Request) -> web.Response:
+    """Counters from real traffic (ops, limits); status and cooldowns from routing health
+    (cooling keys, keys upstream rejected, open breakers)."""
+    ops = _authorized(request)
+    health = request.app[ROUTING].health
+    listed = []
+    for provider in ops.holder.current.providers.values():
+        key_ids = [key.id for key in provider.keys]
+        report = health.provider_report(provider.id, provider.config.type, key_ids)
+        keys = [_key_entry(request, ops, provider.id, key_id) | _health_fields(entry)
+                for key_id, entry in zip(key_ids, report["keys"], strict=True)]
+        listed.append({"id": provider.id, "type": provider.config.type,
+                       "status": report["status"], "keys": keys})
+    return _json({"providers": listed})
+
+
+def _key_entry(request: web.Request, ops: Ops, provider_id: str, key_id: str) -> dict[str, Any]:
+    stats = ops.upstream.key(provider_id, key_id)
+    saved = request.app[LIMITER].upstream_report(upstream_ref(provider_id, key_id))
+    # usage_req/usage_tokens count since start; spend and `lifetime` come from the state
+    # file's counters, so they survive restarts (docs/limits.md).
+    return {"id": key_id, "usage_req": stats.requests, "usage_tokens": stats.tokens,
+            "errors": stats.errors, "last_error": stats.last_error,
+            "spend_usd": saved["spend_usd"],
+            "lifetime": {name: saved[name] for name in ("requests", "tokens", "spend_usd")}}
+
+
+def _health_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"status": entry["status"], "cooldown_until": entry["cooldown_until"]}
+
+
+async def logs(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    query = LogQuery.from_params(request.query)
+    return _json({"logs": ops.request_log.query(query)})
+
+
+async def status(request: web.Request) -> web.Response:
+    ops = _authorized(request)
+    reloader = ops.reloader
+    last = reloader.last_result
+    now = time.time()
+    running, started = reloader.loaded.config.server, ops.started_with.config.server
+    return _json({
+        "version": __version__,
+        "config": {"version": reloader.version, "sha256": reloader.loaded.sha256,
+                   "path": str(reloader.path), "loaded_at": ops.holder.loaded_at,
+                   "watching": reloader.watching},
+        "last_reload": None if last is None else {
+            "at": last.at, "trigger": last.trigger, "result": "success" if last.ok else "error",
+            "errors": [issue.as_dict() for issue in last.errors]},
+        "needs_restart": [f"server.{name}" for name in RESTART_SETTINGS
+                          if getattr(running, name) != getattr(started, name)],
+        "started_at": ops.started_at,
+        "uptime_s": round(now - ops.started_at, 3),
+        "inflight": ops.inflight[0],
+    })
+
+
+def _reload_response(result: ReloadResult) -> web.Response:
+    body = result.as_dict()
+    if result.ok:
+        return _json(body)
+    if result.write_failed:
+        failure = errors.GatewayError(result.errors[0].message, code="config_not_writable")
+    else:
+        failure = errors.InvalidRequest(
+            "; ".join(str(issue) for issue in result.errors[:5]), code="invalid_config")
+    return _json({**failure.body(), **body}, status=failure.status)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    too_large = errors.PayloadTooLarge(
+        f"A config body may be at most {_MAX_CONFIG_BYTES // (1024 * 1024)} MiB.")
+    if (request.content_length or 0) > _MAX_CONFIG_BYTES:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > _MAX_CONFIG_BYTES:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json",
+                        headers=headers)

@@ -1,0 +1,226 @@
+"""The OpenAI-compatible /v1 API: parse -> authorise -> dispatch -> respond."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from truckllm import errors
+from truckllm.limits import Limiter, estimate_prompt_tokens, metering
+from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispatch
+from truckllm.pipeline.record import Exchange
+from truckllm.pipeline.router import Routing
+from truckllm.pipeline.transport import Transport
+from truckllm.protocols import anthropic_wire
+from truckllm.providers.base import CallContext, Target
+from truckllm.providers.shared.media import MULTIPART_OPERATIONS
+from truckllm.runtime.state import ClientKey, Route, State, StateHolder
+from truckllm.server.auth import authenticate
+from truckllm.server.edge import GatewayResponse, GatewayRoute, plain_routes
+from truckllm.server.keys import LIMITER, ROUTING, STATE, TRANSPORT
+from truckllm.server.streaming import write_raw, write_stream
+from truckllm.server.validation import check_fields, read_json, read_multipart
+
+
+class Relay:
+    """The handler of one /v1 operation: parse -> authorise -> dispatch -> respond.
+
+    What depends only on the operation is worked out once, and the app's parts (state
+    holder, limiter, transport, routing) are read once when the app starts, after which
+    aiohttp lets them change no more: each `request.app[...]` is a Python call or two."""
+
+    __slots__ = ("forwarded_headers", "holder", "limiter", "op", "read_body", "routing", "streams",
+                 "transport")
+    holder: StateHolder
+    limiter: Limiter
+    transport: Transport
+    routing: Routing
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
+        self.streams = op not in ("embeddings", "count_tokens")
+        # Client headers that mean something to a native upstream, if any for this operation.
+        self.forwarded_headers = _FORWARDED_HEADERS.get(op)
+
+    def bind(self, app: web.Application) -> None:
+        self.holder, self.limiter = app[STATE], app[LIMITER]
+        self.transport, self.routing = app[TRANSPORT], app[ROUTING]
+
+    async def handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        op, limiter = self.op, self.limiter
+        state = self.holder.current                     # one snapshot for the whole request
+        key = _authenticate(request, state, limiter, exchange)
+        if key is not None:
+            exchange.key_id = key.id
+        body = await self.read_body(request, state.config.server.max_body_mb)
+        check_fields(op, body)
+        model: str = body["model"]
+        resolved = state.resolve(model)
+        # Most keys have no allow-list. (Checked here, not in a function of its own: one
+        # call fewer per request.)
+        if resolved is None or (key is not None and key.allowed is not None
+                                and not key.may_use(model)):
+            raise _model_refused(model, resolved)
+        route, targets = resolved
+        exchange.alias = route.alias
+        stream = self.streams and bool(body.get("stream"))
+        include_usage = False
+        if stream:
+            options = body.get("stream_options")
+            # A Messages stream always includes usage: message_delta carries it.
+            include_usage = op == "messages" or (isinstance(options, dict)
+                                                 and options.get("include_usage") is True)
+        exchange.stream = stream
+        forwarded = _NOTHING_FORWARDED if self.forwarded_headers is None else _forwarded(
+            request, self.forwarded_headers)
+        ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
+                          forwarded)
+        admission = metering.admit(limiter, state, key, body, exchange)
+        reply: Reply | StreamReply | RawReply | None = None
+        try:
+            if op == "count_tokens" and not _any_serves(state, targets, op):
+                return _estimated_count(body, exchange)
+            # Filled in directly, like the record (Call's generated __new__ is a Python
+            # function doing only this).
+            call = tuple.__new__(Call, (state, op, body, route, targets, ctx, limiter,
+                                        admission.estimate))
+            reply = await dispatch(call, self.transport, exchange, self.routing)
+            if isinstance(reply, Reply):
+                return GatewayResponse(reply.body, exchange)
+            if isinstance(reply, RawReply):
+                return await write_raw(request, reply, exchange)
+            if op == "messages":
+                reply = anthropic_wire.reframe(reply)
+            return await write_stream(request, reply, exchange)
+        finally:   # after the last byte, an error, or the client leaving (streams included)
+            metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+class AnthropicRelay(Relay):
+    """The Anthropic Messages API (and its token counting, passed to an `anthropic`
+    upstream): the same pipeline, Anthropic-shaped answers and errors."""
+
+    __slots__ = ()
+
+    async def handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        try:
+            return await super().handle(request, exchange)
+        except errors.GatewayError as exc:
+            return anthropic_wire.error_response(exc, exchange)
+
+
+def _any_serves(state: State, targets: tuple[Target, ...], op: str) -> bool:
+    return any(op in state.providers[t.provider_id].spec.operations for t in targets)
+
+
+def _estimated_count(body: dict[str, Any], exchange: Exchange) -> web.Response:
+    """Token counting for an alias with no `anthropic` target: estimated here by the rule
+    tpm limits use (characters / 4), marked as such. Clients ask it to manage their
+    context window, where an estimate serves and a 400 only breaks them."""
+    return GatewayResponse(orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}), exchange,
+                           (("x-truckllm-estimated", "true"),))
+
+
+# Client headers that mean something to a native upstream: Anthropic's beta features
+# (Claude Code and other Anthropic SDK tools turn them on per request).
+_FORWARDED_HEADERS = {"messages": ("anthropic-beta",), "count_tokens": ("anthropic-beta",)}
+_NOTHING_FORWARDED: Mapping[str, str] = MappingProxyType({})
+
+
+def _forwarded(request: web.Request, names: tuple[str, ...]) -> Mapping[str, str]:
+    return {name: request.headers[name] for name in names if name in request.headers}
+
+
+def _authenticate(request: web.Request, state: State, limiter: Limiter,
+                  exchange: Exchange) -> ClientKey | None:
+    """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
+    key = authenticate(request, state)
+    if key is not None:
+        sending = state.limits.sending_headers.get(key.id)    # most keys send none
+        if sending is not None:
+            exchange.ratelimit_headers = metering.ratelimit_headers(limiter, sending)
+    return key
+
+
+def _model_refused(model: str, resolved: object) -> errors.GatewayError:
+    """404 for a model no route serves; 403 for one the key's allow-list leaves out."""
+    if resolved is None:
+        return errors.NotFound(f"The model '{model}' does not exist.", param="model",
+                               code="model_not_found")
+    return errors.PermissionDenied(f"This API key may not use the model '{model}'.",
+                                   param="model", code="model_not_allowed")
+
+
+async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
+    state = request.app[STATE].current
+    key = _authenticate(request, state, request.app[LIMITER], exchange)
+    data = [_model_entry(state, route.alias, route) for route in state.all_routes
+            if key is None or key.may_use(route.alias)]
+    return _json({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request, exchange: Exchange) -> web.Response:
+    state = request.app[STATE].current
+    key = _authenticate(request, state, request.app[LIMITER], exchange)
+    model = request.match_info["model"]
+    resolved = state.resolve(model)
+    if resolved is None or (key is not None and not key.may_use(model)):
+        # A model the key may not use is answered as if it did not exist.
+        raise errors.NotFound(f"The model '{model}' does not exist.", param="model",
+                              code="model_not_found")
+    return _json(_model_entry(state, model, resolved[0]))
+
+
+def _model_entry(state: State, model: str, route: Route) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": model, "object": "model", "created": int(state.loaded_at),
+                             "owned_by": route.targets[0].provider_id}
+    if route.config.context_window is not None:
+        entry["context_window"] = route.config.context_window
+    if route.config.pricing is not None:
+        entry["pricing"] = route.config.pricing.model_dump(exclude_none=True)
+    return entry
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+def _json(payload: dict[str, Any]) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+# Each /v1 operation's path, and whether it answers in Anthropic's shape.
+_RELAYS = {
+    "/v1/chat/completions": ("chat", Relay),
+    "/v1/completions": ("completions", Relay),
+    "/v1/embeddings": ("embeddings", Relay),
+    "/v1/messages": ("messages", AnthropicRelay),
+    "/v1/messages/count_tokens": ("count_tokens", AnthropicRelay),
+    "/v1/audio/transcriptions": ("audio_transcriptions", Relay),
+    "/v1/audio/translations": ("audio_translations", Relay),
+    "/v1/audio/speech": ("audio_speech", Relay),
+    "/v1/images/generations": ("images", Relay),
+}
+
+
+def routes(app: web.Application) -> list[GatewayRoute]:
+    """The /v1 routes and /health; the relays read `app`'s parts when it starts."""
+    relays = [relay(op) for op, relay in _RELAYS.values()]
+
+    async def bind_relays(app: web.Application) -> None:
+        for relay in relays:
+            relay.bind(app)
+
+    app.on_startup.append(bind_relays)
+    return [
+        *(GatewayRoute("POST", path, relay.handle) for path, relay in zip(_RELAYS, relays, strict=True)),
+        GatewayRoute("GET", "/v1/models", list_models),
+        GatewayRoute("GET", "/v1/models/{model:.+}", get_model),
+        *plain_routes([web.get("/health", health)]),
+    ]

@@ -175,6 +175,11 @@ class LimitsConfig(Strict):
     max_concurrent: int | None = Field(None, ge=0, description="Requests and streams in flight at once across all keys; absent means no limit.")
 
 
+class ResponsesConfig(Strict):
+    store: str = Field("responses.db", min_length=1, description="Where /v1/responses keeps responses for `previous_response_id` and GET/DELETE /v1/responses/{id}: a SQLite file (relative paths are beside the config file; a config that came from no file keeps them in memory), `memory`, or `off`. Read at start-up; a change needs a restart.")
+    ttl_days: float = Field(30, gt=0, description="How long a stored response is kept, in days.")
+
+
 class Config(Strict):
     version: Literal[1] = Field(description="Config format version; always 1.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Listener and process settings.")
@@ -183,3 +188,4 @@ class Config(Strict):
     keys: list[ClientKeyConfig] | None = Field(None, description="Client keys; absent means the API is open (a warning is logged).")
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Attempts, retries, cooldowns and breakers across targets and keys.")
     limits: LimitsConfig | None = Field(None, description="Gateway-wide limits, checked for every request in addition to the key's own.")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="The response store of the Responses API (POST /v1/responses).")

@@ -19,6 +19,7 @@ Operation = Literal[
     "messages",                                  # Anthropic Messages API, native pass-through
     "count_tokens",                              # Anthropic's /v1/messages/count_tokens, native only
     "audio_transcriptions", "audio_translations", "audio_speech", "images",   # pass-through
+    "responses",                                 # OpenAI Responses API (through chat or native)
 ]
 
 
@@ -51,6 +52,9 @@ class CallContext:
     client_body: Mapping[str, Any] = field(default_factory=dict)
     # Client headers a native pass-through forwards (e.g. `anthropic-beta` on /v1/messages).
     forward_headers: Mapping[str, str] = field(default_factory=dict)
+    # The id a Responses API answer carries (`resp_...`), chosen by the server so that its
+    # response store can keep it; empty for other operations.
+    response_id: str = ""
 
 
 @dataclass(slots=True)           # per request, read-only by convention (see CallContext)

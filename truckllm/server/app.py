@@ -19,7 +19,7 @@ from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
-from truckllm.server import admin_keys, routes
+from truckllm.server import admin_keys, responses_routes, routes
 from truckllm.server.admin import admin_routes, metrics_routes
 from truckllm.server.edge import add_gateway_routes, plain_routes
 from truckllm.server.keys import (
@@ -27,6 +27,7 @@ from truckllm.server.keys import (
     LIMITER,
     OBSERVERS,
     OPS,
+    RESPONSE_STORE,
     ROUTING,
     STATE,
     TRANSPORT,
@@ -56,13 +57,15 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
                                _routing_follows(app))
     observers: list[RecordObserver] = ops.observers()
     app[OBSERVERS] = observers
-    gateway_routes = routes.routes(app)
+    app[RESPONSE_STORE] = []
+    gateway_routes = routes.routes(app) + responses_routes.routes()
     if holder.current.config.server.admin_listen is None:
         gateway_routes += plain_routes(_admin_routes())
     add_gateway_routes(app, gateway_routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)
+    app.cleanup_ctx.append(responses_routes.response_store)
     app.cleanup_ctx.append(_reloader)
     return app
 

@@ -10,6 +10,7 @@ from truckllm.limits import Limiter
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
+from truckllm.runtime.response_store import ResponseStore
 from truckllm.runtime.state import StateHolder
 from truckllm.server.ops import Ops
 
@@ -22,3 +23,4 @@ ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive re
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
+RESPONSE_STORE = web.AppKey("response_store", list[ResponseStore])   # [] when `off`

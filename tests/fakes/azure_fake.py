@@ -1,6 +1,6 @@
 """A fake Azure OpenAI resource speaking the real wire format: deployment URLs
 (`/openai/deployments/{deployment}/...?api-version=...`) and the v1 API (`/openai/v1/...`),
-`api-key` auth, OpenAI bodies with Azure's additions (prompt_filter_results,
+`api-key` auth, the Responses API on the v1 API (`/openai/v1/responses`), OpenAI bodies with Azure's additions (prompt_filter_results,
 content_filter_results, a prompt-filter-only first stream chunk with empty choices, a
 usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`code` "429", null `type`), and the media
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.responses_wire import ResponsesAnswer
 from tests.fakes.wire_fake import Recorded, WireFake, json_response, serve, split_text, sse
 
 FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
@@ -77,6 +78,11 @@ class AzureFake(WireFake):
             answer = ChatAnswer.for_request(body, deployment)
             if body.get("stream"):
                 return await self.stream(request, answer.events(body))
+            return json_response(answer.response())
+        if path == "responses" and "/openai/v1/" in recorded.path:    # v1 API only, as Azure
+            answer = ResponsesAnswer(deployment, body)
+            if body.get("stream"):
+                return await self.stream(request, answer.events())
             return json_response(answer.response())
         if path == "embeddings":
             inputs = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]

@@ -71,6 +71,7 @@ class OpenAIProvider(ProviderBase):
     type: Literal["openai"] = Field(description="OpenAI or any OpenAI-compatible server (vLLM, Ollama, Groq, ...).")
     base_url: str = Field("https://api.openai.com/v1", description="API root, including `/v1` where the server uses it.")
     keys: list[ProviderKey] = Field(min_length=1, description="Upstream API keys; requests are spread over them by weight.")
+    responses: Literal["native", "chat"] = Field("native", description="How POST /v1/responses reaches this provider: `native` passes it to the upstream's own /responses (an upstream that answers 404 there is translated through chat from then on), `chat` always translates it through chat completions.")
 
 
 class MockProvider(ProviderBase):
@@ -100,6 +101,7 @@ class AzureProvider(ProviderBase):
     base_url: str = Field(min_length=1, description="Resource endpoint (`https://NAME.openai.azure.com`) for deployment URLs, or an URL ending in `/openai/v1` for Azure's v1 API.")
     api_version: str = Field("2024-10-21", min_length=1, description="`api-version` query parameter of deployment URLs (unused with `/openai/v1`).")
     keys: list[ProviderKey] = Field(min_length=1, description="Upstream API keys, sent as `api-key`; requests are spread over them by weight.")
+    responses: Literal["native", "chat"] = Field("native", description="How POST /v1/responses reaches this provider: `native` passes it to Azure's `/openai/v1/responses` (an upstream that answers 404 there is translated through chat from then on), `chat` always translates it through chat completions.")
 
 
 ProviderConfig = Annotated[

@@ -61,6 +61,13 @@ def upstream_url(operation: str, target: Target) -> str:
     return f"{target.base_url}/openai/deployments/{target.model}/{path}?api-version={version}"
 
 
+def responses_endpoint(target: Target, key: str) -> tuple[str, dict[str, str]]:
+    """Where the Responses API is spoken natively: Azure's v1 API, which every resource
+    serves and which takes the deployment name as `model`."""
+    root = target.base_url.removesuffix("/openai/v1")
+    return f"{root}/openai/v1/responses", auth_headers(target, key)
+
+
 def auth_headers(target: Target, key: str) -> dict[str, str]:
     return {**target.headers, "api-key": key}
 

@@ -92,6 +92,11 @@ def _key_headers(key: str) -> Mapping[str, str]:
     return CIMultiDict(_json_headers({}, key))
 
 
+def responses_endpoint(target: Target, key: str) -> tuple[str, Mapping[str, str]]:
+    """Where the Responses API is spoken natively (truckllm.protocols.responses.native)."""
+    return target.base_url + "/responses", _json_headers(target.headers, key)
+
+
 def build_probe(target: Target, key: str) -> UpstreamRequest:
     """`GET /models`: free, and answers 401 for a bad key."""
     headers = dict(target.headers)

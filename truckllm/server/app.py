@@ -28,6 +28,7 @@ from truckllm.server.keys import (
     OBSERVERS,
     OPS,
     RESPONSE_STORE,
+    RESPONSES_ENDPOINT_MISSING,
     ROUTING,
     STATE,
     TRANSPORT,
@@ -58,6 +59,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     observers: list[RecordObserver] = ops.observers()
     app[OBSERVERS] = observers
     app[RESPONSE_STORE] = []
+    app[RESPONSES_ENDPOINT_MISSING] = set()
     gateway_routes = routes.routes(app) + responses_routes.routes()
     if holder.current.config.server.admin_listen is None:
         gateway_routes += plain_routes(_admin_routes())

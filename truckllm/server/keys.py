@@ -24,3 +24,5 @@ INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: reques
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
 RESPONSE_STORE = web.AppKey("response_store", list[ResponseStore])   # [] when `off`
+# Providers whose upstream answered 404 to /responses: translated through chat from then on.
+RESPONSES_ENDPOINT_MISSING = web.AppKey("responses_endpoint_missing", set[str])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from truckllm import errors
 from truckllm.limits import metering
 from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispatch
 from truckllm.pipeline.record import Exchange
+from truckllm.protocols.responses.native import speaks_natively
 from truckllm.protocols.responses.request import input_items, to_chat_request
 from truckllm.protocols.responses.wire import ResponsesReframer
-from truckllm.providers.base import CallContext
+from truckllm.providers import NATIVE_TYPES
+from truckllm.providers.base import CallContext, Target
 from truckllm.runtime.response_store import (
     MemoryResponseStore,
     ResponseStore,
@@ -34,7 +37,14 @@ from truckllm.runtime.response_store import (
 )
 from truckllm.runtime.state import ClientKey, State
 from truckllm.server.edge import GatewayResponse, GatewayRoute
-from truckllm.server.keys import LIMITER, RESPONSE_STORE, ROUTING, STATE, TRANSPORT
+from truckllm.server.keys import (
+    LIMITER,
+    RESPONSE_STORE,
+    RESPONSES_ENDPOINT_MISSING,
+    ROUTING,
+    STATE,
+    TRANSPORT,
+)
 from truckllm.server.routes import _authenticate, _model_refused
 from truckllm.server.streaming import write_stream
 from truckllm.server.validation import check_fields, read_json
@@ -63,9 +73,12 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     store = _store(app)
     owner = _owner(key)
     history = await _history(store, body.get("previous_response_id"), owner)
-    own_input = input_items(body.get("input"))
-    full = {**body, "input": history + own_input}
-    dropped = to_chat_request(full).dropped_tools     # refusals here, before any upstream call
+    items = [*history, *input_items(body.get("input"))]      # what went in, for the store
+    full = {**body, "input": items} if history else body
+    dropped: tuple[str, ...] = ()
+    if not all(_native(state, target) for target in targets):
+        # Refused here, before any upstream call, when a target would translate it.
+        dropped = to_chat_request(full).dropped_tools
     stream = bool(body.get("stream"))
     exchange.stream = stream
     response_id = "resp_" + secrets.token_hex(24)
@@ -73,17 +86,28 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
                       response_id)
     admission = metering.admit(limiter, state, key, full, exchange)
     extra: tuple[tuple[str, str], ...] = ()
-    if dropped:
-        extra = ((DROPPED_TOOLS_HEADER, ",".join(dropped)),)
-        log.info("responses_tools_dropped", request_id=exchange.request_id, tools=list(dropped))
     keep = store is not None and body.get("store", True) is not False
+    missing = app[RESPONSES_ENDPOINT_MISSING]
     reply: Reply | StreamReply | RawReply | None = None
     try:
-        call = Call(state, "responses", full, route, targets, ctx, limiter, admission.estimate)
-        reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
+        call = Call(state, "responses", full, route, _chat_where_missing(targets, missing), ctx,
+                    limiter, admission.estimate)
+        try:
+            reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
+        except errors.UpstreamStatus as exc:
+            if not _endpoint_missing(state, exc, exchange, call.targets):
+                raise
+            missing.add(exchange.provider_id or "")
+            log.warning("responses_endpoint_missing", provider=exchange.provider_id,
+                        action="translated through chat from now on")
+            call = call._replace(targets=_chat_where_missing(targets, missing))
+            reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
+        if dropped and not _served_natively(state, exchange, call.targets):
+            extra = ((DROPPED_TOOLS_HEADER, ",".join(dropped)),)
+            log.info("responses_tools_dropped", request_id=exchange.request_id, tools=list(dropped))
         if isinstance(reply, Reply):
             if keep and store is not None:
-                await store.put(_stored(state, orjson.loads(reply.body), full["input"], owner,
+                await store.put(_stored(state, orjson.loads(reply.body), items, owner,
                                         exchange))
             return GatewayResponse(reply.body, exchange, extra)
         if isinstance(reply, RawReply):        # not an answer any provider gives here
@@ -92,10 +116,39 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
         reframer = ResponsesReframer(final.append)
         response = await write_stream(request, reframer.reframe(reply), exchange, dict(extra))
         if keep and store is not None and final:
-            await store.put(_stored(state, final[-1], full["input"], owner, exchange))
+            await store.put(_stored(state, final[-1], items, owner, exchange))
         return response
     finally:   # after the last byte, an error, or the client leaving (streams included)
         metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+def _native(state: State, target: Target) -> bool:
+    """Whether a target gets /v1/responses natively (its provider type has the endpoint
+    and the target does not say `responses: chat`)."""
+    return state.providers[target.provider_id].spec.type in NATIVE_TYPES and speaks_natively(target)
+
+
+def _chat_where_missing(targets: tuple[Target, ...], missing: set[str]) -> tuple[Target, ...]:
+    """The targets, with those of providers whose upstream has no /responses endpoint
+    set to `responses: chat`."""
+    if not missing or not any(t.provider_id in missing for t in targets):
+        return targets
+    return tuple(replace(t, options={**t.options, "responses": "chat"}) if t.provider_id in missing
+                 else t for t in targets)
+
+
+def _endpoint_missing(state: State, exc: errors.UpstreamStatus, exchange: Exchange,
+                      targets: tuple[Target, ...]) -> bool:
+    """A 404 from a native target that is not about the model: the upstream (an
+    OpenAI-compatible server, say) has no Responses API."""
+    return (exc.status == 404 and exc.code != "model_not_found"
+            and _served_natively(state, exchange, targets))
+
+
+def _served_natively(state: State, exchange: Exchange, targets: tuple[Target, ...]) -> bool:
+    target = next((t for t in targets if t.provider_id == exchange.provider_id
+                   and t.model == exchange.upstream_model), None)
+    return target is not None and _native(state, target)
 
 
 async def _history(store: ResponseStore | None, previous: Any, owner: str) -> list[dict[str, Any]]:

@@ -1,6 +1,8 @@
-"""Gives every chat-speaking provider the `responses` operation (the OpenAI Responses API)
-by translating through chat: the Responses request becomes a chat request, the chat
-answer or chunk stream becomes a response object or the Responses event stream.
+"""Gives every chat-speaking provider the `responses` operation (the OpenAI Responses API):
+passed through natively to a provider with a Responses endpoint (`native`) unless the
+target says `responses: chat`, otherwise translated through chat: the Responses request
+becomes a chat request, the chat answer or chunk stream becomes a response object or the
+Responses event stream.
 
 Pure, no I/O. Imports only providers.base and the responses translators.
 """
@@ -14,6 +16,13 @@ import orjson
 
 from truckllm.protocols.responses.answer import ResponseIds, from_chat_response, response_frame
 from truckllm.protocols.responses.events import ResponsesEventWriter
+from truckllm.protocols.responses.native import (
+    NativeEndpoint,
+    NativeResponsesStream,
+    build_native_request,
+    parse_native_response,
+    speaks_natively,
+)
 from truckllm.protocols.responses.request import to_chat_request
 from truckllm.providers.base import (
     CallContext,
@@ -27,20 +36,27 @@ from truckllm.providers.base import (
 from truckllm.usage import Usage
 
 
-def with_responses_inbound(spec: ProviderSpec) -> ProviderSpec:
+def with_responses_inbound(spec: ProviderSpec, native: NativeEndpoint | None = None) -> ProviderSpec:
     if "responses" in spec.operations or "chat" not in spec.operations:
         return spec
+
+    def is_native(target: Target) -> bool:
+        return native is not None and speaks_natively(target)
 
     def build_request(op: str, body: dict[str, Any], target: Target, key: str,
                       ctx: CallContext) -> UpstreamRequest:
         if op != "responses":
             return spec.build_request(op, body, target, key, ctx)
+        if native is not None and speaks_natively(target):
+            return build_native_request(body, target, key, ctx, native)
         chat_ctx = chat_context(ctx)
         return spec.build_request("chat", dict(chat_ctx.client_body), target, key, chat_ctx)
 
     def parse_response(op: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
         if op != "responses":
             return spec.parse_response(op, raw, target, ctx)
+        if is_native(target):
+            return parse_native_response(raw, ctx)
         parsed = spec.parse_response("chat", raw, target, chat_context(ctx))
         body = dict(ctx.client_body)
         ids = ResponseIds(ctx.response_id)
@@ -52,6 +68,8 @@ def with_responses_inbound(spec: ProviderSpec) -> ProviderSpec:
     def new_stream_translator(op: str, target: Target, ctx: CallContext) -> StreamTranslator:
         if op != "responses":
             return spec.new_stream_translator(op, target, ctx)
+        if is_native(target):
+            return NativeResponsesStream(ctx)
         return ResponsesStream(spec.new_stream_translator("chat", target, chat_context(ctx)), ctx)
 
     return replace(spec, operations=spec.operations | {"responses"}, build_request=build_request,

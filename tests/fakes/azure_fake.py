@@ -21,10 +21,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from tests.fakes.responses_wire import ResponsesAnswer
-from tests.fakes.wire_fake import Recorded, WireFake, json_response, serve, split_text, sse
+from tests.fakes.wire_fake import (
+    Recorded,
+    WireFake,
+    json_response,
+    serve,
+    shell_call,
+    split_text,
+    sse,
+)
 
 FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
 PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": FILTERS}]
@@ -154,6 +163,11 @@ class ChatAnswer:
         calls: list[dict[str, Any]] = []
         if last.get("role") == "tool":
             reply = f"Tool said: {text}"
+        elif (shell := shell_call([str((t.get("function") or {}).get("name")) for t in body.get("tools") or []],
+                                  text)) is not None:
+            calls = [{"id": "call_azshell", "type": "function",
+                      "function": {"name": shell[0], "arguments": orjson.dumps(shell[1]).decode()}}]
+            reply = ""
         elif body.get("tools") and "weather" in text.lower():
             cities = ["Paris", "Rome"] if " and " in text else ["Paris"]
             name = body["tools"][0]["function"]["name"]

@@ -89,7 +89,9 @@ class _Counter:
         if isinstance(value, str):
             self.chars += len(value)
         elif isinstance(value, dict):
-            if value.get("type") in _MEDIA_PART_TYPES:
+            kind = value.get("type")
+            # (A JSON Schema property may be named "type": its value is then an object.)
+            if isinstance(kind, str) and kind in _MEDIA_PART_TYPES:
                 self.tokens += MEDIA_PART_TOKENS
                 return
             for key, item in value.items():

@@ -4,6 +4,7 @@ and learned to be missing from an OpenAI-compatible server that answers 404 ther
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -12,6 +13,8 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.fakes.openai_fake import make_openai_fake
+from tests.fakes.responses_wire import ResponsesAnswer
+from tests.fakes.wire_fake import Reply
 from tests.gateway import CLIENT_KEY, make_config, make_gateway
 from tests.providers_gateway import Stack, make_openai_client
 from truckllm.server.keys import RESPONSES_ENDPOINT_MISSING
@@ -99,3 +102,42 @@ async def test_another_key_gets_404_for_a_stored_response() -> None:
             await other.responses.create(model="demo", input="more", previous_response_id=created.id)
         assert isinstance(refused.value.body, dict)
         assert refused.value.body["code"] == "previous_response_not_found"
+
+
+def spaced_events(answer: ResponsesAnswer, fail_after: int | None = None) -> list[str]:
+    """The fake's events as an upstream might space and order them (`json.dumps`,
+    sequence_number last), optionally cut by an `error` event after `fail_after` events."""
+    out = []
+    for framed in answer.events():
+        data = json.loads(framed.split("data: ", 1)[1])
+        if not data["type"].startswith("response."):
+            continue
+        number = data.pop("sequence_number")
+        out.append(f"event: {data['type']}\ndata: {json.dumps({**data, 'sequence_number': number})}\n\n")
+    if fail_after is not None:
+        error = ('event: error\ndata: {"type": "error", "code": "server_error", '
+                 '"message": "The model crashed.", "sequence_number": 99}\n\n')
+        out = [*out[:fail_after], error]
+    return out
+
+
+async def test_native_events_in_another_spacing_reach_the_client(stack: Stack) -> None:
+    body = {"model": "gpt4o-deploy", "input": "hello there", "stream": True}
+    stack.azure.script(Reply(events=spaced_events(ResponsesAnswer("gpt4o-deploy", body))))
+    client = make_openai_client(stack)
+    async with client.responses.stream(model="az", input="hello there") as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert final.output_text == "Fake reply to: hello there" and final.model == "az"
+
+
+async def test_native_error_event_after_output_ends_with_response_failed(stack: Stack) -> None:
+    body = {"model": "gpt4o-deploy", "input": "hello there", "stream": True}
+    stack.azure.script(Reply(events=spaced_events(ResponsesAnswer("gpt4o-deploy", body), fail_after=5)))
+    client = make_openai_client(stack)
+    async with client.responses.stream(model="az", input="hello there") as stream:
+        events = [event async for event in stream]
+    assert events[-1].type == "response.failed" and "crashed" in str(events[-1].response.error)
+    numbers = [event.sequence_number for event in events]
+    assert numbers == sorted(numbers)

@@ -64,7 +64,9 @@ def diff_configs(old: Config, new: Config) -> ConfigChanges:
         server=server,
         sections=tuple(name for name in type(new).model_fields
                        if name not in _ID_SECTIONS and getattr(old, name) != getattr(new, name)),
-        needs_restart=tuple(f"server.{name}" for name in RESTART_SETTINGS if name in server),
+        needs_restart=(*(f"server.{name}" for name in RESTART_SETTINGS if name in server),
+                       # the response store is opened once, at start-up
+                       *(("responses.store",) if old.responses.store != new.responses.store else ())),
     )
 
 

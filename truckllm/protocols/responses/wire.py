@@ -56,12 +56,20 @@ class ResponsesReframer:
                 out.append(self._failed(orjson.loads(data).get("error") or {}))
                 continue
             match = _LEADING_TYPE.match(data)
-            if match is None:           # not one of ours: never forwarded unnamed
-                continue
-            name = match.group(1).decode()
-            self._sequence = int(match.group(2))
-            if name in _READ:
-                self._read(name, orjson.loads(data))
+            if match is not None:       # compact, `type` and `sequence_number` first: ours, OpenAI's
+                name, self._sequence = match.group(1).decode(), int(match.group(2))
+                if name in _READ:
+                    self._read(name, orjson.loads(data))
+            else:                       # an upstream's other spacing or key order
+                event = orjson.loads(data)
+                kind = event.get("type") if isinstance(event, dict) else None
+                if not isinstance(kind, str):
+                    continue            # never forwarded unnamed
+                name = kind
+                if isinstance(event.get("sequence_number"), int):
+                    self._sequence = event["sequence_number"]
+                if name in _READ:
+                    self._read(name, event)
             out.append(frame_event(name, data))
         return b"".join(out)
 

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
+from truckllm.observe.history import History
 from truckllm.observe.log import AccessLog, RequestLog, SecretRedactor, configure_logging
 from truckllm.observe.metrics import Metrics
 from truckllm.observe.upstream_stats import UpstreamStats
@@ -38,6 +39,7 @@ class Ops:
     started_with: LoadedConfig      # listener settings come from here until a restart
     started_at: float
     access_log: AccessLog = field(default_factory=AccessLog)
+    history: History = field(default_factory=History)     # the console's charts
     log_stream: TextIO | None = None    # where log lines go; None: stderr
     _observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
@@ -45,7 +47,7 @@ class Ops:
         """What every finished request's record is given to. Always the same list, kept
         current in place: a resize of the request log replaces its `add` (see RequestLog)."""
         self._observers[:] = [self.access_log.write, self.metrics.observe, self.request_log.add,
-                              self.upstream.observe]
+                              self.upstream.observe, self.history.observe]
         return self._observers
 
     def configure_logging(self, stream: TextIO | None = None) -> None:

@@ -29,6 +29,7 @@ from truckllm.server.keys import (
     OPS,
     ROUTING,
     STATE,
+    TRACING,
     TRANSPORT,
     RecordObserver,
 )
@@ -52,6 +53,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[LIMITER].adopt(holder.current.limits)
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops
+    app[TRACING] = ops.tracing
     ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app),
                                _routing_follows(app))
     observers: list[RecordObserver] = ops.observers()

@@ -239,6 +239,10 @@ async def test_the_console_on_the_admin_listener_only(tmp_path: Path, browser: B
         assert code == 404
         code, html = await gateway.get("/admin/", base=gateway.admin_url)
         assert code == 200 and "<title>TruckLLM console</title>" in html
+        code, body, _ = await gateway.admin("GET", "/admin/v1/history?since=soon")
+        assert code == 400 and body["error"]["param"] == "since"
+        code, body, _ = await gateway.admin("GET", "/admin/console/../config.yaml")
+        assert code == 404
         page = await browser.new_page()
         watch = Watch(page)
         await page.goto(gateway.admin_url + "/admin/")

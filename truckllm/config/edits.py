@@ -79,10 +79,13 @@ def remove_key(raw: bytes, key_id: str) -> bytes:
 def locate(text: bytes, paths: Sequence[str]) -> list[tuple[int, int] | None]:
     """For each config path, the (line, column), both from 1, where it stands in the YAML
     `text`: its key or list item, or for a missing field its deepest existing parent.
-    None for an empty path, or for all when the text is not YAML."""
+    None for an empty path, or for all when the text is not YAML. Call it only for a text
+    the loader has already parsed and checked (size, depth, aliases)."""
+    if not any(paths):
+        return [None] * len(paths)
     try:
         document: Any = _yaml().load(text)
-    except (YAMLError, ValueError, UnicodeDecodeError):
+    except (YAMLError, ValueError, UnicodeDecodeError, RecursionError):
         return [None] * len(paths)
     return [_locate_one(document, path) for path in paths]
 

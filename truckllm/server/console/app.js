@@ -410,7 +410,7 @@ function chart(selector, series, names, format) {
   // Drawn at the container's own size, so text and lines are never stretched.
   const box = $(selector + " .chart");
   const width = Math.max(200, Math.round(box.clientWidth || 300)), height = 140;
-  const left = 42, bottom = 16, top = 8;
+  const left = 52, bottom = 16, top = 8;
   const max = Math.max(1e-9, ...series.flat());
   const niceMax = nice(max);
   const x = (i) => left + (i / (WINDOW_S - 1)) * (width - left - 4);

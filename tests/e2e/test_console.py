@@ -175,6 +175,19 @@ async def test_the_console_end_to_end(tmp_path: Path, browser: Browser) -> None:
         await row.wait_for(state="detached")
         assert "console-made" not in path.read_text()
 
+        # By keyboard alone: New key, type an id, Enter; Escape closes the key's dialog.
+        await page.focus("#new-key")
+        await page.keyboard.press("Enter")
+        await page.wait_for_function("() => document.activeElement.id === 'kf-id'")
+        await page.keyboard.type("by-keyboard")
+        await page.keyboard.press("Enter")
+        await page.locator("#secret-dialog[open]").wait_for()
+        typed_key = await page.locator("#secret-value").inner_text()
+        await page.keyboard.press("Escape")
+        await page.locator("#secret-dialog[open]").wait_for(state="detached")
+        await page.wait_for_function("() => document.querySelector('#secret-value').textContent === ''")
+        await page.locator("#keys-table tbody tr[data-key='by-keyboard']").wait_for()
+
         # An invalid config edit: rejected, shown at its line, nothing written.
         before = path.read_text()
         text = await page.locator("#config-text").input_value()
@@ -222,7 +235,7 @@ async def test_the_console_end_to_end(tmp_path: Path, browser: Browser) -> None:
         assert storage == {"session": {"truckllm.admin": ENV["ADMIN_KEY"]}, "local": {},
                            "cookie": ""}
         page_text = await everything_on_the_page(page)
-        for secret in [*SECRETS, plaintext]:
+        for secret in [*SECRETS, plaintext, typed_key]:
             assert secret not in page_text
         for body in await watch.bodies():
             for secret in SECRETS:

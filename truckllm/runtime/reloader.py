@@ -141,11 +141,12 @@ class Reloader(Generic[S]):
                 loaded, state = await asyncio.to_thread(self._build, raw)
             except ConfigError as exc:
                 return self._failed(trigger, exc.issues)
-            try:
-                await asyncio.to_thread(write_atomically, self.path, raw)
-            except OSError as exc:
-                issue = ConfigIssue("", f"cannot write {self.path}: {exc.strerror}")
-                return replace(self._failed(trigger, [issue]), write_failed=True)
+            if raw != current:          # (a change to what is already there writes nothing)
+                try:
+                    await asyncio.to_thread(write_atomically, self.path, raw)
+                except OSError as exc:
+                    issue = ConfigIssue("", f"cannot write {self.path}: {exc.strerror}")
+                    return replace(self._failed(trigger, [issue]), write_failed=True)
             return self._swap(loaded, state, trigger)
 
     async def validate_posted(self, body: bytes) -> list[ConfigIssue]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from truckllm.limits import Limiter
+from truckllm.observe.traces import Tracing
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
@@ -23,6 +24,7 @@ ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive re
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
+TRACING = web.AppKey("tracing", Tracing)           # OpenTelemetry spans; off unless server.otel
 RESPONSE_STORE = web.AppKey("response_store", list[ResponseStore])   # [] when `off`
 # Providers whose upstream answered 404 to /responses: translated through chat from then on.
 RESPONSES_ENDPOINT_MISSING = web.AppKey("responses_endpoint_missing", set[str])

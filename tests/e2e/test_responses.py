@@ -161,3 +161,19 @@ async def test_no_client_key_in_upstream_request(stack: Stack) -> None:
     client = make_openai_client(stack)
     await client.responses.create(model="claude", input="hi")
     assert CLIENT_KEY not in str(stack.anthropic.requests[-1].headers)
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "claude"}, "input"),
+    ({"model": "claude", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+    ({"model": "gem", "input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"model": "gem", "input": "hi", "tools": [{"type": "function"}]}, "tools[0].name"),
+    ({"model": "claude", "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+    ({"model": "claude", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+])
+async def test_bad_requests_name_the_field(stack: Stack, body: dict[str, Any], param: str) -> None:
+    client = make_openai_client(stack)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.post("/responses", body=body, cast_to=object)
+    error = refused.value.body
+    assert isinstance(error, dict) and error["type"] == "invalid_request_error" and error["param"] == param

@@ -59,6 +59,8 @@ def to_chat_request(body: dict[str, Any]) -> ChatTranslation:
     elif instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("'instructions' must be a string", param="instructions")
     messages += _messages(body.get("input"), tool_names)
+    if not messages:
+        raise InvalidRequest("'input' must hold at least one message or item", param="input")
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     if tools:
         chat["tools"] = tools
@@ -184,6 +186,8 @@ def _response_format(text: Any) -> dict[str, Any] | None:
 
 
 def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
     if isinstance(raw, str):
         return [{"role": "user", "content": raw}]
     if not isinstance(raw, list):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from truckllm.protocols.responses.request import ToolNames
+from truckllm.protocols.responses.request import ToolNames, custom_input
 
 # chat finish_reason -> incomplete_details.reason; any other finish is `completed`.
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -100,9 +100,8 @@ def from_chat_response(chat: dict[str, Any], frame: dict[str, Any], ids: Respons
         if not isinstance(call, dict):
             continue
         function = obj(call.get("function"))
-        output.append(function_call_item(ids.item("fc", len(output)), str(call.get("id")),
-                                         str(function.get("name")),
-                                         str(function.get("arguments") or ""), names, "completed"))
+        output.append(call_item(ids, len(output), str(call.get("id")), str(function.get("name")),
+                                str(function.get("arguments") or ""), names, "completed"))
     return finished(frame, output, choice.get("finish_reason"), usage_from_chat(chat.get("usage")))
 
 
@@ -115,10 +114,14 @@ def message_item(item_id: str, content: list[dict[str, Any]], status: str) -> di
             "content": content}
 
 
-def function_call_item(item_id: str, call_id: str, chat_name: str, arguments: str,
-                       names: ToolNames, status: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "status": status, "arguments": arguments,
-            "call_id": call_id, **names.item_fields(chat_name)}
+def call_item(ids: ResponseIds, index: int, call_id: str, chat_name: str, arguments: str,
+              names: ToolNames, status: str) -> dict[str, Any]:
+    """A chat tool call as a function_call item, or a custom_tool_call for a custom tool."""
+    if chat_name in names.custom:
+        return {"id": ids.item("ctc", index), "type": "custom_tool_call", "call_id": call_id,
+                "input": custom_input(arguments) if arguments else "", **names.item_fields(chat_name)}
+    return {"id": ids.item("fc", index), "type": "function_call", "status": status,
+            "arguments": arguments, "call_id": call_id, **names.item_fields(chat_name)}
 
 
 def reasoning_item(item_id: str, text: str) -> dict[str, Any]:

@@ -15,16 +15,16 @@ from typing import Any
 
 from truckllm.protocols.responses.answer import (
     ResponseIds,
+    call_item,
     failed,
     finished,
-    function_call_item,
     message_item,
     obj,
     reasoning_item,
     text_part,
     usage_from_chat,
 )
-from truckllm.protocols.responses.request import ToolNames
+from truckllm.protocols.responses.request import ToolNames, custom_input
 
 
 class ResponsesEventWriter:
@@ -129,16 +129,18 @@ class ResponsesEventWriter:
         item = self._calls.get(index)
         if item is None:
             events += self._close_open()
-            item = self._open_item(function_call_item(
-                self._next_id("fc"), str(call.get("id") or ""), str(function.get("name") or ""),
-                "", self._names, "in_progress"))
+            item = self._open_item(call_item(
+                self._ids, len(self._output), str(call.get("id") or ""),
+                str(function.get("name") or ""), "", self._names, "in_progress"))
             self._calls[index] = item
             events.append(self._added(item))
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments and item is self._open:
             self._text.append(arguments)
-            events.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
-                                      output_index=len(self._output), delta=arguments))
+            if item["type"] == "function_call":     # a custom tool's input is sent when whole
+                events.append(self._event("response.function_call_arguments.delta",
+                                          item_id=item["id"], output_index=len(self._output),
+                                          delta=arguments))
         return events
 
     def _open_item(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +174,15 @@ class ResponsesEventWriter:
             events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
                                       output_index=index, arguments=text))
             done = {**item, "status": "completed", "arguments": text}
+        elif item["type"] == "custom_tool_call":
+            # The chat call's arguments wrap the input in JSON: it is known when they end.
+            value = custom_input(text) if text else ""
+            if value:
+                events.append(self._event("response.custom_tool_call_input.delta",
+                                          item_id=item["id"], output_index=index, delta=value))
+            events.append(self._event("response.custom_tool_call_input.done", item_id=item["id"],
+                                      output_index=index, input=value))
+            done = {**item, "input": value}
         else:
             summary = {"type": "summary_text", "text": text}
             events.append(self._event("response.reasoning_summary_text.done", item_id=item["id"],

@@ -1,7 +1,8 @@
 """A Responses API request as an OpenAI chat request, for targets that do not speak the
 Responses API: instructions and input items become messages, flat function tools become
-chat's nested ones, namespace tool groups are flattened (their calls are mapped back by
-`ToolNames`), and built-in tools with no chat equivalent are left out and listed.
+chat's nested ones, custom (free-form) tools become functions of one string, namespace
+tool groups are flattened (their calls are mapped back by `ToolNames`), and built-in tools
+with no chat equivalent are left out and listed.
 
 Pure, no I/O. Imports only errors. Refusals are InvalidRequest naming the Responses
 field (`input[3].content[0].type`), raised before anything goes upstream.
@@ -18,6 +19,10 @@ from truckllm.errors import InvalidRequest
 
 # A namespace tool's functions are offered to chat targets as `<namespace>__<name>`.
 NAMESPACE_SEPARATOR = "__"
+# A custom (free-form input) tool is offered to chat targets as a function taking its
+# input as one string; its calls come back as custom_tool_call items.
+CUSTOM_PARAMETERS = {"type": "object", "required": ["input"], "properties": {
+    "input": {"type": "string", "description": "The tool's input, as free-form text."}}}
 # Request fields a chat request carries under the same name.
 _SAME_NAME = ("temperature", "top_p", "user", "prompt_cache_key", "safety_identifier")
 _MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
@@ -28,6 +33,7 @@ class ToolNames:
     """Chat function name -> (namespace, name) for the functions of namespace groups."""
 
     namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
+    custom: frozenset[str] = frozenset()        # chat names of custom (free-form) tools
 
     def item_fields(self, chat_name: str) -> dict[str, str]:
         """`name` (and `namespace`) of a function_call item for a chat tool call's name."""
@@ -97,6 +103,7 @@ def _tools(raw: Any) -> tuple[list[dict[str, Any]], ToolNames, list[str]]:
         raise InvalidRequest("'tools' must be an array", param="tools")
     tools: list[dict[str, Any]] = []
     namespaced: dict[str, tuple[str, str]] = {}
+    custom: set[str] = set()
     dropped: list[str] = []
     for j, tool in enumerate(raw):
         param = f"tools[{j}]"
@@ -104,22 +111,30 @@ def _tools(raw: Any) -> tuple[list[dict[str, Any]], ToolNames, list[str]]:
             raise InvalidRequest("a tool must be an object with a 'type'", param=f"{param}.type")
         if tool["type"] == "function":
             tools.append(_function(tool, param, None))
+        elif tool["type"] == "custom":
+            tools.append(_custom(tool, param, None))
+            custom.add(tools[-1]["function"]["name"])
         elif tool["type"] == "namespace":
             namespace = tool.get("name")
             if not isinstance(namespace, str) or not namespace:
                 raise InvalidRequest("a namespace needs a 'name'", param=f"{param}.name")
             for k, inner in enumerate(tool.get("tools") or []):
                 inner_param = f"{param}.tools[{k}]"
-                if not isinstance(inner, dict) or inner.get("type") != "function":
+                kind = inner.get("type") if isinstance(inner, dict) else None
+                if kind == "function":
+                    function = _function(inner, inner_param, namespace)
+                elif kind == "custom":
+                    function = _custom(inner, inner_param, namespace)
+                    custom.add(function["function"]["name"])
+                else:
                     dropped.append(f"{namespace}.{_type_of(inner)}")
                     continue
-                function = _function(inner, inner_param, namespace)
                 namespaced[function["function"]["name"]] = (namespace, inner["name"])
                 tools.append(function)
         else:
             # A built-in tool (web_search, file_search, custom, ...): no chat equivalent.
             dropped.append(tool["type"])
-    return tools, ToolNames(namespaced), dropped
+    return tools, ToolNames(namespaced, frozenset(custom)), dropped
 
 
 def _type_of(tool: Any) -> str:
@@ -144,11 +159,39 @@ def _function(tool: dict[str, Any], param: str, namespace: str | None) -> dict[s
     return {"type": "function", "function": function}
 
 
+def _custom(tool: dict[str, Any], param: str, namespace: str | None) -> dict[str, Any]:
+    """A custom tool as a function of one string; its grammar, if any, is told the model
+    in the description (chat has no grammar-constrained input)."""
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("a custom tool needs a 'name'", param=f"{param}.name")
+    given = tool.get("description")
+    description: str = given if isinstance(given, str) else ""
+    fmt = tool.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar" and isinstance(fmt.get("definition"), str):
+        syntax = fmt.get("syntax") if isinstance(fmt.get("syntax"), str) else "grammar"
+        description += f"\n\nThe input must follow this {syntax} grammar:\n{fmt['definition']}"
+    return {"type": "function", "function": {
+        "name": name if namespace is None else namespace + NAMESPACE_SEPARATOR + name,
+        "description": description.strip() or f"The {name} tool.", "parameters": CUSTOM_PARAMETERS}}
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool call's input from the chat call's arguments (`{"input": ...}`); the
+    arguments as they are when the model did not wrap its input."""
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    value = parsed.get("input") if isinstance(parsed, dict) else None
+    return value if isinstance(value, str) else arguments
+
+
 def _tool_choice(choice: Any, names: ToolNames) -> Any:
     if choice is None or choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict):
-        if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        if choice.get("type") in ("function", "custom") and isinstance(choice.get("name"), str):
             name = choice["name"]
             if isinstance(choice.get("namespace"), str):
                 name = choice["namespace"] + NAMESPACE_SEPARATOR + name
@@ -204,7 +247,10 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
                 messages.append(message)
         elif kind == "function_call":
             _add_call(messages, _call(item, param, names))
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            _add_call(messages, _call({**item, "arguments": {"input": _str(item, "input", param)}},
+                                      param, names))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(_call_output(item, param))
         elif kind == "reasoning":
             continue        # a chat target has no place for earlier reasoning

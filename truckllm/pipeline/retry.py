@@ -113,7 +113,9 @@ def classify_response(status: int, headers: Mapping[str, str],
         retry_after = info.retry_after_s        # e.g. Gemini's RetryInfo in the body
     if retry_after is not None:
         retry_after = min(retry_after, MAX_RETRY_AFTER_S)
-    upstream_message = scrub(info.message) if info else f"upstream answered {status}"
+    if info is not None:
+        info = scrub_info(info)
+    upstream_message = info.message if info else f"upstream answered {status}"
     if status in (401, 403) or (info is not None and _names_bad_key(info)):
         # The client's key was fine; ours was not. Never repeat the upstream's words.
         return Outcome(ErrorClass.AUTH, f"upstream rejected the gateway's credentials ({status})",
@@ -304,8 +306,34 @@ def without_secret(text: str, secret: str) -> str:
 
 
 def outcome_without_secret(outcome: Outcome, secret: str) -> Outcome:
+    """`outcome` with the key the attempt sent masked in its message and in every field of
+    the upstream's error (type, code and param are passed on to the client too)."""
     message = without_secret(outcome.message, secret)
-    return outcome if message == outcome.message else dataclasses.replace(outcome, message=message)
+    info = outcome.info and scrub_info(outcome.info, secret)
+    if message == outcome.message and info == outcome.info:
+        return outcome
+    return dataclasses.replace(outcome, message=message, info=info)
+
+
+def scrub_info(info: UpstreamErrorInfo, secret: str = "") -> UpstreamErrorInfo:
+    """Every text field of an upstream error made safe to show (see `scrub`), with
+    `secret`, the key the attempt sent, masked as well."""
+    def clean(text: str) -> str:
+        return without_secret(scrub(text), secret)
+
+    return dataclasses.replace(
+        info, type=clean(info.type), message=clean(info.message),
+        code=None if info.code is None else clean(info.code),
+        param=None if info.param is None else clean(info.param))
+
+
+def scrub_error(error: GatewayError, secret: str) -> None:
+    """An upstream's error event made safe to relay: every field a client sees is
+    scrubbed, with `secret`, the key the attempt sent, masked as well."""
+    info = scrub_info(UpstreamErrorInfo(error.status, error.type, error.message, error.code,
+                                        error.param), secret)
+    error.message, error.type, error.code, error.param = (info.message, info.type, info.code,
+                                                          info.param)
 
 
 def scrub(text: str) -> str:

@@ -160,9 +160,14 @@ def _model_refused(model: str, resolved: object) -> errors.GatewayError:
 async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
     key = _authenticate(request, state, request.app[LIMITER], exchange)
-    data = [_model_entry(state, route.alias, route) for route in state.all_routes
-            if key is None or key.may_use(route.alias)]
-    return _json({"object": "list", "data": data})
+    usable = [route for route in state.all_routes if key is None or key.may_use(route.alias)]
+    # A wildcard alias is no model a client can send as it is: it is listed apart, by the
+    # prefix a model name is put after, so that no client picks `openai/*` as a model.
+    data = [_model_entry(state, route.alias, route) for route in usable
+            if not route.alias.endswith("*")]
+    wildcards = [{"prefix": route.alias[:-1], "owned_by": route.targets[0].provider_id}
+                 for route in usable if route.alias.endswith("*")]
+    return _json({"object": "list", "data": data, "wildcards": wildcards})
 
 
 async def get_model(request: web.Request, exchange: Exchange) -> web.Response:

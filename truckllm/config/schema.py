@@ -65,6 +65,7 @@ class ProviderBase(Strict):
     idle_timeout_s: float = Field(60, gt=0, description="Longest silence allowed between two chunks of a stream once it has started; a stalled stream is ended with an error event and its upstream connection closed.")
     health_check_interval_s: float | None = Field(None, gt=0, description="When set, probe each key this often with a free request (`GET /models` or equivalent, never a completion); absent means health is judged from real traffic only.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent upstream on every request.")
+    max_event_mb: float = Field(8, gt=0, description="Largest single event of an upstream stream, in MiB (comment lines included); a larger one fails the attempt as an upstream error, so an event that never ends cannot hold memory without bound.")
 
 
 class OpenAIProvider(ProviderBase):

@@ -405,7 +405,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
             response = await _send_ok(call, provider, target, key, transport)
             translator = provider.spec_by_op[call.op].new_stream_translator(call.op, target, call.ctx)
             relay = StreamRelay(response, translator, exchange, attempt, call.estimate.tokens,
-                                key.value)
+                                key.value, int(provider.config.max_event_mb * 1024 * 1024))
             first = await relay.first_output()
     except TimeoutError:
         _abandon(relay)

@@ -37,10 +37,10 @@ class StreamRelay:
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
                  exchange: Exchange, attempt: Attempt, prompt_estimate: int = 0,
-                 key_value: str = "") -> None:
+                 key_value: str = "", max_event_bytes: int | None = None) -> None:
         self._response = response
         self._chunks = response.iter_chunks()
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
         self._exchange = exchange
         self._attempt = attempt

@@ -399,23 +399,28 @@ async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: 
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                        transport: Transport, exchange: Exchange, attempt: Attempt) -> StreamReply:
     started = time.perf_counter()
-    relay: StreamRelay | None = None
+    response: UpstreamResponse | None = None
+    # Read before the request is sent: nothing that fails after it may leave it running.
+    prompt_tokens = call.estimate.tokens
     try:
         async with _first_byte_deadline(provider):
             response = await _send_ok(call, provider, target, key, transport)
             translator = provider.spec_by_op[call.op].new_stream_translator(call.op, target, call.ctx)
-            relay = StreamRelay(response, translator, exchange, attempt, call.estimate.tokens,
+            relay = StreamRelay(response, translator, exchange, attempt, prompt_tokens,
                                 key.value, int(provider.config.max_event_mb * 1024 * 1024))
             first = await relay.first_output()
     except TimeoutError:
-        _abandon(relay)
+        _abandon(response)
         raise _AttemptFailed(timed_out("no first token before first_byte_timeout_s")) from None
     except errors.GatewayError as exc:          # an error event before any output
-        _abandon(relay)
+        _abandon(response)
         raise _AttemptFailed(event_outcome(exc, now_unix=time.time())) from None
     except TransportError as exc:
-        _abandon(relay)
+        _abandon(response)
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+    except BaseException:                       # the client left, or a bug: close upstream
+        _abandon(response)
+        raise
     finally:
         waited = time.perf_counter() - started
         exchange.upstream_s += waited
@@ -472,9 +477,9 @@ async def _read_error_body(response: UpstreamResponse) -> bytes:
         response.close()
 
 
-def _abandon(relay: StreamRelay | None) -> None:
-    if relay is not None:
-        relay.close_upstream()
+def _abandon(response: UpstreamResponse | None) -> None:
+    if response is not None:
+        response.close()
 
 
 def _status_outcome(provider: CompiledProvider, status: int, headers: Mapping[str, str],

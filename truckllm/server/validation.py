@@ -164,8 +164,16 @@ def check_fields(op: str, body: dict[str, Any]) -> None:
         for message in messages:
             if message.__class__ is not dict or message.get("role").__class__ is not str:
                 _raise_message_error(messages, message)
+            if message.get("content").__class__ is list:
+                _check_parts(messages, message)
         if not messages:
             raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    elif op == "messages" or op == "count_tokens":
+        for message in body["messages"]:
+            if message.__class__ is dict and message.get("content").__class__ is list:
+                _check_parts(body["messages"], message)
+        if body.get("system").__class__ is list:
+            _check_part_list(body["system"], "system")
     elif op == "embeddings":
         if body.get("encoding_format") not in (None, "float", "base64"):
             raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
@@ -213,6 +221,22 @@ def _raise_first_field_error(op: str, body: dict[str, Any]) -> None:
         if value is not None and _out_of_bounds(value, (low, high)):
             allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise InvalidRequest(f"'{name}' must be {allowed}; got {value}.", param=name)
+
+
+def _check_parts(messages: list[Any], message: dict[str, Any]) -> None:
+    """400 for a content part that is not an object with a string `type`: every reader
+    downstream (translators, the prompt estimate) relies on it."""
+    parts = message["content"]
+    if all(part.__class__ is dict and part.get("type").__class__ is str for part in parts):
+        return
+    _check_part_list(parts, f"messages[{messages.index(message)}].content")
+
+
+def _check_part_list(parts: list[Any], where: str) -> None:
+    for index, part in enumerate(parts):
+        if part.__class__ is not dict or part.get("type").__class__ is not str:
+            raise InvalidRequest(f"{where}[{index}] must be an object with a string 'type'.",
+                                 param=f"{where}[{index}]")
 
 
 def _out_of_bounds(value: Any, bounds: tuple[int, int | None]) -> bool:

@@ -58,7 +58,8 @@ class Relay:
         key = _authenticate(request, state, limiter, exchange)
         if key is not None:
             exchange.key_id = key.id
-        body = await self.read_body(request, state.config.server.max_body_mb)
+        server = state.config.server
+        body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
         model: str = body["model"]
         resolved = state.resolve(model)

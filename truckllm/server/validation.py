@@ -3,16 +3,18 @@ TruckLLM reads. Every other field goes upstream untouched."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from truckllm.errors import InvalidRequest, PayloadTooLarge
+from truckllm.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from truckllm.providers.shared.media import MultipartField
 
 _MIB = 1024 * 1024
+_T = TypeVar("_T")
 _NUMBER = (int, float)
 
 # field -> (accepted types, required). None is accepted for optional fields, as OpenAI does.
@@ -66,7 +68,8 @@ _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a bo
                int: "an integer", float: "a number"}
 
 
-async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
+async def read_json(request: web.Request, max_body_mb: float,
+                    timeout_s: float | None = None) -> dict[str, Any]:
     limit = int(max_body_mb * _MIB)
     content = request.content
     if content.is_eof():
@@ -76,7 +79,7 @@ async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
         if len(raw) > limit:
             raise _too_large(max_body_mb)
     else:
-        raw = await _read_body(request, limit, max_body_mb)
+        raw = await _within(_read_body(request, limit, max_body_mb), timeout_s)
     if not raw or raw.isspace():       # no stripped copy of the body to find out
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -106,10 +109,25 @@ def _check_depth(body: dict[str, Any]) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
-async def read_multipart(request: web.Request, max_body_mb: float) -> dict[str, Any]:
+async def read_multipart(request: web.Request, max_body_mb: float,
+                         timeout_s: float | None = None) -> dict[str, Any]:
     """A multipart/form-data upload as {"model": ..., "fields": [MultipartField, ...]}."""
     if not request.content_type.startswith("multipart/form-data"):
         raise InvalidRequest("This endpoint takes a multipart/form-data upload.")
+    return await _within(_read_multipart(request, max_body_mb), timeout_s)
+
+
+async def _within(read: Awaitable[_T], timeout_s: float | None) -> _T:
+    """What `read` reads from the client, in `timeout_s` at most (`server.body_timeout_s`):
+    a body that trickles in, or a chunked one that never ends, is not held forever."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
+
+
+async def _read_multipart(request: web.Request, max_body_mb: float) -> dict[str, Any]:
     limit, size = int(max_body_mb * _MIB), 0
     fields: list[MultipartField] = []
     reader = await request.multipart()

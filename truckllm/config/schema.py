@@ -47,7 +47,7 @@ class ServerConfig(Strict):
 def split_host_port(value: str) -> tuple[str, int]:
     """`127.0.0.1:8081`, `[::1]:8081` or `localhost:8081` -> (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         raise ValueError("must be host:port, e.g. 127.0.0.1:8081")
     return host.removeprefix("[").removesuffix("]"), int(port)
 

@@ -56,8 +56,6 @@ class Relay:
         op, limiter = self.op, self.limiter
         state = self.holder.current                     # one snapshot for the whole request
         key = _authenticate(request, state, limiter, exchange)
-        if key is not None:
-            exchange.key_id = key.id
         server = state.config.server
         body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
@@ -143,6 +141,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
+        exchange.key_id = key.id
         sending = state.limits.sending_headers.get(key.id)    # most keys send none
         if sending is not None:
             exchange.ratelimit_headers = metering.ratelimit_headers(limiter, sending)

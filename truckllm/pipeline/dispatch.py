@@ -183,9 +183,13 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     while len(tried) < settings.max_attempts:
         candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
         if candidate is None or tried:      # nothing usable yet, or a retry: pause first
+            paused = time.perf_counter()
             candidate, waited = await _after_pause(candidate, candidates, tried, last, waited,
                                                    routing, usable, has_capacity, capacity_wait,
                                                    settings.wait_for_recovery_ms)
+            # Backing off or waiting for an upstream to recover is not TruckLLM's own time
+            # (x-truckllm-overhead-ms): it counts with the time spent on upstream.
+            exchange.upstream_s += time.perf_counter() - paused
             if candidate is None:
                 break
         tried.append(candidate)
@@ -209,8 +213,10 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             return await _fall_back(call, route, last, transport, exchange, routing, seen)
         if not is_retryable(last, settings.retry_on):
             break
-    raise final_error(last, earliest_recovery_s(candidates, routing.health, has_capacity,
-                                                capacity_wait))
+    recovery_s = earliest_recovery_s(candidates, routing.health, has_capacity, capacity_wait)
+    cause = None if last is not None else routing.health.last_failure(
+        (c.target.target_id, c.key_ref) for c in candidates)
+    raise final_error(last, recovery_s, cause)
 
 
 def _fall_back(call: Call, route: Route, overflow: Outcome, transport: Transport,

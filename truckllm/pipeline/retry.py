@@ -259,21 +259,24 @@ def passthrough_error(outcome: Outcome) -> UpstreamStatus:
                           code=code, param=info.param if info else None)
 
 
-def final_error(last: Outcome | None, recovery_s: float | None) -> GatewayError:
+def final_error(last: Outcome | None, recovery_s: float | None,
+                cause: str | None = None) -> GatewayError:
     """The error for a request no attempt could serve.
 
     `last` is the last attempt's outcome (None when nothing could be tried), `recovery_s`
     the time until the earliest candidate recovers (0 when one is usable now, None when
     none will, e.g. every key was rejected). Client errors pass through; nothing tried, or
     the last try rate-limited, while candidates are cooling is 503 with Retry-After; a
-    timeout is 504; anything else is 502.
+    timeout is 504; anything else is 502. `cause`, when nothing was tried: the last
+    failure of these candidates (why they are cooling), said in the message.
     """
     if last is not None and last.error_class in (ErrorClass.CLIENT_ERROR, ErrorClass.CONTEXT_OVERFLOW):
         return passthrough_error(last)
     cooling = recovery_s is not None and (last is None or last.error_class is ErrorClass.RATE_LIMITED)
     if cooling and recovery_s is not None:
-        return Overloaded("every upstream for this model is cooling down or at its limit; "
-                          "retry after the time in Retry-After",
+        because = f" (last failure: {cause})" if last is None and cause else ""
+        return Overloaded("every upstream for this model is cooling down or at its limit"
+                          f"{because}; retry after the time in Retry-After",
                           code="overloaded", retry_after_s=max(recovery_s, 1.0))
     if last is None:
         return UpstreamFailed("no upstream can serve this model (every key was rejected)",

@@ -145,15 +145,24 @@ async def test_connections_past_the_cap_get_a_503_at_once() -> None:
             other.close()
 
 
-def test_serve_answers_an_oversized_header_in_json(tmp_path: Path) -> None:
-    """The same through a real `truckllm serve` process."""
+def test_serve_answers_an_oversized_header_and_a_connection_past_the_cap_in_json(
+        tmp_path: Path) -> None:
+    """The same through a real `truckllm serve` process (on uvloop, as in production)."""
     config_path = tmp_path / "serve.yaml"
-    config_path.write_text(yaml.safe_dump(make_config(server={"log_level": "info"})))
+    config_path.write_text(yaml.safe_dump(make_config(server={"log_level": "info",
+                                                              "max_connections": 3})))
     with make_serve_process(config_path) as served:
-        async def ask() -> tuple[int, dict[str, str], bytes]:
-            return await exchange(served.port, (
-                f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {SECRET_BEARER}\r\n\r\n").encode())
-        status, headers, body = asyncio.run(ask())
+        async def ask() -> list[tuple[int, dict[str, str], bytes]]:
+            answers = [await exchange(served.port, (
+                f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: {SECRET_BEARER}\r\n\r\n").encode())]
+            held = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(3)]
+            await asyncio.sleep(0.2)
+            answers.append(await exchange(served.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"))
+            for _, writer in held:
+                writer.close()
+            return answers
+        (status, headers, body), (over, over_headers, over_body) = asyncio.run(ask())
         assert status == 431 and openai_error(headers, body)["type"] == "invalid_request_error"
+        assert over == 503 and openai_error(over_headers, over_body)["code"] == "too_many_connections"
         served.stop()
         assert "s3cr3t" not in served.log()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -102,7 +102,8 @@ class _Refusal(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods.)
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.write(_REFUSAL)
         if self._site.lingering >= _MAX_LINGERING_REFUSALS or not transport.can_write_eof():

@@ -192,11 +192,9 @@ async def abuse(child: Child, port: int, args: argparse.Namespace) -> Phase:
     timed_out = sum(a.startswith(b"HTTP/1.1 408") for a in endless_answers)
     phase.notes.append(f"{timed_out} of {len(endless)} never-ending bodies answered 408 "
                        f"(body_timeout_s {args.body_timeout:g})")
-    waited = time.monotonic()
     closed = await asyncio.gather(*(read_answer(r, args.keepalive + 10) for r, _ in idle + slow))
     phase.notes.append(f"{sum(a == b'' for a in closed)} of {len(idle) + len(slow)} idle and "
-                       f"slowloris connections closed by the gateway within "
-                       f"{time.monotonic() - waited:.0f} s of the probe's end "
+                       f"slowloris connections closed by the gateway "
                        f"(keepalive_timeout_s {args.keepalive:g})")
     for _, writer in opened:
         writer.close()
@@ -269,7 +267,9 @@ def render(phases: list[Phase], args: argparse.Namespace) -> str:
     lines += [f"- {phase.name}: {note}" for phase in phases for note in phase.notes]
     lines.append("- connection abuse: latency is the probe's (4 clients, plain and streamed "
                  "requests) while the abusive connections were open; disconnect storm: time "
-                 "to the first event, 50 streams at a time.")
+                 "to the first event, 50 streams at a time. A streamed answer takes about "
+                 "45 ms by the fake upstream's pacing (20 events 2 ms apart), which sets the "
+                 "latencies more than the gateway does.")
     return "\n".join(lines) + "\n"
 
 

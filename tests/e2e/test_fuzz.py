@@ -2,7 +2,7 @@
 for /v1/chat/completions, /v1/embeddings and /v1/messages, streamed and not, by a key
 with a tpm limit and one without. Whatever is sent, the answer is never a 5xx, never a
 hang, and an error is always JSON. Bounded in examples (and derandomised), so it runs
-in a few seconds in `make test`."""
+in a few seconds in `make test`; TRUCKLLM_FUZZ_EXAMPLES=2000 runs a longer, random one."""
 
 from __future__ import annotations
 

@@ -260,7 +260,7 @@ def render(phases: list[Phase], args: argparse.Namespace) -> str:
     for phase in phases:
         after = phase.after or phase.before
         lines.append(
-            f"| {phase.name} | {phase.seconds:.0f} s | {phase.requests} | {phase.errors} | "
+            f"| {phase.name} | {phase.seconds:.1f} s | {phase.requests} | {phase.errors} | "
             f"{percentile(phase.latencies_ms, 0.5):.1f} | {percentile(phase.latencies_ms, 0.99):.1f} | "
             f"{phase.before.rss_mib:.1f} → {after.rss_mib:.1f} | {phase.before.fds} → {after.fds} |")
     lines.append("")

@@ -159,7 +159,10 @@ async def _history(store: ResponseStore | None, previous: Any, owner: str) -> li
     if stored is None:
         raise errors.InvalidRequest(f"Previous response with id '{previous}' not found.",
                                     param="previous_response_id", code="previous_response_not_found")
-    return [*stored.input_items, *stored.response.get("output", [])]
+    # A reasoning item without its encrypted content stands for state kept upstream (in an
+    # account the follow-up may not reach): sent back, it would only be refused.
+    return [item for item in (*stored.input_items, *stored.response.get("output", []))
+            if item.get("type") != "reasoning" or item.get("encrypted_content")]
 
 
 def _stored(state: State, response: dict[str, Any], items: list[dict[str, Any]], owner: str,

@@ -219,6 +219,8 @@ class Reloader(Generic[S]):
 
     async def _apply_raw(self, raw: bytes, trigger: str) -> ReloadResult:
         if raw == self.loaded.raw:
+            self._log.info("config unchanged; nothing to do", trigger=trigger,
+                           version=self.version, sha256=self.loaded.sha256)
             return ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
         try:
             loaded, state = await asyncio.to_thread(self._build, raw)

@@ -45,13 +45,16 @@ def _build(cache: Path, scratch: Path) -> None:
     viewer = clone / ".venv" / "bin" / "pyi-archive_viewer"
     contents = subprocess.run([str(viewer), "-r", "-b", str(built / "truckllm")],
                               capture_output=True, text=True, check=True).stdout
-    staging = cache.with_name(cache.name + ".partial")
+    staging = cache.parent.with_name(cache.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copy2(built / "truckllm", staging / "truckllm")
     for wheel in built.glob("*.whl"):
         shutil.copy2(wheel, staging / wheel.name)
     (staging / "contents.txt").write_text(contents)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    for stale in cache.parent.iterdir():     # builds of older sources
+        shutil.rmtree(stale, ignore_errors=True)
     staging.rename(cache)
 
 

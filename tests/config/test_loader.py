@@ -176,3 +176,14 @@ def test_a_far_miss_gets_no_suggestion() -> None:
     with pytest.raises(ConfigError) as raised:
         load_bytes(BASE.replace("version: 1\n", "version: 1\nzzz: 1\n").encode(), "config.yaml", {})
     assert [i.message for i in raised.value.issues] == ["unknown field"]
+
+
+def test_near_misses_of_a_provider_type_and_an_alias_get_a_suggestion() -> None:
+    source = BASE.replace("type: openai", "type: opnai").replace(
+        "targets: [{provider: demo, model: m}]",
+        "targets: [{provider: demo, model: m}]\n    fallback_on_context_overflow: dem")
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(source.encode(), "config.yaml", {})
+    messages = [issue.message for issue in raised.value.issues]
+    assert any(m.startswith("unknown provider type 'opnai' (did you mean `openai`?)") for m in messages)
+    assert "unknown alias 'dem' (did you mean `demo`?)" in messages

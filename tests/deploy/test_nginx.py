@@ -32,23 +32,30 @@ CHUNK_DELAY_S = 0.25
 
 @pytest.fixture(scope="session")
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-    if found:
-        return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("nginx is missing and apt-get cannot install it here")
-    # RUNLEVEL=1: the package's scripts must not start a system nginx on port 80
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
-    update = subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, text=True,
-                            timeout=600, check=False)
-    if update.returncode != 0:
-        pytest.skip(f"apt-get update failed: {update.stderr[-500:]}")
-    install = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx"],
-                             env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
-    found = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert os.path.exists(found)
+    """Debian's nginx (and the openssl command for a test certificate), installed with
+    apt-get when missing."""
+    missing = [package for package, command in (("nginx", "nginx"), ("openssl", "openssl"))
+               if _which(command) is None]
+    if missing:
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            pytest.skip(f"{', '.join(missing)} missing and apt-get cannot install it here")
+        # RUNLEVEL=1: the package's scripts must not start a system nginx on port 80
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
+        update = subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True,
+                                text=True, timeout=600, check=False)
+        if update.returncode != 0:
+            pytest.skip(f"apt-get update failed: {update.stderr[-500:]}")
+        install = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+                                 env=env, capture_output=True, text=True, timeout=900, check=False)
+        assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    found = _which("nginx")
+    assert found is not None
     return found
+
+
+def _which(command: str) -> str | None:
+    """PATH may lack /usr/sbin, where Debian puts nginx."""
+    return shutil.which(command) or shutil.which(command, path="/usr/sbin:/usr/bin")
 
 
 def _certificate(directory: Path) -> tuple[Path, Path]:

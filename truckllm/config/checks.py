@@ -128,7 +128,8 @@ def _context_fallbacks(parts: Parts) -> Iterator[Problem]:
         if fallback == model.alias:
             yield ("models", i, "fallback_on_context_overflow"), "an alias cannot be its own context-overflow fallback"
         elif fallback not in aliases:
-            yield ("models", i, "fallback_on_context_overflow"), f"unknown alias {fallback!r}"
+            yield (("models", i, "fallback_on_context_overflow"),
+                   f"unknown alias {fallback!r}{did_you_mean(fallback, aliases)}")
 
 
 def _client_keys(parts: Parts) -> Iterator[Problem]:

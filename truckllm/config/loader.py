@@ -321,7 +321,9 @@ def _message(err: Any, path: PathTuple, data: Any) -> str:
     if kind in _MESSAGES:
         return str(_MESSAGES[kind])
     if kind == "union_tag_invalid":
-        return f"unknown provider type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
+        tag, expected = str(err["ctx"]["tag"]), str(err["ctx"]["expected_tags"])
+        hint = did_you_mean(tag, re.findall(r"'([^']*)'", expected))
+        return f"unknown provider type {tag!r}{hint} (expected {expected})"
     message = str(err["msg"])
     return message.removeprefix("Value error, ")
 

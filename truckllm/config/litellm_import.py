@@ -321,8 +321,9 @@ def _unique(name: str, used: set[str]) -> str:
 
 
 def _info_notes(info: dict[str, Any], where: str, state: _Converter) -> None:
+    # `id` and `mode` only label the deployment inside LiteLLM: nothing to carry
     known = {"input_cost_per_token", "output_cost_per_token", "max_input_tokens", "max_tokens",
-             "id", "mode", "base_model"}
+             "id", "mode"}
     for name in info:
         if name not in known:
             state.note(f"{where}.model_info.{name}", "not carried over")

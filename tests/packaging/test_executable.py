@@ -16,8 +16,8 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.dist.conftest import ROOT, Built
 from tests.gateway import free_port
+from tests.packaging.conftest import ROOT, Built
 
 KEY = "tk-dist-test-key-0001"
 CONFIG = {

@@ -11,8 +11,8 @@ import urllib.request
 import venv
 from pathlib import Path
 
-from tests.dist.conftest import Built
 from tests.gateway import free_port
+from tests.packaging.conftest import Built
 
 
 def test_the_wheel_installs_and_serves(built: Built, tmp_path: Path) -> None:

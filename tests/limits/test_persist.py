@@ -46,6 +46,15 @@ def test_state_file_defaults_beside_the_config() -> None:
     assert state_file_path("/etc/truck/config.yaml", "/var/s.json") == Path("/var/s.json")
 
 
+def test_the_state_file_goes_in_the_state_directory_systemd_gives() -> None:
+    env = {"STATE_DIRECTORY": "/var/lib/truckllm:/var/lib/other"}
+    config = "/etc/truckllm/config.yaml"
+    assert state_file_path(config, None, env) == Path("/var/lib/truckllm/config.state.json")
+    assert state_file_path(config, "s.json", env) == Path("/var/lib/truckllm/s.json")
+    assert state_file_path(config, "/srv/s.json", env) == Path("/srv/s.json")
+    assert state_file_path(config, None, {}) == Path("/etc/truckllm/config.state.json")
+
+
 def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "x.state.json"
     write_atomic(target, b"one")

@@ -279,9 +279,9 @@ def test_upstream_keys_are_skipped_at_their_limit_and_reopen() -> None:
     first.settle(Usage(prompt_tokens=800, completion_tokens=100), 0.02)
     clock.advance(60)
     assert limiter.upstream_has_capacity(policy, "openai/main", 999)
-    report = limiter.upstream_report("openai/main")
-    assert report["requests"] == 2 and report["tokens"] == 1050
-    assert report["spend_usd"] == pytest.approx(0.03)
+    report = limiter.upstream.key("openai/main").usage
+    assert report.requests == 2 and report.tokens == 1050
+    assert report.spend_usd == pytest.approx(0.03)
 
 
 def test_upstream_tpm_counts_the_estimate_until_settled() -> None:
@@ -313,8 +313,8 @@ def test_a_request_and_its_unlimited_upstream_key_are_charged_together_and_exact
         admission.settle(Usage(prompt_tokens=10, completion_tokens=5), 0.25, use)
         admission.release()
     limiter.upstream_acquire(policy, "p/free", 0).settle(None)   # a failed attempt
-    upstream = limiter.upstream_report("p/free")
-    assert (upstream["requests"], upstream["tokens"], upstream["spend_usd"]) == (3, 30, 0.5)
+    upstream = limiter.upstream.key("p/free").usage
+    assert (upstream.requests, upstream.tokens, upstream.spend_usd) == (3, 30, 0.5)
     key = limiter.key_report(policy, "a")
     assert (key["requests"], key["tokens"], key["spend_usd"]) == (2, 30, 0.5)
     assert key["current"]["in_flight"] == 0

@@ -66,7 +66,7 @@ async def test_spend_round_trips_through_the_file(tmp_path: Path) -> None:
         restarted.admit(POLICY, "a", 10)
     report = restarted.key_report(POLICY, "a")
     assert report["spend_usd"] == 1.5 and report["tokens"] == 15 and report["requests"] == 1
-    assert restarted.upstream_report("openai/main")["spend_usd"] == 1.5
+    assert restarted.upstream.key("openai/main").usage.spend_usd == 1.5
 
 
 async def test_a_saved_period_that_has_ended_starts_fresh(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from truckllm.limits.clock import Clock
+from truckllm.clock import Clock
 
 BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

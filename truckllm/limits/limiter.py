@@ -1,36 +1,47 @@
 """Admission of client requests (key and gateway limits, budgets) and upstream-key
 accounting. Runtime state that survives reloads, keyed by stable ids.
 
-Everything here is synchronous on purpose: one event loop runs it, so a check and the
-reservation that follows it can never interleave with another request's — that is what
-makes the limits exact under concurrency. Must not import the server or dispatch.
+A check and the reservation that follows it are one step (`admit`, `upstream_acquire`):
+in memory one event loop runs it without a suspension point, so no other request's can
+come between them — that is what makes the limits exact under concurrency. Upstream keys'
+state lives in their records in the upstream store (truckllm.limits.upstream), shared with
+health. Must not import the server or dispatch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
+from truckllm.clock import Clock, SystemClock
 from truckllm.errors import PermissionDenied, RateLimited
 from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.budget import EPOCH, PeriodStarts, period_start
-from truckllm.limits.clock import Clock, SystemClock
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import ratelimit_headers
 from truckllm.limits.meter import RateMeter, Refusal
 from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy, RateLimits
+from truckllm.limits.upstream import KeyRecord, MemoryUpstreamStore, UpstreamStore
 from truckllm.limits.window import SlidingWindow, WindowEntry
 from truckllm.usage import Usage
+
+
+class LimitScope(StrEnum):
+    """Whose limit refused a request: the `scope` label of llm_rate_limited_total."""
+
+    KEY = "key"
+    GATEWAY = "gateway"
 
 
 class RateLimitExceeded(RateLimited):
     """429 with Retry-After and the key's x-ratelimit-* headers."""
 
-    def __init__(self, message: str, *, scope: str, limit: str, retry_after_s: float | None,
-                 ratelimit: dict[str, str]) -> None:
+    def __init__(self, message: str, *, scope: LimitScope, limit: str,
+                 retry_after_s: float | None, ratelimit: dict[str, str]) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
-        self.scope = scope          # key | gateway  (the llm_rate_limited_total label)
+        self.scope = scope
         self.limit = limit          # rpm | tpm | max_concurrent
         self.ratelimit = ratelimit
 
@@ -58,16 +69,16 @@ class Limiter:
     all the same: they are reported, and a reload may add a cap while requests are out.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *,
+                 upstream: UpstreamStore | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
+        self.upstream: UpstreamStore = upstream if upstream is not None else MemoryUpstreamStore()
         self.changes = 0            # bumped on every change worth saving
         self._policy: LimitsPolicy | None = None
         self._gateway = RateMeter()
         self._key_meters: dict[str, RateMeter] = {}
         self._accounts: dict[str, Account] = {}
         self._entries: dict[str, _KeyEntry] = {}     # for the adopted policy; see _KeyEntry
-        self._upstream_meters: dict[str, RateMeter] = {}
-        self._upstream_counters: dict[str, Counters] = {}
         self._shared_uses: dict[str, UpstreamUse] = {}  # upstream keys without rpm/tpm
         self._periods = PeriodStarts()
 
@@ -81,16 +92,59 @@ class Limiter:
         self._entries, self._shared_uses = {}, {}     # both made for one policy
         for table in (self._key_meters, self._accounts):
             _keep_only(table, policy.keys)
-        for upstream in (self._upstream_meters, self._upstream_counters):
-            _keep_only(upstream, policy.upstream)
+        self.upstream.retain(policy.upstream)
 
     # -- client requests --------------------------------------------------------------
 
     def admit(self, policy: LimitsPolicy, key_id: str | None,
               estimate_tokens: int | PromptEstimate) -> Admission:
-        """Admit one request or raise BudgetExceeded (403) / RateLimitExceeded (429): see
-        `Admission`, which the server makes directly."""
-        return Admission(self, policy, key_id, _as_estimate(estimate_tokens))
+        """Admit one request or raise BudgetExceeded (403) / RateLimitExceeded (429).
+
+        The checks run in their documented order (budget, the key's limits, the gateway's)
+        and nothing is counted for a refused request; an admitted one is counted in every
+        window at once and holds a concurrency slot until `Admission.release()`.
+        """
+        estimate = _as_estimate(estimate_tokens)
+        if policy is not self._policy:
+            self.adopt(policy)
+        entry = None if key_id is None else self._entries.get(key_id) or self._entry(key_id)
+        gateway = policy.gateway
+        now = 0.0                   # read only when some window is
+        if gateway.limited or (entry is not None and entry.key.limited):
+            now = self.clock.monotonic()
+            self._check(gateway, entry, estimate, now)
+        # every check passed: only now is anything counted
+        self._gateway.in_flight += 1
+        held = _reserve(self._gateway, gateway, estimate, now) if gateway.windowed else ()
+        if entry is not None:
+            entry.meter.in_flight += 1
+            rates = entry.key.rates
+            if rates.windowed:
+                held += _reserve(entry.meter, rates, estimate, now)
+            period, lifetime = entry.counters       # both count every request
+            period.requests += 1
+            lifetime.requests += 1
+        self.changes += 1
+        return Admission(self, policy, entry, held, estimate)
+
+    def _settle(self, entry: _KeyEntry | None, held: _Held, usage: Usage | None,
+                cost_usd: float, upstream: UpstreamUse | None) -> None:
+        """Charge an admitted request's real usage and spend to its key (and to the
+        upstream key it was sent with, in the same step)."""
+        counters: tuple[Counters, ...] = ()
+        if entry is not None:
+            if entry.dated:
+                entry.account.enter(self._periods.current(entry.key.budget_period, self.clock))
+            counters = entry.counters
+        if upstream is not None:
+            held += upstream.held
+            counters += (upstream.record.usage,)
+        _charge(self, held, counters, usage, cost_usd)
+
+    def _release(self, entry: _KeyEntry | None) -> None:
+        self._gateway.in_flight -= 1
+        if entry is not None:
+            entry.meter.in_flight -= 1
 
     def key_headers(self, key: KeyPolicy | None) -> dict[str, str]:
         """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
@@ -109,10 +163,10 @@ class Limiter:
             self._check_budget(entry.key, entry.account)
             refusal = entry.meter.refusal(entry.key.rates, estimate, now)
             if refusal is not None:
-                raise self._refused("key", entry.key, refusal, estimate)
+                raise self._refused(LimitScope.KEY, entry.key, refusal, estimate)
         refusal = self._gateway.refusal(gateway, estimate, now)
         if refusal is not None:
-            raise self._refused("gateway", key, refusal, estimate)
+            raise self._refused(LimitScope.GATEWAY, key, refusal, estimate)
 
     def _check_budget(self, key: KeyPolicy, account: Account) -> None:
         if key.budget_usd is None:
@@ -125,9 +179,9 @@ class Limiter:
                 ratelimit=self.key_headers(key),
             )
 
-    def _refused(self, scope: str, key: KeyPolicy | None, refusal: Refusal,
+    def _refused(self, scope: LimitScope, key: KeyPolicy | None, refusal: Refusal,
                  estimate: PromptEstimate) -> RateLimitExceeded:
-        whose = f"key {key.key_id!r}" if scope == "key" and key else "the gateway"
+        whose = f"key {key.key_id!r}" if scope is LimitScope.KEY and key else "the gateway"
         if refusal.configured == 0:
             message = f"The {refusal.limit} limit of {whose} is 0: no requests are allowed."
         elif refusal.retry_after_s is None:
@@ -222,15 +276,15 @@ class Limiter:
         rates = policy.upstream.get(ref, NO_LIMITS)
         if not rates.windowed:
             return True
-        meter = self._upstream_meter(ref)
+        meter = self.upstream.key(ref).meter
         return meter.refusal(rates, _as_estimate(estimate_tokens), self.clock.monotonic()) is None
 
     def upstream_wait_s(self, policy: LimitsPolicy, ref: str,
                         estimate_tokens: int | PromptEstimate) -> float | None:
         """Seconds until `ref` has capacity (0 if it has now); None if it never will."""
         rates = policy.upstream.get(ref, NO_LIMITS)
-        refusal = self._upstream_meter(ref).refusal(rates, _as_estimate(estimate_tokens),
-                                                    self.clock.monotonic())
+        refusal = self.upstream.key(ref).meter.refusal(rates, _as_estimate(estimate_tokens),
+                                                       self.clock.monotonic())
         return 0.0 if refusal is None else refusal.retry_after_s
 
     def upstream_acquire(self, policy: LimitsPolicy, ref: str,
@@ -239,7 +293,7 @@ class Limiter:
         if policy is not self._policy:
             self.adopt(policy)
         use = self._shared_uses.get(ref) or self._upstream_use(policy, ref, estimate_tokens)
-        use._counters.requests += 1
+        use.record.usage.requests += 1
         self.changes += 1
         return use
 
@@ -247,28 +301,13 @@ class Limiter:
                       estimate_tokens: int | PromptEstimate) -> UpstreamUse:
         """A use of `ref` for a key with rpm or tpm: this request's, holding its estimate in
         the windows. For a key without: the one its requests share under this policy."""
-        counters = self._upstream_counters.get(ref)
-        if counters is None:
-            counters = self._upstream_counters[ref] = Counters()
+        record = self.upstream.key(ref)
         rates = policy.upstream.get(ref, NO_LIMITS)
         if not rates.windowed:
-            use = self._shared_uses[ref] = UpstreamUse(self, counters, ())
+            use = self._shared_uses[ref] = UpstreamUse(self, record, ())
             return use
-        held = _reserve(self._upstream_meter(ref), rates, _as_estimate(estimate_tokens),
-                        self.clock.monotonic())
-        return UpstreamUse(self, counters, held)
-
-    def upstream_report(self, ref: str) -> dict[str, Any]:
-        counters = self._upstream_counters.get(ref, Counters())
-        return {"requests": counters.requests, "tokens": counters.tokens,
-                "prompt_tokens": counters.prompt_tokens,
-                "completion_tokens": counters.completion_tokens, "spend_usd": counters.spend_usd}
-
-    def _upstream_meter(self, ref: str) -> RateMeter:
-        meter = self._upstream_meters.get(ref)
-        if meter is None:
-            meter = self._upstream_meters[ref] = RateMeter()
-        return meter
+        held = _reserve(record.meter, rates, _as_estimate(estimate_tokens), self.clock.monotonic())
+        return UpstreamUse(self, record, held)
 
     # -- persistence ------------------------------------------------------------------
 
@@ -276,8 +315,7 @@ class Limiter:
         """Usage and spend as JSON-able data (rate windows are not saved)."""
         return {
             "client_keys": {key_id: account.as_dict() for key_id, account in self._accounts.items()},
-            "upstream_keys": {ref: counters.as_dict()
-                              for ref, counters in self._upstream_counters.items()},
+            "upstream_keys": self.upstream.usage_snapshot(),
         }
 
     def restore(self, data: Any) -> None:
@@ -290,7 +328,7 @@ class Limiter:
         accounts = {str(k): Account.from_dict(v) for k, v in clients.items()}
         counters = {str(k): Counters.from_dict(v) for k, v in upstream.items()}
         self._accounts.update(accounts)
-        self._upstream_counters.update(counters)
+        self.upstream.restore_usage(counters)
         self._entries, self._shared_uses = {}, {}     # they hold replaced counters
         if self._policy is not None:
             policy, self._policy = self._policy, None
@@ -319,38 +357,13 @@ class _KeyEntry:
 
 
 class Admission:
-    """One admitted client request: settle it with its real usage, release its slot.
-
-    Admitting a request is making its Admission (one call on the hot path, where
-    `Limiter.admit` and a constructor were two): the constructor raises BudgetExceeded
-    (403) / RateLimitExceeded (429) instead when a check fails. Nothing is counted for a
-    refused request. An admitted one holds a concurrency slot until `release()`.
-    """
+    """One admitted client request (made by `Limiter.admit`): settle it with its real
+    usage, release its concurrency slot. Each happens once, whatever the order of calls."""
 
     __slots__ = ("_entry", "_held", "_limiter", "_released", "_settled", "estimate", "policy")
 
-    def __init__(self, limiter: Limiter, policy: LimitsPolicy, key_id: str | None,
-                 estimate: PromptEstimate) -> None:
-        if policy is not limiter._policy:
-            limiter.adopt(policy)
-        entry = None if key_id is None else limiter._entries.get(key_id) or limiter._entry(key_id)
-        gateway = policy.gateway
-        now = 0.0                   # read only when some window is
-        if gateway.limited or (entry is not None and entry.key.limited):
-            now = limiter.clock.monotonic()
-            limiter._check(gateway, entry, estimate, now)
-        # every check passed: only now is anything counted
-        limiter._gateway.in_flight += 1
-        held = _reserve(limiter._gateway, gateway, estimate, now) if gateway.windowed else ()
-        if entry is not None:
-            entry.meter.in_flight += 1
-            rates = entry.key.rates
-            if rates.windowed:
-                held += _reserve(entry.meter, rates, estimate, now)
-            period, lifetime = entry.counters       # both count every request
-            period.requests += 1
-            lifetime.requests += 1
-        limiter.changes += 1
+    def __init__(self, limiter: Limiter, policy: LimitsPolicy, entry: _KeyEntry | None,
+                 held: _Held, estimate: PromptEstimate) -> None:
         self._limiter = limiter
         self.policy = policy            # the snapshot's: its prices price the request
         self._entry = entry             # its meter holds a slot, as the gateway's meter does
@@ -373,50 +386,23 @@ class Admission:
 
     def settle(self, usage: Usage | None, cost_usd: float = 0.0,
                upstream: UpstreamUse | None = None) -> None:
-        """Replace the token estimate with real usage and add the spend; once. The slots
-        stay held: see `end`."""
-        self.end(usage, cost_usd, upstream, True, False)
+        """Replace the token estimate with real usage and add the spend, once:
+        `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
+        in the token windows and adds only `cost_usd`. `upstream`: the use of the upstream
+        key the request was sent with, settled with the same usage and cost. The slots
+        stay held: see `release`."""
+        if self._settled:
+            if upstream is not None:
+                upstream.settle(usage, cost_usd)
+            return
+        self._settled = True
+        self._limiter._settle(self._entry, self._held, usage, cost_usd, upstream)
 
     def release(self) -> None:
         """Give back the concurrency slots; safe to call more than once."""
-        self.end(None, 0.0, None, False, True)
-
-    def end(self, usage: Usage | None, cost_usd: float, upstream: UpstreamUse | None,
-            settling: bool = True, releasing: bool = True) -> None:
-        """Settle (`settling`) and release (`releasing`): how a request ends, in one call.
-
-        Settling replaces the token estimate with real usage and adds the spend, once:
-        `usage=None` (never reported, e.g. the client left mid-stream) keeps the estimate
-        in the token windows and adds only `cost_usd`. `upstream`: the use of the upstream
-        key the request was sent with, settled with the same usage and cost (one charge
-        for both instead of two). Releasing gives back the concurrency slots, once.
-        """
-        limiter, entry = self._limiter, self._entry
-        try:
-            if not settling:
-                pass
-            elif self._settled:
-                if upstream is not None:
-                    upstream.settle(usage, cost_usd)
-            else:
-                self._settled = True
-                held = self._held
-                counters: tuple[Counters, ...] = ()
-                if entry is not None:
-                    if entry.dated:
-                        entry.account.enter(limiter._periods.current(entry.key.budget_period,
-                                                                     limiter.clock))
-                    counters = entry.counters
-                if upstream is not None:
-                    held += upstream._held
-                    counters += (upstream._counters,)
-                _charge(limiter, held, counters, usage, cost_usd)
-        finally:                        # the slots come back even if settling failed
-            if releasing and not self._released:
-                self._released = True
-                limiter._gateway.in_flight -= 1
-                if entry is not None:
-                    entry.meter.in_flight -= 1
+        if not self._released:
+            self._released = True
+            self._limiter._release(self._entry)
 
 
 class UpstreamUse:
@@ -425,18 +411,18 @@ class UpstreamUse:
 
     For a key with rpm or tpm it is the request's own and holds its token estimate in the
     windows until then. A key without has nothing to hold: its requests share one use per
-    config snapshot, so counting one costs no allocation.
+    config snapshot.
     """
 
-    __slots__ = ("_counters", "_held", "_limiter")
+    __slots__ = ("held", "limiter", "record")
 
-    def __init__(self, limiter: Limiter, counters: Counters, held: _Held) -> None:
-        self._limiter = limiter
-        self._counters = counters
-        self._held = held
+    def __init__(self, limiter: Limiter, record: KeyRecord, held: _Held) -> None:
+        self.limiter = limiter
+        self.record = record
+        self.held = held
 
     def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
-        _charge(self._limiter, self._held, (self._counters,), usage, cost_usd)
+        _charge(self.limiter, self.held, (self.record.usage,), usage, cost_usd)
 
 
 def _charge(limiter: Limiter, held: _Held, counters: Iterable[Counters], usage: Usage | None,

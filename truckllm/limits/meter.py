@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
-from truckllm.limits.policy import RateLimits
 from truckllm.limits.window import SlidingWindow, WindowEntry
+
+if TYPE_CHECKING:       # the policy names upstream keys by truckllm.limits.upstream's ids
+    from truckllm.limits.estimate import PromptEstimate
+    from truckllm.limits.policy import RateLimits
 
 WINDOW_S = 60.0
 CONCURRENCY_RETRY_S = 1.0     # a slot frees when some request ends, which we cannot predict

@@ -22,7 +22,7 @@ import structlog
 
 from truckllm import errors
 from truckllm.limits import NO_PROMPT, Limiter, PromptEstimate, UpstreamUse, upstream_ref
-from truckllm.pipeline.health import Attempt, Health, HealthSettings, key_ref
+from truckllm.pipeline.health import Attempt, Health, HealthSettings
 from truckllm.pipeline.record import Exchange, UpstreamFailure
 from truckllm.pipeline.retry import (
     ErrorClass,
@@ -44,6 +44,7 @@ from truckllm.pipeline.router import (
     CapacityWait,
     HasCapacity,
     Routing,
+    always_has_capacity,
     cursor_names,
     earliest_recovery_s,
     next_candidate,
@@ -150,7 +151,7 @@ def adopt(routing: Routing, state: State) -> None:
     settings = state.config.routing
     routing.health.configure(HealthSettings(settings.cooldown_s, settings.breaker_failures,
                                             settings.breaker_window_s))
-    refs = {key_ref(p.id, k.id) for p in state.providers.values() for k in p.keys}
+    refs = {upstream_ref(p.id, k.id) for p in state.providers.values() for k in p.keys}
     routing.health.prune(refs, set(state.providers))
     routing.cursors.prune(cursor_names([r.alias for r in state.all_routes], set(state.providers)))
 
@@ -161,10 +162,10 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
     state = call.state
     settings = state.config.routing
-    if call.limiter is None or not state.limits.limits_upstream:
-        has_capacity, capacity_wait = routing.has_capacity, None    # no key has rpm/tpm
-    else:
-        has_capacity, capacity_wait = _capacity_checks(call, routing)
+    has_capacity: HasCapacity = always_has_capacity
+    capacity_wait: CapacityWait | None = None
+    if call.limiter is not None and state.limits.limits_upstream:   # some key has rpm/tpm
+        has_capacity, capacity_wait = _capacity_checks(call)
     choices = (route.choices.get(call.op, _NO_CHOICES) if targets is route.targets
                else route_choices(route.config, targets, state.providers, call.op))
     candidates: Sequence[Candidate] | None = choices.fixed
@@ -176,7 +177,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
     opener = _OPENERS[call.op in PASS_THROUGH_OPERATIONS, call.ctx.stream]
     health = routing.health
-    usable = routing.usable if has_capacity is routing.has_capacity else usability(health, has_capacity)
+    usable = routing.usable if has_capacity is always_has_capacity else usability(health, has_capacity)
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0
@@ -254,17 +255,17 @@ async def _after_pause(candidate: Candidate | None, candidates: Sequence[Candida
     return candidate, waited
 
 
-def _capacity_checks(call: Call, routing: Routing) -> tuple[HasCapacity, CapacityWait | None]:
+def _capacity_checks(call: Call) -> tuple[HasCapacity, CapacityWait | None]:
     """Whether an upstream key is below its own rpm/tpm for this request, and how long
-    until it is: from the call's limiter (and `routing.has_capacity`), for a snapshot in
-    which some upstream key has an rpm or tpm."""
-    limiter, extra = call.limiter, routing.has_capacity
+    until it is: from the call's limiter, for a snapshot in which some upstream key has an
+    rpm or tpm."""
+    limiter = call.limiter
     assert limiter is not None
     policy, estimate = call.state.limits, call.estimate
 
     def has_capacity(provider_id: str, key_id: str) -> bool:
         ref = upstream_ref(provider_id, key_id)
-        return extra(provider_id, key_id) and limiter.upstream_has_capacity(policy, ref, estimate)
+        return limiter.upstream_has_capacity(policy, ref, estimate)
 
     def capacity_wait(provider_id: str, key_id: str) -> float | None:
         return limiter.upstream_wait_s(policy, upstream_ref(provider_id, key_id), estimate)

@@ -22,15 +22,15 @@ from truckllm.pipeline.record import Exchange
 from truckllm.runtime.state import ClientKey, Route, State
 
 
-def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
-          exchange: Exchange) -> Admission:
+async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
+                exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
     policy = state.limits
     # The estimate is only read under a tpm or for a stream (`stream` is what makes the
     # handler stream): other requests carry none, rather than one never worked out.
     estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
     try:
-        return limiter.admit(policy, key.id if key else None, estimate)
+        return await limiter.admit(policy, key.id if key else None, estimate)
     except RateLimitExceeded as refused:
         exchange.limit_scope = refused.scope        # metrics: llm_rate_limited_total{scope}
         exchange.error_reason = f"rate_limited:{refused.scope.value}"     # the access log's
@@ -44,8 +44,8 @@ def ratelimit_headers(limiter: Limiter, key: KeyPolicy) -> Callable[[], dict[str
     return partial(limiter.key_headers, key)
 
 
-def settle(admission: Admission, exchange: Exchange, route: Route,
-           upstream_use: UpstreamUse | None) -> None:
+async def settle(admission: Admission, exchange: Exchange, route: Route,
+                 upstream_use: UpstreamUse | None) -> None:
     """Price the request's real usage, charge it to the client key and the upstream key,
     release the client key's concurrency slot."""
     usage = exchange.usage
@@ -56,6 +56,6 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
             if prices is not None:
                 cost_usd, exchange.cost_lines = price(usage, prices)   # lines: access line
                 exchange.cost_usd = cost_usd
-        admission.settle(usage, cost_usd, upstream_use)
+        await admission.settle(usage, cost_usd, upstream_use)
     finally:                # the slot comes back even if pricing or settling failed
-        admission.release()
+        await admission.release()

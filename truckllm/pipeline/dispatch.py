@@ -192,15 +192,18 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
         tried.append(candidate)
         # The attempt is awaited here, not in a helper coroutine: every coroutine layer
         # between the handler and aiohttp is paid again on each resume.
-        target, provider, key, attempt, use = _begin(call, choices, candidate, exchange, health)
+        target, provider, key, attempt = _begin(call, choices, candidate, exchange, health)
+        limiter = call.limiter
+        use = (None if limiter is None or key is _NO_KEY
+               else await limiter.upstream_acquire(state.limits, key.ref, call.estimate))
         try:
             reply = await opener(call, provider, target, key, transport, exchange, attempt)
         except _AttemptFailed as failed:
-            last = _attempt_failed(call, provider, target, key, attempt, use, exchange,
-                                   failed.outcome)
+            last = _attempt_failed(call, provider, target, key, attempt, exchange, failed.outcome)
+            await _settle_unknown(use)
         except BaseException:
             attempt.end()                   # cancelled (the client left) or a bug: free the slot
-            _settle_unknown(use)
+            await _settle_unknown(use)
             raise
         else:
             reply.upstream_use = use
@@ -290,10 +293,9 @@ _Opener = Callable[[Call, CompiledProvider, Target, UpstreamKey, Transport, Exch
 
 
 def _begin(call: Call, choices: RouteChoices, candidate: Candidate, exchange: Exchange,
-           health: Health) -> tuple[Target, CompiledProvider, UpstreamKey, Attempt,
-                                    UpstreamUse | None]:
-    """An attempt starts: what the candidate stands for, and the request, health and the
-    upstream key's counters know it (one call per attempt: the hot path)."""
+           health: Health) -> tuple[Target, CompiledProvider, UpstreamKey, Attempt]:
+    """An attempt starts: what the candidate stands for, and the request and health know
+    it."""
     target_id = candidate.target.target_id
     target = choices.by_id[target_id]
     state = call.state
@@ -304,31 +306,26 @@ def _begin(call: Call, choices: RouteChoices, candidate: Candidate, exchange: Ex
     exchange.provider_id, exchange.upstream_model = provider.id, target.model
     exchange.upstream_key_id = key.id
     attempt = health.begin(target_id, candidate.key_ref)
-    limiter = call.limiter
-    use = (None if limiter is None or key is _NO_KEY
-           else limiter.upstream_acquire(state.limits, key.ref, call.estimate))
-    return target, provider, key, attempt, use
+    return target, provider, key, attempt
 
 
 def _attempt_failed(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
-                    attempt: Attempt, use: UpstreamUse | None, exchange: Exchange,
-                    outcome: Outcome) -> Outcome:
-    """An attempt failed before anything reached the client: health, the key's counters,
-    the request's list of failures and the log learn it. Returns it without the key."""
+                    attempt: Attempt, exchange: Exchange, outcome: Outcome) -> Outcome:
+    """An attempt failed before anything reached the client: health, the request's list of
+    failures and the log learn it. Returns it without the key."""
     outcome = outcome_without_secret(outcome, key.value)
     attempt.failed(outcome)
     attempt.end()
-    _settle_unknown(use)
     exchange.upstream_failures.append(
         UpstreamFailure(provider.id, key.id, failure_reason(outcome)))
     _log_failure(call, provider, key, target, outcome)
     return outcome
 
 
-def _settle_unknown(use: UpstreamUse | None) -> None:
+async def _settle_unknown(use: UpstreamUse | None) -> None:
     """A failed attempt reported no usage: its estimate stays counted against the key."""
     if use is not None:
-        use.settle(None)
+        await use.settle(None)
 
 
 def _log_failure(call: Call, provider: CompiledProvider, key: UpstreamKey, target: Target,

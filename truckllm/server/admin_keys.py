@@ -20,7 +20,7 @@ from truckllm.server.keys import LIMITER, STATE
 async def list_keys(request: web.Request) -> web.Response:
     state = _require_admin(request)
     limiter, policy = request.app[LIMITER], state.limits
-    keys = [limiter.key_report(policy, key.id) for key in state.config.keys or []]
+    keys = [await limiter.key_report(policy, key.id) for key in state.config.keys or []]
     gateway = {"limits": policy.gateway.as_dict()}
     return _json({"keys": keys, "gateway": gateway})
 
@@ -29,9 +29,9 @@ async def reset_key(request: web.Request) -> web.Response:
     state = _require_admin(request)
     key_id = request.match_info["key_id"]
     limiter = request.app[LIMITER]
-    if not limiter.reset_key(state.limits, key_id):
+    if not await limiter.reset_key(state.limits, key_id):
         raise errors.NotFound(f"No client key with id {key_id!r}.", code="key_not_found")
-    return _json({"reset": True, "key": limiter.key_report(state.limits, key_id)})
+    return _json({"reset": True, "key": await limiter.key_report(state.limits, key_id)})
 
 
 def _require_admin(request: web.Request) -> State:

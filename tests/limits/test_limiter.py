@@ -37,7 +37,7 @@ async def test_rpm_headers_count_down_to_zero_then_429() -> None:
     remaining = []
     for _ in range(3):
         admission = await limiter.admit(policy, "a", 10)
-        remaining.append(admission.headers()["x-ratelimit-remaining-requests"])
+        remaining.append(limiter.key_headers(admission.key)["x-ratelimit-remaining-requests"])
         await admission.release()
         clock.advance(1)
     assert remaining == ["2", "1", "0"]
@@ -78,7 +78,7 @@ async def test_a_refused_request_counts_for_nothing() -> None:
             await limiter.admit(policy, "a", 50)
     assert (await limiter.key_report(policy, "a"))["requests"] == 1
     clock.advance(60)
-    headers = (await limiter.admit(policy, "a", 50)).headers()
+    headers = limiter.key_headers((await limiter.admit(policy, "a", 50)).key)
     assert headers["x-ratelimit-remaining-tokens"] == "50"
 
 
@@ -113,16 +113,16 @@ async def test_tpm_reserves_the_estimate_and_reconciles_with_real_usage() -> Non
     limiter, clock = make_limiter()
     policy = make_policy(a=KeyPolicy("a", RateLimits(tpm=1000)))
     first = await limiter.admit(policy, "a", 600)
-    assert first.headers()["x-ratelimit-remaining-tokens"] == "400"
+    assert limiter.key_headers(first.key)["x-ratelimit-remaining-tokens"] == "400"
     with pytest.raises(RateLimitExceeded) as refused:       # 600 + 500 > 1000 while reserved
         await limiter.admit(policy, "a", 500)
     assert refused.value.limit == "tpm"
     await first.settle(Usage(prompt_tokens=250, completion_tokens=50), 0.0)
     await first.release()
-    assert first.headers()["x-ratelimit-remaining-tokens"] == "700"
+    assert limiter.key_headers(first.key)["x-ratelimit-remaining-tokens"] == "700"
     second = await limiter.admit(policy, "a", 500)                 # fits now that 300 were real
     await second.settle(Usage(prompt_tokens=600, completion_tokens=300), 0.0)
-    assert second.headers()["x-ratelimit-remaining-tokens"] == "0"   # 1200 used: over, shown as 0
+    assert limiter.key_headers(second.key)["x-ratelimit-remaining-tokens"] == "0"   # 1200 used: over, shown as 0
     with pytest.raises(RateLimitExceeded) as refused:
         await limiter.admit(policy, "a", 1)
     assert refused.value.retry_after_s == pytest.approx(60.0)       # both must leave
@@ -135,7 +135,7 @@ async def test_unknown_usage_keeps_the_reservation() -> None:
     policy = make_policy(a=KeyPolicy("a", RateLimits(tpm=1000)))
     admission = await limiter.admit(policy, "a", 400)
     await admission.settle(None)
-    assert admission.headers()["x-ratelimit-remaining-tokens"] == "600"
+    assert limiter.key_headers(admission.key)["x-ratelimit-remaining-tokens"] == "600"
 
 
 async def test_a_request_larger_than_tpm_is_refused_without_retry_after() -> None:
@@ -186,13 +186,13 @@ async def test_a_key_refused_by_the_gateway_keeps_its_own_window_untouched() -> 
     held = await limiter.admit(policy, "a", 0)
     with pytest.raises(RateLimitExceeded):
         await limiter.admit(policy, "a", 0)
-    assert held.headers()["x-ratelimit-remaining-requests"] == "4"
+    assert limiter.key_headers(held.key)["x-ratelimit-remaining-requests"] == "4"
 
 
 async def test_keys_without_rpm_or_tpm_get_no_headers() -> None:
     limiter, _ = make_limiter()
     policy = make_policy(a=KeyPolicy("a", RateLimits(max_concurrent=3)))
-    assert (await limiter.admit(policy, "a", 5)).headers() == {}
+    assert limiter.key_headers((await limiter.admit(policy, "a", 5)).key) == {}
 
 
 async def test_budget_refuses_once_spend_reaches_it_and_in_flight_requests_still_settle() -> None:

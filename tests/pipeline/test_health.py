@@ -52,7 +52,7 @@ def test_unknown_ids_are_available_and_healthy(health: Health) -> None:
     assert health.available(TARGET, KEY)
     assert health.key_health(KEY).status is Status.HEALTHY
     assert health.provider_status("openai", [KEY]) is Status.HEALTHY
-    assert health.earliest_recovery_s([(TARGET, KEY)]) == 0
+    assert health.seconds_until_available(TARGET, KEY) == 0
 
 
 def test_429_with_retry_after_cools_the_key_for_that_long(health: Health, clock: ManualClock) -> None:
@@ -101,7 +101,7 @@ def test_upstream_401_disables_the_key_until_reload(health: Health, clock: Manua
     view = health.key_health(KEY)
     assert view.disabled and view.status is Status.DOWN and view.cooldown_until is None
     assert health.seconds_until_available(TARGET, KEY) is None
-    assert health.earliest_recovery_s([(TARGET, KEY)]) is None
+    assert health.seconds_until_available(TARGET, KEY) is None
     assert health.provider_status("openai", [KEY]) is Status.DOWN
     health.prune([KEY], ["openai"])
     assert health.key_available(KEY)
@@ -200,7 +200,9 @@ def test_earliest_recovery_across_candidates(health: Health) -> None:
     other = ("claude", "sonnet")
     fail(health, rate_limited(retry_after_s=20))
     fail(health, rate_limited(retry_after_s=5), target=other, key="claude/k1")
-    assert health.earliest_recovery_s([(TARGET, KEY), (other, "claude/k1")]) == pytest.approx(5)
+    waits = [health.seconds_until_available(TARGET, KEY),
+             health.seconds_until_available(other, "claude/k1")]
+    assert min(wait for wait in waits if wait is not None) == pytest.approx(5)
 
 
 def test_provider_status_from_keys(health: Health) -> None:

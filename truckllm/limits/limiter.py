@@ -280,14 +280,6 @@ class Admission:
         self._settled = False
         self._released = False
 
-    @property
-    def estimate_tokens(self) -> int:
-        return self.estimate.tokens
-
-    def headers(self) -> dict[str, str]:
-        """x-ratelimit-* for this key as they stand now (this request included)."""
-        return self._limiter.key_headers(self.key)
-
     async def settle(self, usage: Usage | None, cost_usd: float = 0.0,
                      upstream: UpstreamUse | None = None) -> None:
         """Replace the token estimate with real usage and add the spend, once:

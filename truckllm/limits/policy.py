@@ -2,8 +2,8 @@
 
 Pure: built from a validated Config, read by truckllm.limits.limiter. Holds no counters
 (those live in the Limiter and survive reloads); a reload just compiles a new policy.
-The derived flags (`windowed`, `limited`, `limits_upstream`) are worked out here once so
-a request for a key with nothing limited tests one attribute instead of six.
+The derived flags (`windowed`, `limited`, `limits_upstream`) are worked out here once, so
+that admitting a request of a key with nothing limited is one question, not six.
 """
 
 from __future__ import annotations

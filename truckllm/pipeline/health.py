@@ -9,7 +9,7 @@ classes) and the upstream store; must not import config, state, router or dispat
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -94,7 +94,7 @@ class Health:
 
     def available(self, target: TargetId | None, key_ref: str | None) -> bool:
         """Whether an attempt on `target` with `key_ref` may start now (None: not asked).
-        Read at one instant; asked per attempt, so it is one call."""
+        The target and the key are judged at the same instant."""
         store = self.store
         state = None if target is None else store.find_target(target)
         key = None if key_ref is None else store.find_key(key_ref)
@@ -125,11 +125,6 @@ class Health:
         now = self._monotonic()
         ready_at = max(self._target_ready_at(target, now), self._key_ready_at(key_ref, now))
         return None if math.isinf(ready_at) else max(0.0, ready_at - now)
-
-    def earliest_recovery_s(self, pairs: Iterable[tuple[TargetId, str | None]]) -> float | None:
-        """Seconds until the first of these (target, key) pairs is usable; None if never."""
-        waits = [w for t, k in pairs if (w := self.seconds_until_available(t, k)) is not None]
-        return min(waits) if waits else None
 
     def _key_ready_at(self, key_ref: str | None, now: float) -> float:
         state = self.store.find_key(key_ref) if key_ref is not None else None

@@ -196,8 +196,8 @@ def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
 
 def usability(health: Health, has_capacity: HasCapacity) -> Callable[[Candidate], bool]:
     """Whether a candidate is usable now (health allows it, its key is under its own
-    rpm/tpm), as one callable for `next_candidate`: asked once per attempt, so without
-    layers, and without asking `always_has_capacity`."""
+    rpm/tpm), as the callable `next_candidate` takes. Capacity is only asked about when
+    some key has an rpm or tpm (`has_capacity` is not `always_has_capacity`)."""
     available = health.available
     check_capacity = has_capacity is not always_has_capacity
 

@@ -114,7 +114,7 @@ class Limiter:
         if policy is not self._policy:
             self.adopt(policy)
         key = None if key_id is None else policy.key(key_id)
-        granted = await self.clients.admit(policy.gateway, key, estimate, self._period(key))
+        granted = await self.clients.admit(policy.gateway, key, estimate, self.period_start_of(key))
         if isinstance(granted, Refused):
             raise self._refused(granted, key, estimate)
         return Admission(self, policy, key, granted, estimate)
@@ -151,7 +151,8 @@ class Limiter:
                                  retry_after_s=refusal.retry_after_s,
                                  ratelimit=self.key_headers(key))
 
-    def _period(self, key: KeyPolicy | None) -> datetime:
+    def period_start_of(self, key: KeyPolicy | None) -> datetime:
+        """When the key's current budget period began (EPOCH for `total` or no key)."""
         return EPOCH if key is None else self._periods.current(key.budget_period, self.clock)
 
     # -- admin ------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class Limiter:
         """One key for GET /admin/v1/keys: counters, budget, limits and current use."""
         self.adopt(policy)
         key = policy.key(key_id)
-        account = await self.clients.account(key_id, self._period(key))
+        account = await self.clients.account(key_id, self.period_start_of(key))
         requests, tokens, in_flight = await self.clients.current(key_id)
         budget_left = (None if key.budget_usd is None
                        else max(0.0, key.budget_usd - account.period.spend_usd))
@@ -290,7 +291,7 @@ class Admission:
         if not self._settled:
             self._settled = True
             limiter = self._limiter
-            await limiter.clients.settle(self._grant, usage, cost_usd, limiter._period(self.key))
+            await limiter.clients.settle(self._grant, usage, cost_usd, limiter.period_start_of(self.key))
         if upstream is not None:
             await upstream.settle(usage, cost_usd)
 

@@ -26,9 +26,8 @@ from truckllm.clock import Clock
 from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
-from truckllm.limits.meter import RateMeter, Refusal
+from truckllm.limits.meter import Held, RateMeter, Refusal, reconcile, reserve
 from truckllm.limits.policy import KeyPolicy, RateLimits
-from truckllm.limits.window import SlidingWindow, WindowEntry
 from truckllm.usage import Usage
 
 
@@ -47,11 +46,6 @@ class Refused:
     scope: LimitScope | None
     refusal: Refusal | None = None
     spend_usd: float = 0.0
-
-
-# The token entries a request holds in tpm windows until its real usage replaces them;
-# () when no tpm applies.
-Held = tuple[tuple[SlidingWindow, WindowEntry], ...]
 
 
 class Grant:
@@ -248,17 +242,6 @@ class MemoryClientStore:
         if record is None:
             record = self._records[key_id] = ClientRecord(Account(period_start))
         return record
-
-
-def reserve(meter: RateMeter, rates: RateLimits, estimate: PromptEstimate, now: float) -> Held:
-    """Count one request in the windows of `rates` that are set (the caller knows some is)."""
-    entry = meter.reserve(rates, estimate, now)
-    return () if entry is None else ((meter.tokens, entry),)
-
-
-def reconcile(held: Held, usage: Usage, now: float) -> None:
-    for window, entry in held:
-        window.reconcile(entry, usage.total_tokens, now)
 
 
 def _copy(counters: Counters) -> Counters:

@@ -19,21 +19,12 @@ from truckllm.clock import Clock, SystemClock
 from truckllm.errors import PermissionDenied, RateLimited
 from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.budget import EPOCH, PeriodStarts, period_start
-from truckllm.limits.clients import (
-    ClientStore,
-    Grant,
-    Held,
-    LimitScope,
-    MemoryClientStore,
-    Refused,
-    reconcile,
-    reserve,
-)
+from truckllm.limits.clients import ClientStore, Grant, LimitScope, MemoryClientStore, Refused
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import ratelimit_headers
-from truckllm.limits.meter import Refusal
+from truckllm.limits.meter import Held, Refusal
 from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy
-from truckllm.limits.upstream import KeyRecord, MemoryUpstreamStore, UpstreamStore
+from truckllm.limits.upstream import MemoryUpstreamStore, UpstreamStore
 from truckllm.usage import Usage
 
 __all__ = ["Admission", "BudgetExceeded", "LimitScope", "Limiter", "RateLimitExceeded",
@@ -78,8 +69,8 @@ class Limiter:
                  upstream: UpstreamStore | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
         self.clients: ClientStore = clients if clients is not None else MemoryClientStore(self.clock)
-        self.upstream: UpstreamStore = upstream if upstream is not None else MemoryUpstreamStore()
-        self.upstream_changes = 0       # usage of upstream keys counted (the state file)
+        self.upstream: UpstreamStore = (upstream if upstream is not None
+                                        else MemoryUpstreamStore(self.clock))
         self._policy: LimitsPolicy | None = None
         self._shared_uses: dict[str, UpstreamUse] = {}  # upstream keys without rpm/tpm
         self._periods = PeriodStarts()
@@ -87,7 +78,7 @@ class Limiter:
     @property
     def changes(self) -> int:
         """Moves on every change worth saving in the state file."""
-        return self.clients.changes + self.upstream_changes
+        return self.clients.changes + self.upstream.changes
 
     # -- config snapshots -------------------------------------------------------------
 
@@ -206,17 +197,16 @@ class Limiter:
                               estimate_tokens: int | PromptEstimate) -> bool:
         """Whether upstream key `ref` ("provider/key") can take one more request now."""
         rates = policy.upstream.get(ref, NO_LIMITS)
-        if not rates.windowed:
-            return True
-        meter = self.upstream.key(ref).meter
-        return meter.refusal(rates, _as_estimate(estimate_tokens), self.clock.monotonic()) is None
+        return not rates.windowed or self.upstream.refusal(
+            ref, rates, _as_estimate(estimate_tokens)) is None
 
     def upstream_wait_s(self, policy: LimitsPolicy, ref: str,
                         estimate_tokens: int | PromptEstimate) -> float | None:
         """Seconds until `ref` has capacity (0 if it has now); None if it never will."""
         rates = policy.upstream.get(ref, NO_LIMITS)
-        refusal = self.upstream.key(ref).meter.refusal(rates, _as_estimate(estimate_tokens),
-                                                       self.clock.monotonic())
+        if not rates.windowed:
+            return 0.0
+        refusal = self.upstream.refusal(ref, rates, _as_estimate(estimate_tokens))
         return 0.0 if refusal is None else refusal.retry_after_s
 
     async def upstream_acquire(self, policy: LimitsPolicy, ref: str,
@@ -224,22 +214,15 @@ class Limiter:
         """Count one request sent with upstream key `ref`; settle it with the real usage."""
         if policy is not self._policy:
             self.adopt(policy)
-        use = self._shared_uses.get(ref) or self._upstream_use(policy, ref, estimate_tokens)
-        use.record.usage.requests += 1
-        self.upstream_changes += 1
+        held = await self.upstream.acquire(ref, policy.upstream.get(ref, NO_LIMITS),
+                                           _as_estimate(estimate_tokens))
+        if held:
+            return UpstreamUse(self.upstream, ref, held)
+        # Nothing held (no tpm on the key): the uses of a key are all alike, so one is kept.
+        use = self._shared_uses.get(ref)
+        if use is None:
+            use = self._shared_uses[ref] = UpstreamUse(self.upstream, ref, ())
         return use
-
-    def _upstream_use(self, policy: LimitsPolicy, ref: str,
-                      estimate_tokens: int | PromptEstimate) -> UpstreamUse:
-        """A use of `ref` for a key with rpm or tpm: this request's, holding its estimate in
-        the windows. For a key without: the one its requests share under this policy."""
-        record = self.upstream.key(ref)
-        rates = policy.upstream.get(ref, NO_LIMITS)
-        if not rates.windowed:
-            use = self._shared_uses[ref] = UpstreamUse(self, record, ())
-            return use
-        held = reserve(record.meter, rates, _as_estimate(estimate_tokens), self.clock.monotonic())
-        return UpstreamUse(self, record, held)
 
     # -- persistence ------------------------------------------------------------------
 
@@ -306,27 +289,19 @@ class UpstreamUse:
     """What `Limiter.upstream_acquire` gives for one request sent with an upstream key: the
     caller settles it once per acquire, with the request's real usage.
 
-    For a key with rpm or tpm it is the request's own and holds its token estimate in the
-    windows until then. A key without has nothing to hold: its requests share one use per
-    config snapshot.
+    For a key with a tpm it is the request's own and holds its token estimate in the
+    window until then. A key without has nothing to hold: its requests share one use.
     """
 
-    __slots__ = ("held", "limiter", "record")
+    __slots__ = ("held", "ref", "store")
 
-    def __init__(self, limiter: Limiter, record: KeyRecord, held: Held) -> None:
-        self.limiter = limiter
-        self.record = record
+    def __init__(self, store: UpstreamStore, ref: str, held: Held) -> None:
+        self.store = store
+        self.ref = ref
         self.held = held
 
     async def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
-        counters = self.record.usage
-        if usage is not None:
-            if self.held:
-                reconcile(self.held, usage, self.limiter.clock.monotonic())
-            counters.prompt_tokens += usage.prompt_tokens
-            counters.completion_tokens += usage.completion_tokens
-        counters.spend_usd += cost_usd
-        self.limiter.upstream_changes += 1
+        await self.store.settle(self.ref, self.held, usage, cost_usd)
 
 
 def _as_estimate(estimate: int | PromptEstimate) -> PromptEstimate:

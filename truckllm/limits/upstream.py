@@ -5,13 +5,14 @@ Everything the gateway learns about an upstream key while it runs lives in that 
 tokens, failures), its usage and spend since it first appeared (saved in the state file)
 and its own rpm/tpm windows. A target (provider, upstream model) has a `TargetRecord`:
 its breaker, in-flight count and time-to-first-token estimate. Health (the router's
-questions and dispatch's reports), the limiter (upstream rpm/tpm, usage and spend) and the
-admin API all read and write these records through `UpstreamStore`, so a key has one
-state, not three to merge.
+questions and dispatch's reports) and the admin API read and write these records through
+`UpstreamStore`, and the limiter counts upstream rpm/tpm, usage and spend through its
+`refusal`, `acquire` and `settle`, so a key has one state, not three to merge.
 
 Records are keyed by stable ids ("provider/key", (provider, model)), never by config
-snapshot, so they survive reloads; `retain` drops ids that are gone. Pure data, no I/O, no
-clock: callers pass `now`. Must not import the pipeline or the server.
+snapshot, so they survive reloads; `retain` drops ids that are gone. No I/O; rate windows
+read the store's clock, health's callers pass `now`. Must not import the pipeline or the
+server.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from truckllm.clock import Clock, SystemClock
 from truckllm.limits.accounts import Counters
-from truckllm.limits.meter import RateMeter
+from truckllm.limits.estimate import PromptEstimate
+from truckllm.limits.meter import Held, RateMeter, Refusal, reconcile, reserve
+from truckllm.usage import Usage
+
+if TYPE_CHECKING:
+    from truckllm.limits.policy import RateLimits
 
 TargetId = tuple[str, str]              # (provider id, upstream model)
 
@@ -139,6 +146,24 @@ class UpstreamStore(Protocol):
     """Where the records live. The in-memory store below is one process's; a shared backend
     implements the same methods (see docs/dev/state.md)."""
 
+    changes: int            # moves on every change of saved usage (the state file saver)
+
+    def refusal(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Refusal | None:
+        """Why one more request of `estimate` tokens sent with `ref` would break its own
+        rpm/tpm (`rates`, which has one); None if it fits. The router asks this of every
+        candidate key: a shared backend may answer from the state it saw last."""
+        ...
+
+    async def acquire(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Held:
+        """Count one request sent with `ref` in its usage and, for the rpm/tpm `rates` has,
+        in its windows; the reservation returned is what `settle` replaces."""
+        ...
+
+    async def settle(self, ref: str, held: Held, usage: Usage | None, cost_usd: float) -> None:
+        """Replace `held` with the real usage (None: never reported, the estimate stays)
+        and add usage and spend to the key's saved usage."""
+        ...
+
     def key(self, ref: str) -> KeyRecord:
         """The record of upstream key `ref`, made empty on first use."""
         ...
@@ -181,11 +206,34 @@ class UpstreamStore(Protocol):
 class MemoryUpstreamStore:
     """The records of one process, in dicts."""
 
-    __slots__ = ("_keys", "_targets")
+    __slots__ = ("_keys", "_targets", "changes", "clock")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.changes = 0
         self._keys: dict[str, KeyRecord] = {}
         self._targets: dict[TargetId, TargetRecord] = {}
+
+    def refusal(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Refusal | None:
+        return self.key(ref).meter.refusal(rates, estimate, self.clock.monotonic())
+
+    async def acquire(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Held:
+        record = self.key(ref)
+        record.usage.requests += 1
+        self.changes += 1
+        if not rates.windowed:
+            return ()
+        return reserve(record.meter, rates, estimate, self.clock.monotonic())
+
+    async def settle(self, ref: str, held: Held, usage: Usage | None, cost_usd: float) -> None:
+        counters = self.key(ref).usage
+        if usage is not None:
+            if held:
+                reconcile(held, usage, self.clock.monotonic())
+            counters.prompt_tokens += usage.prompt_tokens
+            counters.completion_tokens += usage.completion_tokens
+        counters.spend_usd += cost_usd
+        self.changes += 1
 
     def key(self, ref: str) -> KeyRecord:
         record = self._keys.get(ref)

@@ -67,7 +67,8 @@ class Health:
                  store: UpstreamStore | None = None) -> None:
         self.settings = settings or HealthSettings()
         self.clock: Clock = clock or SystemClock()
-        self.store: UpstreamStore = store if store is not None else MemoryUpstreamStore()
+        self.store: UpstreamStore = (store if store is not None
+                                     else MemoryUpstreamStore(self.clock))
         self._monotonic = self.clock.monotonic
 
     # -- reloads ---------------------------------------------------------------------

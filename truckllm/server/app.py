@@ -50,7 +50,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[STATE] = holder
     app[TRANSPORT] = Transport()
     app[INFLIGHT] = [0]
-    upstream = MemoryUpstreamStore()    # one record per upstream key: health and limits
+    upstream = MemoryUpstreamStore(clock)   # one record per upstream key: health and limits
     app[ROUTING] = Routing(Health(clock=clock, store=upstream))
     app[LIMITER] = Limiter(clock, upstream=upstream)
     app[LIMITER].adopt(holder.current.limits)

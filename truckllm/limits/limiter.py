@@ -72,7 +72,7 @@ class Limiter:
         self.upstream: UpstreamStore = (upstream if upstream is not None
                                         else MemoryUpstreamStore(self.clock))
         self._policy: LimitsPolicy | None = None
-        self._shared_uses: dict[str, UpstreamUse] = {}  # upstream keys without rpm/tpm
+        self._shared_uses: dict[str, UpstreamUse] = {}  # upstream keys without a tpm
         self._periods = PeriodStarts()
 
     @property
@@ -87,7 +87,7 @@ class Limiter:
         if policy is self._policy:
             return
         self._policy = policy
-        self._shared_uses = {}          # made for one policy
+        self._shared_uses = {}          # some of their keys may be gone
         self.clients.retain(policy.keys)
         self.upstream.retain(policy.upstream)
 
@@ -242,7 +242,6 @@ class Limiter:
         counters = {str(k): Counters.from_dict(v) for k, v in upstream.items()}
         self.clients.restore(accounts)
         self.upstream.restore_usage(counters)
-        self._shared_uses = {}          # they hold replaced records
         if self._policy is not None:
             policy, self._policy = self._policy, None
             self.adopt(policy)

@@ -12,6 +12,7 @@ or dispatch.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any
 
@@ -299,8 +300,9 @@ class UpstreamUse:
         self.ref = ref
         self.held = held
 
-    async def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> None:
-        await self.store.settle(self.ref, self.held, usage, cost_usd)
+    def settle(self, usage: Usage | None, cost_usd: float = 0.0) -> Awaitable[None]:
+        """The store's settle of this use (await it)."""
+        return self.store.settle(self.ref, self.held, usage, cost_usd)
 
 
 def _as_estimate(estimate: int | PromptEstimate) -> PromptEstimate:

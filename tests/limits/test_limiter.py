@@ -318,3 +318,18 @@ async def test_a_request_and_its_unlimited_upstream_key_are_charged_together_and
     key = await limiter.key_report(policy, "a")
     assert (key["requests"], key["tokens"], key["spend_usd"]) == (2, 30, 0.5)
     assert key["current"]["in_flight"] == 0
+
+
+async def test_finish_settles_and_releases_once_whatever_came_before() -> None:
+    limiter, _ = make_limiter()
+    policy = make_policy(a=KeyPolicy("a", RateLimits(max_concurrent=1)))
+    admission = await limiter.admit(policy, "a", 0)
+    await admission.finish(Usage(prompt_tokens=3, completion_tokens=2), 0.5)
+    await admission.finish(Usage(prompt_tokens=3, completion_tokens=2), 0.5)
+    report = await limiter.key_report(policy, "a")
+    assert (report["tokens"], report["spend_usd"], report["current"]["in_flight"]) == (5, 0.5, 0)
+    second = await limiter.admit(policy, "a", 0)            # the slot came back
+    await second.settle(None, 0.25)
+    await second.finish(None, 1.0)                           # settled already: only releases
+    report = await limiter.key_report(policy, "a")
+    assert (report["spend_usd"], report["current"]["in_flight"]) == (0.75, 0)

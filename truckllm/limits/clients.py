@@ -84,6 +84,12 @@ class ClientStore(Protocol):
         """Give back the concurrency slots the grant holds."""
         ...
 
+    async def finish(self, grant: Grant, usage: Usage | None, cost_usd: float,
+                     period_start: datetime) -> None:
+        """`settle` and `release` as one operation (one round trip): how a request ends.
+        The slots come back even if settling fails."""
+        ...
+
     def window_state(self, key_id: str, rates: RateLimits) -> tuple[LimitState | None,
                                                                     LimitState | None]:
         """The key's rpm and tpm windows as they stand (for x-ratelimit-* headers). May be
@@ -173,6 +179,20 @@ class MemoryClientStore:
 
     async def settle(self, grant: Grant, usage: Usage | None, cost_usd: float,
                      period_start: datetime) -> None:
+        self._settle(grant, usage, cost_usd, period_start)
+
+    async def release(self, grant: Grant) -> None:
+        self._release(grant)
+
+    async def finish(self, grant: Grant, usage: Usage | None, cost_usd: float,
+                     period_start: datetime) -> None:
+        try:
+            self._settle(grant, usage, cost_usd, period_start)
+        finally:
+            self._release(grant)
+
+    def _settle(self, grant: Grant, usage: Usage | None, cost_usd: float,
+                period_start: datetime) -> None:
         held = grant.held
         prompt = completion = 0
         if usage is not None:
@@ -189,7 +209,7 @@ class MemoryClientStore:
                 counters.spend_usd += cost_usd
         self.changes += 1
 
-    async def release(self, grant: Grant) -> None:
+    def _release(self, grant: Grant) -> None:
         self.gateway.in_flight -= 1
         if grant.record is not None:
             grant.record.meter.in_flight -= 1

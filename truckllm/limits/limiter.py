@@ -106,7 +106,8 @@ class Limiter:
         if policy is not self._policy:
             self.adopt(policy)
         key = None if key_id is None else policy.key(key_id)
-        granted = await self.clients.admit(policy.gateway, key, estimate, self.period_start_of(key))
+        granted = await self.clients.admit(policy.gateway, key, estimate,
+                                           self.period_start_of(key))
         if isinstance(granted, Refused):
             raise self._refused(granted, key, estimate)
         return Admission(self, policy, key, granted, estimate)
@@ -145,7 +146,9 @@ class Limiter:
 
     def period_start_of(self, key: KeyPolicy | None) -> datetime:
         """When the key's current budget period began (EPOCH for `total` or no key)."""
-        return EPOCH if key is None else self._periods.current(key.budget_period, self.clock)
+        if key is None or key.budget_period == "total":
+            return EPOCH
+        return self._periods.current(key.budget_period, self.clock)
 
     # -- admin ------------------------------------------------------------------------
 
@@ -274,7 +277,8 @@ class Admission:
         if not self._settled:
             self._settled = True
             limiter = self._limiter
-            await limiter.clients.settle(self._grant, usage, cost_usd, limiter.period_start_of(self.key))
+            await limiter.clients.settle(self._grant, usage, cost_usd,
+                                         limiter.period_start_of(self.key))
         if upstream is not None:
             await upstream.settle(usage, cost_usd)
 
@@ -283,6 +287,22 @@ class Admission:
         if not self._released:
             self._released = True
             await self._limiter.clients.release(self._grant)
+
+    async def finish(self, usage: Usage | None, cost_usd: float = 0.0,
+                     upstream: UpstreamUse | None = None) -> None:
+        """How a request ends: `settle`, then `release`, as one store operation."""
+        if self._settled or self._released:     # one of them happened already
+            try:
+                await self.settle(usage, cost_usd, upstream)
+            finally:
+                await self.release()
+            return
+        self._settled = self._released = True
+        limiter = self._limiter
+        await limiter.clients.finish(self._grant, usage, cost_usd,
+                                     limiter.period_start_of(self.key))
+        if upstream is not None:
+            await upstream.settle(usage, cost_usd)
 
 
 class UpstreamUse:

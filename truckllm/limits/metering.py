@@ -56,6 +56,7 @@ async def settle(admission: Admission, exchange: Exchange, route: Route,
             if prices is not None:
                 cost_usd, exchange.cost_lines = price(usage, prices)   # lines: access line
                 exchange.cost_usd = cost_usd
-        await admission.settle(usage, cost_usd, upstream_use)
-    finally:                # the slot comes back even if pricing or settling failed
-        await admission.release()
+    except BaseException:
+        await admission.release()       # a bug in pricing must not keep the slot
+        raise
+    await admission.finish(usage, cost_usd, upstream_use)

@@ -3,9 +3,14 @@
     policy    config -> LimitsPolicy (compiled once per config snapshot)
     window    exact sliding-log rate window
     meter     rpm/tpm windows + in-flight count for one subject
-    limiter   Limiter.admit -> Admission (settle, release); upstream-key rpm/tpm and usage
+    limiter   the rules: Limiter.admit -> Admission (finish, or settle and release);
+              upstream-key rpm/tpm and usage; messages, headers, reports
+    clients   the client store: windows, slots, usage and spend of client keys and the
+              gateway; `admit` is the one check-and-count (docs/dev/state.md)
     upstream  the upstream store: one record per upstream key (health, traffic, usage,
               windows) and per target; shared by routing health and the limiter
+    accounts  usage and spend counters and their JSON form
+    metering  the server's side: admit before dispatch, finish when the response ends
     estimate  prompt-token estimate reserved before the call (worked out when first read)
     cost      Usage x pricing -> CostBreakdown; `price`: the same with prices compiled
     budget    calendar budget periods (UTC)

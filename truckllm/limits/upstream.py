@@ -121,6 +121,9 @@ class KeyRecord:
     cooldown_until: float = 0.0         # monotonic; set by 429s
     rate_limit_streak: int = 0
     disabled: bool = False              # 401/403 from upstream, until the next reload
+    # (monotonic time, message) of the latest failure that counts against the key's
+    # health: told to a client whose request found every candidate cooling
+    last_failure: tuple[float, str] | None = None
     # traffic since the process started (GET /admin/v1/providers)
     requests: int = 0                   # attempts sent with the key
     tokens: int = 0                     # tokens of its answers
@@ -140,6 +143,7 @@ class TargetRecord:
     in_flight: int = 0
     ttft_s: float | None = None
     ttft_at: float = 0.0
+    last_failure: tuple[float, str] | None = None     # as KeyRecord's
 
 
 class UpstreamStore(Protocol):

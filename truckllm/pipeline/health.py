@@ -9,7 +9,7 @@ classes) and the upstream store; must not import config, state, router or dispat
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -127,6 +127,18 @@ class Health:
         ready_at = max(self._target_ready_at(target, now), self._key_ready_at(key_ref, now))
         return None if math.isinf(ready_at) else max(0.0, ready_at - now)
 
+    def last_failure(self, pairs: Iterable[tuple[TargetId, str | None]]) -> str | None:
+        """The most recent failure recorded for these (target, key) pairs, as its message
+        (never a secret: outcomes are masked before health sees them); None if none."""
+        store = self.store
+        stamped: list[tuple[float, str]] = []
+        for target, key_ref in pairs:
+            for state in (store.find_target(target),
+                          store.find_key(key_ref) if key_ref is not None else None):
+                if state is not None and state.last_failure is not None:
+                    stamped.append(state.last_failure)
+        return max(stamped)[1] if stamped else None
+
     def _key_ready_at(self, key_ref: str | None, now: float) -> float:
         state = self.store.find_key(key_ref) if key_ref is not None else None
         if state is None:
@@ -202,10 +214,12 @@ class Health:
         now = self._monotonic()
         if outcome.error_class in HEALTH_FAILURES:
             target.breaker.on_failure(now, self.settings)
+            target.last_failure = (now, outcome.message)
         if key is not None:
             self._key_failed(key, outcome, now)
 
     def _key_failed(self, key: KeyRecord, outcome: Outcome, now: float) -> None:
+        key.last_failure = (now, outcome.message)
         if outcome.error_class is ErrorClass.RATE_LIMITED:
             self._cool_key(key, outcome.retry_after_s, now)
         elif outcome.error_class is ErrorClass.AUTH:

@@ -235,3 +235,12 @@ def test_target_entries_stay_bounded(health: Health, monkeypatch: pytest.MonkeyP
     assert health.target_status(("p", "broken")) is Status.DEGRADED    # kept: it has failures
     assert health.in_flight(("p", "busy")) == 1                         # kept: in flight
     busy.end()
+
+
+def test_last_failure_is_the_latest_message_of_the_pairs(health: Health, clock: ManualClock) -> None:
+    assert health.last_failure([(TARGET, KEY)]) is None
+    fail(health, server_error())                          # on the target and the key
+    clock.advance(1)
+    fail(health, rate_limited(), target=("claude", "sonnet"), key="claude/k1")   # the key only
+    assert health.last_failure([(TARGET, KEY), (("claude", "sonnet"), "claude/k1")]) == "slow down"
+    assert health.last_failure([(TARGET, None), (("claude", "sonnet"), None)]) == "boom"

@@ -60,9 +60,8 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     state = app[STATE].current                     # one snapshot for the whole request
     limiter = app[LIMITER]
     key = _authenticate(request, state, limiter, exchange)
-    if key is not None:
-        exchange.key_id = key.id
-    body = await read_json(request, state.config.server.max_body_mb)
+    server = state.config.server
+    body = await read_json(request, server.max_body_mb, server.body_timeout_s)
     check_fields("responses", body)
     model: str = body["model"]
     resolved = state.resolve(model)
@@ -84,7 +83,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     response_id = "resp_" + secrets.token_hex(24)
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full, {},
                       response_id)
-    admission = metering.admit(limiter, state, key, full, exchange)
+    admission = await metering.admit(limiter, state, key, full, exchange)
     extra: tuple[tuple[str, str], ...] = ()
     keep = store is not None and body.get("store", True) is not False
     missing = app[RESPONSES_ENDPOINT_MISSING]
@@ -119,7 +118,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
             await store.put(_stored(state, final[-1], items, owner, exchange))
         return response
     finally:   # after the last byte, an error, or the client leaving (streams included)
-        metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+        await metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
 
 
 def _native(state: State, target: Target) -> bool:
@@ -186,8 +185,6 @@ async def _own_stored(request: web.Request, exchange: Exchange) -> tuple[Respons
     app = request.app
     state = app[STATE].current
     key = _authenticate(request, state, app[LIMITER], exchange)
-    if key is not None:
-        exchange.key_id = key.id
     response_id = request.match_info["response_id"]
     store = _store(app)
     stored = await store.get(response_id, _owner(key)) if store is not None else None

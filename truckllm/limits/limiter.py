@@ -17,7 +17,7 @@ from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.budget import EPOCH, PeriodStarts, period_start
 from truckllm.limits.clock import Clock, SystemClock
 from truckllm.limits.estimate import PromptEstimate
-from truckllm.limits.headers import ratelimit_headers
+from truckllm.limits.headers import format_ratelimit_headers
 from truckllm.limits.meter import RateMeter, Refusal
 from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy, RateLimits
 from truckllm.limits.window import SlidingWindow, WindowEntry
@@ -98,8 +98,8 @@ class Limiter:
             return {}
         meter = self._key_meter(key.key_id)
         now = self.clock.monotonic()
-        return ratelimit_headers(meter.requests_state(key.rates, now),
-                                 meter.tokens_state(key.rates, now))
+        return format_ratelimit_headers(meter.requests_state(key.rates, now),
+                                        meter.tokens_state(key.rates, now))
 
     def _check(self, gateway: RateLimits, entry: _KeyEntry | None, estimate: PromptEstimate,
                now: float) -> None:

@@ -240,13 +240,14 @@ class Metrics:
         # tuples and their lookups) costs more than counting it, and depends only on these
         # four fields and the config's aliases: the series they lead to are remembered per
         # combination until the aliases change (set_config).
-        (_, _, _, _, key_id, alias, provider_id, _, status, latency_s, overhead_s, ttft_s, usage,
-         _, cost_usd, error_reason, _, _, failures, _, _) = record
+        key_id, alias, provider_id, status = (record.key_id, record.alias, record.provider_id,
+                                              record.status)
+        ttft_s, usage, cost_usd = record.ttft_s, record.usage, record.cost_usd
         series = (self._series.get((provider_id, alias, status, key_id))
                   or self._request_series(provider_id, alias, status, key_id))
         series.requests[0] += 1.0
-        add_observation(series.duration, self.duration.bounds, latency_s)
-        add_observation(self._overhead, self.overhead.bounds, overhead_s)
+        add_observation(series.duration, self.duration.bounds, record.latency_s)
+        add_observation(self._overhead, self.overhead.bounds, record.overhead_s)
         if ttft_s is not None:
             add_observation(series.ttft or self._ttft_series(series), self.ttft.bounds, ttft_s)
         if usage is not None:
@@ -255,8 +256,9 @@ class Metrics:
             completion[0] += usage.completion_tokens
         if cost_usd:
             (series.cost or self._cost_series(series))[0] += cost_usd
-        for failure in failures:
+        for failure in record.upstream_failures:
             self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
+        error_reason = record.error_reason
         if error_reason is not None and error_reason.startswith(RATE_LIMITED_PREFIX):
             self.count_rate_limited(key_id, error_reason.removeprefix(RATE_LIMITED_PREFIX))
         elif status == 429 and provider_id is None:   # refused before upstream

@@ -37,9 +37,8 @@ class UpstreamStats:
         self._keys: dict[KeyId, KeyStats] = {}
 
     def observe(self, record: RequestRecord) -> None:
-        # One unpacking in RequestRecord's field order: cheaper than five attribute reads.
-        (_, _, _, _, _, _, provider_id, _, _, _, _, _, usage, attempts, _, _, _, upstream_key_id,
-         failures, _, _) = record
+        provider_id, upstream_key_id = record.provider_id, record.upstream_key_id
+        usage, attempts, failures = record.usage, record.attempts, record.upstream_failures
         if failures:
             self._count_failures(failures)
         if attempts > len(failures) and provider_id is not None and upstream_key_id is not None:

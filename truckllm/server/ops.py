@@ -15,8 +15,11 @@ from typing import TextIO
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
-from truckllm.observe.log import AccessLog, RequestLog, SecretRedactor, configure_logging
+from truckllm.observe.access_log import AccessLog
+from truckllm.observe.log import configure_logging
 from truckllm.observe.metrics import Metrics
+from truckllm.observe.redaction import SecretRedactor
+from truckllm.observe.request_log import RequestLog
 from truckllm.observe.upstream_stats import UpstreamStats
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.transport import Transport
@@ -27,6 +30,14 @@ _LOG_SETTINGS = ("log_level", "log_format")
 
 
 @dataclass(slots=True)
+class InFlight:
+    """Requests in progress (client traffic only: scrapes and admin calls are left out),
+    for the in-flight gauge and the shutdown log line."""
+
+    count: int = 0
+
+
+@dataclass(slots=True)
 class Ops:
     holder: StateHolder
     metrics: Metrics
@@ -34,19 +45,17 @@ class Ops:
     upstream: UpstreamStats
     redactor: SecretRedactor
     reloader: Reloader[State]
-    inflight: list[int]
+    inflight: InFlight
     started_with: LoadedConfig      # listener settings come from here until a restart
     started_at: float
     access_log: AccessLog = field(default_factory=AccessLog)
     log_stream: TextIO | None = None    # where log lines go; None: stderr
-    _observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
-    def observers(self) -> list[Callable[[RequestRecord], None]]:
-        """What every finished request's record is given to. Always the same list, kept
-        current in place: a resize of the request log replaces its `add` (see RequestLog)."""
-        self._observers[:] = [self.access_log.write, self.metrics.observe, self.request_log.add,
-                              self.upstream.observe]
-        return self._observers
+    @property
+    def observers(self) -> tuple[Callable[[RequestRecord], None], ...]:
+        """What every finished request's record is given to."""
+        return (self.access_log.write, self.metrics.observe, self.request_log.add,
+                self.upstream.observe)
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
         """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
@@ -57,18 +66,17 @@ class Ops:
                           self.access_log)
 
 
-def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> Ops:
+def make_ops(holder: StateHolder, inflight: InFlight, transport: Transport) -> Ops:
     loaded = holder.current.loaded
     metrics = Metrics()
-    metrics.inflight.set_function(lambda: inflight[0])
-    reloader = Reloader[State](Path(loaded.source), loaded, holder, _compile, metrics,
+    metrics.inflight.set_function(lambda: inflight.count)
+    reloader = Reloader[State](Path(loaded.source), loaded, holder, build_state, metrics,
                                version=holder.current.version)
     ops = Ops(holder, metrics, RequestLog(loaded.config.server.request_log_size), UpstreamStats(),
               SecretRedactor(secret_values(loaded)), reloader, inflight, loaded, time.time())
 
     def applied(new: LoadedConfig, result: ReloadResult) -> None:
         ops.request_log.resize(new.config.server.request_log_size)
-        ops.observers()         # the request log's `add` may be another now
         ops.redactor.update(secret_values(new))
         transport.retain(p.id for p in new.config.providers)
         ops.upstream.retain((p.id, k.id) for p in new.config.providers for k in p.keys)
@@ -77,10 +85,6 @@ def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> 
 
     reloader.on_applied = (applied,)
     return ops
-
-
-def _compile(loaded: LoadedConfig, version: int) -> State:
-    return build_state(loaded, version)
 
 
 async def run_reloader(ops: Ops) -> AsyncIterator[None]:

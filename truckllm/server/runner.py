@@ -77,7 +77,7 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
                  providers=len(state.providers), aliases=len(state.all_routes))
         await stop.wait()
-        log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
+        log.info("shutting_down", in_flight=app[INFLIGHT].count, grace_s=grace)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         for each in reversed(runners):

@@ -32,7 +32,7 @@ class Relay:
 
     What depends only on the operation is worked out once, and the app's parts (state
     holder, limiter, transport, routing) are read once when the app starts, after which
-    aiohttp lets them change no more: each `request.app[...]` is a Python call or two."""
+    aiohttp lets them change no more."""
 
     __slots__ = ("forwarded_headers", "holder", "limiter", "op", "read_body", "routing", "streams",
                  "transport")
@@ -62,8 +62,7 @@ class Relay:
         check_fields(op, body)
         model: str = body["model"]
         resolved = state.resolve(model)
-        # Most keys have no allow-list. (Checked here, not in a function of its own: one
-        # call fewer per request.)
+        # Most keys have no allow-list.
         if resolved is None or (key is not None and key.allowed is not None
                                 and not key.may_use(model)):
             raise _model_refused(model, resolved)

@@ -23,9 +23,13 @@ class UpstreamFailure:
     reason: str             # an HTTP status such as "429", or "timeout", "connect", "stream"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RequestRecord:
-    """The finished request, immutable; observers read it by field name."""
+    """The finished request; observers read it by field name and never change it.
+
+    Not a frozen dataclass: one is made per request, and a frozen dataclass's generated
+    __init__ goes through object.__setattr__ for each of its fields, which made it the
+    costliest step of a request's bookkeeping (see docs/dev/performance-notes.md)."""
 
     timestamp: float                 # unix seconds when the request arrived
     request_id: str

@@ -1,4 +1,4 @@
-"""What happened to one request: filled in as it goes (Exchange), then frozen into a
+"""What happened to one request: filled in as it goes (Exchange), then finished into a
 RequestRecord that logs, metrics and the admin log buffer consume. No prompt text here."""
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ class UpstreamFailure:
 class RequestRecord:
     """The finished request; observers read it by field name and never change it.
 
-    Not a frozen dataclass: one is made per request, and a frozen dataclass's generated
-    __init__ goes through object.__setattr__ for each of its fields, which made it the
-    costliest step of a request's bookkeeping (see docs/dev/performance-notes.md)."""
+    Not frozen: one is made for every request, and a frozen dataclass's generated
+    __init__ sets each of its many fields through object.__setattr__ (the measurement is
+    in docs/dev/performance-notes.md)."""
 
     timestamp: float                 # unix seconds when the request arrived
     request_id: str

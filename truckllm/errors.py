@@ -3,7 +3,9 @@
     GatewayError                      (status, type, code, param, message)
     ├── InvalidRequest                400 invalid_request_error
     │   ├── PayloadTooLarge           413 invalid_request_error
-    │   └── MethodNotAllowed          405 invalid_request_error
+    │   ├── MethodNotAllowed          405 invalid_request_error
+    │   ├── RequestTimeout            408 invalid_request_error  (the body came too slowly)
+    │   └── HeadersTooLarge           431 invalid_request_error
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error
     ├── NotFound                      404 not_found_error
@@ -78,6 +80,16 @@ class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
 
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     type = "authentication_error"
@@ -92,6 +104,13 @@ class PermissionDenied(GatewayError):
 class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
+
+
+class Conflict(GatewayError):
+    """The request clashes with what exists (e.g. a client key id already in use)."""
+
+    status = 409
+    type = "invalid_request_error"
 
 
 class RateLimited(GatewayError):

@@ -24,6 +24,7 @@ import structlog
 from watchfiles import Change, awatch
 
 from truckllm.config.changes import ConfigChanges, diff_configs
+from truckllm.config.edits import locate
 from truckllm.config.files import write_atomically
 from truckllm.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_bytes
 from truckllm.config.redaction import merge_posted, parse_posted, to_yaml
@@ -88,6 +89,9 @@ class Reloader(Generic[S]):
     version: int = 1
     started_at: float = field(default_factory=time.time)
     last_result: ReloadResult | None = None
+    # The config the process started with: its listeners run with these settings until a
+    # restart, so what "needs restart" is judged against it. None: `loaded` at creation.
+    started_with: LoadedConfig | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _requested: asyncio.Event = field(default_factory=asyncio.Event)
     _pending_trigger: str = "sighup"
@@ -95,6 +99,10 @@ class Reloader(Generic[S]):
     _watcher: asyncio.Task[None] | None = None
     _retired: list[asyncio.Task[None]] = field(default_factory=list)   # cancelled watchers
     _log: Any = field(default_factory=lambda: structlog.get_logger("truckllm.reload"))
+
+    def __post_init__(self) -> None:
+        if self.started_with is None:
+            self.started_with = self.loaded
 
     # -- triggers ------------------------------------------------------------------
 
@@ -114,7 +122,8 @@ class Reloader(Generic[S]):
             try:
                 raw, loaded, state = await asyncio.to_thread(self._build_posted, body)
             except ConfigError as exc:
-                return self._failed("admin_config", _without_locations(exc.issues))
+                issues = await asyncio.to_thread(_posted_locations, body, exc.issues)
+                return self._failed("admin_config", issues)
             if loaded.sha256 != self.loaded.sha256:
                 try:
                     await asyncio.to_thread(write_atomically, self.path, raw)
@@ -123,12 +132,37 @@ class Reloader(Generic[S]):
                     return replace(self._failed("admin_config", [issue]), write_failed=True)
             return self._swap(loaded, state, "admin_config")
 
+    async def apply_edit(self, edit: Callable[[bytes], bytes], trigger: str) -> ReloadResult:
+        """An edit of the file's text (a client key created, changed or revoked): read the
+        file, edit, validate, write atomically (FILE.bak kept), apply. Under the reload
+        lock, so concurrent edits each see the one before and none is lost. `edit` may
+        raise (e.g. an unknown id); then nothing is written."""
+        async with self._lock:
+            try:
+                current = await asyncio.to_thread(self.path.read_bytes)
+            except OSError as exc:
+                issue = ConfigIssue("", f"cannot read {self.path}: {exc.strerror}")
+                return self._failed(trigger, [issue])
+            raw = await asyncio.to_thread(edit, current)
+            try:
+                loaded, state = await asyncio.to_thread(self._build, raw)
+            except ConfigError as exc:
+                return self._failed(trigger, exc.issues)
+            if raw != current:          # (a change to what is already there writes nothing)
+                try:
+                    await asyncio.to_thread(write_atomically, self.path, raw)
+                except OSError as exc:
+                    issue = ConfigIssue("", f"cannot write {self.path}: {exc.strerror}")
+                    return replace(self._failed(trigger, [issue]), write_failed=True)
+            return self._swap(loaded, state, trigger)
+
     async def validate_posted(self, body: bytes) -> list[ConfigIssue]:
-        """POST /admin/v1/config/validate: the problems of a posted config; changes nothing."""
+        """POST /admin/v1/config/validate: the problems of a posted config; changes nothing.
+        Locations are the line and column in the posted text (`<posted>:14:7`)."""
         try:
             await asyncio.to_thread(self._build_posted, body)
         except ConfigError as exc:
-            return _without_locations(exc.issues)
+            return await asyncio.to_thread(_posted_locations, body, exc.issues)
         return []
 
     def request_reload(self, trigger: str = "sighup") -> None:
@@ -219,17 +253,28 @@ class Reloader(Generic[S]):
 
     async def _apply_raw(self, raw: bytes, trigger: str) -> ReloadResult:
         if raw == self.loaded.raw:
-            return ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
+            return self._unchanged(trigger)
         try:
             loaded, state = await asyncio.to_thread(self._build, raw)
         except ConfigError as exc:
             return self._failed(trigger, exc.issues)
         return self._swap(loaded, state, trigger)
 
+    def _unchanged(self, trigger: str) -> ReloadResult:
+        """The file holds the running config. After a failed reload that is news: the
+        file was put back, so the failure is over (status, metric and alert clear)."""
+        result = ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
+        if self.last_result is not None and not self.last_result.ok:
+            self._record(result)
+            self._log.info("config file matches the running config again", trigger=trigger,
+                           version=self.version)
+        return result
+
     def _swap(self, loaded: LoadedConfig, state: S, trigger: str) -> ReloadResult:
         if loaded.raw == self.loaded.raw:
-            return ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
-        changes = diff_configs(self.loaded.config, loaded.config)
+            return self._unchanged(trigger)
+        started = self.started_with.config if self.started_with is not None else None
+        changes = diff_configs(self.loaded.config, loaded.config, started)
         self.holder.swap(state)
         self.loaded = loaded
         self.version += 1
@@ -263,6 +308,9 @@ class Reloader(Generic[S]):
                 self.metrics.set_config(aliases, self.loaded.sha256, self.version)
 
 
-def _without_locations(issues: Sequence[ConfigIssue]) -> list[ConfigIssue]:
-    """A posted config is re-written before loading: its line numbers would mislead."""
-    return [replace(issue, location=None) for issue in issues]
+def _posted_locations(body: bytes, issues: Sequence[ConfigIssue]) -> list[ConfigIssue]:
+    """A posted config's issues located by their path in the text as posted (it is
+    re-written before loading, so the loader's own line numbers would mislead)."""
+    spots = locate(body, [issue.path for issue in issues])
+    return [replace(issue, location=None if spot is None else f"<posted>:{spot[0]}:{spot[1]}")
+            for issue, spot in zip(issues, spots, strict=True)]

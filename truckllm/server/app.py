@@ -17,7 +17,7 @@ from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
-from truckllm.server import admin_keys, routes
+from truckllm.server import admin_console, admin_keys, routes
 from truckllm.server.admin import admin_routes, metrics_routes
 from truckllm.server.edge import add_routes, plain_routes
 from truckllm.server.keys import (
@@ -27,6 +27,7 @@ from truckllm.server.keys import (
     OPS,
     ROUTING,
     STATE,
+    TRACING,
     TRANSPORT,
 )
 from truckllm.server.ops import InFlight, make_ops, run_reloader
@@ -49,6 +50,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[LIMITER].adopt(holder.current.limits)
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops
+    app[TRACING] = ops.tracing
     ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app),
                                _routing_follows(app))
     app[OBSERVERS] = ops.observers
@@ -69,12 +71,13 @@ def create_admin_app(main: web.Application) -> web.Application:
     app = web.Application()
     app[OPS], app[STATE], app[LIMITER] = main[OPS], main[STATE], main[LIMITER]
     app[ROUTING], app[INFLIGHT], app[OBSERVERS] = main[ROUTING], main[INFLIGHT], main[OBSERVERS]
+    app[TRACING] = main[TRACING]
     add_routes(app, plain_routes([*_admin_routes(), web.get("/health", routes.health)]))
     return app
 
 
 def _admin_routes() -> list[web.RouteDef]:
-    return [*admin_routes(), *admin_keys.routes(), *metrics_routes()]
+    return [*admin_routes(), *admin_keys.routes(), *admin_console.routes(), *metrics_routes()]
 
 
 def _limiter_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResult], None]:

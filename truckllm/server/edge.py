@@ -25,7 +25,7 @@ from yarl import URL
 
 from truckllm import errors
 from truckllm.pipeline.record import Exchange
-from truckllm.server.keys import INFLIGHT, OBSERVERS
+from truckllm.server.keys import INFLIGHT, OBSERVERS, TRACING
 
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")     # printable, no spaces, bounded
 _random_bits = random.getrandbits
@@ -118,6 +118,7 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
     """`handler` inside the request id, the Exchange, the error envelope and the record."""
     inflight = app[INFLIGHT]
     observers = app[OBSERVERS]
+    tracing = app[TRACING]              # `on` only when server.otel is configured
 
     async def handle(request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -131,6 +132,8 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
         recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
         if recorded:                    # scrapes and admin calls are not traffic
             inflight.count += 1
+            if tracing.on:
+                exchange.trace = tracing.start(request.headers, request.method, path)
         status = CLIENT_CLOSED_REQUEST
         try:
             try:
@@ -147,6 +150,8 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
                 record = exchange.finish(status)
                 for observe in observers:
                     observe(record)
+                if exchange.trace is not None:
+                    exchange.trace.finish(record)
 
     return handle
 

@@ -7,6 +7,7 @@ ids) and the reloader's lifetime as a cleanup context. No request handling here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,10 +17,12 @@ from typing import TextIO
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
 from truckllm.observe.access_log import AccessLog
+from truckllm.observe.history import History
 from truckllm.observe.log import configure_logging
 from truckllm.observe.metrics import Metrics
 from truckllm.observe.redaction import SecretRedactor
 from truckllm.observe.request_log import RequestLog
+from truckllm.observe.traces import Tracing
 from truckllm.observe.upstream_stats import UpstreamStats
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.transport import Transport
@@ -49,13 +52,15 @@ class Ops:
     started_with: LoadedConfig      # listener settings come from here until a restart
     started_at: float
     access_log: AccessLog = field(default_factory=AccessLog)
+    history: History = field(default_factory=History)     # the console's charts
+    tracing: Tracing = field(default_factory=Tracing)     # follows server.otel
     log_stream: TextIO | None = None    # where log lines go; None: stderr
 
     @property
     def observers(self) -> tuple[Callable[[RequestRecord], None], ...]:
         """What every finished request's record is given to."""
         return (self.access_log.write, self.metrics.observe, self.request_log.add,
-                self.upstream.observe)
+                self.upstream.observe, self.history.observe)
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
         """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
@@ -82,8 +87,10 @@ def make_ops(holder: StateHolder, inflight: InFlight, transport: Transport) -> O
         ops.upstream.retain((p.id, k.id) for p in new.config.providers for k in p.keys)
         if result.changes is not None and set(_LOG_SETTINGS) & set(result.changes.server):
             ops.configure_logging()
+        ops.tracing.configure(new.config.server.otel)
 
     reloader.on_applied = (applied,)
+    ops.tracing.configure(loaded.config.server.otel)
     return ops
 
 
@@ -94,3 +101,4 @@ async def run_reloader(ops: Ops) -> AsyncIterator[None]:
         yield
     finally:
         await ops.reloader.stop()
+        await asyncio.to_thread(ops.tracing.shutdown)     # flushes the last spans

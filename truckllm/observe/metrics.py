@@ -34,7 +34,6 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 UNKNOWN = ""            # label value for a model or key the config does not name
 UPSTREAM_STATUSES = ("healthy", "degraded", "down")
-RATE_LIMITED_PREFIX = "rate_limited:"   # RequestRecord.error_reason "rate_limited:<scope>"
 
 
 class AliasLabels:
@@ -272,9 +271,9 @@ class Metrics:
             (series.cost or self._cost_series(series))[0] += cost_usd
         for failure in record.upstream_failures:
             self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
-        error_reason = record.error_reason
-        if error_reason is not None and error_reason.startswith(RATE_LIMITED_PREFIX):
-            self.count_rate_limited(key_id, error_reason.removeprefix(RATE_LIMITED_PREFIX))
+        limit_scope = record.limit_scope
+        if limit_scope is not None:
+            self.count_rate_limited(key_id, limit_scope.value)
         elif status == 429 and provider_id is None:   # refused before upstream
             self.count_rate_limited(key_id, "limit")
 

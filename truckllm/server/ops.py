@@ -1,4 +1,4 @@
-"""The operating side of the app: metrics, request log, upstream counters, redaction and
+"""The operating side of the app: metrics, request log, redaction and
 the reloader, built once per process and kept current by the reload hook.
 
 Owns what happens after a config is applied (resize, re-key, re-redact, drop vanished
@@ -23,7 +23,6 @@ from truckllm.observe.metrics import Metrics
 from truckllm.observe.redaction import SecretRedactor
 from truckllm.observe.request_log import RequestLog
 from truckllm.observe.traces import Tracing
-from truckllm.observe.upstream_stats import UpstreamStats
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import Reloader, ReloadResult
@@ -45,7 +44,6 @@ class Ops:
     holder: StateHolder
     metrics: Metrics
     request_log: RequestLog
-    upstream: UpstreamStats
     redactor: SecretRedactor
     reloader: Reloader[State]
     inflight: InFlight
@@ -60,7 +58,7 @@ class Ops:
     def observers(self) -> tuple[Callable[[RequestRecord], None], ...]:
         """What every finished request's record is given to."""
         return (self.access_log.write, self.metrics.observe, self.request_log.add,
-                self.upstream.observe, self.history.observe)
+                self.history.observe)
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
         """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
@@ -77,14 +75,13 @@ def make_ops(holder: StateHolder, inflight: InFlight, transport: Transport) -> O
     metrics.inflight.set_function(lambda: inflight.count)
     reloader = Reloader[State](Path(loaded.source), loaded, holder, build_state, metrics,
                                version=holder.current.version)
-    ops = Ops(holder, metrics, RequestLog(loaded.config.server.request_log_size), UpstreamStats(),
+    ops = Ops(holder, metrics, RequestLog(loaded.config.server.request_log_size),
               SecretRedactor(secret_values(loaded)), reloader, inflight, loaded, time.time())
 
     def applied(new: LoadedConfig, result: ReloadResult) -> None:
         ops.request_log.resize(new.config.server.request_log_size)
         ops.redactor.update(secret_values(new))
         transport.retain(p.id for p in new.config.providers)
-        ops.upstream.retain((p.id, k.id) for p in new.config.providers for k in p.keys)
         if result.changes is not None and set(_LOG_SETTINGS) & set(result.changes.server):
             ops.configure_logging()
         ops.tracing.configure(new.config.server.otel)

@@ -118,36 +118,6 @@ _SESSION_HEADERS = {"User-Agent": f"TruckLLM/{__version__}"}
 _REQUEST_ID = istr("x-request-id")      # case-folded once, not on every request
 
 
-class _Body(aiohttp.BytesPayload):
-    """A request body as aiohttp's own `BytesPayload(body)`, which aiohttp would build from
-    the bytes on every request, through its payload registry and two constructors that
-    take any arguments (~8k instructions). This sets exactly the attributes those
-    constructors set for a bytes body, which are aiohttp's private ones: at import,
-    `_sets_what_aiohttp_sets` checks that they still are, and with an aiohttp release
-    that sets others the body goes as plain bytes instead (slower, never broken)."""
-
-    direct = True           # set at import: the attributes below are all aiohttp sets
-
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-        self._size = len(value)
-        self._headers = _OCTET_STREAM.copy()    # its own, as aiohttp's payloads have
-        self._encoding = None
-        self._filename = None
-
-
-_OCTET_STREAM = CIMultiDict({"Content-Type": "application/octet-stream"})
-
-
-def _sets_what_aiohttp_sets() -> bool:
-    ours, theirs = _Body(b"{}"), aiohttp.BytesPayload(b"{}")
-    return (list(ours.headers.items()) == list(theirs.headers.items())
-            and {**vars(ours), "_headers": None} == {**vars(theirs), "_headers": None})
-
-
-_Body.direct = _sets_what_aiohttp_sets()
-
-
 # A whole answer: status, headers and body.
 WholeResponse = tuple[int, Mapping[str, str], bytes]
 
@@ -201,10 +171,7 @@ class Transport:
         # it into one first (the same headers either way).
         headers = CIMultiDict(request.headers)
         headers[_REQUEST_ID] = request_id
-        data: bytes | aiohttp.BytesPayload | None = request.body
-        if request.body is not None and _Body.direct:
-            data = _Body(request.body)
-        return pool.session.request(request.method, request.url, data=data, headers=headers,
+        return pool.session.request(request.method, request.url, data=request.body, headers=headers,
                                     timeout=pool.timeout, allow_redirects=False)
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,

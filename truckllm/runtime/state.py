@@ -49,7 +49,7 @@ class CompiledProvider:
     timeout_s: float
     keys_by_id: Mapping[str, UpstreamKey] = field(default_factory=dict)
     # The spec whose functions serve each operation (`spec`, or the one it delegates the
-    # operation to): one Python frame fewer per request than going through `spec`.
+    # operation to), so a request reaches it directly.
     spec_by_op: Mapping[str, ProviderSpec] = field(default_factory=dict)
 
 
@@ -108,8 +108,7 @@ class State:
     verified_keys: dict[str, ClientKey] = field(default_factory=dict, init=False, compare=False,
                                                 repr=False)
 
-    # `loaded.config`, as a field rather than a property: read on every request, and a
-    # property is a Python call each time.
+    # `loaded.config`, as a field rather than a property: it is read on every request.
     config: Config = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:

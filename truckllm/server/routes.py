@@ -21,7 +21,7 @@ from truckllm.providers.base import CallContext, Target
 from truckllm.providers.shared.media import MULTIPART_OPERATIONS
 from truckllm.runtime.state import ClientKey, Route, State, StateHolder
 from truckllm.server.auth import authenticate
-from truckllm.server.edge import GatewayResponse, GatewayRoute, plain_routes
+from truckllm.server.edge import ExchangeRoute, json_answer, plain_routes
 from truckllm.server.keys import LIMITER, ROUTING, STATE, TRANSPORT
 from truckllm.server.streaming import write_raw, write_stream
 from truckllm.server.validation import check_fields, read_json, read_multipart
@@ -32,7 +32,7 @@ class Relay:
 
     What depends only on the operation is worked out once, and the app's parts (state
     holder, limiter, transport, routing) are read once when the app starts, after which
-    aiohttp lets them change no more: each `request.app[...]` is a Python call or two."""
+    aiohttp lets them change no more."""
 
     __slots__ = ("forwarded_headers", "holder", "limiter", "op", "read_body", "routing", "streams",
                  "transport")
@@ -61,8 +61,7 @@ class Relay:
         check_fields(op, body)
         model: str = body["model"]
         resolved = state.resolve(model)
-        # Most keys have no allow-list. (Checked here, not in a function of its own: one
-        # call fewer per request.)
+        # Most keys have no allow-list.
         if resolved is None or (key is not None and key.allowed is not None
                                 and not key.may_use(model)):
             raise _model_refused(model, resolved)
@@ -85,13 +84,10 @@ class Relay:
         try:
             if op == "count_tokens" and not _any_serves(state, targets, op):
                 return _estimated_count(body, exchange)
-            # Filled in directly, like the record (Call's generated __new__ is a Python
-            # function doing only this).
-            call = tuple.__new__(Call, (state, op, body, route, targets, ctx, limiter,
-                                        admission.estimate))
+            call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
             reply = await dispatch(call, self.transport, exchange, self.routing)
             if isinstance(reply, Reply):
-                return GatewayResponse(reply.body, exchange)
+                return json_answer(reply.body, exchange)
             if isinstance(reply, RawReply):
                 return await write_raw(request, reply, exchange)
             if op == "messages":
@@ -123,7 +119,7 @@ def _estimated_count(body: dict[str, Any], exchange: Exchange) -> web.Response:
     """Token counting for an alias with no `anthropic` target: estimated here by the rule
     tpm limits use (characters / 4), marked as such. Clients ask it to manage their
     context window, where an estimate serves and a 400 only breaks them."""
-    return GatewayResponse(orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}), exchange,
+    return json_answer(orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}), exchange,
                            (("x-truckllm-estimated", "true"),))
 
 
@@ -145,7 +141,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
         exchange.key_id = key.id
         sending = state.limits.sending_headers.get(key.id)    # most keys send none
         if sending is not None:
-            exchange.ratelimit_headers = metering.ratelimit_headers(limiter, sending)
+            exchange.ratelimit_reader = metering.ratelimit_headers_reader(limiter, sending)
     return key
 
 
@@ -215,7 +211,7 @@ _RELAYS = {
 }
 
 
-def routes(app: web.Application) -> list[GatewayRoute]:
+def routes(app: web.Application) -> list[ExchangeRoute]:
     """The /v1 routes and /health; the relays read `app`'s parts when it starts."""
     relays = [relay(op) for op, relay in _RELAYS.values()]
 
@@ -225,8 +221,8 @@ def routes(app: web.Application) -> list[GatewayRoute]:
 
     app.on_startup.append(bind_relays)
     return [
-        *(GatewayRoute("POST", path, relay.handle) for path, relay in zip(_RELAYS, relays, strict=True)),
-        GatewayRoute("GET", "/v1/models", list_models),
-        GatewayRoute("GET", "/v1/models/{model:.+}", get_model),
+        *(ExchangeRoute("POST", path, relay.handle) for path, relay in zip(_RELAYS, relays, strict=True)),
+        ExchangeRoute("GET", "/v1/models", list_models),
+        ExchangeRoute("GET", "/v1/models/{model:.+}", get_model),
         *plain_routes([web.get("/health", health)]),
     ]

@@ -10,7 +10,7 @@ from aiohttp import web
 from truckllm.pipeline.dispatch import RawReply, StreamReply
 from truckllm.pipeline.record import Exchange
 from truckllm.pipeline.transport import TransportError
-from truckllm.server.edge import CLIENT_CLOSED_REQUEST, gateway_headers, ratelimit_headers_of
+from truckllm.server.edge import CLIENT_CLOSED_REQUEST, gateway_headers, ratelimit_headers_now
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -20,7 +20,7 @@ _SSE_HEADERS = {
 
 
 async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
-    headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_of(exchange)}
+    headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_now(exchange)}
     response = web.StreamResponse(status=200, headers=headers)
     rest = reply.rest
     try:
@@ -54,7 +54,7 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
 async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -> web.StreamResponse:
     """A pass-through answer (audio, images): upstream bytes relayed as they arrive."""
     response = web.StreamResponse(status=reply.status, headers={
-        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_of(exchange)})
+        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_now(exchange)})
     body = reply.body
     try:
         await response.prepare(request)

@@ -1,0 +1,40 @@
+"""The provider registry: every provider type TruckLLM speaks, by config `type`.
+
+Each type's operation table is completed here, once, with the inbound dialects it serves
+through chat (truckllm.protocols.through_chat): a provider that speaks chat also answers
+the Anthropic Messages API, unless it speaks that natively (`anthropic`). Serving another
+client API through chat is one more entry in DIALECTS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from types import MappingProxyType
+
+from truckllm.protocols import anthropic_messages
+from truckllm.protocols.through_chat import ChatDialect, through_chat
+from truckllm.providers import anthropic, azure, gemini, mock, openai
+from truckllm.providers.base import Operation, ProviderSpec
+
+# The operations any chat-speaking provider serves by translating through chat.
+DIALECTS: Mapping[Operation, ChatDialect] = {
+    Operation.MESSAGES: anthropic_messages.DIALECT,
+}
+
+
+def with_dialects(spec: ProviderSpec) -> ProviderSpec:
+    """`spec` with every dialect it does not speak natively served through its chat."""
+    chat = spec.operations.get(Operation.CHAT)
+    if chat is None:
+        return spec
+    operations = dict(spec.operations)
+    for op, dialect in DIALECTS.items():
+        operations.setdefault(op, through_chat(chat, dialect))
+    return replace(spec, operations=MappingProxyType(operations))
+
+
+REGISTRY: Mapping[str, ProviderSpec] = MappingProxyType({
+    spec.type: with_dialects(spec)
+    for spec in (openai.SPEC, mock.SPEC, anthropic.SPEC, gemini.SPEC, azure.SPEC)
+})

@@ -7,14 +7,14 @@ from typing import Any
 
 import orjson
 import pytest
+
+from truckllm.errors import InvalidRequest
 from truckllm.protocols.anthropic_messages import (
     AnthropicEventWriter,
     anthropic_error,
     from_chat_response,
     to_chat_request,
 )
-
-from truckllm.errors import InvalidRequest
 
 
 def test_request_with_system_images_tools_and_results() -> None:

@@ -132,12 +132,14 @@ class _AttemptFailed(Exception):
         self.outcome = outcome
 
 
-async def dispatch(call: Call, transport: Transport, exchange: Exchange,
-                   routing: Routing) -> Answer:
-    """The answer to one call."""
+def dispatch(call: Call, transport: Transport, exchange: Exchange,
+             routing: Routing) -> Awaitable[Answer]:
+    """The answer to one call (await it). Hands back the attempts' coroutine rather than
+    awaiting it, so that the attempt loop is the one dispatch frame that every resume of
+    the request (each upstream read) passes through."""
     if call.state.version > routing.adopted_version:    # a newer snapshot: rarely
         adopt(routing, call.state)
-    return await _Attempts(call, transport, exchange, routing).serve(call.route, call.targets)
+    return _Attempts(call, transport, exchange, routing).serve(call.route, call.targets)
 
 
 def adopt(routing: Routing, state: State) -> None:
@@ -207,7 +209,8 @@ class _Attempts:
                 f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
         self.candidates, self.tried, self.last, self.waited = candidates, [], None, 0.0
         while len(self.tried) < settings.max_attempts:
-            candidate = next_candidate(candidates, self.tried, self._last_error(), self.usable)
+            last_error = None if self.last is None else self.last.error_class
+            candidate = next_candidate(candidates, self.tried, last_error, self.usable)
             if candidate is None or self.tried:     # nothing usable yet, or a retry: pause first
                 candidate = await self._after_pause(candidate, settings.wait_for_recovery_ms)
                 if candidate is None:
@@ -232,9 +235,6 @@ class _Attempts:
                 break
         raise final_error(self.last, earliest_recovery_s(candidates, routing.health,
                                                          self.has_capacity, self.capacity_wait))
-
-    def _last_error(self) -> ErrorClass | None:
-        return self.last.error_class if self.last is not None else None
 
     async def _fall_back(self, route: Route, overflow: Outcome) -> Answer:
         """A prompt too long for this route goes to its `fallback_on_context_overflow` alias
@@ -261,7 +261,8 @@ class _Attempts:
                 return None
             await asyncio.sleep(pause)
             self.waited += pause
-            candidate = next_candidate(self.candidates, self.tried, self._last_error(), self.usable)
+            last_error: ErrorClass | None = None if self.last is None else self.last.error_class
+            candidate = next_candidate(self.candidates, self.tried, last_error, self.usable)
         tried = self.tried
         if tried:
             same = candidate.target.target_id == tried[-1].target.target_id
@@ -344,11 +345,15 @@ class _Attempts:
         call, exchange, target, spec = self.call, self.exchange, upstream.target, upstream.spec
         ctx = call.ctx
         request = spec.build_request(call.body, target, upstream.key, ctx)
+        answer = upstream.transport.fetch(upstream.provider, target, request, ctx.request_id)
+        limit = upstream.provider.config.first_byte_timeout_s
         started = time.perf_counter()
         try:
-            async with _first_byte_deadline(upstream.provider):
-                status, headers, raw = await upstream.transport.fetch(
-                    upstream.provider, target, request, ctx.request_id)
+            if limit is None:
+                status, headers, raw = await answer
+            else:
+                async with asyncio.timeout(limit):
+                    status, headers, raw = await answer
         except TimeoutError:
             raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
         except TransportError as exc:

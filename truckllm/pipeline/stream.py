@@ -150,6 +150,8 @@ class StreamRelay:
         if not events:
             return b""
         self._sent += events
+        if len(events) == 1:        # one event per read is the common case
+            return frame(events[0])
         return b"".join([frame(event) for event in events])
 
     def _finish(self) -> bytes:

@@ -94,10 +94,9 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
 
 def rewrite_model(payload: bytes, alias_json: bytes) -> bytes:
     """Replace the first `"model": "..."` with the alias; `alias_json` is its JSON string."""
-    # Fast path for compact JSON (what OpenAI and most servers send): partition, not a
-    # regex or `find` (whose argument parsing costs more than the search), and one join.
-    # The value ends at the first quote after it unless that quote is escaped, which only
-    # a value ending in a backslash can hide; such a value goes the regex's way.
+    # Compact JSON (what OpenAI and most servers send) needs no regex: the value ends at
+    # the first quote after it unless that quote is escaped, which only a value ending in
+    # a backslash can hide; such a value, and spaced JSON, go the regex's way.
     head, key, rest = payload.partition(b'"model":"')
     if key:
         value, quote, tail = rest.partition(b'"')
@@ -117,10 +116,18 @@ def json_string(text: str) -> bytes:
 def parse_response(op: Operation, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
     """The answer as it came with only `model` rewritten, once it has been read whole and
     found to be an answer of the operation's shape: anything else is an upstream failure."""
-    answer = _json_object(raw, target)
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamFailed(f"provider {target.provider_id!r} returned a body that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise UpstreamFailed(f"provider {target.provider_id!r} returned an unexpected JSON shape")
     items = answer.get("data" if op is Operation.EMBEDDINGS else "choices")
-    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise UpstreamFailed(f"provider {target.provider_id!r} returned an answer of an unexpected shape")
+    if not isinstance(items, list):
+        raise _unexpected_shape(target)
+    for item in items:
+        if not isinstance(item, dict):
+            raise _unexpected_shape(target)
     usage = Usage.from_openai(answer.get("usage"))
     if (op is Operation.EMBEDDINGS and ctx.client_body.get("encoding_format") == "base64"
             and encode_float_embeddings(answer)):
@@ -128,14 +135,8 @@ def parse_response(op: Operation, raw: bytes, target: Target, ctx: CallContext) 
     return ParsedResponse(rewrite_model(raw, json_string(ctx.alias)), usage)
 
 
-def _json_object(raw: bytes, target: Target) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamFailed(f"provider {target.provider_id!r} returned a body that is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise UpstreamFailed(f"provider {target.provider_id!r} returned an unexpected JSON shape")
-    return parsed
+def _unexpected_shape(target: Target) -> UpstreamFailed:
+    return UpstreamFailed(f"provider {target.provider_id!r} returned an answer of an unexpected shape")
 
 
 class PassThroughStream:
@@ -187,8 +188,9 @@ class PassThroughStream:
         elif not isinstance(choices, list):
             raise wrong_shape("a stream event")
         elif not self._ended:
-            self._ended = any(isinstance(choice, dict) and choice.get("finish_reason")
-                              for choice in choices)
+            for choice in choices:
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    self._ended = True
         return [SSEEvent(None, rewrite_model(data, self._alias_json))]
 
     def close(self) -> list[SSEEvent]:

@@ -209,7 +209,7 @@ class _Attempts:
                 f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
         self.candidates, self.tried, self.last, self.waited = candidates, [], None, 0.0
         while len(self.tried) < settings.max_attempts:
-            last_error = None if self.last is None else self.last.error_class
+            last_error: ErrorClass | None = None if self.last is None else self.last.error_class
             candidate = next_candidate(candidates, self.tried, last_error, self.usable)
             if candidate is None or self.tried:     # nothing usable yet, or a retry: pause first
                 candidate = await self._after_pause(candidate, settings.wait_for_recovery_ms)

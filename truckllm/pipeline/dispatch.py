@@ -50,7 +50,7 @@ from truckllm.pipeline.router import (
     plan,
     usability,
 )
-from truckllm.pipeline.stream import StreamRelay
+from truckllm.pipeline.stream import StreamRelay, Writer
 from truckllm.pipeline.transport import Transport, TransportError
 from truckllm.providers.base import (
     CallContext,
@@ -114,10 +114,11 @@ class RawReply:
 @dataclass(slots=True)
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
-    rest: AsyncGenerator[bytes, None]  # framed events to the stream's end; aclose() on abandon
+    # Writes the rest of the stream, to its last event, with the writer it is given.
+    write_rest: Callable[[Writer], Awaitable[None]]
     upstream_use: UpstreamUse | None = None     # settle with the real usage when it ends
-    # Idempotent: close upstream, end the attempt. Call it after `rest.aclose()`, also when
-    # the stream never started (closing an unstarted generator runs none of its code).
+    # Idempotent: close upstream, end the attempt. Call it when the stream is over,
+    # also when it never started (the client left first).
     release: Callable[[], None] = _nothing
 
 
@@ -418,7 +419,7 @@ class _Attempts:
             waited = time.perf_counter() - started
             exchange.upstream_s += waited
         upstream.attempt.succeeded(waited)
-        return StreamReply(first, relay.rest(), release=relay.abandon)
+        return StreamReply(first, relay.write_rest, release=relay.abandon)
 
     async def _open_raw(self, upstream: _Upstream) -> RawReply:
         exchange, attempt = self.exchange, upstream.attempt

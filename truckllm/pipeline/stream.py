@@ -8,7 +8,7 @@ and the health attempt until the stream ends. No routing decisions; dispatch cre
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -31,6 +31,9 @@ from truckllm.providers.base import SSEEvent, StreamEnding, StreamTranslator, Up
 from truckllm.providers.shared.upstream_errors import WRONG_SHAPE, wrong_shape
 
 log = structlog.get_logger("truckllm.pipeline.stream")
+
+# Writes framed events to the client (aiohttp's StreamResponse.write).
+Writer = Callable[[bytes], Awaitable[None]]
 
 
 class StreamRelay:
@@ -67,7 +70,10 @@ class StreamRelay:
         self._ended = True
         return self._finish()
 
-    async def rest(self) -> AsyncGenerator[bytes, None]:
+    async def write_rest(self, write: Writer) -> None:
+        """Write the rest of the stream to the client as it comes, and end it the way the
+        client's API ends one. The relay writes rather than yields: each chunk then passes
+        through one generator (the upstream's) on its way, not two."""
         try:
             if not self._ended:
                 if self._pending is not None:
@@ -75,15 +81,17 @@ class StreamRelay:
                 async for raw in self._chunks:
                     out = self._translate(raw)
                     if out:
-                        yield out
+                        await write(out)
                     if self._pending is not None:
                         raise self._pending
-                yield self._finish()
+                out = self._finish()
+                if out:
+                    await write(out)
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
             exc.message = without_secret(scrub(exc.message), self._key_value)
             self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
-            yield frame(self._ending.error_event(exc))
+            await write(frame(self._ending.error_event(exc)))
         except TransportError as exc:
             # Too late to try elsewhere: end the stream with an error event, count the
             # failure against the upstream, and close it.
@@ -93,12 +101,12 @@ class StreamRelay:
                      if outcome.error_class is ErrorClass.TIMEOUT
                      else errors.UpstreamFailed(outcome.message))
             self._exchange.error_reason = outcome.error_class.value
-            yield frame(self._ending.error_event(error))
+            await write(frame(self._ending.error_event(error)))
         finally:
             self.abandon()
         done = self._ending.done
         if done is not None:
-            yield frame(done)
+            await write(frame(done))
 
     def _failed(self, outcome: Outcome) -> None:
         """A failure after the first byte: health counts it, and so does the request's

@@ -4,6 +4,13 @@ Each type's operation table is completed here, once, with the inbound dialects i
 through chat (truckllm.protocols.through_chat): a provider that speaks chat also answers
 the Anthropic Messages API, unless it speaks that natively (`anthropic`). Serving another
 client API through chat is one more entry in DIALECTS.
+
+Adding a provider type: a module whose SPEC has its operation table, listed in REGISTRY,
+and its config class in config/schema.py (the settings its Target carries). Adding an
+endpoint: an Operation member (providers/base.py), its OperationSpec in the tables of the
+provider types that serve it (or, for a client API any chat provider can serve, a
+ChatDialect in DIALECTS), its route in server/routes.py and its fields in
+server/validation.py.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import structlog
 from truckllm import errors
 from truckllm.limits import NO_PROMPT, Limiter, PromptEstimate, UpstreamUse, upstream_ref
 from truckllm.pipeline.health import Attempt, HealthSettings, key_ref
-from truckllm.pipeline.record import Exchange, UpstreamFailure
+from truckllm.pipeline.record import Exchange, TraceHook, UpstreamFailure
 from truckllm.pipeline.retry import (
     ErrorClass,
     Outcome,
@@ -58,6 +58,7 @@ from truckllm.providers.base import (
     OperationSpec,
     Target,
     UpstreamKey,
+    UpstreamRequest,
     UpstreamResponse,
     UpstreamTransport,
 )
@@ -310,6 +311,9 @@ class _Attempts:
         exchange.attempts += 1
         exchange.provider_id, exchange.upstream_model = provider.id, target.model
         exchange.upstream_key_id = key.id
+        if exchange.trace is not None:
+            exchange.trace.attempt_began(call.op, provider.id, provider.config.type, target.model,
+                                         key.id)
         attempt = self.routing.health.begin(target_id, candidate.key_ref)
         limiter = call.limiter
         use = (None if limiter is None or key is _NO_KEY
@@ -336,8 +340,10 @@ class _Attempts:
         upstream.attempt.failed(outcome)
         upstream.attempt.end()
         _settle_unknown(upstream.use)
-        self.exchange.upstream_failures.append(
-            UpstreamFailure(upstream.provider.id, key.id, failure_reason(outcome)))
+        reason = failure_reason(outcome)
+        self.exchange.upstream_failures.append(UpstreamFailure(upstream.provider.id, key.id, reason))
+        if self.exchange.trace is not None:
+            self.exchange.trace.attempt_failed(reason)
         _log_failure(self.call, upstream, outcome)
         return outcome
 
@@ -346,6 +352,8 @@ class _Attempts:
         call, exchange, target, spec = self.call, self.exchange, upstream.target, upstream.spec
         ctx = call.ctx
         request = spec.build_request(call.body, target, upstream.key, ctx)
+        if exchange.trace is not None:
+            _traced(request, exchange.trace)
         answer = upstream.transport.fetch(upstream.provider, target, request, ctx.request_id)
         limit = upstream.provider.config.first_byte_timeout_s
         started = time.perf_counter()
@@ -383,6 +391,8 @@ class _Attempts:
         """A response whose body is still to be read; an error status is a failed attempt."""
         call = self.call
         request = upstream.spec.build_request(call.body, upstream.target, upstream.key, call.ctx)
+        if self.exchange.trace is not None:
+            _traced(request, self.exchange.trace)
         try:
             response = await upstream.transport.send(upstream.provider, upstream.target, request,
                                                      call.ctx.request_id)
@@ -464,6 +474,11 @@ def _log_failure(call: Call, upstream: _Upstream, outcome: Outcome) -> None:
         log.error("upstream_key_rejected", action="key disabled until the next reload", **fields)
     else:
         log.warning("upstream_attempt_failed", **fields)
+
+
+def _traced(request: UpstreamRequest, trace: TraceHook) -> None:
+    """The attempt's trace context goes upstream with it (W3C traceparent)."""
+    request.headers = {**request.headers, **trace.upstream_headers()}
 
 
 def _first_byte_deadline(provider: CompiledProvider) -> AbstractAsyncContextManager[object]:

@@ -220,7 +220,15 @@ class _Attempts:
             self.tried.append(candidate)
             upstream = self._begin(choices, candidate)
             try:
-                reply = await self._open(upstream)
+                # Opened the way the operation answers: relayed raw (audio, images),
+                # streamed, or read whole.
+                reply: Answer
+                if upstream.spec.raw:
+                    reply = await self._open_raw(upstream)
+                elif call.ctx.stream:
+                    reply = await self._open_stream(upstream)
+                else:
+                    reply = await self._complete(upstream)
             except _AttemptFailed as failed:
                 self.last = last = self._failed(upstream, failed.outcome)
             except BaseException:
@@ -321,15 +329,6 @@ class _Attempts:
         spec = provider.spec
         return _Upstream(target, provider, key, spec.operations[call.op],
                          spec.transport or self.network, attempt, use)
-
-    def _open(self, upstream: _Upstream) -> Awaitable[Answer]:
-        """The attempt's answer, opened the way its operation answers: relayed raw (audio,
-        images), streamed, or read whole."""
-        if upstream.spec.raw:
-            return self._open_raw(upstream)
-        if self.call.ctx.stream:
-            return self._open_stream(upstream)
-        return self._complete(upstream)
 
     def _failed(self, upstream: _Upstream, outcome: Outcome) -> Outcome:
         """An attempt failed before anything reached the client: health, the key's

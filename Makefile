@@ -4,12 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench stress lint dist clean
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The build tools (PyInstaller) and the optional packages the executable carries
+# (OpenTelemetry export) come from the `dist` extra, on top of whatever is installed.
+$(BIN)/.installed-dist: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dist]'
 	touch $@
 
 run: $(BIN)/.installed
@@ -21,9 +29,22 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
+# A bounded robustness run (about a minute, 127.0.0.1 only): soak, connection abuse and a
+# disconnect storm against the fake upstream; STRESS_ARGS="--write docs/reliability.md".
+stress: $(BIN)/.installed
+	$(BIN)/python -m bench.stress $(STRESS_ARGS)
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check truckllm tests bench
 	$(BIN)/mypy truckllm
 
+# dist/truckllm (one executable file, no Python needed) and the wheel beside it.
+dist: $(BIN)/.installed-dist
+	rm -rf dist build/pyinstaller
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN \
+		--distpath dist --workpath build/pyinstaller packaging/truckllm.spec
+	ls -l dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache build dist .cache

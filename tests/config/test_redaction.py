@@ -300,4 +300,4 @@ models: [{alias: m, targets: &t [{provider: a, model: x}]}, {alias: n, targets: 
 def test_a_list_as_a_mapping_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         load_bytes(b"version: 1\n? [a, b]\n: 1\n", "c.yaml", {})
-    assert caught.value.issues[0].message == "a key must be a plain value"
+    assert "a key must be a plain value" in [issue.message for issue in caught.value.issues]

@@ -19,8 +19,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from tests.fakes.failing_upstream import make_stalling_upstream
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
+from truckllm.clock import ManualClock
 from truckllm.config.loader import load_bytes
-from truckllm.pipeline.health import Health
 from truckllm.pipeline.router import Routing
 from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_app
@@ -32,23 +32,12 @@ CONTEXT_TOO_LONG = {"error": {"message": "This model's maximum context length is
                               "code": "context_length_exceeded"}}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @dataclass
 class Gateway:
     url: str
     client: AsyncOpenAI
     routing: Routing
-    clock: FakeClock
+    clock: ManualClock
 
     async def chat(self, model: str = "chat") -> ChatCompletion:
         return await self.client.chat.completions.create(model=model, messages=MESSAGES)
@@ -71,9 +60,9 @@ class Gateway:
 @asynccontextmanager
 async def make_gateway(config: str, *, real_clock: bool = False) -> AsyncIterator[Gateway]:
     loaded = load_bytes(config.encode(), "test.yaml", {})
-    app = create_app(StateHolder(build_state(loaded, version=1)))
-    clock = FakeClock()
-    app[ROUTING] = Routing(health=Health() if real_clock else Health(clock=clock))
+    clock = ManualClock()
+    app = create_app(StateHolder(build_state(loaded, version=1)),
+                     clock=None if real_clock else clock)
     server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
     await server.start_server()
     url = str(server.make_url("/v1"))
@@ -429,13 +418,14 @@ async def test_least_busy_avoids_the_target_with_a_request_in_flight(
 
 async def test_keys_at_their_own_limit_are_skipped(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
-    full: set[str] = {"p1/k1"}
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
-        gw.routing.has_capacity = lambda provider, key: f"{provider}/{key}" not in full
+    config = (two_providers(one.url, two.url)      # p1/k1 and p2/k1 full, p1/k2 after 3
+              .replace("{id: k1, value: sk-one}", "{id: k1, value: sk-one, rpm: 0}")
+              .replace("{id: k2, value: sk-two}", "{id: k2, value: sk-two, rpm: 3}")
+              .replace("{id: k1, value: sk-three}", "{id: k1, value: sk-three, rpm: 0}"))
+    async with make_gateway(config) as gw:
         for _ in range(3):
             await gw.chat()
         assert keys_used(one) == ["sk-two"] * 3
-        full |= {"p1/k2", "p2/k1"}
         status, headers, body = await gw.raw_chat()
     assert (status, headers["Retry-After"]) == (503, "1")
     assert orjson.loads(body)["error"]["type"] == "overloaded_error"

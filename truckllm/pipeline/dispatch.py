@@ -22,7 +22,7 @@ import structlog
 
 from truckllm import errors
 from truckllm.limits import NO_PROMPT, Limiter, PromptEstimate, UpstreamUse, upstream_ref
-from truckllm.pipeline.health import Attempt, HealthSettings, key_ref
+from truckllm.pipeline.health import Attempt, HealthSettings
 from truckllm.pipeline.record import Exchange, TraceHook, UpstreamFailure
 from truckllm.pipeline.retry import (
     ErrorClass,
@@ -44,6 +44,7 @@ from truckllm.pipeline.router import (
     CapacityWait,
     HasCapacity,
     Routing,
+    always_has_capacity,
     cursor_names,
     earliest_recovery_s,
     next_candidate,
@@ -153,7 +154,7 @@ def adopt(routing: Routing, state: State) -> None:
     settings = state.config.routing
     routing.health.configure(HealthSettings(settings.cooldown_s, settings.breaker_failures,
                                             settings.breaker_window_s))
-    refs = {key_ref(p.id, k.id) for p in state.providers.values() for k in p.keys}
+    refs = {upstream_ref(p.id, k.id) for p in state.providers.values() for k in p.keys}
     routing.health.prune(refs, set(state.providers))
     routing.cursors.prune(cursor_names([r.alias for r in state.all_routes], set(state.providers)))
 
@@ -168,7 +169,6 @@ class _Upstream:
     spec: OperationSpec
     transport: UpstreamTransport
     attempt: Attempt                   # health's view of it
-    use: UpstreamUse | None            # the key's rpm/tpm counters
 
 
 class _Attempts:
@@ -189,7 +189,7 @@ class _Attempts:
         self.tried: list[Candidate] = []
         self.last: Outcome | None = None
         self.waited = 0.0               # seconds spent waiting for a candidate to recover
-        self.has_capacity: HasCapacity = routing.has_capacity
+        self.has_capacity: HasCapacity = always_has_capacity
         self.capacity_wait: CapacityWait | None = None
         self.usable: Callable[[Candidate], bool] = routing.usable
 
@@ -214,11 +214,18 @@ class _Attempts:
             last_error: ErrorClass | None = None if self.last is None else self.last.error_class
             candidate = next_candidate(candidates, self.tried, last_error, self.usable)
             if candidate is None or self.tried:     # nothing usable yet, or a retry: pause first
+                paused = time.perf_counter()
                 candidate = await self._after_pause(candidate, settings.wait_for_recovery_ms)
+                # Backing off or waiting for an upstream to recover is not TruckLLM's own
+                # time (x-truckllm-overhead-ms): it counts with the time spent on upstream.
+                self.exchange.upstream_s += time.perf_counter() - paused
                 if candidate is None:
                     break
             self.tried.append(candidate)
             upstream = self._begin(choices, candidate)
+            limiter = call.limiter
+            use = (None if limiter is None or upstream.key is _NO_KEY
+                   else await limiter.upstream_acquire(state.limits, upstream.key.ref, call.estimate))
             try:
                 # Opened the way the operation answers: relayed raw (audio, images),
                 # streamed, or read whole.
@@ -231,20 +238,24 @@ class _Attempts:
                     reply = await self._complete(upstream)
             except _AttemptFailed as failed:
                 self.last = last = self._failed(upstream, failed.outcome)
+                await _settle_unknown(use)
             except BaseException:
                 upstream.attempt.end()      # cancelled (the client left) or a bug: free the slot
-                _settle_unknown(upstream.use)
+                await _settle_unknown(use)
                 raise
             else:
-                reply.upstream_use = upstream.use
+                reply.upstream_use = use
                 return reply
             self.exchange.error_reason = last.error_class.value
             if last.error_class is ErrorClass.CONTEXT_OVERFLOW:
                 return await self._fall_back(route, last)
             if not is_retryable(last, settings.retry_on):
                 break
-        raise final_error(self.last, earliest_recovery_s(candidates, routing.health,
-                                                         self.has_capacity, self.capacity_wait))
+        recovery_s = earliest_recovery_s(candidates, routing.health, self.has_capacity,
+                                         self.capacity_wait)
+        cause = None if self.last is not None else routing.health.last_failure(
+            (c.target.target_id, c.key_ref) for c in candidates)
+        raise final_error(self.last, recovery_s, cause)
 
     async def _fall_back(self, route: Route, overflow: Outcome) -> Answer:
         """A prompt too long for this route goes to its `fallback_on_context_overflow` alias
@@ -294,11 +305,10 @@ class _Attempts:
     def _check_capacity(self, limiter: Limiter) -> None:
         """Candidates count as usable only while their upstream key is below its own
         rpm/tpm for this request; `capacity_wait` says how long until it is."""
-        extra, policy, estimate = self.routing.has_capacity, self.call.state.limits, self.call.estimate
+        policy, estimate = self.call.state.limits, self.call.estimate
 
         def has_capacity(provider_id: str, key_id: str) -> bool:
-            ref = upstream_ref(provider_id, key_id)
-            return extra(provider_id, key_id) and limiter.upstream_has_capacity(policy, ref, estimate)
+            return limiter.upstream_has_capacity(policy, upstream_ref(provider_id, key_id), estimate)
 
         def capacity_wait(provider_id: str, key_id: str) -> float | None:
             return limiter.upstream_wait_s(policy, upstream_ref(provider_id, key_id), estimate)
@@ -307,8 +317,8 @@ class _Attempts:
         self.usable = usability(self.routing.health, has_capacity)
 
     def _begin(self, choices: RouteChoices, candidate: Candidate) -> _Upstream:
-        """An attempt starts: what the candidate stands for, and the request, health and
-        the upstream key's counters know it."""
+        """An attempt starts: what the candidate stands for, and the request and health
+        know it."""
         call, exchange = self.call, self.exchange
         target_id = candidate.target.target_id
         target = choices.by_id[target_id]
@@ -323,12 +333,9 @@ class _Attempts:
             exchange.trace.attempt_began(call.op, provider.id, provider.config.type, target.model,
                                          key.id)
         attempt = self.routing.health.begin(target_id, candidate.key_ref)
-        limiter = call.limiter
-        use = (None if limiter is None or key is _NO_KEY
-               else limiter.upstream_acquire(state.limits, key.ref, call.estimate))
         spec = provider.spec
         return _Upstream(target, provider, key, spec.operations[call.op],
-                         spec.transport or self.network, attempt, use)
+                         spec.transport or self.network, attempt)
 
     def _failed(self, upstream: _Upstream, outcome: Outcome) -> Outcome:
         """An attempt failed before anything reached the client: health, the key's
@@ -338,7 +345,6 @@ class _Attempts:
         outcome = outcome_without_secret(outcome, key.value)
         upstream.attempt.failed(outcome)
         upstream.attempt.end()
-        _settle_unknown(upstream.use)
         reason = failure_reason(outcome)
         self.exchange.upstream_failures.append(UpstreamFailure(upstream.provider.id, key.id, reason))
         if self.exchange.trace is not None:
@@ -404,26 +410,32 @@ class _Attempts:
         return response
 
     async def _open_stream(self, upstream: _Upstream) -> StreamReply:
-        call, exchange, spec = self.call, self.exchange, upstream.spec
+        call, exchange, spec, provider = self.call, self.exchange, upstream.spec, upstream.provider
         started = time.perf_counter()
-        relay: StreamRelay | None = None
+        response: UpstreamResponse | None = None
+        # Read before the request is sent: nothing that fails after it may leave it running.
+        prompt_tokens = call.estimate.tokens
         try:
-            async with _first_byte_deadline(upstream.provider):
+            async with _first_byte_deadline(provider):
                 response = await self._send_ok(upstream)
                 assert spec.new_stream_translator is not None
                 translator = spec.new_stream_translator(upstream.target, call.ctx)
                 relay = StreamRelay(response, translator, spec.stream_ending, exchange,
-                                    upstream.attempt, call.estimate.tokens, upstream.key.value)
+                                    upstream.attempt, prompt_tokens, upstream.key.value,
+                                    int(provider.config.max_event_mb * 1024 * 1024))
                 first = await relay.first_output()
         except TimeoutError:
-            _abandon(relay)
+            _abandon(response)
             raise _AttemptFailed(timed_out("no first token before first_byte_timeout_s")) from None
         except errors.GatewayError as exc:          # an error event before any output
-            _abandon(relay)
+            _abandon(response)
             raise _AttemptFailed(event_outcome(exc, now_unix=time.time())) from None
         except TransportError as exc:
-            _abandon(relay)
+            _abandon(response)
             raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+        except BaseException:                       # the client left, or a bug: close upstream
+            _abandon(response)
+            raise
         finally:
             waited = time.perf_counter() - started
             exchange.upstream_s += waited
@@ -458,10 +470,10 @@ class _Attempts:
                         release=release)
 
 
-def _settle_unknown(use: UpstreamUse | None) -> None:
+async def _settle_unknown(use: UpstreamUse | None) -> None:
     """A failed attempt reported no usage: its estimate stays counted against the key."""
     if use is not None:
-        use.settle(None)
+        await use.settle(None)
 
 
 def _log_failure(call: Call, upstream: _Upstream, outcome: Outcome) -> None:
@@ -506,9 +518,9 @@ async def _read_error_body(response: UpstreamResponse) -> bytes:
         response.close()
 
 
-def _abandon(relay: StreamRelay | None) -> None:
-    if relay is not None:
-        relay.close_upstream()
+def _abandon(response: UpstreamResponse | None) -> None:
+    if response is not None:
+        response.close()
 
 
 def _status_outcome(provider: CompiledProvider, status: int, headers: Mapping[str, str],

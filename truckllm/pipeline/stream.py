@@ -21,9 +21,8 @@ from truckllm.pipeline.retry import (
     Outcome,
     event_outcome,
     failure_reason,
-    scrub,
+    scrub_error,
     transport_failed,
-    without_secret,
 )
 from truckllm.pipeline.sse import SSEDecoder, frame
 from truckllm.pipeline.transport import TransportError
@@ -42,10 +41,11 @@ class StreamRelay:
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
                  ending: StreamEnding, exchange: Exchange, attempt: Attempt,
-                 prompt_estimate: int = 0, key_value: str = "") -> None:
+                 prompt_estimate: int = 0, key_value: str = "",
+                 max_event_bytes: int | None = None) -> None:
         self._response = response
         self._chunks = response.iter_chunks()
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
         self._ending = ending
         self._exchange = exchange
@@ -88,7 +88,7 @@ class StreamRelay:
                 if out:
                     await write(out)
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
-            exc.message = without_secret(scrub(exc.message), self._key_value)
+            scrub_error(exc, self._key_value)
             self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
             await write(frame(self._ending.error_event(exc)))

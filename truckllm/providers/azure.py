@@ -35,6 +35,7 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.shared import media
 from truckllm.providers.shared.chat_shapes import encode_float_embeddings
+from truckllm.providers.shared.model_ids import path_segment
 from truckllm.providers.shared.tool_ids import with_short_tool_ids
 from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
@@ -64,7 +65,8 @@ def upstream_url(operation: Operation, target: Target) -> str:
     path = PATHS[operation]
     if target.base_url.endswith("/openai/v1"):
         return f"{target.base_url}/{path}"
-    return f"{target.base_url}/openai/deployments/{target.model}/{path}?api-version={api_version(target)}"
+    deployment = path_segment(target.model)
+    return f"{target.base_url}/openai/deployments/{deployment}/{path}?api-version={api_version(target)}"
 
 
 def auth_headers(target: Target, key: str) -> dict[str, str]:

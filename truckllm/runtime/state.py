@@ -21,11 +21,12 @@ from types import MappingProxyType
 from truckllm.config.globs import compile_globs
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ClientKeyConfig, Config, ModelConfig, ProviderConfig
-from truckllm.limits.policy import LimitsPolicy, compile_policy, upstream_ref
-from truckllm.pipeline.health import TargetId
+from truckllm.limits.policy import LimitsPolicy, compile_policy
+from truckllm.limits.upstream import TargetId, upstream_ref
 from truckllm.pipeline.router import Candidate, RouteTarget, fixed_plan
 from truckllm.providers.base import Operation, ProviderSpec, Target, UpstreamKey
 from truckllm.providers.registry import REGISTRY
+from truckllm.providers.shared.model_ids import check_chosen_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class State:
         for prefix, route in self.wildcard_routes:
             if model.startswith(prefix) and len(model) > len(prefix):
                 suffix = model[len(prefix):]
+                check_chosen_model(model, suffix)
                 return route, tuple(replace(t, model=t.model.replace("*", suffix)) for t in route.targets)
         return None
 

@@ -56,9 +56,8 @@ class Relay:
         op, limiter = self.op, self.limiter
         state = self.holder.current                     # one snapshot for the whole request
         key = _authenticate(request, state, limiter, exchange)
-        if key is not None:
-            exchange.key_id = key.id
-        body = await self.read_body(request, state.config.server.max_body_mb)
+        server = state.config.server
+        body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
         model: str = body["model"]
         resolved = state.resolve(model)
@@ -81,7 +80,7 @@ class Relay:
             request, self.forwarded_headers)
         ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
                           forwarded)
-        admission = metering.admit(limiter, state, key, body, exchange)
+        admission = await metering.admit(limiter, state, key, body, exchange)
         reply: Reply | StreamReply | RawReply | None = None
         try:
             if op is Operation.COUNT_TOKENS and not _any_serves(state, targets, op):
@@ -94,7 +93,8 @@ class Relay:
                 return await write_raw(request, reply, exchange)
             return await write_stream(request, reply, exchange)
         finally:   # after the last byte, an error, or the client leaving (streams included)
-            metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+            await metering.settle(admission, exchange, route,
+                                  reply.upstream_use if reply else None)
 
 
 class AnthropicRelay(Relay):
@@ -141,6 +141,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
+        exchange.key_id = key.id
         sending = state.limits.sending_headers.get(key.id)    # most keys send none
         if sending is not None:
             exchange.ratelimit_headers = metering.ratelimit_headers(limiter, sending)
@@ -159,9 +160,14 @@ def _model_refused(model: str, resolved: object) -> errors.GatewayError:
 async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
     key = _authenticate(request, state, request.app[LIMITER], exchange)
-    data = [_model_entry(state, route.alias, route) for route in state.all_routes
-            if key is None or key.may_use(route.alias)]
-    return _json({"object": "list", "data": data})
+    usable = [route for route in state.all_routes if key is None or key.may_use(route.alias)]
+    # A wildcard alias is no model a client can send as it is: it is listed apart, by the
+    # prefix a model name is put after, so that no client picks `openai/*` as a model.
+    data = [_model_entry(state, route.alias, route) for route in usable
+            if not route.alias.endswith("*")]
+    wildcards = [{"prefix": route.alias[:-1], "owned_by": route.targets[0].provider_id}
+                 for route in usable if route.alias.endswith("*")]
+    return _json({"object": "list", "data": data, "wildcards": wildcards})
 
 
 async def get_model(request: web.Request, exchange: Exchange) -> web.Response:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from truckllm.config.loader import LoadedConfig
-from truckllm.config.schema import split_host_port
+from truckllm.config.schema import ServerConfig, split_host_port
+from truckllm.limits import state_file_path
 from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_admin_app, create_app
+from truckllm.server.connections import GatewaySite, handler_settings
 from truckllm.server.keys import INFLIGHT, OPS
 
 log = structlog.get_logger("truckllm")
@@ -58,23 +61,26 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
     # reloader until its worker starts.
     loop.add_signal_handler(signal.SIGHUP, ops.reloader.request_reload, "sighup")
     grace = state.config.server.shutdown_grace_s
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    server = state.config.server
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace,
+                           **handler_settings(server))
     runners = [runner]
     await runner.setup()
     try:
-        await _listen(runner, host, port)
+        await _listen(runner, host, port, server)
         admin_listen = state.config.server.admin_listen
         if admin_listen is not None:
-            admin_runner = web.AppRunner(create_admin_app(app), access_log=None)
+            admin_runner = web.AppRunner(create_admin_app(app), **handler_settings(server))
             runners.append(admin_runner)
             await admin_runner.setup()
-            await _listen(admin_runner, *split_host_port(admin_listen))
+            await _listen(admin_runner, *split_host_port(admin_listen), server)
             log.info("admin_listening", url=f"http://{admin_listen}")
         tune_gc()                           # once serving for sure: it is process-wide
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
+                 sha256=loaded.sha256, state_file=_state_file(loaded),
                  providers=len(state.providers), aliases=len(state.all_routes))
         await stop.wait()
         log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
@@ -85,8 +91,15 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
     log.info("stopped")
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
-    site = web.TCPSite(runner, host, port)
+def _state_file(loaded: LoadedConfig) -> str | None:
+    configured = loaded.config.server.state_file
+    if configured is None and not Path(loaded.source).is_file():
+        return None                 # a config from no file keeps no state
+    return str(state_file_path(loaded.source, configured))
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, server: ServerConfig) -> None:
+    site = GatewaySite(runner, host, port, server)
     try:
         await site.start()
     except OSError as exc:

@@ -1,4 +1,5 @@
-"""The only module that talks to upstreams: one pooled aiohttp session per provider.
+"""The only module that talks to upstreams over the network: one pooled aiohttp session
+per provider. (A provider that answers in-process brings its own UpstreamTransport.)
 
 `fetch` returns a whole answer (status, headers, body) with its connection back in the
 pool. `send` returns an UpstreamResponse whose status and headers are known; the caller
@@ -25,7 +26,7 @@ from multidict import CIMultiDict, istr
 
 from truckllm import __version__
 from truckllm.config.schema import ProviderConfig
-from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
+from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse, WholeResponse
 from truckllm.runtime.state import CompiledProvider
 
 
@@ -118,10 +119,6 @@ _SESSION_HEADERS = {"User-Agent": f"TruckLLM/{__version__}"}
 _REQUEST_ID = istr("x-request-id")      # case-folded once, not on every request
 
 
-# A whole answer: status, headers and body.
-WholeResponse = tuple[int, Mapping[str, str], bytes]
-
-
 class _Pool:
     """One provider's pooled session, and the timeouts of the provider config last seen
     (built once per config, not per request). (URLs go as text: yarl keeps the URLs it
@@ -162,8 +159,7 @@ class Transport:
 
     def _request(self, provider: CompiledProvider, request: UpstreamRequest,
                  request_id: str) -> Awaitable[aiohttp.ClientResponse]:
-        """aiohttp's request coroutine (not awaited here: a helper coroutine would be one
-        more layer on every resume of the request)."""
+        """aiohttp's request coroutine, for `send` and `fetch` to await."""
         pool = self._pools.get(provider.id)
         if pool is None or pool.config is not provider.config:  # first use, or a reloaded config
             pool = self._pool(provider)
@@ -176,8 +172,6 @@ class Transport:
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                    request_id: str) -> UpstreamResponse:
-        if provider.spec.local is not None:
-            return await provider.spec.local(request, target)
         try:
             response = await self._request(provider, request, request_id)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -186,13 +180,7 @@ class Transport:
 
     async def fetch(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                     request_id: str) -> WholeResponse:
-        """`send` and read the whole body, in one coroutine (one layer on every resume)."""
-        if provider.spec.local is not None:
-            local = await provider.spec.local(request, target)
-            try:
-                return local.status, local.headers, await local.read()
-            finally:
-                local.close()
+        """`send` and read the whole body."""
         try:
             response = await self._request(provider, request, request_id)
         except (TimeoutError, aiohttp.ClientError) as exc:

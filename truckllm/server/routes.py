@@ -16,12 +16,12 @@ from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispa
 from truckllm.pipeline.record import Exchange
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
-from truckllm.protocols import anthropic_wire
-from truckllm.providers.base import CallContext, Target
+from truckllm.protocols.anthropic_messages import anthropic_error
+from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.providers.shared.media import MULTIPART_OPERATIONS
 from truckllm.runtime.state import ClientKey, Route, State, StateHolder
 from truckllm.server.auth import authenticate
-from truckllm.server.edge import ExchangeRoute, json_answer, plain_routes
+from truckllm.server.edge import ExchangeRoute, gateway_headers, json_answer, plain_routes
 from truckllm.server.keys import LIMITER, ROUTING, STATE, TRANSPORT
 from truckllm.server.streaming import write_raw, write_stream
 from truckllm.server.validation import check_fields, read_json, read_multipart
@@ -41,10 +41,10 @@ class Relay:
     transport: Transport
     routing: Routing
 
-    def __init__(self, op: str) -> None:
+    def __init__(self, op: Operation) -> None:
         self.op = op
         self.read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
-        self.streams = op not in ("embeddings", "count_tokens")
+        self.streams = op not in (Operation.EMBEDDINGS, Operation.COUNT_TOKENS)
         # Client headers that mean something to a native upstream, if any for this operation.
         self.forwarded_headers = _FORWARDED_HEADERS.get(op)
 
@@ -72,7 +72,7 @@ class Relay:
         if stream:
             options = body.get("stream_options")
             # A Messages stream always includes usage: message_delta carries it.
-            include_usage = op == "messages" or (isinstance(options, dict)
+            include_usage = op is Operation.MESSAGES or (isinstance(options, dict)
                                                  and options.get("include_usage") is True)
         exchange.stream = stream
         forwarded = _NOTHING_FORWARDED if self.forwarded_headers is None else _forwarded(
@@ -82,7 +82,7 @@ class Relay:
         admission = await metering.admit(limiter, state, key, body, exchange)
         reply: Reply | StreamReply | RawReply | None = None
         try:
-            if op == "count_tokens" and not _any_serves(state, targets, op):
+            if op is Operation.COUNT_TOKENS and not _any_serves(state, targets, op):
                 return _estimated_count(body, exchange)
             call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
             reply = await dispatch(call, self.transport, exchange, self.routing)
@@ -90,8 +90,6 @@ class Relay:
                 return json_answer(reply.body, exchange)
             if isinstance(reply, RawReply):
                 return await write_raw(request, reply, exchange)
-            if op == "messages":
-                reply = anthropic_wire.reframe(reply)
             return await write_stream(request, reply, exchange)
         finally:   # after the last byte, an error, or the client leaving (streams included)
             await metering.settle(admission, exchange, route,
@@ -108,10 +106,13 @@ class AnthropicRelay(Relay):
         try:
             return await super().handle(request, exchange)
         except errors.GatewayError as exc:
-            return anthropic_wire.error_response(exc, exchange)
+            exchange.error_reason = exchange.error_reason or exc.type
+            body = orjson.dumps(anthropic_error(exc.status, exc.body()))
+            return web.Response(status=exc.status, body=body, content_type="application/json",
+                                headers={**exc.headers(), **gateway_headers(exchange)})
 
 
-def _any_serves(state: State, targets: tuple[Target, ...], op: str) -> bool:
+def _any_serves(state: State, targets: tuple[Target, ...], op: Operation) -> bool:
     return any(op in state.providers[t.provider_id].spec.operations for t in targets)
 
 
@@ -125,7 +126,8 @@ def _estimated_count(body: dict[str, Any], exchange: Exchange) -> web.Response:
 
 # Client headers that mean something to a native upstream: Anthropic's beta features
 # (Claude Code and other Anthropic SDK tools turn them on per request).
-_FORWARDED_HEADERS = {"messages": ("anthropic-beta",), "count_tokens": ("anthropic-beta",)}
+_FORWARDED_HEADERS = {Operation.MESSAGES: ("anthropic-beta",),
+                      Operation.COUNT_TOKENS: ("anthropic-beta",)}
 _NOTHING_FORWARDED: Mapping[str, str] = MappingProxyType({})
 
 
@@ -198,16 +200,16 @@ def _json(payload: dict[str, Any]) -> web.Response:
 
 
 # Each /v1 operation's path, and whether it answers in Anthropic's shape.
-_RELAYS = {
-    "/v1/chat/completions": ("chat", Relay),
-    "/v1/completions": ("completions", Relay),
-    "/v1/embeddings": ("embeddings", Relay),
-    "/v1/messages": ("messages", AnthropicRelay),
-    "/v1/messages/count_tokens": ("count_tokens", AnthropicRelay),
-    "/v1/audio/transcriptions": ("audio_transcriptions", Relay),
-    "/v1/audio/translations": ("audio_translations", Relay),
-    "/v1/audio/speech": ("audio_speech", Relay),
-    "/v1/images/generations": ("images", Relay),
+_RELAYS: dict[str, tuple[Operation, type[Relay]]] = {
+    "/v1/chat/completions": (Operation.CHAT, Relay),
+    "/v1/completions": (Operation.COMPLETIONS, Relay),
+    "/v1/embeddings": (Operation.EMBEDDINGS, Relay),
+    "/v1/messages": (Operation.MESSAGES, AnthropicRelay),
+    "/v1/messages/count_tokens": (Operation.COUNT_TOKENS, AnthropicRelay),
+    "/v1/audio/transcriptions": (Operation.AUDIO_TRANSCRIPTIONS, Relay),
+    "/v1/audio/translations": (Operation.AUDIO_TRANSLATIONS, Relay),
+    "/v1/audio/speech": (Operation.AUDIO_SPEECH, Relay),
+    "/v1/images/generations": (Operation.IMAGES, Relay),
 }
 
 

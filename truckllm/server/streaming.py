@@ -22,15 +22,13 @@ _SSE_HEADERS = {
 async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
     headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_now(exchange)}
     response = web.StreamResponse(status=200, headers=headers)
-    rest = reply.rest
     try:
         await response.prepare(request)
         await response.write(reply.first)
         first_sent = time.perf_counter()
         exchange.ttft_s = first_sent - exchange.started
         try:
-            async for events in rest:
-                await response.write(events)
+            await reply.write_rest(response.write)
             await response.write_eof()
         finally:
             # After the first chunk, time goes to waiting on upstream; the per-chunk relay
@@ -46,7 +44,6 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
             request.transport.close()
         raise
     finally:
-        await rest.aclose()              # releases or drops the upstream connection
         reply.release()                  # also when the stream never started (client gone)
     return response
 

@@ -26,8 +26,8 @@ from truckllm.pipeline.record import Exchange
 from truckllm.protocols.responses.native import speaks_natively
 from truckllm.protocols.responses.request import input_items, to_chat_request
 from truckllm.protocols.responses.wire import ResponsesReframer
-from truckllm.providers import NATIVE_TYPES
-from truckllm.providers.base import CallContext, Target
+from truckllm.providers.base import CallContext, Operation, Target
+from truckllm.providers.registry import NATIVE_RESPONSES
 from truckllm.runtime.response_store import (
     MemoryResponseStore,
     ResponseStore,
@@ -36,7 +36,7 @@ from truckllm.runtime.response_store import (
     store_path,
 )
 from truckllm.runtime.state import ClientKey, State
-from truckllm.server.edge import GatewayResponse, GatewayRoute
+from truckllm.server.edge import ExchangeRoute, json_answer
 from truckllm.server.keys import (
     LIMITER,
     RESPONSE_STORE,
@@ -62,7 +62,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     key = _authenticate(request, state, limiter, exchange)
     server = state.config.server
     body = await read_json(request, server.max_body_mb, server.body_timeout_s)
-    check_fields("responses", body)
+    check_fields(Operation.RESPONSES, body)
     model: str = body["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):
@@ -89,8 +89,8 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     missing = app[RESPONSES_ENDPOINT_MISSING]
     reply: Reply | StreamReply | RawReply | None = None
     try:
-        call = Call(state, "responses", full, route, _chat_where_missing(targets, missing), ctx,
-                    limiter, admission.estimate)
+        call = Call(state, Operation.RESPONSES, full, route, _chat_where_missing(targets, missing),
+                    ctx, limiter, admission.estimate)
         try:
             reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
         except errors.UpstreamStatus as exc:
@@ -99,7 +99,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
             missing.add(exchange.provider_id or "")
             log.warning("responses_endpoint_missing", provider=exchange.provider_id,
                         action="translated through chat from now on")
-            call = call._replace(targets=_chat_where_missing(targets, missing))
+            call = replace(call, targets=_chat_where_missing(targets, missing))
             reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
         if dropped and not _served_natively(state, exchange, call.targets):
             extra = ((DROPPED_TOOLS_HEADER, ",".join(dropped)),)
@@ -108,7 +108,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
             if keep and store is not None:
                 await store.put(_stored(state, orjson.loads(reply.body), items, owner,
                                         exchange))
-            return GatewayResponse(reply.body, exchange, extra)
+            return json_answer(reply.body, exchange, extra)
         if isinstance(reply, RawReply):        # not an answer any provider gives here
             raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
         final: list[dict[str, Any]] = []
@@ -124,7 +124,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
 def _native(state: State, target: Target) -> bool:
     """Whether a target gets /v1/responses natively (its provider type has the endpoint
     and the target does not say `responses: chat`)."""
-    return state.providers[target.provider_id].spec.type in NATIVE_TYPES and speaks_natively(target)
+    return state.providers[target.provider_id].spec.type in NATIVE_RESPONSES and speaks_natively(target)
 
 
 def _chat_where_missing(targets: tuple[Target, ...], missing: set[str]) -> tuple[Target, ...]:
@@ -132,8 +132,8 @@ def _chat_where_missing(targets: tuple[Target, ...], missing: set[str]) -> tuple
     set to `responses: chat`."""
     if not missing or not any(t.provider_id in missing for t in targets):
         return targets
-    return tuple(replace(t, options={**t.options, "responses": "chat"}) if t.provider_id in missing
-                 else t for t in targets)
+    return tuple(replace(t, settings=t.settings.model_copy(update={"responses": "chat"}))
+                 if t.provider_id in missing and t.settings is not None else t for t in targets)
 
 
 def _endpoint_missing(state: State, exc: errors.UpstreamStatus, exchange: Exchange,
@@ -196,13 +196,13 @@ async def _own_stored(request: web.Request, exchange: Exchange) -> tuple[Respons
 
 async def get_response(request: web.Request, exchange: Exchange) -> web.Response:
     _, stored = await _own_stored(request, exchange)
-    return GatewayResponse(orjson.dumps(stored.response), exchange)
+    return json_answer(orjson.dumps(stored.response), exchange)
 
 
 async def delete_response(request: web.Request, exchange: Exchange) -> web.Response:
     store, stored = await _own_stored(request, exchange)
     await store.delete(stored.id, stored.owner)
-    return GatewayResponse(orjson.dumps({"id": stored.id, "object": "response.deleted",
+    return json_answer(orjson.dumps({"id": stored.id, "object": "response.deleted",
                                          "deleted": True}), exchange)
 
 
@@ -218,7 +218,7 @@ async def list_input_items(request: web.Request, exchange: Exchange) -> web.Resp
         ids = [item["id"] for item in items]
         items = items[ids.index(after) + 1:] if after in ids else []
     page = items[:limit]
-    return GatewayResponse(orjson.dumps({
+    return json_answer(orjson.dumps({
         "object": "list", "data": page, "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}), exchange)
 
@@ -231,12 +231,12 @@ def _limit(raw: str | None) -> int:
     return int(raw)
 
 
-def routes() -> list[GatewayRoute]:
+def routes() -> list[ExchangeRoute]:
     return [
-        GatewayRoute("POST", "/v1/responses", create_response),
-        GatewayRoute("GET", "/v1/responses/{response_id}", get_response),
-        GatewayRoute("DELETE", "/v1/responses/{response_id}", delete_response),
-        GatewayRoute("GET", "/v1/responses/{response_id}/input_items", list_input_items),
+        ExchangeRoute("POST", "/v1/responses", create_response),
+        ExchangeRoute("GET", "/v1/responses/{response_id}", get_response),
+        ExchangeRoute("DELETE", "/v1/responses/{response_id}", delete_response),
+        ExchangeRoute("GET", "/v1/responses/{response_id}/input_items", list_input_items),
     ]
 
 

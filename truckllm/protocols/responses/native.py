@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from truckllm.config.schema import AzureProvider, OpenAIProvider
 from truckllm.errors import UpstreamFailed
 from truckllm.providers.base import (
     CallContext,
@@ -22,13 +23,14 @@ from truckllm.providers.base import (
     SSEEvent,
     Target,
     UpstreamErrorInfo,
+    UpstreamKey,
     UpstreamRequest,
 )
 from truckllm.providers.shared.upstream_errors import decode_json, to_gateway_error
 from truckllm.usage import Usage
 
 # (target, upstream key) -> the upstream's /responses URL and the request's headers
-NativeEndpoint = Callable[[Target, str], tuple[str, Mapping[str, str]]]
+NativeEndpoint = Callable[[Target, UpstreamKey], tuple[str, Mapping[str, str]]]
 
 _TYPE = re.compile(rb'^\s*\{\s*"type"\s*:\s*"([a-z_.]+)"')
 # Events that carry the response object, whose `model` (and usage) must be read.
@@ -40,18 +42,20 @@ _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.fa
 def speaks_natively(target: Target) -> bool:
     """Whether a target of a provider with a Responses endpoint gets the request natively
     (`responses: native`, the default) or through chat (`responses: chat`)."""
-    return bool(target.options.get("responses", "native") != "chat")
+    settings = target.settings
+    if isinstance(settings, OpenAIProvider | AzureProvider):
+        return settings.responses == "native"
+    return True
 
 
-def build_native_request(body: dict[str, Any], target: Target, key: str, ctx: CallContext,
-                         endpoint: NativeEndpoint) -> UpstreamRequest:
+def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
+                         ctx: CallContext, endpoint: NativeEndpoint) -> UpstreamRequest:
     url, headers = endpoint(target, key)
     payload = {**body, "model": target.model}
     # The server has put the stored conversation into `input`: the upstream (maybe
     # another account) is asked without a reference to it.
     payload.pop("previous_response_id", None)
-    return UpstreamRequest("POST", url, {"content-type": "application/json", **headers},
-                           orjson.dumps(payload), ctx.stream)
+    return UpstreamRequest("POST", url, headers, orjson.dumps(payload), ctx.stream)
 
 
 def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:
@@ -91,14 +95,14 @@ class NativeResponsesStream:
         self.usage: Usage | None = None
         self._ended = False
 
-    def feed(self, event: SSEEvent) -> list[bytes]:
+    def feed(self, event: SSEEvent) -> list[SSEEvent]:
         data = event.data
         match = _TYPE.match(data)
         kind = match.group(1).decode() if match else event.event
         if kind is None or not (kind.startswith("response.") or kind == "error"):
             return []                   # not a Responses event: never forwarded
         if kind not in _WITH_RESPONSE and kind != "error":
-            return [data]
+            return [SSEEvent(kind, data)]
         parsed = decode_json(data)
         if not isinstance(parsed, dict):
             return []
@@ -110,9 +114,9 @@ class NativeResponsesStream:
             if kind in _TERMINAL:
                 self._ended = True
                 self.usage = usage_of(response.get("usage")) or self.usage
-        return [orjson.dumps(parsed)]
+        return [SSEEvent(kind, orjson.dumps(parsed))]
 
-    def close(self) -> list[bytes]:
+    def close(self) -> list[SSEEvent]:
         if not self._ended:
             raise UpstreamFailed("upstream stream ended before response.completed")
         return []

@@ -1,30 +1,34 @@
-"""The Responses event stream as the client receives it: each relayed event framed with its
-`event:` name (its `type`), no `[DONE]` line, and an upstream failure after the start
-(which the relay frames as an OpenAI error object) turned into `response.failed`, the
-event the official SDKs and Codex end a broken stream on. The finished response (from
-response.completed / .incomplete / .failed) is handed to `on_final`, for the store.
+"""The Responses event stream as the client receives it: the relay's framed events pass
+as they are, except that an upstream failure after the start (which the relay reports as
+an OpenAI error object) becomes `response.failed`, the event the official SDKs and Codex
+end a broken stream on, with the next sequence number and the output items finished so
+far. The finished response (from response.completed / .incomplete / .failed) is handed
+to `on_final`, for the store.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from truckllm.pipeline.dispatch import StreamReply
-from truckllm.pipeline.sse import SSEDecoder, frame_event
+from truckllm.pipeline.sse import SSEDecoder, frame
+from truckllm.pipeline.stream import Writer
 from truckllm.protocols.responses.answer import failed
+from truckllm.providers.base import SSEEvent
 
-_LEADING_TYPE = re.compile(rb'^\{"type":"([a-z_.]+)","sequence_number":(\d+)')
+# What the reframer must read: the frame, finished items, the end, and failures.
+_NOTABLE = re.compile(rb'response\.(?:created|output_item\.done|completed|incomplete|failed)|'
+                      rb'data: \{"error"')
+_SEQUENCE = re.compile(rb'"sequence_number":\s*(\d+)')
 _FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# Events whose payload the reframer reads: the frame, finished items, the end.
-_READ = frozenset({"response.created", "response.output_item.done"}) | _FINAL
 
 
 class ResponsesReframer:
-    """Per-stream state: framed relay events in, named Responses events out."""
+    """Per-stream state: framed relay events in, the client's Responses events out."""
 
     def __init__(self, on_final: Callable[[dict[str, Any]], None]) -> None:
         self._decoder = SSEDecoder()
@@ -34,52 +38,41 @@ class ResponsesReframer:
         self._sequence = -1
 
     def reframe(self, reply: StreamReply) -> StreamReply:
-        return StreamReply(self._events(reply.first), self._rest(reply.rest), reply.upstream_use,
-                           release=reply.release)
+        inner = reply.write_rest
 
-    async def _rest(self, rest: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-        try:
-            async for framed in rest:
+        async def write_rest(write: Writer) -> None:
+            async def client(framed: bytes) -> None:
                 out = self._events(framed)
                 if out:
-                    yield out
-        finally:
-            await rest.aclose()
+                    await write(out)
+
+            await inner(client)
+
+        return StreamReply(self._events(reply.first), write_rest, reply.upstream_use,
+                           release=reply.release)
 
     def _events(self, framed: bytes) -> bytes:
+        numbers = _SEQUENCE.findall(framed)
+        if numbers:
+            self._sequence = int(numbers[-1])
+        if _NOTABLE.search(framed) is None:
+            return framed               # deltas and the like: as the relay framed them
         out: list[bytes] = []
         for event in self._decoder.feed(framed):
-            data = event.data
-            if data == b"[DONE]":
+            if event.data.startswith(b'{"error"'):
+                out.append(self._failed(orjson.loads(event.data).get("error") or {}))
                 continue
-            if data.startswith(b'{"error"'):
-                out.append(self._failed(orjson.loads(data).get("error") or {}))
-                continue
-            match = _LEADING_TYPE.match(data)
-            if match is not None:       # compact, `type` and `sequence_number` first: ours, OpenAI's
-                name, self._sequence = match.group(1).decode(), int(match.group(2))
-                if name in _READ:
-                    self._read(name, orjson.loads(data))
-            else:                       # an upstream's other spacing or key order
-                event = orjson.loads(data)
-                kind = event.get("type") if isinstance(event, dict) else None
-                if not isinstance(kind, str):
-                    continue            # never forwarded unnamed
-                name = kind
-                if isinstance(event.get("sequence_number"), int):
-                    self._sequence = event["sequence_number"]
-                if name in _READ:
-                    self._read(name, event)
-            out.append(frame_event(name, data))
+            self._read(event)
+            out.append(frame(event))
         return b"".join(out)
 
-    def _read(self, name: str, event: dict[str, Any]) -> None:
-        if name == "response.created":
-            self._frame = event["response"]
-        elif name == "response.output_item.done":
-            self._output.append(event["item"])
-        else:
-            self._on_final(event["response"])
+    def _read(self, event: SSEEvent) -> None:
+        if event.event == "response.created":
+            self._frame = orjson.loads(event.data)["response"]
+        elif event.event == "response.output_item.done":
+            self._output.append(orjson.loads(event.data)["item"])
+        elif event.event in _FINAL:
+            self._on_final(orjson.loads(event.data)["response"])
 
     def _failed(self, error: dict[str, Any]) -> bytes:
         if self._frame is None:
@@ -87,5 +80,5 @@ class ResponsesReframer:
         self._sequence += 1
         response = failed(self._frame, self._output, error)
         self._on_final(response)
-        return frame_event("response.failed", orjson.dumps(
-            {"type": "response.failed", "sequence_number": self._sequence, "response": response}))
+        return frame(SSEEvent("response.failed", orjson.dumps(
+            {"type": "response.failed", "sequence_number": self._sequence, "response": response})))

@@ -35,7 +35,8 @@ class ResponsesReframer:
         self._on_final = on_final
         self._frame: dict[str, Any] | None = None
         self._output: list[dict[str, Any]] = []
-        self._sequence = -1
+        self._last = b""                # the last events passed on: their sequence number
+                                        # is read only if a failure has to follow them
 
     def reframe(self, reply: StreamReply) -> StreamReply:
         inner = reply.write_rest
@@ -52,19 +53,19 @@ class ResponsesReframer:
                            release=reply.release)
 
     def _events(self, framed: bytes) -> bytes:
-        numbers = _SEQUENCE.findall(framed)
-        if numbers:
-            self._sequence = int(numbers[-1])
         if _NOTABLE.search(framed) is None:
+            self._last = framed
             return framed               # deltas and the like: as the relay framed them
         out: list[bytes] = []
         for event in self._decoder.feed(framed):
             if event.data.startswith(b'{"error"'):
+                self._last = b"".join(out) or self._last     # events just before it count
                 out.append(self._failed(orjson.loads(event.data).get("error") or {}))
                 continue
             self._read(event)
             out.append(frame(event))
-        return b"".join(out)
+        self._last = b"".join(out)
+        return self._last
 
     def _read(self, event: SSEEvent) -> None:
         if event.event == "response.created":
@@ -77,8 +78,9 @@ class ResponsesReframer:
     def _failed(self, error: dict[str, Any]) -> bytes:
         if self._frame is None:
             return b""
-        self._sequence += 1
+        numbers = _SEQUENCE.findall(self._last)
+        sequence = int(numbers[-1]) + 1 if numbers else 0
         response = failed(self._frame, self._output, error)
         self._on_final(response)
         return frame(SSEEvent("response.failed", orjson.dumps(
-            {"type": "response.failed", "sequence_number": self._sequence, "response": response})))
+            {"type": "response.failed", "sequence_number": sequence, "response": response})))

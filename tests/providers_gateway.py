@@ -67,6 +67,8 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
             {"alias": "az-image", "targets": [{"provider": "az", "model": "image-deploy"}]},
             {"alias": "oai-chat", "targets": [{"provider": "oai", "model": "gpt-4o"}]},
             {"alias": "oai-translated", "targets": [{"provider": "oai-xlate", "model": "gpt-4o"}]},
+            {"alias": "native-rr", "strategy": "round_robin",
+             "targets": [{"provider": "az", "model": "gpt4o-deploy"}, {"provider": "oai", "model": "gpt-4o"}]},
             {"alias": "oai-then-gem", "targets": [{"provider": "oai", "model": "gpt-4o"},
                                                   {"provider": "google", "model": "gemini-2.5-flash"}]},
             {"alias": "oai-embed", "targets": [{"provider": "oai", "model": "text-embedding-3-small"}]},

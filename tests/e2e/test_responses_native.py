@@ -141,3 +141,18 @@ async def test_native_error_event_after_output_ends_with_response_failed(stack: 
     assert events[-1].type == "response.failed" and "crashed" in str(events[-1].response.error)
     numbers = [event.sequence_number for event in events]
     assert numbers == sorted(numbers)
+
+
+async def test_a_follow_up_of_a_native_response_goes_back_to_its_upstream(stack: Stack) -> None:
+    client = make_openai_client(stack)
+    first = await client.responses.with_raw_response.create(model="native-rr", input="hello there")
+    provider = first.headers["x-truckllm-provider"]
+    previous = first.parse().id
+    for _ in range(3):          # round robin would alternate; the stored response's upstream wins
+        follow_up = await client.responses.with_raw_response.create(
+            model="native-rr", input="and again", previous_response_id=previous)
+        assert follow_up.headers["x-truckllm-provider"] == provider
+        previous = follow_up.parse().id
+    alone = [(await client.responses.with_raw_response.create(model="native-rr", input="hi")).headers[
+        "x-truckllm-provider"] for _ in range(2)]
+    assert set(alone) == {"az", "oai"}

@@ -71,7 +71,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     exchange.alias = route.alias
     store = _store(app)
     owner = _owner(key)
-    history = await _history(store, body.get("previous_response_id"), owner)
+    history, prefer = await _history(store, body.get("previous_response_id"), owner)
     items = [*history, *input_items(body.get("input"))]      # what went in, for the store
     full = {**body, "input": items} if history else body
     dropped: tuple[str, ...] = ()
@@ -90,7 +90,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     reply: Reply | StreamReply | RawReply | None = None
     try:
         call = Call(state, Operation.RESPONSES, full, route, _chat_where_missing(targets, missing),
-                    ctx, limiter, admission.estimate)
+                    ctx, limiter, admission.estimate, prefer)
         try:
             reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
         except errors.UpstreamStatus as exc:
@@ -106,8 +106,8 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
             log.info("responses_tools_dropped", request_id=exchange.request_id, tools=list(dropped))
         if isinstance(reply, Reply):
             if keep and store is not None:
-                await store.put(_stored(state, orjson.loads(reply.body), items, owner,
-                                        exchange))
+                await store.put(_stored(state, orjson.loads(reply.body), items, owner, exchange,
+                                        _served_natively(state, exchange, call.targets)))
             return json_answer(reply.body, exchange, extra)
         if isinstance(reply, RawReply):        # not an answer any provider gives here
             raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
@@ -115,7 +115,8 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
         reframer = ResponsesReframer(final.append)
         response = await write_stream(request, reframer.reframe(reply), exchange, dict(extra))
         if keep and store is not None and final:
-            await store.put(_stored(state, final[-1], items, owner, exchange))
+            await store.put(_stored(state, final[-1], items, owner, exchange,
+                                    _served_natively(state, exchange, call.targets)))
         return response
     finally:   # after the last byte, an error, or the client leaving (streams included)
         await metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
@@ -150,26 +151,29 @@ def _served_natively(state: State, exchange: Exchange, targets: tuple[Target, ..
     return target is not None and _native(state, target)
 
 
-async def _history(store: ResponseStore | None, previous: Any, owner: str) -> list[dict[str, Any]]:
-    """The items a `previous_response_id` continues from: its input and its output."""
+async def _history(store: ResponseStore | None, previous: Any,
+                   owner: str) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """The items a `previous_response_id` continues from (its input and its output), and,
+    for a response made natively upstream, the provider and key to try first."""
     if previous is None:
-        return []
+        return [], None
     stored = await store.get(previous, owner) if store is not None else None
     if stored is None:
         raise errors.InvalidRequest(f"Previous response with id '{previous}' not found.",
                                     param="previous_response_id", code="previous_response_not_found")
     # A reasoning item without its encrypted content stands for state kept upstream (in an
     # account the follow-up may not reach): sent back, it would only be refused.
-    return [item for item in (*stored.input_items, *stored.response.get("output", []))
-            if item.get("type") != "reasoning" or item.get("encrypted_content")]
+    items = [item for item in (*stored.input_items, *stored.response.get("output", []))
+             if item.get("type") != "reasoning" or item.get("encrypted_content")]
+    return items, (stored.provider_id, stored.key_id) if stored.native else None
 
 
 def _stored(state: State, response: dict[str, Any], items: list[dict[str, Any]], owner: str,
-            exchange: Exchange) -> StoredResponse:
+            exchange: Exchange, native: bool) -> StoredResponse:
     now = time.time()
     ttl = state.config.responses.ttl_days * _DAY_S
     return StoredResponse(response["id"], owner, now, now + ttl, response, items,
-                          exchange.provider_id or "", exchange.upstream_key_id or "")
+                          exchange.provider_id or "", exchange.upstream_key_id or "", native)
 
 
 def _owner(key: ClientKey | None) -> str:

@@ -21,9 +21,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from tests.fakes.wire_fake import Recorded, WireFake, json_response, serve, split_text, sse
+from tests.fakes.wire_fake import (
+    Recorded,
+    WireFake,
+    json_response,
+    serve,
+    shell_call,
+    split_text,
+    sse,
+    without_system,
+)
 
 FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
 PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": FILTERS}]
@@ -141,13 +151,19 @@ class ChatAnswer:
     @classmethod
     def for_request(cls, body: dict[str, Any], deployment: str) -> ChatAnswer:
         messages = body.get("messages") or []
-        last = messages[-1] if messages else {}
+        turns = without_system(messages)
+        last = turns[-1] if turns else {}
         content = last.get("content")
         text = content if isinstance(content, str) else " ".join(
             str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
         calls: list[dict[str, Any]] = []
         if last.get("role") == "tool":
             reply = f"Tool said: {text}"
+        elif (shell := shell_call([str((t.get("function") or {}).get("name")) for t in body.get("tools") or []],
+                                  text)) is not None:
+            calls = [{"id": "call_shell0", "type": "function",
+                      "function": {"name": shell[0], "arguments": orjson.dumps(shell[1]).decode()}}]
+            reply = ""
         elif body.get("tools") and "weather" in text.lower():
             cities = ["Paris", "Rome"] if " and " in text else ["Paris"]
             name = body["tools"][0]["function"]["name"]

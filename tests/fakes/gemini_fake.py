@@ -3,10 +3,12 @@
 cumulative usageMetadata, finishReason on the last, no terminator), `:embedContent`,
 `:batchEmbedContents`, and Google's error envelope.
 
-Default answers: with tools and a user turn mentioning weather, functionCall parts (two
+Default answers: with a shell-like tool and a user turn asking to run something, a
+functionCall running `echo hello`; with tools and a user turn mentioning weather, functionCall parts (two
 when it also says "and"; the first carries a thoughtSignature, as thinking models do);
 after functionResponse parts, a text quoting them; otherwise "Fake reply to: ...".
-A request without `x-goog-api-key` gets 400 API_KEY_INVALID.
+A request without `x-goog-api-key` gets 400 API_KEY_INVALID, a content with a role other
+than `user` or `model` 400 INVALID_ARGUMENT.
 
     async with make_gemini_fake() as fake:      # fake.url ends in /v1beta
         ...
@@ -21,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.wire_fake import WireFake, json_response, serve, split_text, sse
+from tests.fakes.wire_fake import WireFake, json_response, serve, shell_call, split_text, sse
 
 SIGNATURE = "c2lnbmF0dXJlLTA="
 
@@ -44,6 +46,10 @@ class GeminiFake(WireFake):
                                             details=[{"reason": "API_KEY_INVALID"}]), 400)
         model, _, method = request.match_info["target"].partition(":")
         body = recorded.body if isinstance(recorded.body, dict) else {}
+        bad_role = next((i for i, c in enumerate(body.get("contents") or [])
+                         if isinstance(c, dict) and c.get("role") not in (None, "user", "model")), None)
+        if bad_role is not None:        # the API's rule: system text goes in systemInstruction
+            return json_response(error_body(400, "INVALID_ARGUMENT", "Please use a valid role: user, model."), 400)
         if method == "generateContent":
             return json_response(FakeAnswer.for_request(body, model).response())
         if method == "streamGenerateContent" and recorded.query.get("alt") == "sse":
@@ -72,6 +78,10 @@ class FakeAnswer:
         calls: list[dict[str, Any]] = []
         if results:
             reply = "Tool said: " + "; ".join(str(r.get("response")) for r in results)
+        elif (shell := shell_call([str(d.get("name")) for t in body.get("tools") or []
+                                   for d in t.get("functionDeclarations") or []], text)) is not None:
+            calls = [{"functionCall": {"name": shell[0], "args": shell[1]}, "thoughtSignature": SIGNATURE}]
+            reply = ""
         elif body.get("tools") and "weather" in text.lower():
             name = body["tools"][0]["functionDeclarations"][0]["name"]
             cities = ["Paris", "Rome"] if " and " in text else ["Paris"]

@@ -42,8 +42,6 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
         chat["messages"].append({"role": "system", "content": system})
     for i, message in enumerate(messages):
         chat["messages"] += _chat_messages(message, i)
-    if body.get("max_tokens") is not None:
-        chat["max_tokens"] = body["max_tokens"]
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             chat[name] = body[name]
@@ -52,6 +50,10 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     effort = reasoning_effort(body.get("thinking"), body.get("output_config"))
     if effort is not None:
         chat["reasoning_effort"] = effort
+    if body.get("max_tokens") is not None:
+        # Reasoning models refuse `max_tokens`; servers that only speak older chat know
+        # nothing else, and they are not asked for reasoning.
+        chat["max_completion_tokens" if effort is not None else "max_tokens"] = body["max_tokens"]
     if body.get("tools"):
         chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
     _tool_choice(body.get("tool_choice"), chat)

@@ -33,6 +33,7 @@ from tests.fakes.wire_fake import (
     shell_call,
     split_text,
     sse,
+    without_system,
 )
 
 FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
@@ -156,7 +157,8 @@ class ChatAnswer:
     @classmethod
     def for_request(cls, body: dict[str, Any], deployment: str) -> ChatAnswer:
         messages = body.get("messages") or []
-        last = messages[-1] if messages else {}
+        turns = without_system(messages)
+        last = turns[-1] if turns else {}
         content = last.get("content")
         text = content if isinstance(content, str) else " ".join(
             str(p.get("text", "")) for p in content or [] if isinstance(p, dict))
@@ -165,7 +167,7 @@ class ChatAnswer:
             reply = f"Tool said: {text}"
         elif (shell := shell_call([str((t.get("function") or {}).get("name")) for t in body.get("tools") or []],
                                   text)) is not None:
-            calls = [{"id": "call_azshell", "type": "function",
+            calls = [{"id": "call_shell0", "type": "function",
                       "function": {"name": shell[0], "arguments": orjson.dumps(shell[1]).decode()}}]
             reply = ""
         elif body.get("tools") and "weather" in text.lower():

@@ -71,13 +71,42 @@ def test_tool_choice(choice: dict[str, Any], expected: Any) -> None:
 
 @pytest.mark.parametrize("request_body", [
     {"messages": []},
-    {"messages": [{"role": "system", "content": "x"}]},
+    {"messages": [{"role": "tool", "content": "x"}]},
     {"messages": [{"role": "user", "content": [{"type": "server_tool_use", "id": "x"}]}]},
     {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "web"}]},
 ])
 def test_untranslatable_requests_are_400(request_body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         to_chat_request({"model": "m", "max_tokens": 1, **request_body})
+
+
+def test_a_system_message_mid_conversation_stays_in_place() -> None:
+    chat = to_chat_request({"model": "m", "max_tokens": 1, "system": [{"type": "text", "text": "S"}], "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "system", "content": "Now in French."},
+        {"role": "user", "content": "again"}]})
+    assert [(m["role"], m["content"]) for m in chat["messages"]] == [
+        ("system", "S"), ("user", "hi"), ("system", "Be brief."), ("assistant", "ok"),
+        ("system", "Now in French."), ("user", "again")]
+
+
+@pytest.mark.parametrize(("fields", "effort"), [
+    ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "low"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 8000}}, "medium"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 32000}}, "high"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 1024}, "output_config": {"effort": "max"}}, "high"),
+    ({"thinking": {"type": "adaptive"}, "output_config": {"effort": "high"}}, None),
+    ({"output_config": {"effort": "low"}}, None),
+    ({"thinking": {"type": "disabled"}}, None),
+])
+def test_thinking_becomes_reasoning_effort_only_when_turned_on(fields: dict[str, Any], effort: str | None) -> None:
+    chat = to_chat_request({"model": "m", "max_tokens": 40000, "messages": [{"role": "user", "content": "x"}],
+                            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+                            **fields})
+    assert chat.get("reasoning_effort") == effort
+    assert not {"thinking", "output_config", "context_management"} & set(chat)
 
 
 def test_response_with_text_tool_calls_and_cache_usage() -> None:

@@ -42,13 +42,18 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
         chat["messages"].append({"role": "system", "content": system})
     for i, message in enumerate(messages):
         chat["messages"] += _chat_messages(message, i)
-    if body.get("max_tokens") is not None:
-        chat["max_tokens"] = body["max_tokens"]
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             chat[name] = body[name]
     if body.get("stop_sequences"):
         chat["stop"] = body["stop_sequences"]
+    effort = reasoning_effort(body.get("thinking"), body.get("output_config"))
+    if effort is not None:
+        chat["reasoning_effort"] = effort
+    if body.get("max_tokens") is not None:
+        # Reasoning models refuse `max_tokens`; servers that only speak older chat know
+        # nothing else, and they are not asked for reasoning.
+        chat["max_completion_tokens" if effort is not None else "max_tokens"] = body["max_tokens"]
     if body.get("tools"):
         chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
     _tool_choice(body.get("tool_choice"), chat)
@@ -62,9 +67,16 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _chat_messages(message: Any, i: int) -> list[dict[str, Any]]:
-    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-        raise InvalidRequest(f"messages.{i}: role must be 'user' or 'assistant'", param=f"messages.{i}.role")
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
+        raise InvalidRequest(f"messages.{i}: role must be 'user', 'assistant' or 'system'",
+                             param=f"messages.{i}.role")
     content = message.get("content")
+    if message["role"] == "system":
+        # A system message in the middle of the conversation (Anthropic's
+        # mid-conversation-system feature): kept in place, as chat allows; providers that
+        # take one system instruction (Gemini) merge it there.
+        text = _text_of(content, f"messages.{i}.content")
+        return [{"role": "system", "content": text}] if text else []
     blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(blocks, list):
         raise InvalidRequest(f"messages.{i}.content must be a string or an array", param=f"messages.{i}.content")
@@ -162,6 +174,29 @@ def _tool(tool: Any, j: int) -> dict[str, Any]:
     if tool.get("description"):
         function["description"] = tool["description"]
     return {"type": "function", "function": function}
+
+
+# Thinking budgets (tokens) at or above which a request reads as that reasoning effort.
+_BUDGET_EFFORTS = ((16384, "high"), (4096, "medium"), (0, "low"))
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+
+def reasoning_effort(thinking: Any, output_config: Any) -> str | None:
+    """The chat `reasoning_effort` of a request that turns thinking on explicitly
+    (`thinking.type: "enabled"`): its `output_config.effort`, else its budget's size.
+
+    Adaptive thinking (the model decides) and a bare `output_config.effort` leave the
+    target's default: chat has no adaptive mode, and models without reasoning refuse
+    `reasoning_effort`, so sending it would break every request on them."""
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    if isinstance(effort, str) and effort in _EFFORTS:
+        return _EFFORTS[effort]
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return "medium"
+    return next(effort for floor, effort in _BUDGET_EFFORTS if budget >= floor)
 
 
 def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:

@@ -45,3 +45,15 @@ def state_blocks(state: Any, provider: str) -> list[dict[str, Any]]:
     if not isinstance(blocks, list):
         return []
     return [b for b in blocks if isinstance(b, dict)]
+
+
+def without_reasoning_state(body: dict[str, Any]) -> dict[str, Any]:
+    """A chat request body for an upstream that speaks chat itself (openai, azure): the
+    `reasoning_state` of its assistant messages left out, since such upstreams refuse
+    fields they do not know and it means nothing to them (it is another provider's)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(isinstance(m, dict) and "reasoning_state" in m
+                                                 for m in messages):
+        return body
+    return {**body, "messages": [{k: v for k, v in m.items() if k != "reasoning_state"}
+                                 if isinstance(m, dict) else m for m in messages]}

@@ -10,19 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
 from click.testing import CliRunner
 from openai import OpenAI
 
-from tests.gateway import CLIENT_KEY, make_config, make_serve_process
+from tests.harness import CLIENT_KEY, make_config, make_serve_process, write_config
 from truckllm import __version__
 from truckllm.cli import main
-
-
-def write_config(tmp_path: Path, config: dict[str, object]) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_version() -> None:
@@ -104,8 +97,8 @@ def test_serve_process_answers_then_drains_a_stream_on_sigterm(tmp_path: Path) -
         assert "".join(received) == f"You said: {words}"       # the stream finished whole
         assert served.process.wait(timeout=15) == 0
         time.sleep(0)
-        assert CLIENT_KEY not in served.log()
-        assert '"event": "stopped"' in served.log() or '"event":"stopped"' in served.log()
+        assert CLIENT_KEY not in served.output()
+        assert '"event": "stopped"' in served.output() or '"event":"stopped"' in served.output()
 
 
 def test_serve_refuses_new_connections_while_draining(tmp_path: Path) -> None:
@@ -137,6 +130,6 @@ def test_bytes_that_are_not_http_get_a_400_and_one_warning_line(tmp_path: Path) 
         client = OpenAI(base_url=served.url, api_key=CLIENT_KEY, max_retries=0)
         assert client.models.list().data                        # still serving
         served.stop()
-    log = served.log()
+    log = served.output()
     assert "Traceback" not in log
     assert log.count("malformed HTTP request refused with 400") == 2

@@ -14,14 +14,14 @@ from openai import APIStatusError, AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
-from tests.ops.live import (
-    ENV,
+from tests.harness import (
     LITERAL_SECRET,
     SECRETS,
-    Gateway,
+    SERVE_ENV,
+    ServeProcess,
     free_port,
-    make_config,
-    run_gateway,
+    run_serve_process,
+    serve_config,
 )
 
 ADMIN_GETS = ["/admin/v1/config", "/admin/v1/status", "/admin/v1/providers", "/admin/v1/logs",
@@ -34,8 +34,8 @@ async def fake() -> AsyncIterator[OpenAIFake]:
         yield running
 
 
-def client_for(gateway: Gateway) -> AsyncOpenAI:
-    return gateway.openai_client(ENV["TEAM_KEY"])
+def client_for(gateway: ServeProcess) -> AsyncOpenAI:
+    return gateway.openai_client(SERVE_ENV["TEAM_KEY"])
 
 
 def assert_no_secret(text: str, where: str) -> None:
@@ -46,8 +46,8 @@ def assert_no_secret(text: str, where: str) -> None:
 async def test_admin_api_is_404_without_an_admin_key(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, admin=False))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, admin=False))
+    async with run_serve_process(path, port) as gateway:
         for route in ADMIN_GETS:
             code, body, _ = await gateway.admin("GET", route)
             assert code == 404 and body["error"]["type"] == "not_found_error"
@@ -58,14 +58,14 @@ async def test_admin_api_is_404_without_an_admin_key(tmp_path: Path) -> None:
 async def test_admin_auth(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port))
-    async with run_gateway(path, port) as gateway:
-        for key in ("", "wrong-admin-key", ENV["TEAM_KEY"], ENV["ADMIN_KEY"] + "x"):
+    path.write_text(serve_config(port))
+    async with run_serve_process(path, port) as gateway:
+        for key in ("", "wrong-admin-key", SERVE_ENV["TEAM_KEY"], SERVE_ENV["ADMIN_KEY"] + "x"):
             for route in ADMIN_GETS:
                 code, body, _ = await gateway.admin("GET", route, key=key)
                 assert code == 401, (route, key)
                 assert body["error"]["type"] == "authentication_error"
-        async with gateway.http.get(gateway.url + "/admin/v1/status") as response:
+        async with gateway.http.get(gateway.root + "/admin/v1/status") as response:
             assert response.status == 401                           # no header at all
         for route in ADMIN_GETS:
             code, _, _ = await gateway.admin("GET", route)
@@ -76,12 +76,12 @@ async def test_admin_auth(tmp_path: Path) -> None:
 async def test_redaction_persistence_and_secrets_kept(tmp_path: Path, fake: OpenAIFake) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    original = make_config(port, watch=False, openai_url=fake.url)
+    original = serve_config(port, watch=False, openai_url=fake.url)
     path.write_text(original)
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         client = client_for(gateway)
         await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "a"}])
-        assert fake.requests[-1].headers["authorization"] == f"Bearer {ENV['OPENAI_KEY']}"
+        assert fake.requests[-1].headers["authorization"] == f"Bearer {SERVE_ENV['OPENAI_KEY']}"
 
         code, shown, text = await gateway.admin("GET", "/admin/v1/config")
         assert code == 200
@@ -121,12 +121,12 @@ async def test_redaction_persistence_and_secrets_kept(tmp_path: Path, fake: Open
 async def test_invalid_configs_are_refused_with_paths_and_change_nothing(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    original = make_config(port, watch=False)
+    original = serve_config(port, watch=False)
     path.write_text(original)
     bad = {"version": 1, "providers": [{"id": "demo", "type": "mock"}],
            "models": [{"alias": "x", "targets": [{"provider": "opnai", "model": "m"}]}],
            "keys": [{"id": "team-a", "key": "***"}], "surprise": 1}
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         code, body, text = await gateway.admin("POST", "/admin/v1/config/validate", data=orjson.dumps(bad))
         assert code == 200 and body["valid"] is False
         assert {e["path"] for e in body["errors"]} == {"surprise"}
@@ -149,7 +149,7 @@ async def test_invalid_configs_are_refused_with_paths_and_change_nothing(tmp_pat
                                             data=orjson.dumps({"version": 1, **{k: v for k, v in bad.items() if k != "version"}, "models": []}))
         assert body["valid"] is False and body["errors"][0]["path"] == "models"
 
-        good = make_config(port, watch=False, aliases=("demo", "ok"))
+        good = serve_config(port, watch=False, aliases=("demo", "ok"))
         code, body, _ = await gateway.admin("POST", "/admin/v1/config/validate", data=good.encode())
         assert code == 200 and body == {"valid": True}
         assert (await gateway.status())["config"]["version"] == 1    # validate changes nothing
@@ -159,11 +159,11 @@ async def test_invalid_configs_are_refused_with_paths_and_change_nothing(tmp_pat
 async def test_admin_listen_keeps_admin_and_metrics_off_the_main_port(tmp_path: Path) -> None:
     port, admin_port = free_port(), free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, admin_listen=f"127.0.0.1:{admin_port}"))
-    async with run_gateway(path, port, admin_port=admin_port) as gateway:
+    path.write_text(serve_config(port, admin_listen=f"127.0.0.1:{admin_port}"))
+    async with run_serve_process(path, port, admin_port=admin_port) as gateway:
         admin_url = f"http://127.0.0.1:{admin_port}"
         assert (await gateway.get("/metrics"))[0] == 404
-        async with gateway.http.get(gateway.url + "/admin/v1/status",
+        async with gateway.http.get(gateway.root + "/admin/v1/status",
                                     headers=gateway.admin_headers()) as response:
             assert response.status == 404
         code, text = await gateway.get("/metrics", base=admin_url)
@@ -176,8 +176,8 @@ async def test_admin_listen_keeps_admin_and_metrics_off_the_main_port(tmp_path: 
 async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fake: OpenAIFake) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, openai_url=fake.url))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+    async with run_serve_process(path, port) as gateway:
         client = client_for(gateway)
         for word in ("one", "two"):
             await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": word}])

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.anthropic_fake import make_anthropic_fake
 from tests.fakes.wire_fake import Reply, sse
-from tests.limits.gateway import ADMIN_KEY, make_gateway
+from tests.harness import ADMIN_KEY, make_gateway
 
 # USD per million tokens, so one token of each kind costs 1, 2, 0.1 and 1.25 dollars
 PRICING = ("{input_per_mtok: 1000000, output_per_mtok: 2000000, "

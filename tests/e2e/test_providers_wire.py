@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.gemini_fake import error_body as gemini_error
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import (
+from tests.harness import (
     CLIENT_KEY,
     EXTRA_HEADERS,
     UPSTREAM_KEYS,

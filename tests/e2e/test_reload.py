@@ -11,13 +11,13 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ops.live import (
-    ENV,
+from tests.harness import (
     SECRETS,
-    Gateway,
+    SERVE_ENV,
+    ServeProcess,
     free_port,
-    make_config,
-    run_gateway,
+    run_serve_process,
+    serve_config,
     wait_until,
     write_replacing,
 )
@@ -31,13 +31,13 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels}")
 
 
-async def wait_for_models(gateway: Gateway, expected: set[str]) -> None:
+async def wait_for_models(gateway: ServeProcess, expected: set[str]) -> None:
     async def check() -> bool:
         return await gateway.model_ids() == expected
     await wait_until(check, f"models to become {sorted(expected)}")
 
 
-async def wait_for_reload_count(gateway: Gateway, result: str, count: int) -> str:
+async def wait_for_reload_count(gateway: ServeProcess, result: str, count: int) -> str:
     async def check() -> bool:
         _, text = await gateway.get("/metrics")
         return metric(text, "truckllm_config_reloads_total", result=result) >= count
@@ -48,16 +48,16 @@ async def wait_for_reload_count(gateway: Gateway, result: str, count: int) -> st
 async def test_file_watch_edit_rename_invalid_and_revert(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    first = make_config(port)
+    first = serve_config(port)
     path.write_text(first)
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         assert await gateway.model_ids() == {"demo"}
 
-        second = make_config(port, aliases=("demo", "extra"))
+        second = serve_config(port, aliases=("demo", "extra"))
         path.write_text(second)                                    # edit in place
         await wait_for_models(gateway, {"demo", "extra"})
 
-        write_replacing(path, make_config(port, aliases=("demo", "renamed")))   # rename-replace
+        write_replacing(path, serve_config(port, aliases=("demo", "renamed")))   # rename-replace
         await wait_for_models(gateway, {"demo", "renamed"})
 
         write_replacing(path, "version: 1\nproviders: [{id: demo, type: mock}]\nmodels:\n"
@@ -92,9 +92,9 @@ async def test_a_burst_of_writes_is_one_reload(tmp_path: Path) -> None:
     failed reload of the half: the watcher waits for the writes to stop."""
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port))
-    async with run_gateway(path, port) as gateway:
-        finished = make_config(port, aliases=("demo", "saved")).encode()
+    path.write_text(serve_config(port))
+    async with run_serve_process(path, port) as gateway:
+        finished = serve_config(port, aliases=("demo", "saved")).encode()
         half = len(finished) // 2
         with path.open("r+b") as file:
             file.truncate(0)
@@ -117,14 +117,14 @@ async def test_a_burst_of_writes_is_one_reload(tmp_path: Path) -> None:
 async def test_sighup_reloads_and_same_bytes_do_nothing(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
         gateway.signal(signal.SIGHUP)                       # same bytes: nothing happens
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is False and body["unchanged"] is True
         assert (await gateway.status())["config"]["version"] == 1
 
-        path.write_text(make_config(port, aliases=("demo", "after-hup"), watch=False))
+        path.write_text(serve_config(port, aliases=("demo", "after-hup"), watch=False))
         gateway.signal(signal.SIGHUP)
         await wait_for_models(gateway, {"demo", "after-hup"})
         status = await gateway.status()
@@ -138,25 +138,25 @@ async def test_sighup_reloads_and_same_bytes_do_nothing(tmp_path: Path) -> None:
 async def test_log_settings_apply_on_reload(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
-        path.write_text(make_config(port, watch=False, extra_server="log_level: warning"))
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
+        path.write_text(serve_config(port, watch=False, extra_server="log_level: warning"))
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["changes"]["server"] == ["log_level"], body
-        headers = {"Authorization": f"Bearer {ENV['TEAM_KEY']}", "X-Request-ID": "quiet-one"}
-        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+        headers = {"Authorization": f"Bearer {SERVE_ENV['TEAM_KEY']}", "X-Request-ID": "quiet-one"}
+        async with gateway.http.post(gateway.root + "/v1/chat/completions", headers=headers,
                                      json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
             assert response.status == 200
         headers["X-Request-ID"] = "loud-one"
-        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+        async with gateway.http.post(gateway.root + "/v1/chat/completions", headers=headers,
                                      json={"model": "missing", "messages": [{"role": "user", "content": "hi"}]}) as response:
             assert response.status == 404
 
-        path.write_text(make_config(port, watch=False, extra_server="log_format: console"))
+        path.write_text(serve_config(port, watch=False, extra_server="log_format: console"))
         code, _, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200
         headers["X-Request-ID"] = "console-one"
-        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+        async with gateway.http.post(gateway.root + "/v1/chat/completions", headers=headers,
                                      json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
             assert response.status == 200
 
@@ -173,9 +173,9 @@ async def test_log_settings_apply_on_reload(tmp_path: Path) -> None:
 async def test_listener_changes_are_reported_as_needing_a_restart(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
-        path.write_text(make_config(port + 1, aliases=("demo", "also"), watch=False))
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
+        path.write_text(serve_config(port + 1, aliases=("demo", "also"), watch=False))
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is True and body["version"] == 2
         assert body["needs_restart"] == ["server.port"]
@@ -191,9 +191,9 @@ WORKERS = 6
 async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, chunk_delay_ms=10))
-    async with run_gateway(path, port) as gateway:
-        client = gateway.openai_client(ENV["TEAM_KEY"], timeout_s=30)
+    path.write_text(serve_config(port, watch=False, chunk_delay_ms=10))
+    async with run_serve_process(path, port) as gateway:
+        client = gateway.openai_client(SERVE_ENV["TEAM_KEY"], timeout_s=30)
         done = asyncio.Event()
         answered: list[str] = []
 
@@ -232,7 +232,7 @@ async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
             try:
                 for round_ in range(ROUNDS):
                     valid = round_ % 2 == 0
-                    text = (make_config(port, aliases=("demo", f"v{round_}"), watch=False,
+                    text = (serve_config(port, aliases=("demo", f"v{round_}"), watch=False,
                                         chunk_delay_ms=8 + round_ % 3) if valid
                             else f"version: 1\nproviders: []\n# broken {round_}\n")
                     write_replacing(path, text)

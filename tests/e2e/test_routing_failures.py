@@ -10,8 +10,7 @@ import asyncio
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import aiohttp
@@ -19,15 +18,17 @@ import openai
 import orjson
 import pytest
 import structlog.testing
-from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
-from tests.e2e.test_routing import MESSAGES, keys_used, make_gateway, one_key_each, two_providers
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
-from truckllm.config.loader import load_file
-from truckllm.runtime.state import StateHolder, build_state
-from truckllm.server.app import create_app
-from truckllm.server.keys import ROUTING
+from tests.harness import (
+    MESSAGES,
+    FakeClock,
+    keys_used,
+    make_gateway,
+    one_key_each,
+    two_providers,
+)
 
 ADMIN = "admin-secret-audit5"
 BATCH = 20
@@ -57,8 +58,8 @@ async def test_round_robin_spreads_evenly_over_hundreds_of_requests(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: round_robin")
-    async with make_gateway(config) as gw:
-        await many_chats(gw.client, 300)
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
+        await many_chats(gw.client(), 300)
     assert (len(one.requests), len(two.requests)) == (150, 150)
 
 
@@ -68,8 +69,8 @@ async def test_weighted_targets_follow_their_weights_over_hundreds_of_requests(
     config = two_providers(one.url, two.url, alias_extra="    strategy: weighted").replace(
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1, weight: 3}, {provider: p2, model: m2, weight: 1}]")
-    async with make_gateway(config) as gw:
-        await many_chats(gw.client, 400)
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
+        await many_chats(gw.client(), 400)
     # Smooth weighted round robin is exact over any whole cycle; allow 5 % for the batches.
     assert abs(len(one.requests) - 300) <= 20 and len(one.requests) + len(two.requests) == 400
 
@@ -77,8 +78,8 @@ async def test_weighted_targets_follow_their_weights_over_hundreds_of_requests(
 async def test_key_weights_hold_over_hundreds_of_requests(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url).replace("value: sk-one}", "value: sk-one, weight: 2}")
-    async with make_gateway(config) as gw:
-        await many_chats(gw.client, 300)
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
+        await many_chats(gw.client(), 300)
     used = Counter(keys_used(one))
     assert abs(used["sk-one"] - 200) <= 15 and used["sk-one"] + used["sk-two"] == 300
 
@@ -87,8 +88,8 @@ async def test_zero_weight_key_only_serves_when_the_others_cannot(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url).replace("value: sk-two}", "value: sk-two, weight: 0}")
-    async with make_gateway(config) as gw:
-        await many_chats(gw.client, 40)
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
+        await many_chats(gw.client(), 40)
         assert set(keys_used(one)) == {"sk-one"}
         one.script(Scripted(status=429, headers={"Retry-After": "30"}))
         await gw.chat()                                      # sk-one cools: sk-two steps in
@@ -102,7 +103,7 @@ async def test_keys_rotate_when_an_alias_has_two_targets_on_one_provider(
     config = two_providers(one.url, two.url).replace(
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}, {provider: p1, model: m1-mini}]")
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
         for _ in range(10):
             await gw.chat()
     assert models_used(one) == {"m1": 10}
@@ -117,7 +118,7 @@ async def test_overloaded_upstream_503_carries_retry_after(fakes: tuple[OpenAIFa
     config = one_key_each(two_providers(one.url, two.url, routing="  max_attempts: 2"))
     one.script(Scripted(status=503))
     two.script(Scripted(status=529, headers={"Retry-After": "7"}))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
         status, headers, body = await gw.raw_chat()
     assert (status, headers["Retry-After"]) == (503, "7")
     assert orjson.loads(body)["error"]["type"] == "overloaded_error"
@@ -129,7 +130,7 @@ async def test_overloaded_upstreams_with_open_breakers_give_their_recovery_time(
     config = one_key_each(two_providers(one.url, two.url, routing="  breaker_failures: 1"))
     one.script(Scripted(status=503))
     two.script(Scripted(status=503))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
         status, headers, _ = await gw.raw_chat()
         assert (status, headers["Retry-After"]) == (503, "30")   # both breakers open 30 s
         gw.clock.advance(10)
@@ -145,7 +146,7 @@ async def test_failure_after_the_first_byte_is_counted_in_metrics(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(drop_after_chunks=2))
-    async with make_gateway(one_key_each(two_providers(one.url, two.url))) as gw:
+    async with make_gateway(one_key_each(two_providers(one.url, two.url)), health_clock=FakeClock()) as gw:
         body = await gw.raw_stream()
         assert body.endswith(b"data: [DONE]\n\n") and b'"error"' in body
         metrics = await get_text(gw.url.removesuffix("/v1") + "/metrics")
@@ -192,13 +193,13 @@ async def test_connect_timeout_moves_on_and_alone_is_502(fakes: tuple[OpenAIFake
     with unreachable_port() as port:
         config = one_key_each(two_providers(f"http://127.0.0.1:{port}/v1", two.url,
                                             provider_extra="    connect_timeout_s: 0.3"))
-        async with make_gateway(config) as gw:
-            raw = await gw.client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+        async with make_gateway(config, health_clock=FakeClock()) as gw:
+            raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
             assert raw.headers["x-truckllm-attempts"] == "2" and raw.headers["x-truckllm-provider"] == "p2"
             assert gw.routing.health.key_health("p1/k1").last_error is not None
         alone = config.replace("targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
                                "targets: [{provider: p1, model: m1}]")
-        async with make_gateway(alone) as gw:
+        async with make_gateway(alone, health_clock=FakeClock()) as gw:
             status, _, body = await gw.raw_chat()
     error = orjson.loads(body)["error"]
     assert (status, error["type"]) == (502, "upstream_error")
@@ -209,8 +210,8 @@ async def test_first_byte_timeout_of_a_stream_moves_on(fakes: tuple[OpenAIFake, 
     one, two = fakes
     config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.3")
     one.script(Scripted(chunk_delay_s=5))                    # headers at once, no token
-    async with make_gateway(config) as gw:
-        stream = await gw.client.chat.completions.create(model="chat", messages=MESSAGES, stream=True)
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
+        stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Fake reply to: hello"
     assert len(two.requests) == 1
@@ -224,7 +225,7 @@ async def test_total_timeout_bounds_a_plain_request(fakes: tuple[OpenAIFake, Ope
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
     one.script(Scripted(delay_s=5))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
         with pytest.raises(openai.APIStatusError) as caught:
             await gw.chat()
         assert caught.value.status_code == 504
@@ -238,7 +239,7 @@ async def test_total_timeout_ends_a_flowing_stream_cleanly(fakes: tuple[OpenAIFa
     one, two = fakes
     config = two_providers(one.url, two.url, provider_extra="    timeout_s: 0.5\n    idle_timeout_s: 5")
     one.script(Scripted(chunk_delay_s=0.05, text=" ".join(["word"] * 60)))   # never idle, 3 s long
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
         body = await gw.raw_stream()
         await asyncio.wait_for(one.requests[0].disconnected.wait(), 5)
     events = [e for e in body.split(b"\n\n") if e]
@@ -249,34 +250,6 @@ async def test_total_timeout_ends_a_flowing_stream_cleanly(fakes: tuple[OpenAIFa
 
 
 # -- routing state across a real reload ----------------------------------------------------
-
-
-@dataclass
-class FileGateway:
-    root: str
-    client: AsyncOpenAI
-    app_routing: object
-
-    async def reload(self) -> None:
-        async with aiohttp.ClientSession() as session, session.post(
-                f"{self.root}/admin/v1/reload", headers={"Authorization": f"Bearer {ADMIN}"},
-                timeout=aiohttp.ClientTimeout(total=10)) as response:
-            body = await response.json()
-        assert response.status == 200 and body["reloaded"] is True, body
-
-
-@asynccontextmanager
-async def file_gateway(path: Path) -> AsyncIterator[FileGateway]:
-    app = create_app(StateHolder(build_state(load_file(path, {}), version=1)))
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    root = str(server.make_url("")).rstrip("/")
-    client = AsyncOpenAI(base_url=f"{root}/v1", api_key="client-key", max_retries=0, timeout=10)
-    try:
-        yield FileGateway(root, client, app[ROUTING])
-    finally:
-        await client.close()
-        await server.close()
 
 
 def file_config(one: str, two: str, strategy: str, cooldown_s: int = 30) -> str:
@@ -291,11 +264,11 @@ async def test_round_robin_cursor_survives_a_reload(fakes: tuple[OpenAIFake, Ope
     one, two = fakes
     path = tmp_path / "config.yaml"
     path.write_text(file_config(one.url, two.url, "round_robin"))
-    async with file_gateway(path) as gw:
-        await gw.client.chat.completions.create(model="chat", messages=MESSAGES)
+    async with make_gateway(path.read_text(), tmp_path) as gw:
+        await gw.client().chat.completions.create(model="chat", messages=MESSAGES)
         path.write_text(file_config(one.url, two.url, "round_robin", cooldown_s=31))
-        await gw.reload()
-        await gw.client.chat.completions.create(model="chat", messages=MESSAGES)
+        await gw.reload(ADMIN)
+        await gw.client().chat.completions.create(model="chat", messages=MESSAGES)
     # The cursor carried on: the second request went to the other target, not back to p1.
     assert (len(one.requests), len(two.requests)) == (1, 1)
 
@@ -306,13 +279,13 @@ async def test_latency_estimates_survive_a_reload(fakes: tuple[OpenAIFake, OpenA
     path = tmp_path / "config.yaml"
     path.write_text(file_config(one.url, two.url, "lowest_latency"))
     one.script(Scripted(delay_s=0.3))                        # p1 is measured slow
-    async with file_gateway(path) as gw:
+    async with make_gateway(path.read_text(), tmp_path) as gw:
         for _ in range(2):                                   # each target measured once
-            await gw.client.chat.completions.create(model="chat", messages=MESSAGES)
+            await gw.client().chat.completions.create(model="chat", messages=MESSAGES)
         path.write_text(file_config(one.url, two.url, "lowest_latency", cooldown_s=31))
-        await gw.reload()
+        await gw.reload(ADMIN)
         for _ in range(4):
-            await gw.client.chat.completions.create(model="chat", messages=MESSAGES)
+            await gw.client().chat.completions.create(model="chat", messages=MESSAGES)
     assert (len(one.requests), len(two.requests)) == (1, 5)
 
 
@@ -325,7 +298,7 @@ async def test_absurd_retry_after_is_capped_and_the_admin_api_still_answers(
     config = two_providers(one.url, two.url).replace(
         "version: 1\n", f"version: 1\nserver: {{admin_api_key: {ADMIN}}}\n")
     one.script(Scripted(status=429, headers={"Retry-After": "1e300"}))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
         answer = await gw.chat()                             # the other key answers
         assert answer.choices[0].message.content
         root = gw.url.removesuffix("/v1")
@@ -357,7 +330,7 @@ async def test_an_upstream_echoing_our_key_never_shows_it_to_the_client(
                       "param": None, "code": None}}
     one.script(*[Scripted(status=500, body=body)] * 3)
     two.script(*[Scripted(status=500, body=body)] * 3)
-    async with make_gateway(hex_key_config(one.url, two.url)) as gw:
+    async with make_gateway(hex_key_config(one.url, two.url), health_clock=FakeClock()) as gw:
         status, _, raw = await gw.raw_chat()
         assert gw.routing.health.key_health("p1/k1").last_error == "internal: key *** broke"
     assert status == 502 and HEX_KEY not in raw.decode()
@@ -371,7 +344,7 @@ async def test_an_error_event_mid_stream_never_shows_our_key(fakes: tuple[OpenAI
     error = {"error": {"message": f"key {HEX_KEY} over quota, also sk-proj-abcdefghijkl",
                        "type": "server_error", "param": None, "code": None}}
     one.script(Scripted(chunks=[first, error], done=False))
-    async with make_gateway(hex_key_config(one.url, two.url)) as gw:
+    async with make_gateway(hex_key_config(one.url, two.url), health_clock=FakeClock()) as gw:
         body = await gw.raw_stream()
     assert b"Hi" in body and body.endswith(b"data: [DONE]\n\n")
     assert HEX_KEY.encode() not in body and b"sk-proj" not in body
@@ -384,8 +357,8 @@ async def test_an_openai_error_event_before_any_output_is_retried(
     error = {"error": {"message": "The server had an error while processing your request.",
                        "type": "server_error", "param": None, "code": None}}
     one.script(Scripted(chunks=[error], done=False))
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
-        stream = await gw.client.chat.completions.create(model="chat", messages=MESSAGES, stream=True)
+    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+        stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert gw.routing.health.target_status(("p1", "m1")) == "degraded"
     assert text == "Fake reply to: hello"
@@ -398,7 +371,7 @@ async def test_a_rejected_key_is_logged_loudly_without_its_value(
     leak = {"error": {"message": f"Incorrect API key provided: {HEX_KEY}", "type": "invalid_request_error",
                       "param": None, "code": "invalid_api_key"}}
     one.script(Scripted(status=401, body=leak))
-    async with make_gateway(hex_key_config(one.url, two.url)) as gw:
+    async with make_gateway(hex_key_config(one.url, two.url), health_clock=FakeClock()) as gw:
         with structlog.testing.capture_logs() as logs:
             answer = await gw.chat()
     assert answer.choices[0].message.content                 # p2 answered
@@ -414,7 +387,7 @@ async def test_repeated_failures_cool_and_reopen_for_longer(fakes: tuple[OpenAIF
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
     one.script(Scripted(status=429), Scripted(status=429))   # no Retry-After: cooldown_s, doubled
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
         assert (await gw.raw_chat())[1]["Retry-After"] == "30"
         gw.clock.advance(31)
         assert (await gw.raw_chat())[1]["Retry-After"] == "60"

@@ -21,17 +21,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.fakes.azure_fake import SPEECH
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.fakes.wire_fake import Reply
-from tests.ops.live import (
-    ENV,
+from tests.harness import (
+    CLIENT_KEY,
     SECRETS,
-    Gateway,
+    SERVE_ENV,
+    ServeProcess,
     free_port,
-    make_config,
-    run_gateway,
+    make_stack,
+    run_serve_process,
+    serve_config,
     wait_until,
     write_replacing,
 )
-from tests.providers_gateway import CLIENT_KEY, make_stack
 from truckllm import __version__
 
 WATCH_SETTLE_S = 1.5        # several watcher debounce periods: a running watcher would have fired
@@ -43,18 +44,18 @@ async def fake() -> AsyncIterator[OpenAIFake]:
         yield running
 
 
-def client_for(gateway: Gateway, key: str | None = None) -> AsyncOpenAI:
-    return gateway.openai_client(key or ENV["TEAM_KEY"])
+def client_for(gateway: ServeProcess, key: str | None = None) -> AsyncOpenAI:
+    return gateway.openai_client(key or SERVE_ENV["TEAM_KEY"])
 
 
-async def metric_samples(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def metric_samples(gateway: ServeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     code, text = await gateway.get("/metrics")
     assert code == 200
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-async def provider_keys(gateway: Gateway) -> dict[str, dict[str, object]]:
+async def provider_keys(gateway: ServeProcess) -> dict[str, dict[str, object]]:
     code, body, _ = await gateway.admin("GET", "/admin/v1/providers")
     assert code == 200, body
     return {f"{p['id']}/{k['id']}": k for p in body["providers"] for k in p["keys"]}
@@ -64,8 +65,8 @@ async def test_a_stream_that_fails_after_its_first_chunk_counts_as_an_upstream_e
         tmp_path: Path, fake: OpenAIFake) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, openai_url=fake.url))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+    async with run_serve_process(path, port) as gateway:
         client = client_for(gateway)
         fake.script(Scripted(drop_after_chunks=2))
         stream = await client.chat.completions.create(
@@ -117,8 +118,8 @@ async def test_audio_that_breaks_off_is_an_incomplete_body_and_an_upstream_error
 async def test_each_log_filter_through_http(tmp_path: Path, fake: OpenAIFake) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, openai_url=fake.url))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+    async with run_serve_process(path, port) as gateway:
         client = client_for(gateway)
         for word in ("one", "two"):                                     # 200 demo, 200 demo
             await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": word}])
@@ -164,8 +165,8 @@ async def test_each_log_filter_through_http(tmp_path: Path, fake: OpenAIFake) ->
 async def test_status_reports_every_field(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, chunk_delay_ms=150))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False, chunk_delay_ms=150))
+    async with run_serve_process(path, port) as gateway:
         first = await gateway.status()
         assert first["version"] == __version__
         assert first["config"]["version"] == 1
@@ -200,7 +201,7 @@ async def test_status_reports_every_field(tmp_path: Path) -> None:
         assert failed["last_reload"]["at"] >= first["started_at"]
         assert failed["uptime_s"] >= first["uptime_s"]
 
-        path.write_text(make_config(port, aliases=("demo", "more"), watch=False))
+        path.write_text(serve_config(port, aliases=("demo", "more"), watch=False))
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200, body
         applied = await gateway.status()
@@ -213,13 +214,13 @@ async def test_status_reports_every_field(tmp_path: Path) -> None:
 async def test_a_config_that_cannot_be_written_is_a_500_and_applies_nothing(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    original = make_config(port, watch=False)
+    original = serve_config(port, watch=False)
     path.write_text(original)
     blocker = tmp_path / "config.yaml.bak"       # a directory where the backup must go:
     blocker.mkdir()                              # renaming a file over it fails, even as root
     (blocker / "keep").write_text("x")
-    async with run_gateway(path, port) as gateway:
-        posted = make_config(port, aliases=("demo", "unsaved"), watch=False)
+    async with run_serve_process(path, port) as gateway:
+        posted = serve_config(port, aliases=("demo", "unsaved"), watch=False)
         code, body, text = await gateway.admin("POST", "/admin/v1/config", data=posted.encode())
         assert code == 500, body
         assert body["error"]["type"] == "server_error"
@@ -239,40 +240,40 @@ async def test_a_config_that_cannot_be_written_is_a_500_and_applies_nothing(tmp_
 async def test_reload_turns_the_file_watcher_on_and_off(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
-        path.write_text(make_config(port, aliases=("demo", "unseen"), watch=False))
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
+        path.write_text(serve_config(port, aliases=("demo", "unseen"), watch=False))
         await asyncio.sleep(WATCH_SETTLE_S)
         assert await gateway.model_ids() == {"demo"}           # watch off: the edit waits
         assert (await gateway.status())["config"]["watching"] is False
 
-        write_replacing(path, make_config(port, aliases=("demo", "watched"), watch=True))
+        write_replacing(path, serve_config(port, aliases=("demo", "watched"), watch=True))
         gateway.signal(signal.SIGHUP)                           # turns the watcher on
         await wait_until(lambda: _watching(gateway, True), "the watcher to start")
         assert await gateway.model_ids() == {"demo", "watched"}
 
-        write_replacing(path, make_config(port, aliases=("demo", "by-file"), watch=True))
+        write_replacing(path, serve_config(port, aliases=("demo", "by-file"), watch=True))
         await wait_until(lambda: _has_models(gateway, {"demo", "by-file"}), "the file edit")
         assert (await gateway.status())["last_reload"]["trigger"] == "file"
 
-        write_replacing(path, make_config(port, aliases=("demo", "last-watched"), watch=False))
+        write_replacing(path, serve_config(port, aliases=("demo", "last-watched"), watch=False))
         await wait_until(lambda: _has_models(gateway, {"demo", "last-watched"}),
                          "the edit that turns watching off")
         assert (await gateway.status())["config"]["watching"] is False
         version = (await gateway.status())["config"]["version"]
 
-        write_replacing(path, make_config(port, aliases=("demo", "ignored"), watch=False))
+        write_replacing(path, serve_config(port, aliases=("demo", "ignored"), watch=False))
         await asyncio.sleep(WATCH_SETTLE_S)
         assert await gateway.model_ids() == {"demo", "last-watched"}
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is True and body["version"] == version + 1
 
 
-async def _watching(gateway: Gateway, wanted: bool) -> bool:
+async def _watching(gateway: ServeProcess, wanted: bool) -> bool:
     return bool((await gateway.status())["config"]["watching"] is wanted)
 
 
-async def _has_models(gateway: Gateway, wanted: set[str]) -> bool:
+async def _has_models(gateway: ServeProcess, wanted: set[str]) -> bool:
     return await gateway.model_ids() == wanted
 
 
@@ -280,8 +281,8 @@ async def test_runtime_state_survives_a_real_reload_for_ids_that_stay(
         tmp_path: Path, fake: OpenAIFake) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, openai_url=fake.url))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+    async with run_serve_process(path, port) as gateway:
         client = client_for(gateway)
         fake.script(Scripted(status=429, headers={"Retry-After": "600"}))
         reply = await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "x"}])
@@ -293,7 +294,7 @@ async def test_runtime_state_survives_a_real_reload_for_ids_that_stay(
         _, keys_before, _ = await gateway.admin("GET", "/admin/v1/keys")
 
         # The backup key goes away; a new alias comes; main, k1 and team-a stay.
-        text = make_config(port, aliases=("demo", "new"), watch=False, openai_url=fake.url)
+        text = serve_config(port, aliases=("demo", "new"), watch=False, openai_url=fake.url)
         text = "\n".join(line for line in text.splitlines() if "id: backup" not in line) + "\n"
         path.write_text(text)
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
@@ -308,7 +309,7 @@ async def test_runtime_state_survives_a_real_reload_for_ids_that_stay(
         assert keys_after["keys"][0]["requests"] == keys_before["keys"][0]["requests"] == 2
 
         # Re-adding the removed key starts it from nothing.
-        path.write_text(make_config(port, watch=False, openai_url=fake.url))
+        path.write_text(serve_config(port, watch=False, openai_url=fake.url))
         code, _, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200
         assert (await provider_keys(gateway))["openai/backup"]["usage_req"] == 0
@@ -318,9 +319,9 @@ async def test_runtime_state_survives_a_real_reload_for_ids_that_stay(
 async def test_metric_labels_never_carry_what_a_client_sent(tmp_path: Path, fake: OpenAIFake) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, openai_url=fake.url))
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url))
     raw = ["evil-model-<x>\"", "raw-user-key-5f1d", "raw-request-id-77", "raw-path-segment"]
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         client = client_for(gateway)
         await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "a"}])
         with pytest.raises(openai.NotFoundError):
@@ -336,11 +337,11 @@ async def test_metric_labels_never_carry_what_a_client_sent(tmp_path: Path, fake
             await stranger.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "d"}])
         await stranger.close()
         await client.close()
-        headers = {"Authorization": f"Bearer {ENV['TEAM_KEY']}", "x-api-key": raw[1]}
+        headers = {"Authorization": f"Bearer {SERVE_ENV['TEAM_KEY']}", "x-api-key": raw[1]}
         for url, body in ((f"/v1/{raw[3]}", b"{}"), ("/v1/messages",
                           orjson.dumps({"model": raw[0], "max_tokens": 5,
                                         "messages": [{"role": "user", "content": "e"}]}))):
-            async with gateway.http.post(gateway.url + url, data=body, headers=headers) as response:
+            async with gateway.http.post(gateway.root + url, data=body, headers=headers) as response:
                 assert response.status == 404
 
         code, text = await gateway.get("/metrics")
@@ -365,8 +366,8 @@ LAUGHS = b"version: 1\n" + b"".join(
     f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else 'ha'] * 9)}]\n".encode() for n in range(9))
 
 
-async def _raw_status(gateway: Gateway, request: bytes) -> tuple[int, dict[str, object]]:
-    port = int(gateway.url.rsplit(":", 1)[1])
+async def _raw_status(gateway: ServeProcess, request: bytes) -> tuple[int, dict[str, object]]:
+    port = gateway.port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
@@ -381,8 +382,8 @@ async def _raw_status(gateway: Gateway, request: bytes) -> tuple[int, dict[str, 
 async def test_hostile_admin_bodies_and_header_bytes_get_clear_errors(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
         hostile = [LAUGHS, b"version: 1\nproviders: &p [*p]\n",
                    b"version: 1\nmodels: " + b"[" * 100_000 + b"]" * 100_000]
         for body in hostile:
@@ -419,12 +420,12 @@ def _kubernetes_publish(directory: Path, name: str, text: str) -> None:
 
 async def test_file_watch_sees_a_kubernetes_configmap_swap(tmp_path: Path) -> None:
     port = free_port()
-    _kubernetes_publish(tmp_path, "config.yaml", make_config(port))
+    _kubernetes_publish(tmp_path, "config.yaml", serve_config(port))
     path = tmp_path / "config.yaml"
     path.symlink_to("..data/config.yaml")
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         assert (await gateway.status())["config"]["watching"] is True
-        _kubernetes_publish(tmp_path, "config.yaml", make_config(port, aliases=("demo", "k8s")))
+        _kubernetes_publish(tmp_path, "config.yaml", serve_config(port, aliases=("demo", "k8s")))
         await wait_until(lambda: _has_models(gateway, {"demo", "k8s"}), "the ConfigMap swap")
         assert (await gateway.status())["last_reload"]["trigger"] == "file"
 
@@ -432,9 +433,9 @@ async def test_file_watch_sees_a_kubernetes_configmap_swap(tmp_path: Path) -> No
 async def test_request_log_size_and_metrics_switch_follow_the_config(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False,
+    path.write_text(serve_config(port, watch=False,
                                 extra_server="request_log_size: 2\n  metrics: false"))
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         client = client_for(gateway)
         for n in range(3):
             await client.chat.completions.create(
@@ -445,7 +446,7 @@ async def test_request_log_size_and_metrics_switch_follow_the_config(tmp_path: P
         code, text = await gateway.get("/metrics")
         assert code == 404 and orjson.loads(text)["error"]["code"] == "unknown_url"
 
-        path.write_text(make_config(port, watch=False, extra_server="request_log_size: 1"))
+        path.write_text(serve_config(port, watch=False, extra_server="request_log_size: 1"))
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is True
         code, body, _ = await gateway.admin("GET", "/admin/v1/logs")

@@ -11,8 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.providers.test_conformance import check_stream_invariants
-from tests.providers_gateway import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, Stack, check_stream_invariants
 
 ALIASES = ["claude", "gem", "az", "az-v1", "oai-chat", "demo"]
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}

@@ -20,3 +20,10 @@ async def stack() -> AsyncIterator[Stack]:
     clients added to `stack.clients` are closed with it."""
     async with make_stack() as running:
         yield running
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[OpenAIFake, OpenAIFake]]:
+    """Two fake OpenAI upstreams, for tests of routing between them."""
+    async with make_openai_fake() as one, make_openai_fake() as two:
+        yield one, two

@@ -35,6 +35,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.anthropic_fake import AnthropicFake, make_anthropic_fake
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
@@ -560,6 +561,24 @@ async def run_serve_process(config_path: Path, port: int | None = None, *,
                     await running.stopped()
     finally:
         _kill(running)
+
+
+def client_for(gateway: ServeProcess, key: str | None = None) -> AsyncOpenAI:
+    """An SDK client of the process, as team-a unless `key` is given."""
+    return gateway.openai_client(key or SERVE_ENV["TEAM_KEY"])
+
+
+async def metric_samples(gateway: ServeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    code, text = await gateway.get("/metrics")
+    assert code == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def provider_keys(gateway: ServeProcess) -> dict[str, dict[str, object]]:
+    code, body, _ = await gateway.admin("GET", "/admin/v1/providers")
+    assert code == 200, body
+    return {f"{p['id']}/{k['id']}": k for p in body["providers"] for k in p["keys"]}
 
 
 # --- Checks --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """End to end, the real SDKs through TruckLLM to the fake Anthropic, Gemini and Azure
-servers: the issue-4 features the conformance goldens cover, proven on the real boundary
+servers: features the conformance goldens cover, proven on the real boundary
 too — base64 embeddings for every provider type that has embeddings, images (data: and
 https URLs), legacy functions, response_format, and upstream errors before and during a
 stream for each provider."""

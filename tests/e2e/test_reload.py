@@ -1,21 +1,27 @@
-"""Reloading a running `truckllm serve`: file watch, SIGHUP, admin reload, and the proof
-that no request is lost across 50 reloads under streaming and non-streaming load."""
+"""Reloading a running `truckllm serve`: file watch (and `server.watch` switched by a reload,
+a Kubernetes ConfigMap swap), SIGHUP, admin reload, runtime state kept for ids that stay,
+settings that follow the config, and the proof that no request is lost across 50 reloads
+under streaming and non-streaming load."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.harness import (
     SECRETS,
     SERVE_ENV,
     ServeProcess,
+    client_for,
     free_port,
+    provider_keys,
     run_serve_process,
     serve_config,
     wait_until,
@@ -262,3 +268,145 @@ async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
         output = gateway.output()
         for secret in SECRETS:
             assert secret not in output
+
+
+WATCH_SETTLE_S = 1.5        # several watcher debounce periods: a running watcher would have fired
+
+
+async def test_reload_turns_the_file_watcher_on_and_off(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
+        path.write_text(serve_config(port, aliases=("demo", "unseen"), watch=False))
+        await asyncio.sleep(WATCH_SETTLE_S)
+        assert await gateway.model_ids() == {"demo"}           # watch off: the edit waits
+        assert (await gateway.status())["config"]["watching"] is False
+
+        write_replacing(path, serve_config(port, aliases=("demo", "watched"), watch=True))
+        gateway.signal(signal.SIGHUP)                           # turns the watcher on
+        await wait_until(lambda: _watching(gateway, True), "the watcher to start")
+        assert await gateway.model_ids() == {"demo", "watched"}
+
+        write_replacing(path, serve_config(port, aliases=("demo", "by-file"), watch=True))
+        await wait_until(lambda: _has_models(gateway, {"demo", "by-file"}), "the file edit")
+        assert (await gateway.status())["last_reload"]["trigger"] == "file"
+
+        write_replacing(path, serve_config(port, aliases=("demo", "last-watched"), watch=False))
+        await wait_until(lambda: _has_models(gateway, {"demo", "last-watched"}),
+                         "the edit that turns watching off")
+        assert (await gateway.status())["config"]["watching"] is False
+        version = (await gateway.status())["config"]["version"]
+
+        write_replacing(path, serve_config(port, aliases=("demo", "ignored"), watch=False))
+        await asyncio.sleep(WATCH_SETTLE_S)
+        assert await gateway.model_ids() == {"demo", "last-watched"}
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is True and body["version"] == version + 1
+
+
+async def _watching(gateway: ServeProcess, wanted: bool) -> bool:
+    return bool((await gateway.status())["config"]["watching"] is wanted)
+
+
+async def _has_models(gateway: ServeProcess, wanted: set[str]) -> bool:
+    return await gateway.model_ids() == wanted
+
+
+async def test_runtime_state_survives_a_real_reload_for_ids_that_stay(
+        tmp_path: Path, fake: OpenAIFake) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+    async with run_serve_process(path, port) as gateway:
+        client = client_for(gateway)
+        fake.script(Scripted(status=429, headers={"Retry-After": "600"}))
+        reply = await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "x"}])
+        assert reply.choices[0].message.content                 # answered by the backup key
+        await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "y"}])
+        before = await provider_keys(gateway)
+        assert before["openai/main"]["cooldown_until"] is not None
+        assert (before["openai/main"]["errors"], before["openai/backup"]["usage_req"]) == (1, 1)
+        _, keys_before, _ = await gateway.admin("GET", "/admin/v1/keys")
+
+        # The backup key goes away; a new alias comes; main, k1 and team-a stay.
+        text = serve_config(port, aliases=("demo", "new"), watch=False, openai_url=fake.url)
+        text = "\n".join(line for line in text.splitlines() if "id: backup" not in line) + "\n"
+        path.write_text(text)
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["changes"]["upstream_keys"]["removed"] == ["openai/backup"]
+
+        after = await provider_keys(gateway)
+        assert set(after) == {"demo/k1", "openai/main"}
+        for name in ("usage_req", "errors", "last_error", "cooldown_until"):
+            assert after["openai/main"][name] == before["openai/main"][name], name
+        assert after["demo/k1"]["usage_req"] == before["demo/k1"]["usage_req"] == 1
+        _, keys_after, _ = await gateway.admin("GET", "/admin/v1/keys")
+        assert keys_after["keys"][0]["requests"] == keys_before["keys"][0]["requests"] == 2
+
+        # Re-adding the removed key starts it from nothing.
+        path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+        code, _, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200
+        assert (await provider_keys(gateway))["openai/backup"]["usage_req"] == 0
+        await client.close()
+
+
+def _kubernetes_publish(directory: Path, name: str, text: str) -> None:
+    """How a ConfigMap volume updates: a new timestamped directory, then `..data` (a
+    symlink to it) is replaced by renaming a fresh symlink over it."""
+    version = directory / f"..v{len(list(directory.glob('..v*')))}"
+    version.mkdir()
+    (version / name).write_text(text)
+    fresh = directory / "..data_tmp"
+    fresh.symlink_to(version.name)
+    fresh.replace(directory / "..data")
+
+
+async def test_file_watch_sees_a_kubernetes_configmap_swap(tmp_path: Path) -> None:
+    port = free_port()
+    _kubernetes_publish(tmp_path, "config.yaml", serve_config(port))
+    path = tmp_path / "config.yaml"
+    path.symlink_to("..data/config.yaml")
+    async with run_serve_process(path, port) as gateway:
+        assert (await gateway.status())["config"]["watching"] is True
+        _kubernetes_publish(tmp_path, "config.yaml", serve_config(port, aliases=("demo", "k8s")))
+        await wait_until(lambda: _has_models(gateway, {"demo", "k8s"}), "the ConfigMap swap")
+        assert (await gateway.status())["last_reload"]["trigger"] == "file"
+
+
+async def test_request_log_size_and_metrics_switch_follow_the_config(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(serve_config(port, watch=False,
+                                extra_server="request_log_size: 2\n  metrics: false"))
+    async with run_serve_process(path, port) as gateway:
+        client = client_for(gateway)
+        for n in range(3):
+            await client.chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "x"}],
+                extra_headers={"X-Request-ID": f"call-{n}"})
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-2", "call-1"]
+        code, text = await gateway.get("/metrics")
+        assert code == 404 and orjson.loads(text)["error"]["code"] == "unknown_url"
+
+        path.write_text(serve_config(port, watch=False, extra_server="request_log_size: 1"))
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is True
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-2"]
+        await client.chat.completions.create(        # recorded in the resized log
+            model="demo", messages=[{"role": "user", "content": "x"}],
+            extra_headers={"X-Request-ID": "call-3"})
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-3"]
+        code, text = await gateway.get("/metrics")
+        assert code == 200 and "llm_requests_total" in text
+        await client.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[OpenAIFake]:
+    async with make_openai_fake() as running:
+        yield running

@@ -5,7 +5,6 @@ cooldowns and breakers are crossed without sleeping."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 import openai
@@ -13,7 +12,7 @@ import orjson
 import pytest
 
 from tests.fakes.failing_upstream import make_stalling_upstream
-from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
+from tests.fakes.openai_fake import OpenAIFake, Scripted
 from tests.harness import (
     MESSAGES,
     FakeClock,
@@ -26,12 +25,6 @@ from tests.harness import (
 CONTEXT_TOO_LONG = {"error": {"message": "This model's maximum context length is 8192 tokens.",
                               "type": "invalid_request_error", "param": "messages",
                               "code": "context_length_exceeded"}}
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[OpenAIFake, OpenAIFake]]:
-    async with make_openai_fake() as one, make_openai_fake() as two:
-        yield one, two
 
 
 async def test_fallback_order_and_headers(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:

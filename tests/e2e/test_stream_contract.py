@@ -1,4 +1,4 @@
-"""The SDK streaming contract (SPEC §4) checked on the real server's bytes, for every
+"""The SDK streaming contract checked on the real server's bytes, for every
 provider type: fake Anthropic, Gemini and Azure (deployment and v1 URLs), an `openai`-type
 provider (the fake Azure v1 API, which sends Azure's prompt-filter chunk), and the mock.
 The same invariants as the conformance suite's, applied to what a client really receives."""

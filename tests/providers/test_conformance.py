@@ -13,7 +13,7 @@ A case directory holds:
                           fails ends with {"status": N, "error": {...}}
 
 Every stream is also fed in small byte slices (the output must not change) and checked
-against the invariants the official SDKs rely on (SPEC §4), whatever its golden says.
+against the invariants the official SDKs rely on, whatever its golden says.
 Set TRUCKLLM_REGEN_GOLDEN=1 to rewrite upstream_request.json and expected_* from the code
 (then review the diff: a golden is only as good as its reading).
 """

@@ -344,8 +344,8 @@ class Gateway:
 
 
 @asynccontextmanager
-async def make_gateway(config: Mapping[str, Any] | str, directory: Path | None = None,
-                       clock: Clock | None = None, *, env: Mapping[str, str] | None = None,
+async def make_gateway(config: Mapping[str, Any] | str, *, directory: Path | None = None,
+                       clock: Clock | None = None, env: Mapping[str, str] | None = None,
                        name: str = "config.yaml",
                        health_clock: FakeClock | None = None) -> AsyncIterator[Gateway]:
     """The app built from `config` (a dict or YAML text), served on a free port.

@@ -102,7 +102,7 @@ async def test_round_robin_cursor_survives_a_reload(fakes: tuple[OpenAIFake, Ope
     one, two = fakes
     path = tmp_path / "config.yaml"
     path.write_text(file_config(one.url, two.url, "round_robin"))
-    async with make_gateway(path.read_text(), tmp_path) as gw:
+    async with make_gateway(path.read_text(), directory=tmp_path) as gw:
         await gw.client().chat.completions.create(model="chat", messages=MESSAGES)
         path.write_text(file_config(one.url, two.url, "round_robin", cooldown_s=31))
         await gw.reload(ADMIN)
@@ -117,7 +117,7 @@ async def test_latency_estimates_survive_a_reload(fakes: tuple[OpenAIFake, OpenA
     path = tmp_path / "config.yaml"
     path.write_text(file_config(one.url, two.url, "lowest_latency"))
     one.script(Scripted(delay_s=0.3))                        # p1 is measured slow
-    async with make_gateway(path.read_text(), tmp_path) as gw:
+    async with make_gateway(path.read_text(), directory=tmp_path) as gw:
         for _ in range(2):                                   # each target measured once
             await gw.client().chat.completions.create(model="chat", messages=MESSAGES)
         path.write_text(file_config(one.url, two.url, "lowest_latency", cooldown_s=31))

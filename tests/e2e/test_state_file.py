@@ -110,12 +110,12 @@ keys:
 async def test_upstream_key_usage_and_spend_survive_a_restart(tmp_path: Path) -> None:
     async with make_openai_fake() as fake:
         config = UPSTREAM_CONFIG.format(admin=ADMIN_KEY, url=fake.url)
-        async with make_gateway(config, tmp_path) as gateway:
+        async with make_gateway(config, directory=tmp_path) as gateway:
             await spend(gateway.url, "key-a")
             _, before = await gateway.admin("GET", "/admin/v1/providers")
         saved = orjson.loads((tmp_path / "config.state.json").read_bytes())
         assert saved["upstream_keys"]["up/k1"]["requests"] == 1
-        async with make_gateway(config, tmp_path) as gateway:  # started again
+        async with make_gateway(config, directory=tmp_path) as gateway:  # started again
             _, after = await gateway.admin("GET", "/admin/v1/providers")
             _, keys = await gateway.admin("GET", "/admin/v1/keys")
         [old], [new] = before["providers"][0]["keys"], after["providers"][0]["keys"]
@@ -144,7 +144,7 @@ async def test_a_corrupt_state_file_warns_and_starts_fresh(tmp_path: Path) -> No
     state_file.parent.mkdir()
     state_file.write_bytes(b'{"version": 1, "client_keys": {"team-a": "garbage"')
     with capture_logs() as logs:
-        async with make_gateway(CORRUPT_CONFIG, tmp_path) as gateway:
+        async with make_gateway(CORRUPT_CONFIG, directory=tmp_path) as gateway:
             await spend(gateway.url, "key-a")                  # serves at once
     assert "state_file_corrupt" in [entry["event"] for entry in logs]
     assert state_file.with_name("state.json.corrupt").exists()

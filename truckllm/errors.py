@@ -94,6 +94,13 @@ class NotFound(GatewayError):
     type = "not_found_error"
 
 
+class Conflict(GatewayError):
+    """The request clashes with what exists (e.g. a client key id already in use)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"

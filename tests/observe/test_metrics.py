@@ -139,6 +139,7 @@ def exposed_names() -> set[str]:
     metrics.observe(make_record(ttft_s=0.1))
     metrics.count_upstream_error("openai", "main", "500")
     metrics.count_rate_limited("team-a", "key_rpm")
+    metrics.set_upstream_health([("openai", "", "healthy"), ("openai", "main", "degraded")])
     return {s.name for s in samples(metrics)}
 
 
@@ -148,6 +149,29 @@ def test_every_dashboard_query_uses_metrics_that_exist() -> None:
     exprs += [a["expr"] for a in dashboard["annotations"]["list"]]
     used = {name for expr in exprs for name in re.findall(r"\b((?:llm|truckllm)_[a-z_]+)\b", expr)}
     assert used and used <= exposed_names(), used - exposed_names()
+
+
+def test_the_dashboard_shows_upstream_health_and_client_keys() -> None:
+    dashboard = orjson.loads((ROOT / "docs" / "grafana" / "truckllm.json").read_bytes())
+    exprs = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard["panels"]}
+    assert any("llm_upstream_status" in expr for expr in exprs.values())
+    per_key = [title for title, expr in exprs.items()
+               if "llm_key_requests_total" in expr and "llm_key_tokens_total" in expr]
+    assert per_key
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_requests_and_tokens_are_counted_per_client_key() -> None:
+    metrics = make_metrics()
+    metrics.observe(make_record())
+    metrics.observe(make_record(status=429, usage=None, provider_id=None))
+    metrics.observe(make_record(key_id="team-b", usage=Usage(prompt_tokens=7, completion_tokens=1)))
+    assert value(metrics, "llm_key_requests_total", key="team-a", status="200") == 1
+    assert value(metrics, "llm_key_requests_total", key="team-a", status="429") == 1
+    assert value(metrics, "llm_key_tokens_total", key="team-a", kind="prompt") == 10
+    assert value(metrics, "llm_key_tokens_total", key="team-a", kind="completion") == 5
+    assert value(metrics, "llm_key_tokens_total", key="team-b", kind="prompt") == 7
 
 
 def test_operations_doc_names_every_metric() -> None:

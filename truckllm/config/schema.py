@@ -19,6 +19,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OtelConfig(Strict):
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+", description="OTLP/HTTP collector base URL, e.g. `http://127.0.0.1:4318`; spans go to `<endpoint>/v1/traces`.")
+    service_name: str = Field("truckllm", min_length=1, description="`service.name` of the spans.")
+
+
 class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
@@ -31,6 +36,7 @@ class ServerConfig(Strict):
     admin_listen: str | None = Field(None, description="Optional `host:port` serving the admin API and /metrics only there, never on the main listener.")
     watch: bool = Field(True, description="Reload the config when its file changes on disk.")
     request_log_size: int = Field(1000, ge=0, le=1_000_000, description="How many recent requests GET /admin/v1/logs keeps in memory.")
+    otel: OtelConfig | None = Field(None, description="Send OpenTelemetry traces (OTLP/HTTP): a span per request and one per upstream attempt. Absent: no tracing, and the OpenTelemetry SDK is not loaded.")
     state_file: str | None = Field(None, min_length=1, description="Where usage and spend are saved across restarts; relative paths are beside the config file. Default `<config file name>.state.json` beside the config.")
 
     @field_validator("admin_listen")

@@ -153,16 +153,19 @@ class RequestSeries:
     once per config (see `Metrics.observe`). Those of first tokens, tokens and cost are
     created when first fed, as prometheus-client would: a series is exposed from then on."""
 
-    __slots__ = ("cost", "cost_labels", "duration", "labels", "requests", "tokens", "ttft")
+    __slots__ = ("cost", "cost_labels", "duration", "key_requests", "labels", "requests",
+                 "tokens", "ttft")
 
     def __init__(self, metrics: Metrics, provider: str, model: str, status: int,
                  key: str) -> None:
         self.labels = (provider, model)
         self.cost_labels = (model, key)
         self.requests = metrics.requests.series((provider, model, str(status)))
+        self.key_requests = metrics.key_requests.series((key, str(status)))
         self.duration = metrics.duration.series(self.labels)
         self.ttft: list[float] | None = None
-        self.tokens: tuple[list[float], list[float]] | None = None     # prompt, completion
+        # prompt, completion (by provider and model), prompt, completion (by client key)
+        self.tokens: tuple[list[float], list[float], list[float], list[float]] | None = None
         self.cost: list[float] | None = None
 
 
@@ -191,6 +194,12 @@ class Metrics:
                                    ["provider", "model"], TTFT_BUCKETS, r)
         self.tokens = PlainCounter("llm_tokens_total", "Tokens counted from upstream usage.",
                                    ["provider", "model", "kind"], r)
+        self.key_requests = PlainCounter("llm_key_requests_total",
+                                         "Requests answered per client key, by HTTP status sent.",
+                                         ["key", "status"], r)
+        self.key_tokens = PlainCounter("llm_key_tokens_total",
+                                       "Tokens counted from upstream usage, per client key.",
+                                       ["key", "kind"], r)
         self.cost = PlainCounter("llm_cost_usd_total", "Spend in USD from configured pricing.",
                                  ["model", "key"], r)
         self.upstream_errors = Counter("llm_upstream_errors_total",
@@ -245,14 +254,18 @@ class Metrics:
         series = (self._series.get((provider_id, alias, status, key_id))
                   or self._request_series(provider_id, alias, status, key_id))
         series.requests[0] += 1.0
+        series.key_requests[0] += 1.0
         add_observation(series.duration, self.duration.bounds, latency_s)
         add_observation(self._overhead, self.overhead.bounds, overhead_s)
         if ttft_s is not None:
             add_observation(series.ttft or self._ttft_series(series), self.ttft.bounds, ttft_s)
         if usage is not None:
-            prompt, completion = series.tokens or self._token_series(series)
+            prompt, completion, key_prompt, key_completion = (series.tokens
+                                                              or self._token_series(series))
             prompt[0] += usage.prompt_tokens
             completion[0] += usage.completion_tokens
+            key_prompt[0] += usage.prompt_tokens
+            key_completion[0] += usage.completion_tokens
         if cost_usd:
             (series.cost or self._cost_series(series))[0] += cost_usd
         for failure in failures:
@@ -275,10 +288,14 @@ class Metrics:
         series.ttft = self.ttft.series(series.labels)
         return series.ttft
 
-    def _token_series(self, series: RequestSeries) -> tuple[list[float], list[float]]:
+    def _token_series(self, series: RequestSeries) -> tuple[list[float], list[float],
+                                                             list[float], list[float]]:
         provider, model = series.labels
+        key = series.cost_labels[1]
         series.tokens = (self.tokens.series((provider, model, "prompt")),
-                         self.tokens.series((provider, model, "completion")))
+                         self.tokens.series((provider, model, "completion")),
+                         self.key_tokens.series((key, "prompt")),
+                         self.key_tokens.series((key, "completion")))
         return series.tokens
 
     def _cost_series(self, series: RequestSeries) -> list[float]:

@@ -23,7 +23,7 @@ import structlog
 from truckllm import errors
 from truckllm.limits import NO_PROMPT, Limiter, PromptEstimate, UpstreamUse, upstream_ref
 from truckllm.pipeline.health import Attempt, Health, HealthSettings, key_ref
-from truckllm.pipeline.record import Exchange, UpstreamFailure
+from truckllm.pipeline.record import Exchange, TraceHook, UpstreamFailure
 from truckllm.pipeline.retry import (
     ErrorClass,
     Outcome,
@@ -55,6 +55,7 @@ from truckllm.pipeline.transport import Transport, TransportError
 from truckllm.providers.base import (
     CallContext,
     Target,
+    UpstreamRequest,
     UpstreamResponse,
 )
 from truckllm.providers.shared.media import PASS_THROUGH_OPERATIONS
@@ -302,6 +303,9 @@ def _begin(call: Call, choices: RouteChoices, candidate: Candidate, exchange: Ex
     exchange.attempts += 1
     exchange.provider_id, exchange.upstream_model = provider.id, target.model
     exchange.upstream_key_id = key.id
+    if exchange.trace is not None:
+        exchange.trace.attempt_began(call.op, provider.id, provider.config.type, target.model,
+                                     key.id)
     attempt = health.begin(target_id, candidate.key_ref)
     limiter = call.limiter
     use = (None if limiter is None or key is _NO_KEY
@@ -318,8 +322,10 @@ def _attempt_failed(call: Call, provider: CompiledProvider, target: Target, key:
     attempt.failed(outcome)
     attempt.end()
     _settle_unknown(use)
-    exchange.upstream_failures.append(
-        UpstreamFailure(provider.id, key.id, failure_reason(outcome)))
+    reason = failure_reason(outcome)
+    exchange.upstream_failures.append(UpstreamFailure(provider.id, key.id, reason))
+    if exchange.trace is not None:
+        exchange.trace.attempt_failed(reason)
     _log_failure(call, provider, key, target, outcome)
     return outcome
 
@@ -352,6 +358,8 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     op, ctx = call.op, call.ctx             # (a NamedTuple's fields cost a lookup per read)
     spec = provider.spec_by_op[op]
     request = spec.build_request(op, call.body, target, key.value, ctx)
+    if exchange.trace is not None:
+        _traced(request, exchange.trace)
     limit = provider.config.first_byte_timeout_s
     started = time.perf_counter()
     try:
@@ -381,11 +389,18 @@ async def _complete(call: Call, provider: CompiledProvider, target: Target, key:
     return Reply(parsed.body)
 
 
+def _traced(request: UpstreamRequest, trace: TraceHook) -> None:
+    """The attempt's trace context goes upstream with it (W3C traceparent)."""
+    request.headers = {**request.headers, **trace.upstream_headers()}
+
+
 async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
-                   transport: Transport) -> UpstreamResponse:
+                   transport: Transport, exchange: Exchange) -> UpstreamResponse:
     """A response whose body is still to be read; an error status is a failed attempt."""
     request = provider.spec_by_op[call.op].build_request(call.op, call.body, target, key.value,
                                                          call.ctx)
+    if exchange.trace is not None:
+        _traced(request, exchange.trace)
     try:
         response = await transport.send(provider, target, request, call.ctx.request_id)
     except TransportError as exc:
@@ -402,7 +417,7 @@ async def _open_stream(call: Call, provider: CompiledProvider, target: Target, k
     relay: StreamRelay | None = None
     try:
         async with _first_byte_deadline(provider):
-            response = await _send_ok(call, provider, target, key, transport)
+            response = await _send_ok(call, provider, target, key, transport, exchange)
             translator = provider.spec_by_op[call.op].new_stream_translator(call.op, target, call.ctx)
             relay = StreamRelay(response, translator, exchange, attempt, call.estimate.tokens,
                                 key.value)
@@ -428,7 +443,7 @@ async def _open_raw(call: Call, provider: CompiledProvider, target: Target, key:
     started = time.perf_counter()
     try:
         async with _first_byte_deadline(provider):
-            response = await _send_ok(call, provider, target, key, transport)
+            response = await _send_ok(call, provider, target, key, transport, exchange)
     except TimeoutError:
         raise _AttemptFailed(timed_out("no response before first_byte_timeout_s")) from None
     finally:

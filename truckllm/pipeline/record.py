@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from truckllm.usage import Usage
 
@@ -57,12 +57,23 @@ class RequestRecord(NamedTuple):
         return "warning" if self.status >= 400 else "info"
 
 
+class TraceHook(Protocol):
+    """The trace of one request (truckllm.observe.traces), told of its upstream attempts.
+    Set on the Exchange only when tracing is configured."""
+
+    def attempt_began(self, op: str, provider_id: str, provider_type: str, model: str,
+                      key_id: str) -> None: ...
+    def upstream_headers(self) -> dict[str, str]: ...     # traceparent for the attempt
+    def attempt_failed(self, reason: str) -> None: ...
+    def finish(self, record: RequestRecord) -> None: ...
+
+
 class Exchange:
     """The mutable progress of one request, owned by that request alone."""
 
     __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "error_reason", "key_id", "method", "path",
                  "provider_id", "ratelimit_headers", "request_id", "started", "started_wall", "status",
-                 "stream", "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model",
+                 "stream", "trace", "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model",
                  "upstream_s", "usage", "usage_estimated")
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
@@ -90,6 +101,7 @@ class Exchange:
         # () -> the client key's x-ratelimit-* headers as they stand when called; set at
         # auth for a key that sends them, for its responses. Not part of the record.
         self.ratelimit_headers: Callable[[], dict[str, str]] | None = None
+        self.trace: TraceHook | None = None     # tracing configured: this request's spans
 
     def overhead_s(self, now: float | None = None) -> float:
         overhead = (time.perf_counter() if now is None else now) - self.started - self.upstream_s

@@ -24,6 +24,7 @@ import structlog
 from watchfiles import Change, awatch
 
 from truckllm.config.changes import ConfigChanges, diff_configs
+from truckllm.config.edits import locate
 from truckllm.config.files import write_atomically
 from truckllm.config.loader import ConfigError, ConfigIssue, LoadedConfig, load_bytes
 from truckllm.config.redaction import merge_posted, parse_posted, to_yaml
@@ -114,7 +115,8 @@ class Reloader(Generic[S]):
             try:
                 raw, loaded, state = await asyncio.to_thread(self._build_posted, body)
             except ConfigError as exc:
-                return self._failed("admin_config", _without_locations(exc.issues))
+                issues = await asyncio.to_thread(_posted_locations, body, exc.issues)
+                return self._failed("admin_config", issues)
             if loaded.sha256 != self.loaded.sha256:
                 try:
                     await asyncio.to_thread(write_atomically, self.path, raw)
@@ -123,12 +125,37 @@ class Reloader(Generic[S]):
                     return replace(self._failed("admin_config", [issue]), write_failed=True)
             return self._swap(loaded, state, "admin_config")
 
+    async def apply_edit(self, edit: Callable[[bytes], bytes], trigger: str) -> ReloadResult:
+        """An edit of the file's text (a client key created, changed or revoked): read the
+        file, edit, validate, write atomically (FILE.bak kept), apply. Under the reload
+        lock, so concurrent edits each see the one before and none is lost. `edit` may
+        raise (e.g. an unknown id); then nothing is written."""
+        async with self._lock:
+            try:
+                current = await asyncio.to_thread(self.path.read_bytes)
+            except OSError as exc:
+                issue = ConfigIssue("", f"cannot read {self.path}: {exc.strerror}")
+                return self._failed(trigger, [issue])
+            raw = await asyncio.to_thread(edit, current)
+            try:
+                loaded, state = await asyncio.to_thread(self._build, raw)
+            except ConfigError as exc:
+                return self._failed(trigger, exc.issues)
+            if raw != current:          # (a change to what is already there writes nothing)
+                try:
+                    await asyncio.to_thread(write_atomically, self.path, raw)
+                except OSError as exc:
+                    issue = ConfigIssue("", f"cannot write {self.path}: {exc.strerror}")
+                    return replace(self._failed(trigger, [issue]), write_failed=True)
+            return self._swap(loaded, state, trigger)
+
     async def validate_posted(self, body: bytes) -> list[ConfigIssue]:
-        """POST /admin/v1/config/validate: the problems of a posted config; changes nothing."""
+        """POST /admin/v1/config/validate: the problems of a posted config; changes nothing.
+        Locations are the line and column in the posted text (`<posted>:14:7`)."""
         try:
             await asyncio.to_thread(self._build_posted, body)
         except ConfigError as exc:
-            return _without_locations(exc.issues)
+            return await asyncio.to_thread(_posted_locations, body, exc.issues)
         return []
 
     def request_reload(self, trigger: str = "sighup") -> None:
@@ -263,6 +290,9 @@ class Reloader(Generic[S]):
                 self.metrics.set_config(aliases, self.loaded.sha256, self.version)
 
 
-def _without_locations(issues: Sequence[ConfigIssue]) -> list[ConfigIssue]:
-    """A posted config is re-written before loading: its line numbers would mislead."""
-    return [replace(issue, location=None) for issue in issues]
+def _posted_locations(body: bytes, issues: Sequence[ConfigIssue]) -> list[ConfigIssue]:
+    """A posted config's issues located by their path in the text as posted (it is
+    re-written before loading, so the loader's own line numbers would mislead)."""
+    spots = locate(body, [issue.path for issue in issues])
+    return [replace(issue, location=None if spot is None else f"<posted>:{spot[0]}:{spot[1]}")
+            for issue, spot in zip(issues, spots, strict=True)]

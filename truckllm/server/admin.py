@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import yaml
 from aiohttp import web
 
 from truckllm import __version__, errors
@@ -71,9 +72,12 @@ def _authorized(request: web.Request) -> Ops:
 async def get_config(request: web.Request) -> web.Response:
     ops = _authorized(request)
     loaded = ops.reloader.loaded
-    return _json(redacted_config(loaded), headers={
-        "x-truckllm-config-version": str(ops.reloader.version),
-        "x-truckllm-config-sha256": loaded.sha256})
+    headers = {"x-truckllm-config-version": str(ops.reloader.version),
+               "x-truckllm-config-sha256": loaded.sha256}
+    if request.query.get("format") == "yaml":     # the console edits it as YAML text
+        text = yaml.safe_dump(redacted_config(loaded), sort_keys=False, allow_unicode=True)
+        return web.Response(text=text, content_type="application/yaml", headers=headers)
+    return _json(redacted_config(loaded), headers=headers)
 
 
 async def post_config(request: web.Request) -> web.Response:

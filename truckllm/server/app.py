@@ -19,7 +19,7 @@ from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
-from truckllm.server import admin_keys, routes
+from truckllm.server import admin_console, admin_keys, routes
 from truckllm.server.admin import admin_routes, metrics_routes
 from truckllm.server.edge import add_gateway_routes, plain_routes
 from truckllm.server.keys import (
@@ -29,6 +29,7 @@ from truckllm.server.keys import (
     OPS,
     ROUTING,
     STATE,
+    TRACING,
     TRANSPORT,
     RecordObserver,
 )
@@ -52,6 +53,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[LIMITER].adopt(holder.current.limits)
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops
+    app[TRACING] = ops.tracing
     ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app),
                                _routing_follows(app))
     observers: list[RecordObserver] = ops.observers()
@@ -79,7 +81,7 @@ def create_admin_app(main: web.Application) -> web.Application:
 
 
 def _admin_routes() -> list[web.RouteDef]:
-    return [*admin_routes(), *admin_keys.routes(), *metrics_routes()]
+    return [*admin_routes(), *admin_keys.routes(), *admin_console.routes(), *metrics_routes()]
 
 
 def _limiter_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResult], None]:

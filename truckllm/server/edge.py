@@ -23,7 +23,7 @@ from multidict import CIMultiDict, istr
 
 from truckllm import errors
 from truckllm.pipeline.record import Exchange
-from truckllm.server.keys import INFLIGHT, OBSERVERS
+from truckllm.server.keys import INFLIGHT, OBSERVERS, TRACING
 
 _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")     # printable, no spaces, bounded
 _random_bits = random.getrandbits
@@ -106,6 +106,7 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
     """`handler` inside the request id, the Exchange, the error envelope and the record."""
     inflight = app[INFLIGHT]
     observers = app[OBSERVERS]          # the list itself, read once: it is never replaced
+    tracing = app[TRACING]              # `on` only when server.otel is configured
 
     async def gateway(request: web.Request) -> web.StreamResponse:
         path = request.path         # a property: read once
@@ -119,6 +120,8 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
         exchange = Exchange(request_id, request.method, path)
         recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
         inflight[0] += recorded         # scrapes and admin calls are not traffic
+        if tracing.on and recorded:
+            exchange.trace = tracing.start(request.headers, request.method, path)
         status = CLIENT_CLOSED_REQUEST
         try:
             try:
@@ -140,6 +143,8 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
                 record = exchange.finish(status)
                 for observe in observers:
                     observe(record)
+                if exchange.trace is not None:
+                    exchange.trace.finish(record)
 
     return gateway
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from truckllm.limits import Limiter
+from truckllm.observe.traces import Tracing
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
@@ -21,4 +22,5 @@ OBSERVERS = web.AppKey("observers", list[RecordObserver])
 ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive reloads
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
-LIMITER = web.AppKey("limiter", Limiter)           # rate windows, budgets, usage; survives reloads
+LIMITER = web.AppKey("limiter", Limiter)
+TRACING = web.AppKey("tracing", Tracing)           # OpenTelemetry spans; off unless server.otel           # rate windows, budgets, usage; survives reloads

@@ -7,6 +7,7 @@ ids) and the reloader's lifetime as a cleanup context. No request handling here.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ from typing import TextIO
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
+from truckllm.observe.history import History
 from truckllm.observe.log import AccessLog, RequestLog, SecretRedactor, configure_logging
 from truckllm.observe.metrics import Metrics
+from truckllm.observe.traces import Tracing
 from truckllm.observe.upstream_stats import UpstreamStats
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.transport import Transport
@@ -38,6 +41,8 @@ class Ops:
     started_with: LoadedConfig      # listener settings come from here until a restart
     started_at: float
     access_log: AccessLog = field(default_factory=AccessLog)
+    history: History = field(default_factory=History)     # the console's charts
+    tracing: Tracing = field(default_factory=Tracing)     # follows server.otel
     log_stream: TextIO | None = None    # where log lines go; None: stderr
     _observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
@@ -45,7 +50,7 @@ class Ops:
         """What every finished request's record is given to. Always the same list, kept
         current in place: a resize of the request log replaces its `add` (see RequestLog)."""
         self._observers[:] = [self.access_log.write, self.metrics.observe, self.request_log.add,
-                              self.upstream.observe]
+                              self.upstream.observe, self.history.observe]
         return self._observers
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
@@ -74,8 +79,10 @@ def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> 
         ops.upstream.retain((p.id, k.id) for p in new.config.providers for k in p.keys)
         if result.changes is not None and set(_LOG_SETTINGS) & set(result.changes.server):
             ops.configure_logging()
+        ops.tracing.configure(new.config.server.otel)
 
     reloader.on_applied = (applied,)
+    ops.tracing.configure(loaded.config.server.otel)
     return ops
 
 
@@ -90,3 +97,4 @@ async def run_reloader(ops: Ops) -> AsyncIterator[None]:
         yield
     finally:
         await ops.reloader.stop()
+        await asyncio.to_thread(ops.tracing.shutdown)     # flushes the last spans

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench stress lint clean
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
+
+# A bounded robustness run (about a minute, 127.0.0.1 only): soak, connection abuse and a
+# disconnect storm against the fake upstream; STRESS_ARGS="--write docs/reliability.md".
+stress: $(BIN)/.installed
+	$(BIN)/python -m bench.stress $(STRESS_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check truckllm tests bench

@@ -3,7 +3,9 @@
     GatewayError                      (status, type, code, param, message)
     ├── InvalidRequest                400 invalid_request_error
     │   ├── PayloadTooLarge           413 invalid_request_error
-    │   └── MethodNotAllowed          405 invalid_request_error
+    │   ├── MethodNotAllowed          405 invalid_request_error
+    │   ├── RequestTimeout            408 invalid_request_error  (the body came too slowly)
+    │   └── HeadersTooLarge           431 invalid_request_error
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error
     ├── NotFound                      404 not_found_error
@@ -76,6 +78,16 @@ class PayloadTooLarge(InvalidRequest):
 class MethodNotAllowed(InvalidRequest):
     status = 405
     code = "method_not_allowed"
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    code = "request_header_fields_too_large"
 
 
 class AuthenticationFailed(GatewayError):

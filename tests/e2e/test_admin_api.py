@@ -73,6 +73,10 @@ async def test_admin_auth(tmp_path: Path) -> None:
                 assert body["error"]["type"] == "authentication_error"
         async with gateway.http.get(gateway.root + "/admin/v1/status") as response:
             assert response.status == 401                           # no header at all
+        for header in ("x-api-key", "api-key"):                     # the admin API takes Bearer only
+            async with gateway.http.get(gateway.root + "/admin/v1/status",
+                                        headers={header: SERVE_ENV["ADMIN_KEY"]}) as response:
+                assert response.status == 401, header
         for route in ADMIN_GETS:
             code, _, _ = await gateway.admin("GET", route)
             assert code == 200, route
@@ -227,6 +231,14 @@ async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fa
         assert [e["model"] for e in body["logs"]] == ["demo"]
         code, body, _ = await gateway.admin("GET", "/admin/v1/logs?level=loud")
         assert code == 400 and body["error"]["param"] == "level"
+        for limit in ("²", "٣", "0", "-1", "x"):                   # digits, but not ASCII ones
+            code, body, _ = await gateway.admin("GET", f"/admin/v1/logs?limit={limit}")
+            assert code == 400 and body["error"]["param"] == "limit", limit
+        listing = client_for(gateway)
+        assert [m.id async for m in listing.models.list()] == ["demo", "gpt"]
+        await listing.close()
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs?limit=1")
+        assert body["logs"][0]["key_id"] == "team-a"               # GET /v1/models names its key
 
         _, text = await gateway.get("/metrics")
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -245,7 +257,8 @@ async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fa
         output = gateway.output()
         assert_no_secret(output, "the process output")
         access = [orjson.loads(line) for line in output.splitlines() if '"event":"request"' in line]
-        assert len(access) == 5
+        assert len(access) == 6                                     # five chats, one listing
+        assert access[-1]["path"] == "/v1/models" and access[-1]["key_id"] == "team-a"
         assert {"request_id", "key_id", "alias", "provider", "upstream_model", "status",
                 "latency_ms", "overhead_ms", "tokens", "attempts"} <= set(access[0])
 

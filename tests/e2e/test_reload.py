@@ -189,6 +189,41 @@ async def test_listener_changes_are_reported_as_needing_a_restart(tmp_path: Path
         assert (await gateway.status())["needs_restart"] == ["server.port"]
         assert "need a restart" in gateway.output()
 
+        # Back to the port it listens on: nothing needs a restart any more.
+        path.write_text(serve_config(port, aliases=("demo", "back"), watch=False))
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is True
+        assert body["needs_restart"] == []
+        assert (await gateway.status())["needs_restart"] == []
+        assert gateway.output().count("need a restart") == 1
+
+
+async def test_putting_the_file_back_after_a_failed_reload_clears_the_failure(
+        tmp_path: Path) -> None:
+    """The documented alert (last reload failed) goes green again once the file holds the
+    running config again, though nothing is reloaded."""
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    good = serve_config(port, watch=False)
+    path.write_text(good)
+    async with run_serve_process(path, port) as gateway:
+        path.write_text("version: 1\nproviders: []\n")
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code != 200 or body.get("ok") is False
+        _, text = await gateway.get("/metrics")
+        assert metric(text, "truckllm_config_last_reload_success") == 0
+        assert (await gateway.status())["last_reload"]["result"] == "error"
+
+        path.write_text(good)
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["unchanged"] is True and body["reloaded"] is False
+        _, text = await gateway.get("/metrics")
+        assert metric(text, "truckllm_config_last_reload_success") == 1
+        status = await gateway.status()
+        assert status["last_reload"]["result"] == "success"
+        assert status["last_reload"]["errors"] == []
+        assert status["config"]["version"] == 1
+
 
 ROUNDS = 50
 WORKERS = 6

@@ -4,7 +4,9 @@ started again; a corrupt state file gives a warning and a fresh start, never a r
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -91,6 +93,26 @@ async def test_a_crash_loses_at_most_the_last_interval(tmp_path: Path) -> None:
             await spend(url, "key-a")
         assert isinstance(refused.value.body, dict)
         assert refused.value.body["code"] == "budget_exceeded"
+
+
+async def test_temp_files_left_by_a_crash_mid_save_are_removed(tmp_path: Path) -> None:
+    """A process killed while writing the state file leaves its temp file behind; the
+    next save removes it (and never a temp file of a process still running)."""
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(port=port))
+    state_file = tmp_path / "gateway.state.json"
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await dead.wait()                                          # a pid that no longer runs
+    orphan = tmp_path / f".gateway.state.json.{dead.pid}.0badf00d.tmp"
+    orphan.write_text('{"half": ')
+    live = tmp_path / f".gateway.state.json.{os.getpid()}.0c0ffee0.tmp"
+    live.write_text('{"being written": ')
+    async with serving(config, port) as url:
+        await spend(url, "key-a")
+        await saved_spend(state_file, "team-a")
+        assert not orphan.exists()
+        assert live.exists()
 
 
 UPSTREAM_CONFIG = """\

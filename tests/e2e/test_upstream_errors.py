@@ -4,6 +4,8 @@ the client, never logged), error events in a stream, repeated failures cooling f
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 import structlog.testing
@@ -174,3 +176,39 @@ async def test_repeated_failures_cool_and_reopen_for_longer(fakes: tuple[OpenAIF
         status, headers, _ = await gw.raw_chat()
     assert (status, headers["Retry-After"]) == (503, "60")
     assert len(one.requests) == 5
+
+
+async def test_the_503_after_a_failure_says_what_the_failure_was(
+        fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    """Every candidate cooling because of failures: the 503 names the last failure rather
+    than a bare "overloaded", so the request after a failed one is no vaguer than it."""
+    one, two = fakes
+    config = one_key_each(two_providers(one.url, two.url, routing="  max_attempts: 1\n  breaker_failures: 1")).replace(
+        "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
+        "targets: [{provider: p1, model: m1}]")
+    one.script(Scripted(status=500, body={"error": {"message": "the model crashed", "type": "server_error"}}))
+    async with make_gateway(config, health_clock=FakeClock()) as gw:
+        status, _, body = await gw.raw_chat()
+        assert status == 502 and "the model crashed" in orjson.loads(body)["error"]["message"]
+        status, headers, body = await gw.raw_chat()               # breaker open: not called
+    error = orjson.loads(body)["error"]
+    assert (status, headers["x-truckllm-attempts"], error["type"]) == (503, "0", "overloaded_error")
+    assert "last failure" in error["message"] and "the model crashed" in error["message"]
+    assert len(one.requests) == 1
+
+
+async def test_overhead_excludes_the_wait_before_a_retry(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
+    """A 429 with `Retry-After: 1` makes the request wait a second for the key before its
+    second attempt: that wait is not TruckLLM's own time."""
+    one, two = fakes
+    config = one_key_each(two_providers(one.url, two.url)).replace(
+        "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
+        "targets: [{provider: p1, model: m1}]")
+    one.script(Scripted(status=429, headers={"Retry-After": "1"}))
+    async with make_gateway(config) as gw:
+        started = asyncio.get_running_loop().time()
+        status, headers, _ = await gw.raw_chat()
+        took_ms = (asyncio.get_running_loop().time() - started) * 1000
+    assert (status, headers["x-truckllm-attempts"]) == (200, "2")
+    assert took_ms >= 900                                         # the wait happened
+    assert float(headers["x-truckllm-overhead-ms"]) < took_ms / 2  # and is not overhead

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from truckllm.pipeline.sse import SSEDecoder, frame
+from truckllm.pipeline.sse import EventTooLarge, SSEDecoder, frame
 from truckllm.providers.base import SSEEvent
 
 STREAM = (b": keep-alive\n\n"
@@ -36,3 +36,22 @@ def test_bare_carriage_returns_and_a_missing_final_blank_line() -> None:
 
 def test_frame_round_trips() -> None:
     assert SSEDecoder().feed(frame(b'{"k":"v"}')) == [SSEEvent(None, b'{"k":"v"}')]
+
+
+def test_an_event_past_the_cap_raises_however_it_arrives() -> None:
+    for pieces in ([b"data: " + b"x" * 100], [b"data: ", b"x" * 50, b"x" * 50],
+                   [b": ping\r\n"] * 20, [b"data: a\n\ndata: " + b"y" * 100 + b"\n\n"]):
+        decoder = SSEDecoder(max_event_bytes=64)
+        with pytest.raises(EventTooLarge):
+            for piece in pieces:
+                decoder.feed(piece)
+
+
+def test_events_up_to_the_cap_pass_in_any_split() -> None:
+    data = STREAM * 50
+    for size in (1, 4, 9, 4096):
+        decoder = SSEDecoder(max_event_bytes=64)
+        events = []
+        for start in range(0, len(data), size):
+            events += decoder.feed(data[start:start + size])
+        assert events + decoder.flush() == EXPECTED * 50

@@ -9,7 +9,7 @@ from typing import Any
 from truckllm.config.schema import Config
 
 # Settings a running process cannot take over: its listening sockets are already bound.
-RESTART_SETTINGS = ("host", "port", "admin_listen")
+RESTART_SETTINGS = ("host", "port", "admin_listen", "keepalive_timeout_s", "max_connections")
 _ID_SECTIONS = ("server", "providers", "models", "keys")
 
 
@@ -53,9 +53,13 @@ class ConfigChanges:
         return parts
 
 
-def diff_configs(old: Config, new: Config) -> ConfigChanges:
+def diff_configs(old: Config, new: Config, started: Config | None = None) -> ConfigChanges:
+    """What `new` changes over `old`; what needs a restart is judged against `started`,
+    the config the process started with (by default `old`): a setting put back to what
+    the process runs with needs none."""
     server = tuple(name for name in type(new.server).model_fields
                    if getattr(old.server, name, None) != getattr(new.server, name, None))
+    running = (started or old).server
     return ConfigChanges(
         providers=_compare({p.id: p for p in old.providers}, {p.id: p for p in new.providers}),
         upstream_keys=_compare(_upstream_keys(old), _upstream_keys(new)),
@@ -64,7 +68,8 @@ def diff_configs(old: Config, new: Config) -> ConfigChanges:
         server=server,
         sections=tuple(name for name in type(new).model_fields
                        if name not in _ID_SECTIONS and getattr(old, name) != getattr(new, name)),
-        needs_restart=tuple(f"server.{name}" for name in RESTART_SETTINGS if name in server),
+        needs_restart=tuple(f"server.{name}" for name in RESTART_SETTINGS
+                            if getattr(running, name) != getattr(new.server, name)),
     )
 
 

@@ -6,6 +6,7 @@ asyncio.to_thread from async code. Knows nothing about what the files hold."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def write_atomic(path: Path, data: bytes, mode: int = PRIVATE_MODE) -> None:
     still running in an abandoned worker thread cannot mix with the next one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -33,6 +35,30 @@ def write_atomic(path: Path, data: bytes, mode: int = PRIVATE_MODE) -> None:
             os.unlink(temp)
         raise
     _fsync_directory(path.parent)
+
+
+def remove_orphan_temps(path: Path) -> None:
+    """Temp files of `path` left by a process that died mid-write (SIGKILL, power loss):
+    removed, so that crashes do not pile them up. Those of live processes (other workers
+    sharing the file, this one) are theirs to finish."""
+    with contextlib.suppress(OSError):
+        for temp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            pid = temp.name[len(path.name) + 2:].partition(".")[0]
+            if pid.isascii() and pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # it exists, under another user
+        return True
+    return True
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -28,6 +28,9 @@ class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
     max_body_mb: float = Field(32, gt=0, description="Largest request body accepted, in MiB; larger bodies get 413.")
+    body_timeout_s: float = Field(60, gt=0, description="Time allowed to receive a request's body once its headers have arrived; past it the request gets 408 and the connection is closed.")
+    keepalive_timeout_s: float = Field(75, gt=0, description="How long a client connection may stay open without a request: idle between requests, or still sending the headers of one. Applies at the next start.")
+    max_connections: int | None = Field(None, ge=1, description="Most client connections held at once on each listener; one more is answered 503 and closed. Absent: half the process's open-file limit. Applies at the next start.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     log_format: Literal["json", "console"] = Field("json", description="json: one JSON object per line; console: coloured, for humans.")
     shutdown_grace_s: float = Field(30, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests and streams may take to finish.")
@@ -50,7 +53,7 @@ class ServerConfig(Strict):
 def split_host_port(value: str) -> tuple[str, int]:
     """`127.0.0.1:8081`, `[::1]:8081` or `localhost:8081` -> (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
         raise ValueError("must be host:port, e.g. 127.0.0.1:8081")
     return host.removeprefix("[").removesuffix("]"), int(port)
 
@@ -71,6 +74,7 @@ class ProviderBase(Strict):
     idle_timeout_s: float = Field(60, gt=0, description="Longest silence allowed between two chunks of a stream once it has started; a stalled stream is ended with an error event and its upstream connection closed.")
     health_check_interval_s: float | None = Field(None, gt=0, description="When set, probe each key this often with a free request (`GET /models` or equivalent, never a completion); absent means health is judged from real traffic only.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent upstream on every request.")
+    max_event_mb: float = Field(8, gt=0, description="Largest single event of an upstream stream, in MiB (comment lines included); a larger one fails the attempt as an upstream error, so an event that never ends cannot hold memory without bound.")
 
 
 class OpenAIProvider(ProviderBase):

@@ -89,7 +89,9 @@ class _Counter:
         if isinstance(value, str):
             self.chars += len(value)
         elif isinstance(value, dict):
-            if value.get("type") in _MEDIA_PART_TYPES:
+            part_type = value.get("type")
+            # (A client's `type` may be any JSON value, a list say: only a string is looked up.)
+            if part_type.__class__ is str and part_type in _MEDIA_PART_TYPES:
                 self.tokens += MEDIA_PART_TOKENS
                 return
             for key, item in value.items():

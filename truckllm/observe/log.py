@@ -399,7 +399,7 @@ class LogQuery:
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> LogQuery:
         limit = params.get("limit", "100")
-        if not limit.isdigit() or int(limit) < 1:
+        if not (limit.isascii() and limit.isdigit()) or int(limit) < 1:     # not '²'
             raise InvalidRequest("limit must be a positive integer", param="limit")
         level = params.get("level")
         if level is not None and level not in LEVELS:

@@ -184,9 +184,13 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     while len(tried) < settings.max_attempts:
         candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
         if candidate is None or tried:      # nothing usable yet, or a retry: pause first
+            paused = time.perf_counter()
             candidate, waited = await _after_pause(candidate, candidates, tried, last, waited,
                                                    routing, usable, has_capacity, capacity_wait,
                                                    settings.wait_for_recovery_ms)
+            # Backing off or waiting for an upstream to recover is not TruckLLM's own time
+            # (x-truckllm-overhead-ms): it counts with the time spent on upstream.
+            exchange.upstream_s += time.perf_counter() - paused
             if candidate is None:
                 break
         tried.append(candidate)
@@ -210,8 +214,10 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             return await _fall_back(call, route, last, transport, exchange, routing, seen)
         if not is_retryable(last, settings.retry_on):
             break
-    raise final_error(last, earliest_recovery_s(candidates, routing.health, has_capacity,
-                                                capacity_wait))
+    recovery_s = earliest_recovery_s(candidates, routing.health, has_capacity, capacity_wait)
+    cause = None if last is not None else routing.health.last_failure(
+        (c.target.target_id, c.key_ref) for c in candidates)
+    raise final_error(last, recovery_s, cause)
 
 
 def _fall_back(call: Call, route: Route, overflow: Outcome, transport: Transport,
@@ -414,23 +420,28 @@ async def _send_ok(call: Call, provider: CompiledProvider, target: Target, key: 
 async def _open_stream(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
                        transport: Transport, exchange: Exchange, attempt: Attempt) -> StreamReply:
     started = time.perf_counter()
-    relay: StreamRelay | None = None
+    response: UpstreamResponse | None = None
+    # Read before the request is sent: nothing that fails after it may leave it running.
+    prompt_tokens = call.estimate.tokens
     try:
         async with _first_byte_deadline(provider):
             response = await _send_ok(call, provider, target, key, transport, exchange)
             translator = provider.spec_by_op[call.op].new_stream_translator(call.op, target, call.ctx)
-            relay = StreamRelay(response, translator, exchange, attempt, call.estimate.tokens,
-                                key.value)
+            relay = StreamRelay(response, translator, exchange, attempt, prompt_tokens,
+                                key.value, int(provider.config.max_event_mb * 1024 * 1024))
             first = await relay.first_output()
     except TimeoutError:
-        _abandon(relay)
+        _abandon(response)
         raise _AttemptFailed(timed_out("no first token before first_byte_timeout_s")) from None
     except errors.GatewayError as exc:          # an error event before any output
-        _abandon(relay)
+        _abandon(response)
         raise _AttemptFailed(event_outcome(exc, now_unix=time.time())) from None
     except TransportError as exc:
-        _abandon(relay)
+        _abandon(response)
         raise _AttemptFailed(transport_failed(exc.kind, str(exc))) from None
+    except BaseException:                       # the client left, or a bug: close upstream
+        _abandon(response)
+        raise
     finally:
         waited = time.perf_counter() - started
         exchange.upstream_s += waited
@@ -487,9 +498,9 @@ async def _read_error_body(response: UpstreamResponse) -> bytes:
         response.close()
 
 
-def _abandon(relay: StreamRelay | None) -> None:
-    if relay is not None:
-        relay.close_upstream()
+def _abandon(response: UpstreamResponse | None) -> None:
+    if response is not None:
+        response.close()
 
 
 def _status_outcome(provider: CompiledProvider, status: int, headers: Mapping[str, str],

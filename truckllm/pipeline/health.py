@@ -223,6 +223,16 @@ class Health:
         waits = [w for t, k in pairs if (w := self.seconds_until_available(t, k)) is not None]
         return min(waits) if waits else None
 
+    def last_failure(self, pairs: Iterable[tuple[TargetId, str | None]]) -> str | None:
+        """The most recent failure recorded for these (target, key) pairs, as its message
+        (never a secret: outcomes are masked before health sees them); None if none."""
+        stamped = [(state.last_error_at, state.last_error)
+                   for target, key_ref in pairs
+                   for state in (self._targets.get(target),
+                                 self._keys.get(key_ref) if key_ref is not None else None)
+                   if state is not None and state.last_error_at is not None]
+        return max(stamped)[1] if stamped else None
+
     def _key_ready_at(self, key_ref: str | None, now: float) -> float:
         state = self._keys.get(key_ref) if key_ref is not None else None
         if state is None:

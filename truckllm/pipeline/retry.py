@@ -113,7 +113,9 @@ def classify_response(status: int, headers: Mapping[str, str],
         retry_after = info.retry_after_s        # e.g. Gemini's RetryInfo in the body
     if retry_after is not None:
         retry_after = min(retry_after, MAX_RETRY_AFTER_S)
-    upstream_message = scrub(info.message) if info else f"upstream answered {status}"
+    if info is not None:
+        info = scrub_info(info)
+    upstream_message = info.message if info else f"upstream answered {status}"
     if status in (401, 403) or (info is not None and _names_bad_key(info)):
         # The client's key was fine; ours was not. Never repeat the upstream's words.
         return Outcome(ErrorClass.AUTH, f"upstream rejected the gateway's credentials ({status})",
@@ -257,21 +259,24 @@ def passthrough_error(outcome: Outcome) -> UpstreamStatus:
                           code=code, param=info.param if info else None)
 
 
-def final_error(last: Outcome | None, recovery_s: float | None) -> GatewayError:
+def final_error(last: Outcome | None, recovery_s: float | None,
+                cause: str | None = None) -> GatewayError:
     """The error for a request no attempt could serve.
 
     `last` is the last attempt's outcome (None when nothing could be tried), `recovery_s`
     the time until the earliest candidate recovers (0 when one is usable now, None when
     none will, e.g. every key was rejected). Client errors pass through; nothing tried, or
     the last try rate-limited, while candidates are cooling is 503 with Retry-After; a
-    timeout is 504; anything else is 502.
+    timeout is 504; anything else is 502. `cause`, when nothing was tried: the last
+    failure of these candidates (why they are cooling), said in the message.
     """
     if last is not None and last.error_class in (ErrorClass.CLIENT_ERROR, ErrorClass.CONTEXT_OVERFLOW):
         return passthrough_error(last)
     cooling = recovery_s is not None and (last is None or last.error_class is ErrorClass.RATE_LIMITED)
     if cooling and recovery_s is not None:
-        return Overloaded("every upstream for this model is cooling down or at its limit; "
-                          "retry after the time in Retry-After",
+        because = f" (last failure: {cause})" if last is None and cause else ""
+        return Overloaded("every upstream for this model is cooling down or at its limit"
+                          f"{because}; retry after the time in Retry-After",
                           code="overloaded", retry_after_s=max(recovery_s, 1.0))
     if last is None:
         return UpstreamFailed("no upstream can serve this model (every key was rejected)",
@@ -304,8 +309,34 @@ def without_secret(text: str, secret: str) -> str:
 
 
 def outcome_without_secret(outcome: Outcome, secret: str) -> Outcome:
+    """`outcome` with the key the attempt sent masked in its message and in every field of
+    the upstream's error (type, code and param are passed on to the client too)."""
     message = without_secret(outcome.message, secret)
-    return outcome if message == outcome.message else dataclasses.replace(outcome, message=message)
+    info = outcome.info and scrub_info(outcome.info, secret)
+    if message == outcome.message and info == outcome.info:
+        return outcome
+    return dataclasses.replace(outcome, message=message, info=info)
+
+
+def scrub_info(info: UpstreamErrorInfo, secret: str = "") -> UpstreamErrorInfo:
+    """Every text field of an upstream error made safe to show (see `scrub`), with
+    `secret`, the key the attempt sent, masked as well."""
+    def clean(text: str) -> str:
+        return without_secret(scrub(text), secret)
+
+    return dataclasses.replace(
+        info, type=clean(info.type), message=clean(info.message),
+        code=None if info.code is None else clean(info.code),
+        param=None if info.param is None else clean(info.param))
+
+
+def scrub_error(error: GatewayError, secret: str) -> None:
+    """An upstream's error event made safe to relay: every field a client sees is
+    scrubbed, with `secret`, the key the attempt sent, masked as well."""
+    info = scrub_info(UpstreamErrorInfo(error.status, error.type, error.message, error.code,
+                                        error.param), secret)
+    error.message, error.type, error.code, error.param = (info.message, info.type, info.code,
+                                                          info.param)
 
 
 def scrub(text: str) -> str:

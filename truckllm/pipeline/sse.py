@@ -3,6 +3,7 @@ clients. The only module that knows how events are framed. Pure, no I/O."""
 
 from __future__ import annotations
 
+from truckllm.errors import UpstreamFailed
 from truckllm.providers.base import SSEEvent
 
 DONE = b"data: [DONE]\n\n"
@@ -24,15 +25,23 @@ class SSEDecoder:
     Accepts `\\n`, `\\r\\n` and `\\r` line ends, skips comment lines (keep-alives), joins
     multi-line data, and keeps a partial event (or a lone trailing `\\r`) for the next chunk.
     Bytes stay bytes: payloads are handed on without decoding.
+
+    Linear in the bytes fed, however an event is cut: the partial event grows in place and
+    only new bytes are searched for its end. With `max_event_bytes`, a partial event (its
+    comment lines included) that grows past it raises `EventTooLarge`: an upstream that
+    never ends an event cannot make the gateway hold it without bound.
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_max", "_scanned")
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._buffer = bytearray()      # the partial event, its line ends made \n
+        self._scanned = 0               # no event end in _buffer before this index
+        self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if not self._buffer and chunk.endswith(b"\n\n"):
+        buffer = self._buffer
+        if not buffer and chunk.endswith(b"\n\n"):
             # The common read: one whole `data:` event of one line. Exactly two line ends
             # (each \n, \r or \r\n), the last at the end, are a line and a blank line: one
             # splitlines pass tells so and yields the line. (`match` rather than len():
@@ -40,17 +49,35 @@ class SSEDecoder:
             match chunk.splitlines():
                 case [line, b""] if line.startswith(b"data: "):
                     return [SSEEvent(None, line[6:])]
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
+        if buffer and buffer[-1] == 13:        # a \r held back: half of a \r\n, maybe
+            buffer.pop()
+            chunk = b"\r" + chunk
+        held = False
+        if b"\r" in chunk:
             # A trailing \r may be half of a \r\n split across chunks: wait for more.
-            held = buffer.endswith(b"\r")
+            held = chunk.endswith(b"\r")
             if held:
-                buffer = buffer[:-1]
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                chunk = chunk[:-1]
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer += chunk
+        end = buffer.rfind(b"\n\n", max(0, self._scanned - 1))
+        if end < 0:
+            self._scanned = len(buffer)
             if held:
-                buffer += b"\r"
-        *blocks, rest = buffer.split(b"\n\n")
-        self._buffer = rest
+                buffer.append(13)
+            if self._max is not None and len(buffer) > self._max:
+                self._buffer, self._scanned = bytearray(), 0
+                raise EventTooLarge(self._max)
+            return []
+        blocks = bytes(buffer[:end]).split(b"\n\n")
+        del buffer[:end + 2]
+        self._scanned = len(buffer)
+        if held:
+            buffer.append(13)
+        if self._max is not None and (len(buffer) > self._max
+                                      or any(len(block) > self._max for block in blocks)):
+            self._buffer, self._scanned = bytearray(), 0
+            raise EventTooLarge(self._max)
         events = []
         for block in blocks:
             event = _parse_lines(block.split(b"\n"))
@@ -60,9 +87,19 @@ class SSEDecoder:
 
     def flush(self) -> list[SSEEvent]:
         """The last event when the body ended without a blank line."""
-        block, self._buffer = self._buffer.rstrip(b"\r\n"), b""
-        event = _parse_lines(block.split(b"\n")) if block else None
+        block = bytes(self._buffer).rstrip(b"\r\n")
+        self._buffer, self._scanned = bytearray(), 0
+        event = _parse_lines(block.replace(b"\r", b"\n").split(b"\n")) if block else None
         return [event] if event is not None else []
+
+
+class EventTooLarge(UpstreamFailed):
+    """An upstream event grew past the decoder's `max_event_bytes`: an upstream failure
+    (the next attempt before the first byte, an error event after it)."""
+
+    def __init__(self, max_event_bytes: int) -> None:
+        super().__init__(f"upstream sent an SSE event larger than {max_event_bytes} bytes",
+                         code="upstream_event_too_large")
 
 
 def _parse_lines(lines: list[bytes]) -> SSEEvent | None:

@@ -20,9 +20,8 @@ from truckllm.pipeline.retry import (
     Outcome,
     event_outcome,
     failure_reason,
-    scrub,
+    scrub_error,
     transport_failed,
-    without_secret,
 )
 from truckllm.pipeline.sse import DONE, SSEDecoder, frame
 from truckllm.pipeline.transport import TransportError
@@ -38,10 +37,10 @@ class StreamRelay:
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
                  exchange: Exchange, attempt: Attempt, prompt_estimate: int = 0,
-                 key_value: str = "") -> None:
+                 key_value: str = "", max_event_bytes: int | None = None) -> None:
         self._response = response
         self._chunks = response.iter_chunks()
-        self._decoder = SSEDecoder()
+        self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
         self._exchange = exchange
         self._attempt = attempt
@@ -78,7 +77,7 @@ class StreamRelay:
                         raise self._pending
                 yield self._finish()
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
-            exc.message = without_secret(scrub(exc.message), self._key_value)
+            scrub_error(exc, self._key_value)
             self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
             yield frame(exc.to_json())

@@ -176,6 +176,7 @@ class Transport:
     def __init__(self) -> None:
         self._pools: dict[str, _Pool] = {}
         self._retired: list[aiohttp.ClientSession] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _pool(self, provider: CompiledProvider) -> _Pool:
         pool = self._pools.get(provider.id)
@@ -238,16 +239,34 @@ class Transport:
         return response.status, response.headers, body
 
     def retain(self, provider_ids: Iterable[str]) -> None:
-        """After a reload: keep sessions of providers that still exist."""
+        """After a reload: keep sessions of providers that still exist; close the others
+        once no request on them can still be running (see `_retire`)."""
         keep = set(provider_ids)
         for provider_id in [p for p in self._pools if p not in keep]:
-            self._retired.append(self._pools.pop(provider_id).session)
+            self._retire(self._pools.pop(provider_id))
+
+    def _retire(self, pool: _Pool) -> None:
+        """A vanished provider's session is closed after its `timeout_s`, the longest any
+        request on it (streams included) may take: requests in flight finish on it, and
+        its connections and connector do not stay open until shutdown."""
+        session = pool.session
+        self._retired.append(session)
+        loop = asyncio.get_running_loop()
+
+        def close() -> None:
+            if session in self._retired:
+                self._retired.remove(session)
+                task = loop.create_task(session.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+        loop.call_later(pool.timeout.total or 0, close)
 
     async def close(self) -> None:
         sessions = [*(pool.session for pool in self._pools.values()), *self._retired]
         self._pools.clear()
         self._retired.clear()
-        await asyncio.gather(*(s.close() for s in sessions))
+        await asyncio.gather(*(s.close() for s in sessions), *self._closing)
 
 
 def _send_failed(provider: CompiledProvider, exc: BaseException) -> TransportError:

@@ -28,6 +28,7 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.shared.chat_shapes import encode_float_embeddings
 from truckllm.providers.shared.media import PASS_THROUGH_OPERATIONS, media_request
+from truckllm.providers.shared.model_ids import path_segment
 from truckllm.providers.shared.tool_ids import with_short_tool_ids
 from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
@@ -58,7 +59,8 @@ def upstream_url(operation: str, target: Target) -> str:
     if target.base_url.endswith("/openai/v1"):
         return f"{target.base_url}/{path}"
     version = str(target.options.get("api_version") or DEFAULT_API_VERSION)
-    return f"{target.base_url}/openai/deployments/{target.model}/{path}?api-version={version}"
+    deployment = path_segment(target.model)
+    return f"{target.base_url}/openai/deployments/{deployment}/{path}?api-version={version}"
 
 
 def auth_headers(target: Target, key: str) -> dict[str, str]:

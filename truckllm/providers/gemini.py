@@ -49,6 +49,7 @@ from truckllm.providers.shared.chat_shapes import (
     estimate_tokens,
     kind_of,
 )
+from truckllm.providers.shared.model_ids import path_segment
 from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
     decode_json,
@@ -89,7 +90,7 @@ _STATUS_CODES = {"FAILED_PRECONDITION": "failed_precondition", "NOT_FOUND": "mod
 
 def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
                   ctx: CallContext) -> UpstreamRequest:
-    model_url = f"{target.base_url}/models/{target.model}"
+    model_url = f"{target.base_url}/models/{path_segment(target.model)}"
     if operation == "embeddings":
         url, payload = _embeddings_request(body, target, model_url)
         stream = False

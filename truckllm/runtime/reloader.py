@@ -89,6 +89,9 @@ class Reloader(Generic[S]):
     version: int = 1
     started_at: float = field(default_factory=time.time)
     last_result: ReloadResult | None = None
+    # The config the process started with: its listeners run with these settings until a
+    # restart, so what "needs restart" is judged against it. None: `loaded` at creation.
+    started_with: LoadedConfig | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _requested: asyncio.Event = field(default_factory=asyncio.Event)
     _pending_trigger: str = "sighup"
@@ -96,6 +99,10 @@ class Reloader(Generic[S]):
     _watcher: asyncio.Task[None] | None = None
     _retired: list[asyncio.Task[None]] = field(default_factory=list)   # cancelled watchers
     _log: Any = field(default_factory=lambda: structlog.get_logger("truckllm.reload"))
+
+    def __post_init__(self) -> None:
+        if self.started_with is None:
+            self.started_with = self.loaded
 
     # -- triggers ------------------------------------------------------------------
 
@@ -246,17 +253,28 @@ class Reloader(Generic[S]):
 
     async def _apply_raw(self, raw: bytes, trigger: str) -> ReloadResult:
         if raw == self.loaded.raw:
-            return ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
+            return self._unchanged(trigger)
         try:
             loaded, state = await asyncio.to_thread(self._build, raw)
         except ConfigError as exc:
             return self._failed(trigger, exc.issues)
         return self._swap(loaded, state, trigger)
 
+    def _unchanged(self, trigger: str) -> ReloadResult:
+        """The file holds the running config. After a failed reload that is news: the
+        file was put back, so the failure is over (status, metric and alert clear)."""
+        result = ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
+        if self.last_result is not None and not self.last_result.ok:
+            self._record(result)
+            self._log.info("config file matches the running config again", trigger=trigger,
+                           version=self.version)
+        return result
+
     def _swap(self, loaded: LoadedConfig, state: S, trigger: str) -> ReloadResult:
         if loaded.raw == self.loaded.raw:
-            return ReloadResult(trigger, True, False, self.version, self.loaded.sha256, time.time())
-        changes = diff_configs(self.loaded.config, loaded.config)
+            return self._unchanged(trigger)
+        started = self.started_with.config if self.started_with is not None else None
+        changes = diff_configs(self.loaded.config, loaded.config, started)
         self.holder.swap(state)
         self.loaded = loaded
         self.version += 1

@@ -25,6 +25,7 @@ from truckllm.pipeline.health import TargetId
 from truckllm.pipeline.router import Candidate, RouteTarget, fixed_plan
 from truckllm.providers import REGISTRY
 from truckllm.providers.base import ProviderSpec, Target
+from truckllm.providers.shared.model_ids import check_chosen_model
 
 _PROVIDER_COMMON_FIELDS = {"id", "type", "keys", "headers", "base_url", "timeout_s",
                            "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
@@ -122,6 +123,7 @@ class State:
         for prefix, route in self.wildcard_routes:
             if model.startswith(prefix) and len(model) > len(prefix):
                 suffix = model[len(prefix):]
+                check_chosen_model(model, suffix)
                 return route, tuple(replace(t, model=t.model.replace("*", suffix)) for t in route.targets)
         return None
 

@@ -15,13 +15,18 @@ from truckllm.runtime.state import ClientKey, State
 def presented_key(request: web.Request) -> str | None:
     """`Authorization: Bearer`, then `x-api-key`, then `api-key` (Azure-style SDKs)."""
     headers = request.headers
-    authorization = headers.get(hdrs.AUTHORIZATION)
+    return bearer_token(request) or headers.get("x-api-key") or headers.get("api-key") or None
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer <token>`, if the request has one."""
+    authorization = request.headers.get(hdrs.AUTHORIZATION)
     if authorization:
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if token and scheme.lower() == "bearer":
             return token
-    return headers.get("x-api-key") or headers.get("api-key") or None
+    return None
 
 
 def authenticate(request: web.Request, state: State) -> ClientKey | None:
@@ -59,7 +64,7 @@ def require_admin(request: web.Request, state: State) -> None:
     expected = secret.get_secret_value() if secret is not None else ""
     if not expected:
         raise NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
-    presented = presented_key(request) or ""
+    presented = bearer_token(request) or ""       # the admin API takes Bearer only
     if not hmac.compare_digest(_digest(presented), _digest(expected)):
         raise AuthenticationFailed(
             "Missing or incorrect admin key. Send 'Authorization: Bearer <server.admin_api_key>'.")

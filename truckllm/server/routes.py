@@ -56,9 +56,8 @@ class Relay:
         op, limiter = self.op, self.limiter
         state = self.holder.current                     # one snapshot for the whole request
         key = _authenticate(request, state, limiter, exchange)
-        if key is not None:
-            exchange.key_id = key.id
-        body = await self.read_body(request, state.config.server.max_body_mb)
+        server = state.config.server
+        body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
         model: str = body["model"]
         resolved = state.resolve(model)
@@ -142,6 +141,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
     if key is not None:
+        exchange.key_id = key.id
         sending = state.limits.sending_headers.get(key.id)    # most keys send none
         if sending is not None:
             exchange.ratelimit_headers = metering.ratelimit_headers(limiter, sending)
@@ -160,9 +160,14 @@ def _model_refused(model: str, resolved: object) -> errors.GatewayError:
 async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
     key = _authenticate(request, state, request.app[LIMITER], exchange)
-    data = [_model_entry(state, route.alias, route) for route in state.all_routes
-            if key is None or key.may_use(route.alias)]
-    return _json({"object": "list", "data": data})
+    usable = [route for route in state.all_routes if key is None or key.may_use(route.alias)]
+    # A wildcard alias is no model a client can send as it is: it is listed apart, by the
+    # prefix a model name is put after, so that no client picks `openai/*` as a model.
+    data = [_model_entry(state, route.alias, route) for route in usable
+            if not route.alias.endswith("*")]
+    wildcards = [{"prefix": route.alias[:-1], "owned_by": route.targets[0].provider_id}
+                 for route in usable if route.alias.endswith("*")]
+    return _json({"object": "list", "data": data, "wildcards": wildcards})
 
 
 async def get_model(request: web.Request, exchange: Exchange) -> web.Response:

@@ -14,9 +14,10 @@ import structlog
 from aiohttp import web
 
 from truckllm.config.loader import LoadedConfig
-from truckllm.config.schema import split_host_port
+from truckllm.config.schema import ServerConfig, split_host_port
 from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_admin_app, create_app
+from truckllm.server.connections import GatewaySite, handler_settings
 from truckllm.server.keys import INFLIGHT, OPS
 
 log = structlog.get_logger("truckllm")
@@ -58,17 +59,19 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
     # reloader until its worker starts.
     loop.add_signal_handler(signal.SIGHUP, ops.reloader.request_reload, "sighup")
     grace = state.config.server.shutdown_grace_s
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace, access_log=None)
+    server = state.config.server
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=grace,
+                           **handler_settings(server))
     runners = [runner]
     await runner.setup()
     try:
-        await _listen(runner, host, port)
+        await _listen(runner, host, port, server)
         admin_listen = state.config.server.admin_listen
         if admin_listen is not None:
-            admin_runner = web.AppRunner(create_admin_app(app), access_log=None)
+            admin_runner = web.AppRunner(create_admin_app(app), **handler_settings(server))
             runners.append(admin_runner)
             await admin_runner.setup()
-            await _listen(admin_runner, *split_host_port(admin_listen))
+            await _listen(admin_runner, *split_host_port(admin_listen), server)
             log.info("admin_listening", url=f"http://{admin_listen}")
         tune_gc()                           # once serving for sure: it is process-wide
         stop = asyncio.Event()
@@ -85,8 +88,8 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
     log.info("stopped")
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int) -> None:
-    site = web.TCPSite(runner, host, port)
+async def _listen(runner: web.AppRunner, host: str, port: int, server: ServerConfig) -> None:
+    site = GatewaySite(runner, host, port, server)
     try:
         await site.start()
     except OSError as exc:

@@ -3,16 +3,18 @@ TruckLLM reads. Every other field goes upstream untouched."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from truckllm.errors import InvalidRequest, PayloadTooLarge
+from truckllm.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from truckllm.providers.shared.media import MultipartField
 
 _MIB = 1024 * 1024
+_T = TypeVar("_T")
 _NUMBER = (int, float)
 
 # field -> (accepted types, required). None is accepted for optional fields, as OpenAI does.
@@ -66,7 +68,8 @@ _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a bo
                int: "an integer", float: "a number"}
 
 
-async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
+async def read_json(request: web.Request, max_body_mb: float,
+                    timeout_s: float | None = None) -> dict[str, Any]:
     limit = int(max_body_mb * _MIB)
     content = request.content
     if content.is_eof():
@@ -76,7 +79,7 @@ async def read_json(request: web.Request, max_body_mb: float) -> dict[str, Any]:
         if len(raw) > limit:
             raise _too_large(max_body_mb)
     else:
-        raw = await _read_body(request, limit, max_body_mb)
+        raw = await _within(_read_body(request, limit, max_body_mb), timeout_s)
     if not raw or raw.isspace():       # no stripped copy of the body to find out
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
@@ -106,10 +109,25 @@ def _check_depth(body: dict[str, Any]) -> None:
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
-async def read_multipart(request: web.Request, max_body_mb: float) -> dict[str, Any]:
+async def read_multipart(request: web.Request, max_body_mb: float,
+                         timeout_s: float | None = None) -> dict[str, Any]:
     """A multipart/form-data upload as {"model": ..., "fields": [MultipartField, ...]}."""
     if not request.content_type.startswith("multipart/form-data"):
         raise InvalidRequest("This endpoint takes a multipart/form-data upload.")
+    return await _within(_read_multipart(request, max_body_mb), timeout_s)
+
+
+async def _within(read: Awaitable[_T], timeout_s: float | None) -> _T:
+    """What `read` reads from the client, in `timeout_s` at most (`server.body_timeout_s`):
+    a body that trickles in, or a chunked one that never ends, is not held forever."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} s.") from None
+
+
+async def _read_multipart(request: web.Request, max_body_mb: float) -> dict[str, Any]:
     limit, size = int(max_body_mb * _MIB), 0
     fields: list[MultipartField] = []
     reader = await request.multipart()
@@ -164,8 +182,16 @@ def check_fields(op: str, body: dict[str, Any]) -> None:
         for message in messages:
             if message.__class__ is not dict or message.get("role").__class__ is not str:
                 _raise_message_error(messages, message)
+            if message.get("content").__class__ is list:
+                _check_parts(messages, message)
         if not messages:
             raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    elif op == "messages" or op == "count_tokens":
+        for message in body["messages"]:
+            if message.__class__ is dict and message.get("content").__class__ is list:
+                _check_parts(body["messages"], message)
+        if body.get("system").__class__ is list:
+            _check_part_list(body["system"], "system")
     elif op == "embeddings":
         if body.get("encoding_format") not in (None, "float", "base64"):
             raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
@@ -213,6 +239,22 @@ def _raise_first_field_error(op: str, body: dict[str, Any]) -> None:
         if value is not None and _out_of_bounds(value, (low, high)):
             allowed = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise InvalidRequest(f"'{name}' must be {allowed}; got {value}.", param=name)
+
+
+def _check_parts(messages: list[Any], message: dict[str, Any]) -> None:
+    """400 for a content part that is not an object with a string `type`: every reader
+    downstream (translators, the prompt estimate) relies on it."""
+    parts = message["content"]
+    if all(part.__class__ is dict and part.get("type").__class__ is str for part in parts):
+        return
+    _check_part_list(parts, f"messages[{messages.index(message)}].content")
+
+
+def _check_part_list(parts: list[Any], where: str) -> None:
+    for index, part in enumerate(parts):
+        if part.__class__ is not dict or part.get("type").__class__ is not str:
+            raise InvalidRequest(f"{where}[{index}] must be an object with a string 'type'.",
+                                 param=f"{where}[{index}]")
 
 
 def _out_of_bounds(value: Any, bounds: tuple[int, int | None]) -> bool:

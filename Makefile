@@ -4,12 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 
-.PHONY: run test bench stress lint clean
+.PHONY: run test bench stress lint dist clean
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The build tools (PyInstaller) and the optional packages the executable carries
+# (OpenTelemetry export) come from the `dist` extra, on top of whatever is installed.
+$(BIN)/.installed-dist: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dist]'
 	touch $@
 
 run: $(BIN)/.installed
@@ -30,5 +38,13 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check truckllm tests bench
 	$(BIN)/mypy truckllm
 
+# dist/truckllm (one executable file, no Python needed) and the wheel beside it.
+dist: $(BIN)/.installed-dist
+	rm -rf dist build/pyinstaller
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN \
+		--distpath dist --workpath build/pyinstaller packaging/truckllm.spec
+	ls -l dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache build dist .cache

@@ -41,9 +41,9 @@ from tests.fakes.anthropic_fake import AnthropicFake, make_anthropic_fake
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
 from tests.fakes.gemini_fake import GeminiFake, make_gemini_fake
 from tests.fakes.openai_fake import OpenAIFake
+from truckllm.clock import Clock
 from truckllm.config.loader import load_bytes, load_file
-from truckllm.limits import Clock, Limiter
-from truckllm.pipeline.health import Health
+from truckllm.limits import Limiter
 from truckllm.pipeline.router import Routing
 from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_app
@@ -234,20 +234,7 @@ def write_replacing(path: Path, text: str) -> None:
     os.replace(temp, path)
 
 
-# --- Clocks and waits ----------------------------------------------------------------
-
-class FakeClock:
-    """A monotonic clock moved by hand, so cooldowns and breakers are crossed without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 10_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+# --- Waits ----------------------------------------------------------------------
 
 async def wait_until(check: Callable[[], bool | Awaitable[bool]], what: str = "a condition",
                      limit_s: float = WAIT_LIMIT_S) -> None:
@@ -272,7 +259,7 @@ class Gateway:
     url: str
     root: str
     app: web.Application
-    clock: FakeClock | None = None      # the health clock, when the test drives it
+    clock: Clock | None = None          # the runtime-state clock, when the test drives it
     # SDK clients handed out, closed when the gateway stops: one left open is closed by
     # the garbage collector later, on a loop that is gone, and logs a traceback into
     # whichever test happens to be running then.
@@ -346,25 +333,22 @@ class Gateway:
 @asynccontextmanager
 async def make_gateway(config: Mapping[str, Any] | str, *, directory: Path | None = None,
                        clock: Clock | None = None, env: Mapping[str, str] | None = None,
-                       name: str = "config.yaml",
-                       health_clock: FakeClock | None = None) -> AsyncIterator[Gateway]:
+                       name: str = "config.yaml") -> AsyncIterator[Gateway]:
     """The app built from `config` (a dict or YAML text), served on a free port.
     `directory`: the config is written there as `name` and loaded from the file (what the
-    state file and admin writes sit beside); `clock`: the limits' clock; `health_clock`:
-    routing health runs on it instead of the real monotonic clock."""
+    state file and admin writes sit beside); `clock` (a ManualClock): the clock of runtime
+    state (limits, budgets, cooldowns, breakers), so a test moves time without sleeping."""
     if directory is not None:
         loaded = load_file(write_config(directory, config, name), env=dict(env or {}))
     else:
         raw = (config if isinstance(config, str) else yaml.safe_dump(dict(config))).encode()
         loaded = load_bytes(raw, "test.yaml", env or {})
     app = create_app(StateHolder(build_state(loaded, 1)), clock=clock)
-    if health_clock is not None:
-        app[ROUTING] = Routing(health=Health(clock=health_clock))
     # As `truckllm serve` runs it: a client that hangs up cancels its handler.
     server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
     await server.start_server()
     root = str(server.make_url("")).rstrip("/")
-    gateway = Gateway(root + "/v1", root, app, health_clock)
+    gateway = Gateway(root + "/v1", root, app, clock)
     try:
         yield gateway
     finally:

@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import orjson
+import pytest
+import yaml
 from click.testing import CliRunner
 from openai import OpenAI
 
@@ -50,11 +56,101 @@ def test_init_writes_a_config_that_validates_and_refuses_to_overwrite(tmp_path: 
     assert again.exit_code == 1 and "already exists" in again.output
 
 
-def test_keys_new_prints_a_key_and_its_hash() -> None:
-    output = CliRunner().invoke(main, ["keys", "new"]).output
-    key = output.split("key:")[1].split()[0]
-    digest = output.split("config:")[1].split()[0]
-    assert digest == "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+def test_keys_new_prints_the_key_once_and_an_entry_that_works(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["keys", "new", "--id", "team-a", "--models", "demo,other-*",
+                                       "--rpm", "60", "--tpm", "90000", "--budget-usd", "12.5"])
+    assert result.exit_code == 0, result.output
+    key = result.output.split("key: ")[1].split()[0]
+    assert result.output.count(key) == 1
+    entry = yaml.safe_load(result.output.split("in the config:")[1])
+    assert entry == [{"id": "team-a", "key": "sha256:" + hashlib.sha256(key.encode()).hexdigest(),
+                      "models": ["demo", "other-*"], "rpm": 60, "tpm": 90000, "budget_usd": 12.5}]
+    path = write_config(tmp_path, {**make_config(), "keys": entry})       # pasted as printed
+    assert CliRunner().invoke(main, ["validate", "-c", str(path)]).exit_code == 0
+    with make_serve_process(path) as served:
+        client = OpenAI(base_url=served.url, api_key=key, max_retries=0)
+        assert client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}]).choices
+
+
+def test_keys_new_without_options_and_with_a_bad_glob() -> None:
+    entry = yaml.safe_load(CliRunner().invoke(main, ["keys", "new"]).output.split("in the config:")[1])
+    assert list(entry[0]) == ["id", "key"] and entry[0]["id"].startswith("key-")
+    bad = CliRunner().invoke(main, ["keys", "new", "--models", "gpt-[4"])
+    assert bad.exit_code == 2 and "unclosed '['" in bad.output and "Traceback" not in bad.output
+
+
+COMMANDS = [[], ["serve"], ["validate"], ["init"], ["keys"], ["keys", "new"], ["import"], ["import", "litellm"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) or "truckllm" for c in COMMANDS])
+def test_dash_h_works_everywhere(command: list[str]) -> None:
+    short = CliRunner().invoke(main, [*command, "-h"])
+    assert short.exit_code == 0 and "Usage: " in short.output
+    assert short.output == CliRunner().invoke(main, [*command, "--help"]).output
+
+
+def test_the_config_defaults_to_truckllm_config(tmp_path: Path) -> None:
+    path = write_config(tmp_path, make_config())
+    result = CliRunner().invoke(main, ["validate"], env={"TRUCKLLM_CONFIG": str(path)})
+    assert result.exit_code == 0 and f"{path}: valid" in result.output
+    missing = CliRunner().invoke(main, ["validate"], env={"TRUCKLLM_CONFIG": None})
+    assert missing.exit_code == 2 and "TRUCKLLM_CONFIG" in missing.output
+
+
+def test_shell_completion_script_is_generated() -> None:
+    command = str(Path(sys.executable).parent / "truckllm")      # the installed console script
+    result = subprocess.run([command], env={**os.environ, "_TRUCKLLM_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0 and "_truckllm_completion" in result.stdout
+
+
+def test_validate_prints_every_problem_in_one_run(tmp_path: Path) -> None:
+    config = make_config()
+    config["server"] = {"log_fromat": "json", "port": "high"}
+    config["providers"].append({"id": "oa", "type": "openai", "keys": [{"id": "k", "value": "${TRUCKLLM_TEST_UNSET}"}]})
+    config["models"][0]["targets"][0]["provider"] = "dmeo"
+    path = write_config(tmp_path, config)
+    result = CliRunner().invoke(main, ["validate", "-c", str(path)])
+    assert result.exit_code == 1
+    assert "invalid config (4 problems)" in result.output
+    for fragment in ("server.log_fromat: unknown field (did you mean `log_format`?)", "server.port:",
+                     "environment variable TRUCKLLM_TEST_UNSET is not set",
+                     "unknown provider 'dmeo' (did you mean `demo`?)"):
+        assert fragment in result.output
+    assert all(line.startswith(f"  {path}:") for line in result.output.splitlines()[1:])
+
+
+def test_validate_warns_when_the_state_file_cannot_be_written(tmp_path: Path) -> None:
+    config = {**make_config(), "server": {"state_file": str(tmp_path / "nowhere" / "state.json")}}
+    result = CliRunner().invoke(main, ["validate", "-c", str(write_config(tmp_path, config))])
+    assert result.exit_code == 0 and "warning: the state file" in result.output
+    assert "does not exist" in result.output
+
+
+def test_validate_warns_about_a_directory_it_cannot_write(tmp_path: Path) -> None:
+    if os.getuid() == 0:                    # root writes anywhere but on a read-only mount
+        directory = Path("/proc/sys")
+        if os.access(directory, os.W_OK):
+            pytest.skip("no read-only directory on this machine")
+    else:
+        directory = tmp_path / "read-only"
+        directory.mkdir()
+        directory.chmod(0o555)
+    config = {**make_config(), "server": {"state_file": str(directory / "truckllm.state.json")}}
+    result = CliRunner().invoke(main, ["validate", "-c", str(write_config(tmp_path, config))])
+    assert result.exit_code == 0 and "not writable by this user" in result.output
+
+
+def test_validate_looks_where_systemd_puts_the_state(tmp_path: Path) -> None:
+    path = write_config(tmp_path, make_config())
+    state_directory = tmp_path / "var-lib-truckllm"
+    result = CliRunner().invoke(main, ["validate", "-c", str(path)],
+                                env={"STATE_DIRECTORY": str(state_directory)})
+    assert f"{state_directory}/config.state.json cannot be written" in result.output
+    state_directory.mkdir()
+    result = CliRunner().invoke(main, ["validate", "-c", str(path)],
+                                env={"STATE_DIRECTORY": str(state_directory)})
+    assert result.exit_code == 0 and "warning" not in result.output
 
 
 def test_serve_refuses_a_bad_config_and_an_unset_variable(tmp_path: Path) -> None:
@@ -140,3 +236,21 @@ def test_bytes_that_are_not_http_get_a_400_and_one_warning_line(tmp_path: Path) 
     log = served.output()
     assert "Traceback" not in log
     assert log.count("malformed HTTP request refused") == 2
+
+
+def test_the_startup_line_and_an_unchanged_sighup_each_say_so_in_one_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {**make_config(), "server": {"log_format": "json", "watch": False}})
+    with make_serve_process(path) as served:
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config unchanged" not in served.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        served.stop()
+    lines = [json.loads(line) for line in served.output().splitlines() if line.startswith("{")]
+    listening = [line for line in lines if line["event"] == "listening"]
+    assert len(listening) == 1
+    assert listening[0]["config"] == str(path)
+    assert listening[0]["state_file"] == str(tmp_path / "config.state.json")
+    assert listening[0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    unchanged = [line for line in lines if line["event"].startswith("config unchanged")]
+    assert len(unchanged) == 1 and unchanged[0]["trigger"] == "sighup"

@@ -1,3 +1,3 @@
 from truckllm.cli import main
 
-main()
+main(prog_name="truckllm")

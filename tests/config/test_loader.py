@@ -199,4 +199,73 @@ models: [{alias: m, targets: &t [{provider: a, model: x}]}, {alias: n, targets: 
 def test_a_list_as_a_mapping_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         load_bytes(b"version: 1\n? [a, b]\n: 1\n", "c.yaml", {})
-    assert caught.value.issues[0].message == "a key must be a plain value"
+    assert "a key must be a plain value" in [issue.message for issue in caught.value.issues]
+
+
+SEVEN_MISTAKES = """\
+version: 1
+server:
+  log_fromat: json
+  port: high
+providers:
+  - id: demo
+    type: mock
+  - id: oa
+    type: openai
+    keys: [{id: k, value: "${UNSET_OPENAI_KEY}"}]
+  - id: broken
+    type: azure
+models:
+  - alias: demo
+    targets: [{provider: dmeo, model: m}]
+  - alias: gpt
+    targets: [{provider: broken, model: gpt-4o}]
+    stratgy: fallback
+keys:
+  - {id: team, key: "${EMPTY_TEAM_KEY}"}
+"""
+
+
+def test_schema_cross_reference_and_environment_problems_come_in_one_run() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(SEVEN_MISTAKES.encode(), "config.yaml", {"EMPTY_TEAM_KEY": ""})
+    lines = [str(issue) for issue in raised.value.issues]
+    assert lines == [
+        "config.yaml:3:3 server.log_fromat: unknown field (did you mean `log_format`?)",
+        "config.yaml:4:9 server.port: Input should be a valid integer, unable to parse string as an integer",
+        "config.yaml:10:27 providers[1].keys[0].value: environment variable UNSET_OPENAI_KEY is not set",
+        "config.yaml:11:5 providers[2].base_url: required field is missing",
+        "config.yaml:11:5 providers[2].keys: required field is missing",
+        "config.yaml:15:26 models[0].targets[0].provider: unknown provider 'dmeo' (did you mean `demo`?)",
+        "config.yaml:18:5 models[1].stratgy: unknown field (did you mean `strategy`?)",
+        "config.yaml:20:21 keys[0].key: environment variable EMPTY_TEAM_KEY is set but empty; a key is needed here",
+    ]
+
+
+def test_a_variable_set_but_empty_is_an_error_only_where_a_key_is_needed() -> None:
+    source = BASE.replace("${OPENAI_KEY:-sk-default}", "${OPENAI_KEY}")
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(source.encode(), "config.yaml", {"OPENAI_KEY": ""})
+    assert [str(i) for i in raised.value.issues] == [
+        "config.yaml:7:27 providers[1].keys[0].value: environment variable OPENAI_KEY is set but empty; a key is needed here"]
+    # `${VAR:-}` says empty is fine, and an empty admin key turns the admin API off
+    allowed = BASE.replace("${OPENAI_KEY:-sk-default}", "${OPENAI_KEY:-}").replace(
+        "version: 1\n", "version: 1\nserver: {admin_api_key: '${ADMIN}'}\n")
+    load_bytes(allowed.encode(), "config.yaml", {"OPENAI_KEY": "", "ADMIN": ""})
+
+
+def test_a_far_miss_gets_no_suggestion() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(BASE.replace("version: 1\n", "version: 1\nzzz: 1\n").encode(), "config.yaml", {})
+    assert [i.message for i in raised.value.issues] == ["unknown field"]
+
+
+def test_near_misses_of_a_provider_type_and_an_alias_get_a_suggestion() -> None:
+    source = BASE.replace("type: openai", "type: opnai").replace(
+        "targets: [{provider: demo, model: m}]",
+        "targets: [{provider: demo, model: m}]\n    fallback_on_context_overflow: dem")
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(source.encode(), "config.yaml", {})
+    messages = [issue.message for issue in raised.value.issues]
+    assert any(m.startswith("unknown provider type 'opnai' (did you mean `openai`?)") for m in messages)
+    assert "unknown alias 'dem' (did you mean `demo`?)" in messages

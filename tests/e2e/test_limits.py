@@ -478,8 +478,8 @@ async def test_upstream_keys_at_their_limit_are_skipped_then_503(
         assert overloaded.value.body["type"] == "overloaded_error"
         assert overloaded.value.response.headers["retry-after"] == "60"
         assert len(fake.requests) == 2                          # no upstream 429 collected
-        assert gateway.limiter.upstream_report("up/k1")["requests"] == 1
-        assert gateway.limiter.upstream_report("up/k1")["tokens"] > 0
+        assert gateway.limiter.upstream.key("up/k1").usage.requests == 1
+        assert gateway.limiter.upstream.key("up/k1").usage.tokens > 0
 
 
 async def test_upstream_key_tpm_skips_a_key_the_prompt_does_not_fit(
@@ -496,9 +496,9 @@ async def test_upstream_key_tpm_skips_a_key_the_prompt_does_not_fit(
             await client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 8000}])
         assert overloaded.value.status_code == 503 and len(fake.requests) == 2
-        k2 = gateway.limiter.upstream_report("up/k2")
-        assert k2["requests"] == 2 and k2["tokens"] > 0
-        assert gateway.limiter.upstream_report("up/k1")["requests"] == 0
+        k2 = gateway.limiter.upstream.key("up/k2").usage
+        assert k2.requests == 2 and k2.tokens > 0
+        assert gateway.limiter.upstream.key("up/k1").usage.requests == 0
 
 
 async def test_a_reload_keeps_usage_of_surviving_keys_and_applies_new_limits(

@@ -15,12 +15,12 @@ from tests.fakes.failing_upstream import make_stalling_upstream
 from tests.fakes.openai_fake import OpenAIFake, Scripted
 from tests.harness import (
     MESSAGES,
-    FakeClock,
     keys_used,
     make_gateway,
     one_key_each,
     two_providers,
 )
+from truckllm.clock import ManualClock
 
 CONTEXT_TOO_LONG = {"error": {"message": "This model's maximum context length is 8192 tokens.",
                               "type": "invalid_request_error", "param": "messages",
@@ -30,7 +30,7 @@ CONTEXT_TOO_LONG = {"error": {"message": "This model's maximum context length is
 async def test_fallback_order_and_headers(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=500), Scripted(status=503))
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
         answer = raw.parse()
     assert answer.model == "chat"
@@ -67,7 +67,7 @@ routing: {{max_attempts: 3}}
 async def test_keys_rotate_by_weight(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url).replace("value: sk-one}", "value: sk-one, weight: 3}")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(8):
             await gw.chat()
     used = keys_used(one)
@@ -78,7 +78,7 @@ async def test_keys_rotate_by_weight(fakes: tuple[OpenAIFake, OpenAIFake]) -> No
 async def test_429_cools_the_key_and_the_next_key_answers(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=429, headers={"Retry-After": "20"}))
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
         first_key, second_key = keys_used(one)
         assert first_key != second_key and raw.headers["x-truckllm-attempts"] == "2"
@@ -97,7 +97,7 @@ async def test_all_cooling_gives_503_with_retry_after(fakes: tuple[OpenAIFake, O
     config = one_key_each(two_providers(one.url, two.url))
     one.script(Scripted(status=429, headers={"Retry-After": "40"}))
     two.script(Scripted(status=429, headers={"retry-after-ms": "25000"}))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         with pytest.raises(openai.APIStatusError) as first:
             await gw.chat()
         assert first.value.status_code == 503
@@ -120,7 +120,7 @@ async def test_short_retry_after_is_waited_for(fakes: tuple[OpenAIFake, OpenAIFa
     config = one_key_each(two_providers(one.url, two.url)).replace(
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         # The gateway's clock is a hand clock, so the "short" wait is 0 real seconds:
         # what matters is that the request is retried on the same key and answered.
         one.script(Scripted(status=429, headers={"retry-after-ms": "0"}))
@@ -149,7 +149,7 @@ async def test_upstream_401_disables_the_key_until_reload(fakes: tuple[OpenAIFak
     one, two = fakes
     config = two_providers(one.url, two.url)
     one.script(Scripted(status=401))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         answer = await gw.chat()
         assert answer.choices[0].message.content
         rejected, good = keys_used(one)
@@ -169,7 +169,7 @@ async def test_every_key_rejected_is_502_without_leaking_upstream_words(
                       "param": None, "code": "invalid_api_key"}}
     one.script(Scripted(status=401, body=leak))
     two.script(Scripted(status=403, body=leak))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         status, _, body = await gw.raw_chat()
     assert status == 502
     assert b"sk-one" not in body
@@ -180,7 +180,7 @@ async def test_breaker_opens_and_half_opens(fakes: tuple[OpenAIFake, OpenAIFake]
     one, two = fakes
     config = one_key_each(two_providers(one.url, two.url, routing="  breaker_failures: 3"))
     one.script(*(Scripted(status=500) for _ in range(3)))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(3):
             await gw.chat()                                  # p1 fails, p2 answers
         assert len(one.requests) == 3
@@ -198,7 +198,7 @@ async def test_4xx_passes_through_without_retry(fakes: tuple[OpenAIFake, OpenAIF
     bad = {"error": {"message": "Unsupported parameter: 'foo'", "type": "invalid_request_error",
                      "param": "foo", "code": "unsupported_parameter"}}
     one.script(Scripted(status=400, body=bad))
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         with pytest.raises(openai.BadRequestError) as caught:
             await gw.chat()
     assert caught.value.status_code == 400
@@ -212,7 +212,7 @@ async def test_context_overflow_goes_to_the_fallback_alias(fakes: tuple[OpenAIFa
     config = two_providers(one.url, two.url, alias_extra="    fallback_on_context_overflow: long",
                            more_models="  - alias: long\n    targets: [{provider: p2, model: m2-long}]")
     one.script(Scripted(status=400, body=CONTEXT_TOO_LONG))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
     assert raw.parse().model == "chat"
     assert raw.headers["x-truckllm-model"] == "m2-long"
@@ -223,7 +223,7 @@ async def test_context_overflow_without_fallback_goes_back_to_the_client(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=400, body=CONTEXT_TOO_LONG))
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         with pytest.raises(openai.BadRequestError) as caught:
             await gw.chat()
     assert caught.value.code == "context_length_exceeded"
@@ -236,7 +236,7 @@ async def test_hung_upstream_is_504(fakes: tuple[OpenAIFake, OpenAIFake]) -> Non
                                         provider_extra="    first_byte_timeout_s: 0.2"))
     one.script(Scripted(hang=True))
     two.script(Scripted(hang=True))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         with pytest.raises(openai.APIStatusError) as caught:
             await gw.chat()
         assert caught.value.status_code == 504
@@ -250,7 +250,7 @@ async def test_hung_first_target_falls_back(fakes: tuple[OpenAIFake, OpenAIFake]
     one, two = fakes
     config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.2")
     one.script(Scripted(hang=True))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         answer = await gw.chat()
     assert answer.choices[0].message.content
     assert len(two.requests) == 1
@@ -259,7 +259,7 @@ async def test_hung_first_target_falls_back(fakes: tuple[OpenAIFake, OpenAIFake]
 async def test_stream_failing_before_first_byte_is_retried(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=503))
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Fake reply to: hello"
@@ -269,7 +269,7 @@ async def test_stream_failing_before_first_byte_is_retried(fakes: tuple[OpenAIFa
 async def test_no_retry_after_the_first_byte(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(drop_after_chunks=2))
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         seen: list[str] = []
         with pytest.raises(openai.APIError):
@@ -289,7 +289,7 @@ async def test_stalled_stream_is_ended_cleanly(fakes: tuple[OpenAIFake, OpenAIFa
     _, two = fakes
     async with make_stalling_upstream(chunks_before_stall=2) as stalling:
         config = two_providers(stalling.url, two.url, provider_extra="    idle_timeout_s: 0.2")
-        async with make_gateway(config, health_clock=FakeClock()) as gw:
+        async with make_gateway(config, clock=ManualClock()) as gw:
             body = await gw.raw_stream()
             events = [e for e in body.split(b"\n\n") if e]
             assert events[-1] == b"data: [DONE]"
@@ -305,7 +305,7 @@ async def test_stalled_stream_is_ended_cleanly(fakes: tuple[OpenAIFake, OpenAIFa
 async def test_round_robin_through_the_api(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: round_robin")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(10):
             await gw.chat()
     assert (len(one.requests), len(two.requests)) == (5, 5)
@@ -316,7 +316,7 @@ async def test_least_busy_avoids_the_target_with_a_request_in_flight(
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: least_busy")
     one.script(Scripted(hang=True))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         stuck = asyncio.create_task(gw.chat())
         while not one.requests:                  # bounded by the fake's own hang limit
             await asyncio.sleep(0.005)
@@ -331,13 +331,14 @@ async def test_least_busy_avoids_the_target_with_a_request_in_flight(
 
 async def test_keys_at_their_own_limit_are_skipped(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
-    full: set[str] = {"p1/k1"}
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
-        gw.routing.has_capacity = lambda provider, key: f"{provider}/{key}" not in full
+    config = (two_providers(one.url, two.url)      # p1/k1 and p2/k1 full, p1/k2 after 3
+              .replace("{id: k1, value: sk-one}", "{id: k1, value: sk-one, rpm: 0}")
+              .replace("{id: k2, value: sk-two}", "{id: k2, value: sk-two, rpm: 3}")
+              .replace("{id: k1, value: sk-three}", "{id: k1, value: sk-three, rpm: 0}"))
+    async with make_gateway(config) as gw:
         for _ in range(3):
             await gw.chat()
         assert keys_used(one) == ["sk-two"] * 3
-        full |= {"p1/k2", "p2/k1"}
         status, headers, body = await gw.raw_chat()
     assert (status, headers["Retry-After"]) == (503, "1")
     assert orjson.loads(body)["error"]["type"] == "overloaded_error"
@@ -348,7 +349,7 @@ async def test_lowest_latency_prefers_the_faster_target(fakes: tuple[OpenAIFake,
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: lowest_latency")
     one.script(Scripted(delay_s=0.3))                        # p1 is slow when first measured
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(6):
             await gw.chat()
     assert (len(one.requests), len(two.requests)) == (1, 5)
@@ -359,7 +360,7 @@ async def test_admin_providers_shows_health(fakes: tuple[OpenAIFake, OpenAIFake]
     config = two_providers(one.url, two.url).replace(
         "version: 1\n", "version: 1\nserver: {admin_api_key: admin-secret-1}\n")
     one.script(Scripted(status=429, headers={"Retry-After": "20"}))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         await gw.chat()
         rejected = keys_used(one)[0]
         async with aiohttp.ClientSession() as session, session.get(

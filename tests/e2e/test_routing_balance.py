@@ -13,11 +13,11 @@ from openai import AsyncOpenAI
 from tests.fakes.openai_fake import OpenAIFake, Scripted
 from tests.harness import (
     MESSAGES,
-    FakeClock,
     keys_used,
     make_gateway,
     two_providers,
 )
+from truckllm.clock import ManualClock
 
 ADMIN = "admin-secret-routing"
 BATCH = 20
@@ -38,7 +38,7 @@ async def test_round_robin_spreads_evenly_over_hundreds_of_requests(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: round_robin")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         await many_chats(gw.client(), 300)
     assert (len(one.requests), len(two.requests)) == (150, 150)
 
@@ -49,7 +49,7 @@ async def test_weighted_targets_follow_their_weights_over_hundreds_of_requests(
     config = two_providers(one.url, two.url, alias_extra="    strategy: weighted").replace(
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1, weight: 3}, {provider: p2, model: m2, weight: 1}]")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         await many_chats(gw.client(), 400)
     # Smooth weighted round robin is exact over any whole cycle; allow 5 % for the batches.
     assert abs(len(one.requests) - 300) <= 20 and len(one.requests) + len(two.requests) == 400
@@ -58,7 +58,7 @@ async def test_weighted_targets_follow_their_weights_over_hundreds_of_requests(
 async def test_key_weights_hold_over_hundreds_of_requests(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url).replace("value: sk-one}", "value: sk-one, weight: 2}")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         await many_chats(gw.client(), 300)
     used = Counter(keys_used(one))
     assert abs(used["sk-one"] - 200) <= 15 and used["sk-one"] + used["sk-two"] == 300
@@ -68,7 +68,7 @@ async def test_zero_weight_key_only_serves_when_the_others_cannot(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url).replace("value: sk-two}", "value: sk-two, weight: 0}")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         await many_chats(gw.client(), 40)
         assert set(keys_used(one)) == {"sk-one"}
         one.script(Scripted(status=429, headers={"Retry-After": "30"}))
@@ -83,7 +83,7 @@ async def test_keys_rotate_when_an_alias_has_two_targets_on_one_provider(
     config = two_providers(one.url, two.url).replace(
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}, {provider: p1, model: m1-mini}]")
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(10):
             await gw.chat()
     assert models_used(one) == {"m1": 10}

@@ -15,11 +15,11 @@ import pytest
 from tests.fakes.openai_fake import OpenAIFake, Scripted
 from tests.harness import (
     MESSAGES,
-    FakeClock,
     make_gateway,
     one_key_each,
     two_providers,
 )
+from truckllm.clock import ManualClock
 
 
 @contextmanager
@@ -50,13 +50,13 @@ async def test_connect_timeout_moves_on_and_alone_is_502(fakes: tuple[OpenAIFake
     with unreachable_port() as port:
         config = one_key_each(two_providers(f"http://127.0.0.1:{port}/v1", two.url,
                                             provider_extra="    connect_timeout_s: 0.3"))
-        async with make_gateway(config, health_clock=FakeClock()) as gw:
+        async with make_gateway(config, clock=ManualClock()) as gw:
             raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
             assert raw.headers["x-truckllm-attempts"] == "2" and raw.headers["x-truckllm-provider"] == "p2"
             assert gw.routing.health.key_health("p1/k1").last_error is not None
         alone = config.replace("targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
                                "targets: [{provider: p1, model: m1}]")
-        async with make_gateway(alone, health_clock=FakeClock()) as gw:
+        async with make_gateway(alone, clock=ManualClock()) as gw:
             status, _, body = await gw.raw_chat()
     error = orjson.loads(body)["error"]
     assert (status, error["type"]) == (502, "upstream_error")
@@ -67,7 +67,7 @@ async def test_first_byte_timeout_of_a_stream_moves_on(fakes: tuple[OpenAIFake, 
     one, two = fakes
     config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.3")
     one.script(Scripted(chunk_delay_s=5))                    # headers at once, no token
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Fake reply to: hello"
@@ -82,7 +82,7 @@ async def test_total_timeout_bounds_a_plain_request(fakes: tuple[OpenAIFake, Ope
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
     one.script(Scripted(delay_s=5))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         with pytest.raises(openai.APIStatusError) as caught:
             await gw.chat()
         assert caught.value.status_code == 504
@@ -96,7 +96,7 @@ async def test_total_timeout_ends_a_flowing_stream_cleanly(fakes: tuple[OpenAIFa
     one, two = fakes
     config = two_providers(one.url, two.url, provider_extra="    timeout_s: 0.5\n    idle_timeout_s: 5")
     one.script(Scripted(chunk_delay_s=0.05, text=" ".join(["word"] * 60)))   # never idle, 3 s long
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         body = await gw.raw_stream()
         await asyncio.wait_for(one.requests[0].disconnected.wait(), 5)
     events = [e for e in body.split(b"\n\n") if e]

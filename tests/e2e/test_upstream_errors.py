@@ -13,11 +13,11 @@ import structlog.testing
 from tests.fakes.openai_fake import OpenAIFake, Scripted
 from tests.harness import (
     MESSAGES,
-    FakeClock,
     make_gateway,
     one_key_each,
     two_providers,
 )
+from truckllm.clock import ManualClock
 
 ADMIN = "admin-secret-routing"
 
@@ -27,7 +27,7 @@ async def test_overloaded_upstream_503_carries_retry_after(fakes: tuple[OpenAIFa
     config = one_key_each(two_providers(one.url, two.url, routing="  max_attempts: 2"))
     one.script(Scripted(status=503))
     two.script(Scripted(status=529, headers={"Retry-After": "7"}))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         status, headers, body = await gw.raw_chat()
     assert (status, headers["Retry-After"]) == (503, "7")
     assert orjson.loads(body)["error"]["type"] == "overloaded_error"
@@ -39,7 +39,7 @@ async def test_overloaded_upstreams_with_open_breakers_give_their_recovery_time(
     config = one_key_each(two_providers(one.url, two.url, routing="  breaker_failures: 1"))
     one.script(Scripted(status=503))
     two.script(Scripted(status=503))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         status, headers, _ = await gw.raw_chat()
         assert (status, headers["Retry-After"]) == (503, "30")   # both breakers open 30 s
         gw.clock.advance(10)
@@ -52,7 +52,7 @@ async def test_failure_after_the_first_byte_is_counted_in_metrics(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(drop_after_chunks=2))
-    async with make_gateway(one_key_each(two_providers(one.url, two.url)), health_clock=FakeClock()) as gw:
+    async with make_gateway(one_key_each(two_providers(one.url, two.url)), clock=ManualClock()) as gw:
         body = await gw.raw_stream()
         assert body.endswith(b"data: [DONE]\n\n") and b'"error"' in body
         metrics = await get_text(gw.url.removesuffix("/v1") + "/metrics")
@@ -74,7 +74,7 @@ async def test_absurd_retry_after_is_capped_and_the_admin_api_still_answers(
     config = two_providers(one.url, two.url).replace(
         "version: 1\n", f"version: 1\nserver: {{admin_api_key: {ADMIN}}}\n")
     one.script(Scripted(status=429, headers={"Retry-After": "1e300"}))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         answer = await gw.chat()                             # the other key answers
         assert answer.choices[0].message.content
         root = gw.url.removesuffix("/v1")
@@ -104,9 +104,9 @@ async def test_an_upstream_echoing_our_key_never_shows_it_to_the_client(
                       "param": None, "code": None}}
     one.script(*[Scripted(status=500, body=body)] * 3)
     two.script(*[Scripted(status=500, body=body)] * 3)
-    async with make_gateway(hex_key_config(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(hex_key_config(one.url, two.url), clock=ManualClock()) as gw:
         status, _, raw = await gw.raw_chat()
-        assert gw.routing.health.key_health("p1/k1").last_error == "internal: key *** broke"
+        assert gw.routing.health.key_health("p1/k1").last_error == "500"     # never the message
     assert status == 502 and HEX_KEY not in raw.decode()
     assert orjson.loads(raw)["error"]["message"] == "internal: key *** broke"
 
@@ -118,7 +118,7 @@ async def test_an_error_event_mid_stream_never_shows_our_key(fakes: tuple[OpenAI
     error = {"error": {"message": f"key {HEX_KEY} over quota, also sk-proj-abcdefghijkl",
                        "type": "server_error", "param": None, "code": None}}
     one.script(Scripted(chunks=[first, error], done=False))
-    async with make_gateway(hex_key_config(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(hex_key_config(one.url, two.url), clock=ManualClock()) as gw:
         body = await gw.raw_stream()
     assert b"Hi" in body and body.endswith(b"data: [DONE]\n\n")
     assert HEX_KEY.encode() not in body and b"sk-proj" not in body
@@ -131,7 +131,7 @@ async def test_an_openai_error_event_before_any_output_is_retried(
     error = {"error": {"message": "The server had an error while processing your request.",
                        "type": "server_error", "param": None, "code": None}}
     one.script(Scripted(chunks=[error], done=False))
-    async with make_gateway(two_providers(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert gw.routing.health.target_status(("p1", "m1")) == "degraded"
@@ -145,7 +145,7 @@ async def test_a_rejected_key_is_logged_loudly_without_its_value(
     leak = {"error": {"message": f"Incorrect API key provided: {HEX_KEY}", "type": "invalid_request_error",
                       "param": None, "code": "invalid_api_key"}}
     one.script(Scripted(status=401, body=leak))
-    async with make_gateway(hex_key_config(one.url, two.url), health_clock=FakeClock()) as gw:
+    async with make_gateway(hex_key_config(one.url, two.url), clock=ManualClock()) as gw:
         with structlog.testing.capture_logs() as logs:
             answer = await gw.chat()
     assert answer.choices[0].message.content                 # p2 answered
@@ -161,7 +161,7 @@ async def test_repeated_failures_cool_and_reopen_for_longer(fakes: tuple[OpenAIF
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
     one.script(Scripted(status=429), Scripted(status=429))   # no Retry-After: cooldown_s, doubled
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         assert (await gw.raw_chat())[1]["Retry-After"] == "30"
         gw.clock.advance(31)
         assert (await gw.raw_chat())[1]["Retry-After"] == "60"
@@ -187,7 +187,7 @@ async def test_the_503_after_a_failure_says_what_the_failure_was(
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
     one.script(Scripted(status=500, body={"error": {"message": "the model crashed", "type": "server_error"}}))
-    async with make_gateway(config, health_clock=FakeClock()) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         status, _, body = await gw.raw_chat()
         assert status == 502 and "the model crashed" in orjson.loads(body)["error"]["message"]
         status, headers, body = await gw.raw_chat()               # breaker open: not called

@@ -31,12 +31,12 @@ POLICY = LimitsPolicy(
 )
 
 
-def make_spending_limiter(spend: float) -> Limiter:
+async def make_spending_limiter(spend: float) -> Limiter:
     limiter = Limiter(ManualClock())
-    admission = limiter.admit(POLICY, "a", 10)
-    admission.settle(Usage(prompt_tokens=10, completion_tokens=5), spend)
-    admission.release()
-    limiter.upstream_acquire(POLICY, "openai/main", 10).settle(Usage(10, 5), spend)
+    admission = await limiter.admit(POLICY, "a", 10)
+    await admission.settle(Usage(prompt_tokens=10, completion_tokens=5), spend)
+    await admission.release()
+    await (await limiter.upstream_acquire(POLICY, "openai/main", 10)).settle(Usage(10, 5), spend)
     return limiter
 
 
@@ -44,6 +44,15 @@ def test_state_file_defaults_beside_the_config() -> None:
     assert state_file_path("/etc/truck/config.yaml", None) == Path("/etc/truck/config.state.json")
     assert state_file_path("/etc/truck/config.yaml", "run/s.json") == Path("/etc/truck/run/s.json")
     assert state_file_path("/etc/truck/config.yaml", "/var/s.json") == Path("/var/s.json")
+
+
+def test_the_state_file_goes_in_the_state_directory_systemd_gives() -> None:
+    env = {"STATE_DIRECTORY": "/var/lib/truckllm:/var/lib/other"}
+    config = "/etc/truckllm/config.yaml"
+    assert state_file_path(config, None, env) == Path("/var/lib/truckllm/config.state.json")
+    assert state_file_path(config, "s.json", env) == Path("/var/lib/truckllm/s.json")
+    assert state_file_path(config, "/srv/s.json", env) == Path("/srv/s.json")
+    assert state_file_path(config, None, {}) == Path("/etc/truckllm/config.state.json")
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -57,27 +66,27 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> No
 
 async def test_spend_round_trips_through_the_file(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
-    write_atomic(path, encode_state(make_spending_limiter(1.5)))
+    write_atomic(path, encode_state(await make_spending_limiter(1.5)))
     saved = orjson.loads(path.read_bytes())
     assert saved["version"] == 1 and "saved_at" in saved
     restarted = Limiter(ManualClock())
     assert await load_state(restarted, path) is True
     with pytest.raises(BudgetExceeded):
-        restarted.admit(POLICY, "a", 10)
-    report = restarted.key_report(POLICY, "a")
+        await restarted.admit(POLICY, "a", 10)
+    report = await restarted.key_report(POLICY, "a")
     assert report["spend_usd"] == 1.5 and report["tokens"] == 15 and report["requests"] == 1
-    assert restarted.upstream_report("openai/main")["spend_usd"] == 1.5
+    assert restarted.upstream.key("openai/main").usage.spend_usd == 1.5
 
 
 async def test_a_saved_period_that_has_ended_starts_fresh(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
-    write_atomic(path, encode_state(make_spending_limiter(1.5)))
+    write_atomic(path, encode_state(await make_spending_limiter(1.5)))
     clock = ManualClock()
     clock.advance(40 * 24 * 3600)                    # next month
     restarted = Limiter(clock)
     await load_state(restarted, path)
-    restarted.admit(POLICY, "a", 10).release()
-    report = restarted.key_report(POLICY, "a")
+    await (await restarted.admit(POLICY, "a", 10)).release()
+    report = await restarted.key_report(POLICY, "a")
     assert report["spend_usd"] == 0.0 and report["lifetime"]["spend_usd"] == 1.5
     assert report["period_start"] == period_start("monthly", clock.now()).isoformat().replace("+00:00", "Z")
 
@@ -107,24 +116,24 @@ async def test_corrupt_file_is_moved_aside_and_a_fresh_start(tmp_path: Path, con
     assert limiter.snapshot() == {"client_keys": {}, "upstream_keys": {}}
     assert not path.exists()
     assert (tmp_path / "s.json.corrupt").read_bytes() == content
-    limiter.admit(POLICY, "a", 1).release()              # and it serves
+    await (await limiter.admit(POLICY, "a", 1)).release()              # and it serves
 
 
 async def test_saver_loads_saves_periodically_only_on_change_and_on_exit(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
-    write_atomic(path, encode_state(make_spending_limiter(0.25)))
+    write_atomic(path, encode_state(await make_spending_limiter(0.25)))
     limiter = Limiter(ManualClock())
     async with StateSaver(limiter, path, interval_s=0.01) as saver:
-        assert limiter.key_report(POLICY, "a")["spend_usd"] == 0.25
+        assert (await limiter.key_report(POLICY, "a"))["spend_usd"] == 0.25
         assert await saver.save() is False                # nothing changed since the load
-        limiter.admit(POLICY, "a", 1).settle(Usage(1, 1), 0.5)
+        await (await limiter.admit(POLICY, "a", 1)).settle(Usage(1, 1), 0.5)
         for _ in range(200):                              # bounded: at most 2 s
             if orjson.loads(path.read_bytes())["client_keys"]["a"]["period"]["spend_usd"] == 0.75:
                 break
             await asyncio.sleep(0.01)
         saved = orjson.loads(path.read_bytes())
         assert saved["client_keys"]["a"]["period"]["spend_usd"] == 0.75
-        limiter.admit(POLICY, "a", 1).settle(Usage(1, 1), 0.125)
+        await (await limiter.admit(POLICY, "a", 1)).settle(Usage(1, 1), 0.125)
         saver.interval_s = 3600.0
     final = orjson.loads(path.read_bytes())
     assert final["client_keys"]["a"]["period"]["spend_usd"] == 0.875
@@ -142,7 +151,7 @@ async def test_saver_survives_an_unwritable_location(tmp_path: Path) -> None:
     limiter = Limiter(ManualClock())
     with capture_logs() as logs:
         async with StateSaver(limiter, path, interval_s=3600) as saver:
-            limiter.admit(POLICY, "a", 1).settle(Usage(), 0.1)
+            await (await limiter.admit(POLICY, "a", 1)).settle(Usage(), 0.1)
             assert await saver.save() is False
     assert not path.exists()
     assert "state_file_write_failed" in [e["event"] for e in logs]

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from truckllm.limits import LimitScope
 from truckllm.observe.metrics import Metrics, PlainCounter, PlainHistogram
 from truckllm.pipeline.record import RequestRecord, UpstreamFailure
 from truckllm.usage import Usage
@@ -96,10 +97,11 @@ def test_upstream_errors_and_rate_limits() -> None:
     metrics = make_metrics()
     metrics.count_upstream_error("openai", "main", "429")
     metrics.count_upstream_error("openai", "main", "429")
-    metrics.observe(make_record(status=429, error_reason="rate_limited:key_rpm", usage=None))
+    metrics.observe(make_record(status=429, error_reason="rate_limited:key", usage=None,
+                                limit_scope=LimitScope.KEY))
 
     assert value(metrics, "llm_upstream_errors_total", provider="openai", key="main", reason="429") == 2
-    assert value(metrics, "llm_rate_limited_total", key="team-a", scope="key_rpm") == 1
+    assert value(metrics, "llm_rate_limited_total", key="team-a", scope="key") == 1
 
 
 def test_inflight_gauge() -> None:

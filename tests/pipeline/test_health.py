@@ -3,8 +3,11 @@ A hand-driven clock replaces time, so nothing here sleeps."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from truckllm.clock import ManualClock
 from truckllm.pipeline.health import Health, HealthSettings, Status
 from truckllm.pipeline.retry import ErrorClass, Outcome, connect_failed, timed_out
 
@@ -12,26 +15,15 @@ TARGET = ("openai", "gpt-4o")
 KEY = "openai/main"
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(datetime.fromtimestamp(5_000_000.0, UTC))
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def health(clock: FakeClock) -> Health:
+def health(clock: ManualClock) -> Health:
     settings = HealthSettings(cooldown_s=30, breaker_failures=3, breaker_window_s=60)
-    return Health(settings, clock=clock, wall_clock=lambda: 5_000_000.0 + clock.now)
+    return Health(settings, clock=clock)
 
 
 def rate_limited(retry_after_s: float | None = None) -> Outcome:
@@ -60,17 +52,17 @@ def test_unknown_ids_are_available_and_healthy(health: Health) -> None:
     assert health.available(TARGET, KEY)
     assert health.key_health(KEY).status is Status.HEALTHY
     assert health.provider_status("openai", [KEY]) is Status.HEALTHY
-    assert health.earliest_recovery_s([(TARGET, KEY)]) == 0
+    assert health.seconds_until_available(TARGET, KEY) == 0
 
 
-def test_429_with_retry_after_cools_the_key_for_that_long(health: Health, clock: FakeClock) -> None:
+def test_429_with_retry_after_cools_the_key_for_that_long(health: Health, clock: ManualClock) -> None:
     fail(health, rate_limited(retry_after_s=12))
     assert not health.key_available(KEY)
     assert health.target_available(TARGET)          # the target itself is fine
     assert health.seconds_until_available(TARGET, KEY) == pytest.approx(12)
     view = health.key_health(KEY)
     assert view.status is Status.DOWN
-    assert view.cooldown_until == pytest.approx(5_000_000.0 + clock.now + 12)
+    assert view.cooldown_until == pytest.approx(clock.wall() + 12)
     clock.advance(11.9)
     assert not health.key_available(KEY)
     clock.advance(0.2)
@@ -78,7 +70,7 @@ def test_429_with_retry_after_cools_the_key_for_that_long(health: Health, clock:
     assert health.key_health(KEY).cooldown_until is None
 
 
-def test_429_without_retry_after_uses_cooldown_and_repeats_extend_it(health: Health, clock: FakeClock) -> None:
+def test_429_without_retry_after_uses_cooldown_and_repeats_extend_it(health: Health, clock: ManualClock) -> None:
     fail(health, rate_limited())
     assert health.seconds_until_available(TARGET, KEY) == pytest.approx(30)
     clock.advance(30)
@@ -94,7 +86,7 @@ def test_429_without_retry_after_uses_cooldown_and_repeats_extend_it(health: Hea
     assert health.seconds_until_available(TARGET, KEY) == pytest.approx(30)
 
 
-def test_cooldown_is_capped(health: Health, clock: FakeClock) -> None:
+def test_cooldown_is_capped(health: Health, clock: ManualClock) -> None:
     for _ in range(12):
         fail(health, rate_limited())
         clock.advance(health.seconds_until_available(TARGET, KEY) or 0)
@@ -102,20 +94,20 @@ def test_cooldown_is_capped(health: Health, clock: FakeClock) -> None:
     assert health.seconds_until_available(TARGET, KEY) == pytest.approx(300)
 
 
-def test_upstream_401_disables_the_key_until_reload(health: Health, clock: FakeClock) -> None:
+def test_upstream_401_disables_the_key_until_reload(health: Health, clock: ManualClock) -> None:
     fail(health, Outcome(ErrorClass.AUTH, "rejected", 401))
     clock.advance(10_000)
     assert not health.key_available(KEY)
     view = health.key_health(KEY)
     assert view.disabled and view.status is Status.DOWN and view.cooldown_until is None
     assert health.seconds_until_available(TARGET, KEY) is None
-    assert health.earliest_recovery_s([(TARGET, KEY)]) is None
+    assert health.seconds_until_available(TARGET, KEY) is None
     assert health.provider_status("openai", [KEY]) is Status.DOWN
     health.prune([KEY], ["openai"])
     assert health.key_available(KEY)
 
 
-def test_breaker_opens_after_consecutive_failures_and_half_opens(health: Health, clock: FakeClock) -> None:
+def test_breaker_opens_after_consecutive_failures_and_half_opens(health: Health, clock: ManualClock) -> None:
     fail(health, server_error())
     fail(health, timed_out("first byte"))
     assert health.available(TARGET, KEY)
@@ -136,7 +128,7 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens(health: Health,
     assert health.target_status(TARGET) is Status.HEALTHY
 
 
-def test_failed_half_open_trial_reopens_for_longer(health: Health, clock: FakeClock) -> None:
+def test_failed_half_open_trial_reopens_for_longer(health: Health, clock: ManualClock) -> None:
     for _ in range(3):
         fail(health, server_error())
     clock.advance(30)
@@ -145,7 +137,7 @@ def test_failed_half_open_trial_reopens_for_longer(health: Health, clock: FakeCl
     assert health.seconds_until_available(TARGET, None) == pytest.approx(60)
 
 
-def test_cancelled_trial_frees_the_slot(health: Health, clock: FakeClock) -> None:
+def test_cancelled_trial_frees_the_slot(health: Health, clock: ManualClock) -> None:
     for _ in range(3):
         fail(health, server_error(), key=None)
     clock.advance(30)
@@ -155,7 +147,7 @@ def test_cancelled_trial_frees_the_slot(health: Health, clock: FakeClock) -> Non
     assert health.target_available(TARGET)
 
 
-def test_failures_outside_the_window_do_not_open(health: Health, clock: FakeClock) -> None:
+def test_failures_outside_the_window_do_not_open(health: Health, clock: ManualClock) -> None:
     fail(health, server_error())
     fail(health, server_error())
     clock.advance(61)
@@ -194,7 +186,7 @@ def test_in_flight_counts_until_end(health: Health) -> None:
     assert (view.requests, view.tokens) == (2, 40)
 
 
-def test_latency_estimate_blends_and_decays(health: Health, clock: FakeClock) -> None:
+def test_latency_estimate_blends_and_decays(health: Health, clock: ManualClock) -> None:
     assert health.latency_estimate(TARGET) is None
     succeed(health, ttft_s=1.0)
     assert health.latency_estimate(TARGET) == pytest.approx(1.0)
@@ -208,7 +200,9 @@ def test_earliest_recovery_across_candidates(health: Health) -> None:
     other = ("claude", "sonnet")
     fail(health, rate_limited(retry_after_s=20))
     fail(health, rate_limited(retry_after_s=5), target=other, key="claude/k1")
-    assert health.earliest_recovery_s([(TARGET, KEY), (other, "claude/k1")]) == pytest.approx(5)
+    waits = [health.seconds_until_available(TARGET, KEY),
+             health.seconds_until_available(other, "claude/k1")]
+    assert min(wait for wait in waits if wait is not None) == pytest.approx(5)
 
 
 def test_provider_status_from_keys(health: Health) -> None:
@@ -217,7 +211,7 @@ def test_provider_status_from_keys(health: Health) -> None:
     assert health.provider_status("openai", keys) is Status.DEGRADED
     fail(health, rate_limited(), key="openai/b")
     assert health.provider_status("openai", keys) is Status.DOWN
-    assert health.provider_last_error("openai", keys) == "slow down"
+    assert health.key_health("openai/b").last_error == "429"
 
 
 def test_prune_forgets_removed_ids_and_keeps_the_rest(health: Health) -> None:
@@ -237,7 +231,16 @@ def test_target_entries_stay_bounded(health: Health, monkeypatch: pytest.MonkeyP
     busy = health.begin(("p", "busy"), None)
     for index in range(20):
         succeed(health, target=("p", f"model-{index}"), key=None)
-    assert len(health._targets) <= 5
+    assert health.store.target_count() <= 5
     assert health.target_status(("p", "broken")) is Status.DEGRADED    # kept: it has failures
     assert health.in_flight(("p", "busy")) == 1                         # kept: in flight
     busy.end()
+
+
+def test_last_failure_is_the_latest_message_of_the_pairs(health: Health, clock: ManualClock) -> None:
+    assert health.last_failure([(TARGET, KEY)]) is None
+    fail(health, server_error())                          # on the target and the key
+    clock.advance(1)
+    fail(health, rate_limited(), target=("claude", "sonnet"), key="claude/k1")   # the key only
+    assert health.last_failure([(TARGET, KEY), (("claude", "sonnet"), "claude/k1")]) == "slow down"
+    assert health.last_failure([(TARGET, None), (("claude", "sonnet"), None)]) == "boom"

@@ -4,8 +4,10 @@ Health is real (driven by a hand clock); nothing sleeps."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import get_args
 
+from truckllm.clock import ManualClock
 from truckllm.config.schema import ModelConfig
 from truckllm.pipeline.health import Health
 from truckllm.pipeline.retry import ErrorClass, Outcome
@@ -13,30 +15,30 @@ from truckllm.pipeline.router import (
     STRATEGIES,
     Candidate,
     Cursors,
-    KeyOption,
     RouteTarget,
     Strategy,
     earliest_recovery_s,
-    is_usable,
     next_candidate,
     plan,
+    usability,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOption:
+    """An upstream key as the router sees it: an id and a weight."""
+
+    id: str
+    weight: float = 1.0
+
 
 A = RouteTarget("a", "model-a", keys=(KeyOption("k1"),))
 B = RouteTarget("b", "model-b", keys=(KeyOption("k1"),))
 C = RouteTarget("c", "model-c", keys=(KeyOption("k1"),))
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_health() -> tuple[Health, FakeClock]:
-    clock = FakeClock()
+def make_health() -> tuple[Health, ManualClock]:
+    clock = ManualClock()
     return Health(clock=clock), clock
 
 
@@ -144,7 +146,7 @@ def test_keys_cooling_disabled_or_at_capacity_are_skipped_then_listed_last() -> 
         return key_id not in at_capacity
 
     candidates = plan("x", "fallback", [target], Cursors(), health, has_capacity)
-    assert not any(is_usable(c, health, has_capacity) for c in candidates)
+    assert not any(usability(health, has_capacity)(c) for c in candidates)
     # k1 cools for 10 s; k3 frees up within a second; k2 never (until reload).
     assert earliest_recovery_s(candidates, health, has_capacity) == 1.0
     at_capacity.clear()

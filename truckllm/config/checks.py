@@ -1,16 +1,27 @@
-"""Checks that span sections of a shape-valid Config: references and uniqueness.
+"""Checks that span sections of a config: references and uniqueness.
 
-Returns (path, message) pairs; the loader attaches file positions.
+They run on `Parts`, the pieces of the file that passed the schema, so that a file with
+a schema error elsewhere still gets its references checked in the same run. Returns
+(path, message) pairs; the loader attaches file positions.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from truckllm.config.schema import Config, split_host_port
+from truckllm.config.schema import (
+    ClientKeyConfig,
+    Config,
+    ModelConfig,
+    ProviderConfig,
+    ServerConfig,
+    split_host_port,
+)
 
 PathTuple = tuple[str | int, ...]
 Problem = tuple[PathTuple, str]
@@ -23,33 +34,62 @@ _NOT_HEADER_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 _NOT_HEADER_TEXT_MESSAGE = "must be text without line breaks or control characters"
 
 
-def cross_check(config: Config) -> list[Problem]:
-    unsafe = list(_header_text(config))
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The sections and list items that passed the schema, each with its index in the
+    file. `provider_ids` and `aliases` hold every one written, valid or not, so that a
+    target naming an invalid provider is not also called unknown."""
+
+    server: ServerConfig | None
+    providers: list[tuple[int, ProviderConfig]]
+    models: list[tuple[int, ModelConfig]]
+    keys: list[tuple[int, ClientKeyConfig]]
+    provider_ids: frozenset[str]
+    aliases: frozenset[str]
+
+    @classmethod
+    def of(cls, config: Config) -> Parts:
+        return cls(config.server, list(enumerate(config.providers)), list(enumerate(config.models)),
+                   list(enumerate(config.keys or [])), frozenset(p.id for p in config.providers),
+                   frozenset(m.alias for m in config.models))
+
+
+def cross_check(parts: Parts | Config) -> list[Problem]:
+    if isinstance(parts, Config):
+        parts = Parts.of(parts)
+    problems = [*_providers(parts), *_models(parts)]
+    unsafe = list(_header_text(parts))
     if unsafe:
-        return unsafe           # the checks below hash these values
-    return [*_providers(config), *_models(config), *_client_keys(config), *_admin(config)]
+        return [*problems, *unsafe]       # the checks below hash these values
+    return [*problems, *_client_keys(parts), *_admin(parts)]
 
 
-def _header_text(config: Config) -> Iterator[Problem]:
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean `log_format`?)` for a near miss, else nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _header_text(parts: Parts) -> Iterator[Problem]:
     """Never echoes the value: most of these are secrets."""
-    admin = config.server.admin_api_key
+    admin = parts.server.admin_api_key if parts.server else None
     if admin is not None and _NOT_HEADER_TEXT.search(admin.get_secret_value()):
         yield ("server", "admin_api_key"), _NOT_HEADER_TEXT_MESSAGE
-    for i, provider in enumerate(config.providers):
+    for i, provider in parts.providers:
         for j, key in enumerate(provider.keys):
             if _NOT_HEADER_TEXT.search(key.value.get_secret_value()):
                 yield ("providers", i, "keys", j, "value"), _NOT_HEADER_TEXT_MESSAGE
         for name, value in provider.headers.items():
             if _NOT_HEADER_TEXT.search(name) or _NOT_HEADER_TEXT.search(value):
                 yield ("providers", i, "headers", name), _NOT_HEADER_TEXT_MESSAGE
-    for i, client in enumerate(config.keys or []):
+    for i, client in parts.keys:
         if _NOT_HEADER_TEXT.search(client.key.get_secret_value()):
             yield ("keys", i, "key"), _NOT_HEADER_TEXT_MESSAGE
 
 
-def _providers(config: Config) -> Iterator[Problem]:
+def _providers(parts: Parts) -> Iterator[Problem]:
     seen: set[str] = set()
-    for i, provider in enumerate(config.providers):
+    for i, provider in parts.providers:
         if provider.id in seen:
             yield ("providers", i, "id"), f"duplicate provider id {provider.id!r}"
         seen.add(provider.id)
@@ -60,11 +100,11 @@ def _providers(config: Config) -> Iterator[Problem]:
             key_ids.add(key.id)
 
 
-def _models(config: Config) -> Iterator[Problem]:
-    provider_ids = {p.id for p in config.providers}
+def _models(parts: Parts) -> Iterator[Problem]:
+    provider_ids = parts.provider_ids
     aliases: set[str] = set()
-    yield from _context_fallbacks(config)
-    for i, model in enumerate(config.models):
+    yield from _context_fallbacks(parts)
+    for i, model in parts.models:
         if model.alias in aliases:
             yield ("models", i, "alias"), f"duplicate alias {model.alias!r}"
         aliases.add(model.alias)
@@ -73,27 +113,29 @@ def _models(config: Config) -> Iterator[Problem]:
             yield ("models", i, "alias"), "a wildcard alias must end in '/*' (or be '*')"
         for j, target in enumerate(model.targets):
             if target.provider not in provider_ids:
-                yield ("models", i, "targets", j, "provider"), f"unknown provider {target.provider!r}"
+                yield (("models", i, "targets", j, "provider"), f"unknown provider "
+                       f"{target.provider!r}{did_you_mean(target.provider, provider_ids)}")
             if "*" in target.model and not wildcard:
                 yield ("models", i, "targets", j, "model"), "'*' is only allowed in the targets of a wildcard alias"
 
 
-def _context_fallbacks(config: Config) -> Iterator[Problem]:
-    aliases = {model.alias for model in config.models}
-    for i, model in enumerate(config.models):
+def _context_fallbacks(parts: Parts) -> Iterator[Problem]:
+    aliases = parts.aliases
+    for i, model in parts.models:
         fallback = model.fallback_on_context_overflow
         if fallback is None:
             continue
         if fallback == model.alias:
             yield ("models", i, "fallback_on_context_overflow"), "an alias cannot be its own context-overflow fallback"
         elif fallback not in aliases:
-            yield ("models", i, "fallback_on_context_overflow"), f"unknown alias {fallback!r}"
+            yield (("models", i, "fallback_on_context_overflow"),
+                   f"unknown alias {fallback!r}{did_you_mean(fallback, aliases)}")
 
 
-def _client_keys(config: Config) -> Iterator[Problem]:
+def _client_keys(parts: Parts) -> Iterator[Problem]:
     ids: set[str] = set()
     secrets: set[str] = set()
-    for i, key in enumerate(config.keys or []):
+    for i, key in parts.keys:
         if key.id in ids:
             yield ("keys", i, "id"), f"duplicate client key id {key.id!r}"
         ids.add(key.id)
@@ -109,10 +151,12 @@ def _client_keys(config: Config) -> Iterator[Problem]:
             yield ("keys", i, "budget_period"), "budget_period needs budget_usd"
 
 
-def _admin(config: Config) -> Iterator[Problem]:
-    server = config.server
+def _admin(parts: Parts) -> Iterator[Problem]:
+    server = parts.server
+    if server is None:
+        return
     admin = server.admin_api_key.get_secret_value() if server.admin_api_key else ""
-    if admin and any(_same_key(admin, key.key.get_secret_value()) for key in config.keys or []):
+    if admin and any(_same_key(admin, key.key.get_secret_value()) for _, key in parts.keys):
         yield ("server", "admin_api_key"), "the admin key must differ from every client key"
     if admin.startswith("sha256:"):
         yield ("server", "admin_api_key"), "give the admin key itself, not its sha256: form"

@@ -1,25 +1,34 @@
 """Config bytes -> YAML nodes -> ${VAR} resolution -> validated Config.
 
 Every problem found is collected (not just the first) as a ConfigIssue carrying its
-path (`models[2].targets[0].provider`) and, when it came from a file, `file:line:col`.
-No I/O except reading the file in `load_file`; the environment is passed in.
+path (`models[2].targets[0].provider`) and, when it came from a file, `file:line:col`:
+unset variables, schema errors and cross-references in one run, in file order. Only a
+YAML syntax error stops early. No I/O except reading the file in `load_file`; the
+environment is passed in.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from truckllm.config.checks import cross_check
-from truckllm.config.schema import Config
+from truckllm.config.checks import Parts, cross_check, did_you_mean
+from truckllm.config.schema import (
+    ClientKeyConfig,
+    Config,
+    ModelConfig,
+    ProviderConfig,
+    ServerConfig,
+)
 from truckllm.config.size import TOO_DEEP, TooLarge, check_node, check_text
 
 PathTuple = tuple[str | int, ...]
@@ -76,19 +85,97 @@ def load_bytes(raw: bytes, source: str, env: Mapping[str, str] | None = None) ->
     env = os.environ if env is None else env
     tree = _YamlTree(source)
     data = tree.parse(raw)
+    if data is None and tree.issues:
+        raise ConfigError(tree.issues)      # not YAML: nothing more can be read
     resolved = _resolve_env(data, (), env, tree)
-    if tree.issues:
-        raise ConfigError(tree.issues)
+    first = [*tree.issues, *_empty_secrets(resolved, tree)]
+    config: Config | None = None
     try:
         config = Config.model_validate(resolved)
+        parts = Parts.of(config)
+        later: list[ConfigIssue] = []
     except ValidationError as exc:
-        raise ConfigError([tree.issue(_error_path(err["loc"], resolved), _message(err),
-                                      at_key=err["type"] == "extra_forbidden")
-                           for err in exc.errors()]) from None
-    issues = [tree.issue(path, message) for path, message in cross_check(config)]
-    if issues:
-        raise ConfigError(issues)
+        later = [tree.issue(path, _message(err, path, resolved), at_key=err["type"] == "extra_forbidden")
+                 for err in exc.errors() for path in [_error_path(err["loc"], resolved)]]
+        parts = _valid_parts(resolved)
+    later += [tree.issue(path, message) for path, message in cross_check(parts)]
+    claimed = {issue.path for issue in first}   # an unset ${VAR} explains its value's errors
+    issues = [*first, *(issue for issue in later if issue.path not in claimed)]
+    if issues or config is None:
+        raise ConfigError(sorted(issues, key=_file_order))
     return LoadedConfig(config, source, raw, hashlib.sha256(raw).hexdigest(), tree.env_refs)
+
+
+def _file_order(issue: ConfigIssue) -> tuple[int, int]:
+    if issue.location is None:
+        return (0, 0)
+    _, line, column = issue.location.rsplit(":", 2)
+    return (int(line), int(column))
+
+
+@functools.cache
+def _adapters() -> tuple[TypeAdapter[Any], ...]:
+    return (TypeAdapter(ServerConfig), TypeAdapter(ProviderConfig), TypeAdapter(ModelConfig),
+            TypeAdapter(ClientKeyConfig))
+
+
+def _valid_parts(data: Any) -> Parts:
+    """The sections and list items that pass the schema on their own, for cross-checks
+    of a file that has schema errors elsewhere."""
+    data = data if isinstance(data, dict) else {}
+    server_adapter, provider_adapter, model_adapter, key_adapter = _adapters()
+
+    def valid(adapter: TypeAdapter[Any], value: Any) -> Any:
+        try:
+            return adapter.validate_python(value)
+        except ValidationError:
+            return None
+
+    def items(name: str, adapter: TypeAdapter[Any]) -> list[tuple[int, Any]]:
+        written = data.get(name)
+        if not isinstance(written, list):
+            return []
+        checked = ((i, valid(adapter, item)) for i, item in enumerate(written))
+        return [(i, item) for i, item in checked if item is not None]
+
+    def written(name: str, field_name: str) -> frozenset[str]:
+        entries = data.get(name)
+        return frozenset(entry[field_name] for entry in entries if isinstance(entry, dict)
+                         and isinstance(entry.get(field_name), str)) if isinstance(entries, list) else frozenset()
+
+    server = valid(server_adapter, data.get("server") or {})
+    return Parts(server, items("providers", provider_adapter), items("models", model_adapter),
+                 items("keys", key_adapter), written("providers", "id"), written("models", "alias"))
+
+
+def _empty_secrets(data: Any, tree: _YamlTree) -> Iterator[ConfigIssue]:
+    """A `${VAR}` set but empty where a key is needed: an upstream key of a real provider,
+    or a client key. `${VAR:-}` says empty is fine; an empty admin_api_key means "off"."""
+    for path, names in tree.set_but_empty.items():
+        if _value_at(data, path) == "" and _needs_secret(data, path):
+            yield tree.issue(path, f"environment variable {', '.join(names)} is set but empty; "
+                                   "a key is needed here")
+
+
+def _needs_secret(data: Any, path: PathTuple) -> bool:
+    match path:
+        case ("keys", int(), "key"):
+            return True
+        case ("providers", int(index), "keys", int(), "value"):
+            provider = _value_at(data, ("providers", index))
+            return isinstance(provider, dict) and provider.get("type") != "mock"
+    return False
+
+
+def _value_at(data: Any, path: PathTuple) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 class _YamlTree:
@@ -100,6 +187,7 @@ class _YamlTree:
         self.key_marks: dict[PathTuple, yaml.Mark] = {}    # where each mapping key starts
         self.issues: list[ConfigIssue] = []
         self.env_refs: dict[str, str] = {}
+        self.set_but_empty: dict[PathTuple, list[str]] = {}    # `${VAR}` (no default), VAR=""
         self._merged: dict[int, int] = {}     # id(mapping node) -> entries that came from `<<`
 
     def parse(self, raw: bytes) -> Any:
@@ -190,6 +278,8 @@ def _resolve_env(value: Any, path: PathTuple, env: Mapping[str, str], tree: _Yam
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
+            if env[name] == "" and default is None:
+                tree.set_but_empty.setdefault(path, []).append(name)
             return env[name]
         if default is not None:
             return default
@@ -224,11 +314,49 @@ _MESSAGES = {
 }
 
 
-def _message(err: Any) -> str:
+def _message(err: Any, path: PathTuple, data: Any) -> str:
     kind = err["type"]
+    if kind == "extra_forbidden" and path:
+        return f"unknown field{did_you_mean(str(path[-1]), _fields_at(path[:-1], data))}"
     if kind in _MESSAGES:
         return str(_MESSAGES[kind])
     if kind == "union_tag_invalid":
-        return f"unknown provider type {err['ctx']['tag']!r} (expected {err['ctx']['expected_tags']})"
+        tag, expected = str(err["ctx"]["tag"]), str(err["ctx"]["expected_tags"])
+        hint = did_you_mean(tag, re.findall(r"'([^']*)'", expected))
+        return f"unknown provider type {tag!r}{hint} (expected {expected})"
     message = str(err["msg"])
     return message.removeprefix("Value error, ")
+
+
+def _fields_at(path: PathTuple, data: Any) -> list[str]:
+    """The field names the schema allows at `path` (for "did you mean")."""
+    candidates: list[type[BaseModel]] = [Config]
+    node = data
+    for part in path:
+        if isinstance(part, str):
+            model = _pick(candidates, node)
+            info = model.model_fields.get(part) if model is not None else None
+            if info is None:
+                return []
+            candidates = _models_in(info.annotation)
+        node = _value_at(node, (part,))
+    model = _pick(candidates, node)
+    return list(model.model_fields) if model is not None else []
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _pick(candidates: list[type[BaseModel]], node: Any) -> type[BaseModel] | None:
+    """One model, or the member of a tagged union whose `type` the node names."""
+    if len(candidates) == 1:
+        return candidates[0]
+    kind = node.get("type") if isinstance(node, dict) else None
+    for model in candidates:
+        info = model.model_fields.get("type")
+        if info is not None and kind in get_args(info.annotation):
+            return model
+    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from truckllm.limits.clock import Clock
+from truckllm.clock import Clock
 
 BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -42,8 +42,8 @@ def period_end(period: BudgetPeriod, start: datetime) -> datetime | None:
 
 class PeriodStarts:
     """`period_start` of the current period, remembered per kind of period: within a
-    period the answer cannot change, so a request pays two datetime comparisons instead
-    of calendar arithmetic, and a `total` budget does not even read the clock. A time
+    period the answer cannot change, so it is not worked out again for every request (and
+    a `total` budget, which has one endless period, does not read the clock). A time
     outside the remembered period (the next one, or a clock set back) is worked out
     afresh, exactly as `period_start` would."""
 

@@ -16,9 +16,8 @@ PER_MTOK = 1_000_000
 
 
 class CostLine(TypedDict):
-    """One kind of token priced: already the shape logs and the admin API show, because
-    every priced request's access line renders its lines (a dict made once costs less
-    than a tuple made and then converted). Read-only by convention, like the record
+    """One kind of token priced, already in the shape logs and the admin API show, so
+    nothing converts it for each access line. Read-only by convention, like the record
     that carries it."""
 
     kind: str               # input | cache_read | cache_write | output
@@ -62,13 +61,13 @@ def cost_of(usage: Usage | None, pricing: PricingConfig | None) -> CostBreakdown
 def price(usage: Usage, prices: Prices) -> tuple[float, tuple[CostLine, ...]]:
     """The total and the lines of `cost_of`, for the hot path: `prices` compiled already.
 
-    Unrolled on purpose, kind by kind: it runs for every priced request, and a loop, a
-    helper call or `sum(map(...))` each cost more than the arithmetic. The total adds the
-    lines in order from int 0, exactly as `sum()` of them did.
+    Written out kind by kind because it runs for every priced request (see `cost_of` for
+    the plain form). The total adds the lines in order from int 0, exactly as `sum()` of
+    them would, so both give the same figure to the last digit.
     """
     input_rate, read_rate, write_rate, output_rate = prices
     prompt, completion = usage.prompt_tokens, usage.completion_tokens
-    # min() by hand: a builtin call costs more than the rest of this arithmetic
+    # cached tokens are part of the prompt: never more of them than the prompt has
     cache_read = usage.cache_read_tokens
     if prompt < cache_read:
         cache_read = prompt

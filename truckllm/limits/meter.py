@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
-from truckllm.limits.policy import RateLimits
 from truckllm.limits.window import SlidingWindow, WindowEntry
+
+if TYPE_CHECKING:       # the policy names upstream keys by truckllm.limits.upstream's ids
+    from truckllm.limits.estimate import PromptEstimate
+    from truckllm.limits.policy import RateLimits
+    from truckllm.usage import Usage
 
 WINDOW_S = 60.0
 CONCURRENCY_RETRY_S = 1.0     # a slot frees when some request ends, which we cannot predict
@@ -68,6 +72,23 @@ class RateMeter:
     def clear_windows(self) -> None:
         self.requests.clear()
         self.tokens.clear()
+
+
+# The token entries a request holds in tpm windows until its real usage replaces them;
+# () when no tpm applies.
+Held = tuple[tuple[SlidingWindow, WindowEntry], ...]
+
+
+def reserve(meter: RateMeter, rates: RateLimits, estimate: PromptEstimate, now: float) -> Held:
+    """Count one request in the windows of `rates` that are set (the caller knows some is)."""
+    entry = meter.reserve(rates, estimate, now)
+    return () if entry is None else ((meter.tokens, entry),)
+
+
+def reconcile(held: Held, usage: Usage, now: float) -> None:
+    """Replace what `held` reserved with the real total of `usage`."""
+    for window, entry in held:
+        window.reconcile(entry, usage.total_tokens, now)
 
 
 def _finite(seconds: float) -> float | None:

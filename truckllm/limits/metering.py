@@ -4,12 +4,9 @@ included, client disconnects included). The counting itself lives in truckllm.li
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from truckllm.limits import (
     NO_PROMPT,
@@ -19,27 +16,24 @@ from truckllm.limits import (
     PromptEstimate,
     RateLimitExceeded,
     UpstreamUse,
-    state_file_path,
 )
 from truckllm.limits.cost import price
-from truckllm.limits.persist import StateSaver
 from truckllm.pipeline.record import Exchange
 from truckllm.runtime.state import ClientKey, Route, State
-from truckllm.server.keys import LIMITER, STATE
 
 
-def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
-          exchange: Exchange) -> Admission:
+async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
+                exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
     policy = state.limits
     # The estimate is only read under a tpm or for a stream (`stream` is what makes the
     # handler stream): other requests carry none, rather than one never worked out.
     estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
     try:
-        return Admission(limiter, policy, key.id if key else None, estimate)
+        return await limiter.admit(policy, key.id if key else None, estimate)
     except RateLimitExceeded as refused:
-        # "rate_limited:<scope>" is what metrics count as llm_rate_limited_total{key,scope}
-        exchange.error_reason = f"rate_limited:{refused.scope}"
+        exchange.limit_scope = refused.scope        # metrics: llm_rate_limited_total{scope}
+        exchange.error_reason = f"rate_limited:{refused.scope.value}"     # the access log's
         raise
 
 
@@ -50,8 +44,8 @@ def ratelimit_headers(limiter: Limiter, key: KeyPolicy) -> Callable[[], dict[str
     return partial(limiter.key_headers, key)
 
 
-def settle(admission: Admission, exchange: Exchange, route: Route,
-           upstream_use: UpstreamUse | None) -> None:
+async def settle(admission: Admission, exchange: Exchange, route: Route,
+                 upstream_use: UpstreamUse | None) -> None:
     """Price the request's real usage, charge it to the client key and the upstream key,
     release the client key's concurrency slot."""
     usage = exchange.usage
@@ -63,22 +57,6 @@ def settle(admission: Admission, exchange: Exchange, route: Route,
                 cost_usd, exchange.cost_lines = price(usage, prices)   # lines: access line
                 exchange.cost_usd = cost_usd
     except BaseException:
-        admission.release()             # a bug in pricing must not keep the slot
+        await admission.release()       # a bug in pricing must not keep the slot
         raise
-    admission.end(usage, cost_usd, upstream_use)
-
-
-async def save_state(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: load the state file before serving, save it every few seconds while
-    usage changes, and once more after the last request has finished."""
-    loaded = app[STATE].current.loaded
-    configured = loaded.config.server.state_file
-    if configured is None and not _is_config_file(loaded.source):
-        yield                       # a config that came from no file: nowhere to put state
-        return
-    async with StateSaver(app[LIMITER], state_file_path(loaded.source, configured)):
-        yield
-
-
-def _is_config_file(source: str) -> bool:
-    return not source.startswith("<") and Path(source).is_file()
+    await admission.finish(usage, cost_usd, upstream_use)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,13 +26,19 @@ SAVE_INTERVAL_S = 5.0
 log = structlog.get_logger("truckllm.limits")
 
 
-def state_file_path(config_file: str | Path, state_file: str | None) -> Path:
-    """`server.state_file` resolved beside the config; default `<config stem>.state.json`."""
+def state_file_path(config_file: str | Path, state_file: str | None,
+                    env: Mapping[str, str] | None = None) -> Path:
+    """`server.state_file` resolved; default `<config stem>.state.json`. A relative path
+    is taken in `$STATE_DIRECTORY` when systemd sets it (the service's one writable
+    directory, the first when it lists several), else beside the config file."""
+    env = os.environ if env is None else env
     config_path = Path(config_file)
+    state_directory = env.get("STATE_DIRECTORY", "").split(":")[0]
+    base = Path(state_directory) if state_directory else config_path.parent
     if state_file is None:
-        return config_path.with_name(f"{config_path.stem}.state.json")
+        return base / f"{config_path.stem}.state.json"
     path = Path(state_file).expanduser()
-    return path if path.is_absolute() else config_path.parent / path
+    return path if path.is_absolute() else base / path
 
 
 def encode_state(limiter: Limiter) -> bytes:

@@ -2,8 +2,8 @@
 
 Pure: built from a validated Config, read by truckllm.limits.limiter. Holds no counters
 (those live in the Limiter and survive reloads); a reload just compiles a new policy.
-The derived flags (`windowed`, `limited`, `limits_upstream`) are worked out here once so
-a request for a key with nothing limited tests one attribute instead of six.
+The derived flags (`windowed`, `limited`, `limits_upstream`) are worked out here once, so
+that admitting a request of a key with nothing limited is one question, not six.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from truckllm.config.schema import Config, PricingConfig
 from truckllm.limits.budget import BudgetPeriod
 from truckllm.limits.cost import Prices, prices_of
+from truckllm.limits.upstream import upstream_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +87,6 @@ class LimitsPolicy:
     def key(self, key_id: str) -> KeyPolicy:
         found = self.keys.get(key_id)
         return found if found is not None else KeyPolicy(key_id)
-
-
-def upstream_ref(provider_id: str, key_id: str) -> str:
-    """The stable id of an upstream key: `provider/key`."""
-    return f"{provider_id}/{key_id}"
 
 
 def compile_policy(config: Config) -> LimitsPolicy:

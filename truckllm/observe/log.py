@@ -251,7 +251,7 @@ def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[st
     # One unpacking in RequestRecord's field order: cheaper than 18 attribute reads.
     (_, request_id, method, path, key_id, alias, provider_id, upstream_model, status, latency_s,
      overhead_s, ttft_s, usage, attempts, cost_usd, error_reason, stream, _, _, cost_lines,
-     usage_estimated) = record
+     usage_estimated, _) = record
     fields["request_id"] = request_id
     fields["method"] = method
     fields["path"] = path

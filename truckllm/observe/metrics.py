@@ -34,7 +34,6 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 
 UNKNOWN = ""            # label value for a model or key the config does not name
 UPSTREAM_STATUSES = ("healthy", "degraded", "down")
-RATE_LIMITED_PREFIX = "rate_limited:"   # RequestRecord.error_reason "rate_limited:<scope>"
 
 
 class AliasLabels:
@@ -250,7 +249,7 @@ class Metrics:
         # four fields and the config's aliases: the series they lead to are remembered per
         # combination until the aliases change (set_config).
         (_, _, _, _, key_id, alias, provider_id, _, status, latency_s, overhead_s, ttft_s, usage,
-         _, cost_usd, error_reason, _, _, failures, _, _) = record
+         _, cost_usd, _, _, _, failures, _, _, limit_scope) = record
         series = (self._series.get((provider_id, alias, status, key_id))
                   or self._request_series(provider_id, alias, status, key_id))
         series.requests[0] += 1.0
@@ -270,8 +269,8 @@ class Metrics:
             (series.cost or self._cost_series(series))[0] += cost_usd
         for failure in failures:
             self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
-        if error_reason is not None and error_reason.startswith(RATE_LIMITED_PREFIX):
-            self.count_rate_limited(key_id, error_reason.removeprefix(RATE_LIMITED_PREFIX))
+        if limit_scope is not None:
+            self.count_rate_limited(key_id, limit_scope.value)
         elif status == 429 and provider_id is None:   # refused before upstream
             self.count_rate_limited(key_id, "limit")
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import structlog
 
-from truckllm.pipeline.health import Health, key_ref
+from truckllm.limits.upstream import upstream_ref
+from truckllm.pipeline.health import Health
 from truckllm.pipeline.retry import ErrorClass, Outcome, classify_response, transport_failed
 from truckllm.pipeline.transport import Transport, TransportError
 from truckllm.providers.base import Target
@@ -89,7 +90,7 @@ async def _probe_key(provider: CompiledProvider, target: Target, key: UpstreamKe
         outcome = transport_failed(exc.kind, str(exc))
     except TimeoutError:
         outcome = transport_failed("timeout", "health check got no answer in time")
-    health.record_probe(key_ref(provider.id, key.id), outcome)
+    health.record_probe(upstream_ref(provider.id, key.id), outcome)
     if outcome is not None:
         fields = {"provider": provider.id, "key": key.id, "error_class": outcome.error_class.value,
                   "status": outcome.status, "detail": outcome.message}

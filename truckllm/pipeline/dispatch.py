@@ -22,7 +22,7 @@ import structlog
 
 from truckllm import errors
 from truckllm.limits import NO_PROMPT, Limiter, PromptEstimate, UpstreamUse, upstream_ref
-from truckllm.pipeline.health import Attempt, Health, HealthSettings, key_ref
+from truckllm.pipeline.health import Attempt, Health, HealthSettings
 from truckllm.pipeline.record import Exchange, TraceHook, UpstreamFailure
 from truckllm.pipeline.retry import (
     ErrorClass,
@@ -44,6 +44,7 @@ from truckllm.pipeline.router import (
     CapacityWait,
     HasCapacity,
     Routing,
+    always_has_capacity,
     cursor_names,
     earliest_recovery_s,
     next_candidate,
@@ -151,7 +152,7 @@ def adopt(routing: Routing, state: State) -> None:
     settings = state.config.routing
     routing.health.configure(HealthSettings(settings.cooldown_s, settings.breaker_failures,
                                             settings.breaker_window_s))
-    refs = {key_ref(p.id, k.id) for p in state.providers.values() for k in p.keys}
+    refs = {upstream_ref(p.id, k.id) for p in state.providers.values() for k in p.keys}
     routing.health.prune(refs, set(state.providers))
     routing.cursors.prune(cursor_names([r.alias for r in state.all_routes], set(state.providers)))
 
@@ -162,10 +163,10 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     """Attempts over the route's candidates; `seen`: the aliases this call has tried."""
     state = call.state
     settings = state.config.routing
-    if call.limiter is None or not state.limits.limits_upstream:
-        has_capacity, capacity_wait = routing.has_capacity, None    # no key has rpm/tpm
-    else:
-        has_capacity, capacity_wait = _capacity_checks(call, routing)
+    has_capacity: HasCapacity = always_has_capacity
+    capacity_wait: CapacityWait | None = None
+    if call.limiter is not None and state.limits.limits_upstream:   # some key has rpm/tpm
+        has_capacity, capacity_wait = _capacity_checks(call)
     choices = (route.choices.get(call.op, _NO_CHOICES) if targets is route.targets
                else route_choices(route.config, targets, state.providers, call.op))
     candidates: Sequence[Candidate] | None = choices.fixed
@@ -177,7 +178,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
     opener = _OPENERS[call.op in PASS_THROUGH_OPERATIONS, call.ctx.stream]
     health = routing.health
-    usable = routing.usable if has_capacity is routing.has_capacity else usability(health, has_capacity)
+    usable = routing.usable if has_capacity is always_has_capacity else usability(health, has_capacity)
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0
@@ -196,15 +197,18 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
         tried.append(candidate)
         # The attempt is awaited here, not in a helper coroutine: every coroutine layer
         # between the handler and aiohttp is paid again on each resume.
-        target, provider, key, attempt, use = _begin(call, choices, candidate, exchange, health)
+        target, provider, key, attempt = _begin(call, choices, candidate, exchange, health)
+        limiter = call.limiter
+        use = (None if limiter is None or key is _NO_KEY
+               else await limiter.upstream_acquire(state.limits, key.ref, call.estimate))
         try:
             reply = await opener(call, provider, target, key, transport, exchange, attempt)
         except _AttemptFailed as failed:
-            last = _attempt_failed(call, provider, target, key, attempt, use, exchange,
-                                   failed.outcome)
+            last = _attempt_failed(call, provider, target, key, attempt, exchange, failed.outcome)
+            await _settle_unknown(use)
         except BaseException:
             attempt.end()                   # cancelled (the client left) or a bug: free the slot
-            _settle_unknown(use)
+            await _settle_unknown(use)
             raise
         else:
             reply.upstream_use = use
@@ -261,17 +265,17 @@ async def _after_pause(candidate: Candidate | None, candidates: Sequence[Candida
     return candidate, waited
 
 
-def _capacity_checks(call: Call, routing: Routing) -> tuple[HasCapacity, CapacityWait | None]:
+def _capacity_checks(call: Call) -> tuple[HasCapacity, CapacityWait | None]:
     """Whether an upstream key is below its own rpm/tpm for this request, and how long
-    until it is: from the call's limiter (and `routing.has_capacity`), for a snapshot in
-    which some upstream key has an rpm or tpm."""
-    limiter, extra = call.limiter, routing.has_capacity
+    until it is: from the call's limiter, for a snapshot in which some upstream key has an
+    rpm or tpm."""
+    limiter = call.limiter
     assert limiter is not None
     policy, estimate = call.state.limits, call.estimate
 
     def has_capacity(provider_id: str, key_id: str) -> bool:
         ref = upstream_ref(provider_id, key_id)
-        return extra(provider_id, key_id) and limiter.upstream_has_capacity(policy, ref, estimate)
+        return limiter.upstream_has_capacity(policy, ref, estimate)
 
     def capacity_wait(provider_id: str, key_id: str) -> float | None:
         return limiter.upstream_wait_s(policy, upstream_ref(provider_id, key_id), estimate)
@@ -296,10 +300,9 @@ _Opener = Callable[[Call, CompiledProvider, Target, UpstreamKey, Transport, Exch
 
 
 def _begin(call: Call, choices: RouteChoices, candidate: Candidate, exchange: Exchange,
-           health: Health) -> tuple[Target, CompiledProvider, UpstreamKey, Attempt,
-                                    UpstreamUse | None]:
-    """An attempt starts: what the candidate stands for, and the request, health and the
-    upstream key's counters know it (one call per attempt: the hot path)."""
+           health: Health) -> tuple[Target, CompiledProvider, UpstreamKey, Attempt]:
+    """An attempt starts: what the candidate stands for, and the request and health know
+    it."""
     target_id = candidate.target.target_id
     target = choices.by_id[target_id]
     state = call.state
@@ -313,21 +316,16 @@ def _begin(call: Call, choices: RouteChoices, candidate: Candidate, exchange: Ex
         exchange.trace.attempt_began(call.op, provider.id, provider.config.type, target.model,
                                      key.id)
     attempt = health.begin(target_id, candidate.key_ref)
-    limiter = call.limiter
-    use = (None if limiter is None or key is _NO_KEY
-           else limiter.upstream_acquire(state.limits, key.ref, call.estimate))
-    return target, provider, key, attempt, use
+    return target, provider, key, attempt
 
 
 def _attempt_failed(call: Call, provider: CompiledProvider, target: Target, key: UpstreamKey,
-                    attempt: Attempt, use: UpstreamUse | None, exchange: Exchange,
-                    outcome: Outcome) -> Outcome:
-    """An attempt failed before anything reached the client: health, the key's counters,
-    the request's list of failures and the log learn it. Returns it without the key."""
+                    attempt: Attempt, exchange: Exchange, outcome: Outcome) -> Outcome:
+    """An attempt failed before anything reached the client: health, the request's list of
+    failures and the log learn it. Returns it without the key."""
     outcome = outcome_without_secret(outcome, key.value)
     attempt.failed(outcome)
     attempt.end()
-    _settle_unknown(use)
     reason = failure_reason(outcome)
     exchange.upstream_failures.append(UpstreamFailure(provider.id, key.id, reason))
     if exchange.trace is not None:
@@ -336,10 +334,10 @@ def _attempt_failed(call: Call, provider: CompiledProvider, target: Target, key:
     return outcome
 
 
-def _settle_unknown(use: UpstreamUse | None) -> None:
+async def _settle_unknown(use: UpstreamUse | None) -> None:
     """A failed attempt reported no usage: its estimate stays counted against the key."""
     if use is not None:
-        use.settle(None)
+        await use.settle(None)
 
 
 def _log_failure(call: Call, provider: CompiledProvider, key: UpstreamKey, target: Target,

@@ -1,31 +1,37 @@
 """Runtime health of upstream keys and targets: cooldowns, disabled keys, breakers,
-in-flight counts and time-to-first-token estimates. It survives config reloads, keyed by
-stable ids ("provider/key" for keys, (provider, model) for targets), never by snapshot.
+in-flight counts and time-to-first-token estimates — the rules, applied to the records of
+the upstream store (truckllm.limits.upstream), which survive config reloads.
 
-No I/O; time comes from an injectable clock. Imports only truckllm.pipeline.retry (for outcome
-classes); must not import config, state, router or dispatch.
+No I/O; time comes from the injectable clock. Imports truckllm.pipeline.retry (for outcome
+classes) and the upstream store; must not import config, state, router or dispatch.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections import deque
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from truckllm.pipeline.retry import HEALTH_FAILURES, ErrorClass, Outcome
+from truckllm.clock import Clock, SystemClock
+from truckllm.limits.upstream import (
+    Breaker,
+    HealthSettings,
+    KeyRecord,
+    MemoryUpstreamStore,
+    TargetId,
+    TargetRecord,
+    UpstreamStore,
+    upstream_ref,
+)
+from truckllm.pipeline.retry import HEALTH_FAILURES, ErrorClass, Outcome, failure_reason
 
-Clock = Callable[[], float]
-TargetId = tuple[str, str]              # (provider id, upstream model)
+__all__ = ["Attempt", "Health", "HealthSettings", "KeyHealth", "Status", "TargetId"]
 
 # Failures where the upstream still answered properly: they prove it healthy.
 ANSWERED = frozenset({ErrorClass.CLIENT_ERROR, ErrorClass.CONTEXT_OVERFLOW})
-# Longest a key or target is skipped, however often it kept failing.
-MAX_COOLDOWN_FACTOR = 10
 # Wildcard aliases let clients name any upstream model, so target entries are bounded:
 # past this many, entries with nothing to remember (idle, closed, no failures) are dropped.
 MAX_TARGETS = 10_000
@@ -35,108 +41,10 @@ TTFT_ALPHA = 0.3
 TTFT_HALF_LIFE_S = 120.0
 
 
-def key_ref(provider_id: str, key_id: str) -> str:
-    """The stable id health, limits and logs use for an upstream key."""
-    return f"{provider_id}/{key_id}"
-
-
 class Status(StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     DOWN = "down"
-
-
-@dataclass(frozen=True, slots=True)
-class HealthSettings:
-    """The routing settings health depends on; replaced on reload."""
-
-    cooldown_s: float = 30.0            # a 429 without Retry-After, or an opened breaker
-    breaker_failures: int = 3           # consecutive failures that open a breaker ...
-    breaker_window_s: float = 60.0      # ... when they fall within this window
-
-    @property
-    def max_cooldown_s(self) -> float:
-        return self.cooldown_s * MAX_COOLDOWN_FACTOR
-
-
-@dataclass(slots=True)
-class _Breaker:
-    """Closed -> (N failures in the window) open -> (after cooldown) half-open: one trial
-    request; its success closes the breaker, its failure opens it again for longer."""
-
-    failures: deque[float] = field(default_factory=deque)
-    open_until: float | None = None
-    openings: int = 0                   # consecutive, so each reopening lasts longer
-    trial_taken: bool = False
-
-    def is_open(self, now: float) -> bool:
-        return self.open_until is not None and now < self.open_until
-
-    def is_half_open(self, now: float) -> bool:
-        return self.open_until is not None and now >= self.open_until
-
-    def allows(self, now: float) -> bool:
-        if self.open_until is None:
-            return True
-        return now >= self.open_until and not self.trial_taken
-
-    def claim_trial(self, now: float) -> bool:
-        """Take the one trial of a half-open breaker, if it is half-open and untaken."""
-        if self.open_until is None or self.trial_taken or now < self.open_until:
-            return False
-        self.trial_taken = True
-        return True
-
-    def on_success(self) -> None:
-        # Idempotent: a closed breaker with no failures (open_until None implies no trial
-        # and no openings) is left as it is, so callers on the hot path skip the call then.
-        self.failures.clear()
-        self.open_until = None
-        self.openings = 0
-        self.trial_taken = False
-
-    def on_failure(self, now: float, settings: HealthSettings) -> None:
-        if self.is_half_open(now):
-            self._open(now, settings)
-            return
-        while self.failures and now - self.failures[0] > settings.breaker_window_s:
-            self.failures.popleft()
-        self.failures.append(now)
-        if len(self.failures) >= settings.breaker_failures:
-            self._open(now, settings)
-
-    def _open(self, now: float, settings: HealthSettings) -> None:
-        self.openings += 1
-        cooldown = settings.cooldown_s * 2 ** (self.openings - 1)
-        self.open_until = now + min(cooldown, settings.max_cooldown_s)
-        self.failures.clear()
-        self.trial_taken = False
-
-    def recent_failures(self, now: float, settings: HealthSettings) -> int:
-        return sum(1 for at in self.failures if now - at <= settings.breaker_window_s)
-
-
-@dataclass(slots=True)
-class _KeyState:
-    breaker: _Breaker = field(default_factory=_Breaker)
-    cooldown_until: float = 0.0         # set by 429s
-    rate_limit_streak: int = 0
-    disabled: bool = False              # 401/403 from upstream, until the next reload
-    requests: int = 0
-    errors: int = 0
-    tokens: int = 0
-    last_error: str | None = None
-    last_error_at: float | None = None
-
-
-@dataclass(slots=True)
-class _TargetState:
-    breaker: _Breaker = field(default_factory=_Breaker)
-    in_flight: int = 0
-    ttft_s: float | None = None
-    ttft_at: float = 0.0
-    last_error: str | None = None
-    last_error_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +61,15 @@ class KeyHealth:
 
 
 class Health:
-    """Per-key and per-target runtime state. One instance per process, held by the app."""
+    """The health rules over the upstream store. One instance per process, held by the app."""
 
-    def __init__(self, settings: HealthSettings | None = None, *,
-                 clock: Clock = time.monotonic, wall_clock: Clock = time.time) -> None:
+    def __init__(self, settings: HealthSettings | None = None, *, clock: Clock | None = None,
+                 store: UpstreamStore | None = None) -> None:
         self.settings = settings or HealthSettings()
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._keys: dict[str, _KeyState] = {}
-        self._targets: dict[TargetId, _TargetState] = {}
+        self.clock: Clock = clock or SystemClock()
+        self.store: UpstreamStore = (store if store is not None
+                                     else MemoryUpstreamStore(self.clock))
+        self._monotonic = self.clock.monotonic
 
     # -- reloads ---------------------------------------------------------------------
 
@@ -171,11 +79,11 @@ class Health:
     def prune(self, key_refs: Collection[str], provider_ids: Collection[str]) -> None:
         """After a reload: forget keys and providers that are gone, and give keys that
         upstream rejected another chance (the reload may have fixed their value)."""
-        self._keys = {ref: state for ref, state in self._keys.items() if ref in key_refs}
-        for state in self._keys.values():
-            state.disabled = False
-        self._targets = {tid: state for tid, state in self._targets.items()
-                         if tid[0] in provider_ids}
+        self.store.retain(key_refs, provider_ids)
+        for ref in key_refs:
+            record = self.store.find_key(ref)
+            if record is not None:
+                record.disabled = False
 
     # -- questions the router asks --------------------------------------------------
 
@@ -187,54 +95,52 @@ class Health:
 
     def available(self, target: TargetId | None, key_ref: str | None) -> bool:
         """Whether an attempt on `target` with `key_ref` may start now (None: not asked).
-        Read at one instant; asked per attempt, so it is one call."""
-        state = None if target is None else self._targets.get(target)
-        key = None if key_ref is None else self._keys.get(key_ref)
+        The target and the key are judged at the same instant."""
+        store = self.store
+        state = None if target is None else store.find_target(target)
+        key = None if key_ref is None else store.find_key(key_ref)
         if key is not None and key.disabled:
             return False
         # Only an opened breaker or a cooled key depend on time: without one (the common
-        # case), the clock is not read.
+        # case) the answer is known without reading the clock.
         if ((state is None or state.breaker.open_until is None)
                 and (key is None or (key.breaker.open_until is None and not key.cooldown_until))):
             return True
-        now = self._clock()
+        now = self._monotonic()
         if state is not None and not state.breaker.allows(now):
             return False
         return key is None or (now >= key.cooldown_until and key.breaker.allows(now))
 
     def in_flight(self, target: TargetId) -> int:
-        state = self._targets.get(target)
+        state = self.store.find_target(target)
         return state.in_flight if state else 0
 
     def latency_estimate(self, target: TargetId) -> float | None:
         """Recent time to first token, decayed towards zero as it ages so that a target
         judged slow long ago gets measured again; None before any measurement."""
-        state = self._targets.get(target)
-        return None if state is None else _decayed_ttft(state, self._clock())
+        state = self.store.find_target(target)
+        return None if state is None else _decayed_ttft(state, self._monotonic())
 
     def seconds_until_available(self, target: TargetId, key_ref: str | None) -> float | None:
         """0 when usable now; None when it will not recover before a reload."""
-        now = self._clock()
+        now = self._monotonic()
         ready_at = max(self._target_ready_at(target, now), self._key_ready_at(key_ref, now))
         return None if math.isinf(ready_at) else max(0.0, ready_at - now)
-
-    def earliest_recovery_s(self, pairs: Iterable[tuple[TargetId, str | None]]) -> float | None:
-        """Seconds until the first of these (target, key) pairs is usable; None if never."""
-        waits = [w for t, k in pairs if (w := self.seconds_until_available(t, k)) is not None]
-        return min(waits) if waits else None
 
     def last_failure(self, pairs: Iterable[tuple[TargetId, str | None]]) -> str | None:
         """The most recent failure recorded for these (target, key) pairs, as its message
         (never a secret: outcomes are masked before health sees them); None if none."""
-        stamped = [(state.last_error_at, state.last_error)
-                   for target, key_ref in pairs
-                   for state in (self._targets.get(target),
-                                 self._keys.get(key_ref) if key_ref is not None else None)
-                   if state is not None and state.last_error_at is not None]
+        store = self.store
+        stamped: list[tuple[float, str]] = []
+        for target, key_ref in pairs:
+            for state in (store.find_target(target),
+                          store.find_key(key_ref) if key_ref is not None else None):
+                if state is not None and state.last_failure is not None:
+                    stamped.append(state.last_failure)
         return max(stamped)[1] if stamped else None
 
     def _key_ready_at(self, key_ref: str | None, now: float) -> float:
-        state = self._keys.get(key_ref) if key_ref is not None else None
+        state = self.store.find_key(key_ref) if key_ref is not None else None
         if state is None:
             return now
         if state.disabled:
@@ -242,11 +148,11 @@ class Health:
         return max(now, state.cooldown_until, self._breaker_ready_at(state.breaker, now))
 
     def _target_ready_at(self, target: TargetId, now: float) -> float:
-        state = self._targets.get(target)
+        state = self.store.find_target(target)
         return now if state is None else self._breaker_ready_at(state.breaker, now)
 
     @staticmethod
-    def _breaker_ready_at(breaker: _Breaker, now: float) -> float:
+    def _breaker_ready_at(breaker: Breaker, now: float) -> float:
         if breaker.open_until is None:
             return now
         if breaker.trial_taken and now >= breaker.open_until:
@@ -257,38 +163,37 @@ class Health:
 
     def begin(self, target: TargetId, key_ref: str | None) -> Attempt:
         """An attempt starts: count it in flight and claim half-open trials it stands for."""
-        target_state = self._targets.get(target)
+        store = self.store
+        target_state = store.find_target(target)
         if target_state is None:
-            if len(self._targets) >= MAX_TARGETS:
-                self._forget_idle_targets(self._clock())
-            target_state = self._targets[target] = _TargetState()
+            if store.target_count() >= MAX_TARGETS:
+                self._forget_idle_targets(self._monotonic())
+            target_state = store.target(target)
         target_state.in_flight += 1
         key_state = None
         if key_ref is not None:
-            key_state = self._keys.get(key_ref)
-            if key_state is None:
-                key_state = self._keys[key_ref] = _KeyState()
+            key_state = store.key(key_ref)
             key_state.requests += 1
         attempt = Attempt(self, target_state, key_state)
         # Only a breaker that has opened has a trial to claim: the common case asks nothing,
         # not even the clock.
         if target_state.breaker.open_until is not None or (
                 key_state is not None and key_state.breaker.open_until is not None):
-            attempt.claim_trials(self._clock())
+            attempt.claim_trials(self._monotonic())
         return attempt
 
     def _forget_idle_targets(self, now: float) -> None:
-        self._targets = {tid: state for tid, state in self._targets.items()
-                         if state.in_flight or state.breaker.open_until is not None
-                         or state.breaker.recent_failures(now, self.settings)}
+        self.store.forget_targets([tid for tid, state in self.store.targets()
+                                   if state.in_flight or state.breaker.open_until is not None
+                                   or state.breaker.recent_failures(now, self.settings)])
 
-    def _succeeded(self, target: _TargetState, key: _KeyState | None, ttft_s: float | None) -> None:
-        # Every answer passes here: a closed, clean breaker (the common case) is not called.
+    def _succeeded(self, target: TargetRecord, key: KeyRecord | None, ttft_s: float | None) -> None:
+        # Every answer passes here: a closed, clean breaker (the common case) is left alone.
         breaker = target.breaker
         if breaker.open_until is not None or breaker.failures:
             breaker.on_success()
         if ttft_s is not None:
-            now = self._clock()
+            now = self._monotonic()
             previous = _decayed_ttft(target, now)
             target.ttft_s = ttft_s if previous is None else previous + TTFT_ALPHA * (ttft_s - previous)
             target.ttft_at = now
@@ -298,21 +203,23 @@ class Health:
                 breaker.on_success()
             key.rate_limit_streak = 0
 
-    def _failed(self, target: _TargetState, key: _KeyState | None, outcome: Outcome) -> None:
-        now = self._clock()
+    def _failed(self, target: TargetRecord, key: KeyRecord | None, outcome: Outcome) -> None:
+        if key is not None:             # every failed attempt is counted against its key
+            key.errors += 1
+            key.last_error = failure_reason(outcome)
         if outcome.error_class in ANSWERED:
             # The upstream answered properly; the request itself was at fault.
             self._succeeded(target, key, None)
             return
+        now = self._monotonic()
         if outcome.error_class in HEALTH_FAILURES:
             target.breaker.on_failure(now, self.settings)
-            target.last_error, target.last_error_at = outcome.message, now
+            target.last_failure = (now, outcome.message)
         if key is not None:
             self._key_failed(key, outcome, now)
 
-    def _key_failed(self, key: _KeyState, outcome: Outcome, now: float) -> None:
-        key.errors += 1
-        key.last_error, key.last_error_at = outcome.message, now
+    def _key_failed(self, key: KeyRecord, outcome: Outcome, now: float) -> None:
+        key.last_failure = (now, outcome.message)
         if outcome.error_class is ErrorClass.RATE_LIMITED:
             self._cool_key(key, outcome.retry_after_s, now)
         elif outcome.error_class is ErrorClass.AUTH:
@@ -322,14 +229,15 @@ class Health:
 
     def record_probe(self, key_ref: str, outcome: Outcome | None) -> None:
         """An active health check of one key: None when it answered 2xx. A free probe
-        proves the key and the provider reachable, not a model: targets are untouched."""
-        key = self._keys.setdefault(key_ref, _KeyState())
+        proves the key and the provider reachable, not a model: targets are untouched.
+        Probes are not traffic: the key's counters are not changed."""
+        key = self.store.key(key_ref)
         if outcome is None:
             key.breaker.on_success()
         elif outcome.error_class not in ANSWERED:
-            self._key_failed(key, outcome, self._clock())
+            self._key_failed(key, outcome, self._monotonic())
 
-    def _cool_key(self, key: _KeyState, retry_after_s: float | None, now: float) -> None:
+    def _cool_key(self, key: KeyRecord, retry_after_s: float | None, now: float) -> None:
         key.rate_limit_streak += 1
         if retry_after_s is not None:
             cooldown = retry_after_s            # upstream knows best when it is ready
@@ -341,26 +249,27 @@ class Health:
     # -- views -----------------------------------------------------------------------
 
     def key_health(self, key_ref: str) -> KeyHealth:
-        state = self._keys.get(key_ref)
+        state = self.store.find_key(key_ref)
         if state is None:
             return KeyHealth(Status.HEALTHY, False, None, 0, 0, 0, None)
-        now = self._clock()
+        now = self._monotonic()
         ready_at = self._key_ready_at(key_ref, now)
         until = None if ready_at <= now or math.isinf(ready_at) else self._to_wall(ready_at, now)
         return KeyHealth(self._key_status(state, now), state.disabled, until,
                          state.requests, state.errors, state.tokens, state.last_error)
 
     def target_status(self, target: TargetId) -> Status:
-        state = self._targets.get(target)
+        state = self.store.find_target(target)
         if state is None:
             return Status.HEALTHY
-        return self._breaker_status(state.breaker, self._clock())
+        return self._breaker_status(state.breaker, self._monotonic())
 
     def provider_status(self, provider_id: str, key_refs: Collection[str]) -> Status:
         """Down when every key (or every target seen) is down; degraded when anything is
         not healthy; healthy otherwise."""
         key_statuses = [self.key_health(ref).status for ref in key_refs]
-        target_statuses = [self.target_status(tid) for tid in self._targets if tid[0] == provider_id]
+        target_statuses = [self.target_status(tid) for tid, _ in self.store.targets()
+                           if tid[0] == provider_id]
         if key_statuses and all(s is Status.DOWN for s in key_statuses):
             return Status.DOWN
         if target_statuses and all(s is Status.DOWN for s in target_statuses):
@@ -369,37 +278,35 @@ class Health:
             return Status.DEGRADED
         return Status.HEALTHY
 
-    def provider_last_error(self, provider_id: str, key_refs: Collection[str]) -> str | None:
-        stamped = [(s.last_error_at, s.last_error) for ref in key_refs
-                   if (s := self._keys.get(ref)) is not None and s.last_error_at is not None]
-        stamped += [(s.last_error_at, s.last_error) for tid, s in self._targets.items()
-                    if tid[0] == provider_id and s.last_error_at is not None]
-        return max(stamped, key=lambda pair: pair[0] or 0.0)[1] if stamped else None
-
     def provider_report(self, provider_id: str, provider_type: str,
                         key_ids: Sequence[str]) -> dict[str, Any]:
-        """One entry of `GET /admin/v1/providers`: status, last error, and per key its
-        status, counters and `cooldown_until` (ISO 8601 UTC, null when usable now)."""
-        refs = [key_ref(provider_id, key_id) for key_id in key_ids]
+        """One entry of `GET /admin/v1/providers`: status, and per key its status, traffic,
+        `cooldown_until` (ISO 8601 UTC, null when usable now), usage and spend since the
+        key first appeared (`lifetime`, from the state file)."""
+        refs = [upstream_ref(provider_id, key_id) for key_id in key_ids]
         keys = []
         for key_id, ref in zip(key_ids, refs, strict=True):
             view = self.key_health(ref)
-            keys.append({"id": key_id, "status": view.status.value, "usage_req": view.requests,
-                         "usage_tokens": view.tokens, "errors": view.errors,
-                         "cooldown_until": _iso(view.cooldown_until), "disabled": view.disabled,
-                         "last_error": view.last_error})
+            record = self.store.find_key(ref)
+            usage = record.usage if record is not None else None
+            keys.append({"id": key_id, "usage_req": view.requests, "usage_tokens": view.tokens,
+                         "errors": view.errors, "last_error": view.last_error,
+                         "spend_usd": usage.spend_usd if usage else 0.0,
+                         "lifetime": {"requests": usage.requests if usage else 0,
+                                      "tokens": usage.tokens if usage else 0,
+                                      "spend_usd": usage.spend_usd if usage else 0.0},
+                         "status": view.status.value, "cooldown_until": _iso(view.cooldown_until)})
         return {"id": provider_id, "type": provider_type,
-                "status": self.provider_status(provider_id, refs).value,
-                "last_error": self.provider_last_error(provider_id, refs), "keys": keys}
+                "status": self.provider_status(provider_id, refs).value, "keys": keys}
 
-    def _key_status(self, state: _KeyState, now: float) -> Status:
+    def _key_status(self, state: KeyRecord, now: float) -> Status:
         if state.disabled or now < state.cooldown_until:
             return Status.DOWN
         if state.rate_limit_streak:
             return Status.DEGRADED
         return self._breaker_status(state.breaker, now)
 
-    def _breaker_status(self, breaker: _Breaker, now: float) -> Status:
+    def _breaker_status(self, breaker: Breaker, now: float) -> Status:
         if breaker.is_open(now):
             return Status.DOWN
         if breaker.is_half_open(now) or breaker.recent_failures(now, self.settings):
@@ -407,7 +314,7 @@ class Health:
         return Status.HEALTHY
 
     def _to_wall(self, monotonic_at: float, now: float) -> float:
-        return self._wall_clock() + (monotonic_at - now)
+        return self.clock.wall() + (monotonic_at - now)
 
 
 class Attempt:
@@ -418,7 +325,7 @@ class Attempt:
     __slots__ = ("_claimed_key", "_claimed_target", "_ended", "_failed", "_health", "_key",
                  "_succeeded", "_target")
 
-    def __init__(self, health: Health, target: _TargetState, key: _KeyState | None) -> None:
+    def __init__(self, health: Health, target: TargetRecord, key: KeyRecord | None) -> None:
         self._health = health
         self._target = target
         self._key = key
@@ -462,11 +369,11 @@ class Attempt:
         self._claimed_target = self._claimed_key = False
 
 
-def _decayed_ttft(state: _TargetState, now: float) -> float | None:
+def _decayed_ttft(state: TargetRecord, now: float) -> float | None:
     if state.ttft_s is None:
         return None
     age = now - state.ttft_at
-    decay: float = 0.5 ** (age / TTFT_HALF_LIFE_S) if age > 0.0 else 1.0    # (max() costs more)
+    decay: float = 0.5 ** (age / TTFT_HALF_LIFE_S) if age > 0.0 else 1.0
     return state.ttft_s * decay
 
 

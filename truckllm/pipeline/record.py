@@ -12,6 +12,7 @@ from truckllm.usage import Usage
 
 if TYPE_CHECKING:
     from truckllm.limits.cost import CostLine
+    from truckllm.limits.limiter import LimitScope
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class RequestRecord(NamedTuple):
     upstream_failures: tuple[UpstreamFailure, ...] = ()   # every failed attempt, in order
     cost_lines: tuple[CostLine, ...] = ()   # what cost_usd came from: tokens by kind x rate
     usage_estimated: bool = False           # a stream cut short: usage estimated, not reported
+    limit_scope: LimitScope | None = None   # refused by a rate limit: whose
 
     @property
     def level(self) -> str:
@@ -71,10 +73,10 @@ class TraceHook(Protocol):
 class Exchange:
     """The mutable progress of one request, owned by that request alone."""
 
-    __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "error_reason", "key_id", "method", "path",
-                 "provider_id", "ratelimit_headers", "request_id", "started", "started_wall", "status",
-                 "stream", "trace", "ttft_s", "upstream_failures", "upstream_key_id", "upstream_model",
-                 "upstream_s", "usage", "usage_estimated")
+    __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "error_reason", "key_id", "limit_scope",
+                 "method", "path", "provider_id", "ratelimit_headers", "request_id", "started",
+                 "started_wall", "status", "stream", "trace", "ttft_s", "upstream_failures",
+                 "upstream_key_id", "upstream_model", "upstream_s", "usage", "usage_estimated")
 
     def __init__(self, request_id: str, method: str, path: str) -> None:
         self.request_id = request_id
@@ -94,6 +96,7 @@ class Exchange:
         self.cost_usd: float | None = None
         self.cost_lines: tuple[CostLine, ...] = ()
         self.error_reason: str | None = None
+        self.limit_scope: LimitScope | None = None
         self.status = 0
         self.stream = False
         self.upstream_key_id: str | None = None
@@ -118,4 +121,4 @@ class Exchange:
             self.provider_id, self.upstream_model, status, now - self.started,
             self.overhead_s(now), self.ttft_s, self.usage, self.attempts, self.cost_usd,
             self.error_reason, self.stream, self.upstream_key_id, tuple(self.upstream_failures),
-            self.cost_lines, self.usage_estimated))
+            self.cost_lines, self.usage_estimated, self.limit_scope))

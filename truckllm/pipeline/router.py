@@ -14,7 +14,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
-from truckllm.pipeline.health import Health, TargetId, key_ref
+from truckllm.limits.upstream import TargetId, upstream_ref
+from truckllm.pipeline.health import Health
 from truckllm.pipeline.retry import CAPACITY_RETRY_S, TARGET_FAILURES, ErrorClass
 
 Strategy = Literal["fallback", "round_robin", "weighted", "least_busy", "lowest_latency"]
@@ -38,12 +39,6 @@ class WeightedKey(Protocol):
 
     @property
     def weight(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class KeyOption:
-    id: str
-    weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +70,7 @@ class Candidate:
     key_ref: str | None = field(init=False)     # health's id for the key
 
     def __post_init__(self) -> None:
-        ref = None if self.key_id is None else key_ref(self.target.provider_id, self.key_id)
+        ref = None if self.key_id is None else upstream_ref(self.target.provider_id, self.key_id)
         object.__setattr__(self, "key_ref", ref)
 
 
@@ -110,26 +105,19 @@ class Cursors:
         self._credits = {n: v for n, v in self._credits.items() if n in names}
 
 
-@dataclass(slots=True)
 class Routing:
     """The routing state one process keeps across reloads, held by the app."""
 
-    health: Health = field(default_factory=Health)
-    cursors: Cursors = field(default_factory=Cursors)
-    rng: random.Random = field(default_factory=random.Random)
-    has_capacity: HasCapacity = always_has_capacity     # the limits module supplies the real one
-    adopted_version: int = 0                            # the config version health was set up for
-    # `usability(health, has_capacity)`, built when either is set rather than for every
-    # request that asks (the same two, nearly always).
-    usable: Callable[[Candidate], bool] = field(init=False, repr=False, compare=False)
+    __slots__ = ("adopted_version", "cursors", "health", "rng", "usable")
 
-    def __post_init__(self) -> None:
-        self.usable = usability(self.health, self.has_capacity)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        object.__setattr__(self, name, value)
-        if (name == "health" or name == "has_capacity") and hasattr(self, "usable"):
-            object.__setattr__(self, "usable", usability(self.health, self.has_capacity))
+    def __init__(self, health: Health | None = None) -> None:
+        self.health = health if health is not None else Health()
+        self.cursors = Cursors()
+        self.rng = random.Random()
+        self.adopted_version = 0        # the config version health was set up for
+        # Whether a candidate is usable when no upstream key has an rpm or tpm: health
+        # alone. Built once rather than for every request that asks.
+        self.usable: Callable[[Candidate], bool] = usability(self.health, always_has_capacity)
 
 
 def cursor_names(aliases: Collection[str], provider_ids: Collection[str]) -> set[str]:
@@ -206,15 +194,10 @@ def _key_candidates(target: RouteTarget, cursors: Cursors, health: Health,
     return [by_id[key_id] for key_id in ordered_ids]
 
 
-def is_usable(candidate: Candidate, health: Health,
-              has_capacity: HasCapacity = always_has_capacity) -> bool:
-    return usability(health, has_capacity)(candidate)
-
-
 def usability(health: Health, has_capacity: HasCapacity) -> Callable[[Candidate], bool]:
     """Whether a candidate is usable now (health allows it, its key is under its own
-    rpm/tpm), as one callable for `next_candidate`: asked once per attempt, so without
-    layers, and without asking `always_has_capacity`."""
+    rpm/tpm), as the callable `next_candidate` takes. Capacity is only asked about when
+    some key has an rpm or tpm (`has_capacity` is not `always_has_capacity`)."""
     available = health.available
     check_capacity = has_capacity is not always_has_capacity
 
@@ -282,7 +265,7 @@ def _target_usable(target: RouteTarget, health: Health, has_capacity: HasCapacit
 
 
 def _key_usable(provider_id: str, key_id: str, health: Health, has_capacity: HasCapacity) -> bool:
-    return health.key_available(key_ref(provider_id, key_id)) and has_capacity(provider_id, key_id)
+    return health.key_available(upstream_ref(provider_id, key_id)) and has_capacity(provider_id, key_id)
 
 
 def _target_name(target: RouteTarget) -> str:

@@ -268,6 +268,9 @@ class Reloader(Generic[S]):
             self._record(result)
             self._log.info("config file matches the running config again", trigger=trigger,
                            version=self.version)
+        else:
+            self._log.info("config unchanged; nothing to do", trigger=trigger,
+                           version=self.version, sha256=self.loaded.sha256)
         return result
 
     def _swap(self, loaded: LoadedConfig, state: S, trigger: str) -> ReloadResult:

@@ -20,8 +20,8 @@ from types import MappingProxyType
 from truckllm.config.globs import compile_globs
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ClientKeyConfig, Config, ModelConfig, ProviderConfig
-from truckllm.limits.policy import LimitsPolicy, compile_policy, upstream_ref
-from truckllm.pipeline.health import TargetId
+from truckllm.limits.policy import LimitsPolicy, compile_policy
+from truckllm.limits.upstream import TargetId, upstream_ref
 from truckllm.pipeline.router import Candidate, RouteTarget, fixed_plan
 from truckllm.providers import REGISTRY
 from truckllm.providers.base import ProviderSpec, Target

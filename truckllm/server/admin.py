@@ -18,11 +18,10 @@ from aiohttp import web
 from truckllm import __version__, errors
 from truckllm.config.changes import RESTART_SETTINGS
 from truckllm.config.redaction import redacted_config
-from truckllm.limits import upstream_ref
 from truckllm.observe.log import LogQuery
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.server.auth import require_admin
-from truckllm.server.keys import LIMITER, OPS, ROUTING, STATE
+from truckllm.server.keys import OPS, ROUTING, STATE
 from truckllm.server.ops import Ops
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -100,34 +99,14 @@ async def reload_config(request: web.Request) -> web.Response:
 
 
 async def providers(request: web.Request) -> web.Response:
-    """Counters from real traffic (ops, limits); status and cooldowns from routing health
-    (cooling keys, keys upstream rejected, open breakers)."""
+    """Every upstream key's record: status and cooldown (routing health), traffic since
+    start, and usage and spend that survive restarts (the state file)."""
     ops = _authorized(request)
     health = request.app[ROUTING].health
-    listed = []
-    for provider in ops.holder.current.providers.values():
-        key_ids = [key.id for key in provider.keys]
-        report = health.provider_report(provider.id, provider.config.type, key_ids)
-        keys = [_key_entry(request, ops, provider.id, key_id) | _health_fields(entry)
-                for key_id, entry in zip(key_ids, report["keys"], strict=True)]
-        listed.append({"id": provider.id, "type": provider.config.type,
-                       "status": report["status"], "keys": keys})
+    listed = [health.provider_report(provider.id, provider.config.type,
+                                     [key.id for key in provider.keys])
+              for provider in ops.holder.current.providers.values()]
     return _json({"providers": listed})
-
-
-def _key_entry(request: web.Request, ops: Ops, provider_id: str, key_id: str) -> dict[str, Any]:
-    stats = ops.upstream.key(provider_id, key_id)
-    saved = request.app[LIMITER].upstream_report(upstream_ref(provider_id, key_id))
-    # usage_req/usage_tokens count since start; spend and `lifetime` come from the state
-    # file's counters, so they survive restarts (docs/limits.md).
-    return {"id": key_id, "usage_req": stats.requests, "usage_tokens": stats.tokens,
-            "errors": stats.errors, "last_error": stats.last_error,
-            "spend_usd": saved["spend_usd"],
-            "lifetime": {name: saved[name] for name in ("requests", "tokens", "spend_usd")}}
-
-
-def _health_fields(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"status": entry["status"], "cooldown_until": entry["cooldown_until"]}
 
 
 async def logs(request: web.Request) -> web.Response:

@@ -38,7 +38,7 @@ _KEY_INDEX = re.compile(r"keys\[\d+\]\.?")
 async def list_keys(request: web.Request) -> web.Response:
     state = _require_admin(request)
     limiter, policy = request.app[LIMITER], state.limits
-    keys = [limiter.key_report(policy, key.id) for key in state.config.keys or []]
+    keys = [await limiter.key_report(policy, key.id) for key in state.config.keys or []]
     gateway = {"limits": policy.gateway.as_dict()}
     return _json({"keys": keys, "gateway": gateway})
 
@@ -57,7 +57,7 @@ async def create_key(request: web.Request) -> web.Response:
     digest = "sha256:" + hashlib.sha256(plaintext.encode()).hexdigest()
     entry = {"id": key_id, "key": digest, **{k: v for k, v in fields.items() if v is not None}}
     result = await _edit(request, lambda raw: add_key(raw, entry), "admin_keys")
-    report = _report(request, key_id)
+    report = await _report(request, key_id)
     return _json({**report, "key": plaintext, "config_version": result.version}, status=201,
                  headers={"Cache-Control": "no-store"})
 
@@ -75,7 +75,7 @@ async def change_key(request: web.Request) -> web.Response:
     if not changes:
         raise errors.InvalidRequest(f"Nothing to change: give one of {', '.join(KEY_FIELDS)}.")
     result = await _edit(request, lambda raw: update_key(raw, key_id, changes), "admin_keys")
-    return _json({**_report(request, key_id), "config_version": result.version})
+    return _json({**(await _report(request, key_id)), "config_version": result.version})
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -90,9 +90,9 @@ async def reset_key(request: web.Request) -> web.Response:
     state = _require_admin(request)
     key_id = request.match_info["key_id"]
     limiter = request.app[LIMITER]
-    if not limiter.reset_key(state.limits, key_id):
+    if not await limiter.reset_key(state.limits, key_id):
         raise errors.NotFound(f"No client key with id {key_id!r}.", code="key_not_found")
-    return _json({"reset": True, "key": limiter.key_report(state.limits, key_id)})
+    return _json({"reset": True, "key": await limiter.key_report(state.limits, key_id)})
 
 
 def _checked_fields(body: dict[str, Any], key_id: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -146,9 +146,9 @@ async def _edit(request: web.Request, edit: Callable[[bytes], bytes], trigger: s
     return result
 
 
-def _report(request: web.Request, key_id: str) -> dict[str, Any]:
+async def _report(request: web.Request, key_id: str) -> dict[str, Any]:
     state = request.app[STATE].current
-    return request.app[LIMITER].key_report(state.limits, key_id)
+    return await request.app[LIMITER].key_report(state.limits, key_id)
 
 
 async def _read_object(request: web.Request) -> dict[str, Any]:

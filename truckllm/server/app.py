@@ -10,11 +10,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from truckllm import errors
+from truckllm.clock import Clock
 from truckllm.config.loader import LoadedConfig
-from truckllm.limits import Clock, Limiter
-from truckllm.limits.metering import save_state
+from truckllm.limits import Limiter
+from truckllm.limits.upstream import MemoryUpstreamStore
 from truckllm.observe.probes import run_probes
 from truckllm.pipeline.dispatch import adopt
+from truckllm.pipeline.health import Health
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import ReloadResult
@@ -34,6 +36,7 @@ from truckllm.server.keys import (
     RecordObserver,
 )
 from truckllm.server.ops import make_ops, run_reloader
+from truckllm.server.state_file import save_state
 
 # Body size is enforced per config snapshot in server.validation, so a reload can change
 # it; aiohttp's own ceiling only has to stay out of the way.
@@ -48,8 +51,9 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[STATE] = holder
     app[TRANSPORT] = Transport()
     app[INFLIGHT] = [0]
-    app[ROUTING] = Routing()
-    app[LIMITER] = Limiter(clock)
+    upstream = MemoryUpstreamStore(clock)   # one record per upstream key: health and limits
+    app[ROUTING] = Routing(Health(clock=clock, store=upstream))
+    app[LIMITER] = Limiter(clock, upstream=upstream)
     app[LIMITER].adopt(holder.current.limits)
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops

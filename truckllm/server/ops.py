@@ -1,4 +1,4 @@
-"""The operating side of the app: metrics, request log, upstream counters, redaction and
+"""The operating side of the app: metrics, request log, redaction and
 the reloader, built once per process and kept current by the reload hook.
 
 Owns what happens after a config is applied (resize, re-key, re-redact, drop vanished
@@ -20,7 +20,6 @@ from truckllm.observe.history import History
 from truckllm.observe.log import AccessLog, RequestLog, SecretRedactor, configure_logging
 from truckllm.observe.metrics import Metrics
 from truckllm.observe.traces import Tracing
-from truckllm.observe.upstream_stats import UpstreamStats
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import Reloader, ReloadResult
@@ -34,7 +33,6 @@ class Ops:
     holder: StateHolder
     metrics: Metrics
     request_log: RequestLog
-    upstream: UpstreamStats
     redactor: SecretRedactor
     reloader: Reloader[State]
     inflight: list[int]
@@ -50,7 +48,7 @@ class Ops:
         """What every finished request's record is given to. Always the same list, kept
         current in place: a resize of the request log replaces its `add` (see RequestLog)."""
         self._observers[:] = [self.access_log.write, self.metrics.observe, self.request_log.add,
-                              self.upstream.observe, self.history.observe]
+                              self.history.observe]
         return self._observers
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
@@ -68,7 +66,7 @@ def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> 
     metrics.inflight.set_function(lambda: inflight[0])
     reloader = Reloader[State](Path(loaded.source), loaded, holder, _compile, metrics,
                                version=holder.current.version)
-    ops = Ops(holder, metrics, RequestLog(loaded.config.server.request_log_size), UpstreamStats(),
+    ops = Ops(holder, metrics, RequestLog(loaded.config.server.request_log_size),
               SecretRedactor(secret_values(loaded)), reloader, inflight, loaded, time.time())
 
     def applied(new: LoadedConfig, result: ReloadResult) -> None:
@@ -76,7 +74,6 @@ def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> 
         ops.observers()         # the request log's `add` may be another now
         ops.redactor.update(secret_values(new))
         transport.retain(p.id for p in new.config.providers)
-        ops.upstream.retain((p.id, k.id) for p in new.config.providers for k in p.keys)
         if result.changes is not None and set(_LOG_SETTINGS) & set(result.changes.server):
             ops.configure_logging()
         ops.tracing.configure(new.config.server.otel)

@@ -80,7 +80,7 @@ class Relay:
             request, self.forwarded_headers)
         ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
                           forwarded)
-        admission = metering.admit(limiter, state, key, body, exchange)
+        admission = await metering.admit(limiter, state, key, body, exchange)
         reply: Reply | StreamReply | RawReply | None = None
         try:
             if op == "count_tokens" and not _any_serves(state, targets, op):
@@ -98,7 +98,8 @@ class Relay:
                 reply = anthropic_wire.reframe(reply)
             return await write_stream(request, reply, exchange)
         finally:   # after the last byte, an error, or the client leaving (streams included)
-            metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+            await metering.settle(admission, exchange, route,
+                                  reply.upstream_use if reply else None)
 
 
 class AnthropicRelay(Relay):

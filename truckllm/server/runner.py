@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ServerConfig, split_host_port
+from truckllm.limits import state_file_path
 from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_admin_app, create_app
 from truckllm.server.connections import GatewaySite, handler_settings
@@ -78,6 +80,7 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
+                 sha256=loaded.sha256, state_file=_state_file(loaded),
                  providers=len(state.providers), aliases=len(state.all_routes))
         await stop.wait()
         log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
@@ -86,6 +89,13 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         for each in reversed(runners):
             await each.cleanup()
     log.info("stopped")
+
+
+def _state_file(loaded: LoadedConfig) -> str | None:
+    configured = loaded.config.server.state_file
+    if configured is None and not Path(loaded.source).is_file():
+        return None                 # a config from no file keeps no state
+    return str(state_file_path(loaded.source, configured))
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int, server: ServerConfig) -> None:

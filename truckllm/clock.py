@@ -1,4 +1,5 @@
-"""The clock the limits read: monotonic seconds for rate windows, UTC wall time for budgets.
+"""The one clock of runtime state: monotonic seconds for rate windows, cooldowns and
+breakers; UTC wall time for budgets and for showing when a cooldown ends.
 
 Injectable so tests can move time without sleeping. No I/O, no imports from the package.
 """
@@ -19,6 +20,10 @@ class Clock(Protocol):
         """The current UTC time (budget periods, reset times, the state file)."""
         ...
 
+    def wall(self) -> float:
+        """Unix seconds now: `now()` as a number, for times shown to users."""
+        ...
+
 
 class SystemClock:
     """The real clocks of the process."""
@@ -28,6 +33,9 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def wall(self) -> float:
+        return time.time()
 
 
 class ManualClock:
@@ -42,6 +50,9 @@ class ManualClock:
 
     def now(self) -> datetime:
         return self._now
+
+    def wall(self) -> float:
+        return self._now.timestamp()
 
     def advance(self, seconds: float) -> None:
         self._monotonic += seconds

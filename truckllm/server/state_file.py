@@ -1,0 +1,29 @@
+"""The app's state file: where it is, loaded before serving and saved while serving
+(truckllm.limits.persist does the reading and writing)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from truckllm.limits import state_file_path
+from truckllm.limits.persist import StateSaver
+from truckllm.server.keys import LIMITER, STATE
+
+
+async def save_state(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: load the state file before serving, save it every few seconds while
+    usage changes, and once more after the last request has finished."""
+    loaded = app[STATE].current.loaded
+    configured = loaded.config.server.state_file
+    if configured is None and not _is_config_file(loaded.source):
+        yield                       # a config that came from no file: nowhere to put state
+        return
+    async with StateSaver(app[LIMITER], state_file_path(loaded.source, configured)):
+        yield
+
+
+def _is_config_file(source: str) -> bool:
+    return not source.startswith("<") and Path(source).is_file()

@@ -18,7 +18,7 @@ from aiohttp import web
 from truckllm import __version__, errors
 from truckllm.config.changes import RESTART_SETTINGS
 from truckllm.config.redaction import redacted_config
-from truckllm.observe.log import LogQuery
+from truckllm.observe.request_log import LogQuery
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import OPS, ROUTING, STATE
@@ -133,7 +133,7 @@ async def status(request: web.Request) -> web.Response:
                           if getattr(running, name) != getattr(started, name)],
         "started_at": ops.started_at,
         "uptime_s": round(now - ops.started_at, 3),
-        "inflight": ops.inflight[0],
+        "inflight": ops.inflight.count,
     })
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.gateway import free_port
+from tests.harness import free_port
 from tests.packaging.conftest import ROOT, Built
 
 KEY = "tk-dist-test-key-0001"

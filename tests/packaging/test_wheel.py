@@ -11,7 +11,7 @@ import urllib.request
 import venv
 from pathlib import Path
 
-from tests.gateway import free_port
+from tests.harness import free_port
 from tests.packaging.conftest import Built
 
 

@@ -19,6 +19,8 @@ from openai import OpenAI
 from tests.harness import free_port
 from tests.packaging.conftest import ROOT, Built
 
+pytestmark = pytest.mark.dist      # builds the executable first: `make test-dist`
+
 KEY = "tk-dist-test-key-0001"
 CONFIG = {
     "version": 1,

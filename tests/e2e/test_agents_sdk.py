@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
 
-from tests.providers_gateway import Stack, make_openai_client
+from tests.harness import Stack, make_openai_client
 
 
 @function_tool

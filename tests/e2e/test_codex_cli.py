@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import CLIENT_KEY, Stack
 from tests.npm_tools import npm_packages
-from tests.providers_gateway import CLIENT_KEY, Stack
 
 CONFIG = """
 model = "{alias}"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import CLIENT_KEY, Stack
 from tests.npm_tools import npm_packages
-from tests.providers_gateway import CLIENT_KEY, Stack
 
 SCRIPT = Path(__file__).with_name("node") / "responses_sdk.cjs"
 

@@ -13,7 +13,7 @@ from openai import AsyncOpenAI
 
 from tests.fakes.anthropic_fake import error_event, overload_after_start_reply
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import CLIENT_KEY, Stack, make_openai_client
+from tests.harness import CLIENT_KEY, Stack, make_openai_client
 
 ALIASES = ["claude", "gem", "az", "oai-chat"]
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "Current weather for a city.",

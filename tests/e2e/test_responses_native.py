@@ -15,8 +15,7 @@ from openai import AsyncOpenAI
 from tests.fakes.openai_fake import make_openai_fake
 from tests.fakes.responses_wire import ResponsesAnswer
 from tests.fakes.wire_fake import Reply
-from tests.gateway import CLIENT_KEY, make_config, make_gateway
-from tests.providers_gateway import Stack, make_openai_client
+from tests.harness import CLIENT_KEY, Stack, make_config, make_gateway, make_openai_client
 from truckllm.server.keys import RESPONSES_ENDPOINT_MISSING
 
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "Current weather for a city.",

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
 from tests.fakes.gemini_fake import SIGNATURE, THOUGHT
-from tests.providers_gateway import Stack, make_openai_client
+from tests.harness import Stack, make_openai_client
 
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "Current weather for a city.",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}},

@@ -17,7 +17,7 @@ in client_request.json `{"$sealed": <state>}` stands for the state sealed by thi
 and in what the code produces a sealed value is shown as `{"$sealed": <state it opens to>}`.
 
 Every stream is also fed in small byte slices (the output must not change) and checked
-against the invariants the official SDKs rely on (SPEC §4), whatever its golden says.
+against the invariants the official SDKs rely on, whatever its golden says.
 Set TRUCKLLM_REGEN_GOLDEN=1 to rewrite upstream_request.json and expected_* from the code
 (then review the diff: a golden is only as good as its reading).
 """
@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.harness import check_stream_invariants
 from truckllm.config.schema import AnthropicProvider, AzureProvider, GeminiProvider
 from truckllm.errors import GatewayError, InvalidRequest
 from truckllm.pipeline.sse import SSEDecoder
@@ -176,40 +177,6 @@ def translate_stream(spec: OperationSpec, target: Target, ctx: CallContext,
     out.append({"_usage_seen": None if usage is None else [
         usage.prompt_tokens, usage.completion_tokens, usage.cache_read_tokens, usage.cache_write_tokens]})
     return out
-
-
-def check_stream_invariants(chunks: list[Any], include_usage: bool) -> None:
-    """What the official SDKs silently rely on (SPEC §4), for every translated stream."""
-    payloads = [c for c in chunks if "_usage_seen" not in c and "error" not in c]
-    chat = [c for c in payloads if c.get("object") == "chat.completion.chunk"]
-    if chat and chat[0]["choices"]:
-        assert chat[0]["choices"][0]["delta"].get("role") == "assistant", "the first chunk carries the role"
-    roles = [c for c in chat for ch in c["choices"] if "role" in ch["delta"]]
-    indices = {ch["index"] for c in chat for ch in c["choices"]}
-    assert len(roles) == len(indices) or not chat, "role is sent once per choice"
-    assert len({chunk["id"] for chunk in payloads}) <= 1, "one id for the whole stream"
-    seen_calls: set[tuple[int, int]] = set()
-    finished: set[int] = set()
-    for chunk in payloads:
-        for choice in chunk["choices"]:
-            assert choice["index"] not in finished, "nothing follows a choice's finish_reason"
-            if choice.get("finish_reason"):
-                # chat only: OpenAI's own text_completion streams put text and finish together
-                assert choice.get("delta", {}) == {}, "finish_reason comes alone"
-                finished.add(choice["index"])
-            for call in choice.get("delta", {}).get("tool_calls") or []:
-                key = (choice["index"], call["index"])
-                if key in seen_calls:
-                    assert set(call) == {"index", "function"} and set(call["function"]) == {"arguments"}, \
-                        "later tool-call deltas carry only argument fragments"
-                else:
-                    assert call.get("id") and call.get("type") == "function" and call["function"].get("name")
-                    seen_calls.add(key)
-    usage_chunks = [c for c in payloads if not c["choices"]]
-    if include_usage and not any("error" in c for c in chunks):
-        assert len(usage_chunks) == 1 and payloads[-1] is usage_chunks[0], "one usage chunk, last"
-    if not include_usage:
-        assert not usage_chunks and all("usage" not in c for c in payloads), "no usage unless asked"
 
 
 def check_responses_event_invariants(events: list[Any]) -> None:

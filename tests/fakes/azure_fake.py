@@ -5,7 +5,8 @@ content_filter_results, a prompt-filter-only first stream chunk with empty choic
 usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`code` "429", null `type`), and the media
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
 writes), image generations; and the free model listing health checks use
-(`GET /openai/models?api-version=...`, `GET /openai/v1/models`).
+(`GET /openai/models?api-version=...`, `GET /openai/v1/models`). A `user` longer than 64
+characters gets the API's 400, as OpenAI's own.
 
     async with make_azure_fake() as fake:       # fake.url is the resource endpoint
         ...
@@ -83,6 +84,11 @@ class AzureFake(WireFake):
         if not recorded.headers.get("api-key") and not bearer:    # v1 also takes the key as a bearer token
             return json_response(error_body("401", "Access denied due to invalid subscription key."), 401)
         body = recorded.body if isinstance(recorded.body, dict) else {}
+        user = body.get("user")
+        if isinstance(user, str) and len(user) > 64:        # the API's own cap and wording
+            return json_response({"error": {"code": "string_above_max_length", "param": "user", "type": "invalid_request_error",
+                                            "message": "Invalid 'user': string too long. Expected a string with maximum "
+                                                       f"length 64, but got a string with length {len(user)} instead."}}, 400)
         if path == "chat/completions":
             answer = ChatAnswer.for_request(body, deployment)
             if body.get("stream"):

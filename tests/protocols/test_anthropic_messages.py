@@ -109,6 +109,14 @@ def test_thinking_becomes_reasoning_effort_only_when_turned_on(fields: dict[str,
     assert not {"thinking", "output_config", "context_management"} & set(chat)
 
 
+def test_a_long_user_id_reaches_chat_as_its_digest() -> None:
+    long_id = '{"device_id":"' + "d" * 64 + '","session_id":"s1"}'
+    chats = [to_chat_request({"model": "m", "max_tokens": 1, "metadata": {"user_id": user},
+                              "messages": [{"role": "user", "content": "x"}]}) for user in ("u-1", long_id)]
+    assert chats[0]["user"] == "u-1"
+    assert len(chats[1]["user"]) == 64 and chats[1]["user"] != long_id[:64]
+
+
 def test_response_with_text_tool_calls_and_cache_usage() -> None:
     chat = {"id": "chatcmpl-abc", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "tool_calls",
             "message": {"role": "assistant", "content": "Checking.", "tool_calls": [

@@ -9,6 +9,7 @@ Pure, no I/O. Imports only errors, usage, providers.base and protocols.through_c
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -58,8 +59,8 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
         chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
     _tool_choice(body.get("tool_choice"), chat)
     user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
-    if isinstance(user, str):
-        chat["user"] = user
+    if isinstance(user, str) and user:
+        chat["user"] = chat_user(user)
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
@@ -174,6 +175,19 @@ def _tool(tool: Any, j: int) -> dict[str, Any]:
     if tool.get("description"):
         function["description"] = tool["description"]
     return {"type": "function", "function": function}
+
+
+# OpenAI refuses a longer `user` (400 "string too long"); Anthropic's user_id has no such
+# cap, and Claude Code's is a JSON object of ids, well past it.
+_CHAT_USER_MAX = 64
+
+
+def chat_user(user_id: str) -> str:
+    """`metadata.user_id` as chat's `user`: as it is when short enough, else its SHA-256
+    (64 hex digits), which still tells one end user from another as the field is for."""
+    if len(user_id) <= _CHAT_USER_MAX:
+        return user_id
+    return hashlib.sha256(user_id.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 # Thinking budgets (tokens) at or above which a request reads as that reasoning effort.

@@ -6,7 +6,7 @@ usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
 writes), image generations; and the free model listing health checks use
 (`GET /openai/models?api-version=...`, `GET /openai/v1/models`). A `user` longer than 64
-characters gets the API's 400, as OpenAI's own.
+characters or a function description longer than 1024 gets the API's 400, as OpenAI's own.
 
     async with make_azure_fake() as fake:       # fake.url is the resource endpoint
         ...
@@ -39,6 +39,19 @@ from tests.fakes.wire_fake import (
 FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
 PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": FILTERS}]
 SPEECH = b"ID3\x04fake-mp3-frame-" * 64
+
+
+# The API's caps on string fields, with its own wording: `user`, a function's description.
+def _too_long(body: dict[str, Any]) -> dict[str, Any] | None:
+    fields = [("user", body.get("user"), 64)] + [
+        (f"tools[{i}].function.description", (tool.get("function") or {}).get("description"), 1024)
+        for i, tool in enumerate(body.get("tools") or []) if isinstance(tool, dict)]
+    for param, value, limit in fields:
+        if isinstance(value, str) and len(value) > limit:
+            return {"error": {"code": "string_above_max_length", "param": param, "type": "invalid_request_error",
+                              "message": f"Invalid '{param}': string too long. Expected a string with maximum "
+                                         f"length {limit}, but got a string with length {len(value)} instead."}}
+    return None
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -84,11 +97,9 @@ class AzureFake(WireFake):
         if not recorded.headers.get("api-key") and not bearer:    # v1 also takes the key as a bearer token
             return json_response(error_body("401", "Access denied due to invalid subscription key."), 401)
         body = recorded.body if isinstance(recorded.body, dict) else {}
-        user = body.get("user")
-        if isinstance(user, str) and len(user) > 64:        # the API's own cap and wording
-            return json_response({"error": {"code": "string_above_max_length", "param": "user", "type": "invalid_request_error",
-                                            "message": "Invalid 'user': string too long. Expected a string with maximum "
-                                                       f"length 64, but got a string with length {len(user)} instead."}}, 400)
+        too_long = _too_long(body)
+        if too_long is not None:
+            return json_response(too_long, 400)
         if path == "chat/completions":
             answer = ChatAnswer.for_request(body, deployment)
             if body.get("stream"):

@@ -27,8 +27,8 @@ import pytest
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
 from tests.fakes.wire_fake import Recorded
+from tests.harness import CLIENT_KEY, Stack
 from tests.npm_tools import npm_packages
-from tests.providers_gateway import CLIENT_KEY, Stack
 
 DATED_ID = "claude-sonnet-4-5-20250929"        # served by the `claude-*` alias
 # Aliases whose names Claude Code does not know: it then turns on every feature it has

@@ -13,7 +13,7 @@ import pytest
 from anthropic import AsyncAnthropic
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
-from tests.providers_gateway import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, Stack
 
 BETAS = ["mid-conversation-system-2026-04-07", "effort-2025-11-24", "context-management-2025-06-27",
          "interleaved-thinking-2025-05-14"]

@@ -94,6 +94,10 @@ def check_served_as_sent(stack: Stack, model: str) -> None:
             first_user = roles.index("user")
             later = [m for m in body["messages"][first_user:] if m["role"] == "system"]
             assert later and MID_CONVERSATION_SYSTEM in later[0]["content"]    # kept in place
+            # Claude Code's long tool descriptions (Bash's runs to thousands of characters)
+            # are cut to OpenAI's 1024 and given whole in a system message ahead.
+            spilled = [m for m in body["messages"][:first_user] if m["content"].startswith("Full descriptions")]
+            assert spilled and "## Tool Bash" in spilled[0]["content"]
             assert not {"thinking", "output_config", "context_management", "reasoning_effort"} & set(body)
 
 

@@ -109,6 +109,26 @@ def test_thinking_becomes_reasoning_effort_only_when_turned_on(fields: dict[str,
     assert not {"thinking", "output_config", "context_management"} & set(chat)
 
 
+def test_a_long_user_id_reaches_chat_as_its_digest() -> None:
+    long_id = '{"device_id":"' + "d" * 64 + '","session_id":"s1"}'
+    chats = [to_chat_request({"model": "m", "max_tokens": 1, "metadata": {"user_id": user},
+                              "messages": [{"role": "user", "content": "x"}]}) for user in ("u-1", long_id)]
+    assert chats[0]["user"] == "u-1"
+    assert len(chats[1]["user"]) == 64 and chats[1]["user"] != long_id[:64]
+
+
+def test_a_long_tool_description_is_cut_and_given_whole_in_a_system_message() -> None:
+    long = "Runs a command. " + "Mind the quoting. " * 100
+    chat = to_chat_request({"model": "m", "max_tokens": 1, "system": "S", "messages": [{"role": "user", "content": "x"}],
+                            "tools": [{"name": "Bash", "description": long, "input_schema": {"type": "object"}},
+                                      {"name": "Read", "description": "Reads a file.", "input_schema": {"type": "object"}}]})
+    bash, read = (tool["function"] for tool in chat["tools"])
+    assert len(bash["description"]) == 1024 and bash["description"].startswith("Runs a command.")
+    assert read["description"] == "Reads a file."
+    assert [m["role"] for m in chat["messages"]] == ["system", "system", "user"]
+    assert "## Tool Bash\n\n" + long in chat["messages"][1]["content"] and "Reads a file" not in chat["messages"][1]["content"]
+
+
 def test_response_with_text_tool_calls_and_cache_usage() -> None:
     chat = {"id": "chatcmpl-abc", "object": "chat.completion", "choices": [{"index": 0, "finish_reason": "tool_calls",
             "message": {"role": "assistant", "content": "Checking.", "tool_calls": [

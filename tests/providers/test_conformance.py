@@ -95,8 +95,8 @@ def make_context(body: dict[str, Any], meta: dict[str, Any]) -> CallContext:
     messages = meta["operation"] == "messages"     # a Messages stream always reports usage
     return CallContext(alias=body.get("model", "alias"), request_id="req_golden", created=1_700_000_000,
                        stream=stream, include_usage=stream and (messages or options.get("include_usage") is True),
-                       client_body=body, response_id="resp_golden",
-                       forward_headers=meta.get("client_headers", {}))
+                       client_body=body, forward_headers=meta.get("client_headers", {}),
+                       response_id="resp_golden")
 
 
 def error_record(exc: GatewayError) -> dict[str, Any]:
@@ -243,10 +243,11 @@ def test_golden_case(case: Path) -> None:
         expected = ([orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
                     if name.endswith(".jsonl") else load(path))
         assert value == expected, f"{case.parent.name}/{case.name}: {name} differs"
-    if "expected_chunks.jsonl" in produced and load(case / "meta.json")["operation"] == "responses":
-        check_responses_event_invariants(produced["expected_chunks.jsonl"])
-    elif "expected_chunks.jsonl" in produced and load(case / "meta.json")["operation"] == "messages":
+    operation = load(case / "meta.json")["operation"]
+    if "expected_chunks.jsonl" in produced and operation == "messages":
         check_messages_event_invariants(produced["expected_chunks.jsonl"])
+    elif "expected_chunks.jsonl" in produced and operation == "responses":
+        check_responses_event_invariants(produced["expected_chunks.jsonl"])
     elif "expected_chunks.jsonl" in produced:
         body = load(case / "client_request.json")
         check_stream_invariants(produced["expected_chunks.jsonl"],

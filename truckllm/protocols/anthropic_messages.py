@@ -9,6 +9,7 @@ Pure, no I/O. Imports only errors, usage, providers.base and protocols.through_c
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -40,6 +41,11 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     system = _text_of(body.get("system"), "system")
     if system:
         chat["messages"].append({"role": "system", "content": system})
+    if body.get("tools"):
+        chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
+        spilled = _spill_long_descriptions(chat["tools"])
+        if spilled:
+            chat["messages"].append({"role": "system", "content": spilled})
     for i, message in enumerate(messages):
         chat["messages"] += _chat_messages(message, i)
     for name in ("temperature", "top_p"):
@@ -54,12 +60,10 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
         # Reasoning models refuse `max_tokens`; servers that only speak older chat know
         # nothing else, and they are not asked for reasoning.
         chat["max_completion_tokens" if effort is not None else "max_tokens"] = body["max_tokens"]
-    if body.get("tools"):
-        chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
     _tool_choice(body.get("tool_choice"), chat)
     user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
-    if isinstance(user, str):
-        chat["user"] = user
+    if isinstance(user, str) and user:
+        chat["user"] = chat_user(user)
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
@@ -176,6 +180,19 @@ def _tool(tool: Any, j: int) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+# OpenAI refuses a longer `user` (400 "string too long"); Anthropic's user_id has no such
+# cap, and Claude Code's is a JSON object of ids, well past it.
+_CHAT_USER_MAX = 64
+
+
+def chat_user(user_id: str) -> str:
+    """`metadata.user_id` as chat's `user`: as it is when short enough, else its SHA-256
+    (64 hex digits), which still tells one end user from another as the field is for."""
+    if len(user_id) <= _CHAT_USER_MAX:
+        return user_id
+    return hashlib.sha256(user_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 # Thinking budgets (tokens) at or above which a request reads as that reasoning effort.
 _BUDGET_EFFORTS = ((16384, "high"), (4096, "medium"), (0, "low"))
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
@@ -197,6 +214,27 @@ def reasoning_effort(thinking: Any, output_config: Any) -> str | None:
     if not isinstance(budget, int) or isinstance(budget, bool):
         return "medium"
     return next(effort for floor, effort in _BUDGET_EFFORTS if budget >= floor)
+
+
+# OpenAI's chat API refuses a function description longer than this (400
+# string_above_max_length); Anthropic has no such cap, and Claude Code's own tools (Bash,
+# Agent, ...) run to thousands of characters.
+TOOL_DESCRIPTION_MAX = 1024
+
+
+def _spill_long_descriptions(tools: list[dict[str, Any]]) -> str:
+    """Cut each description longer than TOOL_DESCRIPTION_MAX, pointing to its full text,
+    and return those full texts as one system message's content ("" when none was long):
+    the model still reads every word, and no target refuses the tool."""
+    spilled: list[str] = []
+    for tool in tools:
+        function = tool["function"]
+        description = function.get("description")
+        if isinstance(description, str) and len(description) > TOOL_DESCRIPTION_MAX:
+            pointer = f" [...] (the full description is in the system message, under \"Tool {function['name']}\")"
+            function["description"] = description[:TOOL_DESCRIPTION_MAX - len(pointer)] + pointer
+            spilled.append(f"## Tool {function['name']}\n\n{description}")
+    return "Full descriptions of the tools whose own are cut short:\n\n" + "\n\n".join(spilled) if spilled else ""
 
 
 def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:

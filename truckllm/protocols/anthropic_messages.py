@@ -213,7 +213,7 @@ def reasoning_effort(thinking: Any, output_config: Any) -> str | None:
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool):
         return "medium"
-    return next(effort for floor, effort in _BUDGET_EFFORTS if budget >= floor)
+    return next((effort for floor, effort in _BUDGET_EFFORTS if budget >= floor), "low")
 
 
 # OpenAI's chat API refuses a function description longer than this (400

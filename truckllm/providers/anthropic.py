@@ -6,6 +6,9 @@ Operations: chat, completions (answered through chat), and messages and count_to
 rewritten).
 Settings (AnthropicProvider): `anthropic_version` (header value), `default_max_tokens`
 (sent when the client gives no max tokens, since Anthropic requires it).
+Thinking: chat's `reasoning_effort` turns it on (providers.shared.reasoning's budgets);
+thinking blocks come back in chat's reasoning extension fields when the context carries
+reasoning, and an assistant message's `reasoning_state` goes back as those blocks in place.
 """
 
 from __future__ import annotations

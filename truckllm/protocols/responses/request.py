@@ -9,8 +9,9 @@ sent back by a stateless client) becomes the `reasoning_state` of the assistant 
 after it, so the provider gets its own reasoning blocks back in place; any other
 reasoning item (a native one, one sealed before a restart, a forged one) is left out.
 
-Pure, no I/O. Imports only errors and protocols.responses.sealed. Refusals are InvalidRequest naming the Responses
-field (`input[3].content[0].type`), raised before anything goes upstream.
+Pure, no I/O. Imports only errors and protocols.responses.sealed. Refusals are
+InvalidRequest naming the Responses field (`input[3].content[0].type`), raised before
+anything goes upstream.
 """
 
 from __future__ import annotations

@@ -182,6 +182,7 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
     tried: list[Candidate] = []
     last: Outcome | None = None
     waited = 0.0
+    refusals = 0
     while len(tried) < settings.max_attempts:
         candidate = next_candidate(candidates, tried, last.error_class if last else None, usable)
         if candidate is None or tried:      # nothing usable yet, or a retry: pause first
@@ -194,13 +195,21 @@ async def _serve_route(call: Call, route: Route, targets: tuple[Target, ...],
             exchange.upstream_s += time.perf_counter() - paused
             if candidate is None:
                 break
+        limiter = call.limiter
+        use = None
+        if limiter is not None and candidate.key_ref is not None:
+            use = await limiter.upstream_acquire(state.limits, candidate.key_ref, call.estimate)
+            if use is None:
+                # A shared limit store found the key's rpm/tpm used up by another instance
+                # since the router asked: not an attempt; the key is now known to be full.
+                refusals += 1
+                if refusals > len(candidates):
+                    break
+                continue
         tried.append(candidate)
         # The attempt is awaited here, not in a helper coroutine: every coroutine layer
         # between the handler and aiohttp is paid again on each resume.
         target, provider, key, attempt = _begin(call, choices, candidate, exchange, health)
-        limiter = call.limiter
-        use = (None if limiter is None or key is _NO_KEY
-               else await limiter.upstream_acquire(state.limits, key.ref, call.estimate))
         try:
             reply = await opener(call, provider, target, key, transport, exchange, attempt)
         except _AttemptFailed as failed:

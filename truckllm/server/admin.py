@@ -134,6 +134,7 @@ async def status(request: web.Request) -> web.Response:
         "started_at": ops.started_at,
         "uptime_s": round(now - ops.started_at, 3),
         "inflight": ops.inflight[0],
+        "state_backend": ops.state_backend(),
     })
 
 

@@ -10,10 +10,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from truckllm import errors
-from truckllm.clock import Clock
+from truckllm.clock import Clock, SystemClock
 from truckllm.config.loader import LoadedConfig
 from truckllm.limits import Limiter
-from truckllm.limits.upstream import MemoryUpstreamStore
+from truckllm.limits.clients import ClientStore
+from truckllm.limits.redis_clients import RedisClientStore
+from truckllm.limits.redis_link import FAILURES, StateLink
+from truckllm.limits.redis_upstream import RedisUpstreamStore
+from truckllm.limits.upstream import MemoryUpstreamStore, UpstreamStore
 from truckllm.observe.probes import run_probes
 from truckllm.pipeline.dispatch import adopt
 from truckllm.pipeline.health import Health
@@ -31,6 +35,7 @@ from truckllm.server.keys import (
     OPS,
     ROUTING,
     STATE,
+    STATE_LINK,
     TRACING,
     TRANSPORT,
     RecordObserver,
@@ -51,12 +56,24 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[STATE] = holder
     app[TRANSPORT] = Transport()
     app[INFLIGHT] = [0]
-    upstream = MemoryUpstreamStore(clock)   # one record per upstream key: health and limits
-    app[ROUTING] = Routing(Health(clock=clock, store=upstream))
-    app[LIMITER] = Limiter(clock, upstream=upstream)
-    app[LIMITER].adopt(holder.current.limits)
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops
+    server = holder.current.config.server
+    clients: ClientStore | None = None
+    upstream: UpstreamStore
+    if server.state_url is None:
+        upstream = MemoryUpstreamStore(clock)   # one record per upstream key: health and limits
+    else:
+        link = StateLink(server.state_url.get_secret_value(), server.state_failure)
+        clients = RedisClientStore(link, clock or SystemClock())
+        upstream = RedisUpstreamStore(link, clock)
+        ops.state_backend = link.status
+        ops.metrics.state_backend_up.set_function(lambda: 1 if link.up else 0)
+        app[STATE_LINK] = link
+        app.cleanup_ctx.append(_state_link)
+    app[ROUTING] = Routing(Health(clock=clock, store=upstream))
+    app[LIMITER] = Limiter(clock, clients=clients, upstream=upstream)
+    app[LIMITER].adopt(holder.current.limits)
     app[TRACING] = ops.tracing
     ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app),
                                _routing_follows(app))
@@ -101,6 +118,22 @@ def _routing_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResu
     def adopt_routing(loaded: LoadedConfig, result: ReloadResult) -> None:
         adopt(app[ROUTING], app[STATE].current)
     return adopt_routing
+
+
+async def _state_link(app: web.Application) -> AsyncIterator[None]:
+    """The shared state server's probe and periodic pushes, for the app's lifetime; the
+    usage not yet pushed goes once more before the connection closes."""
+    link = app[STATE_LINK]
+    task = asyncio.create_task(link.run(), name="truckllm-state-link")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    if link.up:
+        for push in link.every_second:
+            with contextlib.suppress(*FAILURES):
+                await push()
+    await link.close()
 
 
 async def _close_transport(app: web.Application) -> AsyncIterator[None]:

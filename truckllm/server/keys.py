@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from truckllm.limits import Limiter
+from truckllm.limits.redis_link import StateLink
 from truckllm.observe.traces import Tracing
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.router import Routing
@@ -23,4 +24,5 @@ ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive re
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)
+STATE_LINK = web.AppKey("state_link", StateLink)   # only with server.state_url
 TRACING = web.AppKey("tracing", Tracing)           # OpenTelemetry spans; off unless server.otel           # rate windows, budgets, usage; survives reloads

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from truckllm.limits import state_file_path
 from truckllm.limits.persist import StateSaver
-from truckllm.server.keys import LIMITER, STATE
+from truckllm.limits.redis_import import import_state_file
+from truckllm.server.keys import LIMITER, STATE, STATE_LINK
 
 
 async def save_state(app: web.Application) -> AsyncIterator[None]:
@@ -20,6 +21,12 @@ async def save_state(app: web.Application) -> AsyncIterator[None]:
     configured = loaded.config.server.state_file
     if configured is None and not _is_config_file(loaded.source):
         yield                       # a config that came from no file: nowhere to put state
+        return
+    if loaded.config.server.state_url is not None:
+        # The shared state server keeps usage and spend; a state file is imported once.
+        await import_state_file(app[LIMITER], app[STATE_LINK],
+                                state_file_path(loaded.source, configured))
+        yield
         return
     async with StateSaver(app[LIMITER], state_file_path(loaded.source, configured)):
         yield

@@ -1,0 +1,148 @@
+"""Several real `truckllm serve` processes sharing one real redis-server: one limit for all
+of them, exactly; an outage of Redis drops no request, shows in /metrics and the status,
+and the spend counted meanwhile reaches Redis when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.ops.live import ENV, Gateway, free_port, run_gateway, wait_until
+from tests.redis_server import RedisServer
+
+KEY = ENV["TEAM_KEY"]
+
+
+def config(port: int, state_url: str, *, rpm: int | None = None,
+           gateway_rpm: int | None = None, budget: float | None = None) -> str:
+    limits = []
+    if rpm is not None:
+        limits.append(f"rpm: {rpm}")
+    if budget is not None:
+        limits.append(f"budget_usd: {budget}")
+    key_line = "  - {id: team-a, key: \"${TEAM_KEY}\"" + "".join(f", {x}" for x in limits) + "}"
+    return "\n".join([
+        "version: 1",
+        "server:",
+        f"  port: {port}",
+        "  watch: false",
+        "  admin_api_key: ${ADMIN_KEY}",
+        f"  state_url: {state_url}",
+        "providers:",
+        "  - id: demo",
+        "    type: mock",
+        "    keys: [{id: k1, value: \"${MOCK_KEY}\"}]",
+        "models:",
+        "  - alias: demo",
+        "    targets: [{provider: demo, model: echo}]",
+        "    pricing: {input_per_mtok: 1000000, output_per_mtok: 1000000}",
+        "keys:",
+        key_line,
+        *([f"limits: {{rpm: {gateway_rpm}}}"] if gateway_rpm is not None else []),
+        "",
+    ])
+
+
+@asynccontextmanager
+async def instances(tmp_path: Path, count: int, state_url: str,
+                    **limits: float | None) -> AsyncIterator[list[Gateway]]:
+    async with AsyncExitStack() as stack:
+        gateways = []
+        for index in range(count):
+            home = tmp_path / f"instance{index}"
+            home.mkdir()
+            port = free_port()
+            path = home / "truckllm.yaml"
+            path.write_text(config(port, state_url, **limits))  # type: ignore[arg-type]
+            gateways.append(await stack.enter_async_context(run_gateway(path, port)))
+        yield gateways
+
+
+async def chat(http: aiohttp.ClientSession, gateway: Gateway) -> int:
+    async with http.post(gateway.url + "/v1/chat/completions",
+                         headers={"Authorization": f"Bearer {KEY}"},
+                         json={"model": "demo",
+                               "messages": [{"role": "user", "content": "hello"}]}) as response:
+        await response.read()
+        return response.status
+
+
+async def spread(gateways: list[Gateway], clients: int, per_client: int) -> list[int]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async def client(index: int) -> list[int]:
+            return [await chat(http, gateways[(index + n) % len(gateways)])
+                    for n in range(per_client)]
+        results = await asyncio.gather(*(client(i) for i in range(clients)))
+    return [status for statuses in results for status in statuses]
+
+
+async def team_report(gateway: Gateway) -> dict[str, Any]:
+    code, body, text = await gateway.admin("GET", "/admin/v1/keys")
+    assert code == 200, text
+    found: dict[str, Any] = next(key for key in body["keys"] if key["id"] == "team-a")
+    return found
+
+
+async def metric(gateway: Gateway, name: str) -> float:
+    _, text = await gateway.get("/metrics")
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} missing from /metrics")
+
+
+@pytest.mark.parametrize("limit", ["key", "gateway"])
+async def test_64_clients_over_3_instances_get_exactly_rpm(
+        tmp_path: Path, redis_url: str, limit: str) -> None:
+    rpm = 50
+    limits = {"rpm": rpm} if limit == "key" else {"gateway_rpm": rpm}
+    async with instances(tmp_path, 3, redis_url, **limits) as gateways:
+        statuses = await spread(gateways, clients=64, per_client=2)
+        assert statuses.count(200) == rpm
+        assert statuses.count(429) == 128 - rpm
+        if limit == "key":
+            assert (await team_report(gateways[2]))["requests"] == rpm
+
+
+async def test_a_budget_is_crossed_by_at_most_the_requests_in_flight(
+        tmp_path: Path, redis_url: str) -> None:
+    async with instances(tmp_path, 3, redis_url, budget=0.0005) as gateways:
+        statuses = await spread(gateways, clients=64, per_client=2)
+        served = statuses.count(200)
+        assert 1 <= served <= 64         # once spent, only requests already admitted got through
+        assert statuses.count(403) == 128 - served
+        body = await team_report(gateways[0])
+        assert body["requests"] == served
+        assert body["spend_usd"] >= 0.0005
+
+
+async def test_redis_outage_drops_no_request_and_spend_reaches_it_after(tmp_path: Path) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        async with instances(tmp_path, 2, server.url, rpm=1000) as gateways:
+            assert (await spread(gateways, clients=4, per_client=2)).count(200) == 8
+            server.stop()
+            assert (await spread(gateways, clients=4, per_client=2)).count(200) == 8
+            assert await metric(gateways[0], "truckllm_state_backend_up") == 0
+            status = await gateways[0].status()
+            assert status["state_backend"]["up"] is False
+            log = gateways[0].output()
+            assert log.count("state_backend_down") == 1
+            server.start()          # empty: it gets what was counted during the outage
+
+            async def pushed() -> bool:
+                return bool((await team_report(gateways[1]))["lifetime"]["requests"] >= 8)
+            await wait_until(pushed, "the outage's usage to reach Redis")
+            assert await metric(gateways[0], "truckllm_state_backend_up") == 1
+            body = await team_report(gateways[1])
+            assert body["lifetime"]["requests"] == 8
+            assert body["lifetime"]["spend_usd"] > 0
+    finally:
+        server.stop()

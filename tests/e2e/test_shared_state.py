@@ -5,6 +5,7 @@ and the spend counted meanwhile reaches Redis when it is back."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -146,3 +147,24 @@ async def test_redis_outage_drops_no_request_and_spend_reaches_it_after(tmp_path
             assert body["lifetime"]["spend_usd"] > 0
     finally:
         server.stop()
+
+
+async def test_the_state_files_spend_is_imported_once(tmp_path: Path, redis_url: str) -> None:
+    state = {"version": 1, "client_keys": {"team-a": {
+        "period_start": "1970-01-01T00:00:00+00:00",
+        "period": {"requests": 7, "prompt_tokens": 70, "completion_tokens": 7, "spend_usd": 1.5},
+        "lifetime": {"requests": 7, "prompt_tokens": 70, "completion_tokens": 7,
+                     "spend_usd": 1.5}}}, "upstream_keys": {}}
+    for round_ in range(2):         # the second start finds the same file: nothing added
+        home = tmp_path / f"start{round_}"
+        home.mkdir()
+        (home / "truckllm.state.json").write_text(json.dumps(state))
+        port = free_port()
+        path = home / "truckllm.yaml"
+        path.write_text(config(port, redis_url, budget=100.0))
+        async with run_gateway(path, port) as gateway:
+            async def imported() -> bool:
+                return bool((await team_report(gateway))["spend_usd"] == 1.5)
+            await wait_until(imported, "the state file's spend in Redis")
+            report = await team_report(gateway)
+            assert report["requests"] == 7

@@ -19,6 +19,8 @@ from truckllm.limits.meter import Refusal
 from truckllm.limits.redis_clients import RedisClientStore
 from truckllm.limits.redis_link import StateLink
 from truckllm.limits.redis_upstream import RedisUpstreamStore
+from truckllm.pipeline.health import Health
+from truckllm.pipeline.retry import ErrorClass, Outcome
 from truckllm.usage import Usage
 from tests.redis_server import RedisServer
 
@@ -137,3 +139,34 @@ async def test_closed_on_failure_refuses_keys_with_limits() -> None:
                                             TOTAL), Grant)
     finally:
         await link.close()
+
+
+async def test_cooldowns_disabled_keys_and_open_breakers_reach_the_other_instances(
+        links: list[StateLink]) -> None:
+    a, b = (RedisUpstreamStore(link) for link in links[:2])
+    health_a, health_b = Health(store=a), Health(store=b)
+    target = ("p", "model")
+    attempt = health_a.begin(target, "p/cool")
+    attempt.failed(Outcome(ErrorClass.RATE_LIMITED, "429", 429, retry_after_s=30))
+    attempt.end()
+    attempt = health_a.begin(target, "p/bad")
+    attempt.failed(Outcome(ErrorClass.AUTH, "401", 401))
+    attempt.end()
+    for _ in range(3):
+        attempt = health_a.begin(target, "p/k")
+        attempt.failed(Outcome(ErrorClass.SERVER, "500", 500))
+        attempt.end()
+    assert not health_a.target_available(target)
+    assert health_b.key_available("p/cool") and health_b.target_available(target)
+    await a.sync_health()
+    await b.sync_health()
+    assert not health_b.key_available("p/cool")
+    wait = health_b.seconds_until_available(("q", "m"), "p/cool")
+    assert wait is not None and 28 < wait <= 30
+    assert not health_b.key_available("p/bad")
+    assert not health_b.target_available(target)
+    health_a.prune(["p/cool", "p/bad", "p/k"], ["p"])      # a reload re-enables the rejected key
+    await a.sync_health()
+    health_b.prune(["p/cool", "p/bad", "p/k"], ["p"])      # and on b
+    await b.sync_health()
+    assert health_b.key_available("p/bad")

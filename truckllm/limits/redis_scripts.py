@@ -295,3 +295,34 @@ redis.call('HINCRBY', KEYS[3], 'ct', ARGV[6])
 if tonumber(ARGV[7]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'sp', ARGV[7]) end
 return 1
 """
+
+# Health shared between instances: upstream keys' cooldowns and disabled flags, opened
+# breakers, as fields of one hash whose values are expiry times on the Redis clock.
+# KEYS: the hash.  ARGV: n, then n (field, ms from now; -1 = delete) pairs.
+# Stores each as max(existing, now + ms), drops expired fields, and returns every field
+# still live with its remaining ms: {field, ms, field, ms, ...}.
+HEALTH_SYNC = _PRELUDE + """
+local now = now_ms()
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local field, ms = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
+  if ms < 0 then
+    redis.call('HDEL', KEYS[1], field)
+  else
+    local old = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+    if now + ms > old then redis.call('HSET', KEYS[1], field, now + ms) end
+  end
+end
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local left = tonumber(all[i + 1]) - now
+  if left <= 0 then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = left
+  end
+end
+return out
+"""

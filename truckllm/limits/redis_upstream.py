@@ -6,14 +6,17 @@ Redis server (truckllm.limits.redis_scripts) and may refuse: another instance ma
 used the key's last request of the minute since the router asked. The router's
 synchronous question (`refusal`) is answered from what the last refusal said. A key
 without rpm/tpm makes no round trip: its usage and spend are added in Redis in a batch,
-once a second. The records health reads (cooldowns, breakers) stay this process's: the
-in-memory store this one extends. While Redis is unreachable, the key's windows are kept
+once a second. The records health reads are this process's (the in-memory store this one
+extends), and what matters of them to the others — a key cooling down after a 429, a key
+upstream rejected, an opened breaker — is shared once a second (`sync_health`), so every
+instance skips it within a second. While Redis is unreachable, the key's windows are kept
 in memory, per instance. Must not import the pipeline or the server.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +25,15 @@ from truckllm.limits.accounts import Counters
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.meter import WINDOW_S, Refusal
 from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink
-from truckllm.limits.redis_scripts import UPSTREAM_ACQUIRE, UPSTREAM_SETTLE
+from truckllm.limits.redis_scripts import HEALTH_SYNC, UPSTREAM_ACQUIRE, UPSTREAM_SETTLE
 from truckllm.limits.upstream import Hold, MemoryUpstreamStore
 from truckllm.usage import Usage
 
 if TYPE_CHECKING:
     from truckllm.limits.policy import RateLimits
+
+
+_UNTIL_RELOAD_MS = 10 * 365 * 86_400_000     # a disabled key: until a reload clears it
 
 
 class RedisHold:
@@ -43,7 +49,8 @@ class RedisHold:
 class RedisUpstreamStore(MemoryUpstreamStore):
     """Shared rpm/tpm and usage of upstream keys; health records of this process."""
 
-    __slots__ = ("_acquire", "_ids", "_pending", "_refused", "_settle", "_span_ms", "link")
+    __slots__ = ("_acquire", "_health", "_ids", "_pending", "_published", "_refused", "_settle",
+                 "_span_ms", "_unpublish", "link")
 
     def __init__(self, link: StateLink, clock: Clock | None = None, *,
                  window_s: float = WINDOW_S) -> None:
@@ -55,8 +62,12 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         self._pending: dict[str, Counters] = {}                 # usage Redis has not seen
         self._acquire = link.script(UPSTREAM_ACQUIRE)
         self._settle = link.script(UPSTREAM_SETTLE)
+        self._health = link.script(HEALTH_SYNC)
+        self._published: dict[str, float] = {}  # field -> the local time it was shared until
+        self._unpublish: set[str] = set()
         link.on_up.append(self.push)
         link.every_second.append(self.push)
+        link.every_second.append(self.sync_health)
 
     def refusal(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Refusal | None:
         if not self.link.up:
@@ -124,6 +135,71 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         except FAILURES:
             _add(self._owed(ref), usage, cost_usd)
 
+    async def sync_health(self) -> None:
+        """Share this process's cooldowns, disabled keys and opened breakers, and take
+        the other instances': one round trip a second. A later or longer one wins."""
+        now = self.clock.monotonic()
+        changes: list[Any] = []
+        for field, until in self._health_now(now):
+            if self._published.get(field) != until:
+                self._published[field] = until
+                ms = _UNTIL_RELOAD_MS if math.isinf(until) else int((until - now) * 1000)
+                changes += [field, max(ms, 0)]
+        for field in self._unpublish:
+            changes += [field, -1]
+        self._unpublish.clear()
+        answer = await self.link.call(self._health, [f"{PREFIX}health"],
+                                      [len(changes) // 2, *changes])
+        now = self.clock.monotonic()
+        for i in range(0, len(answer), 2):
+            field, until = _text(answer[i]), now + int(answer[i + 1]) / 1000
+            kind, _, name = field.partition("|")
+            if kind == "cool":
+                record = self.key(name)
+                if until > record.cooldown_until:
+                    record.cooldown_until = until
+            elif kind == "off":
+                self.key(name).disabled = True
+            elif kind in ("open-k", "open-t"):
+                if kind == "open-k":
+                    breaker = self.key(name).breaker
+                else:
+                    provider, _, model = name.partition("\x1f")
+                    breaker = self.target((provider, model)).breaker
+                if breaker.open_until is None or until > breaker.open_until:
+                    breaker.open_until = until
+                    breaker.openings = max(breaker.openings, 1)
+                    breaker.trial_taken = False
+                    breaker.failures.clear()
+            else:
+                continue
+            self._published[field] = self._field_until(kind, name, now)
+
+    def _health_now(self, now: float) -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
+        for ref, record in self._keys.items():
+            if record.cooldown_until > now:
+                found.append((f"cool|{ref}", record.cooldown_until))
+            if record.disabled:
+                found.append((f"off|{ref}", math.inf))
+            if record.breaker.open_until is not None and record.breaker.open_until > now:
+                found.append((f"open-k|{ref}", record.breaker.open_until))
+        for (provider, model), target in self._targets.items():
+            if target.breaker.open_until is not None and target.breaker.open_until > now:
+                found.append((f"open-t|{provider}\x1f{model}", target.breaker.open_until))
+        return found
+
+    def _field_until(self, kind: str, name: str, now: float) -> float:
+        """What the local record says now for a field (so taking it is not shared back)."""
+        if kind == "cool":
+            return self.key(name).cooldown_until
+        if kind == "off":
+            return math.inf
+        if kind == "open-k":
+            return self.key(name).breaker.open_until or now
+        provider, _, model = name.partition("\x1f")
+        return self.target((provider, model)).breaker.open_until or now
+
     def _owed(self, ref: str) -> Counters:
         owed = self._pending.get(ref)
         if owed is None:
@@ -162,6 +238,10 @@ class RedisUpstreamStore(MemoryUpstreamStore):
 
     def retain(self, refs: Collection[str], provider_ids: Collection[str] | None = None) -> None:
         super().retain(refs, provider_ids)
+        # A reload re-enables keys upstream rejected (health's prune): so does the shared flag.
+        for ref in refs:
+            self._unpublish.add(f"off|{ref}")
+            self._published.pop(f"off|{ref}", None)
         for ref in [ref for ref in self._pending if ref not in refs]:
             del self._pending[ref]
         for ref in [ref for ref in self._refused if ref not in refs]:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.redis_server import RedisServer
 from truckllm.clock import SystemClock
 from truckllm.errors import Overloaded
 from truckllm.limits import KeyPolicy, RateLimits
@@ -22,7 +23,6 @@ from truckllm.limits.redis_upstream import RedisUpstreamStore
 from truckllm.pipeline.health import Health
 from truckllm.pipeline.retry import ErrorClass, Outcome
 from truckllm.usage import Usage
-from tests.redis_server import RedisServer
 
 TOTAL = datetime(1970, 1, 1, tzinfo=UTC)
 OPEN = RateLimits()

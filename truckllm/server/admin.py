@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import orjson
 import yaml
 from aiohttp import web
@@ -23,6 +24,7 @@ from truckllm.runtime.reloader import ReloadResult
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import OPS, ROUTING, STATE
 from truckllm.server.ops import Ops
+from truckllm.server.workers import merge_metrics
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -49,7 +51,36 @@ async def metrics(request: web.Request) -> web.Response:
         raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
     ops.metrics.set_upstream_health(_upstream_statuses(request))
     body, content_type = ops.metrics.render()
+    if ops.worker_peers is not None:        # --workers: every worker's numbers
+        body = await gather_metrics(body, ops.worker_peers())
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+SELF_METRICS_PATH = "/metrics/self"
+
+
+async def own_metrics(request: web.Request) -> web.Response:
+    """This worker's own metrics, on its private port (see truckllm.server.workers)."""
+    ops = request.app[OPS]
+    ops.metrics.set_upstream_health(_upstream_statuses(request))
+    body, content_type = ops.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def gather_metrics(own: bytes, ports: list[int]) -> bytes:
+    """This worker's metrics added to the other workers' (one that does not answer in a
+    second is left out: it is restarting)."""
+    texts = [own.decode()]
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for port in ports:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{SELF_METRICS_PATH}") as reply:
+                    if reply.status == 200:
+                        texts.append(await reply.text())
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+    return merge_metrics(texts).encode()
 
 
 def _upstream_statuses(request: web.Request) -> Iterator[tuple[str, str, str]]:

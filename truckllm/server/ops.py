@@ -44,6 +44,8 @@ class Ops:
     log_stream: TextIO | None = None    # where log lines go; None: stderr
     # Where rate windows, slots, usage and spend live, and whether it is reachable.
     state_backend: Callable[[], dict[str, Any]] = lambda: {"backend": "memory", "up": True}
+    # --workers: the private metrics ports of the other workers (None: one process)
+    worker_peers: Callable[[], list[int]] | None = None
     _observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
     def observers(self) -> list[Callable[[RequestRecord], None]]:

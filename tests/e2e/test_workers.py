@@ -42,18 +42,18 @@ def events(log_path: Path, name: str) -> list[dict[str, object]]:
 
 async def get(url: str, **headers: str) -> tuple[int, str]:
     # a new connection each time, so the kernel may give it to any worker
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        async with http.get(url, headers=headers) as response:
-            return response.status, await response.text()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
+            http.get(url, headers=headers) as response:
+        return response.status, await response.text()
 
 
 async def chat(url: str) -> int:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        async with http.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                             json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
-                             ) as response:
-            await response.read()
-            return response.status
+    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
+            http.post(url + "/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}) as response:
+        await response.read()
+        return response.status
 
 
 def metric_sum(text: str, prefix: str) -> float:

@@ -80,6 +80,11 @@ async def test_workers_share_a_port_restart_reload_add_up_and_drain(tmp_path: Pa
         assert code == 200
         assert metric_sum(text, 'llm_key_requests_total{key="team-a",status="200"}') == 20
         assert "truckllm_config_info{" in text
+        code, text = await get(url + "/admin/v1/status",
+                               Authorization=f"Bearer {ENV['ADMIN_KEY']}")
+        workers = orjson.loads(text)["workers"]
+        assert code == 200 and sorted(w["worker"] for w in workers) == [0, 1]
+        assert len({w["config"]["sha256"] for w in workers}) == 1
 
         # a worker killed is started again
         victim = int(str(events(log_path, "worker_started")[0]["pid"]))

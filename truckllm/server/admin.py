@@ -7,6 +7,7 @@ never a secret value. Handlers only translate HTTP to the Ops objects and back.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +58,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 SELF_METRICS_PATH = "/metrics/self"
+SELF_STATUS_PATH = "/status/self"
 
 
 async def own_metrics(request: web.Request) -> web.Response:
@@ -148,11 +150,42 @@ async def logs(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     ops = _authorized(request)
+    body = _status(ops)
+    if ops.worker_peers is not None:        # --workers: what each worker runs
+        body["workers"] = [_worker_status(ops), *await gather_statuses(ops.worker_peers())]
+    return _json(body)
+
+
+def _worker_status(ops: Ops) -> dict[str, Any]:
+    return {"worker": ops.worker_index, "pid": os.getpid(),
+            "config": {"version": ops.reloader.version, "sha256": ops.reloader.loaded.sha256},
+            "inflight": ops.inflight[0], "state_backend": ops.state_backend()}
+
+
+async def own_status(request: web.Request) -> web.Response:
+    """This worker's part of the status, on its private port."""
+    return _json(_worker_status(request.app[OPS]))
+
+
+async def gather_statuses(ports: list[int]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+        for port in ports:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{SELF_STATUS_PATH}") as reply:
+                    if reply.status == 200:
+                        found.append(await reply.json())
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+    return sorted(found, key=lambda entry: entry.get("worker") or 0)
+
+
+def _status(ops: Ops) -> dict[str, Any]:
     reloader = ops.reloader
     last = reloader.last_result
     now = time.time()
     running, started = reloader.loaded.config.server, ops.started_with.config.server
-    return _json({
+    return {
         "version": __version__,
         "config": {"version": reloader.version, "sha256": reloader.loaded.sha256,
                    "path": str(reloader.path), "loaded_at": ops.holder.loaded_at,
@@ -166,7 +199,7 @@ async def status(request: web.Request) -> web.Response:
         "uptime_s": round(now - ops.started_at, 3),
         "inflight": ops.inflight[0],
         "state_backend": ops.state_backend(),
-    })
+    }
 
 
 def _reload_response(result: ReloadResult) -> web.Response:

@@ -46,6 +46,7 @@ class Ops:
     state_backend: Callable[[], dict[str, Any]] = lambda: {"backend": "memory", "up": True}
     # --workers: the private metrics ports of the other workers (None: one process)
     worker_peers: Callable[[], list[int]] | None = None
+    worker_index: int | None = None
     _observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
     def observers(self) -> list[Callable[[RequestRecord], None]]:

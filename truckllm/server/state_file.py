@@ -12,6 +12,7 @@ from truckllm.limits import state_file_path
 from truckllm.limits.persist import StateSaver
 from truckllm.limits.redis_import import import_state_file
 from truckllm.server.keys import LIMITER, STATE, STATE_LINK
+from truckllm.server.workers import worker_identity
 
 
 async def save_state(app: web.Application) -> AsyncIterator[None]:
@@ -28,7 +29,12 @@ async def save_state(app: web.Application) -> AsyncIterator[None]:
                                 state_file_path(loaded.source, configured))
         yield
         return
-    async with StateSaver(app[LIMITER], state_file_path(loaded.source, configured)):
+    path = state_file_path(loaded.source, configured)
+    worker = worker_identity()
+    if worker is not None:
+        # --workers without state_url: a file per worker, so that none overwrites another's
+        path = path.with_name(f"{path.stem}.worker-{worker[1]}{path.suffix}")
+    async with StateSaver(app[LIMITER], path):
         yield
 
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from tests.ops.live import ENV, Gateway, free_port, run_gateway, wait_until
 from tests.redis_server import RedisServer
+from truckllm.runtime.config_sync import CHANNEL
 
 KEY = ENV["TEAM_KEY"]
 
@@ -168,3 +170,55 @@ async def test_the_state_files_spend_is_imported_once(tmp_path: Path, redis_url:
             await wait_until(imported, "the state file's spend in Redis")
             report = await team_report(gateway)
             assert report["requests"] == 7
+
+
+async def test_an_admin_change_on_one_instance_reaches_the_other(
+        tmp_path: Path, redis_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        gateways = []
+        for index, env in enumerate(({"ONLY_ON_A": "mock-a-5c1e-secret"}, {})):
+            home = tmp_path / f"instance{index}"
+            home.mkdir()
+            port = free_port()
+            path = home / "truckllm.yaml"
+            path.write_text(config(port, redis_url))
+            gateways.append(await stack.enter_async_context(run_gateway(path, port, env=env)))
+        a, b = gateways
+        await wait_until(lambda: listeners(redis_url, 2), "both instances to listen for changes")
+
+        changed = a.config_path.read_text().replace(
+            "models:\n", "models:\n  - alias: added\n    targets: [{provider: demo, model: echo}]\n")
+        code, _, text = await a.admin("POST", "/admin/v1/config", data=changed.encode())
+        assert code == 200, text
+
+        async def b_follows() -> bool:
+            return "added" in b.config_path.read_text() and \
+                (await b.status())["config"]["sha256"] == (await a.status())["config"]["sha256"]
+        await wait_until(b_follows, "instance b to write and apply the change")
+        _, metrics_b = await b.get("/metrics")
+        assert f'sha256="{(await a.status())["config"]["sha256"]}"' in metrics_b
+
+        # one b cannot apply (a variable only a has): b keeps its config and says why
+        before = (await b.status())["config"]["sha256"]
+        broken = changed.replace('value: "${MOCK_KEY}"', 'value: "${ONLY_ON_A}"')
+        code, _, text = await a.admin("POST", "/admin/v1/config", data=broken.encode())
+        assert code == 200, text
+
+        async def b_refused() -> bool:
+            sync = (await b.status())["state_backend"]["config_sync"]["last_received"]
+            return sync is not None and sync["result"] == "kept own config"
+        await wait_until(b_refused, "instance b to refuse the change")
+        status = await b.status()
+        assert status["config"]["sha256"] == before
+        assert "ONLY_ON_A" in str(status["state_backend"]["config_sync"]["last_received"]["errors"])
+        assert "config_change_refused" in b.output()
+        assert "mock-a-5c1e-secret" not in b.output() + b.config_path.read_text()
+
+
+async def listeners(redis_url: str, count: int) -> bool:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        [(_, subscribed)] = await client.pubsub_numsub(CHANNEL)
+        return bool(subscribed >= count)
+    finally:
+        await client.aclose()

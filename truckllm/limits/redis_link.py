@@ -50,6 +50,7 @@ class StateLink:
         self.last_error: str | None = None
         self.on_up: list[Periodic] = []
         self.every_second: list[Periodic] = []
+        self.config_sync: Callable[[], dict[str, Any]] | None = None    # its status
 
     def script(self, source: str) -> AsyncScript:
         return self.client.register_script(source)
@@ -74,7 +75,8 @@ class StateLink:
     def status(self) -> dict[str, Any]:
         return {"backend": "redis", "up": self.up, "down_since": self.down_since,
                 "last_error": self.last_error,
-                "on_failure": "closed" if self.fail_closed else "open"}
+                "on_failure": "closed" if self.fail_closed else "open",
+                "config_sync": None if self.config_sync is None else self.config_sync()}
 
     async def run(self) -> None:
         """For the app's lifetime: probe while down, periodic work while up."""

@@ -23,12 +23,14 @@ from truckllm.pipeline.dispatch import adopt
 from truckllm.pipeline.health import Health
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
+from truckllm.runtime.config_sync import ConfigSync
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
 from truckllm.server import admin_console, admin_keys, routes
 from truckllm.server.admin import admin_routes, metrics_routes
 from truckllm.server.edge import add_gateway_routes, plain_routes
 from truckllm.server.keys import (
+    CONFIG_SYNC,
     INFLIGHT,
     LIMITER,
     OBSERVERS,
@@ -70,6 +72,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
         ops.state_backend = link.status
         ops.metrics.state_backend_up.set_function(lambda: 1 if link.up else 0)
         app[STATE_LINK] = link
+        app[CONFIG_SYNC] = ConfigSync(link, ops.reloader)
         app.cleanup_ctx.append(_state_link)
     app[ROUTING] = Routing(Health(clock=clock, store=upstream))
     app[LIMITER] = Limiter(clock, clients=clients, upstream=upstream)
@@ -77,6 +80,8 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[TRACING] = ops.tracing
     ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app),
                                _routing_follows(app))
+    if server.state_url is not None:
+        ops.reloader.on_applied = (*ops.reloader.on_applied, app[CONFIG_SYNC].applied)
     observers: list[RecordObserver] = ops.observers()
     app[OBSERVERS] = observers
     gateway_routes = routes.routes(app)
@@ -121,14 +126,16 @@ def _routing_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResu
 
 
 async def _state_link(app: web.Application) -> AsyncIterator[None]:
-    """The shared state server's probe and periodic pushes, for the app's lifetime; the
-    usage not yet pushed goes once more before the connection closes."""
+    """The shared state server's probe, periodic pushes and config changes, for the app's
+    lifetime; the usage not yet pushed goes once more before the connection closes."""
     link = app[STATE_LINK]
-    task = asyncio.create_task(link.run(), name="truckllm-state-link")
+    tasks = [asyncio.create_task(link.run(), name="truckllm-state-link"),
+             asyncio.create_task(app[CONFIG_SYNC].run(), name="truckllm-config-sync")]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     if link.up:
         for push in link.every_second:
             with contextlib.suppress(*FAILURES):

@@ -12,6 +12,7 @@ from truckllm.observe.traces import Tracing
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
+from truckllm.runtime.config_sync import ConfigSync
 from truckllm.runtime.state import StateHolder
 from truckllm.server.ops import Ops
 
@@ -25,4 +26,5 @@ INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: reques
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)
 STATE_LINK = web.AppKey("state_link", StateLink)   # only with server.state_url
+CONFIG_SYNC = web.AppKey("config_sync", ConfigSync)  # likewise
 TRACING = web.AppKey("tracing", Tracing)           # OpenTelemetry spans; off unless server.otel           # rate windows, budgets, usage; survives reloads

@@ -22,7 +22,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 log = structlog.get_logger("truckllm.state")
 
@@ -34,6 +34,7 @@ PREFIX = "truckllm:"
 FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 Periodic = Callable[[], Awaitable[None]]
+_Call = tuple[AsyncScript, list[str], list[Any], "asyncio.Future[Any]"]
 
 
 class StateLink:
@@ -51,6 +52,8 @@ class StateLink:
         self.on_up: list[Periodic] = []
         self.every_second: list[Periodic] = []
         self.config_sync: Callable[[], dict[str, Any]] | None = None    # its status
+        self._batch: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     def script(self, source: str) -> AsyncScript:
         return self.client.register_script(source)
@@ -65,12 +68,50 @@ class StateLink:
                         fallback="in-memory limits per instance until it is back")
 
     async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """Run a script; raises one of FAILURES (after marking the link down)."""
+        """Run a script; raises one of FAILURES (after marking the link down).
+
+        Calls made in the same turn of the event loop (concurrent requests) go to Redis
+        together, in one pipeline: one write and one read for all of them, each script
+        still atomic on its own."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((script, keys, args, future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        return await future
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
         try:
-            return await asyncio.wait_for(script(keys=keys, args=args), CALL_TIMEOUT_S * 2)
+            if len(batch) == 1:
+                script, keys, args, future = batch[0]
+                results: list[Any] = [await script(keys=keys, args=args)]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+                for index, result in enumerate(results):
+                    if isinstance(result, NoScriptError):     # Redis restarted: load it
+                        script, keys, args, _ = batch[index]
+                        results[index] = await script(keys=keys, args=args)
         except FAILURES as exc:
             self.failed(exc)
-            raise
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     def status(self) -> dict[str, Any]:
         return {"backend": "redis", "up": self.up, "down_since": self.down_since,

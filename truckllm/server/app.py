@@ -14,16 +14,12 @@ from truckllm.clock import Clock, SystemClock
 from truckllm.config.loader import LoadedConfig
 from truckllm.limits import Limiter
 from truckllm.limits.clients import ClientStore
-from truckllm.limits.redis_clients import RedisClientStore
-from truckllm.limits.redis_link import FAILURES, StateLink
-from truckllm.limits.redis_upstream import RedisUpstreamStore
 from truckllm.limits.upstream import MemoryUpstreamStore, UpstreamStore
 from truckllm.observe.probes import run_probes
 from truckllm.pipeline.dispatch import adopt
 from truckllm.pipeline.health import Health
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
-from truckllm.runtime.config_sync import ConfigSync
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
 from truckllm.server import admin_console, admin_keys, routes
@@ -66,6 +62,11 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     if server.state_url is None:
         upstream = MemoryUpstreamStore(clock)   # one record per upstream key: health and limits
     else:
+        # Imported only here: a process without state_url never loads the Redis client.
+        from truckllm.limits.redis_clients import RedisClientStore
+        from truckllm.limits.redis_link import StateLink
+        from truckllm.limits.redis_upstream import RedisUpstreamStore
+        from truckllm.runtime.config_sync import ConfigSync
         link = StateLink(server.state_url.get_secret_value(), server.state_failure)
         clients = RedisClientStore(link, clock or SystemClock())
         upstream = RedisUpstreamStore(link, clock)
@@ -137,6 +138,7 @@ async def _state_link(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     if link.up:
+        from truckllm.limits.redis_link import FAILURES
         for push in link.every_second:
             with contextlib.suppress(*FAILURES):
                 await push()

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from truckllm.limits import Limiter
-from truckllm.limits.redis_link import StateLink
 from truckllm.observe.traces import Tracing
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
-from truckllm.runtime.config_sync import ConfigSync
 from truckllm.runtime.state import StateHolder
 from truckllm.server.ops import Ops
+
+if TYPE_CHECKING:
+    from truckllm.limits.redis_link import StateLink
+    from truckllm.runtime.config_sync import ConfigSync
 
 RecordObserver = Callable[[RequestRecord], None]
 
@@ -25,6 +28,7 @@ ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive re
 INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)
-STATE_LINK = web.AppKey("state_link", StateLink)   # only with server.state_url
-CONFIG_SYNC = web.AppKey("config_sync", ConfigSync)  # likewise
+# Only with server.state_url; the Redis client is not even imported without it.
+STATE_LINK: web.AppKey[StateLink] = web.AppKey("state_link")
+CONFIG_SYNC: web.AppKey[ConfigSync] = web.AppKey("config_sync")
 TRACING = web.AppKey("tracing", Tracing)           # OpenTelemetry spans; off unless server.otel           # rate windows, budgets, usage; survives reloads

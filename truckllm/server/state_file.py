@@ -10,7 +10,6 @@ from aiohttp import web
 
 from truckllm.limits import state_file_path
 from truckllm.limits.persist import StateSaver
-from truckllm.limits.redis_import import import_state_file
 from truckllm.server.keys import LIMITER, STATE, STATE_LINK
 from truckllm.server.workers import worker_identity
 
@@ -25,6 +24,7 @@ async def save_state(app: web.Application) -> AsyncIterator[None]:
         return
     if loaded.config.server.state_url is not None:
         # The shared state server keeps usage and spend; a state file is imported once.
+        from truckllm.limits.redis_import import import_state_file
         await import_state_file(app[LIMITER], app[STATE_LINK],
                                 state_file_path(loaded.source, configured))
         yield

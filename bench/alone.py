@@ -32,14 +32,17 @@ class Alone(NamedTuple):
 
 
 @contextmanager
-def proxy_alone(kind: str, launcher: Launcher, start_timeout_s: float = 60.0) -> Iterator[Alone]:
+def proxy_alone(kind: str, launcher: Launcher, start_timeout_s: float = 60.0,
+                gap_ms: float = 1.0) -> Iterator[Alone]:
     """`kind` ("reference" or "truckllm") running under `launcher`, pinned like the bench's
-    proxies, answering (checked), with the fake upstream on the load core."""
+    proxies, answering (checked), with the fake upstream on the load core (`gap_ms`
+    between the events of its streams)."""
     proxy_core, load_core = cores()
     with tempfile.TemporaryDirectory(prefix=f"truckllm-{kind}-") as scratch:
         work = Path(scratch)
         fake_port, port = free_port(), free_port()
-        fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port)],
+        fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port),
+                            "--gap-ms", str(gap_ms)],
                            load_core, work)
         module, key, model = _module_command(kind, port, fake_port, work)
         proxy = start_child(kind, [*launcher(work), *module], proxy_core, work)

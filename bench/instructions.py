@@ -28,16 +28,17 @@ WARM_UP_S = 3.0
 START_LIMIT_S = 300.0       # importing pydantic and friends under valgrind takes a while
 
 
-def instructions_per_request(kind: str, concurrency: int, duration_s: float) -> float:
+def instructions_per_request(kind: str, concurrency: int, duration_s: float,
+                             stream: bool = False, gap_ms: float = 1.0) -> float:
     def callgrind(work: Path) -> list[str]:
         return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={work / 'callgrind.out'}", sys.executable, "-m"]
 
-    with proxy_alone(kind, callgrind, start_timeout_s=START_LIMIT_S) as alone:
-        run_load(alone, concurrency, WARM_UP_S)
+    with proxy_alone(kind, callgrind, start_timeout_s=START_LIMIT_S, gap_ms=gap_ms) as alone:
+        run_load(alone, concurrency, WARM_UP_S, stream)
         _callgrind(alone.proxy, "--instr=on")
         _callgrind(alone.proxy, "--zero")
-        requests = run_load(alone, concurrency, duration_s)
+        requests = run_load(alone, concurrency, duration_s, stream)
         _callgrind(alone.proxy, "--instr=off")
         _callgrind(alone.proxy, "--dump")
         time.sleep(1.0)         # the dump is written by the proxy process itself
@@ -66,18 +67,26 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of measured load per proxy")
     parser.add_argument("--no-truckllm", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="streamed requests (per stream)")
+    parser.add_argument("--gap-ms", type=float, default=20.0,
+                        help="time between streamed events; long enough that a proxy slowed by "
+                             "callgrind still reads them one at a time, so that the count does "
+                             "not depend on how many a busy proxy happened to read at once")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         raise SystemExit(2)
     pin_self(cores()[1])
     kinds = ("reference",) if args.no_truckllm else ("reference", "truckllm")
-    figures = {kind: instructions_per_request(kind, args.concurrency, args.duration) for kind in kinds}
+    figures = {kind: instructions_per_request(kind, args.concurrency, args.duration, args.stream,
+                                              args.gap_ms)
+               for kind in kinds}
     print("| target | instructions per request | vs reference |\n|---|---:|---:|")
     for kind, count in figures.items():
         ratio = "" if kind == "reference" else f"{count / figures['reference']:.2f}x"
         print(f"| {kind} | {count / 1000:,.0f}k | {ratio} |")
-    print(f"\nConcurrency {args.concurrency}, {args.duration:g} s of load per proxy under callgrind.")
+    what = "streams" if args.stream else "requests"
+    print(f"\nConcurrency {args.concurrency}, {what}, {args.duration:g} s of load per proxy under callgrind.")
 
 
 if __name__ == "__main__":

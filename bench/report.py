@@ -16,6 +16,7 @@ from bench.runner import SCENARIOS, Totals, percentile
 CPU_RATIO_TARGET = 1.5
 ADDED_P50_TARGET_MS = 1.0
 FIRST_CHUNK_TARGET_MS = 1.0
+STREAM_CPU_RATIO_TARGET = 1.3     # CPU per stream, at concurrency 16
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 Results = Mapping[tuple[str, str], Totals]
@@ -88,7 +89,7 @@ def render(results: Results, info: RunInfo, calls: str | None = None) -> str:
         "",
         *_rss_table(info),
         "",
-        "### Targets (issue 2)",
+        "### Targets",
         "",
         *_verdicts(results, info),
         "",
@@ -213,6 +214,10 @@ def _verdicts(results: Results, info: RunInfo) -> list[str]:
              - percentile(results[("stream c1", "reference")].first_chunk_ms, 0.5))
     lines.append(f"- First streamed chunk within {FIRST_CHUNK_TARGET_MS:g} ms of the reference (concurrency 1): "
                  f"{_mark(first < FIRST_CHUNK_TARGET_MS)} ({first:+.2f} ms)")
+    streams = (results[("stream c16", "truckllm")].proxy_cpu_us()
+               / results[("stream c16", "reference")].proxy_cpu_us())
+    lines.append(f"- CPU per stream within {STREAM_CPU_RATIO_TARGET}x the reference (concurrency 16): "
+                 f"{_mark(streams <= STREAM_CPU_RATIO_TARGET)} ({streams:.2f}x)")
     return lines
 
 

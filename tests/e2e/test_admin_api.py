@@ -176,6 +176,12 @@ async def test_admin_listen_keeps_admin_and_metrics_off_the_main_port(tmp_path: 
         assert (await gateway.status())["config"]["version"] == 1
         code, body, _ = await gateway.admin("GET", "/admin/v1/nope")
         assert code == 404 and body["error"]["code"] == "unknown_url"
+        # The same error envelope as the main listener: OpenAI-shaped, with a request id.
+        async with gateway.http.put(admin_url + "/metrics") as response:
+            error = (await response.json())["error"]
+            assert response.status == 405 and error["code"] == "method_not_allowed"
+            assert error["message"] == "Method PUT is not allowed on /metrics."
+            assert response.headers["x-request-id"]
 
 
 async def test_providers_logs_and_metrics_after_known_traffic(tmp_path: Path, fake: OpenAIFake) -> None:

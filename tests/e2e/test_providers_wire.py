@@ -314,8 +314,18 @@ async def test_malformed_upstream_event_ends_the_stream_with_an_error(stack: Sta
 
 
 async def test_malformed_upstream_body_is_a_502(stack: Stack) -> None:
-    stack.gemini.script(Reply(body={"candidates": [{"content": {"parts": [1, 2]}}]}))
+    malformed = Reply(body={"candidates": [{"content": {"parts": [1, 2]}}]})
+    stack.gemini.script(*[malformed] * 5)       # every attempt gets one
     client = make_openai_client(stack)
+    before = len(stack.gemini.requests)
     with pytest.raises(openai.APIStatusError) as raised:
         await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}])
     assert raised.value.status_code == 502
+    assert len(stack.gemini.requests) - before > 1, "a failed attempt: tried again"
+
+
+async def test_a_malformed_body_is_retried_and_the_next_answer_served(stack: Stack) -> None:
+    stack.gemini.script(Reply(body={"candidates": [{"content": {"parts": [1, 2]}}]}))
+    client = make_openai_client(stack)
+    answer = await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "x"}])
+    assert answer.choices[0].message.content and answer.model == "gem"

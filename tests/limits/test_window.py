@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from truckllm.limits.headers import LimitState, format_reset, ratelimit_headers
+from truckllm.limits.headers import LimitState, format_ratelimit_headers, format_reset
 from truckllm.limits.window import SlidingWindow
 
 
@@ -86,12 +86,12 @@ def test_reset_is_formatted_like_openai(seconds: float, text: str) -> None:
 
 
 def test_ratelimit_headers_only_for_limits_that_exist() -> None:
-    assert ratelimit_headers(None, None) == {}
-    assert ratelimit_headers(LimitState(3, 2, 60.0), None) == {
+    assert format_ratelimit_headers(None, None) == {}
+    assert format_ratelimit_headers(LimitState(3, 2, 60.0), None) == {
         "x-ratelimit-limit-requests": "3",
         "x-ratelimit-remaining-requests": "2",
         "x-ratelimit-reset-requests": "1m0s",
     }
-    tokens = ratelimit_headers(None, LimitState(1000, 750, 0.5))
+    tokens = format_ratelimit_headers(None, LimitState(1000, 750, 0.5))
     assert tokens["x-ratelimit-remaining-tokens"] == "750"
     assert tokens["x-ratelimit-reset-tokens"] == "500ms"

@@ -12,15 +12,10 @@ import pytest
 import structlog
 
 from truckllm.errors import InvalidRequest
-from truckllm.observe.log import (
-    REDACTED,
-    AccessLog,
-    LogQuery,
-    RequestLog,
-    SecretRedactor,
-    configure_logging,
-    log_entry,
-)
+from truckllm.observe.access_log import AccessLog
+from truckllm.observe.log import configure_logging
+from truckllm.observe.redaction import REDACTED, SecretRedactor
+from truckllm.observe.request_log import LogQuery, RequestLog, log_entry
 from truckllm.pipeline.record import RequestRecord
 from truckllm.usage import Usage
 

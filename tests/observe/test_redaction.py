@@ -7,7 +7,7 @@ import enum
 
 import pytest
 
-from truckllm.observe.log import REDACTED, SecretRedactor
+from truckllm.observe.redaction import REDACTED, SecretRedactor
 
 
 class Level(enum.IntEnum):

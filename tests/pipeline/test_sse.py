@@ -35,7 +35,8 @@ def test_bare_carriage_returns_and_a_missing_final_blank_line() -> None:
 
 
 def test_frame_round_trips() -> None:
-    assert SSEDecoder().feed(frame(b'{"k":"v"}')) == [SSEEvent(None, b'{"k":"v"}')]
+    for event in (SSEEvent(None, b'{"k":"v"}'), SSEEvent("message_start", b'{"k":"v"}')):
+        assert SSEDecoder().feed(frame(event)) == [event]
 
 
 def test_an_event_past_the_cap_raises_however_it_arrives() -> None:

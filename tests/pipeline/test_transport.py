@@ -7,14 +7,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from multidict import CIMultiDict
 
 from truckllm.config.loader import load_bytes
-from truckllm.pipeline.transport import _SESSION_HEADERS, Transport, TransportError, _Body
+from truckllm.pipeline.transport import Transport, TransportError
 from truckllm.providers.base import Target, UpstreamRequest
 from truckllm.runtime.state import CompiledProvider, build_state
 
@@ -87,40 +85,3 @@ async def test_an_answer_cut_short_is_a_connect_failure() -> None:
     assert failure.value.kind == "connect" and "upstream connection failed" in str(failure.value)
 
 
-def test_bodies_built_directly_with_this_aiohttp() -> None:
-    """False means this aiohttp's BytesPayload sets other attributes than transport._Body
-    does: bodies then go to aiohttp as plain bytes (slower, still right). Look at _Body."""
-    assert _Body.direct
-
-
-@pytest.mark.parametrize("headers", [{}, {"Content-Type": "application/json", "Authorization": "Bearer sk-x"}])
-async def test_the_upstream_receives_what_plain_bytes_would_send(headers: dict[str, str]) -> None:
-    """The body goes as TruckLLM's own payload: the upstream gets the same headers, in the
-    same order, and the same bytes as when aiohttp is handed the bytes themselves."""
-    received: list[tuple[list[tuple[str, str]], bytes]] = []
-
-    async def echo(request: web.Request) -> web.StreamResponse:
-        received.append((list(request.headers.items()), await request.read()))
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/v1/echo", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    base_url = str(server.make_url("/v1"))
-    provider, target = make_provider(base_url)
-    transport = Transport()
-    body = b'{"model": "m", "messages": []}'
-    try:
-        request = UpstreamRequest("POST", base_url + "/echo", headers, body, False)
-        await transport.fetch(provider, target, request, "req-1")
-        async with aiohttp.ClientSession(headers=_SESSION_HEADERS) as session:
-            plain = CIMultiDict(headers)
-            plain["x-request-id"] = "req-1"
-            async with session.post(base_url + "/echo", data=body, headers=plain) as response:
-                await response.read()
-    finally:
-        await transport.close()
-        await server.close()
-    ours, theirs = received
-    assert ours == theirs and ours[1] == body

@@ -28,10 +28,11 @@ import orjson
 import pytest
 
 from truckllm.config.schema import AnthropicProvider, AzureProvider, GeminiProvider
-from truckllm.errors import GatewayError
+from truckllm.errors import GatewayError, InvalidRequest
 from truckllm.pipeline.sse import SSEDecoder
-from truckllm.providers import REGISTRY
-from truckllm.providers.base import CallContext, ProviderSpec, Target
+from truckllm.providers.base import CallContext, Operation, OperationSpec, ProviderSpec, Target
+from truckllm.providers.registry import REGISTRY
+from truckllm.runtime.state import compile_key
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 REGEN = os.environ.get("TRUCKLLM_REGEN_GOLDEN") == "1"
@@ -48,15 +49,14 @@ def dump(path: Path, value: Any) -> None:
 
 
 def make_target(provider_type: str, meta: dict[str, Any]) -> Target:
-    """A Target compiled the way truckllm.runtime.state does it: options are the type's own fields."""
+    """A Target compiled the way truckllm.runtime.state does it: settings are the type's config."""
     spec = meta.get("target", {})
     fields = {"id": "golden", "type": provider_type, "keys": [{"id": "k", "value": "test-key"}],
               **spec.get("config", {})}
     config = CONFIGS[provider_type].model_validate(fields)
-    options = config.model_dump(exclude={"id", "type", "keys", "headers", "base_url", "timeout_s"})
     base_url = getattr(config, "base_url", None) or REGISTRY[provider_type].default_base_url or ""
     return Target("golden", provider_type, spec.get("model", "model-x"), base_url.rstrip("/"),
-                  dict(config.headers), options)
+                  dict(config.headers), config)
 
 
 def make_context(body: dict[str, Any]) -> CallContext:
@@ -75,13 +75,20 @@ def run_case(case: Path) -> dict[str, Any]:
     """Everything the code produces for a case, keyed by the golden file it is compared to."""
     meta = load(case / "meta.json")
     provider_type = case.parent.name
-    spec: ProviderSpec = REGISTRY[provider_type]
-    operation = meta["operation"]
+    provider: ProviderSpec = REGISTRY[provider_type]
+    operation = Operation(meta["operation"])
     body = load(case / "client_request.json")
     target, ctx = make_target(provider_type, meta), make_context(body)
+    key = compile_key(provider, target.headers, "k", "test-key")
     produced: dict[str, Any] = {}
+    spec = provider.operations.get(operation)
+    if spec is None:        # routing never sends it there; the client would be refused
+        refused = InvalidRequest(f"provider type {provider_type!r} cannot serve {operation}",
+                                 code="unsupported_operation")
+        produced["expected_response.json"] = error_record(refused)
+        return produced
     try:
-        request = spec.build_request(operation, body, target, "test-key", ctx)
+        request = spec.build_request(body, target, key, ctx)
     except GatewayError as exc:
         produced["expected_response.json"] = error_record(exc)
         return produced
@@ -91,21 +98,22 @@ def run_case(case: Path) -> dict[str, Any]:
     }
     if (case / "upstream_stream.sse").exists():
         raw = (case / "upstream_stream.sse").read_bytes()
-        produced["expected_chunks.jsonl"] = translate_stream(spec, operation, target, ctx, [raw])
+        produced["expected_chunks.jsonl"] = translate_stream(spec, target, ctx, [raw])
         sliced = [raw[i:i + 7] for i in range(0, len(raw), 7)]
-        assert translate_stream(spec, operation, target, ctx, sliced) == produced["expected_chunks.jsonl"], \
+        assert translate_stream(spec, target, ctx, sliced) == produced["expected_chunks.jsonl"], \
             "a stream fed in small slices must translate to the same chunks"
         return produced
     upstream = load(case / "upstream_response.json")
     raw_body = orjson.dumps(upstream["body"]) if not isinstance(upstream["body"], str) else upstream["body"].encode()
     if upstream["status"] >= 400:
-        info = spec.parse_error(upstream["status"], raw_body)
+        info = provider.parse_error(upstream["status"], raw_body)
         produced["expected_response.json"] = {
             "status": info.status, "type": info.type, "message": info.message, "code": info.code,
             "param": info.param, "retry_after_s": info.retry_after_s}
         return produced
+    assert spec.parse_response is not None
     try:
-        parsed = spec.parse_response(operation, raw_body, target, ctx)
+        parsed = spec.parse_response(raw_body, target, ctx)
     except GatewayError as exc:
         produced["expected_response.json"] = error_record(exc)
         return produced
@@ -118,18 +126,19 @@ def run_case(case: Path) -> dict[str, Any]:
     return produced
 
 
-def translate_stream(spec: ProviderSpec, operation: str, target: Target, ctx: CallContext,
+def translate_stream(spec: OperationSpec, target: Target, ctx: CallContext,
                      pieces: list[bytes]) -> list[Any]:
-    translator = spec.new_stream_translator(operation, target, ctx)
+    assert spec.new_stream_translator is not None
+    translator = spec.new_stream_translator(target, ctx)
     decoder = SSEDecoder()
     out: list[Any] = []
     try:
         for piece in pieces:
             for event in decoder.feed(piece):
-                out += [orjson.loads(p) for p in translator.feed(event)]
+                out += [orjson.loads(e.data) for e in translator.feed(event)]
         for event in decoder.flush():
-            out += [orjson.loads(p) for p in translator.feed(event)]
-        out += [orjson.loads(p) for p in translator.close()]
+            out += [orjson.loads(e.data) for e in translator.feed(event)]
+        out += [orjson.loads(e.data) for e in translator.close()]
     except GatewayError as exc:
         out.append(error_record(exc))
     usage = translator.usage

@@ -1,7 +1,7 @@
-"""A plain OpenAI answer goes to the client as it came (only `model` rewritten); its usage
-is read exactly wherever `usage` sits and however the JSON is spaced, and a 200 whose body
-is not a JSON object is refused — whether or not the cheap read of a trailing `usage`
-applies (docs/providers.md, "A 200 that is not a JSON object")."""
+"""A plain OpenAI answer goes to the client as it came (only `model` rewritten) with its
+usage counted wherever `usage` sits and however the JSON is spaced; a 200 whose body is not
+an answer (not JSON, not an object, `choices` or `data` not a list of objects) is refused
+as an upstream failure."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from truckllm.errors import UpstreamFailed
 from truckllm.providers import openai
-from truckllm.providers.base import CallContext, Target
+from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.usage import Usage
 
 TARGET = Target("up", "openai", "gpt-4o", "http://upstream/v1", {})
@@ -26,7 +26,8 @@ def make_context(body: dict[str, Any] | None = None) -> CallContext:
     return CallContext("team/alias", "req_1", 1_700_000_000, False, False, body or {})
 
 
-def parse(raw: bytes, op: str = "chat", body: dict[str, Any] | None = None) -> tuple[Any, Usage | None]:
+def parse(raw: bytes, op: Operation = Operation.CHAT,
+          body: dict[str, Any] | None = None) -> tuple[Any, Usage | None]:
     parsed = openai.parse_response(op, raw, TARGET, make_context(body))
     return orjson.loads(parsed.body), parsed.usage
 
@@ -43,14 +44,13 @@ def make_answer(**fields: Any) -> dict[str, Any]:
     orjson.dumps({"usage": USAGE, **make_answer()}),                               # usage first
     orjson.dumps({**make_answer(), "usage": USAGE, "service_tier": "default",       # usage not last,
                   "system_fingerprint": "fp_1"}),                                # as OpenAI sends it
-    # "usage" inside strings: content, and a key that ends in it behind an escaped quote
+    # "usage" inside strings, and nested `usage` objects: only the top-level one counts
     orjson.dumps(make_answer(usage=USAGE, note='say "usage": {"prompt_tokens": 999}')),
     orjson.dumps({**make_answer(usage=USAGE), 'x"usage': {"prompt_tokens": 999}}),
-    # a nested `usage` object after the top-level one, and one inside the usage object
     orjson.dumps({**make_answer(usage=USAGE), "extra": {"usage": {"prompt_tokens": 999}}}),
     orjson.dumps(make_answer(usage={**USAGE, "by_part": {"usage": {"prompt_tokens": 999}}})),
 ])
-def test_usage_is_read_exactly_wherever_it_sits(raw: bytes) -> None:
+def test_usage_is_counted_wherever_it_sits(raw: bytes) -> None:
     body, usage = parse(raw)
     assert usage == Usage(12, 9, 4)
     assert body == {**orjson.loads(raw), "model": "team/alias"}
@@ -84,20 +84,28 @@ def test_an_answer_without_a_usage_object_has_no_usage(raw: bytes) -> None:
     (b'{"id":"x"}\x0c', "not JSON"),                                   # not JSON whitespace
     (orjson.dumps([make_answer(usage=USAGE)]), "unexpected JSON shape"),     # an array
     (b'"usage"', "unexpected JSON shape"),
+    (orjson.dumps(make_answer(choices="nope")), "unexpected shape"),         # choices not a list
+    (orjson.dumps(make_answer(choices=["nope"])), "unexpected shape"),       # nor of objects
+    (orjson.dumps({"id": "x", "usage": USAGE}), "unexpected shape"),         # no choices at all
 ])
-def test_a_200_that_is_not_a_json_object_is_refused(raw: bytes, problem: str) -> None:
+def test_a_200_that_is_not_an_answer_is_refused(raw: bytes, problem: str) -> None:
     with pytest.raises(UpstreamFailed, match=problem):
         parse(raw)
+
+
+def test_embeddings_need_a_list_of_vectors() -> None:
+    with pytest.raises(UpstreamFailed, match="unexpected shape"):
+        parse(orjson.dumps({"object": "list", "data": "nope"}), Operation.EMBEDDINGS)
 
 
 def test_floats_asked_for_in_base64_are_encoded() -> None:
     raw = orjson.dumps({"object": "list", "model": "text-embedding-3-small",
                         "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 1.0]}],
                         "usage": {"prompt_tokens": 3, "total_tokens": 3}})
-    body, usage = parse(raw, "embeddings", {"encoding_format": "base64"})
+    body, usage = parse(raw, Operation.EMBEDDINGS, {"encoding_format": "base64"})
     assert body["data"][0]["embedding"] == "AAAAPwAAgD8="
     assert body["model"] == "team/alias"
     assert usage == Usage(3, 0, 0)
-    body, usage = parse(raw, "embeddings", {})
+    body, usage = parse(raw, Operation.EMBEDDINGS, {})
     assert body["data"][0]["embedding"] == [0.5, 1.0]
     assert usage == Usage(3, 0, 0)

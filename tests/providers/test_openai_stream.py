@@ -18,7 +18,8 @@ def make_stream(include_usage: bool = False) -> PassThroughStream:
 
 def test_forwards_chunks_with_the_alias_and_finishes_on_done() -> None:
     stream = make_stream()
-    assert stream.feed(SSEEvent(None, CHUNK)) == [CHUNK.replace(b'"model":"up"', b'"model":"alias"')]
+    assert stream.feed(SSEEvent(None, CHUNK)) == [
+        SSEEvent(None, CHUNK.replace(b'"model":"up"', b'"model":"alias"'))]
     assert stream.feed(SSEEvent(None, b"[DONE]")) == [] and stream.close() == []
 
 
@@ -41,3 +42,10 @@ def test_stream_ending_with_neither_done_nor_finish_is_an_error() -> None:
     stream.feed(SSEEvent(None, CHUNK))
     with pytest.raises(UpstreamFailed, match="ended before it finished"):
         stream.close()
+
+
+@pytest.mark.parametrize("data", [b"{broken json", b'["not", "an", "object"]',
+                                  b'{"id":"c1","choices":"nope"}'])
+def test_a_chunk_that_is_not_a_chunk_fails_the_stream(data: bytes) -> None:
+    with pytest.raises(UpstreamFailed):
+        make_stream().feed(SSEEvent(None, data))

@@ -47,7 +47,8 @@ def _seconds_text(millis: int) -> str:
     return f"{whole}.{fraction:03d}".rstrip("0")
 
 
-def ratelimit_headers(requests: LimitState | None, tokens: LimitState | None) -> dict[str, str]:
+def format_ratelimit_headers(requests: LimitState | None,
+                             tokens: LimitState | None) -> dict[str, str]:
     """The OpenAI header trios for the limits that exist; {} when neither does."""
     headers: dict[str, str] = {}
     for kind, state in (("requests", requests), ("tokens", tokens)):

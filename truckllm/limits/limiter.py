@@ -22,7 +22,7 @@ from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.budget import EPOCH, PeriodStarts, period_start
 from truckllm.limits.clients import ClientStore, Grant, LimitScope, MemoryClientStore, Refused
 from truckllm.limits.estimate import PromptEstimate
-from truckllm.limits.headers import ratelimit_headers
+from truckllm.limits.headers import format_ratelimit_headers
 from truckllm.limits.meter import Refusal
 from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy
 from truckllm.limits.upstream import Hold, MemoryUpstreamStore, UpstreamStore
@@ -116,7 +116,7 @@ class Limiter:
         """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
         if key is None or not key.sends_headers:
             return {}
-        return ratelimit_headers(*self.clients.window_state(key.key_id, key.rates))
+        return format_ratelimit_headers(*self.clients.window_state(key.key_id, key.rates))
 
     def _refused(self, refused: Refused, key: KeyPolicy | None,
                  estimate: PromptEstimate) -> BudgetExceeded | RateLimitExceeded:

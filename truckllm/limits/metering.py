@@ -37,7 +37,7 @@ async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dic
         raise
 
 
-def ratelimit_headers(limiter: Limiter, key: KeyPolicy) -> Callable[[], dict[str, str]]:
+def ratelimit_headers_reader(limiter: Limiter, key: KeyPolicy) -> Callable[[], dict[str, str]]:
     """() -> the x-ratelimit-* headers of `key`, one of the snapshot's `sending_headers`
     (found there at auth: most keys send none, and are not looked up any further), as they
     stand when the response goes out."""

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §7) on a private CollectorRegistry, fed from RequestRecords.
+"""Prometheus metrics on a private CollectorRegistry, fed from RequestRecords.
 
 Owns the metric objects and the rule that every label value comes from the config (ids
 and aliases), so cardinality stays bounded and no secret or raw user string becomes a
@@ -7,6 +7,7 @@ label. Must not import the server or dispatch; they call into this module.
 
 from __future__ import annotations
 
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,7 +20,6 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
-from prometheus_client.metrics import _use_created
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -66,13 +66,15 @@ class AliasLabels:
 Labels = tuple[str, ...]     # label values, in the order of the metric's label names
 
 
-# The metrics fed on every request are plain numbers rendered on scrape: prometheus-client's
-# Counter and Histogram check arguments and take a lock on every inc()/observe() (about
-# 2 µs each, six of them a request), which buys thread safety that nothing here needs:
-# records are observed and /metrics is rendered on the event loop. They expose the same
-# samples as prometheus-client's own, in the same order: `_total` and `_created` for a
-# counter; `_bucket`s, `_count`, `_sum` and `_created` for a histogram (`_created` unless
-# PROMETHEUS_DISABLE_CREATED_SERIES is set: prometheus-client's `_use_created`).
+# The metrics fed on every request are plain numbers rendered on scrape, as custom
+# collectors: prometheus-client's Counter and Histogram check arguments and take a lock on
+# every inc()/observe(), which buys thread safety that nothing here needs: records are
+# observed and /metrics is rendered on the event loop. They expose the same samples as
+# prometheus-client's own, in the same order: `_total` and `_created` for a counter;
+# `_bucket`s, `_count`, `_sum` and `_created` for a histogram (`_created` unless
+# PROMETHEUS_DISABLE_CREATED_SERIES is set, read as prometheus-client reads it).
+_CREATED_SERIES = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in (
+    "true", "1", "t")
 class PlainCounter:
     """A labelled counter, registered on `registry`."""
 
@@ -96,7 +98,7 @@ class PlainCounter:
         name, documentation, labelnames = self._family
         family = CounterMetricFamily(name, documentation, labels=labelnames)
         for labels, (value, created) in self._series.items():
-            family.add_metric(labels, value, created=created if _use_created else None)
+            family.add_metric(labels, value, created=created if _CREATED_SERIES else None)
         yield family
 
 
@@ -109,8 +111,8 @@ class PlainHistogram:
         self._family = (name, documentation, tuple(labelnames))
         self.bounds = (*map(float, buckets), float("inf"))
         self._le = tuple(map(floatToGoString, self.bounds))
-        # labels -> [sum, created, count in bucket 0, 1, ..., +Inf]; counts not cumulative,
-        # and ints (adding 1 to an int costs a third of adding it to a float)
+        # labels -> [sum, created, count in bucket 0, 1, ..., +Inf]; counts not cumulative
+        # (made cumulative on scrape), and ints, as counts are
         self._series: dict[Labels, list[float]] = {}
         if not labelnames:
             self.series(())
@@ -135,7 +137,7 @@ class PlainHistogram:
                 total += count
                 cumulative.append((le, total))
             family.add_metric(labels, cumulative, series[0])
-            if _use_created:
+            if _CREATED_SERIES:
                 family.add_sample(name + "_created", dict(zip(labelnames, labels, strict=True)),
                                   series[1])
         yield family
@@ -250,17 +252,17 @@ class Metrics:
 
     def observe(self, record: RequestRecord) -> None:
         # Labelling a record (the model label of its alias, the status as text, the label
-        # tuples and their lookups) costs more than counting it, and depends only on these
-        # four fields and the config's aliases: the series they lead to are remembered per
-        # combination until the aliases change (set_config).
-        (_, _, _, _, key_id, alias, provider_id, _, status, latency_s, overhead_s, ttft_s, usage,
-         _, cost_usd, _, _, _, failures, _, _, limit_scope) = record
+        # tuples) depends only on these four fields and the config's aliases: the series
+        # they lead to are remembered per combination until the aliases change (set_config).
+        key_id, alias, provider_id, status = (record.key_id, record.alias, record.provider_id,
+                                              record.status)
+        ttft_s, usage, cost_usd = record.ttft_s, record.usage, record.cost_usd
         series = (self._series.get((provider_id, alias, status, key_id))
                   or self._request_series(provider_id, alias, status, key_id))
         series.requests[0] += 1.0
         series.key_requests[0] += 1.0
-        add_observation(series.duration, self.duration.bounds, latency_s)
-        add_observation(self._overhead, self.overhead.bounds, overhead_s)
+        add_observation(series.duration, self.duration.bounds, record.latency_s)
+        add_observation(self._overhead, self.overhead.bounds, record.overhead_s)
         if ttft_s is not None:
             add_observation(series.ttft or self._ttft_series(series), self.ttft.bounds, ttft_s)
         if usage is not None:
@@ -272,8 +274,9 @@ class Metrics:
             key_completion[0] += usage.completion_tokens
         if cost_usd:
             (series.cost or self._cost_series(series))[0] += cost_usd
-        for failure in failures:
+        for failure in record.upstream_failures:
             self.count_upstream_error(failure.provider_id, failure.key_id, failure.reason)
+        limit_scope = record.limit_scope
         if limit_scope is not None:
             self.count_rate_limited(key_id, limit_scope.value)
         elif status == 429 and provider_id is None:   # refused before upstream

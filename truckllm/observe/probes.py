@@ -20,8 +20,8 @@ from truckllm.limits.upstream import upstream_ref
 from truckllm.pipeline.health import Health
 from truckllm.pipeline.retry import ErrorClass, Outcome, classify_response, transport_failed
 from truckllm.pipeline.transport import Transport, TransportError
-from truckllm.providers.base import Target
-from truckllm.runtime.state import CompiledProvider, State, UpstreamKey
+from truckllm.providers.base import Target, UpstreamKey
+from truckllm.runtime.state import CompiledProvider, State
 
 TICK_S = 1.0                # how often the loop looks for probes that are due
 PROBE_TIMEOUT_S = 10.0
@@ -60,7 +60,7 @@ async def probe_due(state: State, transport: Transport, health: Health,
 def _probe_target(state: State, provider: CompiledProvider) -> Target | None:
     """A target of this provider (for its base URL and headers), if it can be probed:
     it has a free probe request, is not in-process, and some alias uses it."""
-    if provider.spec.build_probe is None or provider.spec.local is not None:
+    if provider.spec.build_probe is None or provider.spec.transport is not None:
         return None
     for route in state.all_routes:
         for target in route.targets:

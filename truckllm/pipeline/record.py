@@ -1,4 +1,4 @@
-"""What happened to one request: filled in as it goes (Exchange), then frozen into a
+"""What happened to one request: filled in as it goes (Exchange), then finished into a
 RequestRecord that logs, metrics and the admin log buffer consume. No prompt text here."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from truckllm.usage import Usage
 
@@ -24,10 +24,13 @@ class UpstreamFailure:
     reason: str             # an HTTP status such as "429", or "timeout", "connect", "stream"
 
 
-class RequestRecord(NamedTuple):
-    """The finished request, immutable. A NamedTuple rather than a frozen dataclass: one is
-    built per request, and a frozen dataclass assigns its 21 fields one object.__setattr__
-    at a time (several µs); a tuple is filled in one C call."""
+@dataclass(slots=True, kw_only=True)
+class RequestRecord:
+    """The finished request; observers read it by field name and never change it.
+
+    Not frozen: one is made for every request, and a frozen dataclass's generated
+    __init__ sets each of its many fields through object.__setattr__ (the measurement is
+    in docs/dev/performance-notes.md)."""
 
     timestamp: float                 # unix seconds when the request arrived
     request_id: str
@@ -74,7 +77,7 @@ class Exchange:
     """The mutable progress of one request, owned by that request alone."""
 
     __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "error_reason", "key_id", "limit_scope",
-                 "method", "path", "provider_id", "ratelimit_headers", "request_id", "started",
+                 "method", "path", "provider_id", "ratelimit_reader", "request_id", "started",
                  "started_wall", "status", "stream", "trace", "ttft_s", "upstream_failures",
                  "upstream_key_id", "upstream_model", "upstream_s", "usage", "usage_estimated")
 
@@ -103,22 +106,22 @@ class Exchange:
         self.upstream_failures: list[UpstreamFailure] = []
         # () -> the client key's x-ratelimit-* headers as they stand when called; set at
         # auth for a key that sends them, for its responses. Not part of the record.
-        self.ratelimit_headers: Callable[[], dict[str, str]] | None = None
+        self.ratelimit_reader: Callable[[], dict[str, str]] | None = None
         self.trace: TraceHook | None = None     # tracing configured: this request's spans
 
     def overhead_s(self, now: float | None = None) -> float:
         overhead = (time.perf_counter() if now is None else now) - self.started - self.upstream_s
-        return overhead if overhead > 0.0 else 0.0      # not max(): a builtin call costs more
+        return overhead if overhead > 0.0 else 0.0
 
     def finish(self, status: int) -> RequestRecord:
         now = time.perf_counter()
         self.status = status
-        # The tuple is filled directly, in RequestRecord's field order: the NamedTuple's
-        # generated __new__ is a Python function doing only this, and costs twice as much
-        # again with its 21 arguments bound by keyword.
-        return tuple.__new__(RequestRecord, (
-            self.started_wall, self.request_id, self.method, self.path, self.key_id, self.alias,
-            self.provider_id, self.upstream_model, status, now - self.started,
-            self.overhead_s(now), self.ttft_s, self.usage, self.attempts, self.cost_usd,
-            self.error_reason, self.stream, self.upstream_key_id, tuple(self.upstream_failures),
-            self.cost_lines, self.usage_estimated, self.limit_scope))
+        return RequestRecord(
+            timestamp=self.started_wall, request_id=self.request_id, method=self.method,
+            path=self.path, key_id=self.key_id, alias=self.alias, provider_id=self.provider_id,
+            upstream_model=self.upstream_model, status=status, latency_s=now - self.started,
+            overhead_s=self.overhead_s(now), ttft_s=self.ttft_s, usage=self.usage,
+            attempts=self.attempts, cost_usd=self.cost_usd, error_reason=self.error_reason,
+            stream=self.stream, upstream_key_id=self.upstream_key_id,
+            upstream_failures=tuple(self.upstream_failures), cost_lines=self.cost_lines,
+            usage_estimated=self.usage_estimated, limit_scope=self.limit_scope)

@@ -6,17 +6,13 @@ from __future__ import annotations
 from truckllm.errors import UpstreamFailed
 from truckllm.providers.base import SSEEvent
 
-DONE = b"data: [DONE]\n\n"
 
-
-def frame(payload: bytes) -> bytes:
-    """One `data:` event carrying a JSON payload."""
-    return b"data: %b\n\n" % payload          # one copy, where `+` made two
-
-
-def frame_event(name: str, payload: bytes) -> bytes:
-    """A named event (`event:` + `data:`), as Anthropic streams carry them."""
-    return b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n"
+def frame(event: SSEEvent) -> bytes:
+    """One event as the client receives it: `data:`, after `event:` when it is named (as
+    Anthropic's are). Payloads are single-line JSON (or `[DONE]`)."""
+    if event.event is None:
+        return b"data: %b\n\n" % event.data
+    return b"event: %b\ndata: %b\n\n" % (event.event.encode(), event.data)
 
 
 class SSEDecoder:
@@ -42,13 +38,11 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer
         if not buffer and chunk.endswith(b"\n\n"):
-            # The common read: one whole `data:` event of one line. Exactly two line ends
-            # (each \n, \r or \r\n), the last at the end, are a line and a blank line: one
-            # splitlines pass tells so and yields the line. (`match` rather than len():
-            # this runs per event, and calls are what it costs.)
-            match chunk.splitlines():
-                case [line, b""] if line.startswith(b"data: "):
-                    return [SSEEvent(None, line[6:])]
+            # The common read: one whole `data:` event of one line, which is exactly two
+            # line ends (each \n, \r or \r\n), a line and a blank line.
+            lines = chunk.splitlines()
+            if len(lines) == 2 and not lines[1] and lines[0].startswith(b"data: "):
+                return [SSEEvent(None, lines[0][6:])]
         if buffer and buffer[-1] == 13:        # a \r held back: half of a \r\n, maybe
             buffer.pop()
             chunk = b"\r" + chunk

@@ -1,5 +1,6 @@
 """One upstream stream relayed to the client: upstream bytes -> SSE events -> the
-provider's translator -> framed client events, ending with `[DONE]` (after an SSE error
+provider's translator -> the client's events, framed here and only here. The stream ends
+the way the client's API ends one (StreamEnding: `[DONE]` for OpenAI's, after an error
 event when the upstream fails once the stream has started). Owns the upstream response
 and the health attempt until the stream ends. No routing decisions; dispatch creates it.
 """
@@ -7,7 +8,7 @@ and the health attempt until the stream ends. No routing decisions; dispatch cre
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -23,12 +24,15 @@ from truckllm.pipeline.retry import (
     scrub_error,
     transport_failed,
 )
-from truckllm.pipeline.sse import DONE, SSEDecoder, frame
+from truckllm.pipeline.sse import SSEDecoder, frame
 from truckllm.pipeline.transport import TransportError
-from truckllm.providers.base import StreamTranslator, UpstreamResponse
+from truckllm.providers.base import SSEEvent, StreamEnding, StreamTranslator, UpstreamResponse
 from truckllm.providers.shared.upstream_errors import WRONG_SHAPE, wrong_shape
 
 log = structlog.get_logger("truckllm.pipeline.stream")
+
+# Writes framed events to the client (aiohttp's StreamResponse.write).
+Writer = Callable[[bytes], Awaitable[None]]
 
 
 class StreamRelay:
@@ -36,12 +40,14 @@ class StreamRelay:
     upstream response and the health attempt until the stream ends."""
 
     def __init__(self, response: UpstreamResponse, translator: StreamTranslator,
-                 exchange: Exchange, attempt: Attempt, prompt_estimate: int = 0,
-                 key_value: str = "", max_event_bytes: int | None = None) -> None:
+                 ending: StreamEnding, exchange: Exchange, attempt: Attempt,
+                 prompt_estimate: int = 0, key_value: str = "",
+                 max_event_bytes: int | None = None) -> None:
         self._response = response
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
+        self._ending = ending
         self._exchange = exchange
         self._attempt = attempt
         self._key_value = key_value         # masked in any upstream words sent on
@@ -50,9 +56,9 @@ class StreamRelay:
         self._pending: errors.GatewayError | None = None    # raised after the chunks before it
         self._prompt_estimate = prompt_estimate
         # What was sent, kept (not parsed) for the usage estimate of a stream that is cut
-        # short or never reports usage: parsing every chunk just in case cost ~16 calls
-        # per event on the hot path. Holds no more than the stream's own output.
-        self._sent: list[bytes] = []
+        # short or never reports usage: most streams report their usage and finish, and
+        # then this is never read. Holds no more than the stream's own output.
+        self._sent: list[SSEEvent] = []
         self._complete = False          # the upstream stream reached its end
 
     async def first_output(self) -> bytes:
@@ -64,7 +70,10 @@ class StreamRelay:
         self._ended = True
         return self._finish()
 
-    async def rest(self) -> AsyncGenerator[bytes, None]:
+    async def write_rest(self, write: Writer) -> None:
+        """Write the rest of the stream to the client as it comes, and end it the way the
+        client's API ends one. The relay writes rather than yields: each chunk then passes
+        through one generator (the upstream's) on its way, not two."""
         try:
             if not self._ended:
                 if self._pending is not None:
@@ -72,15 +81,17 @@ class StreamRelay:
                 async for raw in self._chunks:
                     out = self._translate(raw)
                     if out:
-                        yield out
+                        await write(out)
                     if self._pending is not None:
                         raise self._pending
-                yield self._finish()
+                out = self._finish()
+                if out:
+                    await write(out)
         except errors.GatewayError as exc:     # an error event from upstream mid-stream
             scrub_error(exc, self._key_value)
             self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
-            yield frame(exc.to_json())
+            await write(frame(self._ending.error_event(exc)))
         except TransportError as exc:
             # Too late to try elsewhere: end the stream with an error event, count the
             # failure against the upstream, and close it.
@@ -90,10 +101,12 @@ class StreamRelay:
                      if outcome.error_class is ErrorClass.TIMEOUT
                      else errors.UpstreamFailed(outcome.message))
             self._exchange.error_reason = outcome.error_class.value
-            yield frame(error.to_json())
+            await write(frame(self._ending.error_event(error)))
         finally:
             self.abandon()
-        yield DONE
+        done = self._ending.done
+        if done is not None:
+            await write(frame(done))
 
     def _failed(self, outcome: Outcome) -> None:
         """A failure after the first byte: health counts it, and so does the request's
@@ -115,7 +128,7 @@ class StreamRelay:
         # is charged an estimate rather than nothing (docs/limits.md).
         reported = self._translator.usage
         needs_estimate = reported is None or not self._complete
-        text_chars = sum(streamed_text_chars(p) for p in self._sent) if needs_estimate else 0
+        text_chars = sum(streamed_text_chars(e.data) for e in self._sent) if needs_estimate else 0
         self._sent = []
         usage, estimated = stream_usage(reported, complete=self._complete,
                                         prompt_estimate=self._prompt_estimate,
@@ -126,52 +139,43 @@ class StreamRelay:
         self._attempt.end(usage.total_tokens if usage else 0)
 
     def _translate(self, raw: bytes) -> bytes:
-        """Framed client events for one upstream read. Runs once per chunk: it calls the
-        translator directly (no wrapper per event) and frames a lone event without a join."""
+        """The client's framed events for one upstream read ("" when it has none yet)."""
         translator = self._translator
-        events = self._decoder.feed(raw)
-        payloads: list[bytes] = []
+        events: list[SSEEvent] = []
         error: errors.GatewayError | None = None
         try:
-            match events:               # (`match`, not len(): no call per event)
-                case [event]:           # one event per read, the common case: no list to grow
-                    payloads = translator.feed(event)
-                case _:
-                    for event in events:
-                        payloads += translator.feed(event)
+            for event in self._decoder.feed(raw):
+                events += translator.feed(event)
         except WRONG_SHAPE as exc:
             error = _unreadable(exc, "a stream event")
         except errors.GatewayError as exc:
             error = exc
         if error is not None:
-            if not payloads:
+            if not events:
                 raise error
-            # Chunks translated before an error event in the same read still reach the client.
+            # Events translated before an error event in the same read still reach the client.
             self._pending = error
-        if not payloads:
+        if not events:
             return b""
-        self._sent += payloads
-        match payloads:
-            case [payload]:         # nothing to join
-                return frame(payload)
-            case _:
-                return b"".join([frame(p) for p in payloads])
+        self._sent += events
+        if len(events) == 1:        # one event per read is the common case
+            return frame(events[0])
+        return b"".join([frame(event) for event in events])
 
     def _finish(self) -> bytes:
         translator = self._translator
-        events = self._decoder.flush()
         try:
-            payloads = [p for event in events for p in translator.feed(event)]
+            events = [out for event in self._decoder.flush() for out in translator.feed(event)]
         except WRONG_SHAPE as exc:
             raise _unreadable(exc, "a stream event") from None
         try:
-            payloads += translator.close()
+            events += translator.close()
         except WRONG_SHAPE as exc:
             raise _unreadable(exc, "a stream") from None
         self._complete = True
-        self._sent += payloads
+        self._sent += events
         self._exchange.usage = translator.usage
-        return b"".join([frame(p) for p in payloads])
+        return b"".join([frame(event) for event in events])
 
 
 def _unreadable(exc: Exception, what: str) -> errors.GatewayError:

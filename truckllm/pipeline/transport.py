@@ -1,4 +1,5 @@
-"""The only module that talks to upstreams: one pooled aiohttp session per provider.
+"""The only module that talks to upstreams over the network: one pooled aiohttp session
+per provider. (A provider that answers in-process brings its own UpstreamTransport.)
 
 `fetch` returns a whole answer (status, headers, body) with its connection back in the
 pool. `send` returns an UpstreamResponse whose status and headers are known; the caller
@@ -25,7 +26,7 @@ from multidict import CIMultiDict, istr
 
 from truckllm import __version__
 from truckllm.config.schema import ProviderConfig
-from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse
+from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse, WholeResponse
 from truckllm.runtime.state import CompiledProvider
 
 
@@ -118,40 +119,6 @@ _SESSION_HEADERS = {"User-Agent": f"TruckLLM/{__version__}"}
 _REQUEST_ID = istr("x-request-id")      # case-folded once, not on every request
 
 
-class _Body(aiohttp.BytesPayload):
-    """A request body as aiohttp's own `BytesPayload(body)`, which aiohttp would build from
-    the bytes on every request, through its payload registry and two constructors that
-    take any arguments (~8k instructions). This sets exactly the attributes those
-    constructors set for a bytes body, which are aiohttp's private ones: at import,
-    `_sets_what_aiohttp_sets` checks that they still are, and with an aiohttp release
-    that sets others the body goes as plain bytes instead (slower, never broken)."""
-
-    direct = True           # set at import: the attributes below are all aiohttp sets
-
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-        self._size = len(value)
-        self._headers = _OCTET_STREAM.copy()    # its own, as aiohttp's payloads have
-        self._encoding = None
-        self._filename = None
-
-
-_OCTET_STREAM = CIMultiDict({"Content-Type": "application/octet-stream"})
-
-
-def _sets_what_aiohttp_sets() -> bool:
-    ours, theirs = _Body(b"{}"), aiohttp.BytesPayload(b"{}")
-    return (list(ours.headers.items()) == list(theirs.headers.items())
-            and {**vars(ours), "_headers": None} == {**vars(theirs), "_headers": None})
-
-
-_Body.direct = _sets_what_aiohttp_sets()
-
-
-# A whole answer: status, headers and body.
-WholeResponse = tuple[int, Mapping[str, str], bytes]
-
-
 class _Pool:
     """One provider's pooled session, and the timeouts of the provider config last seen
     (built once per config, not per request). (URLs go as text: yarl keeps the URLs it
@@ -192,8 +159,7 @@ class Transport:
 
     def _request(self, provider: CompiledProvider, request: UpstreamRequest,
                  request_id: str) -> Awaitable[aiohttp.ClientResponse]:
-        """aiohttp's request coroutine (not awaited here: a helper coroutine would be one
-        more layer on every resume of the request)."""
+        """aiohttp's request coroutine, for `send` and `fetch` to await."""
         pool = self._pools.get(provider.id)
         if pool is None or pool.config is not provider.config:  # first use, or a reloaded config
             pool = self._pool(provider)
@@ -201,16 +167,11 @@ class Transport:
         # it into one first (the same headers either way).
         headers = CIMultiDict(request.headers)
         headers[_REQUEST_ID] = request_id
-        data: bytes | aiohttp.BytesPayload | None = request.body
-        if request.body is not None and _Body.direct:
-            data = _Body(request.body)
-        return pool.session.request(request.method, request.url, data=data, headers=headers,
+        return pool.session.request(request.method, request.url, data=request.body, headers=headers,
                                     timeout=pool.timeout, allow_redirects=False)
 
     async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                    request_id: str) -> UpstreamResponse:
-        if provider.spec.local is not None:
-            return await provider.spec.local(request, target)
         try:
             response = await self._request(provider, request, request_id)
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -219,13 +180,7 @@ class Transport:
 
     async def fetch(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
                     request_id: str) -> WholeResponse:
-        """`send` and read the whole body, in one coroutine (one layer on every resume)."""
-        if provider.spec.local is not None:
-            local = await provider.spec.local(request, target)
-            try:
-                return local.status, local.headers, await local.read()
-            finally:
-                local.close()
+        """`send` and read the whole body."""
         try:
             response = await self._request(provider, request, request_id)
         except (TimeoutError, aiohttp.ClientError) as exc:

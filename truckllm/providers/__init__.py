@@ -1,16 +1,2 @@
-"""The provider registry: every provider type TruckLLM speaks, by config `type`.
-
-Providers that speak chat also answer the Anthropic Messages API (`messages`), translated
-through chat unless they speak it natively (truckllm.protocols.messages_inbound).
-"""
-
-from __future__ import annotations
-
-from truckllm.protocols.messages_inbound import with_messages_inbound
-from truckllm.providers import anthropic, azure, gemini, mock, openai
-from truckllm.providers.base import ProviderSpec
-
-REGISTRY: dict[str, ProviderSpec] = {
-    spec.type: with_messages_inbound(spec)
-    for spec in (openai.SPEC, mock.SPEC, anthropic.SPEC, gemini.SPEC, azure.SPEC)
-}
+"""Provider adapters: one module per provider type (truckllm.providers.registry lists them),
+the types they share (base) and the translation helpers several use (shared/)."""

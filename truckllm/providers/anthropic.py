@@ -4,25 +4,32 @@ Pure translation, no I/O; must not import transport, dispatch or server modules.
 Operations: chat, completions (answered through chat), and messages and count_tokens
 (the Anthropic Messages API spoken natively: the body passes through with only `model`
 rewritten).
-Target.options: `anthropic_version` (header value), `default_max_tokens` (sent when the
-client gives no max tokens, since Anthropic requires it).
+Settings (AnthropicProvider): `anthropic_version` (header value), `default_max_tokens`
+(sent when the client gives no max tokens, since Anthropic requires it).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
+from truckllm.config.schema import AnthropicProvider
 from truckllm.errors import InvalidRequest, UpstreamFailed
+from truckllm.protocols.anthropic_messages import MESSAGES_STREAM
 from truckllm.providers.base import (
     CallContext,
+    Operation,
+    OperationSpec,
     ParsedResponse,
     ProviderSpec,
     SSEEvent,
     Target,
     UpstreamErrorInfo,
+    UpstreamKey,
     UpstreamRequest,
 )
 from truckllm.providers.shared.chat_request import (
@@ -90,7 +97,15 @@ STATUS_BY_ERROR_TYPE = {
 # ---- request ------------------------------------------------------------------------------
 
 
-def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
+def _settings(target: Target) -> tuple[str, int]:
+    """The `anthropic-version` header and default max_tokens of the target's provider."""
+    settings = target.settings
+    if isinstance(settings, AnthropicProvider):
+        return settings.anthropic_version, settings.default_max_tokens
+    return DEFAULT_VERSION, DEFAULT_MAX_TOKENS
+
+
+def build_request(operation: Operation, body: dict[str, Any], target: Target, key: UpstreamKey,
                   ctx: CallContext) -> UpstreamRequest:
     path = "/messages/count_tokens" if operation == "count_tokens" else "/messages"
     if operation in ("messages", "count_tokens"):
@@ -102,10 +117,10 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
         raise InvalidRequest(f"provider type 'anthropic' cannot serve {operation}", code="unsupported_operation")
     headers = {
         "content-type": "application/json",
-        "anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
+        "anthropic-version": _settings(target)[0],
         **target.headers,
         **(ctx.forward_headers if operation in ("messages", "count_tokens") else {}),
-        "x-api-key": key,
+        "x-api-key": key.value,
     }
     return UpstreamRequest("POST", target.base_url + path, headers, orjson.dumps(payload),
                            bool(payload.get("stream")) and operation != "count_tokens")
@@ -115,7 +130,7 @@ def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> d
     _refuse_unsupported(request)
     payload: dict[str, Any] = {
         "model": target.model,
-        "max_tokens": request.max_tokens or int(target.options.get("default_max_tokens") or DEFAULT_MAX_TOKENS),
+        "max_tokens": request.max_tokens or _settings(target)[1],
     }
     if request.system:
         payload["system"] = [{"type": "text", "text": text} for text in request.system]
@@ -215,7 +230,7 @@ def _tool_choice(choice: ToolChoice | None, parallel: bool | None, has_tools: bo
 # ---- response -----------------------------------------------------------------------------
 
 
-def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
+def parse_response(operation: Operation, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
     message = decode_json(raw)
     if operation == "count_tokens":
         if not isinstance(message, dict) or not isinstance(message.get("input_tokens"), int):
@@ -271,7 +286,7 @@ def usage_of(counts: dict[str, int]) -> Usage:
 class AnthropicStreamTranslator:
     """Anthropic SSE events -> OpenAI chunks (chat or text_completion)."""
 
-    def __init__(self, operation: str, ctx: CallContext) -> None:
+    def __init__(self, operation: Operation, ctx: CallContext) -> None:
         self._out = ChunkStream(kind_of(operation), ctx, uses_legacy_functions(ctx.client_body))
         self.usage: Usage | None = None
         self._counts: dict[str, int] = {}
@@ -280,7 +295,7 @@ class AnthropicStreamTranslator:
         self._finish: str | None = None
         self._done = False
 
-    def feed(self, event: SSEEvent) -> list[bytes]:
+    def feed(self, event: SSEEvent) -> list[SSEEvent]:
         data = decode_json(event.data)
         if not isinstance(data, dict):
             return []
@@ -313,12 +328,12 @@ class AnthropicStreamTranslator:
             raise to_gateway_error(error_info_from_event(data))
         return []                                   # ping and anything new
 
-    def close(self) -> list[bytes]:
+    def close(self) -> list[SSEEvent]:
         if not self._done:
             raise UpstreamFailed("upstream stream ended before message_stop")
         return []
 
-    def _block_start(self, index: Any, block: dict[str, Any]) -> list[bytes]:
+    def _block_start(self, index: Any, block: dict[str, Any]) -> list[SSEEvent]:
         if block.get("type") == "text":
             return self._out.text(str(block.get("text") or ""))
         if block.get("type") == "tool_use" and isinstance(index, int):
@@ -328,7 +343,7 @@ class AnthropicStreamTranslator:
             return out
         return []                                   # thinking blocks are not forwarded
 
-    def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[bytes]:
+    def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[SSEEvent]:
         if delta.get("type") == "text_delta":
             return self._out.text(str(delta.get("text") or ""))
         if delta.get("type") == "input_json_delta" and index in self._tools:
@@ -338,7 +353,7 @@ class AnthropicStreamTranslator:
             return self._out.tool_arguments(self._tools[index], fragment)
         return []
 
-    def _block_stop(self, index: Any) -> list[bytes]:
+    def _block_stop(self, index: Any) -> list[SSEEvent]:
         if index in self._tools and not self._tool_has_args[index]:
             return self._out.tool_arguments(self._tools[index], "{}")   # no-argument tools
         return []
@@ -353,9 +368,9 @@ class NativeMessagesStream:
         self.usage: Usage | None = None
         self._counts: dict[str, int] = {}
         self._done = False
-        self._held: bytes | None = None
+        self._held: SSEEvent | None = None
 
-    def feed(self, event: SSEEvent) -> list[bytes]:
+    def feed(self, event: SSEEvent) -> list[SSEEvent]:
         data = decode_json(event.data)
         if not isinstance(data, dict):
             return []
@@ -365,7 +380,8 @@ class NativeMessagesStream:
         if kind == "message_start" and isinstance(data.get("message"), dict):
             self.usage = usage_of(merge_counts(self._counts, data["message"].get("usage")))
             # Held back until the next event, so an error right after it is still retryable.
-            self._held = orjson.dumps({**data, "message": {**data["message"], "model": self._alias}})
+            self._held = SSEEvent("message_start", orjson.dumps(
+                {**data, "message": {**data["message"], "model": self._alias}}))
             return []
         if kind == "message_delta":
             self.usage = usage_of(merge_counts(self._counts, data.get("usage")))
@@ -373,19 +389,22 @@ class NativeMessagesStream:
             return []
         self._done = self._done or kind == "message_stop"
         held, self._held = self._held, None
-        return [held, event.data] if held else [event.data]
+        out = SSEEvent(str(data.get("type") or "message"), event.data)
+        return [held, out] if held else [out]
 
-    def close(self) -> list[bytes]:
+    def close(self) -> list[SSEEvent]:
         if not self._done:
             raise UpstreamFailed("upstream stream ended before message_stop")
         return []
 
 
-def new_stream_translator(operation: str, target: Target,
-                          ctx: CallContext) -> AnthropicStreamTranslator | NativeMessagesStream:
-    if operation == "messages":
-        return NativeMessagesStream(ctx)
+def new_stream_translator(operation: Operation, target: Target,
+                          ctx: CallContext) -> AnthropicStreamTranslator:
     return AnthropicStreamTranslator(operation, ctx)
+
+
+def new_native_stream(target: Target, ctx: CallContext) -> NativeMessagesStream:
+    return NativeMessagesStream(ctx)
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -419,18 +438,31 @@ def _info(status: int, error: dict[str, Any]) -> UpstreamErrorInfo:
 
 def build_probe(target: Target, key: str) -> UpstreamRequest:
     """`GET /models`: free, and answers 401 for a bad key (routing's health checks)."""
-    headers = {"anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION),
-               **target.headers, "x-api-key": key}
+    headers = {"anthropic-version": _settings(target)[0], **target.headers, "x-api-key": key}
     return UpstreamRequest("GET", f"{target.base_url}/models", headers, None, False)
+
+
+def _translated(op: Operation) -> OperationSpec:
+    return OperationSpec(functools.partial(build_request, op), functools.partial(parse_response, op),
+                         functools.partial(new_stream_translator, op))
+
+
+def _native(op: Operation, streams: bool) -> OperationSpec:
+    """The Messages API spoken to an Anthropic upstream: passed through, Anthropic's own
+    stream events (named) and error event."""
+    return OperationSpec(functools.partial(build_request, op), functools.partial(parse_response, op),
+                         new_native_stream if streams else None, stream_ending=MESSAGES_STREAM)
 
 
 SPEC = ProviderSpec(
     type="anthropic",
     default_base_url=DEFAULT_BASE_URL,
-    operations=frozenset({"chat", "completions", "messages", "count_tokens"}),
-    build_request=build_request,
-    parse_response=parse_response,
-    new_stream_translator=new_stream_translator,
+    operations=MappingProxyType({
+        Operation.CHAT: _translated(Operation.CHAT),
+        Operation.COMPLETIONS: _translated(Operation.COMPLETIONS),
+        Operation.MESSAGES: _native(Operation.MESSAGES, streams=True),
+        Operation.COUNT_TOKENS: _native(Operation.COUNT_TOKENS, streams=False),
+    }),
     parse_error=parse_error,
     build_probe=build_probe,
 )

@@ -7,27 +7,34 @@ URL shapes (checked against openai-python's lib/azure.py):
   v1:      base_url ending in /openai/v1 -> {base_url}/{path}, deployment in the body's `model`.
 Auth is the `api-key` header; health checks list models (free). Azure's content-filter annotations are stripped, its
 prompt-filter-only stream chunks skipped, and usage is always requested upstream.
-Target.options: `api_version`.
+Settings (AzureProvider): `api_version`.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
-from truckllm.errors import InvalidRequest, UpstreamFailed
+from truckllm.config.schema import AzureProvider
+from truckllm.errors import UpstreamFailed
 from truckllm.providers.base import (
     CallContext,
+    Operation,
+    OperationSpec,
     ParsedResponse,
     ProviderSpec,
     SSEEvent,
     Target,
     UpstreamErrorInfo,
+    UpstreamKey,
     UpstreamRequest,
 )
+from truckllm.providers.shared import media
 from truckllm.providers.shared.chat_shapes import encode_float_embeddings
-from truckllm.providers.shared.media import PASS_THROUGH_OPERATIONS, media_request
 from truckllm.providers.shared.model_ids import path_segment
 from truckllm.providers.shared.tool_ids import with_short_tool_ids
 from truckllm.providers.shared.upstream_errors import (
@@ -41,43 +48,46 @@ from truckllm.providers.shared.upstream_errors import (
 from truckllm.usage import Usage
 
 DEFAULT_API_VERSION = "2024-10-21"
-PATHS = {
-    "chat": "chat/completions",
-    "completions": "completions",
-    "embeddings": "embeddings",
-    "audio_transcriptions": "audio/transcriptions",
-    "audio_translations": "audio/translations",
-    "audio_speech": "audio/speech",
-    "images": "images/generations",
+PATHS: Mapping[Operation, str] = {
+    Operation.CHAT: "chat/completions",
+    Operation.COMPLETIONS: "completions",
+    Operation.EMBEDDINGS: "embeddings",
+    **media.PATHS,
 }
 
 
-def upstream_url(operation: str, target: Target) -> str:
-    path = PATHS.get(operation)
-    if path is None:
-        raise InvalidRequest(f"provider type 'azure' cannot serve {operation}", code="unsupported_operation")
+def api_version(target: Target) -> str:
+    settings = target.settings
+    return settings.api_version if isinstance(settings, AzureProvider) else DEFAULT_API_VERSION
+
+
+def upstream_url(operation: Operation, target: Target) -> str:
+    path = PATHS[operation]
     if target.base_url.endswith("/openai/v1"):
         return f"{target.base_url}/{path}"
-    version = str(target.options.get("api_version") or DEFAULT_API_VERSION)
     deployment = path_segment(target.model)
-    return f"{target.base_url}/openai/deployments/{deployment}/{path}?api-version={version}"
+    return f"{target.base_url}/openai/deployments/{deployment}/{path}?api-version={api_version(target)}"
 
 
 def auth_headers(target: Target, key: str) -> dict[str, str]:
     return {**target.headers, "api-key": key}
 
 
-def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
+def build_media_request(operation: Operation, body: dict[str, Any], target: Target,
+                        key: UpstreamKey, ctx: CallContext) -> UpstreamRequest:
+    return media.media_request(operation, body, upstream_url(operation, target),
+                               auth_headers(target, key.value), target.model, ctx)
+
+
+def build_request(operation: Operation, body: dict[str, Any], target: Target, key: UpstreamKey,
                   ctx: CallContext) -> UpstreamRequest:
     url = upstream_url(operation, target)
-    if operation in PASS_THROUGH_OPERATIONS:
-        return media_request(operation, body, url, auth_headers(target, key), target.model, ctx)
     payload = {**body, "model": target.model}
     stream = bool(payload.get("stream")) and operation in ("chat", "completions")
     if stream:
         # Always ask for usage so streams count; the chunk is dropped unless the client asked.
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-    headers = {"content-type": "application/json", **auth_headers(target, key)}
+    headers = {"content-type": "application/json", **auth_headers(target, key.value)}
     data = orjson.dumps(payload)
     if operation == "chat":
         data = with_short_tool_ids(payload, data)
@@ -87,10 +97,13 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
 # ---- response -----------------------------------------------------------------------------
 
 
-def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
+def parse_response(operation: Operation, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise UpstreamFailed("upstream answered with a body that is not JSON")
+    items = data.get("data" if operation is Operation.EMBEDDINGS else "choices")
+    if not isinstance(items, list):
+        raise UpstreamFailed("upstream answered with a body of an unexpected shape")
     data.pop("prompt_filter_results", None)
     for choice in data.get("choices") or []:
         if isinstance(choice, dict):
@@ -106,7 +119,7 @@ class AzureStreamTranslator:
     """Azure's OpenAI chunks, normalised: filter-only chunks skipped, annotations stripped,
     role sent once per choice, finish_reason alone in its chunk, usage chunk last and only on request."""
 
-    def __init__(self, operation: str, ctx: CallContext) -> None:
+    def __init__(self, operation: Operation, ctx: CallContext) -> None:
         self._ctx = ctx
         self._chat = operation == "chat"
         self.usage: Usage | None = None
@@ -115,7 +128,7 @@ class AzureStreamTranslator:
         self._done = False
         self._envelope: dict[str, Any] | None = None
 
-    def feed(self, event: SSEEvent) -> list[bytes]:
+    def feed(self, event: SSEEvent) -> list[SSEEvent]:
         if event.data.strip() == b"[DONE]":
             self._done = True
             return self._usage_chunk()
@@ -131,20 +144,20 @@ class AzureStreamTranslator:
             return []           # prompt-filter chunks, async-filter events, the usage chunk
         self._envelope = self._envelope or {"id": data.get("id"), "object": data.get("object"),
                                             "created": data.get("created") or self._ctx.created}
-        out: list[bytes] = []
+        out: list[SSEEvent] = []
         for choice in choices:
             out += self._choice(choice)
         return out
 
-    def close(self) -> list[bytes]:
+    def close(self) -> list[SSEEvent]:
         if not (self._done or self._finished):
             raise UpstreamFailed("upstream stream ended before it finished")
         return [] if self._done else self._usage_chunk()
 
-    def _choice(self, choice: dict[str, Any]) -> list[bytes]:
+    def _choice(self, choice: dict[str, Any]) -> list[SSEEvent]:
         choice.pop("content_filter_results", None)
         finish = choice.get("finish_reason")
-        out: list[bytes] = []
+        out: list[SSEEvent] = []
         if self._chat:
             delta = dict(choice.get("delta") or {})
             index = choice.get("index", 0)
@@ -163,22 +176,22 @@ class AzureStreamTranslator:
             self._finished = True
         return out
 
-    def _chunk(self, choice: dict[str, Any]) -> bytes:
+    def _chunk(self, choice: dict[str, Any]) -> SSEEvent:
         body: dict[str, Any] = {**(self._envelope or {}), "model": self._ctx.alias, "choices": [choice]}
         if self._ctx.include_usage:
             body["usage"] = None
-        return orjson.dumps(body)
+        return SSEEvent(None, orjson.dumps(body))
 
-    def _usage_chunk(self) -> list[bytes]:
+    def _usage_chunk(self) -> list[SSEEvent]:
         if not self._ctx.include_usage or self._envelope is None:
             return []
         body = {**self._envelope, "model": self._ctx.alias, "choices": [],
                 "usage": (self.usage or Usage()).to_openai()}
         self._envelope = None       # exactly once
-        return [orjson.dumps(body)]
+        return [SSEEvent(None, orjson.dumps(body))]
 
 
-def new_stream_translator(operation: str, target: Target, ctx: CallContext) -> AzureStreamTranslator:
+def new_stream_translator(operation: Operation, target: Target, ctx: CallContext) -> AzureStreamTranslator:
     return AzureStreamTranslator(operation, ctx)
 
 
@@ -208,18 +221,22 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
     if target.base_url.endswith("/openai/v1"):
         url = f"{target.base_url}/models"
     else:
-        version = str(target.options.get("api_version") or DEFAULT_API_VERSION)
-        url = f"{target.base_url}/openai/models?api-version={version}"
+        url = f"{target.base_url}/openai/models?api-version={api_version(target)}"
     return UpstreamRequest("GET", url, auth_headers(target, key), None, False)
+
+
+def operation(op: Operation) -> OperationSpec:
+    if op in media.PASS_THROUGH_OPERATIONS:
+        return OperationSpec(functools.partial(build_media_request, op), None, raw=True)
+    streams = op is not Operation.EMBEDDINGS
+    return OperationSpec(functools.partial(build_request, op), functools.partial(parse_response, op),
+                         functools.partial(new_stream_translator, op) if streams else None)
 
 
 SPEC = ProviderSpec(
     type="azure",
     default_base_url=None,
-    operations=frozenset(PATHS),
-    build_request=build_request,
-    parse_response=parse_response,
-    new_stream_translator=new_stream_translator,
+    operations=MappingProxyType({op: operation(op) for op in PATHS}),
     parse_error=parse_error,
     build_probe=build_probe,
 )

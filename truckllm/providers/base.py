@@ -1,25 +1,40 @@
 """Types shared by every provider adapter. Types only: no I/O, no logic.
 
-A provider adapter is a ProviderSpec: pure translation functions between the OpenAI
-wire format (what clients speak) and the upstream's, plus the upstream's error parser.
+A provider adapter is a ProviderSpec: for each Operation it serves, an OperationSpec of pure
+translation functions between what the client sent (the OpenAI wire format, or an inbound
+dialect such as Anthropic Messages) and the upstream's, plus the upstream's error parser.
 The transport (truckllm.pipeline.transport) does the I/O; dispatch combines the two.
+Imports only config.schema, errors and usage.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
 
+from truckllm.config.schema import ProviderBase
+from truckllm.errors import GatewayError
 from truckllm.usage import Usage
 
-# The client-facing operations a request can ask for. Issue-specific ones are added here.
-Operation = Literal[
-    "chat", "completions", "embeddings",
-    "messages",                                  # Anthropic Messages API, native pass-through
-    "count_tokens",                              # Anthropic's /v1/messages/count_tokens, native only
-    "audio_transcriptions", "audio_translations", "audio_speech", "images",   # pass-through
-]
+if TYPE_CHECKING:
+    from truckllm.runtime.state import CompiledProvider
+
+
+class Operation(StrEnum):
+    """The client-facing operations a request can ask for, one per /v1 endpoint. A StrEnum:
+    its members are the strings logs, metrics and config use for them."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    MESSAGES = "messages"                       # the Anthropic Messages API
+    COUNT_TOKENS = "count_tokens"               # Anthropic's /v1/messages/count_tokens
+    AUDIO_TRANSCRIPTIONS = "audio_transcriptions"
+    AUDIO_TRANSLATIONS = "audio_translations"
+    AUDIO_SPEECH = "audio_speech"
+    IMAGES = "images"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +46,26 @@ class Target:
     model: str                                  # the upstream model name
     base_url: str                               # no trailing slash
     headers: Mapping[str, str]                  # extra headers from config
-    options: Mapping[str, Any] = field(default_factory=dict)  # type-specific settings
+    # The provider's own config (its type's pydantic class, e.g. AzureProvider with its
+    # api_version); None only for a target built without one, which gets the defaults.
+    settings: ProviderBase | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamKey:
+    """One upstream API key as the snapshot compiled it."""
+
+    id: str
+    value: str
+    weight: float = 1.0
+    ref: str = ""           # "provider/key": limits' and health's id for it
+    # The request headers that carry this key (with the provider's extra headers), built
+    # once per snapshot by the provider type's `key_headers`; empty when it has none.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 # Built once per request and read-only by convention: not `frozen`, because a frozen
-# dataclass sets every field through object.__setattr__, which costs microseconds per
-# request on the hot path. Nothing assigns to these after construction.
+# dataclass sets every field through object.__setattr__, on the hot path.
 @dataclass(slots=True)
 class CallContext:
     """What a translator needs to know about the client's request."""
@@ -64,7 +93,7 @@ class UpstreamRequest:
 
 @dataclass(slots=True)
 class ParsedResponse:
-    body: bytes                 # the OpenAI-shaped JSON the client receives
+    body: bytes                 # the JSON the client receives, in its own API's shape
     usage: Usage | None
 
 
@@ -82,24 +111,67 @@ class UpstreamErrorInfo:
 
 @dataclass(slots=True)           # one per streamed event, read-only by convention (see CallContext)
 class SSEEvent:
+    """One server-sent event: its name (None for a plain `data:` event) and its payload.
+    Upstream events are decoded into these, and translators hand the client's out as these;
+    truckllm.pipeline.sse frames them."""
+
     event: str | None
     data: bytes
 
 
 class StreamTranslator(Protocol):
-    """Per-request state machine: upstream SSE events in, OpenAI chunk payloads out.
+    """Per-request state machine: upstream SSE events in, the client's events out.
 
-    `feed` returns serialised `chat.completion.chunk` JSON payloads (no `data:` framing,
-    no `[DONE]`: the server frames them and ends the stream). It raises
-    `truckllm.errors.GatewayError` for an upstream error event. `usage` holds the
-    upstream's usage once seen, even when it is not forwarded to the client.
+    The events carry payloads only (framing and the stream's last event are the relay's).
+    `feed` raises `truckllm.errors.GatewayError` for an upstream error event, and for an
+    event it cannot read. `usage` holds the upstream's usage once seen, even when it is
+    not forwarded to the client.
     """
 
     usage: Usage | None
 
-    def feed(self, event: SSEEvent) -> list[bytes]: ...
+    def feed(self, event: SSEEvent) -> list[SSEEvent]: ...
 
-    def close(self) -> list[bytes]: ...
+    def close(self) -> list[SSEEvent]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnding:
+    """How a client API ends a stream: the event that reports a failure once the stream
+    has started, and the event after the last one (None: the API has none)."""
+
+    error_event: Callable[[GatewayError], SSEEvent]
+    done: SSEEvent | None
+
+
+def _openai_error_event(error: GatewayError) -> SSEEvent:
+    return SSEEvent(None, error.to_json())
+
+
+# OpenAI's: an `{"error": ...}` event, and `data: [DONE]` after everything.
+OPENAI_STREAM = StreamEnding(_openai_error_event, SSEEvent(None, b"[DONE]"))
+
+
+# (client body, target, upstream key, context) -> the upstream request
+BuildRequest = Callable[[dict[str, Any], Target, UpstreamKey, CallContext], UpstreamRequest]
+# (upstream body, target, context) -> the client's body and the usage
+ParseResponse = Callable[[bytes, Target, CallContext], ParsedResponse]
+# (target, context) -> a fresh translator for one streamed response
+NewStreamTranslator = Callable[[Target, CallContext], StreamTranslator]
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSpec:
+    """How one provider type serves one operation."""
+
+    build_request: BuildRequest
+    # None with `raw`: the answer is relayed as the upstream sent it (status, content type
+    # and bytes), as audio and images are.
+    parse_response: ParseResponse | None
+    # None: the operation is never streamed to this provider (or is relayed raw).
+    new_stream_translator: NewStreamTranslator | None = None
+    raw: bool = False
+    stream_ending: StreamEnding = OPENAI_STREAM
 
 
 class UpstreamResponse(Protocol):
@@ -115,30 +187,37 @@ class UpstreamResponse(Protocol):
     def close(self) -> None: ...
 
 
-# An in-process upstream (the mock provider): answers an UpstreamRequest with no network.
-LocalHandler = Callable[[UpstreamRequest, Target], Awaitable[UpstreamResponse]]
+# A whole answer: status, headers and body.
+WholeResponse = tuple[int, Mapping[str, str], bytes]
+
+
+class UpstreamTransport(Protocol):
+    """What sends an UpstreamRequest: the network (truckllm.pipeline.transport.Transport),
+    or a provider answering in-process (the mock). `send` returns a response whose body is
+    still to be read (the caller closes it); `fetch` reads it whole."""
+
+    def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+             request_id: str) -> Awaitable[UpstreamResponse]: ...
+
+    def fetch(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+              request_id: str) -> Awaitable[WholeResponse]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
-    """One provider type: its defaults and translation functions. Listed in REGISTRY."""
+    """One provider type: its defaults and, per operation it serves, its translation
+    functions. Listed in truckllm.providers.registry.REGISTRY."""
 
     type: str
     default_base_url: str | None
-    operations: frozenset[str]
-    # (operation, client OpenAI body, target, upstream key value, context) -> request
-    build_request: Callable[[str, dict[str, Any], Target, str, CallContext], UpstreamRequest]
-    # (operation, upstream body, target, context) -> OpenAI-shaped body and usage
-    parse_response: Callable[[str, bytes, Target, CallContext], ParsedResponse]
-    # (operation, target, context) -> a fresh translator for one streamed response
-    new_stream_translator: Callable[[str, Target, CallContext], StreamTranslator]
+    operations: Mapping[Operation, OperationSpec]
     # (status, upstream body) -> the error reduced to OpenAI terms
     parse_error: Callable[[int, bytes], UpstreamErrorInfo]
-    local: LocalHandler | None = None
     # (target, upstream key value) -> a free request that shows whether the key works
     # (`GET /models` or equivalent, never anything billed); None: no active health checks
     build_probe: Callable[[Target, str], UpstreamRequest] | None = None
-    # Operations this spec's functions only hand on, unchanged, to another spec's (a spec
-    # extended with `messages` passes chat through): callers that look an operation up
-    # here (dispatch, via the compiled provider) call that spec directly.
-    delegates: Mapping[str, ProviderSpec] = field(default_factory=dict)
+    # (the provider's extra headers, key value) -> the headers of a JSON request with that
+    # key, compiled into UpstreamKey.headers once per snapshot; None: built per request.
+    key_headers: Callable[[Mapping[str, str], str], Mapping[str, str]] | None = None
+    # An upstream answering in-process (the mock); None: the network.
+    transport: UpstreamTransport | None = None

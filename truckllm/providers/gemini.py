@@ -11,8 +11,10 @@ restored when the id comes back in an assistant `tool_calls` entry.
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import urllib.parse
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -20,11 +22,14 @@ import orjson
 from truckllm.errors import InvalidRequest, UpstreamFailed
 from truckllm.providers.base import (
     CallContext,
+    Operation,
+    OperationSpec,
     ParsedResponse,
     ProviderSpec,
     SSEEvent,
     Target,
     UpstreamErrorInfo,
+    UpstreamKey,
     UpstreamRequest,
 )
 from truckllm.providers.shared.chat_request import (
@@ -88,7 +93,7 @@ _STATUS_CODES = {"FAILED_PRECONDITION": "failed_precondition", "NOT_FOUND": "mod
 # ---- request ------------------------------------------------------------------------------
 
 
-def build_request(operation: str, body: dict[str, Any], target: Target, key: str,
+def build_request(operation: Operation, body: dict[str, Any], target: Target, key: UpstreamKey,
                   ctx: CallContext) -> UpstreamRequest:
     model_url = f"{target.base_url}/models/{path_segment(target.model)}"
     if operation == "embeddings":
@@ -101,7 +106,7 @@ def build_request(operation: str, body: dict[str, Any], target: Target, key: str
         url = f"{model_url}:streamGenerateContent?alt=sse" if stream else f"{model_url}:generateContent"
     else:
         raise InvalidRequest(f"provider type 'gemini' cannot serve {operation}", code="unsupported_operation")
-    headers = {"content-type": "application/json", **target.headers, "x-goog-api-key": key}
+    headers = {"content-type": "application/json", **target.headers, "x-goog-api-key": key.value}
     return UpstreamRequest("POST", url, headers, orjson.dumps(payload), stream)
 
 
@@ -220,7 +225,7 @@ def embedding_inputs(body: Any) -> list[str]:
 # ---- response -----------------------------------------------------------------------------
 
 
-def parse_response(operation: str, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
+def parse_response(operation: Operation, raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise UpstreamFailed("upstream answered with a body that is not JSON")
@@ -291,7 +296,7 @@ def _parse_embeddings(data: dict[str, Any], ctx: CallContext) -> ParsedResponse:
 class GeminiStreamTranslator:
     """Gemini SSE chunks (each a GenerateContentResponse delta) -> OpenAI chunks."""
 
-    def __init__(self, operation: str, ctx: CallContext) -> None:
+    def __init__(self, operation: Operation, ctx: CallContext) -> None:
         self._kind = kind_of(operation)
         self._ctx = ctx
         self._legacy = uses_legacy_functions(ctx.client_body)
@@ -299,7 +304,7 @@ class GeminiStreamTranslator:
         self._response_id: str | None = None
         self.usage: Usage | None = None
 
-    def feed(self, event: SSEEvent) -> list[bytes]:
+    def feed(self, event: SSEEvent) -> list[SSEEvent]:
         data = decode_json(event.data)
         if not isinstance(data, dict):
             return []
@@ -312,7 +317,7 @@ class GeminiStreamTranslator:
             self.usage = usage_from(data["usageMetadata"])     # cumulative: keep the last
         self._response_id = self._response_id or (str(data.get("responseId") or "") or None)
         candidates = data.get("candidates") or []
-        out: list[bytes] = []
+        out: list[SSEEvent] = []
         if not candidates and (data.get("promptFeedback") or {}).get("blockReason"):
             return self._choice(0).finish("content_filter")
         for position, candidate in enumerate(candidates):
@@ -320,10 +325,10 @@ class GeminiStreamTranslator:
                 out += self._candidate(candidate, candidate.get("index", position))
         return out
 
-    def close(self) -> list[bytes]:
+    def close(self) -> list[SSEEvent]:
         if not any(choice.finished for choice in self._choices.values()):
             raise UpstreamFailed("upstream stream ended without a finishReason")
-        out: list[bytes] = []
+        out: list[SSEEvent] = []
         for choice in self._choices.values():
             out += choice.finish("stop")
         return out + self._choice(0).usage(self.usage)
@@ -335,9 +340,9 @@ class GeminiStreamTranslator:
             self._choices[index] = choice
         return self._choices[index]
 
-    def _candidate(self, candidate: dict[str, Any], index: int) -> list[bytes]:
+    def _candidate(self, candidate: dict[str, Any], index: int) -> list[SSEEvent]:
         choice = self._choice(index)
-        out: list[bytes] = []          # the role chunk comes with the first content
+        out: list[SSEEvent] = []          # the role chunk comes with the first content
         for part in (candidate.get("content") or {}).get("parts") or []:
             if isinstance(part.get("text"), str) and not part.get("thought"):
                 out += choice.text(part["text"])
@@ -349,7 +354,7 @@ class GeminiStreamTranslator:
         return out
 
 
-def new_stream_translator(operation: str, target: Target, ctx: CallContext) -> GeminiStreamTranslator:
+def new_stream_translator(operation: Operation, target: Target, ctx: CallContext) -> GeminiStreamTranslator:
     return GeminiStreamTranslator(operation, ctx)
 
 
@@ -390,13 +395,17 @@ def build_probe(target: Target, key: str) -> UpstreamRequest:
     return UpstreamRequest("GET", f"{target.base_url}/models", headers, None, False)
 
 
+def operation(op: Operation) -> OperationSpec:
+    streams = op is not Operation.EMBEDDINGS
+    return OperationSpec(functools.partial(build_request, op), functools.partial(parse_response, op),
+                         functools.partial(new_stream_translator, op) if streams else None)
+
+
 SPEC = ProviderSpec(
     type="gemini",
     default_base_url=DEFAULT_BASE_URL,
-    operations=frozenset({"chat", "completions", "embeddings"}),
-    build_request=build_request,
-    parse_response=parse_response,
-    new_stream_translator=new_stream_translator,
+    operations=MappingProxyType({op: operation(op) for op in
+                                 (Operation.CHAT, Operation.COMPLETIONS, Operation.EMBEDDINGS)}),
     parse_error=parse_error,
     build_probe=build_probe,
 )

@@ -13,16 +13,21 @@ import hashlib
 import math
 import struct
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from truckllm.config.schema import MockProvider
 from truckllm.providers import openai
-from truckllm.providers.base import ProviderSpec, Target, UpstreamRequest
+from truckllm.providers.base import ProviderSpec, Target, UpstreamRequest, WholeResponse
 from truckllm.usage import Usage
+
+if TYPE_CHECKING:
+    from truckllm.runtime.state import CompiledProvider
 
 _PER_MESSAGE_OVERHEAD = 3
 MAX_EMBEDDING_DIM = 8192
+_DEFAULTS = MockProvider(id="mock", type="mock")     # for a target built without settings
 
 
 class LocalResponse:
@@ -55,14 +60,28 @@ class LocalResponse:
         return None
 
 
-async def respond(request: UpstreamRequest, target: Target) -> LocalResponse:
+class MockTransport:
+    """The mock's own transport: answers in-process whatever the provider is asked, like
+    httpx's MockTransport, so nothing between dispatch and the network knows it exists."""
+
+    async def send(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+                   request_id: str) -> LocalResponse:
+        return respond(request, target)
+
+    async def fetch(self, provider: CompiledProvider, target: Target, request: UpstreamRequest,
+                    request_id: str) -> WholeResponse:
+        response = respond(request, target)
+        return response.status, response.headers, await response.read()
+
+
+def respond(request: UpstreamRequest, target: Target) -> LocalResponse:
     body = orjson.loads(request.body or b"{}")
-    options = target.options
-    latency_s = float(options.get("latency_ms", 0)) / 1000
-    delay_s = float(options.get("chunk_delay_ms", 0)) / 1000
+    settings = target.settings if isinstance(target.settings, MockProvider) else _DEFAULTS
+    latency_s = settings.latency_ms / 1000
+    delay_s = settings.chunk_delay_ms / 1000
     path = request.url.rsplit("/", 2)
     if request.url.endswith("/embeddings"):
-        dimensions = body.get("dimensions") or int(options.get("embedding_dim", 256))
+        dimensions = body.get("dimensions") or settings.embedding_dim
         if not 1 <= dimensions <= MAX_EMBEDDING_DIM:
             return _refusal(f"'dimensions' must be between 1 and {MAX_EMBEDDING_DIM} for the mock",
                             "dimensions")
@@ -243,10 +262,7 @@ def _vector(seed: bytes, dim: int) -> list[float]:
 SPEC = ProviderSpec(
     type="mock",
     default_base_url="mock://local",
-    operations=frozenset(openai.PATHS),
-    build_request=openai.build_request,
-    parse_response=openai.parse_response,
-    new_stream_translator=openai.new_stream_translator,
+    operations=openai.OPERATIONS,
     parse_error=openai.parse_error,
-    local=respond,
+    transport=MockTransport(),
 )

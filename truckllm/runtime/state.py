@@ -1,7 +1,8 @@
 """State: the frozen, compiled snapshot of one config, and the holder that swaps it.
 
 Everything a request needs is precomputed here once per config: provider specs looked up
-in the registry, key values resolved, targets built per alias, client keys indexed by
+in the registry, key values resolved with the request headers that carry them, targets
+built per alias (each with its provider's typed settings), client keys indexed by
 digest, allow-lists compiled. A request reads `holder.current` once and uses that
 snapshot to the end, so a reload never changes a request halfway.
 """
@@ -23,21 +24,9 @@ from truckllm.config.schema import ClientKeyConfig, Config, ModelConfig, Provide
 from truckllm.limits.policy import LimitsPolicy, compile_policy
 from truckllm.limits.upstream import TargetId, upstream_ref
 from truckllm.pipeline.router import Candidate, RouteTarget, fixed_plan
-from truckllm.providers import REGISTRY
-from truckllm.providers.base import ProviderSpec, Target
+from truckllm.providers.base import Operation, ProviderSpec, Target, UpstreamKey
+from truckllm.providers.registry import REGISTRY
 from truckllm.providers.shared.model_ids import check_chosen_model
-
-_PROVIDER_COMMON_FIELDS = {"id", "type", "keys", "headers", "base_url", "timeout_s",
-                           "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
-                           "health_check_interval_s"}
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamKey:
-    id: str
-    value: str
-    weight: float
-    ref: str = ""           # "provider/key": limits' and health's id for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +37,6 @@ class CompiledProvider:
     keys: tuple[UpstreamKey, ...]
     timeout_s: float
     keys_by_id: Mapping[str, UpstreamKey] = field(default_factory=dict)
-    # The spec whose functions serve each operation (`spec`, or the one it delegates the
-    # operation to): one Python frame fewer per request than going through `spec`.
-    spec_by_op: Mapping[str, ProviderSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +58,7 @@ class Route:
     targets: tuple[Target, ...]
     # Per operation, compiled once per snapshot (a wildcard's targets, whose model each
     # request fills in, are compiled per request by `route_choices`).
-    choices: Mapping[str, RouteChoices] = field(default_factory=dict)
+    choices: Mapping[Operation, RouteChoices] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +94,7 @@ class State:
     verified_keys: dict[str, ClientKey] = field(default_factory=dict, init=False, compare=False,
                                                 repr=False)
 
-    # `loaded.config`, as a field rather than a property: read on every request, and a
-    # property is a Python call each time.
+    # `loaded.config`, as a field rather than a property: it is read on every request.
     config: Config = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -167,11 +152,20 @@ def build_state(loaded: LoadedConfig, version: int) -> State:
 
 def _compile_provider(config: ProviderConfig) -> CompiledProvider:
     spec = REGISTRY[config.type]
-    keys = tuple(UpstreamKey(k.id, k.value.get_secret_value(), k.weight, upstream_ref(config.id, k.id))
+    keys = tuple(compile_key(spec, config.headers, k.id, k.value.get_secret_value(), k.weight,
+                             upstream_ref(config.id, k.id))
                  for k in config.keys)
     return CompiledProvider(config.id, spec, config, keys, config.timeout_s,
-                            MappingProxyType({k.id: k for k in keys}),
-                            MappingProxyType({op: spec.delegates.get(op, spec) for op in spec.operations}))
+                            MappingProxyType({k.id: k for k in keys}))
+
+
+def compile_key(spec: ProviderSpec, provider_headers: Mapping[str, str], key_id: str, value: str,
+                weight: float = 1.0, ref: str = "") -> UpstreamKey:
+    """An upstream key with the request headers that carry it, built once per snapshot
+    (they die with it, so a reload that changes a key leaves no copy of the old one)."""
+    if spec.key_headers is None:
+        return UpstreamKey(key_id, value, weight, ref)
+    return UpstreamKey(key_id, value, weight, ref, spec.key_headers(provider_headers, value))
 
 
 def _compile_route(model: ModelConfig, providers: Mapping[str, CompiledProvider]) -> Route:
@@ -182,7 +176,7 @@ def _compile_route(model: ModelConfig, providers: Mapping[str, CompiledProvider]
 
 
 def route_choices(model: ModelConfig, targets: tuple[Target, ...],
-                  providers: Mapping[str, CompiledProvider], op: str) -> RouteChoices:
+                  providers: Mapping[str, CompiledProvider], op: Operation) -> RouteChoices:
     """The targets (of `model`, resolved to `targets`) whose provider serves `op`."""
     route_targets: list[RouteTarget] = []
     by_id: dict[TargetId, Target] = {}
@@ -201,9 +195,8 @@ def _compile_target(provider_id: str, model: str, providers: Mapping[str, Compil
     provider = providers[provider_id]
     config = provider.config
     base_url = getattr(config, "base_url", None) or provider.spec.default_base_url or ""
-    options = MappingProxyType(config.model_dump(exclude=_PROVIDER_COMMON_FIELDS))
     return Target(provider_id, config.type, model, base_url.rstrip("/"),
-                  MappingProxyType(dict(config.headers)), options)
+                  MappingProxyType(dict(config.headers)), config)
 
 
 def _compile_client_key(config: ClientKeyConfig) -> ClientKey:

@@ -20,7 +20,7 @@ from aiohttp import web
 from truckllm import __version__, errors
 from truckllm.config.changes import RESTART_SETTINGS
 from truckllm.config.redaction import redacted_config
-from truckllm.observe.log import LogQuery
+from truckllm.observe.request_log import LogQuery
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import OPS, ROUTING, STATE
@@ -159,7 +159,7 @@ async def status(request: web.Request) -> web.Response:
 def _worker_status(ops: Ops) -> dict[str, Any]:
     return {"worker": ops.worker_index, "pid": os.getpid(),
             "config": {"version": ops.reloader.version, "sha256": ops.reloader.loaded.sha256},
-            "inflight": ops.inflight[0], "state_backend": ops.state_backend()}
+            "inflight": ops.inflight.count, "state_backend": ops.state_backend()}
 
 
 async def own_status(request: web.Request) -> web.Response:
@@ -197,7 +197,7 @@ def _status(ops: Ops) -> dict[str, Any]:
                           if getattr(running, name) != getattr(started, name)],
         "started_at": ops.started_at,
         "uptime_s": round(now - ops.started_at, 3),
-        "inflight": ops.inflight[0],
+        "inflight": ops.inflight.count,
         "state_backend": ops.state_backend(),
     }
 

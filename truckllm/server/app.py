@@ -7,9 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from truckllm import errors
 from truckllm.clock import Clock, SystemClock
 from truckllm.config.loader import LoadedConfig
 from truckllm.limits import Limiter
@@ -24,7 +22,7 @@ from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
 from truckllm.server import admin_console, admin_keys, routes
 from truckllm.server.admin import admin_routes, metrics_routes
-from truckllm.server.edge import add_gateway_routes, plain_routes
+from truckllm.server.edge import add_routes, plain_routes
 from truckllm.server.keys import (
     CONFIG_SYNC,
     INFLIGHT,
@@ -36,9 +34,8 @@ from truckllm.server.keys import (
     STATE_LINK,
     TRACING,
     TRANSPORT,
-    RecordObserver,
 )
-from truckllm.server.ops import make_ops, run_reloader
+from truckllm.server.ops import InFlight, make_ops, run_reloader
 from truckllm.server.state_file import save_state
 
 # Body size is enforced per config snapshot in server.validation, so a reload can change
@@ -53,7 +50,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING)
     app[STATE] = holder
     app[TRANSPORT] = Transport()
-    app[INFLIGHT] = [0]
+    app[INFLIGHT] = InFlight()
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops
     server = holder.current.config.server
@@ -83,12 +80,11 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
                                _routing_follows(app))
     if server.state_url is not None:
         ops.reloader.on_applied = (*ops.reloader.on_applied, app[CONFIG_SYNC].applied)
-    observers: list[RecordObserver] = ops.observers()
-    app[OBSERVERS] = observers
-    gateway_routes = routes.routes(app)
+    app[OBSERVERS] = ops.observers
+    app_routes = routes.routes(app)
     if holder.current.config.server.admin_listen is None:
-        gateway_routes += plain_routes(_admin_routes())
-    add_gateway_routes(app, gateway_routes)
+        app_routes += plain_routes(_admin_routes())
+    add_routes(app, app_routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)
@@ -97,13 +93,13 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
 
 
 def create_admin_app(main: web.Application) -> web.Application:
-    """The admin API and /metrics on their own listener (`server.admin_listen`)."""
-    app = web.Application(middlewares=[admin_middleware])
-    app[OPS] = main[OPS]
-    app[STATE] = main[STATE]
-    app[LIMITER] = main[LIMITER]
-    app[ROUTING] = main[ROUTING]
-    app.add_routes([*_admin_routes(), web.get("/health", routes.health)])
+    """The admin API and /metrics on their own listener (`server.admin_listen`), with
+    the same error envelope as the main app. Nothing it serves is recorded as traffic."""
+    app = web.Application()
+    app[OPS], app[STATE], app[LIMITER] = main[OPS], main[STATE], main[LIMITER]
+    app[ROUTING], app[INFLIGHT], app[OBSERVERS] = main[ROUTING], main[INFLIGHT], main[OBSERVERS]
+    app[TRACING] = main[TRACING]
+    add_routes(app, plain_routes([*_admin_routes(), web.get("/health", routes.health)]))
     return app
 
 
@@ -163,22 +159,3 @@ async def _health_checks(app: web.Application) -> AsyncIterator[None]:
 async def _reloader(app: web.Application) -> AsyncIterator[None]:
     async for _ in run_reloader(app[OPS]):
         yield
-
-
-@web.middleware
-async def admin_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Error envelope of the admin-only listener: OpenAI-shaped JSON, never HTML."""
-    try:
-        return await handler(request)
-    except errors.GatewayError as exc:
-        return error_json(exc)
-    except web.HTTPException as exc:
-        if exc.status == 405:
-            return error_json(errors.MethodNotAllowed(f"Method {request.method} is not allowed."))
-        return error_json(errors.NotFound(f"Unknown path: {request.method} {request.path}",
-                                          code="unknown_url"))
-
-
-def error_json(exc: errors.GatewayError) -> web.Response:
-    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json",
-                        headers=exc.headers())

@@ -1,25 +1,27 @@
-"""The gateway around every route handler of the client-facing app: request id, the
-Exchange that records the request, the error envelope (every failure leaves as an
-OpenAI-shaped JSON error, unknown paths and methods included), the gateway's response
-headers, and the final record.
+"""The wrapper around every route handler: request id, the Exchange that records the
+request, the one error envelope (every failure leaves as an OpenAI-shaped JSON error,
+unknown paths and methods included), TruckLLM's response headers, and the final record.
 
-Applied to each handler when the routes are registered, not as an aiohttp middleware,
-which would cost aiohttp's middleware machinery on every request."""
+Handlers are wrapped when the routes are registered rather than by an aiohttp
+middleware, so that each handler receives its Exchange as an argument. Both the client
+app and the admin-only app are built this way, so both answer errors in one shape.
+Imports nothing from pipeline beyond the record, nor from providers or limits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import structlog
-from aiohttp import web
-from aiohttp.compression_utils import MAX_SYNC_CHUNK_SIZE
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict
+from yarl import URL
 
 from truckllm import errors
 from truckllm.pipeline.record import Exchange
@@ -31,62 +33,72 @@ _UNRECORDED_PATHS = frozenset({"/health", "/metrics"})
 CLIENT_CLOSED_REQUEST = 499
 log = structlog.get_logger("truckllm.server")
 
-# Header names as multidict's case-insensitive strings: a CIMultiDict built from them, or
-# looked up by them, does not fold their case again. On the wire they are the same text.
-_REQUEST_ID, _PROVIDER, _MODEL, _ATTEMPTS, _OVERHEAD, _CONTENT_TYPE = map(istr, (
-    "x-request-id", "x-truckllm-provider", "x-truckllm-model", "x-truckllm-attempts",
-    "x-truckllm-overhead-ms", "Content-Type"))
-
-
-# A handler behind the gateway: it gets the request's Exchange from the gateway as an
-# argument (request storage would cost two Python calls per request to set and read it).
+# A handler behind the wrapper: it gets the request's Exchange as an argument.
 ExchangeHandler = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse]]
 
 
-class GatewayRoute(NamedTuple):
+class ExchangeRoute(NamedTuple):
     method: str
     path: str
     handler: ExchangeHandler
     kwargs: Mapping[str, Any] = MappingProxyType({})     # for add_route: name=, expect_handler=
 
 
-def plain_routes(routes: Iterable[web.RouteDef]) -> list[GatewayRoute]:
-    """aiohttp route definitions, whose handlers take the request alone, as gateway routes."""
-    return [GatewayRoute(route.method, route.path, _without_exchange(route.handler), route.kwargs)
+def plain_routes(routes: Iterable[web.RouteDef]) -> list[ExchangeRoute]:
+    """aiohttp route definitions, whose handlers take the request alone, as ExchangeRoutes."""
+    return [ExchangeRoute(route.method, route.path, _without_exchange(route.handler), route.kwargs)
             for route in routes]
 
 
 def _without_exchange(handler: Handler) -> ExchangeHandler:
     def handle(request: web.Request, exchange: Exchange) -> Awaitable[web.StreamResponse]:
-        return handler(request)         # its coroutine, awaited by the gateway: no extra layer
+        return handler(request)
     return handle
 
 
-def add_gateway_routes(app: web.Application, routes: Iterable[GatewayRoute]) -> None:
-    """Register `routes` with every handler wrapped by `gateway_handler`, then, last, a
-    route for every path and method that no other route takes.
-
-    Wrapping at registration instead of an aiohttp middleware saves, on every request,
-    aiohttp's middleware chain (a cached partial and a middleware of its own that resets
-    `request.app`) and two coroutine layers."""
+def add_routes(app: web.Application, routes: Iterable[ExchangeRoute]) -> None:
+    """Register `routes`, each handler wrapped by `with_exchange`, then, last, a resource
+    taking every path and method that no other route takes."""
     # As RouteDefs, so that each is registered as aiohttp's own would be (a GET also
     # answers HEAD).
-    app.add_routes(web.RouteDef(method, path, gateway_handler(app, handler), dict(kwargs))
+    app.add_routes(web.RouteDef(method, path, with_exchange(app, handler), dict(kwargs))
                    for method, path, handler, kwargs in routes)
-    everything_else = _AnyPath()
-    app.router.register_resource(everything_else)
-    everything_else.add_route("*", gateway_handler(app, _without_exchange(unrouted)))
+    app.router.register_resource(_EverythingElse(with_exchange(app, _without_exchange(unrouted))))
 
 
-class _AnyPath(web.PlainResource):
-    """Matches every path, even `*` (OPTIONS *). aiohttp's router indexes it under "/",
-    which it tries after every longer prefix of a path: the resource of last resort."""
+class _EverythingElse(web.AbstractResource):
+    """The resource of last resort: it matches every request, even `OPTIONS *`, which has
+    no path a route could match. Built on aiohttp's documented resource interface; the
+    router tries it after every resource of a longer prefix, since it is indexed under "/"."""
 
-    def __init__(self) -> None:
-        super().__init__("/")
+    def __init__(self, handler: Handler) -> None:
+        super().__init__()
+        self._route = web.ResourceRoute(hdrs.METH_ANY, handler, self)
 
-    def _match(self, path: str) -> dict[str, str]:
-        return {}
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, *args: str, **kwargs: str) -> URL:
+        return URL("/")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the catch-all resource has no prefix")
+
+    def raw_match(self, path: str) -> bool:
+        return True
+
+    def get_info(self) -> Any:      # aiohttp's own return type is private
+        return {"path": "*"}
+
+    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo, set[str]]:
+        return web.UrlMappingMatchInfo({}, self._route), {hdrs.METH_ANY}
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[web.ResourceRoute]:
+        return iter((self._route,))
 
 
 async def unrouted(request: web.Request) -> web.StreamResponse:
@@ -102,26 +114,26 @@ async def unrouted(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
+def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
     """`handler` inside the request id, the Exchange, the error envelope and the record."""
     inflight = app[INFLIGHT]
-    observers = app[OBSERVERS]          # the list itself, read once: it is never replaced
+    observers = app[OBSERVERS]
     tracing = app[TRACING]              # `on` only when server.otel is configured
 
-    async def gateway(request: web.Request) -> web.StreamResponse:
-        path = request.path         # a property: read once
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = request.path
         # The client's own request id when it is a sane one; else 96 random bits as 24 hex
-        # digits, from the random module's generator rather than os.urandom: no system call
-        # per request, and an id needs uniqueness, not secrecy. (Here, not in a function
-        # of its own: one call fewer per request.)
-        given = request.headers.get(_REQUEST_ID)
+        # digits from the random module: an id needs uniqueness, not secrecy, so no system
+        # call for randomness per request.
+        given = request.headers.get("x-request-id")
         request_id = (given if given and _CLIENT_REQUEST_ID.fullmatch(given)
                       else _random_bits(96).to_bytes(12).hex())
         exchange = Exchange(request_id, request.method, path)
         recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
-        inflight[0] += recorded         # scrapes and admin calls are not traffic
-        if tracing.on and recorded:
-            exchange.trace = tracing.start(request.headers, request.method, path)
+        if recorded:                    # scrapes and admin calls are not traffic
+            inflight.count += 1
+            if tracing.on:
+                exchange.trace = tracing.start(request.headers, request.method, path)
         status = CLIENT_CLOSED_REQUEST
         try:
             try:
@@ -129,38 +141,34 @@ def gateway_handler(app: web.Application, handler: ExchangeHandler) -> Handler:
             except BaseException as exc:
                 response = _failure_response(request, exc, exchange)
             status = exchange.status or response.status
-            if response.__class__ is GatewayResponse:
-                # Built with the gateway headers: only the key's x-ratelimit-* ones, counted
-                # after settling, are still to come (and most keys send none).
-                if exchange.ratelimit_headers is not None:
-                    response.headers.update(exchange.ratelimit_headers())
-            elif not response.prepared:
-                _add_gateway_headers(response.headers, exchange)
+            if not response.prepared:
+                _add_headers(response.headers, exchange)
             return response
         finally:
-            inflight[0] -= recorded
             if recorded:
+                inflight.count -= 1
                 record = exchange.finish(status)
                 for observe in observers:
                     observe(record)
                 if exchange.trace is not None:
                     exchange.trace.finish(record)
 
-    return gateway
+    return handle
 
 
-def _add_gateway_headers(headers: CIMultiDict[str], exchange: Exchange) -> None:
+def _add_headers(headers: CIMultiDict[str], exchange: Exchange) -> None:
     """Every answer not yet sent carries the request id and, after auth, the key's
-    x-ratelimit-* headers, counted after the request was settled."""
-    headers[_REQUEST_ID] = exchange.request_id
-    if exchange.ratelimit_headers is not None:
-        headers.update(exchange.ratelimit_headers())
+    x-ratelimit-* headers, counted after the request was settled (so they include it)."""
+    headers["x-request-id"] = exchange.request_id
+    if exchange.ratelimit_reader is not None:
+        headers.update(exchange.ratelimit_reader())
 
 
-def ratelimit_headers_of(exchange: Exchange) -> dict[str, str]:
-    """The caller's x-ratelimit-* headers, live; {} before auth or for keys without limits."""
-    headers = exchange.ratelimit_headers
-    return headers() if headers is not None else {}
+def ratelimit_headers_now(exchange: Exchange) -> dict[str, str]:
+    """The caller's x-ratelimit-* headers as they stand; {} before auth or for keys
+    without limits. For answers sent before the request is settled (streams)."""
+    reader = exchange.ratelimit_reader
+    return reader() if reader is not None else {}
 
 
 def _failure_response(request: web.Request, exc: BaseException, exchange: Exchange) -> web.Response:
@@ -188,49 +196,16 @@ def error_response(exc: errors.GatewayError, exchange: Exchange) -> web.Response
                         headers=headers)
 
 
-class GatewayResponse(web.Response):
-    """A 200 JSON answer carrying the gateway headers, then Content-Type: what
-    `web.Response(body=body, content_type="application/json", headers=...)` builds, in one
-    Python frame instead of four and without copying the headers (~14k → ~6k instructions
-    per answer). It sets exactly the attributes web.Response's constructor sets for such a
-    body, which are aiohttp's private ones: at import, `_sets_what_aiohttp_sets` checks
-    that they still are, and with an aiohttp release that sets others, the answer is built
-    by web.Response's own constructor instead (slower, never broken).
-    tests/test_gateway_response.py fails on such a release, so it is noticed."""
-
-    direct = True           # set at import: the attributes below are all aiohttp sets
-
-    def __init__(self, body: bytes, exchange: Exchange, extra: tuple[tuple[str, str], ...] = ()) -> None:
-        headers = CIMultiDict(gateway_header_items(exchange))
-        if extra:
-            headers.extend(extra)
-        if not GatewayResponse.direct:
-            super().__init__(body=body, headers=headers, content_type="application/json")
-            return
-        headers.add(_CONTENT_TYPE, "application/json")
-        self._state = {}
-        self._headers = headers
-        self._status = 200
-        self._reason = "OK"
-        self._body = body
-        self._compressed_body = None
-        self._zlib_executor_size = MAX_SYNC_CHUNK_SIZE
-        self._zlib_executor = None
-
-
-def _sets_what_aiohttp_sets() -> bool:
-    """Whether GatewayResponse, built directly, equals what web.Response's constructor
-    builds: the same attributes with the same values, the same headers in the same order."""
-    exchange = Exchange("probe", "POST", "/v1/chat/completions")
-    ours = GatewayResponse(b"{}", exchange, (("x-probe", "1"),))
-    theirs = web.Response(body=b"{}", content_type="application/json",
-                          headers={**gateway_headers(exchange), "x-probe": "1"})
-    return (list(ours.headers.items()) == list(theirs.headers.items())
-            and {**vars(ours), "_headers": None} == {**vars(theirs), "_headers": None})
+def json_answer(body: bytes, exchange: Exchange, extra: tuple[tuple[str, str], ...] = ()) -> web.Response:
+    """A 200 JSON answer with TruckLLM's headers (then `extra`, then Content-Type)."""
+    headers = CIMultiDict(gateway_header_items(exchange))
+    if extra:
+        headers.extend(extra)
+    return web.Response(body=body, headers=headers, content_type="application/json")
 
 
 def gateway_headers(exchange: Exchange) -> dict[str, str]:
-    """The gateway's headers for an answer, to merge with its others."""
+    """TruckLLM's headers for an answer, to merge with its others."""
     return dict(gateway_header_items(exchange))
 
 
@@ -238,14 +213,15 @@ def gateway_header_items(exchange: Exchange) -> list[tuple[str, str]]:
     """The request id; for a routed request also the provider, model, attempts and
     TruckLLM's own time so far."""
     if exchange.provider_id is not None:
-        return [(_REQUEST_ID, exchange.request_id), (_PROVIDER, exchange.provider_id),
-                (_MODEL, exchange.upstream_model or ""), (_ATTEMPTS, str(exchange.attempts)),
-                (_OVERHEAD, f"{exchange.overhead_s() * 1000:.3f}")]
+        return [("x-request-id", exchange.request_id), ("x-truckllm-provider", exchange.provider_id),
+                ("x-truckllm-model", exchange.upstream_model or ""),
+                ("x-truckllm-attempts", str(exchange.attempts)),
+                ("x-truckllm-overhead-ms", f"{exchange.overhead_s() * 1000:.3f}")]
     if exchange.alias is not None:
         # Routed, but answered without calling upstream (every target cooling, a limit).
-        return [(_REQUEST_ID, exchange.request_id), (_ATTEMPTS, "0"),
-                (_OVERHEAD, f"{exchange.overhead_s() * 1000:.3f}")]
-    return [(_REQUEST_ID, exchange.request_id)]
+        return [("x-request-id", exchange.request_id), ("x-truckllm-attempts", "0"),
+                ("x-truckllm-overhead-ms", f"{exchange.overhead_s() * 1000:.3f}")]
+    return [("x-request-id", exchange.request_id)]
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> errors.GatewayError:
@@ -258,6 +234,3 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> errors
     error = errors.InvalidRequest(exc.reason or f"HTTP {exc.status}")
     error.status = exc.status
     return error
-
-
-GatewayResponse.direct = _sets_what_aiohttp_sets()

@@ -13,7 +13,7 @@ from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.state import StateHolder
-from truckllm.server.ops import Ops
+from truckllm.server.ops import InFlight, Ops
 
 if TYPE_CHECKING:
     from truckllm.limits.redis_link import StateLink
@@ -23,9 +23,9 @@ RecordObserver = Callable[[RequestRecord], None]
 
 STATE = web.AppKey("state", StateHolder)
 TRANSPORT = web.AppKey("transport", Transport)
-OBSERVERS = web.AppKey("observers", list[RecordObserver])
+OBSERVERS = web.AppKey("observers", tuple[RecordObserver, ...])
 ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive reloads
-INFLIGHT = web.AppKey("inflight", list[int])       # one mutable counter: requests in progress
+INFLIGHT = web.AppKey("inflight", InFlight)        # requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API
 LIMITER = web.AppKey("limiter", Limiter)
 # Only with server.state_url; the Redis client is not even imported without it.

@@ -16,9 +16,12 @@ from typing import Any, TextIO
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
+from truckllm.observe.access_log import AccessLog
 from truckllm.observe.history import History
-from truckllm.observe.log import AccessLog, RequestLog, SecretRedactor, configure_logging
+from truckllm.observe.log import configure_logging
 from truckllm.observe.metrics import Metrics
+from truckllm.observe.redaction import SecretRedactor
+from truckllm.observe.request_log import RequestLog
 from truckllm.observe.traces import Tracing
 from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.transport import Transport
@@ -29,13 +32,21 @@ _LOG_SETTINGS = ("log_level", "log_format")
 
 
 @dataclass(slots=True)
+class InFlight:
+    """Requests in progress (client traffic only: scrapes and admin calls are left out),
+    for the in-flight gauge and the shutdown log line."""
+
+    count: int = 0
+
+
+@dataclass(slots=True)
 class Ops:
     holder: StateHolder
     metrics: Metrics
     request_log: RequestLog
     redactor: SecretRedactor
     reloader: Reloader[State]
-    inflight: list[int]
+    inflight: InFlight
     started_with: LoadedConfig      # listener settings come from here until a restart
     started_at: float
     access_log: AccessLog = field(default_factory=AccessLog)
@@ -47,14 +58,12 @@ class Ops:
     # --workers: the private metrics ports of the other workers (None: one process)
     worker_peers: Callable[[], list[int]] | None = None
     worker_index: int | None = None
-    _observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
-    def observers(self) -> list[Callable[[RequestRecord], None]]:
-        """What every finished request's record is given to. Always the same list, kept
-        current in place: a resize of the request log replaces its `add` (see RequestLog)."""
-        self._observers[:] = [self.access_log.write, self.metrics.observe, self.request_log.add,
-                              self.history.observe]
-        return self._observers
+    @property
+    def observers(self) -> tuple[Callable[[RequestRecord], None], ...]:
+        """What every finished request's record is given to."""
+        return (self.access_log.write, self.metrics.observe, self.request_log.add,
+                self.history.observe)
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
         """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
@@ -65,18 +74,17 @@ class Ops:
                           self.access_log)
 
 
-def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> Ops:
+def make_ops(holder: StateHolder, inflight: InFlight, transport: Transport) -> Ops:
     loaded = holder.current.loaded
     metrics = Metrics()
-    metrics.inflight.set_function(lambda: inflight[0])
-    reloader = Reloader[State](Path(loaded.source), loaded, holder, _compile, metrics,
+    metrics.inflight.set_function(lambda: inflight.count)
+    reloader = Reloader[State](Path(loaded.source), loaded, holder, build_state, metrics,
                                version=holder.current.version)
     ops = Ops(holder, metrics, RequestLog(loaded.config.server.request_log_size),
               SecretRedactor(secret_values(loaded)), reloader, inflight, loaded, time.time())
 
     def applied(new: LoadedConfig, result: ReloadResult) -> None:
         ops.request_log.resize(new.config.server.request_log_size)
-        ops.observers()         # the request log's `add` may be another now
         ops.redactor.update(secret_values(new))
         transport.retain(p.id for p in new.config.providers)
         if result.changes is not None and set(_LOG_SETTINGS) & set(result.changes.server):
@@ -86,10 +94,6 @@ def make_ops(holder: StateHolder, inflight: list[int], transport: Transport) -> 
     reloader.on_applied = (applied,)
     ops.tracing.configure(loaded.config.server.otel)
     return ops
-
-
-def _compile(loaded: LoadedConfig, version: int) -> State:
-    return build_state(loaded, version)
 
 
 async def run_reloader(ops: Ops) -> AsyncIterator[None]:

@@ -16,12 +16,12 @@ from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispa
 from truckllm.pipeline.record import Exchange
 from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
-from truckllm.protocols import anthropic_wire
-from truckllm.providers.base import CallContext, Target
+from truckllm.protocols.anthropic_messages import anthropic_error
+from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.providers.shared.media import MULTIPART_OPERATIONS
 from truckllm.runtime.state import ClientKey, Route, State, StateHolder
 from truckllm.server.auth import authenticate
-from truckllm.server.edge import GatewayResponse, GatewayRoute, plain_routes
+from truckllm.server.edge import ExchangeRoute, gateway_headers, json_answer, plain_routes
 from truckllm.server.keys import LIMITER, ROUTING, STATE, TRANSPORT
 from truckllm.server.streaming import write_raw, write_stream
 from truckllm.server.validation import check_fields, read_json, read_multipart
@@ -32,7 +32,7 @@ class Relay:
 
     What depends only on the operation is worked out once, and the app's parts (state
     holder, limiter, transport, routing) are read once when the app starts, after which
-    aiohttp lets them change no more: each `request.app[...]` is a Python call or two."""
+    aiohttp lets them change no more."""
 
     __slots__ = ("forwarded_headers", "holder", "limiter", "op", "read_body", "routing", "streams",
                  "transport")
@@ -41,10 +41,10 @@ class Relay:
     transport: Transport
     routing: Routing
 
-    def __init__(self, op: str) -> None:
+    def __init__(self, op: Operation) -> None:
         self.op = op
         self.read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
-        self.streams = op not in ("embeddings", "count_tokens")
+        self.streams = op not in (Operation.EMBEDDINGS, Operation.COUNT_TOKENS)
         # Client headers that mean something to a native upstream, if any for this operation.
         self.forwarded_headers = _FORWARDED_HEADERS.get(op)
 
@@ -61,8 +61,7 @@ class Relay:
         check_fields(op, body)
         model: str = body["model"]
         resolved = state.resolve(model)
-        # Most keys have no allow-list. (Checked here, not in a function of its own: one
-        # call fewer per request.)
+        # Most keys have no allow-list.
         if resolved is None or (key is not None and key.allowed is not None
                                 and not key.may_use(model)):
             raise _model_refused(model, resolved)
@@ -73,7 +72,7 @@ class Relay:
         if stream:
             options = body.get("stream_options")
             # A Messages stream always includes usage: message_delta carries it.
-            include_usage = op == "messages" or (isinstance(options, dict)
+            include_usage = op is Operation.MESSAGES or (isinstance(options, dict)
                                                  and options.get("include_usage") is True)
         exchange.stream = stream
         forwarded = _NOTHING_FORWARDED if self.forwarded_headers is None else _forwarded(
@@ -83,19 +82,14 @@ class Relay:
         admission = await metering.admit(limiter, state, key, body, exchange)
         reply: Reply | StreamReply | RawReply | None = None
         try:
-            if op == "count_tokens" and not _any_serves(state, targets, op):
+            if op is Operation.COUNT_TOKENS and not _any_serves(state, targets, op):
                 return _estimated_count(body, exchange)
-            # Filled in directly, like the record (Call's generated __new__ is a Python
-            # function doing only this).
-            call = tuple.__new__(Call, (state, op, body, route, targets, ctx, limiter,
-                                        admission.estimate))
+            call = Call(state, op, body, route, targets, ctx, limiter, admission.estimate)
             reply = await dispatch(call, self.transport, exchange, self.routing)
             if isinstance(reply, Reply):
-                return GatewayResponse(reply.body, exchange)
+                return json_answer(reply.body, exchange)
             if isinstance(reply, RawReply):
                 return await write_raw(request, reply, exchange)
-            if op == "messages":
-                reply = anthropic_wire.reframe(reply)
             return await write_stream(request, reply, exchange)
         finally:   # after the last byte, an error, or the client leaving (streams included)
             await metering.settle(admission, exchange, route,
@@ -112,10 +106,13 @@ class AnthropicRelay(Relay):
         try:
             return await super().handle(request, exchange)
         except errors.GatewayError as exc:
-            return anthropic_wire.error_response(exc, exchange)
+            exchange.error_reason = exchange.error_reason or exc.type
+            body = orjson.dumps(anthropic_error(exc.status, exc.body()))
+            return web.Response(status=exc.status, body=body, content_type="application/json",
+                                headers={**exc.headers(), **gateway_headers(exchange)})
 
 
-def _any_serves(state: State, targets: tuple[Target, ...], op: str) -> bool:
+def _any_serves(state: State, targets: tuple[Target, ...], op: Operation) -> bool:
     return any(op in state.providers[t.provider_id].spec.operations for t in targets)
 
 
@@ -123,13 +120,14 @@ def _estimated_count(body: dict[str, Any], exchange: Exchange) -> web.Response:
     """Token counting for an alias with no `anthropic` target: estimated here by the rule
     tpm limits use (characters / 4), marked as such. Clients ask it to manage their
     context window, where an estimate serves and a 400 only breaks them."""
-    return GatewayResponse(orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}), exchange,
+    return json_answer(orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}), exchange,
                            (("x-truckllm-estimated", "true"),))
 
 
 # Client headers that mean something to a native upstream: Anthropic's beta features
 # (Claude Code and other Anthropic SDK tools turn them on per request).
-_FORWARDED_HEADERS = {"messages": ("anthropic-beta",), "count_tokens": ("anthropic-beta",)}
+_FORWARDED_HEADERS = {Operation.MESSAGES: ("anthropic-beta",),
+                      Operation.COUNT_TOKENS: ("anthropic-beta",)}
 _NOTHING_FORWARDED: Mapping[str, str] = MappingProxyType({})
 
 
@@ -145,7 +143,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
         exchange.key_id = key.id
         sending = state.limits.sending_headers.get(key.id)    # most keys send none
         if sending is not None:
-            exchange.ratelimit_headers = metering.ratelimit_headers(limiter, sending)
+            exchange.ratelimit_reader = metering.ratelimit_headers_reader(limiter, sending)
     return key
 
 
@@ -202,20 +200,20 @@ def _json(payload: dict[str, Any]) -> web.Response:
 
 
 # Each /v1 operation's path, and whether it answers in Anthropic's shape.
-_RELAYS = {
-    "/v1/chat/completions": ("chat", Relay),
-    "/v1/completions": ("completions", Relay),
-    "/v1/embeddings": ("embeddings", Relay),
-    "/v1/messages": ("messages", AnthropicRelay),
-    "/v1/messages/count_tokens": ("count_tokens", AnthropicRelay),
-    "/v1/audio/transcriptions": ("audio_transcriptions", Relay),
-    "/v1/audio/translations": ("audio_translations", Relay),
-    "/v1/audio/speech": ("audio_speech", Relay),
-    "/v1/images/generations": ("images", Relay),
+_RELAYS: dict[str, tuple[Operation, type[Relay]]] = {
+    "/v1/chat/completions": (Operation.CHAT, Relay),
+    "/v1/completions": (Operation.COMPLETIONS, Relay),
+    "/v1/embeddings": (Operation.EMBEDDINGS, Relay),
+    "/v1/messages": (Operation.MESSAGES, AnthropicRelay),
+    "/v1/messages/count_tokens": (Operation.COUNT_TOKENS, AnthropicRelay),
+    "/v1/audio/transcriptions": (Operation.AUDIO_TRANSCRIPTIONS, Relay),
+    "/v1/audio/translations": (Operation.AUDIO_TRANSLATIONS, Relay),
+    "/v1/audio/speech": (Operation.AUDIO_SPEECH, Relay),
+    "/v1/images/generations": (Operation.IMAGES, Relay),
 }
 
 
-def routes(app: web.Application) -> list[GatewayRoute]:
+def routes(app: web.Application) -> list[ExchangeRoute]:
     """The /v1 routes and /health; the relays read `app`'s parts when it starts."""
     relays = [relay(op) for op, relay in _RELAYS.values()]
 
@@ -225,8 +223,8 @@ def routes(app: web.Application) -> list[GatewayRoute]:
 
     app.on_startup.append(bind_relays)
     return [
-        *(GatewayRoute("POST", path, relay.handle) for path, relay in zip(_RELAYS, relays, strict=True)),
-        GatewayRoute("GET", "/v1/models", list_models),
-        GatewayRoute("GET", "/v1/models/{model:.+}", get_model),
+        *(ExchangeRoute("POST", path, relay.handle) for path, relay in zip(_RELAYS, relays, strict=True)),
+        ExchangeRoute("GET", "/v1/models", list_models),
+        ExchangeRoute("GET", "/v1/models/{model:.+}", get_model),
         *plain_routes([web.get("/health", health)]),
     ]

@@ -32,8 +32,7 @@ log = structlog.get_logger("truckllm")
 # futures, dicts), so under load CPython's default gen0 threshold (700) starts a
 # collection every few dozen requests, each scanning all live young objects: measured at
 # tens of microseconds per request (gc.callbacks under `make bench` load). A larger
-# threshold makes collections
-# rare. Requests leave almost no cyclic garbage (checked with gc.DEBUG_SAVEALL), so
+# threshold makes collections rare. Requests leave almost no cyclic garbage (checked with gc.DEBUG_SAVEALL), so
 # memory hardly changes; a collection of 5000 young objects pauses well under 1 ms.
 GC_GEN0_THRESHOLD = 5_000
 
@@ -95,7 +94,7 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
         await stop.wait()
         if watchdog is not None:
             watchdog.cancel()
-        log.info("shutting_down", in_flight=app[INFLIGHT][0], grace_s=grace)
+        log.info("shutting_down", in_flight=app[INFLIGHT].count, grace_s=grace)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
         for each in reversed(runners):

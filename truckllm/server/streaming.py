@@ -10,7 +10,7 @@ from aiohttp import web
 from truckllm.pipeline.dispatch import RawReply, StreamReply
 from truckllm.pipeline.record import Exchange
 from truckllm.pipeline.transport import TransportError
-from truckllm.server.edge import CLIENT_CLOSED_REQUEST, gateway_headers, ratelimit_headers_of
+from truckllm.server.edge import CLIENT_CLOSED_REQUEST, gateway_headers, ratelimit_headers_now
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -20,17 +20,15 @@ _SSE_HEADERS = {
 
 
 async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
-    headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_of(exchange)}
+    headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_now(exchange)}
     response = web.StreamResponse(status=200, headers=headers)
-    rest = reply.rest
     try:
         await response.prepare(request)
         await response.write(reply.first)
         first_sent = time.perf_counter()
         exchange.ttft_s = first_sent - exchange.started
         try:
-            async for events in rest:
-                await response.write(events)
+            await reply.write_rest(response.write)
             await response.write_eof()
         finally:
             # After the first chunk, time goes to waiting on upstream; the per-chunk relay
@@ -46,7 +44,6 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
             request.transport.close()
         raise
     finally:
-        await rest.aclose()              # releases or drops the upstream connection
         reply.release()                  # also when the stream never started (client gone)
     return response
 
@@ -54,7 +51,7 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
 async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -> web.StreamResponse:
     """A pass-through answer (audio, images): upstream bytes relayed as they arrive."""
     response = web.StreamResponse(status=reply.status, headers={
-        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_of(exchange)})
+        "Content-Type": reply.content_type, **gateway_headers(exchange), **ratelimit_headers_now(exchange)})
     body = reply.body
     try:
         await response.prepare(request)

@@ -61,7 +61,7 @@ _REQUIRED = {op: tuple(name for name, (_, required) in fields.items() if require
 # field -> (the classes its value may have, its bounds): what the fast check reads per
 # field. Exact classes, not isinstance: a body holds only JSON's own types (orjson's, or
 # the dict read_multipart builds), and `bool`, a subclass of int in Python, is not an
-# integer in JSON, so `"n": true` is refused by a set lookup and no function call.
+# integer in JSON, so `"n": true` is refused.
 _RULES = {op: {name: (frozenset(types), _BOUNDS.get(name)) for name, (types, _) in fields.items()}
           for op, fields in _FIELDS.items()}
 _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a boolean",
@@ -147,8 +147,8 @@ async def _read_multipart(request: web.Request, max_body_mb: float) -> dict[str,
 
 
 def _read_body(request: web.Request, limit: int, max_body_mb: float) -> Awaitable[bytes]:
-    """The body, for the caller to await: with a Content-Length, aiohttp's own read, not
-    a coroutine layer of ours around it (each layer costs on every request)."""
+    """The body, for the caller to await: with a Content-Length, aiohttp's own read;
+    without one, read in chunks so that the limit holds while reading."""
     length = request.content_length
     if length is None:
         return _read_chunked(request, limit, max_body_mb)
@@ -177,8 +177,7 @@ def check_fields(op: str, body: dict[str, Any]) -> None:
         _raise_first_field_error(op, body)
     if op == "chat":
         messages = body["messages"]
-        # Exact classes, as in _RULES: a body holds only JSON's own types. (The common
-        # case walked here, not in a function of its own: one call fewer per request.)
+        # Exact classes, as in _RULES: a body holds only JSON's own types.
         for message in messages:
             if message.__class__ is not dict or message.get("role").__class__ is not str:
                 _raise_message_error(messages, message)

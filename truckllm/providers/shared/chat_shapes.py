@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import orjson
 
-from truckllm.providers.base import CallContext
+from truckllm.providers.base import CallContext, SSEEvent
 from truckllm.usage import Usage
 
 Kind = Literal["chat", "completions"]
@@ -118,7 +118,7 @@ class ChunkStream:
     def tool_count(self) -> int:
         return self._tool_count
 
-    def start(self) -> list[bytes]:
+    def start(self) -> list[SSEEvent]:
         """The role chunk, once (completions streams have no role and send nothing)."""
         if self._started:
             return []
@@ -127,7 +127,7 @@ class ChunkStream:
             return []
         return [self._chunk({"role": "assistant", "content": ""})]
 
-    def text(self, text: str) -> list[bytes]:
+    def text(self, text: str) -> list[SSEEvent]:
         if not text or self.finished:
             return []
         out = self.start()
@@ -137,7 +137,7 @@ class ChunkStream:
             out.append(self._chunk({"content": text}))
         return out
 
-    def tool_start(self, call_id: str, name: str, arguments: str = "") -> tuple[int, list[bytes]]:
+    def tool_start(self, call_id: str, name: str, arguments: str = "") -> tuple[int, list[SSEEvent]]:
         """Announces a tool call; returns its OpenAI index and the chunks to send."""
         index = self._tool_count
         self._tool_count += 1
@@ -153,14 +153,14 @@ class ChunkStream:
         out.append(self._chunk({"tool_calls": [call]}))
         return index, out
 
-    def tool_arguments(self, index: int, fragment: str) -> list[bytes]:
+    def tool_arguments(self, index: int, fragment: str) -> list[SSEEvent]:
         if not fragment or self._kind == "completions" or self.finished:
             return []
         if self._legacy:
             return [self._chunk({"function_call": {"arguments": fragment}})] if index == 0 else []
         return [self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})]
 
-    def finish(self, reason: str) -> list[bytes]:
+    def finish(self, reason: str) -> list[SSEEvent]:
         if self.finished:
             return []
         out = self.start()
@@ -175,14 +175,14 @@ class ChunkStream:
             out.append(self._chunk({}, reason))
         return out
 
-    def usage(self, usage: Usage | None) -> list[bytes]:
+    def usage(self, usage: Usage | None) -> list[SSEEvent]:
         """The usage chunk: only when the client asked for it, and only once."""
         if not self._ctx.include_usage or self._usage_sent:
             return []
         self._usage_sent = True
         body = self._envelope([])
         body["usage"] = usage_body(usage or Usage())
-        return [orjson.dumps(body)]
+        return [SSEEvent(None, orjson.dumps(body))]
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -196,13 +196,13 @@ class ChunkStream:
             body["usage"] = None
         return body
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> SSEEvent:
         choice = {"index": self._index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return orjson.dumps(self._envelope([choice]))
+        return SSEEvent(None, orjson.dumps(self._envelope([choice])))
 
-    def _completion_chunk(self, text: str, finish_reason: str | None) -> bytes:
+    def _completion_chunk(self, text: str, finish_reason: str | None) -> SSEEvent:
         choice = {"text": text, "index": self._index, "logprobs": None, "finish_reason": finish_reason}
-        return orjson.dumps(self._envelope([choice]))
+        return SSEEvent(None, orjson.dumps(self._envelope([choice])))
 
 
 def build_embeddings(ctx: CallContext, vectors: list[list[float]], usage: Usage) -> bytes:

@@ -14,15 +14,15 @@ from typing import Any
 
 import orjson
 
-from truckllm.providers.base import CallContext, UpstreamRequest
+from truckllm.providers.base import CallContext, Operation, UpstreamRequest
 
-PATHS = {
-    "audio_transcriptions": "audio/transcriptions",
-    "audio_translations": "audio/translations",
-    "audio_speech": "audio/speech",
-    "images": "images/generations",
+PATHS: Mapping[Operation, str] = {
+    Operation.AUDIO_TRANSCRIPTIONS: "audio/transcriptions",
+    Operation.AUDIO_TRANSLATIONS: "audio/translations",
+    Operation.AUDIO_SPEECH: "audio/speech",
+    Operation.IMAGES: "images/generations",
 }
-MULTIPART_OPERATIONS = frozenset({"audio_transcriptions", "audio_translations"})
+MULTIPART_OPERATIONS = frozenset({Operation.AUDIO_TRANSCRIPTIONS, Operation.AUDIO_TRANSLATIONS})
 # Answered by streaming the upstream bytes back as they are (dispatch's raw mode).
 PASS_THROUGH_OPERATIONS = frozenset(PATHS)
 
@@ -35,7 +35,7 @@ class MultipartField:
     content_type: str | None = None
 
 
-def media_request(op: str, body: Mapping[str, Any], url: str, headers: Mapping[str, str],
+def media_request(op: Operation, body: Mapping[str, Any], url: str, headers: Mapping[str, str],
                   model: str, ctx: CallContext) -> UpstreamRequest:
     """The upstream request for a pass-through operation, `model` replaced by `model`."""
     if op in MULTIPART_OPERATIONS:

@@ -34,10 +34,8 @@ def short_id(call_id: str) -> str:
 def with_short_tool_ids(payload: dict[str, Any], serialised: bytes) -> bytes:
     """The serialised payload again with long tool-call ids shortened, or `serialised`
     itself when nothing needs it. Only a history with a tool result can hold an id, so
-    every other request costs one substring search. (`partition`, not `in`: for a bytes
-    operand `in` first tries it as an integer, and the TypeError it raises and drops costs
-    more than the search; a miss hands back `serialised` itself, nothing copied.)"""
-    if not serialised.partition(_TOOL_RESULT_KEY)[1]:
+    every other request is looked at no further than one substring search."""
+    if _TOOL_RESULT_KEY not in serialised:
         return serialised
     messages = payload.get("messages")
     if not isinstance(messages, list):

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from truckllm.errors import InvalidRequest
-from truckllm.protocols.anthropic_inbound import (
+from truckllm.protocols.anthropic_messages import (
     AnthropicEventWriter,
     anthropic_error,
     from_chat_response,
@@ -123,7 +123,9 @@ def test_stream_events_text_then_tool_calls() -> None:
         chunk({"tool_calls": [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}),
         chunk({}, "tool_calls"), chunk(None, usage={"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}),
     ]
-    events = [orjson.loads(e) for c in chunks for e in writer.feed(c)] + [orjson.loads(e) for e in writer.finish()]
+    emitted = [e for c in chunks for e in writer.feed(c)] + writer.finish()
+    assert all(e.event == orjson.loads(e.data)["type"] for e in emitted), "named by their type"
+    events = [orjson.loads(e.data) for e in emitted]
     assert [(e["type"], e.get("index")) for e in events] == [
         ("message_start", None),
         ("content_block_start", 0), ("content_block_delta", 0), ("content_block_delta", 0), ("content_block_stop", 0),
@@ -138,7 +140,7 @@ def test_stream_events_text_then_tool_calls() -> None:
 
 
 def test_empty_stream_still_has_the_envelope() -> None:
-    events = [orjson.loads(e)["type"] for e in AnthropicEventWriter("m").finish()]
+    events = [orjson.loads(e.data)["type"] for e in AnthropicEventWriter("m").finish()]
     assert events == ["message_start", "message_delta", "message_stop"]
 
 

@@ -1,10 +1,10 @@
-"""The Anthropic Messages API spoken to clients (`POST /v1/messages`), on top of any
-provider that speaks chat: Anthropic request -> OpenAI chat request, OpenAI answer ->
-Anthropic message, OpenAI chunk stream -> Anthropic stream events, OpenAI-shaped errors ->
-Anthropic's error shape.
+"""The Anthropic Messages API spoken to clients (`POST /v1/messages`): its request as an
+OpenAI chat request, an OpenAI answer as an Anthropic message, OpenAI chunks as Anthropic
+stream events, errors in Anthropic's shape, and how its streams end. Providers that speak
+Messages natively (`anthropic`) pass it through and use only the stream ending; every other
+chat-speaking provider serves it through chat with DIALECT (protocols.through_chat).
 
-Pure, no I/O. Imports only errors and usage. Stream events are returned as JSON payloads
-whose `type` is also their SSE event name; the server frames them (truckllm.pipeline.sse).
+Pure, no I/O. Imports only errors, usage, providers.base and protocols.through_chat.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Any
 
 import orjson
 
-from truckllm.errors import InvalidRequest
+from truckllm.errors import GatewayError, InvalidRequest
+from truckllm.protocols.through_chat import ChatDialect
+from truckllm.providers.base import CallContext, SSEEvent, StreamEnding
 from truckllm.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -202,6 +204,10 @@ def from_chat_response(chat: dict[str, Any], alias: str) -> dict[str, Any]:
     }
 
 
+def from_chat_answer(chat: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+    return from_chat_response(chat, ctx.alias)
+
+
 def message_id(chat_id: Any) -> str:
     text = str(chat_id or "")
     for prefix in ("chatcmpl-", "cmpl-"):
@@ -241,7 +247,7 @@ def _arguments(raw: Any) -> Any:
 
 
 class AnthropicEventWriter:
-    """OpenAI chat chunks in, Anthropic stream event payloads out.
+    """OpenAI chat chunks in, Anthropic stream events out (named by their `type`).
 
     message_start comes before anything else; text and each tool call get their own
     content block (started, deltas, stopped in order); message_delta carries the stop
@@ -258,7 +264,7 @@ class AnthropicEventWriter:
         self._stop_reason = "end_turn"
         self._usage: Usage | None = None
 
-    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+    def feed(self, chunk: dict[str, Any]) -> list[SSEEvent]:
         out = self._start(chunk.get("id"))
         if isinstance(chunk.get("usage"), dict):
             self._usage = usage_with_writes(chunk["usage"])
@@ -277,14 +283,14 @@ class AnthropicEventWriter:
                 out += self._close_block()
         return out
 
-    def finish(self) -> list[bytes]:
+    def finish(self) -> list[SSEEvent]:
         out = self._start(None) + self._close_block()
         out.append(_event("message_delta", delta={"stop_reason": self._stop_reason, "stop_sequence": None},
                           usage=anthropic_usage(self._usage)))
         out.append(_event("message_stop"))
         return out
 
-    def _start(self, chunk_id: Any) -> list[bytes]:
+    def _start(self, chunk_id: Any) -> list[SSEEvent]:
         if self._started:
             return []
         self._started = True
@@ -293,8 +299,8 @@ class AnthropicEventWriter:
                    "usage": anthropic_usage(None)}
         return [_event("message_start", message=message)]
 
-    def _text(self, text: str) -> list[bytes]:
-        out: list[bytes] = []
+    def _text(self, text: str) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
         if self._open is None or self._open[0] != "text":
             out += self._close_block()
             out += self._open_block("text", {"type": "text", "text": ""})
@@ -302,10 +308,10 @@ class AnthropicEventWriter:
         out.append(_event("content_block_delta", index=self._open[1], delta={"type": "text_delta", "text": text}))
         return out
 
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+    def _tool_call(self, call: dict[str, Any]) -> list[SSEEvent]:
         index = call.get("index", 0)
         function = call.get("function") or {}
-        out: list[bytes] = []
+        out: list[SSEEvent] = []
         if index not in self._tool_blocks:
             out += self._close_block()
             block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or f"toolu_{index}", "name": function.get("name"),
@@ -318,20 +324,24 @@ class AnthropicEventWriter:
                               delta={"type": "input_json_delta", "partial_json": function["arguments"]}))
         return out
 
-    def _open_block(self, kind: str, block: dict[str, Any]) -> list[bytes]:
+    def _open_block(self, kind: str, block: dict[str, Any]) -> list[SSEEvent]:
         self._open = (kind, self._next_block)
         self._next_block += 1
         return [_event("content_block_start", index=self._open[1], content_block=block)]
 
-    def _close_block(self) -> list[bytes]:
+    def _close_block(self) -> list[SSEEvent]:
         if self._open is None:
             return []
         index, self._open = self._open[1], None
         return [_event("content_block_stop", index=index)]
 
 
-def _event(kind: str, **fields: Any) -> bytes:
-    return orjson.dumps({"type": kind, **fields})
+def _event(kind: str, **fields: Any) -> SSEEvent:
+    return SSEEvent(kind, orjson.dumps({"type": kind, **fields}))
+
+
+def new_event_writer(ctx: CallContext) -> AnthropicEventWriter:
+    return AnthropicEventWriter(ctx.alias)
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -345,3 +355,16 @@ def anthropic_error(status: int | None, openai_error: dict[str, Any]) -> dict[st
         kind = ERROR_TYPES.get(status or 0) or ("invalid_request_error" if status and 400 <= status < 500
                                                else "api_error")
     return {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "error")}}
+
+
+def _error_event(error: GatewayError) -> SSEEvent:
+    """A failure after the stream started. Named: the Anthropic SDKs dispatch on `event:`
+    and ignore events without one, so an unnamed error would be silently lost."""
+    return SSEEvent("error", orjson.dumps(anthropic_error(None, error.body())))
+
+
+# Anthropic streams end with message_stop: no `[DONE]` after it.
+MESSAGES_STREAM = StreamEnding(_error_event, None)
+
+# The Messages API on providers that speak only chat (protocols.through_chat).
+DIALECT = ChatDialect(to_chat_request, from_chat_answer, new_event_writer, MESSAGES_STREAM)

@@ -198,6 +198,21 @@ async def test_an_admin_change_on_one_instance_reaches_the_other(
         _, metrics_b = await b.get("/metrics")
         assert f'sha256="{(await a.status())["config"]["sha256"]}"' in metrics_b
 
+        # a client key created, then revoked, through a's keys API: b follows both
+        code, _, text = await a.admin("POST", "/admin/v1/keys", data=b'{"id": "ci-bot"}')
+        assert code in (200, 201), text
+
+        async def b_has_key() -> bool:
+            return "ci-bot" in b.config_path.read_text() and any(
+                key["id"] == "ci-bot" for key in (await b.admin("GET", "/admin/v1/keys"))[1]["keys"])
+        await wait_until(b_has_key, "instance b to have the key created on a")
+        code, _, text = await a.admin("DELETE", "/admin/v1/keys/ci-bot")
+        assert code == 200, text
+
+        async def b_revoked() -> bool:
+            return "ci-bot" not in b.config_path.read_text()
+        await wait_until(b_revoked, "instance b to drop the key revoked on a")
+
         # one b cannot apply (a variable only a has): b keeps its config and says why
         before = (await b.status())["config"]["sha256"]
         broken = changed.replace('value: "${MOCK_KEY}"', 'value: "${ONLY_ON_A}"')

@@ -237,3 +237,22 @@ async def listeners(redis_url: str, count: int) -> bool:
         return bool(subscribed >= count)
     finally:
         await client.aclose()
+
+
+async def test_closed_on_failure_answers_503_in_the_error_shape(tmp_path: Path) -> None:
+    server = RedisServer()          # never started: unreachable from the first request
+    port = free_port()
+    path = tmp_path / "truckllm.yaml"
+    path.write_text(config(port, server.url, rpm=100).replace(
+        f"  state_url: {server.url}", f"  state_url: {server.url}\n  state_failure: closed"))
+    async with run_gateway(path, port) as gateway, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
+            http.post(gateway.url + "/v1/chat/completions",
+                      headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+                      ) as response:
+        body = await response.json()
+        assert response.status == 503
+        assert body["error"]["type"] == "overloaded_error"
+        assert response.headers["Retry-After"] == "1"
+        assert (await gateway.status())["state_backend"]["up"] is False

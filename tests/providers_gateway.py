@@ -49,6 +49,8 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
             {"id": "az", "type": "azure", "base_url": azure_url, "keys": keys("az"), "headers": EXTRA_HEADERS},
             {"id": "az1", "type": "azure", "base_url": azure_url + "/openai/v1", "keys": keys("az")},
             {"id": "oai", "type": "openai", "base_url": azure_url + "/openai/v1", "keys": keys("az")},
+            {"id": "oai-xlate", "type": "openai", "base_url": azure_url + "/openai/v1", "keys": keys("az"),
+             "responses": "chat"},
             {"id": "demo", "type": "mock"},
         ],
         "models": [
@@ -64,6 +66,9 @@ def make_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dict[str
             {"alias": "az-tts", "targets": [{"provider": "az", "model": "tts-deploy"}]},
             {"alias": "az-image", "targets": [{"provider": "az", "model": "image-deploy"}]},
             {"alias": "oai-chat", "targets": [{"provider": "oai", "model": "gpt-4o"}]},
+            {"alias": "oai-translated", "targets": [{"provider": "oai-xlate", "model": "gpt-4o"}]},
+            {"alias": "native-rr", "strategy": "round_robin",
+             "targets": [{"provider": "az", "model": "gpt4o-deploy"}, {"provider": "oai", "model": "gpt-4o"}]},
             {"alias": "oai-then-gem", "targets": [{"provider": "oai", "model": "gpt-4o"},
                                                   {"provider": "google", "model": "gemini-2.5-flash"}]},
             {"alias": "oai-embed", "targets": [{"provider": "oai", "model": "text-embedding-3-small"}]},

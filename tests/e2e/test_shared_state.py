@@ -256,3 +256,24 @@ async def test_closed_on_failure_answers_503_in_the_error_shape(tmp_path: Path) 
         assert body["error"]["type"] == "overloaded_error"
         assert response.headers["Retry-After"] == "1"
         assert (await gateway.status())["state_backend"]["up"] is False
+
+
+async def test_a_response_stored_by_one_instance_is_found_by_the_other(
+        tmp_path: Path, redis_url: str) -> None:
+    async with instances(tmp_path, 2, redis_url) as (a, b), \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
+                                  headers={"Authorization": f"Bearer {KEY}"}) as http:
+        async with http.post(a.url + "/v1/responses",
+                             json={"model": "demo", "input": "remember this"}) as reply:
+            first = await reply.json()
+            assert reply.status == 200, first
+        async with http.post(b.url + "/v1/responses",
+                             json={"model": "demo", "input": "and now?",
+                                   "previous_response_id": first["id"]}) as reply:
+            assert reply.status == 200, await reply.text()
+        async with http.get(f"{b.url}/v1/responses/{first['id']}") as reply:
+            assert reply.status == 200 and (await reply.json())["id"] == first["id"]
+        async with http.delete(f"{b.url}/v1/responses/{first['id']}") as reply:
+            assert reply.status == 200, await reply.text()
+        async with http.get(f"{a.url}/v1/responses/{first['id']}") as reply:
+            assert reply.status == 404

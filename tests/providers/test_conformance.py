@@ -64,7 +64,7 @@ def make_context(body: dict[str, Any]) -> CallContext:
     options = body.get("stream_options") or {}
     return CallContext(alias=body.get("model", "alias"), request_id="req_golden", created=1_700_000_000,
                        stream=stream, include_usage=stream and options.get("include_usage") is True,
-                       client_body=body)
+                       client_body=body, response_id="resp_golden")
 
 
 def error_record(exc: GatewayError) -> dict[str, Any]:
@@ -181,6 +181,32 @@ def check_stream_invariants(chunks: list[Any], include_usage: bool) -> None:
         assert not usage_chunks and all("usage" not in c for c in payloads), "no usage unless asked"
 
 
+def check_responses_event_invariants(events: list[Any]) -> None:
+    """What the OpenAI SDKs and Codex rely on in a Responses event stream, for every
+    translated one: `type` and a rising `sequence_number` on every event, the same
+    response id throughout, item ids that do not change, `logprobs` on text events, and
+    one terminal event, last."""
+    payloads = [e for e in events if "_usage_seen" not in e and "error" not in e]
+    assert payloads[0]["type"] == "response.created" and payloads[1]["type"] == "response.in_progress"
+    numbers = [e["sequence_number"] for e in payloads]
+    assert numbers == list(range(len(numbers))), "sequence numbers start at 0 and rise by one"
+    responses = [e["response"] for e in payloads if "response" in e]
+    assert len({r["id"] for r in responses}) == 1, "one response id for the whole stream"
+    items: dict[int, str] = {}
+    for event in payloads:
+        if "item" in event:
+            assert items.setdefault(event["output_index"], event["item"]["id"]) == event["item"]["id"]
+        elif "item_id" in event:
+            assert items[event["output_index"]] == event["item_id"], "events name their item's id"
+        if event["type"].startswith("response.output_text."):
+            assert event["logprobs"] == [], "text events carry logprobs"
+    terminal = [e for e in payloads if e["type"] in ("response.completed", "response.incomplete",
+                                                     "response.failed")]
+    if not any("error" in e for e in events):
+        assert len(terminal) == 1 and terminal[0] is payloads[-1], "one terminal event, last"
+        assert [i["id"] for i in terminal[0]["response"]["output"]] == [items[k] for k in sorted(items)]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
 def test_golden_case(case: Path) -> None:
     produced = run_case(case)
@@ -196,7 +222,9 @@ def test_golden_case(case: Path) -> None:
         expected = ([orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
                     if name.endswith(".jsonl") else load(path))
         assert value == expected, f"{case.parent.name}/{case.name}: {name} differs"
-    if "expected_chunks.jsonl" in produced:
+    if "expected_chunks.jsonl" in produced and load(case / "meta.json")["operation"] == "responses":
+        check_responses_event_invariants(produced["expected_chunks.jsonl"])
+    elif "expected_chunks.jsonl" in produced:
         body = load(case / "client_request.json")
         check_stream_invariants(produced["expected_chunks.jsonl"],
                                 (body.get("stream_options") or {}).get("include_usage") is True)

@@ -69,8 +69,11 @@ def diff_configs(old: Config, new: Config, started: Config | None = None) -> Con
         server=server,
         sections=tuple(name for name in type(new).model_fields
                        if name not in _ID_SECTIONS and getattr(old, name) != getattr(new, name)),
-        needs_restart=tuple(f"server.{name}" for name in RESTART_SETTINGS
-                            if getattr(running, name) != getattr(new.server, name)),
+        needs_restart=(*(f"server.{name}" for name in RESTART_SETTINGS
+                         if getattr(running, name) != getattr(new.server, name)),
+                       # the response store is opened once, at start-up
+                       *(("responses.store",) if (started or old).responses.store != new.responses.store
+                         else ())),
     )
 
 

@@ -90,6 +90,16 @@ class Call:
     ctx: CallContext
     limiter: Limiter | None = None     # upstream-key rpm/tpm accounting; None: not counted
     estimate: PromptEstimate = NO_PROMPT   # the prompt estimate, reserved against upstream tpm
+    # (provider id, upstream key id) tried first when it is a candidate: a follow-up of a
+    # Responses API answer goes back to the upstream account that holds it.
+    prefer: tuple[str, str] | None = None
+
+
+def _preferred_first(candidates: Sequence[Candidate], prefer: tuple[str, str]) -> Sequence[Candidate]:
+    """`candidates` with the one of the preferred provider and key first, the order
+    otherwise kept; unchanged when it is not among them."""
+    first = [c for c in candidates if (c.target.provider_id, c.key_id) == prefer]
+    return [*first, *(c for c in candidates if c not in first)] if first else candidates
 
 
 @dataclass(slots=True)
@@ -209,6 +219,8 @@ class _Attempts:
         if not candidates:
             raise errors.InvalidRequest(
                 f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
+        if call.prefer is not None:
+            candidates = _preferred_first(candidates, call.prefer)
         self.candidates, self.tried, self.last, self.waited = candidates, [], None, 0.0
         refusals = 0
         while len(self.tried) < settings.max_attempts:

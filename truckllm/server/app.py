@@ -20,7 +20,7 @@ from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
-from truckllm.server import admin_console, admin_keys, routes
+from truckllm.server import admin_console, admin_keys, responses_routes, routes
 from truckllm.server.admin import admin_routes, metrics_routes
 from truckllm.server.edge import add_routes, plain_routes
 from truckllm.server.keys import (
@@ -29,6 +29,8 @@ from truckllm.server.keys import (
     LIMITER,
     OBSERVERS,
     OPS,
+    RESPONSE_STORE,
+    RESPONSES_ENDPOINT_MISSING,
     ROUTING,
     STATE,
     STATE_LINK,
@@ -81,13 +83,16 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     if server.state_url is not None:
         ops.reloader.on_applied = (*ops.reloader.on_applied, app[CONFIG_SYNC].applied)
     app[OBSERVERS] = ops.observers
-    app_routes = routes.routes(app)
+    app[RESPONSE_STORE] = []
+    app[RESPONSES_ENDPOINT_MISSING] = set()
+    app_routes = routes.routes(app) + responses_routes.routes()
     if holder.current.config.server.admin_listen is None:
         app_routes += plain_routes(_admin_routes())
     add_routes(app, app_routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)
+    app.cleanup_ctx.append(responses_routes.response_store)
     app.cleanup_ctx.append(_reloader)
     return app
 

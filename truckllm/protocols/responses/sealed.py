@@ -3,13 +3,15 @@ reasoning state (truckllm.providers.shared.reasoning: Anthropic thinking blocks 
 signatures) sealed so a stateless client (`store: false`) can hand it back on the next
 turn, and opened again only if this process sealed it unchanged.
 
-The seal is an HMAC-SHA256 with a secret made when the process starts and never stored or
-shown: content sealed before a restart (or by another instance) no longer opens, and is
-then dropped like any unknown content — the conversation goes on without that reasoning.
-It protects integrity, not secrecy: the blocks hold nothing the client was not shown
-(thinking text, or Anthropic's own encrypted redacted_thinking).
+The seal is an HMAC-SHA256. Its key comes from the environment variable TRUCKLLM_SEAL_KEY
+(any string; `serve --workers` sets one for all its workers) or, without it, is made when
+the process starts; it is never stored or shown. Content sealed under another key (before
+a restart without the variable, by another instance) no longer opens, and is then dropped
+like any unknown content — the conversation goes on without that reasoning. It protects
+integrity, not secrecy: the blocks hold nothing the client was not shown (thinking text,
+or Anthropic's own encrypted redacted_thinking).
 
-Pure, no I/O. Imports nothing from truckllm.
+Pure apart from reading that variable once, at import. Imports nothing from truckllm.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 import secrets
 from typing import Any
 
 import orjson
 
 PREFIX = "tkr1."            # names the format, so a native OpenAI item is told apart
-_SECRET = secrets.token_bytes(32)
+SEAL_KEY_ENV = "TRUCKLLM_SEAL_KEY"
+_GIVEN = os.environ.get(SEAL_KEY_ENV)
+_SECRET = hashlib.sha256(_GIVEN.encode()).digest() if _GIVEN else secrets.token_bytes(32)
 _MAC_BYTES = 32
 
 

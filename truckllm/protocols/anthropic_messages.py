@@ -211,8 +211,11 @@ def reasoning_effort(thinking: Any, output_config: Any) -> str | None:
     if isinstance(effort, str) and effort in _EFFORTS:
         return _EFFORTS[effort]
     budget = thinking.get("budget_tokens")
-    if not isinstance(budget, int) or isinstance(budget, bool):
+    if budget is None:
         return "medium"
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise InvalidRequest("thinking.budget_tokens: a positive integer is required",
+                             param="thinking.budget_tokens")
     return next(effort for floor, effort in _BUDGET_EFFORTS if budget >= floor)
 
 

@@ -74,6 +74,8 @@ def test_tool_choice(choice: dict[str, Any], expected: Any) -> None:
     {"messages": [{"role": "tool", "content": "x"}]},
     {"messages": [{"role": "user", "content": [{"type": "server_tool_use", "id": "x"}]}]},
     {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "web"}]},
+    {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": -1}},
+    {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": "lots"}},
 ])
 def test_untranslatable_requests_are_400(request_body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):

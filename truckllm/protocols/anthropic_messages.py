@@ -211,9 +211,12 @@ def reasoning_effort(thinking: Any, output_config: Any) -> str | None:
     if isinstance(effort, str) and effort in _EFFORTS:
         return _EFFORTS[effort]
     budget = thinking.get("budget_tokens")
-    if not isinstance(budget, int) or isinstance(budget, bool):
+    if budget is None:
         return "medium"
-    return next((effort for floor, effort in _BUDGET_EFFORTS if budget >= floor), "low")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise InvalidRequest("thinking.budget_tokens: a positive integer is required",
+                             param="thinking.budget_tokens")
+    return next(effort for floor, effort in _BUDGET_EFFORTS if budget >= floor)
 
 
 # OpenAI's chat API refuses a function description longer than this (400

@@ -33,6 +33,7 @@ test-dist: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.shared
 
 # A bounded robustness run (about a minute, 127.0.0.1 only): soak, connection abuse and a
 # disconnect storm against the fake upstream; STRESS_ARGS="--write docs/reliability.md".

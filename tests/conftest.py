@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.fakes.openai_fake import OpenAIFake, make_openai_fake
 from tests.harness import Stack, make_stack
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -27,3 +28,19 @@ async def fakes() -> AsyncIterator[tuple[OpenAIFake, OpenAIFake]]:
     """Two fake OpenAI upstreams, for tests of routing between them."""
     async with make_openai_fake() as one, make_openai_fake() as two:
         yield one, two
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    """One redis-server for the session (installed with apt when missing)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The session's redis-server, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url

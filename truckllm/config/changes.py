@@ -9,7 +9,8 @@ from typing import Any
 from truckllm.config.schema import Config
 
 # Settings a running process cannot take over: its listening sockets are already bound.
-RESTART_SETTINGS = ("host", "port", "admin_listen", "keepalive_timeout_s", "max_connections")
+RESTART_SETTINGS = ("host", "port", "admin_listen", "keepalive_timeout_s", "max_connections",
+                    "state_url", "state_failure")
 _ID_SECTIONS = ("server", "providers", "models", "keys")
 
 

@@ -7,6 +7,7 @@ Every field carries a description: docs/configuration.md is tested to name each 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -41,6 +42,17 @@ class ServerConfig(Strict):
     request_log_size: int = Field(1000, ge=0, le=1_000_000, description="How many recent requests GET /admin/v1/logs keeps in memory.")
     otel: OtelConfig | None = Field(None, description="Send OpenTelemetry traces (OTLP/HTTP): a span per request and one per upstream attempt. Absent: no tracing, and the OpenTelemetry SDK is not loaded.")
     state_file: str | None = Field(None, min_length=1, description="Where usage and spend are saved across restarts; relative paths are beside the config file. Default `<config file name>.state.json` beside the config.")
+    state_url: SecretStr | None = Field(None, description="A Redis (or Valkey) server that holds the rate windows, concurrency slots, usage and spend of every instance naming it, so several instances (or `--workers`) enforce one set of limits: `redis://host:6379/0`, `rediss://` for TLS, `unix:///path/redis.sock`. It replaces the state file (whose spend is imported once). Applies at the next start.")
+    state_failure: Literal["open", "closed"] = Field("open", description="While `state_url` is unreachable: `open` serves requests with each instance enforcing the limits on its own; `closed` answers 503 to requests of keys with limits or budgets (and every request when the gateway has limits).")
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        # The URL may carry a password: the message never repeats it.
+        if value is not None and not re.fullmatch(r"(redis|rediss|unix)://\S+",
+                                                  value.get_secret_value()):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("admin_listen")
     @classmethod
@@ -188,7 +200,7 @@ class LimitsConfig(Strict):
 
 
 class ResponsesConfig(Strict):
-    store: str = Field("responses.db", min_length=1, description="Where /v1/responses keeps responses for `previous_response_id` and GET/DELETE /v1/responses/{id}: a SQLite file (relative paths are beside the config file; a config that came from no file keeps them in memory), `memory`, or `off`. Read at start-up; a change needs a restart.")
+    store: str = Field("responses.db", min_length=1, description="Where /v1/responses keeps responses for `previous_response_id` and GET/DELETE /v1/responses/{id}: a SQLite file (relative paths are beside the config file; a config that came from no file keeps them in memory), `memory`, or `off`. With `server.state_url` (anything but `off`) they are kept in Redis, shared by every instance. Read at start-up; a change needs a restart.")
     ttl_days: float = Field(30, gt=0, description="How long a stored response is kept, in days.")
 
 

@@ -222,6 +222,7 @@ class _Attempts:
         if call.prefer is not None:
             candidates = _preferred_first(candidates, call.prefer)
         self.candidates, self.tried, self.last, self.waited = candidates, [], None, 0.0
+        refusals = 0
         while len(self.tried) < settings.max_attempts:
             last_error: ErrorClass | None = None if self.last is None else self.last.error_class
             candidate = next_candidate(candidates, self.tried, last_error, self.usable)
@@ -233,11 +234,21 @@ class _Attempts:
                 self.exchange.upstream_s += time.perf_counter() - paused
                 if candidate is None:
                     break
+            limiter = call.limiter
+            use = None
+            if limiter is not None and candidate.key_ref is not None:
+                use = await limiter.upstream_acquire(state.limits, candidate.key_ref,
+                                                     call.estimate)
+                if use is None:
+                    # A shared limit store found the key's rpm/tpm used up by another
+                    # instance since the router asked: not an attempt; the key is now
+                    # known to be full, so the next pass looks elsewhere or waits.
+                    refusals += 1
+                    if refusals > len(candidates):
+                        break
+                    continue
             self.tried.append(candidate)
             upstream = self._begin(choices, candidate)
-            limiter = call.limiter
-            use = (None if limiter is None or upstream.key is _NO_KEY
-                   else await limiter.upstream_acquire(state.limits, upstream.key.ref, call.estimate))
             try:
                 # Opened the way the operation answers: relayed raw (audio, images),
                 # streamed, or read whole.

@@ -144,9 +144,10 @@ class GatewaySite(web.BaseSite):
     `max_connections` at once; one more is answered 503 and closed."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int,
-                 server: ServerConfig) -> None:
+                 server: ServerConfig, *, reuse_port: bool = False) -> None:
         super().__init__(runner)
         self.host, self.port = host, port
+        self.reuse_port = reuse_port        # --workers: every worker binds the same port
         self.max_connections = server.max_connections or default_max_connections()
         self.lingering = 0          # refused connections still being closed
         self._settings = handler_settings(server)
@@ -160,7 +161,8 @@ class GatewaySite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._accept, self.host, self.port,
-                                                reuse_address=True)
+                                                reuse_address=True,
+                                                reuse_port=self.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def _accept(self) -> asyncio.Protocol:

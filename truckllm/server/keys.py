@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -14,6 +15,10 @@ from truckllm.pipeline.transport import Transport
 from truckllm.runtime.response_store import ResponseStore
 from truckllm.runtime.state import StateHolder
 from truckllm.server.ops import InFlight, Ops
+
+if TYPE_CHECKING:
+    from truckllm.limits.redis_link import StateLink
+    from truckllm.runtime.config_sync import ConfigSync
 
 RecordObserver = Callable[[RequestRecord], None]
 
@@ -28,3 +33,6 @@ TRACING = web.AppKey("tracing", Tracing)           # OpenTelemetry spans; off un
 RESPONSE_STORE = web.AppKey("response_store", list[ResponseStore])   # [] when `off`
 # Providers whose upstream answered 404 to /responses: translated through chat from then on.
 RESPONSES_ENDPOINT_MISSING = web.AppKey("responses_endpoint_missing", set[str])
+# Only with server.state_url; the Redis client is not even imported without it.
+STATE_LINK: web.AppKey[StateLink] = web.AppKey("state_link")
+CONFIG_SYNC: web.AppKey[ConfigSync] = web.AppKey("config_sync")

@@ -42,6 +42,7 @@ from truckllm.server.keys import (
     RESPONSES_ENDPOINT_MISSING,
     ROUTING,
     STATE,
+    STATE_LINK,
     TRANSPORT,
 )
 from truckllm.server.routes import _authenticate, _model_refused
@@ -251,6 +252,9 @@ async def response_store(app: web.Application) -> AsyncIterator[None]:
     store: ResponseStore | None
     if setting == "off":
         store = None
+    elif loaded.config.server.state_url is not None:    # shared by every instance
+        from truckllm.runtime.redis_responses import RedisResponseStore
+        store = RedisResponseStore(app[STATE_LINK])
     elif setting == "memory" or not from_file:
         store = MemoryResponseStore()
     else:

@@ -16,7 +16,7 @@ import orjson
 
 from truckllm.errors import GatewayError, InvalidRequest
 from truckllm.protocols.through_chat import ChatDialect
-from truckllm.providers.base import CallContext, SSEEvent, StreamEnding
+from truckllm.providers.base import CallContext, SSEEvent, StreamEnding, StreamTranslator
 from truckllm.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -433,10 +433,10 @@ def anthropic_error(status: int | None, openai_error: dict[str, Any]) -> dict[st
     return {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "error")}}
 
 
-def _error_event(error: GatewayError) -> SSEEvent:
+def _error_event(error: GatewayError, stream: StreamTranslator) -> list[SSEEvent]:
     """A failure after the stream started. Named: the Anthropic SDKs dispatch on `event:`
     and ignore events without one, so an unnamed error would be silently lost."""
-    return SSEEvent("error", orjson.dumps(anthropic_error(None, error.body())))
+    return [SSEEvent("error", orjson.dumps(anthropic_error(None, error.body())))]
 
 
 # Anthropic streams end with message_stop: no `[DONE]` after it.

@@ -86,20 +86,21 @@ def chat_context(dialect: ChatDialect, ctx: CallContext) -> CallContext:
 
 
 class DialectStream:
-    """A chat translator's chunks rewritten as the dialect's stream events."""
+    """A chat translator's chunks rewritten as the dialect's stream events. `writer` is
+    public: a dialect's stream ending may ask it about the stream so far."""
 
     def __init__(self, inner: StreamTranslator, writer: EventWriter) -> None:
         self._inner = inner
-        self._writer = writer
+        self.writer = writer
         self.usage: Usage | None = None
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
         chunks = self._inner.feed(event)
         self.usage = self._inner.usage
-        return [out for chunk in chunks for out in self._writer.feed(orjson.loads(chunk.data))]
+        return [out for chunk in chunks for out in self.writer.feed(orjson.loads(chunk.data))]
 
     def close(self) -> list[SSEEvent]:
         chunks = self._inner.close()
         self.usage = self._inner.usage
-        out = [out for chunk in chunks for out in self._writer.feed(orjson.loads(chunk.data))]
-        return out + self._writer.finish()
+        out = [out for chunk in chunks for out in self.writer.feed(orjson.loads(chunk.data))]
+        return out + self.writer.finish()

@@ -25,7 +25,6 @@ from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispa
 from truckllm.pipeline.record import Exchange
 from truckllm.protocols.responses.native import speaks_natively
 from truckllm.protocols.responses.request import input_items, to_chat_request
-from truckllm.protocols.responses.wire import ResponsesReframer
 from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.providers.registry import NATIVE_RESPONSES
 from truckllm.runtime.response_store import (
@@ -82,8 +81,9 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     stream = bool(body.get("stream"))
     exchange.stream = stream
     response_id = "resp_" + secrets.token_hex(24)
+    final: list[dict[str, Any]] = []               # a stream's finished response, for the store
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full, {},
-                      response_id)
+                      response_id, on_response=final.append)
     admission = await metering.admit(limiter, state, key, full, exchange)
     extra: tuple[tuple[str, str], ...] = ()
     keep = store is not None and body.get("store", True) is not False
@@ -112,9 +112,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
             return json_answer(reply.body, exchange, extra)
         if isinstance(reply, RawReply):        # not an answer any provider gives here
             raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
-        final: list[dict[str, Any]] = []
-        reframer = ResponsesReframer(final.append)
-        response = await write_stream(request, reframer.reframe(reply), exchange, dict(extra))
+        response = await write_stream(request, reply, exchange, dict(extra))
         if keep and store is not None and final:
             await store.put(_stored(state, final[-1], items, owner, exchange,
                                     _served_natively(state, exchange, call.targets)))

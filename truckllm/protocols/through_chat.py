@@ -50,6 +50,8 @@ class ChatDialect:
     from_chat_answer: Callable[[dict[str, Any], CallContext], dict[str, Any]]
     new_event_writer: Callable[[CallContext], EventWriter]
     stream_ending: StreamEnding
+    # the client's request body -> the tools to_chat_request leaves out, by type
+    dropped_tools: Callable[[dict[str, Any]], tuple[str, ...]] = lambda body: ()
 
 
 def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
@@ -58,7 +60,9 @@ def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
     def build_request(body: dict[str, Any], target: Target, key: UpstreamKey,
                       ctx: CallContext) -> UpstreamRequest:
         chat_ctx = chat_context(dialect, ctx)
-        return chat.build_request(dict(chat_ctx.client_body), target, key, chat_ctx)
+        request = chat.build_request(dict(chat_ctx.client_body), target, key, chat_ctx)
+        request.dropped_tools = dialect.dropped_tools(dict(ctx.client_body))
+        return request
 
     def parse_response(raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
         assert chat.parse_response is not None

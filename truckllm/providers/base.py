@@ -96,6 +96,9 @@ class UpstreamRequest:
     headers: Mapping[str, str]
     body: bytes | None
     stream: bool
+    # Tools of the client's request that the translation left out (they have no
+    # equivalent upstream); named to the client in x-truckllm-dropped-tools.
+    dropped_tools: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

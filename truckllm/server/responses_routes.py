@@ -51,7 +51,6 @@ from truckllm.server.validation import check_fields, read_json
 
 log = structlog.get_logger("truckllm.server.responses")
 
-DROPPED_TOOLS_HEADER = "x-truckllm-dropped-tools"
 _DAY_S = 86_400.0
 
 
@@ -74,10 +73,9 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     history, prefer = await _history(store, body.get("previous_response_id"), owner)
     items = [*history, *input_items(body.get("input"))]      # what went in, for the store
     full = {**body, "input": items} if history else body
-    dropped: tuple[str, ...] = ()
     if not all(_native(state, target) for target in targets):
         # Refused here, before any upstream call, when a target would translate it.
-        dropped = to_chat_request(full).dropped_tools
+        to_chat_request(full)
     stream = bool(body.get("stream"))
     exchange.stream = stream
     response_id = "resp_" + secrets.token_hex(24)
@@ -85,7 +83,6 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full, {},
                       response_id, on_response=final.append)
     admission = await metering.admit(limiter, state, key, full, exchange)
-    extra: tuple[tuple[str, str], ...] = ()
     keep = store is not None and body.get("store", True) is not False
     missing = app[RESPONSES_ENDPOINT_MISSING]
     reply: Reply | StreamReply | RawReply | None = None
@@ -102,17 +99,14 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
                         action="translated through chat from now on")
             call = replace(call, targets=_chat_where_missing(targets, missing))
             reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
-        if dropped and not _served_natively(state, exchange, call.targets):
-            extra = ((DROPPED_TOOLS_HEADER, ",".join(dropped)),)
-            log.info("responses_tools_dropped", request_id=exchange.request_id, tools=list(dropped))
         if isinstance(reply, Reply):
             if keep and store is not None:
                 await store.put(_stored(state, orjson.loads(reply.body), items, owner, exchange,
                                         _served_natively(state, exchange, call.targets)))
-            return json_answer(reply.body, exchange, extra)
+            return json_answer(reply.body, exchange)
         if isinstance(reply, RawReply):        # not an answer any provider gives here
             raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
-        response = await write_stream(request, reply, exchange, dict(extra))
+        response = await write_stream(request, reply, exchange)
         if keep and store is not None and final:
             await store.put(_stored(state, final[-1], items, owner, exchange,
                                     _served_natively(state, exchange, call.targets)))

@@ -25,7 +25,7 @@ from truckllm.protocols.responses.native import (
     parse_native_response,
     speaks_natively,
 )
-from truckllm.protocols.responses.request import to_chat_request
+from truckllm.protocols.responses.request import dropped_tools, to_chat_request
 from truckllm.protocols.through_chat import ChatDialect, DialectStream
 from truckllm.providers.base import (
     CallContext,
@@ -95,7 +95,8 @@ def _named(event: dict[str, Any]) -> SSEEvent:
     return SSEEvent(event["type"], orjson.dumps(event))
 
 
-DIALECT = ChatDialect(chat_request, from_chat_answer, ResponsesEvents, RESPONSES_STREAM)
+DIALECT = ChatDialect(chat_request, from_chat_answer, ResponsesEvents, RESPONSES_STREAM,
+                      dropped_tools)
 
 
 def native_or_translated(endpoint: NativeEndpoint, translated: OperationSpec) -> OperationSpec:

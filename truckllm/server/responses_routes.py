@@ -45,7 +45,7 @@ from truckllm.server.keys import (
     STATE_LINK,
     TRANSPORT,
 )
-from truckllm.server.routes import _authenticate, _model_refused
+from truckllm.server.routes import authenticate_request, model_refused
 from truckllm.server.streaming import write_stream
 from truckllm.server.validation import check_fields, read_json
 
@@ -58,14 +58,14 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     app = request.app
     state = app[STATE].current                     # one snapshot for the whole request
     limiter = app[LIMITER]
-    key = _authenticate(request, state, limiter, exchange)
+    key = authenticate_request(request, state, limiter, exchange)
     server = state.config.server
     body = await read_json(request, server.max_body_mb, server.body_timeout_s)
     check_fields(Operation.RESPONSES, body)
     model: str = body["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):
-        raise _model_refused(model, resolved)
+        raise model_refused(model, resolved)
     route, targets = resolved
     exchange.alias = route.alias
     store = _store(app)
@@ -181,7 +181,7 @@ def _store(app: web.Application) -> ResponseStore | None:
 async def _own_stored(request: web.Request, exchange: Exchange) -> tuple[ResponseStore, StoredResponse]:
     app = request.app
     state = app[STATE].current
-    key = _authenticate(request, state, app[LIMITER], exchange)
+    key = authenticate_request(request, state, app[LIMITER], exchange)
     response_id = request.match_info["response_id"]
     store = _store(app)
     stored = await store.get(response_id, _owner(key)) if store is not None else None

@@ -112,3 +112,28 @@ async def test_count_tokens_answers_for_every_alias(stack: Stack, alias: str) ->
         sent = stack.anthropic.requests[-1]
         assert sent.path == "/v1/messages/count_tokens" and sent.headers["anthropic-beta"].startswith(",".join(BETAS))
         assert sent.body["messages"][1]["role"] == "system" and sent.body["thinking"] == FIELDS["thinking"]
+
+
+WEB_SEARCH: Any = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_server_tool_is_left_out_and_named_where_only_anthropic_has_it(
+        stack: Stack, stream: bool) -> None:
+    client = make_client(stack)
+    fields = {**FIELDS, "tools": [TOOL, WEB_SEARCH]}
+    for alias in ("gem", "oai-chat"):
+        raw = await client.beta.messages.with_raw_response.create(
+            model=alias, max_tokens=4096, betas=BETAS, stream=stream, **fields)
+        headers = raw.headers
+        parsed = await raw.parse()
+        if stream:
+            assert [event.type async for event in parsed][-1] == "message_stop"
+        else:
+            assert parsed.content[-1].type == "text"
+        assert headers["x-truckllm-dropped-tools"] == "web_search_20250305", alias
+    assert [d["name"] for d in stack.gemini.requests[-1].body["tools"][0]["functionDeclarations"]] == ["get_weather"]
+    raw = await client.beta.messages.with_raw_response.create(
+        model="claude", max_tokens=4096, betas=BETAS, **fields)
+    assert "x-truckllm-dropped-tools" not in raw.headers          # Anthropic runs it itself
+    assert stack.anthropic.requests[-1].body["tools"] == [TOOL, WEB_SEARCH]

@@ -12,6 +12,7 @@ from truckllm.errors import InvalidRequest
 from truckllm.protocols.anthropic_messages import (
     AnthropicEventWriter,
     anthropic_error,
+    dropped_tools,
     from_chat_response,
     to_chat_request,
 )
@@ -73,13 +74,23 @@ def test_tool_choice(choice: dict[str, Any], expected: Any) -> None:
     {"messages": []},
     {"messages": [{"role": "tool", "content": "x"}]},
     {"messages": [{"role": "user", "content": [{"type": "server_tool_use", "id": "x"}]}]},
-    {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "web"}]},
     {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": -1}},
     {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": "lots"}},
 ])
 def test_untranslatable_requests_are_400(request_body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         to_chat_request({"model": "m", "max_tokens": 1, **request_body})
+
+
+def test_server_tools_are_left_out_and_named() -> None:
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+                      {"name": "f", "input_schema": {"type": "object"}},
+                      {"type": "custom", "name": "g", "input_schema": {"type": "object"}}]}
+    chat = to_chat_request(body)
+    assert [tool["function"]["name"] for tool in chat["tools"]] == ["f", "g"]
+    assert dropped_tools(body) == ("web_search_20250305",)
+    assert dropped_tools({"tools": "nope"}) == ()
 
 
 def test_a_system_message_mid_conversation_stays_in_place() -> None:

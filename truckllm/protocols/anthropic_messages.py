@@ -16,7 +16,7 @@ import orjson
 
 from truckllm.errors import GatewayError, InvalidRequest
 from truckllm.protocols.through_chat import ChatDialect
-from truckllm.providers.base import CallContext, SSEEvent, StreamEnding
+from truckllm.providers.base import CallContext, SSEEvent, StreamEnding, StreamTranslator
 from truckllm.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -41,8 +41,10 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     system = _text_of(body.get("system"), "system")
     if system:
         chat["messages"].append({"role": "system", "content": system})
-    if body.get("tools"):
-        chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
+    tools = [_tool(tool, j) for j, tool in enumerate(body.get("tools") or ())
+             if not _is_server_tool(tool)]
+    if tools:
+        chat["tools"] = tools
         spilled = _spill_long_descriptions(chat["tools"])
         if spilled:
             chat["messages"].append({"role": "system", "content": spilled})
@@ -168,6 +170,23 @@ def _text_of(value: Any, param: str) -> str:
     if isinstance(value, list):
         return "\n".join(str(b.get("text", "")) for b in value if isinstance(b, dict) and b.get("type") == "text")
     raise InvalidRequest(f"{param} must be a string or an array of text blocks", param=param)
+
+
+def _is_server_tool(tool: Any) -> bool:
+    """One of Anthropic's own tools (web search, code execution, ...), which run on
+    Anthropic's side and have no equivalent elsewhere: `type` names its version, and it has
+    no `input_schema` of its own."""
+    return (isinstance(tool, dict) and isinstance(tool.get("type"), str)
+            and tool["type"] != "custom" and "input_schema" not in tool)
+
+
+def dropped_tools(body: dict[str, Any]) -> tuple[str, ...]:
+    """The server tools a translation leaves out of `body`, by type, in order; Claude
+    Code's WebSearch sends one on every alias, and the rest of its request still works."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return ()
+    return tuple(tool["type"] for tool in tools if _is_server_tool(tool))
 
 
 def _tool(tool: Any, j: int) -> dict[str, Any]:
@@ -433,14 +452,15 @@ def anthropic_error(status: int | None, openai_error: dict[str, Any]) -> dict[st
     return {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "error")}}
 
 
-def _error_event(error: GatewayError) -> SSEEvent:
+def _error_event(error: GatewayError, stream: StreamTranslator) -> list[SSEEvent]:
     """A failure after the stream started. Named: the Anthropic SDKs dispatch on `event:`
     and ignore events without one, so an unnamed error would be silently lost."""
-    return SSEEvent("error", orjson.dumps(anthropic_error(None, error.body())))
+    return [SSEEvent("error", orjson.dumps(anthropic_error(None, error.body())))]
 
 
 # Anthropic streams end with message_stop: no `[DONE]` after it.
 MESSAGES_STREAM = StreamEnding(_error_event, None)
 
 # The Messages API on providers that speak only chat (protocols.through_chat).
-DIALECT = ChatDialect(to_chat_request, from_chat_answer, new_event_writer, MESSAGES_STREAM)
+DIALECT = ChatDialect(to_chat_request, from_chat_answer, new_event_writer, MESSAGES_STREAM,
+                      dropped_tools)

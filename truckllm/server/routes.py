@@ -56,7 +56,7 @@ class Relay:
     async def handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         op, limiter = self.op, self.limiter
         state = self.holder.current                     # one snapshot for the whole request
-        key = _authenticate(request, state, limiter, exchange)
+        key = authenticate_request(request, state, limiter, exchange)
         server = state.config.server
         body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
@@ -65,7 +65,7 @@ class Relay:
         # Most keys have no allow-list.
         if resolved is None or (key is not None and key.allowed is not None
                                 and not key.may_use(model)):
-            raise _model_refused(model, resolved)
+            raise model_refused(model, resolved)
         route, targets = resolved
         exchange.alias = route.alias
         stream = self.streams and bool(body.get("stream"))
@@ -136,7 +136,7 @@ def _forwarded(request: web.Request, names: tuple[str, ...]) -> Mapping[str, str
     return {name: request.headers[name] for name in names if name in request.headers}
 
 
-def _authenticate(request: web.Request, state: State, limiter: Limiter,
+def authenticate_request(request: web.Request, state: State, limiter: Limiter,
                   exchange: Exchange) -> ClientKey | None:
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
@@ -148,7 +148,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
     return key
 
 
-def _model_refused(model: str, resolved: object) -> errors.GatewayError:
+def model_refused(model: str, resolved: object) -> errors.GatewayError:
     """404 for a model no route serves; 403 for one the key's allow-list leaves out."""
     if resolved is None:
         return errors.NotFound(f"The model '{model}' does not exist.", param="model",
@@ -159,7 +159,7 @@ def _model_refused(model: str, resolved: object) -> errors.GatewayError:
 
 async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state, request.app[LIMITER], exchange)
+    key = authenticate_request(request, state, request.app[LIMITER], exchange)
     usable = [route for route in state.all_routes if key is None or key.may_use(route.alias)]
     # A wildcard alias is no model a client can send as it is: it is listed apart, by the
     # text a model name starts and ends with, so that no client picks `openai/*` as a model.
@@ -176,7 +176,7 @@ def _wildcard_entry(route: Route) -> dict[str, Any]:
 
 async def get_model(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state, request.app[LIMITER], exchange)
+    key = authenticate_request(request, state, request.app[LIMITER], exchange)
     model = request.match_info["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):

@@ -141,7 +141,7 @@ class RedisClientStore:
             _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)]
         keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
                 f"{g}:rpm", f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, args
+        return keys, [_packed(args)]
 
     async def _admit_locally(self, gateway: RateLimits, key: KeyPolicy | None,
                              estimate: PromptEstimate, period_start: datetime) -> Grant | Refused:
@@ -229,7 +229,7 @@ class RedisClientStore:
             "1" if rates is not None and rates.tpm is not None else "0"]
         keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
                 f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, args
+        return keys, [_packed(args)]
 
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:
@@ -378,6 +378,11 @@ class RedisClientStore:
 
 def _names(key_id: str) -> str:
     return f"{PREFIX}c:{key_id}"
+
+
+def _packed(args: list[Any]) -> str:
+    """ADMIT's and FINISH's fields as their one argument (see truckllm.limits.redis_scripts)."""
+    return "|".join(map(str, args))
 
 
 def _opt(value: float | int | None) -> str:

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from truckllm import errors
+from truckllm.config.globs import is_wildcard
 from truckllm.limits import Limiter, estimate_prompt_tokens, metering
 from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispatch
 from truckllm.pipeline.record import Exchange
@@ -161,12 +162,16 @@ async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
     key = _authenticate(request, state, request.app[LIMITER], exchange)
     usable = [route for route in state.all_routes if key is None or key.may_use(route.alias)]
     # A wildcard alias is no model a client can send as it is: it is listed apart, by the
-    # prefix a model name is put after, so that no client picks `openai/*` as a model.
-    data = [_model_entry(state, route.alias, route) for route in usable
-            if not route.alias.endswith("*")]
-    wildcards = [{"prefix": route.alias[:-1], "owned_by": route.targets[0].provider_id}
-                 for route in usable if route.alias.endswith("*")]
+    # text a model name starts and ends with, so that no client picks `openai/*` as a model.
+    data = [_model_entry(state, route.alias, route) for route in usable if not is_wildcard(route.alias)]
+    wildcards = [_wildcard_entry(route) for route in usable if is_wildcard(route.alias)]
     return _json({"object": "list", "data": data, "wildcards": wildcards})
+
+
+def _wildcard_entry(route: Route) -> dict[str, Any]:
+    prefix, _, suffix = route.alias.partition("*")
+    return {"pattern": route.alias, "prefix": prefix, "suffix": suffix,
+            "owned_by": route.targets[0].provider_id}
 
 
 async def get_model(request: web.Request, exchange: Exchange) -> web.Response:

@@ -137,6 +137,9 @@ class StateLink:
                     self._loaded.add(script.sha)
         except FAILURES as exc:
             self.failed(exc)
+            # What was queued behind it would wait for the same server: it fails with it,
+            # so a hung server costs a request one timeout, not two.
+            batch, self._batch = batch + self._batch, []
             for *_, done in batch:
                 _report(done, None, exc)
             return

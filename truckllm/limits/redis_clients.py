@@ -2,8 +2,10 @@
 `ClientStore` shared by every instance and worker that names the same server.
 
 Every check-and-count (`admit`) and every end of a request (`finish`) is one Lua script
-(truckllm.limits.redis_scripts), atomic on the Redis server and on its clock, one round
-trip. A request of a key with nothing to check (no rate, cap or budget, behind an
+(truckllm.limits.redis_scripts), atomic on the Redis server and on its clock. A request
+waits for one round trip, its admission: its end is queued, not waited for, and goes to
+Redis in the same pipeline as the next admissions (truckllm.limits.redis_link keeps this
+process's calls in order, so the end lands before any admission made after it). A request of a key with nothing to check (no rate, cap or budget, behind an
 unlimited gateway) makes no round trip at all: its usage is added to the key's account
 in a batch, once a second.
 
@@ -139,7 +141,7 @@ class RedisClientStore:
             _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)]
         keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
                 f"{g}:rpm", f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, args
+        return keys, [_packed(args)]
 
     async def _admit_locally(self, gateway: RateLimits, key: KeyPolicy | None,
                              estimate: PromptEstimate, period_start: datetime) -> Grant | Refused:
@@ -190,18 +192,23 @@ class RedisClientStore:
             self._owe(grant, usage, cost_usd, period_start, settle)
             return
         keys, args = self._finish_call(grant, usage, cost_usd, period_start, settle, release)
-        try:
-            answer = await self.link.call(self._finish, keys, args)
-        except FAILURES:
-            # The slots' leases run out by themselves; the usage is pushed when it is back.
-            self._owe(grant, usage, cost_usd, period_start, settle)
-            return
-        if grant.key_id is not None:
-            self._seen[grant.key_id] = _Seen(self.clock.monotonic(), [0, *answer])
-            if settle and cost_usd and period_start is not None:
-                start, spend = self._spend.get(grant.key_id, (period_start, 0.0))
-                if start == period_start:
-                    self._spend[grant.key_id] = (start, spend + cost_usd)
+        key_id = grant.key_id
+
+        def done(answer: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                # The slots' leases run out by themselves; the usage is pushed when it is back.
+                self._owe(grant, usage, cost_usd, period_start, settle)
+                return
+            if key_id is not None:
+                self._seen[key_id] = _Seen(self.clock.monotonic(), [0, *answer])
+                if settle and cost_usd and period_start is not None:
+                    start, spend = self._spend.get(key_id, (period_start, 0.0))
+                    if start == period_start:
+                        self._spend[key_id] = (start, spend + cost_usd)
+
+        # Not waited for: it goes to Redis with the next admissions (before any admission
+        # made after it), so the client's answer does not wait for a second round trip.
+        self.link.post(self._finish, keys, args, done)
         self.changes += 1
 
     def _finish_call(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
@@ -222,7 +229,7 @@ class RedisClientStore:
             "1" if rates is not None and rates.tpm is not None else "0"]
         keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
                 f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, args
+        return keys, [_packed(args)]
 
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:
@@ -268,6 +275,7 @@ class RedisClientStore:
         account = Account(period_start)
         if self.link.up:
             try:
+                await self.link.flushed()       # the ends of this process's requests first
                 raw = await self.link.client.hgetall(f"{_names(key_id)}:acct")
             except FAILURES as exc:
                 self.link.failed(exc)
@@ -370,6 +378,11 @@ class RedisClientStore:
 
 def _names(key_id: str) -> str:
     return f"{PREFIX}c:{key_id}"
+
+
+def _packed(args: list[Any]) -> str:
+    """ADMIT's and FINISH's fields as their one argument (see truckllm.limits.redis_scripts)."""
+    return "|".join(map(str, args))
 
 
 def _opt(value: float | int | None) -> str:

@@ -127,13 +127,16 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         if usage is not None:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
         k = _names(ref)
-        try:
-            await self.link.call(self._settle, [f"{k}:tpm", f"{k}:tpm:sum", f"{k}:acct"], [
-                hold.gid, self._span_ms, _opt(hold.estimate),
-                _opt(None if usage is None else usage.total_tokens), prompt, completion,
-                repr(float(cost_usd))])
-        except FAILURES:
-            _add(self._owed(ref), usage, cost_usd)
+
+        def done(_: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                _add(self._owed(ref), usage, cost_usd)
+
+        # Not waited for, like the end of a client key's request (truckllm.limits.redis_clients).
+        self.link.post(self._settle, [f"{k}:tpm", f"{k}:tpm:sum", f"{k}:acct"], [
+            hold.gid, self._span_ms, _opt(hold.estimate),
+            _opt(None if usage is None else usage.total_tokens), prompt, completion,
+            repr(float(cost_usd))], done)
 
     async def sync_health(self) -> None:
         """Share this process's cooldowns, disabled keys and opened breakers, and take
@@ -227,6 +230,7 @@ class RedisUpstreamStore(MemoryUpstreamStore):
 
     async def shared_usage(self, ref: str) -> Counters:
         """The key's usage and spend counted by every instance."""
+        await self.link.flushed()       # the settles of this process's requests first
         raw: dict[Any, Any] = await self.link.client.hgetall(f"{_names(ref)}:acct")
         owed = self._pending.get(ref, Counters())
 

@@ -32,7 +32,7 @@ from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
 from truckllm.limits.meter import WINDOW_S, Refusal
 from truckllm.limits.policy import KeyPolicy, RateLimits
-from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink
+from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink, text
 from truckllm.limits.redis_scripts import ADMIT, CURRENT, FINISH, MERGE, RENEW, RESET
 from truckllm.usage import Usage
 
@@ -113,7 +113,7 @@ class RedisClientStore:
             return Refused(None, spend_usd=float(answer[5]))
         if status in (2, 3):
             wait = int(answer[8])
-            refusal = Refusal(_text(answer[6]), int(answer[7]), None if wait < 0 else wait / 1000)
+            refusal = Refusal(text(answer[6]), int(answer[7]), None if wait < 0 else wait / 1000)
             return Refused(LimitScope.KEY if status == 2 else LimitScope.GATEWAY, refusal)
         tokens = estimate.tokens if (gateway.tpm is not None or
                                      (key is not None and key.rates.tpm is not None)) else 0
@@ -181,7 +181,7 @@ class RedisClientStore:
                 assert period_start is not None
                 await self.local.settle(grant, usage, cost_usd, period_start)
                 if grant.key_id is not None:
-                    _add(self._owed(grant.key_id, period_start), usage, cost_usd)
+                    self._owed(grant.key_id, period_start).add_usage(usage, cost_usd)
             if release:
                 await self.local.release(grant)
             self.changes += 1
@@ -234,7 +234,7 @@ class RedisClientStore:
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:
         if settle and grant.key_id is not None and period_start is not None:
-            _add(self._owed(grant.key_id, period_start), usage, cost_usd)
+            self._owed(grant.key_id, period_start).add_usage(usage, cost_usd)
             self.changes += 1
 
     def _owed(self, key_id: str, period_start: datetime) -> Counters:
@@ -245,7 +245,7 @@ class RedisClientStore:
         if owed is None:
             owed = self._pending[key_id] = Account(period_start)
         elif owed.period_start != period_start:    # a new period: the old one is lifetime now
-            _sum_into(owed.lifetime, owed.period)
+            owed.lifetime.add(owed.period)
             owed.period_start = period_start
             owed.period.clear()
         return owed.period
@@ -286,9 +286,9 @@ class RedisClientStore:
         owed = self._pending.get(key_id)
         if owed is not None and self.link.up:
             if owed.period_start == period_start:
-                _sum_into(account.period, owed.period)
-            _sum_into(account.lifetime, owed.period)
-            _sum_into(account.lifetime, owed.lifetime)
+                account.period.add(owed.period)
+            account.lifetime.add(owed.period)
+            account.lifetime.add(owed.lifetime)
         return account
 
     async def current(self, key_id: str) -> tuple[int, int, int]:
@@ -330,14 +330,14 @@ class RedisClientStore:
         """Usage from a state file (imported once, see truckllm.limits.redis_import) is
         added to Redis by `push`: here it is only queued."""
         for key_id, account in accounts.items():
-            _sum_into(self._owed(key_id, account.period_start), account.period)
+            self._owed(key_id, account.period_start).add(account.period)
             owed = self._pending[key_id]
             # lifetime beyond the period (earlier periods) rides along in the lifetime push
             extra = Counters(account.lifetime.requests - account.period.requests,
                              account.lifetime.prompt_tokens - account.period.prompt_tokens,
                              account.lifetime.completion_tokens - account.period.completion_tokens,
                              account.lifetime.spend_usd - account.period.spend_usd)
-            _sum_into(owed.lifetime, extra)
+            owed.lifetime.add(extra)
         self.changes += 1
 
     # -- keeping Redis current --------------------------------------------------------
@@ -391,22 +391,8 @@ def _opt(value: float | int | None) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _add(counters: Counters, usage: Usage | None, cost_usd: float) -> None:
-    if usage is not None:
-        counters.prompt_tokens += usage.prompt_tokens
-        counters.completion_tokens += usage.completion_tokens
-    counters.spend_usd += cost_usd
-
-
-def _sum_into(into: Counters, more: Counters) -> None:
-    into.requests += more.requests
-    into.prompt_tokens += more.prompt_tokens
-    into.completion_tokens += more.completion_tokens
-    into.spend_usd += more.spend_usd
 
 
 def _account(raw: dict[Any, Any], period_start: datetime) -> Account:
@@ -418,6 +404,6 @@ def _account(raw: dict[Any, Any], period_start: datetime) -> Account:
 
     lifetime = Counters(number("lr"), number("lpt"), number("lct"), money("lsp"))
     period = Counters()
-    if _text(raw.get(b"ps", b"")) == period_start.isoformat():
+    if text(raw.get(b"ps", b"")) == period_start.isoformat():
         period = Counters(number("pr"), number("ppt"), number("pct"), money("psp"))
     return Account(period_start, period, lifetime)

@@ -200,3 +200,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def text(value: Any) -> str:
+    """A reply field as text (replies come as bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

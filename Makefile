@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
 
-.PHONY: run test bench stress lint dist clean
+.PHONY: run test test-dist bench stress lint dist clean
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -23,11 +23,17 @@ $(BIN)/.installed-dist: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/truckllm serve -c $(CONFIG)
 
+# The whole suite but the executable's own tests, which build it first (minutes, not
+# seconds): those are `make test-dist`. CI (.ci/run) runs both.
 test: $(BIN)/.installed
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not dist"
+
+test-dist: $(BIN)/.installed
+	$(BIN)/pytest -m dist
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.shared
 
 # A bounded robustness run (about a minute, 127.0.0.1 only): soak, connection abuse and a
 # disconnect storm against the fake upstream; STRESS_ARGS="--write docs/reliability.md".
@@ -42,6 +48,7 @@ lint: $(BIN)/.installed
 dist: $(BIN)/.installed-dist
 	rm -rf dist build/pyinstaller
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	PYINSTALLER_CONFIG_DIR=build/pyinstaller-cache \
 	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN \
 		--distpath dist --workpath build/pyinstaller packaging/truckllm.spec
 	ls -l dist

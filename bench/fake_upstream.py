@@ -1,10 +1,13 @@
 """The benchmark's fast fake OpenAI upstream: a raw asyncio protocol on uvloop that
-answers /v1/chat/completions from precomputed bytes, so that it is never the bottleneck.
+answers /v1/chat/completions and /v1/responses from precomputed bytes, so that it is never
+the bottleneck.
 
 Non-streaming requests get one chat.completion with Content-Length. Requests whose body
 has `"stream": true` get an SSE stream (role chunk, N content chunks, finish chunk,
 usage chunk, [DONE]) in chunked encoding, the first event with the headers and the rest
-spaced by a fixed gap, like a model emitting tokens. Run: python -m bench.fake_upstream
+spaced by a fixed gap, like a model emitting tokens. /v1/responses answers the same text
+as a response object, or as the Responses API's named events (created, in_progress,
+item and part added, N deltas, text, part and item done, completed). Run: python -m bench.fake_upstream
 --port P [--chunks 20 --gap-ms 1]. Imports nothing from truckllm.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import cast
 
 import orjson
@@ -62,16 +66,74 @@ def build_stream_events(chunks: int) -> list[bytes]:
     return framed
 
 
+def build_responses_json() -> bytes:
+    body = orjson.dumps(_response("completed", "Hello! This is the benchmark's fixed answer.", 9))
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: req_bench\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    return head + body
+
+
+def _message(text: str) -> dict[str, object]:
+    return {"id": "msg_bench", "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+
+
+def _response(status: str, text: str | None, output_tokens: int) -> dict[str, object]:
+    output = [] if text is None else [_message(text)]
+    return {"id": "resp_bench", "object": "response", "created_at": CREATED, "status": status,
+            "error": None, "incomplete_details": None, "instructions": None, "model": MODEL,
+            "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+            "usage": None if text is None else {
+                "input_tokens": 12, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 12 + output_tokens}}
+
+
+def build_responses_events(chunks: int) -> list[bytes]:
+    """The Responses API stream of the same tokens, each event one HTTP chunk."""
+    text = "".join(f" token{i}" for i in range(chunks))
+    done = _response("completed", text, chunks)
+    item = {"item_id": "msg_bench", "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    payloads: list[dict[str, object]] = [
+        {"type": "response.created", "response": _response("in_progress", None, 0)},
+        {"type": "response.in_progress", "response": _response("in_progress", None, 0)},
+        {"type": "response.output_item.added", "output_index": 0, "item": {
+            "id": "msg_bench", "type": "message", "status": "in_progress", "role": "assistant", "content": []}},
+        {"type": "response.content_part.added", **item, "part": part},
+        *({"type": "response.output_text.delta", **item, "delta": f" token{i}", "logprobs": []}
+          for i in range(chunks)),
+        {"type": "response.output_text.done", **item, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **item, "part": {**part, "text": text}},
+        {"type": "response.output_item.done", "output_index": 0, "item": _message(text)},
+        {"type": "response.completed", "response": done},
+    ]
+    events = [b"event: " + str(p["type"]).encode() + b"\ndata: "
+              + orjson.dumps({"type": p["type"], "sequence_number": n, **p}) + b"\n\n"
+              for n, p in enumerate(payloads)]
+    framed = [f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in events]
+    framed[-1] += b"0\r\n\r\n"
+    return framed
+
+
 STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                b"x-request-id: req_bench\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+@dataclass(frozen=True)
+class Answers:
+    chat_json: bytes
+    chat_events: list[bytes]
+    responses_json: bytes
+    responses_events: list[bytes]
 
 
 class FakeUpstream(asyncio.Protocol):
     """One keep-alive connection; requests on it are answered strictly in order."""
 
-    def __init__(self, json_response: bytes, stream_events: list[bytes], gap_s: float) -> None:
-        self.json_response = json_response
-        self.stream_events = stream_events
+    def __init__(self, answers: Answers, gap_s: float) -> None:
+        self.answers = answers
+        self.stream_events = answers.chat_events
         self.gap_s = gap_s
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
@@ -98,11 +160,15 @@ class FakeUpstream(asyncio.Protocol):
             end = head_end + 4 + length
             if len(self.buffer) < end:
                 return
+            responses = self.buffer.startswith(b"POST /v1/responses ")
             body, self.buffer = self.buffer[head_end + 4:end], self.buffer[end:]
             if STREAM_FLAG.search(body):
+                self.stream_events = (self.answers.responses_events if responses
+                                      else self.answers.chat_events)
                 self.start_stream()
             else:
-                self.transport.write(self.json_response)
+                self.transport.write(self.answers.responses_json if responses
+                                     else self.answers.chat_json)
 
     def start_stream(self) -> None:
         assert self.transport is not None
@@ -123,9 +189,10 @@ class FakeUpstream(asyncio.Protocol):
 
 async def serve(port: int, chunks: int, gap_ms: float) -> None:
     loop = asyncio.get_running_loop()
-    json_response, events = build_json_response(), build_stream_events(chunks)
+    answers = Answers(build_json_response(), build_stream_events(chunks), build_responses_json(),
+                      build_responses_events(chunks))
     server = await loop.create_server(
-        lambda: FakeUpstream(json_response, events, gap_ms / 1000), "127.0.0.1", port, backlog=1024
+        lambda: FakeUpstream(answers, gap_ms / 1000), "127.0.0.1", port, backlog=1024
     )
     async with server:
         await server.serve_forever()

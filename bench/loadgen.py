@@ -119,11 +119,16 @@ async def run_connection(conn: Connection, request: bytes, end_at: float, sample
 async def serve_runs(args: argparse.Namespace) -> None:
     """Open the connections, then one run per `go` line, each reported as it ends."""
     loop = asyncio.get_running_loop()
-    body = orjson.dumps({
-        "model": args.model, "max_tokens": 64,
-        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
-        **({"stream": True, "stream_options": {"include_usage": True}} if args.stream else {}),
-    })
+    if args.path.endswith("/responses"):      # the Responses API: no stream_options there
+        body = orjson.dumps({"model": args.model, "max_output_tokens": 64, "store": False,
+                             "input": "Say hello in one short sentence.",
+                             **({"stream": True} if args.stream else {})})
+    else:
+        body = orjson.dumps({
+            "model": args.model, "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+            **({"stream": True, "stream_options": {"include_usage": True}} if args.stream else {}),
+        })
     request = build_request(f"127.0.0.1:{args.port}", args.path, args.key, body)
     connections = []
     for _ in range(args.concurrency):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from bench.runner import SCENARIOS, Totals, percentile
+from bench.runner import CHAT_PATH, SCENARIOS, Totals, percentile
 
 CPU_RATIO_TARGET = 1.5
 ADDED_P50_TARGET_MS = 1.0
@@ -20,6 +20,8 @@ STREAM_CPU_RATIO_TARGET = 1.3     # CPU per stream, at concurrency 16
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 Results = Mapping[tuple[str, str], Totals]
+CHAT_SCENARIOS = tuple(s for s in SCENARIOS if s.path == CHAT_PATH)
+RESPONSES_SCENARIOS = tuple(s for s in SCENARIOS if s.path != CHAT_PATH)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ def render(results: Results, info: RunInfo, calls: str | None = None) -> str:
         "",
         *_stream_table(results, info),
         "",
+        "### Responses API (`POST /v1/responses`)",
+        "",
+        *_responses_table(results, info),
+        "",
         "### Peak RSS",
         "",
         *_rss_table(info),
@@ -127,7 +133,7 @@ def _disturbance(results: Results, info: RunInfo) -> list[str]:
 def _plain_table(results: Results, info: RunInfo) -> list[str]:
     rows = ["| conc. | target | req/s | p50 ms | p99 ms | added p50 ms | proxy CPU µs/req | CPU vs reference | rounds' range | errors |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for scenario in (s for s in SCENARIOS if not s.stream):
+    for scenario in (s for s in CHAT_SCENARIOS if not s.stream):
         direct = results.get((scenario.name, "direct"))
         reference = results.get((scenario.name, "reference"))
         for name in info.target_names:
@@ -164,7 +170,7 @@ def _round_range(ours: Totals, reference: Totals) -> str:
 def _stream_table(results: Results, info: RunInfo) -> list[str]:
     rows = ["| conc. | target | streams/s | first chunk p50 ms | first chunk p99 ms | vs reference ms | total p50 ms | total p99 ms | proxy CPU µs/stream | errors |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for scenario in (s for s in SCENARIOS if s.stream):
+    for scenario in (s for s in CHAT_SCENARIOS if s.stream):
         reference = results.get((scenario.name, "reference"))
         for name in info.target_names:
             totals = results.get((scenario.name, name))
@@ -181,6 +187,34 @@ def _stream_table(results: Results, info: RunInfo) -> list[str]:
     return rows
 
 
+def _responses_table(results: Results, info: RunInfo) -> list[str]:
+    """Native pass-through (TruckLLM forwards to the fake's /responses) against the
+    reference, and the stream translated through chat, whose CPU per event the client
+    receives is set beside a chat stream's."""
+    rows = ["| scenario | target | req/s | p50 ms | proxy CPU µs/req | CPU vs reference | events/stream | proxy CPU µs/event | errors |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    chat_events = info.stream_chunks + 3          # role, content chunks, finish, usage
+    responses_events = info.stream_chunks + 8     # created ... completed around the deltas
+    for scenario in (*RESPONSES_SCENARIOS, *(s for s in CHAT_SCENARIOS if s.name == "stream c16")):
+        reference = results.get((scenario.name, "reference"))
+        events = (responses_events if scenario.path != CHAT_PATH else chat_events) if scenario.stream else 1
+        for name in info.target_names:
+            totals = results.get((scenario.name, name))
+            if totals is None or name == "direct":
+                continue
+            cpu = totals.proxy_cpu_us()
+            ratio = _ratio(cpu, reference.proxy_cpu_us()) if reference and name == "truckllm" else ""
+            rows.append(f"| {scenario.name} | {name} | {totals.rps:,.0f} | "
+                        f"{_fmt(percentile(totals.latency_ms, 0.5))} | {_fmt(cpu, 0)} | {ratio} | "
+                        f"{events if scenario.stream else '-'} | "
+                        f"{_fmt(cpu / events, 1) if scenario.stream else '-'} | {totals.errors} |")
+    rows += ["", "`responses c16` and `responses stream c16` pass the request through to the fake's "
+             "/responses, like the reference; `responses via chat stream c16` is translated by "
+             "TruckLLM into a chat stream and back (the reference still forwards /responses), so "
+             "its CPU per event is the figure to compare with `stream c16`'s."]
+    return rows
+
+
 def _rss_table(info: RunInfo) -> list[str]:
     rows = ["| process | peak RSS MiB |", "|---|---:|"]
     rows += [f"| {name} | {rss:.1f} |" for name, rss in info.peak_rss_mib.items()]
@@ -190,12 +224,12 @@ def _rss_table(info: RunInfo) -> list[str]:
 def _verdicts(results: Results, info: RunInfo) -> list[str]:
     if "truckllm" not in info.target_names:
         return ["TruckLLM was not measured in this run."]
-    if any((s.name, n) not in results for s in SCENARIOS for n in ("truckllm", "reference", "direct")):
+    if any((s.name, n) not in results for s in CHAT_SCENARIOS for n in ("truckllm", "reference", "direct")):
         return ["Not every scenario ran: no verdict."]
     lines = []
     ratios = []
     rounds_over = rounds = 0
-    for scenario in (s for s in SCENARIOS if not s.stream):
+    for scenario in (s for s in CHAT_SCENARIOS if not s.stream):
         ours, reference = results[(scenario.name, "truckllm")], results[(scenario.name, "reference")]
         ratios.append((scenario.concurrency, ours.proxy_cpu_us() / reference.proxy_cpu_us()))
         each = round_ratios(ours, reference)

@@ -32,12 +32,28 @@ class Target:
     model: str
     proxy: Child | None       # None for the fake called directly
 
+    @property
+    def proxy_is_truckllm(self) -> bool:
+        return self.name == "truckllm"
+
+
+# The alias (TruckLLM's `model` plus this) whose provider translates /v1/responses through chat.
+VIA_CHAT_SUFFIX = "-via-chat"
+
+
+CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
+
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     concurrency: int
     stream: bool
+    path: str = CHAT_PATH
+    # TruckLLM serves the scenario through an alias whose provider says `responses: chat`
+    # (the Responses API translated through chat); the other targets call /responses.
+    via_chat: bool = False
 
 
 SCENARIOS = (
@@ -46,6 +62,9 @@ SCENARIOS = (
     Scenario("c64", 64, False),
     Scenario("stream c1", 1, True),
     Scenario("stream c16", 16, True),
+    Scenario("responses c16", 16, False, RESPONSES_PATH),
+    Scenario("responses stream c16", 16, True, RESPONSES_PATH),
+    Scenario("responses via chat stream c16", 16, True, RESPONSES_PATH, via_chat=True),
 )
 
 
@@ -119,8 +138,9 @@ class Load:
     def __init__(self, target: Target, scenario: Scenario, slice_s: float, out: Path,
                  load_core: int | None) -> None:
         self.target, self.out = target, out
+        model = target.model + VIA_CHAT_SUFFIX if scenario.via_chat and target.proxy_is_truckllm else target.model
         command = [sys.executable, "-m", "bench.loadgen", "--port", str(target.port), "--key", target.key,
-                   "--model", target.model, "--concurrency", str(scenario.concurrency),
+                   "--model", model, "--path", scenario.path, "--concurrency", str(scenario.concurrency),
                    "--duration", str(slice_s), "--out", str(out)] + (["--stream"] if scenario.stream else [])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         preexec_fn=(lambda: pin_self(load_core)) if load_core is not None else None)

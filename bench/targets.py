@@ -10,6 +10,8 @@ from pathlib import Path
 
 import orjson
 
+from bench.runner import VIA_CHAT_SUFFIX
+
 CLIENT_KEY = "sk-bench-client-0123456789"
 ALIAS = "bench-model"
 UPSTREAM_MODEL = "gpt-4o-mini"
@@ -17,7 +19,9 @@ UPSTREAM_MODEL = "gpt-4o-mini"
 
 def truckllm_config(port: int, upstream_port: int) -> str:
     """Auth on (one client key), one priced alias routed to an `openai` provider (the fake);
-    everything else at its defaults: JSON access log at info, metrics, config watching."""
+    everything else at its defaults: JSON access log at info, metrics, config watching.
+    A second alias reaches the same fake through a provider that translates the Responses
+    API through chat (the Responses scenario `via chat`)."""
     return f"""version: 1
 server:
   host: 127.0.0.1
@@ -29,10 +33,21 @@ providers:
     keys:
       - id: bench
         value: sk-bench-upstream
+  - id: fake-chat
+    type: openai
+    base_url: http://127.0.0.1:{upstream_port}/v1
+    responses: chat
+    keys:
+      - id: bench
+        value: sk-bench-upstream
 models:
   - alias: {ALIAS}
     targets:
       - {{provider: fake, model: {UPSTREAM_MODEL}}}
+    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
+  - alias: {ALIAS}{VIA_CHAT_SUFFIX}
+    targets:
+      - {{provider: fake-chat, model: {UPSTREAM_MODEL}}}
     pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
 keys:
   - id: bench

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.fakes.openai_fake import OpenAIFake, make_openai_fake
-from tests.providers_gateway import Stack, make_stack
+from tests.harness import Stack, make_stack
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -16,8 +17,30 @@ async def openai_fake() -> AsyncIterator[OpenAIFake]:
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    """The gateway in front of fake Anthropic, Gemini, Azure and OpenAI upstreams."""
+    """The gateway in front of fake Anthropic, Gemini and Azure upstreams; SDK
+    clients added to `stack.clients` are closed with it."""
     async with make_stack() as running:
         yield running
-        for client in running.clients:
-            await client.close()
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[OpenAIFake, OpenAIFake]]:
+    """Two fake OpenAI upstreams, for tests of routing between them."""
+    async with make_openai_fake() as one, make_openai_fake() as two:
+        yield one, two
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    """One redis-server for the session (installed with apt when missing)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The session's redis-server, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url

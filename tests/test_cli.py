@@ -20,15 +20,9 @@ import yaml
 from click.testing import CliRunner
 from openai import OpenAI
 
-from tests.gateway import CLIENT_KEY, make_config, make_serve_process
+from tests.harness import CLIENT_KEY, make_config, make_serve_process, write_config
 from truckllm import __version__
 from truckllm.cli import main
-
-
-def write_config(tmp_path: Path, config: dict[str, object]) -> Path:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_version() -> None:
@@ -200,8 +194,8 @@ def test_serve_process_answers_then_drains_a_stream_on_sigterm(tmp_path: Path) -
         assert "".join(received) == f"You said: {words}"       # the stream finished whole
         assert served.process.wait(timeout=15) == 0
         time.sleep(0)
-        assert CLIENT_KEY not in served.log()
-        assert '"event": "stopped"' in served.log() or '"event":"stopped"' in served.log()
+        assert CLIENT_KEY not in served.output()
+        assert '"event": "stopped"' in served.output() or '"event":"stopped"' in served.output()
 
 
 def test_serve_refuses_new_connections_while_draining(tmp_path: Path) -> None:
@@ -239,7 +233,7 @@ def test_bytes_that_are_not_http_get_a_400_and_one_warning_line(tmp_path: Path) 
         client = OpenAI(base_url=served.url, api_key=CLIENT_KEY, max_retries=0)
         assert client.models.list().data                        # still serving
         served.stop()
-    log = served.log()
+    log = served.output()
     assert "Traceback" not in log
     assert log.count("malformed HTTP request refused") == 2
 
@@ -249,10 +243,10 @@ def test_the_startup_line_and_an_unchanged_sighup_each_say_so_in_one_line(tmp_pa
     with make_serve_process(path) as served:
         served.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        while "config unchanged" not in served.log() and time.monotonic() < deadline:
+        while "config unchanged" not in served.output() and time.monotonic() < deadline:
             time.sleep(0.05)
         served.stop()
-    lines = [json.loads(line) for line in served.log().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in served.output().splitlines() if line.startswith("{")]
     listening = [line for line in lines if line["event"] == "listening"]
     assert len(listening) == 1
     assert listening[0]["config"] == str(path)

@@ -51,7 +51,10 @@ def _load_or_exit(path: str) -> LoadedConfig:
 @config_option
 @click.option("--host", default=None, help="Overrides server.host.")
 @click.option("--port", default=None, type=int, help="Overrides server.port.")
-def serve(config_path: str, host: str | None, port: int | None) -> None:
+@click.option("--workers", default=1, type=click.IntRange(1, 256), show_default=True,
+              help="Worker processes sharing the port, under one supervisor. With limits or "
+                   "budgets, above 1 needs server.state_url.")
+def serve(config_path: str, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway (SIGHUP reloads the config; SIGTERM drains and exits)."""
     from truckllm.observe.log import configure_logging
     from truckllm.server.runner import ListenError, run
@@ -59,6 +62,14 @@ def serve(config_path: str, host: str | None, port: int | None) -> None:
     loaded = _load_or_exit(config_path)
     server = loaded.config.server
     configure_logging(server.log_level, server.log_format)
+    if workers > 1:
+        from truckllm.server.workers import refusal, supervise
+        problem = refusal(loaded.config, workers)
+        if problem:
+            click.echo(f"error: {problem}", err=True)
+            sys.exit(2)
+        sys.exit(supervise(config_path, host or server.host,
+                           server.port if port is None else port, workers))
     try:
         run(loaded, host or server.host, server.port if port is None else port)
     except ListenError as exc:

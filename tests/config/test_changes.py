@@ -39,3 +39,12 @@ def test_diff_names_what_changed_by_id_and_never_a_value() -> None:
     assert "team-secret" not in str(shown) and "1234" not in str(shown)
     same = diff_configs(load_bytes(BASE, "a", {}).config, load_bytes(BASE, "a", {}).config)
     assert same.as_dict() == {}
+
+
+def test_a_new_response_store_needs_a_restart_and_its_ttl_does_not() -> None:
+    old = load_bytes(BASE + b"responses: {store: responses.db, ttl_days: 30}\n", "a", {}).config
+    moved = load_bytes(BASE + b"responses: {store: memory, ttl_days: 30}\n", "b", {}).config
+    shorter = load_bytes(BASE + b"responses: {store: responses.db, ttl_days: 7}\n", "c", {}).config
+    assert diff_configs(old, moved).needs_restart == ("responses.store",)
+    changed = diff_configs(old, shorter)
+    assert changed.needs_restart == () and changed.sections == ("responses",)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from tests.fakes.anthropic_fake import make_anthropic_fake
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
 from tests.fakes.openai_fake import make_openai_fake
-from tests.gateway import make_gateway
+from tests.harness import make_gateway
 from truckllm.cli import main
 from truckllm.config.litellm_import import convert
 from truckllm.config.loader import load_bytes
@@ -122,7 +122,7 @@ async def test_the_converted_config_routes_like_litellm_did() -> None:
         env = {"AZ_BASE": azure.url, "AZ_KEY": AzureFake.valid_key, "ANT_KEY": "sk-ant-test",
                "MASTER": "admin-secret-1", "TRUCKLLM_CLIENT_KEY": "tk-client-1"}
         config = yaml.safe_load(imported.text)
-        async with make_gateway(config, env) as gateway:
+        async with make_gateway(config, env=env) as gateway:
             client = gateway.client("tk-client-1")
             for alias in ("gpt-4o", "claude", "local"):
                 reply = await client.chat.completions.create(

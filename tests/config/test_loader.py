@@ -1,4 +1,6 @@
-"""Config loading: every problem found, each with its path and file:line:col."""
+"""Config loading: every problem found, each with its path and file:line:col; documents
+too large or too deep (YAML alias bombs, self reference, deep nesting) refused; secrets and
+header values that must be header text; merge keys."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from truckllm.config.loader import ConfigError, load_bytes, load_file
+from truckllm.config.redaction import parse_posted
 from truckllm.config.schema import Config
 from truckllm.config.starter import STARTER_CONFIG
+from truckllm.runtime.state import build_state
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,7 +84,6 @@ def test_environment_variables_and_defaults_are_resolved() -> None:
 
 
 def test_an_empty_allow_list_allows_nothing() -> None:
-    from truckllm.runtime.state import build_state
     loaded = load_bytes(BASE.replace('["demo*"]', "[]").encode(), "config.yaml", {})
     key = next(iter(build_state(loaded, 1).client_keys.values()))  # type: ignore[union-attr]
     assert not key.may_use("demo")
@@ -118,6 +121,85 @@ def test_docs_name_and_describe_every_config_field() -> None:
     documented = set(re.findall(r"`([a-z_]+)`", reference))
     missing = _field_names(Config) - documented
     assert not missing, f"docs/configuration.md does not name: {sorted(missing)}"
+
+
+MINIMAL = b"""version: 1
+providers: [{id: demo, type: mock}]
+models: [{alias: demo, targets: [{provider: demo, model: echo}]}]
+"""
+
+
+LAUGHS = b"version: 1\n" + b"".join(
+    f"l{n}: &l{n} [{', '.join([f'*l{n - 1}' if n else 'ha'] * 9)}]\n".encode() for n in range(9))
+
+
+HOSTILE = {
+    "aliases": (LAUGHS, "more than 100000 values"),
+    "self reference": (b"version: 1\nproviders: &p [*p]\n", "contains itself"),
+    "deep flow": (b"version: 1\nmodels: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests deeper"),
+    "deep block": (b"version: 1\nmodels:\n  " + b"- " * 5000 + b"x\n", "nests deeper"),
+    "deep json": (b'{"version": 1, "models": ' + b"[" * 900 + b"]" * 900 + b"}", "nests deeper"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_documents_are_config_errors(name: str) -> None:
+    body, fragment = HOSTILE[name]
+    with pytest.raises(ConfigError) as posted:
+        parse_posted(body)
+    assert fragment in str(posted.value)
+    if not body.startswith(b"{"):
+        with pytest.raises(ConfigError) as loaded:
+            load_bytes(body, "c.yaml", {})
+        assert fragment in str(loaded.value)
+
+
+def test_shared_parts_within_the_bounds_still_load() -> None:
+    raw = MINIMAL + b"keys: [{id: a, key: key-a-1234, models: &m [demo]}, {id: b, key: key-b-1234, models: *m}]\n"
+    config = load_bytes(raw, "c.yaml", {}).config
+    assert [key.models for key in config.keys or []] == [["demo"], ["demo"]]
+
+
+@pytest.mark.parametrize("value", ['"line\\nbreak-1234"', '"\\udc80surrogate-1234"', '"nul\\0-1234"'])
+@pytest.mark.parametrize("where", ["admin", "client", "upstream", "header"])
+def test_keys_and_header_values_must_be_header_text(where: str, value: str) -> None:
+    fields = {"admin": "admin-key-1234", "client": "client-key-1234", "upstream": "up-key-1234",
+              "header": "header-value"}
+    fields[where] = value
+    raw = f"""version: 1
+server: {{admin_api_key: {fields['admin']}}}
+providers: [{{id: demo, type: mock, headers: {{X-A: {fields['header']}}}, keys: [{{id: k, value: {fields['upstream']}}}]}}]
+models: [{{alias: d, targets: [{{provider: demo, model: e}}]}}]
+keys: [{{id: a, key: {fields['client']}}}]
+""".encode()
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(raw, "c.yaml", {})
+    paths = {"admin": "server.admin_api_key", "client": "keys[0].key",
+             "upstream": "providers[0].keys[0].value", "header": "providers[0].headers.X-A"}
+    [issue] = caught.value.issues
+    assert issue.path == paths[where] and "line breaks" in issue.message
+    assert "1234" not in str(caught.value)
+
+
+def test_merge_keys_may_be_overridden_but_written_keys_not_twice() -> None:
+    raw = b"""version: 1
+providers:
+  - &base {type: mock, id: a, chunk_delay_ms: 5}
+  - {<<: *base, id: b}
+models: [{alias: m, targets: &t [{provider: a, model: x}]}, {alias: n, targets: *t}]
+"""
+    config = load_bytes(raw, "c.yaml", {}).config
+    assert [(p.id, p.chunk_delay_ms) for p in config.providers] == [("a", 5.0), ("b", 5.0)]
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(raw.replace(b"id: b}", b"id: b, id: c}"), "c.yaml", {})
+    assert [(i.path, i.message, i.location) for i in caught.value.issues] == [
+        ("providers[1].id", "duplicate key", "c.yaml:4:24")]
+
+
+def test_a_list_as_a_mapping_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_bytes(b"version: 1\n? [a, b]\n: 1\n", "c.yaml", {})
+    assert "a key must be a plain value" in [issue.message for issue in caught.value.issues]
 
 
 SEVEN_MISTAKES = """\

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from openai import DefaultHttpxClient, OpenAI
 
-from tests.gateway import CLIENT_KEY, free_port, make_config, make_serve_process
+from tests.harness import CLIENT_KEY, free_port, make_config, make_serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_DELAY_S = 0.25

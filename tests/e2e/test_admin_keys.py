@@ -13,18 +13,25 @@ import orjson
 import pytest
 from openai import AuthenticationError, PermissionDeniedError
 
-from tests.ops.live import ENV, SECRETS, Gateway, free_port, make_config, run_gateway
+from tests.harness import (
+    SECRETS,
+    SERVE_ENV,
+    ServeProcess,
+    free_port,
+    run_serve_process,
+    serve_config,
+)
 
 COMMENTED = "# the team's keys: reviewed in git\n"
 
 
 def config_text(port: int) -> str:
-    text = make_config(port, watch=False)
+    text = serve_config(port, watch=False)
     return text.replace("keys:\n", COMMENTED + "keys:\n", 1).replace(
         "version: 1\n", "version: 1   # keep this first\n", 1)
 
 
-async def post_key(gateway: Gateway, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+async def post_key(gateway: ServeProcess, body: dict[str, object]) -> tuple[int, dict[str, object]]:
     code, answer, text = await gateway.admin("POST", "/admin/v1/keys", data=orjson.dumps(body))
     for secret in SECRETS:
         assert secret not in text
@@ -36,7 +43,7 @@ async def test_create_use_change_and_revoke_a_key(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     original = config_text(port)
     path.write_text(original)
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         code, created = await post_key(gateway, {
             "id": "ci-bot", "models": ["demo"], "rpm": 30, "budget_usd": 5,
             "budget_period": "monthly", "expires": "2031-01-01T00:00:00Z"})
@@ -87,8 +94,8 @@ async def test_create_use_change_and_revoke_a_key(tmp_path: Path) -> None:
 async def test_expired_and_model_limits_apply_to_a_created_key(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, aliases=("demo", "other")))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False, aliases=("demo", "other")))
+    async with run_serve_process(path, port) as gateway:
         code, created = await post_key(gateway, {"id": "only-demo", "models": ["demo"]})
         assert code == 201
         client = gateway.openai_client(str(created["key"]))
@@ -108,7 +115,7 @@ async def test_concurrent_creates_are_all_kept(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
     path.write_text(config_text(port))
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         ids = [f"worker-{n}" for n in range(12)]
         answers = await asyncio.gather(*(post_key(gateway, {"id": key_id}) for key_id in ids))
         assert [code for code, _ in answers] == [201] * len(ids)
@@ -144,7 +151,7 @@ async def test_bad_input_is_a_400_naming_the_field(tmp_path: Path, body: dict[st
     path = tmp_path / "config.yaml"
     original = config_text(port)
     path.write_text(original)
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         code, answer = await post_key(gateway, body)
         assert code == 400, answer
         assert answer["error"]["type"] == "invalid_request_error"    # type: ignore[index]
@@ -157,7 +164,7 @@ async def test_conflicts_unknown_ids_and_bad_bodies(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     original = config_text(port)
     path.write_text(original)
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         code, answer = await post_key(gateway, {"id": "team-a"})
         assert code == 409 and answer["error"]["code"] == "key_exists"     # type: ignore[index]
         for method in ("PATCH", "DELETE"):
@@ -175,4 +182,4 @@ async def test_conflicts_unknown_ids_and_bad_bodies(tmp_path: Path) -> None:
                                             key="wrong")
         assert code == 401
         assert path.read_text() == original
-        assert ENV["TEAM_KEY"] not in gateway.output()
+        assert SERVE_ENV["TEAM_KEY"] not in gateway.output()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted
-from tests.gateway import CLIENT_KEY, Gateway, make_config, make_gateway
+from tests.harness import CLIENT_KEY, Gateway, make_config, make_gateway
 from truckllm.config.loader import load_bytes
 from truckllm.runtime.state import build_state
 from truckllm.server.keys import STATE

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.gateway import CLIENT_KEY, make_config, make_serve_process
+from tests.harness import CLIENT_KEY, make_config, make_serve_process
 from truckllm.config.loader import load_bytes
 from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_app
@@ -165,4 +165,4 @@ def test_serve_answers_an_oversized_header_and_a_connection_past_the_cap_in_json
         assert status == 431 and openai_error(headers, body)["type"] == "invalid_request_error"
         assert over == 503 and openai_error(over_headers, over_body)["code"] == "too_many_connections"
         served.stop()
-        assert "s3cr3t" not in served.log()
+        assert "s3cr3t" not in served.output()

@@ -17,7 +17,14 @@ import pytest
 from playwright.async_api import Browser, Page, Response, async_playwright
 
 from tests.browser import CHROMIUM_ARGS, ensure_chromium
-from tests.ops.live import ENV, LITERAL_SECRET, SECRETS, Gateway, free_port, run_gateway
+from tests.harness import (
+    LITERAL_SECRET,
+    SECRETS,
+    SERVE_ENV,
+    ServeProcess,
+    free_port,
+    run_serve_process,
+)
 
 # Set TRUCKLLM_CONSOLE_SCREENSHOT=docs/images/console.png to refresh the docs' picture.
 DOCS_SCREENSHOT = os.environ.get("TRUCKLLM_CONSOLE_SCREENSHOT")
@@ -83,8 +90,8 @@ class Watch:
         return found
 
 
-async def traffic(gateway: Gateway) -> None:
-    client = gateway.openai_client(ENV["TEAM_KEY"])
+async def traffic(gateway: ServeProcess) -> None:
+    client = gateway.openai_client(SERVE_ENV["TEAM_KEY"])
     for n in range(5):
         await client.chat.completions.create(
             model="demo", messages=[{"role": "user", "content": f"hello {n}"}])
@@ -103,20 +110,20 @@ async def test_the_console_end_to_end(tmp_path: Path, browser: Browser) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
     path.write_text(console_config(port))
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         await traffic(gateway)
         context = await browser.new_context(viewport={"width": 1366, "height": 900})
         await context.grant_permissions(["clipboard-read", "clipboard-write"],
-                                        origin=gateway.url)
+                                        origin=gateway.root)
         page = await context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         watch = Watch(page)
-        await page.goto(gateway.url + "/admin/")
+        await page.goto(gateway.root + "/admin/")
 
         # Signing in, by keyboard: the key field has the focus.
         await page.wait_for_function(
             "() => document.activeElement && document.activeElement.id === 'admin-key'")
-        await page.keyboard.type(ENV["ADMIN_KEY"])
+        await page.keyboard.type(SERVE_ENV["ADMIN_KEY"])
         await page.keyboard.press("Enter")
         await page.locator("#providers-table tbody tr.provider", has_text="demo").wait_for()
         assert await page.locator("#admin-key").input_value() == ""
@@ -227,12 +234,12 @@ async def test_the_console_end_to_end(tmp_path: Path, browser: Browser) -> None:
         assert overflow <= 1, f"the page is wider than a phone's screen: {wide}"
 
         # Nothing left the origin; no error; no secret anywhere but the session key.
-        assert watch.urls and all(url.startswith(gateway.url + "/") for url in watch.urls), [
-            url for url in watch.urls if not url.startswith(gateway.url + "/")]
+        assert watch.urls and all(url.startswith(gateway.root + "/") for url in watch.urls), [
+            url for url in watch.urls if not url.startswith(gateway.root + "/")]
         assert watch.errors == []
         storage: dict[str, Any] = await page.evaluate(
             "() => ({session: {...sessionStorage}, local: {...localStorage}, cookie: document.cookie})")
-        assert storage == {"session": {"truckllm.admin": ENV["ADMIN_KEY"]}, "local": {},
+        assert storage == {"session": {"truckllm.admin": SERVE_ENV["ADMIN_KEY"]}, "local": {},
                            "cookie": ""}
         page_text = await everything_on_the_page(page)
         for secret in [*SECRETS, plaintext, typed_key]:
@@ -247,7 +254,7 @@ async def test_the_console_on_the_admin_listener_only(tmp_path: Path, browser: B
     port, admin_port = free_port(), free_port()
     path = tmp_path / "config.yaml"
     path.write_text(console_config(port, admin_port))
-    async with run_gateway(path, port, admin_port=admin_port) as gateway:
+    async with run_serve_process(path, port, admin_port=admin_port) as gateway:
         code, _ = await gateway.get("/admin/")
         assert code == 404
         code, html = await gateway.get("/admin/", base=gateway.admin_url)
@@ -271,7 +278,7 @@ async def test_no_console_without_an_admin_key(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
     path.write_text(console_config(port).replace("  admin_api_key: ${ADMIN_KEY}\n", ""))
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         for route in ("/admin/", "/admin/console/app.js", "/admin/v1/history"):
             code, _ = await gateway.get(route)
             assert code == 404, route

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai_fake import OpenAIFake
-from tests.gateway import CLIENT_KEY, Gateway, make_config, make_gateway
+from tests.harness import CLIENT_KEY, Gateway, make_config, make_gateway
 
 pytestmark = pytest.mark.asyncio
 LIMITED_KEY = "tk-limited-key-0001"

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.anthropic_fake import make_anthropic_fake
 from tests.fakes.wire_fake import Reply, sse
-from tests.limits.gateway import ADMIN_KEY, make_gateway
+from tests.harness import ADMIN_KEY, make_gateway
 
 # USD per million tokens, so one token of each kind costs 1, 2, 0.1 and 1.25 dollars
 PRICING = ("{input_per_mtok: 1000000, output_per_mtok: 2000000, "
@@ -79,7 +79,7 @@ async def metric(root: str, name: str, **labels: str) -> float:
 
 
 async def test_cache_reads_and_writes_are_priced_logged_spent_and_exported(tmp_path: Path) -> None:
-    async with make_anthropic_fake() as fake, make_gateway(config(fake.url), tmp_path) as gateway:
+    async with make_anthropic_fake() as fake, make_gateway(config(fake.url), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         fake.script(Reply(body=message()), Reply(events=stream_events()))
         hello = [{"role": "user", "content": "hello"}]
@@ -110,7 +110,7 @@ async def test_cache_reads_and_writes_are_priced_logged_spent_and_exported(tmp_p
 async def test_messages_api_carries_the_headers_and_refuses_in_anthropic_shape(tmp_path: Path) -> None:
     limited = config("URL").replace("rpm: 100, budget_usd: 10000", "rpm: 3, budget_usd: 10000")
     async with make_anthropic_fake() as fake, \
-            make_gateway(limited.replace("URL", fake.url), tmp_path) as gateway, \
+            make_gateway(limited.replace("URL", fake.url), directory=tmp_path) as gateway, \
             AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10) as client:
         hello: Any = [{"role": "user", "content": "hello"}]
         plain = await client.messages.with_raw_response.create(
@@ -141,7 +141,7 @@ async def test_a_native_anthropic_stream_cut_by_upstream_is_charged_an_estimate(
     """/v1/messages to an Anthropic upstream relays Anthropic events as they are; when the
     upstream drops before message_delta, the key still pays for the prompt it reported and
     the text that was streamed."""
-    async with make_anthropic_fake() as fake, make_gateway(config(fake.url), tmp_path) as gateway:
+    async with make_anthropic_fake() as fake, make_gateway(config(fake.url), directory=tmp_path) as gateway:
         events = stream_events()
         piece = sse({"type": "content_block_delta", "index": 0,
                      "delta": {"type": "text_delta", "text": "abcd" * 10}}, "content_block_delta")

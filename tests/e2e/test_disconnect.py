@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted
-from tests.gateway import CLIENT_KEY, make_config, make_gateway, wait_for
+from tests.harness import CLIENT_KEY, make_config, make_gateway, wait_until
 
 pytestmark = pytest.mark.asyncio
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -32,7 +32,7 @@ async def test_leaving_while_waiting_closes_the_upstream(openai_fake: OpenAIFake
     async with make_gateway(make_config(openai_fake.url)) as gateway:
         async with aiohttp.ClientSession() as http:
             request = asyncio.ensure_future(http.post(gateway.url + "/chat/completions", json=BODY, headers=AUTH))
-            await wait_for(lambda: len(openai_fake.requests) == 1)
+            await wait_until(lambda: len(openai_fake.requests) == 1)
             request.cancel()                               # the client gives up
             with pytest.raises(asyncio.CancelledError):
                 await request
@@ -50,7 +50,7 @@ async def test_leaving_before_the_first_event_closes_the_upstream_and_frees_the_
     async with make_gateway(config) as gateway, aiohttp.ClientSession() as http:
         request = asyncio.ensure_future(http.post(gateway.url + "/chat/completions",
                                                   json={**BODY, "stream": True}, headers=AUTH))
-        await wait_for(lambda: len(openai_fake.requests) == 1)
+        await wait_until(lambda: len(openai_fake.requests) == 1)
         await asyncio.sleep(0.1)                       # the 200 arrived; the first event did not
         request.cancel()
         with pytest.raises(asyncio.CancelledError):

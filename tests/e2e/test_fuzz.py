@@ -16,9 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.gateway import CLIENT_KEY, Gateway, make_config, make_gateway
-from tests.providers_gateway import CLIENT_KEY as PROVIDERS_KEY
-from tests.providers_gateway import Stack
+from tests.harness import CLIENT_KEY, Gateway, Stack, make_config, make_gateway
 
 pytestmark = pytest.mark.asyncio
 TPM_KEY = "tk-fuzz-with-tpm-limit"
@@ -170,7 +168,7 @@ async def test_translated_chat_never_fails_inside(stack: Stack, body: Any, alias
     """Through the Anthropic, Gemini and Azure translations, to their fake upstreams."""
     if isinstance(body, dict) and body.get("model") == "demo":
         body = {**body, "model": alias}
-    await assert_answered(stack, "/v1/chat/completions", body, PROVIDERS_KEY,
+    await assert_answered(stack, "/v1/chat/completions", body, CLIENT_KEY,
                           upstream_may_refuse=True)
 
 
@@ -179,4 +177,4 @@ async def test_translated_chat_never_fails_inside(stack: Stack, body: Any, alias
 async def test_translated_messages_never_fail_inside(stack: Stack, body: Any, alias: str) -> None:
     if isinstance(body, dict) and body.get("model") == "demo":
         body = {**body, "model": alias}
-    await assert_answered(stack, "/v1/messages", body, PROVIDERS_KEY, upstream_may_refuse=True)
+    await assert_answered(stack, "/v1/messages", body, CLIENT_KEY, upstream_may_refuse=True)

@@ -13,7 +13,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
-from tests.limits.gateway import ADMIN_KEY, make_gateway
+from tests.harness import ADMIN_KEY, make_gateway
 from truckllm.config.loader import load_file
 from truckllm.limits import ManualClock, estimate_prompt_tokens
 from truckllm.runtime.state import build_state
@@ -22,7 +22,7 @@ from truckllm.server.keys import STATE
 HELLO = [{"role": "user", "content": "hello there"}]
 
 
-def make_config(upstream_url: str, *, keys: str, limits: str = "", provider_keys: str = "",
+def limits_config(upstream_url: str, *, keys: str, limits: str = "", provider_keys: str = "",
                 pricing: str = "{input_per_mtok: 1000000, output_per_mtok: 1000000}") -> str:
     provider_keys = provider_keys or "[{id: k1, value: sk-upstream-1}]"
     return f"""\
@@ -67,7 +67,7 @@ async def test_rpm_counts_down_trips_with_429_and_reopens_after_the_window(
         fake: OpenAIFake, tmp_path: Path) -> None:
     clock = ManualClock()
     keys = "  - {id: team-a, key: key-a, rpm: 3}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, clock) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path, clock=clock) as gateway:
         client = gateway.client("key-a")
         remaining = []
         for _ in range(3):
@@ -97,7 +97,7 @@ async def test_tpm_reserves_the_estimate_then_reconciles_with_real_usage(
     clock = ManualClock()
     keys = "  - {id: team-a, key: key-a, tpm: 1000}"
     long_word = "x" * 2000                                     # ~500 tokens estimated, 1 word real
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, clock) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path, clock=clock) as gateway:
         client = gateway.client("key-a")
         raw = await client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": long_word}])
@@ -124,7 +124,7 @@ async def test_tpm_reserves_the_estimate_then_reconciles_with_real_usage(
 async def test_streams_count_tokens_even_when_the_client_did_not_ask_for_usage(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, tpm: 100000}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         chunks = [chunk async for chunk in await client.chat.completions.create(
             model="gpt-4o-mini", messages=HELLO, stream=True)]
@@ -139,7 +139,7 @@ async def test_streams_count_tokens_even_when_the_client_did_not_ask_for_usage(
 async def test_max_concurrent_holds_a_slot_for_the_whole_stream(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, max_concurrent: 1, rpm: 100}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         fake.script(Scripted(chunk_delay_s=0.05))
         stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
@@ -158,7 +158,7 @@ async def test_max_concurrent_holds_a_slot_for_the_whole_stream(
 async def test_a_client_that_leaves_mid_stream_gives_its_slot_back(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, max_concurrent: 1}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         fake.script(Scripted(chunk_delay_s=0.2))
         stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
@@ -179,7 +179,7 @@ async def test_a_client_that_leaves_mid_stream_gives_its_slot_back(
 async def test_a_zero_limit_refuses_everything_without_retry_after(
         fake: OpenAIFake, tmp_path: Path, limit: str) -> None:
     keys = f"  - {{id: team-a, key: key-a, {limit}: 0}}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path) as gateway:
         with pytest.raises(openai.RateLimitError) as refused:
             await chat(gateway.client("key-a"))
         assert_refused(refused.value, 429, "rate_limit_error", "rate_limit_exceeded")
@@ -190,8 +190,8 @@ async def test_a_zero_limit_refuses_everything_without_retry_after(
 
 async def test_gateway_limits_span_keys(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a}\n  - {id: team-b, key: key-b, rpm: 50}"
-    config = make_config(fake.url, keys=keys, limits="limits: {rpm: 2}")
-    async with make_gateway(config, tmp_path, ManualClock()) as gateway:
+    config = limits_config(fake.url, keys=keys, limits="limits: {rpm: 2}")
+    async with make_gateway(config, directory=tmp_path, clock=ManualClock()) as gateway:
         raw = await chat(gateway.client("key-a"))
         assert "x-ratelimit-limit-requests" not in raw.headers    # team-a has no limits itself
         await chat(gateway.client("key-b"))
@@ -207,8 +207,8 @@ async def test_gateway_limits_span_keys(fake: OpenAIFake, tmp_path: Path) -> Non
 
 async def test_gateway_tpm_spans_keys_and_reconciles(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a}\n  - {id: team-b, key: key-b}"
-    config = make_config(fake.url, keys=keys, limits="limits: {tpm: 1000}")
-    async with make_gateway(config, tmp_path, ManualClock()) as gateway:
+    config = limits_config(fake.url, keys=keys, limits="limits: {tpm: 1000}")
+    async with make_gateway(config, directory=tmp_path, clock=ManualClock()) as gateway:
         await gateway.client("key-a").chat.completions.create(   # ~750 estimated, a few real
             model="gpt-4o-mini", messages=[{"role": "user", "content": "w" * 3000}])
         await gateway.client("key-b").chat.completions.create(   # fits only after reconciling
@@ -225,8 +225,8 @@ async def test_gateway_tpm_spans_keys_and_reconciles(fake: OpenAIFake, tmp_path:
 async def test_gateway_max_concurrent_spans_keys_until_the_stream_ends(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a}\n  - {id: team-b, key: key-b}"
-    config = make_config(fake.url, keys=keys, limits="limits: {max_concurrent: 1}")
-    async with make_gateway(config, tmp_path) as gateway:
+    config = limits_config(fake.url, keys=keys, limits="limits: {max_concurrent: 1}")
+    async with make_gateway(config, directory=tmp_path) as gateway:
         fake.script(Scripted(chunk_delay_s=0.05))
         stream = await gateway.client("key-a").chat.completions.create(
             model="gpt-4o-mini", messages=HELLO, stream=True)
@@ -241,7 +241,7 @@ async def test_gateway_max_concurrent_spans_keys_until_the_stream_ends(
 
 async def test_budget_refuses_before_any_upstream_call(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, budget_usd: 1, budget_period: daily, rpm: 100}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         await chat(client)                                     # every token costs $1: over now
         upstream_calls = len(fake.requests)
@@ -264,7 +264,7 @@ async def test_a_stream_that_crosses_the_budget_finishes_and_the_next_request_is
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, budget_usd: 0.5}"
     pricing = "{input_per_mtok: 50000, output_per_mtok: 50000}"   # $0.05 a token
-    async with make_gateway(make_config(fake.url, keys=keys, pricing=pricing), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys, pricing=pricing), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         fake.script(Scripted(chunk_delay_s=0.01), Scripted(chunk_delay_s=0.01))
         words = [{"role": "user", "content": "one two three four five"}]
@@ -288,7 +288,7 @@ async def test_a_stream_that_crosses_the_budget_finishes_and_the_next_request_is
 async def test_a_client_that_cuts_a_stream_is_charged_an_estimate_and_cannot_dodge_the_budget(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, budget_usd: 5, tpm: 100000}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         fake.script(Scripted(chunk_delay_s=0.05, text="word " * 40))
         stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
@@ -325,7 +325,7 @@ async def test_budget_periods_reset_at_their_calendar_boundary_in_utc(
         hours_to_reset: int | None) -> None:
     keys = f"  - {{id: team-a, key: key-a, budget_usd: 1, budget_period: {period}}}"
     clock = ManualClock()
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, clock) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path, clock=clock) as gateway:
         client = gateway.client("key-a")
         await chat(client)                                     # $1 a token: over budget
         _, body = await gateway.admin("GET", "/admin/v1/keys")
@@ -348,7 +348,7 @@ async def test_budget_periods_reset_at_their_calendar_boundary_in_utc(
 
 async def test_admin_reset_gives_the_key_a_fresh_period(fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, budget_usd: 1, rpm: 1}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, ManualClock()) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path, clock=ManualClock()) as gateway:
         client = gateway.client("key-a")
         await chat(client)
         with pytest.raises(openai.PermissionDeniedError):
@@ -365,9 +365,9 @@ async def test_admin_reset_gives_the_key_a_fresh_period(fake: OpenAIFake, tmp_pa
 
 
 async def test_admin_routes_are_off_without_an_admin_key(fake: OpenAIFake, tmp_path: Path) -> None:
-    config = make_config(fake.url, keys="  - {id: team-a, key: key-a}").replace(
+    config = limits_config(fake.url, keys="  - {id: team-a, key: key-a}").replace(
         f"server:\n  admin_api_key: {ADMIN_KEY}\n", "")
-    async with make_gateway(config, tmp_path) as gateway:
+    async with make_gateway(config, directory=tmp_path) as gateway:
         status, body = await gateway.admin("GET", "/admin/v1/keys")
         assert (status, body["error"]["type"]) == (404, "not_found_error")
 
@@ -375,7 +375,7 @@ async def test_admin_routes_are_off_without_an_admin_key(fake: OpenAIFake, tmp_p
 async def test_every_response_for_a_key_with_limits_carries_the_headers(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, rpm: 5, tpm: 5000}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, ManualClock()) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path, clock=ManualClock()) as gateway:
         client = gateway.client("key-a")
         with pytest.raises(openai.NotFoundError) as missing:
             await client.chat.completions.create(model="no-such-model", messages=HELLO)
@@ -402,7 +402,7 @@ async def test_every_response_for_a_key_with_limits_carries_the_headers(
 async def test_64_concurrent_clients_on_one_key_get_exactly_rpm(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, rpm: 10}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, ManualClock()) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path, clock=ManualClock()) as gateway:
         client = gateway.client("key-a")       # its pool opens one connection per request
 
         async def one() -> int:
@@ -427,7 +427,7 @@ async def test_64_concurrent_clients_on_one_key_get_exactly_rpm(
 async def test_64_concurrent_streams_get_exactly_max_concurrent_until_they_end(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, max_concurrent: 8}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path) as gateway:
         client = gateway.client("key-a")
         # Admitted streams stay open (a chunk every 0.3 s) while all 64 requests arrive.
         fake.script(*[Scripted(chunk_delay_s=0.3, text="word " * 30) for _ in range(64)])
@@ -464,8 +464,8 @@ async def test_64_concurrent_streams_get_exactly_max_concurrent_until_they_end(
 async def test_upstream_keys_at_their_limit_are_skipped_then_503(
         fake: OpenAIFake, tmp_path: Path) -> None:
     provider_keys = "[{id: k1, value: sk-up-1, rpm: 1}, {id: k2, value: sk-up-2, rpm: 1}]"
-    config = make_config(fake.url, keys="  - {id: team-a, key: key-a}", provider_keys=provider_keys)
-    async with make_gateway(config, tmp_path, ManualClock()) as gateway:
+    config = limits_config(fake.url, keys="  - {id: team-a, key: key-a}", provider_keys=provider_keys)
+    async with make_gateway(config, directory=tmp_path, clock=ManualClock()) as gateway:
         client = gateway.client("key-a")
         await chat(client)
         await chat(client)
@@ -485,8 +485,8 @@ async def test_upstream_keys_at_their_limit_are_skipped_then_503(
 async def test_upstream_key_tpm_skips_a_key_the_prompt_does_not_fit(
         fake: OpenAIFake, tmp_path: Path) -> None:
     provider_keys = "[{id: k1, value: sk-up-1, tpm: 10}, {id: k2, value: sk-up-2, tpm: 1000}]"
-    config = make_config(fake.url, keys="  - {id: team-a, key: key-a}", provider_keys=provider_keys)
-    async with make_gateway(config, tmp_path, ManualClock()) as gateway:
+    config = limits_config(fake.url, keys="  - {id: team-a, key: key-a}", provider_keys=provider_keys)
+    async with make_gateway(config, directory=tmp_path, clock=ManualClock()) as gateway:
         client = gateway.client("key-a")
         long_prompt = [{"role": "user", "content": "x" * 200}]   # ~60 tokens estimated
         for _ in range(2):
@@ -504,11 +504,11 @@ async def test_upstream_key_tpm_skips_a_key_the_prompt_does_not_fit(
 async def test_a_reload_keeps_usage_of_surviving_keys_and_applies_new_limits(
         fake: OpenAIFake, tmp_path: Path) -> None:
     keys = "  - {id: team-a, key: key-a, rpm: 10, budget_usd: 1000}\n  - {id: team-b, key: key-b}"
-    async with make_gateway(make_config(fake.url, keys=keys), tmp_path, ManualClock()) as gateway:
+    async with make_gateway(limits_config(fake.url, keys=keys), directory=tmp_path, clock=ManualClock()) as gateway:
         await chat(gateway.client("key-a"))
         await chat(gateway.client("key-b"))
         reloaded = tmp_path / "reloaded.yaml"
-        reloaded.write_text(make_config(fake.url, keys="  - {id: team-a, key: key-a, rpm: 2}"))
+        reloaded.write_text(limits_config(fake.url, keys="  - {id: team-a, key: key-a, rpm: 2}"))
         gateway.app[STATE].swap(build_state(load_file(reloaded, env={}), version=2))
         raw = await chat(gateway.client("key-a"))
         assert raw.headers["x-ratelimit-limit-requests"] == "2"

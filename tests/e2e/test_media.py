@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from tests.fakes.azure_fake import SPEECH, multipart_fields
-from tests.providers_gateway import Stack, make_openai_client
+from tests.harness import Stack, make_openai_client
 
 AUDIO = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256))
 

@@ -12,7 +12,7 @@ from anthropic import Anthropic, AsyncAnthropic
 
 from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, Stack
 
 ALIASES = ["claude", "gem", "az", "oai-chat"]     # oai-chat: an `openai`-type provider
 WEATHER: Any = {"name": "get_weather", "description": "Current weather for a city.",

@@ -8,7 +8,7 @@ import time
 import orjson
 import pytest
 
-from tests.gateway import make_config, make_gateway
+from tests.harness import make_config, make_gateway
 
 pytestmark = pytest.mark.asyncio
 

@@ -12,16 +12,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import yaml
-from aiohttp.test_utils import TestServer
 
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
 from tests.fakes.gemini_fake import GeminiFake, make_gemini_fake
 from tests.fakes.openai_fake import OpenAIFake
-from tests.gateway import CLIENT_KEY, Gateway, make_config, make_gateway
-from truckllm.config.loader import load_bytes
-from truckllm.runtime.state import StateHolder, build_state
-from truckllm.server.app import create_app
+from tests.harness import CLIENT_KEY, Gateway, make_config, make_gateway
 
 pytestmark = pytest.mark.asyncio
 NARROW_KEY = "tk-gemini-star-only"
@@ -50,13 +45,8 @@ async def upstreams() -> AsyncIterator[Upstreams]:
             "keys": [{"id": "team", "key": CLIENT_KEY},
                      {"id": "narrow", "key": NARROW_KEY, "models": ["gemini/gemini-*"]}],
         }
-        loaded = load_bytes(yaml.safe_dump(config).encode(), "model-ids.yaml", {})
-        server = TestServer(create_app(StateHolder(build_state(loaded, 1))), host="127.0.0.1")
-        await server.start_server()
-        try:
-            yield Upstreams(f"http://127.0.0.1:{server.port}", gemini, azure)
-        finally:
-            await server.close()
+        async with make_gateway(config) as gateway:
+            yield Upstreams(gateway.root, gemini, azure)
 
 
 async def chat(root: str, model: str, key: str = CLIENT_KEY,

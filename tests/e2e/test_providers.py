@@ -14,7 +14,7 @@ from openai import OpenAI
 from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.gemini_fake import SIGNATURE
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import CLIENT_KEY, UPSTREAM_KEYS, Stack, make_openai_client
+from tests.harness import CLIENT_KEY, UPSTREAM_KEYS, Stack, make_openai_client
 from truckllm.providers.gemini import SIGNATURE_MARK
 
 CHAT_ALIASES = ["claude", "gem", "az", "az-v1"]

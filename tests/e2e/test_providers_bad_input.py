@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.providers_gateway import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, Stack
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 USER = [{"role": "user", "content": "hi"}]

@@ -1,5 +1,5 @@
 """End to end, the real SDKs through TruckLLM to the fake Anthropic, Gemini and Azure
-servers: the issue-4 features the conformance goldens cover, proven on the real boundary
+servers: features the conformance goldens cover, proven on the real boundary
 too — base64 embeddings for every provider type that has embeddings, images (data: and
 https URLs), legacy functions, response_format, and upstream errors before and during a
 stream for each provider."""
@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.gemini_fake import error_body as gemini_error
 from tests.fakes.wire_fake import Reply, sse
-from tests.providers_gateway import (
+from tests.harness import (
     CLIENT_KEY,
     EXTRA_HEADERS,
     UPSTREAM_KEYS,

@@ -1,23 +1,29 @@
-"""Reloading a running `truckllm serve`: file watch, SIGHUP, admin reload, and the proof
-that no request is lost across 50 reloads under streaming and non-streaming load."""
+"""Reloading a running `truckllm serve`: file watch (and `server.watch` switched by a reload,
+a Kubernetes ConfigMap swap), SIGHUP, admin reload, runtime state kept for ids that stay,
+settings that follow the config, and the proof that no request is lost across 50 reloads
+under streaming and non-streaming load."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ops.live import (
-    ENV,
+from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
+from tests.harness import (
     SECRETS,
-    Gateway,
+    SERVE_ENV,
+    ServeProcess,
+    client_for,
     free_port,
-    make_config,
-    run_gateway,
+    provider_keys,
+    run_serve_process,
+    serve_config,
     wait_until,
     write_replacing,
 )
@@ -31,13 +37,13 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels}")
 
 
-async def wait_for_models(gateway: Gateway, expected: set[str]) -> None:
+async def wait_for_models(gateway: ServeProcess, expected: set[str]) -> None:
     async def check() -> bool:
         return await gateway.model_ids() == expected
     await wait_until(check, f"models to become {sorted(expected)}")
 
 
-async def wait_for_reload_count(gateway: Gateway, result: str, count: int) -> str:
+async def wait_for_reload_count(gateway: ServeProcess, result: str, count: int) -> str:
     async def check() -> bool:
         _, text = await gateway.get("/metrics")
         return metric(text, "truckllm_config_reloads_total", result=result) >= count
@@ -48,16 +54,16 @@ async def wait_for_reload_count(gateway: Gateway, result: str, count: int) -> st
 async def test_file_watch_edit_rename_invalid_and_revert(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    first = make_config(port)
+    first = serve_config(port)
     path.write_text(first)
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         assert await gateway.model_ids() == {"demo"}
 
-        second = make_config(port, aliases=("demo", "extra"))
+        second = serve_config(port, aliases=("demo", "extra"))
         path.write_text(second)                                    # edit in place
         await wait_for_models(gateway, {"demo", "extra"})
 
-        write_replacing(path, make_config(port, aliases=("demo", "renamed")))   # rename-replace
+        write_replacing(path, serve_config(port, aliases=("demo", "renamed")))   # rename-replace
         await wait_for_models(gateway, {"demo", "renamed"})
 
         write_replacing(path, "version: 1\nproviders: [{id: demo, type: mock}]\nmodels:\n"
@@ -92,9 +98,9 @@ async def test_a_burst_of_writes_is_one_reload(tmp_path: Path) -> None:
     failed reload of the half: the watcher waits for the writes to stop."""
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port))
-    async with run_gateway(path, port) as gateway:
-        finished = make_config(port, aliases=("demo", "saved")).encode()
+    path.write_text(serve_config(port))
+    async with run_serve_process(path, port) as gateway:
+        finished = serve_config(port, aliases=("demo", "saved")).encode()
         half = len(finished) // 2
         with path.open("r+b") as file:
             file.truncate(0)
@@ -117,14 +123,14 @@ async def test_a_burst_of_writes_is_one_reload(tmp_path: Path) -> None:
 async def test_sighup_reloads_and_same_bytes_do_nothing(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
         gateway.signal(signal.SIGHUP)                       # same bytes: nothing happens
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is False and body["unchanged"] is True
         assert (await gateway.status())["config"]["version"] == 1
 
-        path.write_text(make_config(port, aliases=("demo", "after-hup"), watch=False))
+        path.write_text(serve_config(port, aliases=("demo", "after-hup"), watch=False))
         gateway.signal(signal.SIGHUP)
         await wait_for_models(gateway, {"demo", "after-hup"})
         status = await gateway.status()
@@ -138,25 +144,25 @@ async def test_sighup_reloads_and_same_bytes_do_nothing(tmp_path: Path) -> None:
 async def test_log_settings_apply_on_reload(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
-        path.write_text(make_config(port, watch=False, extra_server="log_level: warning"))
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
+        path.write_text(serve_config(port, watch=False, extra_server="log_level: warning"))
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["changes"]["server"] == ["log_level"], body
-        headers = {"Authorization": f"Bearer {ENV['TEAM_KEY']}", "X-Request-ID": "quiet-one"}
-        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+        headers = {"Authorization": f"Bearer {SERVE_ENV['TEAM_KEY']}", "X-Request-ID": "quiet-one"}
+        async with gateway.http.post(gateway.root + "/v1/chat/completions", headers=headers,
                                      json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
             assert response.status == 200
         headers["X-Request-ID"] = "loud-one"
-        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+        async with gateway.http.post(gateway.root + "/v1/chat/completions", headers=headers,
                                      json={"model": "missing", "messages": [{"role": "user", "content": "hi"}]}) as response:
             assert response.status == 404
 
-        path.write_text(make_config(port, watch=False, extra_server="log_format: console"))
+        path.write_text(serve_config(port, watch=False, extra_server="log_format: console"))
         code, _, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200
         headers["X-Request-ID"] = "console-one"
-        async with gateway.http.post(gateway.url + "/v1/chat/completions", headers=headers,
+        async with gateway.http.post(gateway.root + "/v1/chat/completions", headers=headers,
                                      json={"model": "demo", "messages": [{"role": "user", "content": "hi"}]}) as response:
             assert response.status == 200
 
@@ -173,9 +179,9 @@ async def test_log_settings_apply_on_reload(tmp_path: Path) -> None:
 async def test_listener_changes_are_reported_as_needing_a_restart(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False))
-    async with run_gateway(path, port) as gateway:
-        path.write_text(make_config(port + 1, aliases=("demo", "also"), watch=False))
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
+        path.write_text(serve_config(port + 1, aliases=("demo", "also"), watch=False))
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is True and body["version"] == 2
         assert body["needs_restart"] == ["server.port"]
@@ -184,7 +190,7 @@ async def test_listener_changes_are_reported_as_needing_a_restart(tmp_path: Path
         assert "need a restart" in gateway.output()
 
         # Back to the port it listens on: nothing needs a restart any more.
-        path.write_text(make_config(port, aliases=("demo", "back"), watch=False))
+        path.write_text(serve_config(port, aliases=("demo", "back"), watch=False))
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code == 200 and body["reloaded"] is True
         assert body["needs_restart"] == []
@@ -198,9 +204,9 @@ async def test_putting_the_file_back_after_a_failed_reload_clears_the_failure(
     running config again, though nothing is reloaded."""
     port = free_port()
     path = tmp_path / "config.yaml"
-    good = make_config(port, watch=False)
+    good = serve_config(port, watch=False)
     path.write_text(good)
-    async with run_gateway(path, port) as gateway:
+    async with run_serve_process(path, port) as gateway:
         path.write_text("version: 1\nproviders: []\n")
         code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
         assert code != 200 or body.get("ok") is False
@@ -226,9 +232,9 @@ WORKERS = 6
 async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(port, watch=False, chunk_delay_ms=10))
-    async with run_gateway(path, port) as gateway:
-        client = gateway.openai_client(ENV["TEAM_KEY"], timeout_s=30)
+    path.write_text(serve_config(port, watch=False, chunk_delay_ms=10))
+    async with run_serve_process(path, port) as gateway:
+        client = gateway.openai_client(SERVE_ENV["TEAM_KEY"], timeout_s=30)
         done = asyncio.Event()
         answered: list[str] = []
 
@@ -267,7 +273,7 @@ async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
             try:
                 for round_ in range(ROUNDS):
                     valid = round_ % 2 == 0
-                    text = (make_config(port, aliases=("demo", f"v{round_}"), watch=False,
+                    text = (serve_config(port, aliases=("demo", f"v{round_}"), watch=False,
                                         chunk_delay_ms=8 + round_ % 3) if valid
                             else f"version: 1\nproviders: []\n# broken {round_}\n")
                     write_replacing(path, text)
@@ -297,3 +303,145 @@ async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
         output = gateway.output()
         for secret in SECRETS:
             assert secret not in output
+
+
+WATCH_SETTLE_S = 1.5        # several watcher debounce periods: a running watcher would have fired
+
+
+async def test_reload_turns_the_file_watcher_on_and_off(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(serve_config(port, watch=False))
+    async with run_serve_process(path, port) as gateway:
+        path.write_text(serve_config(port, aliases=("demo", "unseen"), watch=False))
+        await asyncio.sleep(WATCH_SETTLE_S)
+        assert await gateway.model_ids() == {"demo"}           # watch off: the edit waits
+        assert (await gateway.status())["config"]["watching"] is False
+
+        write_replacing(path, serve_config(port, aliases=("demo", "watched"), watch=True))
+        gateway.signal(signal.SIGHUP)                           # turns the watcher on
+        await wait_until(lambda: _watching(gateway, True), "the watcher to start")
+        assert await gateway.model_ids() == {"demo", "watched"}
+
+        write_replacing(path, serve_config(port, aliases=("demo", "by-file"), watch=True))
+        await wait_until(lambda: _has_models(gateway, {"demo", "by-file"}), "the file edit")
+        assert (await gateway.status())["last_reload"]["trigger"] == "file"
+
+        write_replacing(path, serve_config(port, aliases=("demo", "last-watched"), watch=False))
+        await wait_until(lambda: _has_models(gateway, {"demo", "last-watched"}),
+                         "the edit that turns watching off")
+        assert (await gateway.status())["config"]["watching"] is False
+        version = (await gateway.status())["config"]["version"]
+
+        write_replacing(path, serve_config(port, aliases=("demo", "ignored"), watch=False))
+        await asyncio.sleep(WATCH_SETTLE_S)
+        assert await gateway.model_ids() == {"demo", "last-watched"}
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is True and body["version"] == version + 1
+
+
+async def _watching(gateway: ServeProcess, wanted: bool) -> bool:
+    return bool((await gateway.status())["config"]["watching"] is wanted)
+
+
+async def _has_models(gateway: ServeProcess, wanted: set[str]) -> bool:
+    return await gateway.model_ids() == wanted
+
+
+async def test_runtime_state_survives_a_real_reload_for_ids_that_stay(
+        tmp_path: Path, fake: OpenAIFake) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+    async with run_serve_process(path, port) as gateway:
+        client = client_for(gateway)
+        fake.script(Scripted(status=429, headers={"Retry-After": "600"}))
+        reply = await client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "x"}])
+        assert reply.choices[0].message.content                 # answered by the backup key
+        await client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "y"}])
+        before = await provider_keys(gateway)
+        assert before["openai/main"]["cooldown_until"] is not None
+        assert (before["openai/main"]["errors"], before["openai/backup"]["usage_req"]) == (1, 1)
+        _, keys_before, _ = await gateway.admin("GET", "/admin/v1/keys")
+
+        # The backup key goes away; a new alias comes; main, k1 and team-a stay.
+        text = serve_config(port, aliases=("demo", "new"), watch=False, openai_url=fake.url)
+        text = "\n".join(line for line in text.splitlines() if "id: backup" not in line) + "\n"
+        path.write_text(text)
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["changes"]["upstream_keys"]["removed"] == ["openai/backup"]
+
+        after = await provider_keys(gateway)
+        assert set(after) == {"demo/k1", "openai/main"}
+        for name in ("usage_req", "errors", "last_error", "cooldown_until"):
+            assert after["openai/main"][name] == before["openai/main"][name], name
+        assert after["demo/k1"]["usage_req"] == before["demo/k1"]["usage_req"] == 1
+        _, keys_after, _ = await gateway.admin("GET", "/admin/v1/keys")
+        assert keys_after["keys"][0]["requests"] == keys_before["keys"][0]["requests"] == 2
+
+        # Re-adding the removed key starts it from nothing.
+        path.write_text(serve_config(port, watch=False, openai_url=fake.url))
+        code, _, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200
+        assert (await provider_keys(gateway))["openai/backup"]["usage_req"] == 0
+        await client.close()
+
+
+def _kubernetes_publish(directory: Path, name: str, text: str) -> None:
+    """How a ConfigMap volume updates: a new timestamped directory, then `..data` (a
+    symlink to it) is replaced by renaming a fresh symlink over it."""
+    version = directory / f"..v{len(list(directory.glob('..v*')))}"
+    version.mkdir()
+    (version / name).write_text(text)
+    fresh = directory / "..data_tmp"
+    fresh.symlink_to(version.name)
+    fresh.replace(directory / "..data")
+
+
+async def test_file_watch_sees_a_kubernetes_configmap_swap(tmp_path: Path) -> None:
+    port = free_port()
+    _kubernetes_publish(tmp_path, "config.yaml", serve_config(port))
+    path = tmp_path / "config.yaml"
+    path.symlink_to("..data/config.yaml")
+    async with run_serve_process(path, port) as gateway:
+        assert (await gateway.status())["config"]["watching"] is True
+        _kubernetes_publish(tmp_path, "config.yaml", serve_config(port, aliases=("demo", "k8s")))
+        await wait_until(lambda: _has_models(gateway, {"demo", "k8s"}), "the ConfigMap swap")
+        assert (await gateway.status())["last_reload"]["trigger"] == "file"
+
+
+async def test_request_log_size_and_metrics_switch_follow_the_config(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(serve_config(port, watch=False,
+                                extra_server="request_log_size: 2\n  metrics: false"))
+    async with run_serve_process(path, port) as gateway:
+        client = client_for(gateway)
+        for n in range(3):
+            await client.chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "x"}],
+                extra_headers={"X-Request-ID": f"call-{n}"})
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-2", "call-1"]
+        code, text = await gateway.get("/metrics")
+        assert code == 404 and orjson.loads(text)["error"]["code"] == "unknown_url"
+
+        path.write_text(serve_config(port, watch=False, extra_server="request_log_size: 1"))
+        code, body, _ = await gateway.admin("POST", "/admin/v1/reload")
+        assert code == 200 and body["reloaded"] is True
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-2"]
+        await client.chat.completions.create(        # recorded in the resized log
+            model="demo", messages=[{"role": "user", "content": "x"}],
+            extra_headers={"X-Request-ID": "call-3"})
+        code, body, _ = await gateway.admin("GET", "/admin/v1/logs")
+        assert [entry["request_id"] for entry in body["logs"]] == ["call-3"]
+        code, text = await gateway.get("/metrics")
+        assert code == 200 and "llm_requests_total" in text
+        await client.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[OpenAIFake]:
+    async with make_openai_fake() as running:
+        yield running

@@ -5,120 +5,33 @@ cooldowns and breakers are crossed without sleeping."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import aiohttp
 import openai
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from tests.fakes.failing_upstream import make_stalling_upstream
-from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
+from tests.fakes.openai_fake import OpenAIFake, Scripted
+from tests.harness import (
+    MESSAGES,
+    keys_used,
+    make_gateway,
+    one_key_each,
+    two_providers,
+)
 from truckllm.clock import ManualClock
-from truckllm.config.loader import load_bytes
-from truckllm.pipeline.router import Routing
-from truckllm.runtime.state import StateHolder, build_state
-from truckllm.server.app import create_app
-from truckllm.server.keys import ROUTING
 
-MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 CONTEXT_TOO_LONG = {"error": {"message": "This model's maximum context length is 8192 tokens.",
                               "type": "invalid_request_error", "param": "messages",
                               "code": "context_length_exceeded"}}
 
 
-@dataclass
-class Gateway:
-    url: str
-    client: AsyncOpenAI
-    routing: Routing
-    clock: ManualClock
-
-    async def chat(self, model: str = "chat") -> ChatCompletion:
-        return await self.client.chat.completions.create(model=model, messages=MESSAGES)
-
-    async def raw_chat(self, model: str = "chat") -> tuple[int, dict[str, str], bytes]:
-        async with aiohttp.ClientSession() as session, session.post(
-                f"{self.url}/chat/completions", json={"model": model, "messages": MESSAGES},
-                timeout=aiohttp.ClientTimeout(total=10)) as response:
-            return response.status, dict(response.headers), await response.read()
-
-    async def raw_stream(self, model: str = "chat") -> bytes:
-        body = {"model": model, "messages": MESSAGES, "stream": True}
-        async with aiohttp.ClientSession() as session, session.post(
-                f"{self.url}/chat/completions", json=body,
-                timeout=aiohttp.ClientTimeout(total=10)) as response:
-            assert response.status == 200
-            return await response.read()
-
-
-@asynccontextmanager
-async def make_gateway(config: str, *, real_clock: bool = False) -> AsyncIterator[Gateway]:
-    loaded = load_bytes(config.encode(), "test.yaml", {})
-    clock = ManualClock()
-    app = create_app(StateHolder(build_state(loaded, version=1)),
-                     clock=None if real_clock else clock)
-    server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
-    await server.start_server()
-    url = str(server.make_url("/v1"))
-    client = AsyncOpenAI(base_url=url, api_key="client-key", max_retries=0, timeout=10)
-    try:
-        yield Gateway(url, client, app[ROUTING], clock)
-    finally:
-        await client.close()
-        await server.close()
-
-
-def two_providers(one: str, two: str, *, routing: str = "", alias_extra: str = "",
-                  provider_extra: str = "", more_models: str = "") -> str:
-    return f"""
-version: 1
-providers:
-  - id: p1
-    type: openai
-    base_url: {one}
-    keys: [{{id: k1, value: sk-one}}, {{id: k2, value: sk-two}}]
-{provider_extra}
-  - id: p2
-    type: openai
-    base_url: {two}
-    keys: [{{id: k1, value: sk-three}}]
-{provider_extra}
-models:
-  - alias: chat
-    targets: [{{provider: p1, model: m1}}, {{provider: p2, model: m2}}]
-{alias_extra}
-{more_models}
-routing:
-  cooldown_s: 30
-{routing}
-"""
-
-
-def keys_used(fake: OpenAIFake) -> list[str]:
-    return [r.headers["authorization"].removeprefix("Bearer ") for r in fake.requests]
-
-
-def one_key_each(config: str) -> str:
-    return config.replace("[{id: k1, value: sk-one}, {id: k2, value: sk-two}]", "[{id: k1, value: sk-one}]")
-
-
-@pytest.fixture
-async def fakes() -> AsyncIterator[tuple[OpenAIFake, OpenAIFake]]:
-    async with make_openai_fake() as one, make_openai_fake() as two:
-        yield one, two
-
-
 async def test_fallback_order_and_headers(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=500), Scripted(status=503))
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
-        raw = await gw.client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
+        raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
         answer = raw.parse()
     assert answer.model == "chat"
     assert answer.choices[0].message.content == "Fake reply to: hello"
@@ -143,7 +56,7 @@ models:
   - {{alias: chat, targets: [{{provider: p1, model: m1}}]}}
 routing: {{max_attempts: 3}}
 """
-    async with make_gateway(config, real_clock=True) as gw:
+    async with make_gateway(config) as gw:
         answer = await gw.chat()
     assert answer.choices[0].message.content == "Fake reply to: hello"
     first, second, third = (r.received_at for r in one.requests)
@@ -154,7 +67,7 @@ routing: {{max_attempts: 3}}
 async def test_keys_rotate_by_weight(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url).replace("value: sk-one}", "value: sk-one, weight: 3}")
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(8):
             await gw.chat()
     used = keys_used(one)
@@ -165,8 +78,8 @@ async def test_keys_rotate_by_weight(fakes: tuple[OpenAIFake, OpenAIFake]) -> No
 async def test_429_cools_the_key_and_the_next_key_answers(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=429, headers={"Retry-After": "20"}))
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
-        raw = await gw.client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
+        raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
         first_key, second_key = keys_used(one)
         assert first_key != second_key and raw.headers["x-truckllm-attempts"] == "2"
         for _ in range(4):                                   # cooldown honoured
@@ -184,7 +97,7 @@ async def test_all_cooling_gives_503_with_retry_after(fakes: tuple[OpenAIFake, O
     config = one_key_each(two_providers(one.url, two.url))
     one.script(Scripted(status=429, headers={"Retry-After": "40"}))
     two.script(Scripted(status=429, headers={"retry-after-ms": "25000"}))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         with pytest.raises(openai.APIStatusError) as first:
             await gw.chat()
         assert first.value.status_code == 503
@@ -207,7 +120,7 @@ async def test_short_retry_after_is_waited_for(fakes: tuple[OpenAIFake, OpenAIFa
     config = one_key_each(two_providers(one.url, two.url)).replace(
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         # The gateway's clock is a hand clock, so the "short" wait is 0 real seconds:
         # what matters is that the request is retried on the same key and answered.
         one.script(Scripted(status=429, headers={"retry-after-ms": "0"}))
@@ -224,7 +137,7 @@ async def test_wait_for_recovery(fakes: tuple[OpenAIFake, OpenAIFake], wait_ms: 
         "targets: [{provider: p1, model: m1}, {provider: p2, model: m2}]",
         "targets: [{provider: p1, model: m1}]")
     one.script(Scripted(status=429, headers={"retry-after-ms": "1000"}))
-    async with make_gateway(config, real_clock=True) as gw:
+    async with make_gateway(config) as gw:
         first_status, _, _ = await gw.raw_chat()            # the only attempt is used up
         second, _, _ = await gw.raw_chat()                  # the key is cooling for 1 s
     assert first_status == 503
@@ -236,7 +149,7 @@ async def test_upstream_401_disables_the_key_until_reload(fakes: tuple[OpenAIFak
     one, two = fakes
     config = two_providers(one.url, two.url)
     one.script(Scripted(status=401))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         answer = await gw.chat()
         assert answer.choices[0].message.content
         rejected, good = keys_used(one)
@@ -256,7 +169,7 @@ async def test_every_key_rejected_is_502_without_leaking_upstream_words(
                       "param": None, "code": "invalid_api_key"}}
     one.script(Scripted(status=401, body=leak))
     two.script(Scripted(status=403, body=leak))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         status, _, body = await gw.raw_chat()
     assert status == 502
     assert b"sk-one" not in body
@@ -267,14 +180,14 @@ async def test_breaker_opens_and_half_opens(fakes: tuple[OpenAIFake, OpenAIFake]
     one, two = fakes
     config = one_key_each(two_providers(one.url, two.url, routing="  breaker_failures: 3"))
     one.script(*(Scripted(status=500) for _ in range(3)))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(3):
             await gw.chat()                                  # p1 fails, p2 answers
         assert len(one.requests) == 3
         await gw.chat()                                      # breaker open: p1 skipped
         assert len(one.requests) == 3 and len(two.requests) == 4
         gw.clock.advance(31)                                 # half-open: one trial
-        raw = await gw.client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+        raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
         assert raw.headers["x-truckllm-provider"] == "p1"
         assert len(one.requests) == 4
         assert gw.routing.health.target_status(("p1", "m1")) == "healthy"
@@ -285,7 +198,7 @@ async def test_4xx_passes_through_without_retry(fakes: tuple[OpenAIFake, OpenAIF
     bad = {"error": {"message": "Unsupported parameter: 'foo'", "type": "invalid_request_error",
                      "param": "foo", "code": "unsupported_parameter"}}
     one.script(Scripted(status=400, body=bad))
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         with pytest.raises(openai.BadRequestError) as caught:
             await gw.chat()
     assert caught.value.status_code == 400
@@ -299,8 +212,8 @@ async def test_context_overflow_goes_to_the_fallback_alias(fakes: tuple[OpenAIFa
     config = two_providers(one.url, two.url, alias_extra="    fallback_on_context_overflow: long",
                            more_models="  - alias: long\n    targets: [{provider: p2, model: m2-long}]")
     one.script(Scripted(status=400, body=CONTEXT_TOO_LONG))
-    async with make_gateway(config) as gw:
-        raw = await gw.client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
+    async with make_gateway(config, clock=ManualClock()) as gw:
+        raw = await gw.client().chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
     assert raw.parse().model == "chat"
     assert raw.headers["x-truckllm-model"] == "m2-long"
     assert [r.body["model"] for r in two.requests] == ["m2-long"]
@@ -310,7 +223,7 @@ async def test_context_overflow_without_fallback_goes_back_to_the_client(
         fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=400, body=CONTEXT_TOO_LONG))
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
         with pytest.raises(openai.BadRequestError) as caught:
             await gw.chat()
     assert caught.value.code == "context_length_exceeded"
@@ -323,7 +236,7 @@ async def test_hung_upstream_is_504(fakes: tuple[OpenAIFake, OpenAIFake]) -> Non
                                         provider_extra="    first_byte_timeout_s: 0.2"))
     one.script(Scripted(hang=True))
     two.script(Scripted(hang=True))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         with pytest.raises(openai.APIStatusError) as caught:
             await gw.chat()
         assert caught.value.status_code == 504
@@ -337,7 +250,7 @@ async def test_hung_first_target_falls_back(fakes: tuple[OpenAIFake, OpenAIFake]
     one, two = fakes
     config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.2")
     one.script(Scripted(hang=True))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         answer = await gw.chat()
     assert answer.choices[0].message.content
     assert len(two.requests) == 1
@@ -346,8 +259,8 @@ async def test_hung_first_target_falls_back(fakes: tuple[OpenAIFake, OpenAIFake]
 async def test_stream_failing_before_first_byte_is_retried(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(status=503))
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
-        stream = await gw.client.chat.completions.create(model="chat", messages=MESSAGES, stream=True)
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
+        stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Fake reply to: hello"
     assert len(two.requests) == 1
@@ -356,8 +269,8 @@ async def test_stream_failing_before_first_byte_is_retried(fakes: tuple[OpenAIFa
 async def test_no_retry_after_the_first_byte(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     one.script(Scripted(drop_after_chunks=2))
-    async with make_gateway(two_providers(one.url, two.url)) as gw:
-        stream = await gw.client.chat.completions.create(model="chat", messages=MESSAGES, stream=True)
+    async with make_gateway(two_providers(one.url, two.url), clock=ManualClock()) as gw:
+        stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)
         seen: list[str] = []
         with pytest.raises(openai.APIError):
             async for chunk in stream:
@@ -376,7 +289,7 @@ async def test_stalled_stream_is_ended_cleanly(fakes: tuple[OpenAIFake, OpenAIFa
     _, two = fakes
     async with make_stalling_upstream(chunks_before_stall=2) as stalling:
         config = two_providers(stalling.url, two.url, provider_extra="    idle_timeout_s: 0.2")
-        async with make_gateway(config) as gw:
+        async with make_gateway(config, clock=ManualClock()) as gw:
             body = await gw.raw_stream()
             events = [e for e in body.split(b"\n\n") if e]
             assert events[-1] == b"data: [DONE]"
@@ -392,7 +305,7 @@ async def test_stalled_stream_is_ended_cleanly(fakes: tuple[OpenAIFake, OpenAIFa
 async def test_round_robin_through_the_api(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: round_robin")
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(10):
             await gw.chat()
     assert (len(one.requests), len(two.requests)) == (5, 5)
@@ -403,7 +316,7 @@ async def test_least_busy_avoids_the_target_with_a_request_in_flight(
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: least_busy")
     one.script(Scripted(hang=True))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         stuck = asyncio.create_task(gw.chat())
         while not one.requests:                  # bounded by the fake's own hang limit
             await asyncio.sleep(0.005)
@@ -436,7 +349,7 @@ async def test_lowest_latency_prefers_the_faster_target(fakes: tuple[OpenAIFake,
     one, two = fakes
     config = two_providers(one.url, two.url, alias_extra="    strategy: lowest_latency")
     one.script(Scripted(delay_s=0.3))                        # p1 is slow when first measured
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         for _ in range(6):
             await gw.chat()
     assert (len(one.requests), len(two.requests)) == (1, 5)
@@ -447,7 +360,7 @@ async def test_admin_providers_shows_health(fakes: tuple[OpenAIFake, OpenAIFake]
     config = two_providers(one.url, two.url).replace(
         "version: 1\n", "version: 1\nserver: {admin_api_key: admin-secret-1}\n")
     one.script(Scripted(status=429, headers={"Retry-After": "20"}))
-    async with make_gateway(config) as gw:
+    async with make_gateway(config, clock=ManualClock()) as gw:
         await gw.chat()
         rejected = keys_used(one)[0]
         async with aiohttp.ClientSession() as session, session.get(

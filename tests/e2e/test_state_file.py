@@ -6,24 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aiohttp
 import openai
 import orjson
 import pytest
 from structlog.testing import capture_logs
 
 from tests.fakes.openai_fake import make_openai_fake
-from tests.limits.gateway import ADMIN_KEY, make_gateway
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 15.0
+from tests.harness import ADMIN_KEY, free_port, make_gateway, run_serve_process
 
 CONFIG = """\
 version: 1
@@ -40,47 +34,14 @@ keys:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
-async def make_serve_process(config: Path, port: int, *, crash: bool = False) -> AsyncIterator[str]:
-    """`truckllm serve` from this checkout; yields its /v1 URL; SIGTERM on exit, exit 0
-    (or, with `crash`, SIGKILL: no shutdown code runs at all)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "truckllm", "serve", "-c", str(config), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    try:
-        await _wait_healthy(port, process)
-        yield f"http://127.0.0.1:{port}/v1"
-        process.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
-        assert process.returncode == (-signal.SIGKILL if crash else 0), stderr.decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def _wait_healthy(port: int, process: asyncio.subprocess.Process) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + START_TIMEOUT_S
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while loop.time() < deadline:
-            assert process.returncode is None, "truckllm serve exited during start-up"
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError("truckllm serve did not become healthy in time")
+async def serving(config: Path, port: int, *, crash: bool = False) -> AsyncIterator[str]:
+    """`truckllm serve` on `config`; yields its /v1 URL; SIGTERM on exit, exit 0 (or, with
+    `crash`, SIGKILL: no shutdown code runs at all)."""
+    async with run_serve_process(config, port) as served:
+        yield served.url
+        code = await served.stopped(signal.SIGKILL if crash else signal.SIGTERM)
+        assert code == (-signal.SIGKILL if crash else 0), served.output()
 
 
 async def spend(url: str, key: str) -> None:
@@ -93,13 +54,13 @@ async def test_spend_survives_a_process_restart(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG.format(port=port))
-    async with make_serve_process(config, port) as url:
+    async with serving(config, port) as url:
         await spend(url, "key-a")                              # way over a $1 budget
         with pytest.raises(openai.PermissionDeniedError):
             await spend(url, "key-a")
     saved = orjson.loads((tmp_path / "gateway.state.json").read_bytes())
     assert saved["client_keys"]["team-a"]["period"]["spend_usd"] > 1
-    async with make_serve_process(config, port) as url:
+    async with serving(config, port) as url:
         with pytest.raises(openai.PermissionDeniedError) as refused:
             await spend(url, "key-a")                          # still over budget
         assert isinstance(refused.value.body, dict)
@@ -124,10 +85,10 @@ async def test_a_crash_loses_at_most_the_last_interval(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG.format(port=port))
     state_file = tmp_path / "gateway.state.json"
-    async with make_serve_process(config, port, crash=True) as url:
+    async with serving(config, port, crash=True) as url:
         await spend(url, "key-a")
         assert await saved_spend(state_file, "team-a") > 1    # the periodic save, not shutdown
-    async with make_serve_process(config, port) as url:       # after SIGKILL
+    async with serving(config, port) as url:       # after SIGKILL
         with pytest.raises(openai.PermissionDeniedError) as refused:
             await spend(url, "key-a")
         assert isinstance(refused.value.body, dict)
@@ -147,7 +108,7 @@ async def test_temp_files_left_by_a_crash_mid_save_are_removed(tmp_path: Path) -
     orphan.write_text('{"half": ')
     live = tmp_path / f".gateway.state.json.{os.getpid()}.0c0ffee0.tmp"
     live.write_text('{"being written": ')
-    async with make_serve_process(config, port) as url:
+    async with serving(config, port) as url:
         await spend(url, "key-a")
         await saved_spend(state_file, "team-a")
         assert not orphan.exists()
@@ -171,12 +132,12 @@ keys:
 async def test_upstream_key_usage_and_spend_survive_a_restart(tmp_path: Path) -> None:
     async with make_openai_fake() as fake:
         config = UPSTREAM_CONFIG.format(admin=ADMIN_KEY, url=fake.url)
-        async with make_gateway(config, tmp_path) as gateway:
+        async with make_gateway(config, directory=tmp_path) as gateway:
             await spend(gateway.url, "key-a")
             _, before = await gateway.admin("GET", "/admin/v1/providers")
         saved = orjson.loads((tmp_path / "config.state.json").read_bytes())
         assert saved["upstream_keys"]["up/k1"]["requests"] == 1
-        async with make_gateway(config, tmp_path) as gateway:  # started again
+        async with make_gateway(config, directory=tmp_path) as gateway:  # started again
             _, after = await gateway.admin("GET", "/admin/v1/providers")
             _, keys = await gateway.admin("GET", "/admin/v1/keys")
         [old], [new] = before["providers"][0]["keys"], after["providers"][0]["keys"]
@@ -205,7 +166,7 @@ async def test_a_corrupt_state_file_warns_and_starts_fresh(tmp_path: Path) -> No
     state_file.parent.mkdir()
     state_file.write_bytes(b'{"version": 1, "client_keys": {"team-a": "garbage"')
     with capture_logs() as logs:
-        async with make_gateway(CORRUPT_CONFIG, tmp_path) as gateway:
+        async with make_gateway(CORRUPT_CONFIG, directory=tmp_path) as gateway:
             await spend(gateway.url, "key-a")                  # serves at once
     assert "state_file_corrupt" in [entry["event"] for entry in logs]
     assert state_file.with_name("state.json.corrupt").exists()
@@ -219,26 +180,16 @@ async def test_a_stream_in_flight_at_sigterm_finishes_and_its_spend_is_saved(tmp
     config.write_text(CONFIG.format(port=port).replace(
         "{id: demo, type: mock}", "{id: demo, type: mock, chunk_delay_ms: 50}").replace(
         "log_level: warning", "log_level: warning, shutdown_grace_s: 10"))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "truckllm", "serve", "-c", str(config), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    try:
-        await _wait_healthy(port, process)
-        url = f"http://127.0.0.1:{port}/v1"
-        async with openai.AsyncOpenAI(base_url=url, api_key="key-a", max_retries=0, timeout=10) as client:
+    async with run_serve_process(config, port) as served:
+        async with openai.AsyncOpenAI(base_url=served.url, api_key="key-a", max_retries=0,
+                                      timeout=10) as client:
             stream = await client.chat.completions.create(
                 model="demo-chat", stream=True, messages=[{"role": "user", "content": "spend a lot"}])
             await stream.__anext__()
-            process.send_signal(signal.SIGTERM)                # mid-stream
+            served.signal(signal.SIGTERM)                      # mid-stream
             rest = [chunk async for chunk in stream]           # the stream drains
         assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
-        _, stderr = await asyncio.wait_for(process.communicate(), STOP_TIMEOUT_S)
-        assert process.returncode == 0, stderr.decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await served.stopped() == 0, served.output()
     saved = orjson.loads((tmp_path / "gateway.state.json").read_bytes())
     period = saved["client_keys"]["team-a"]["period"]
     assert period["requests"] == 1 and period["completion_tokens"] > 0 and period["spend_usd"] > 1

@@ -1,4 +1,4 @@
-"""The SDK streaming contract (SPEC §4) checked on the real server's bytes, for every
+"""The SDK streaming contract checked on the real server's bytes, for every
 provider type: fake Anthropic, Gemini and Azure (deployment and v1 URLs), an `openai`-type
 provider (the fake Azure v1 API, which sends Azure's prompt-filter chunk), and the mock.
 The same invariants as the conformance suite's, applied to what a client really receives."""
@@ -11,8 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.providers.test_conformance import check_stream_invariants
-from tests.providers_gateway import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, Stack, check_stream_invariants
 
 ALIASES = ["claude", "gem", "az", "az-v1", "oai-chat", "demo"]
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}

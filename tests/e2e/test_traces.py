@@ -24,7 +24,15 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
-from tests.ops.live import ENV, SECRETS, WORKTREE, free_port, make_config, run_gateway, wait_until
+from tests.harness import (
+    REPO_ROOT,
+    SECRETS,
+    SERVE_ENV,
+    free_port,
+    run_serve_process,
+    serve_config,
+    wait_until,
+)
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -87,10 +95,10 @@ async def test_a_request_and_its_attempts_are_traced(tmp_path: Path, collector: 
     port = free_port()
     path = tmp_path / "config.yaml"
     otel = f"otel: {{endpoint: '{collector.url}', service_name: truckllm-test}}"
-    path.write_text(make_config(port, watch=False, openai_url=fake.url, extra_server=otel))
-    async with run_gateway(path, port, env=FAST_EXPORT) as gateway:
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url, extra_server=otel))
+    async with run_serve_process(path, port, env=FAST_EXPORT) as gateway:
         fake.script(Scripted(status=500))           # the first attempt fails, the second answers
-        client = gateway.openai_client(ENV["TEAM_KEY"])
+        client = gateway.openai_client(SERVE_ENV["TEAM_KEY"])
         answer = await client.chat.completions.create(
             model="gpt", messages=[{"role": "user", "content": PROMPT}],
             extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"})
@@ -155,9 +163,9 @@ async def test_a_request_without_traceparent_starts_a_trace(tmp_path: Path, coll
     port = free_port()
     path = tmp_path / "config.yaml"
     otel = f"otel: {{endpoint: '{collector.url}'}}"
-    path.write_text(make_config(port, watch=False, openai_url=fake.url, extra_server=otel))
-    async with run_gateway(path, port, env=FAST_EXPORT) as gateway:
-        client = gateway.openai_client(ENV["TEAM_KEY"])
+    path.write_text(serve_config(port, watch=False, openai_url=fake.url, extra_server=otel))
+    async with run_serve_process(path, port, env=FAST_EXPORT) as gateway:
+        client = gateway.openai_client(SERVE_ENV["TEAM_KEY"])
         stream = await client.chat.completions.create(
             model="gpt", stream=True, messages=[{"role": "user", "content": PROMPT}])
         async for _ in stream:
@@ -186,7 +194,7 @@ async def _count(collector: Collector, spans: int) -> bool:
 def test_off_the_sdk_is_not_imported(tmp_path: Path) -> None:
     """Without server.otel, serving a request loads no OpenTelemetry module at all."""
     path = tmp_path / "config.yaml"
-    path.write_text(make_config(free_port(), watch=False))
+    path.write_text(serve_config(free_port(), watch=False))
     script = f"""
 import asyncio, sys
 from aiohttp.test_utils import TestClient, TestServer
@@ -195,11 +203,11 @@ from truckllm.runtime.state import StateHolder, build_state
 from truckllm.server.app import create_app
 
 async def main():
-    holder = StateHolder(build_state(load_file({str(path)!r}, {{**{ENV!r}}}), 1))
+    holder = StateHolder(build_state(load_file({str(path)!r}, {{**{SERVE_ENV!r}}}), 1))
     async with TestClient(TestServer(create_app(holder))) as client:
         response = await client.post("/v1/chat/completions", json={{
             "model": "demo", "messages": [{{"role": "user", "content": "hi"}}]}},
-            headers={{"Authorization": "Bearer {ENV['TEAM_KEY']}",
+            headers={{"Authorization": "Bearer {SERVE_ENV['TEAM_KEY']}",
                      "traceparent": "00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}})
         assert response.status == 200, await response.text()
     print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
@@ -207,6 +215,6 @@ async def main():
 asyncio.run(main())
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=WORKTREE, timeout=60, check=False)
+                          cwd=REPO_ROOT, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"

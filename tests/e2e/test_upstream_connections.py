@@ -8,13 +8,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from aiohttp.test_utils import TestServer
 
 from tests.fakes.openai_fake import OpenAIFake
-from tests.gateway import CLIENT_KEY, make_config, wait_for
-from truckllm.config.loader import load_bytes
-from truckllm.runtime.state import StateHolder, build_state
-from truckllm.server.app import create_app
+from tests.harness import CLIENT_KEY, make_config, make_gateway, wait_until
 
 pytestmark = pytest.mark.asyncio
 ADMIN_KEY = "admin-key-for-sessions-test"
@@ -39,25 +35,20 @@ async def test_a_removed_providers_connections_are_closed(tmp_path: Path,
                                                   "admin_api_key": ADMIN_KEY})
     config["providers"][1]["timeout_s"] = 0.5
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    app = create_app(StateHolder(build_state(load_bytes(path.read_bytes(), str(path), {}), 1)))
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
     fake_port = int(openai_fake.url.split(":")[2].split("/")[0])
-    try:
-        async with aiohttp.ClientSession(str(server.make_url(""))) as http:
-            chat = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
-            response = await http.post("/v1/chat/completions", json=chat,
-                                       headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-            assert response.status == 200
-            assert connections_to(fake_port) >= 1                  # kept alive in the pool
+    async with make_gateway(config, directory=tmp_path, name=path.name) as gateway, \
+            aiohttp.ClientSession(gateway.root) as http:
+        chat = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
+        response = await http.post("/v1/chat/completions", json=chat,
+                                   headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+        assert response.status == 200
+        assert connections_to(fake_port) >= 1                  # kept alive in the pool
 
-            config["providers"] = config["providers"][:1]
-            config["models"] = config["models"][:1]
-            path.write_text(yaml.safe_dump(config))
-            response = await http.post("/admin/v1/reload",
-                                       headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-            assert (await response.json())["reloaded"] is True
-            await wait_for(lambda: connections_to(fake_port) == 0, timeout=5)
-    finally:
-        await server.close()
+        config["providers"] = config["providers"][:1]
+        config["models"] = config["models"][:1]
+        path.write_text(yaml.safe_dump(config))
+        response = await http.post("/admin/v1/reload",
+                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        assert (await response.json())["reloaded"] is True
+        await wait_until(lambda: connections_to(fake_port) == 0, limit_s=5)
+

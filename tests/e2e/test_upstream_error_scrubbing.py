@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted
-from tests.gateway import CLIENT_KEY, Gateway, make_config, make_gateway
+from tests.harness import CLIENT_KEY, Gateway, make_config, make_gateway
 
 pytestmark = pytest.mark.asyncio
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}

@@ -2,7 +2,8 @@
 /v1/messages/count_tokens) speaking the real wire format: named SSE events, tool_use blocks with input_json_delta fragments, ping,
 cumulative usage in message_delta, Anthropic's error envelope.
 
-Default answers: with tools and a user turn mentioning weather, tool calls (two when it
+Default answers: with a shell-like tool and a user turn asking to run something, a call
+running `echo hello`; with tools and a user turn mentioning weather, tool calls (two when it
 also says "and"); after tool results, a text quoting them; otherwise "Fake reply to: ...".
 A request without a key (`x-api-key`, or a Bearer token as newer SDKs send) or without
 `anthropic-version` gets 401, one without `max_tokens` or with a tool id outside
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.wire_fake import Reply, WireFake, json_response, serve, split_text, sse
+from tests.fakes.wire_fake import Reply, WireFake, json_response, serve, shell_call, split_text, sse
 
 MODEL_VERSION = "claude-fake-20250929"
 
@@ -87,6 +88,9 @@ class FakeAnswer:
         calls: list[dict[str, Any]] = []
         if results:
             reply = "Tool said: " + "; ".join(_result_text(r) for r in results)
+        elif (shell := shell_call([str(t.get("name")) for t in body.get("tools") or []], text)) is not None:
+            calls = [{"type": "tool_use", "id": "toolu_shell0", "name": shell[0], "input": shell[1]}]
+            reply = "Running it."
         elif body.get("tools") and "weather" in text.lower():
             cities = ["Paris", "Rome"] if " and " in text else ["Paris"]
             name = body["tools"][0]["name"]

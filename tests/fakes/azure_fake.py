@@ -1,6 +1,6 @@
 """A fake Azure OpenAI resource speaking the real wire format: deployment URLs
 (`/openai/deployments/{deployment}/...?api-version=...`) and the v1 API (`/openai/v1/...`),
-`api-key` auth, OpenAI bodies with Azure's additions (prompt_filter_results,
+`api-key` auth, the Responses API on the v1 API (`/openai/v1/responses`), OpenAI bodies with Azure's additions (prompt_filter_results,
 content_filter_results, a prompt-filter-only first stream chunk with empty choices, a
 usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`code` "429", null `type`), and the media
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
@@ -21,9 +21,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from tests.fakes.wire_fake import Recorded, WireFake, json_response, serve, split_text, sse
+from tests.fakes.responses_wire import ResponsesAnswer
+from tests.fakes.wire_fake import (
+    Recorded,
+    WireFake,
+    json_response,
+    serve,
+    shell_call,
+    split_text,
+    sse,
+)
 
 FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
 PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": FILTERS}]
@@ -77,6 +87,11 @@ class AzureFake(WireFake):
             answer = ChatAnswer.for_request(body, deployment)
             if body.get("stream"):
                 return await self.stream(request, answer.events(body))
+            return json_response(answer.response())
+        if path == "responses" and "/openai/v1/" in recorded.path:    # v1 API only, as Azure
+            answer = ResponsesAnswer(deployment, body)
+            if body.get("stream"):
+                return await self.stream(request, answer.events())
             return json_response(answer.response())
         if path == "embeddings":
             inputs = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
@@ -148,6 +163,11 @@ class ChatAnswer:
         calls: list[dict[str, Any]] = []
         if last.get("role") == "tool":
             reply = f"Tool said: {text}"
+        elif (shell := shell_call([str((t.get("function") or {}).get("name")) for t in body.get("tools") or []],
+                                  text)) is not None:
+            calls = [{"id": "call_azshell", "type": "function",
+                      "function": {"name": shell[0], "arguments": orjson.dumps(shell[1]).decode()}}]
+            reply = ""
         elif body.get("tools") and "weather" in text.lower():
             cities = ["Paris", "Rome"] if " and " in text else ["Paris"]
             name = body["tools"][0]["function"]["name"]

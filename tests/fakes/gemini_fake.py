@@ -3,7 +3,8 @@
 cumulative usageMetadata, finishReason on the last, no terminator), `:embedContent`,
 `:batchEmbedContents`, and Google's error envelope.
 
-Default answers: with tools and a user turn mentioning weather, functionCall parts (two
+Default answers: with a shell-like tool and a user turn asking to run something, a
+functionCall running `echo hello`; with tools and a user turn mentioning weather, functionCall parts (two
 when it also says "and"; the first carries a thoughtSignature, as thinking models do);
 after functionResponse parts, a text quoting them; otherwise "Fake reply to: ...".
 A request without `x-goog-api-key` gets 400 API_KEY_INVALID.
@@ -21,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.wire_fake import WireFake, json_response, serve, split_text, sse
+from tests.fakes.wire_fake import WireFake, json_response, serve, shell_call, split_text, sse
 
 SIGNATURE = "c2lnbmF0dXJlLTA="
 
@@ -72,6 +73,10 @@ class FakeAnswer:
         calls: list[dict[str, Any]] = []
         if results:
             reply = "Tool said: " + "; ".join(str(r.get("response")) for r in results)
+        elif (shell := shell_call([str(d.get("name")) for t in body.get("tools") or []
+                                   for d in t.get("functionDeclarations") or []], text)) is not None:
+            calls = [{"functionCall": {"name": shell[0], "args": shell[1]}, "thoughtSignature": SIGNATURE}]
+            reply = ""
         elif body.get("tools") and "weather" in text.lower():
             name = body["tools"][0]["functionDeclarations"][0]["name"]
             cities = ["Paris", "Rome"] if " and " in text else ["Paris"]

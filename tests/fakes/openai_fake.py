@@ -1,7 +1,8 @@
 """A fake OpenAI upstream for tests: speaks the real wire format, records what it got.
 
 Owns an aiohttp app on 127.0.0.1 serving /v1/chat/completions, /v1/completions,
-/v1/embeddings and /v1/models. By default it answers like OpenAI would (deterministic
+/v1/embeddings, /v1/models and /v1/responses (the Responses API; `responses=False` makes
+a server without it, as many OpenAI-compatible servers are). By default it answers like OpenAI would (deterministic
 text derived from the prompt, usage counts, SSE streams, tool calls when the request has
 tools and the last user message asks for one). A test scripts the next answers with
 `fake.script(Scripted(...))`: a status and body, extra headers, a delay, a hang, a
@@ -31,6 +32,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from tests.fakes.responses_wire import ResponsesAnswer
 
 CREATED = 1_700_000_000
 FINGERPRINT = "fp_fake0001"
@@ -92,7 +95,9 @@ class Scripted:
 class OpenAIFake:
     """The running fake: `.url` (ends in /v1), `.requests`, `.script(...)`."""
 
-    def __init__(self, models: Sequence[str] = ("gpt-4o-mini", "text-embedding-3-small")) -> None:
+    def __init__(self, models: Sequence[str] = ("gpt-4o-mini", "text-embedding-3-small"),
+                 responses: bool = True) -> None:
+        self.responses = responses
         self.requests: list[RecordedRequest] = []
         self.models = list(models)
         self.url = ""
@@ -115,6 +120,8 @@ class OpenAIFake:
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
+        if self.responses:
+            app.router.add_post("/v1/responses", self._responses)
         return app
 
     def close(self) -> None:
@@ -149,6 +156,24 @@ class OpenAIFake:
             events = scripted.chunks if scripted.chunks is not None else reply.stream_events(body)
             return await self._stream(request, recorded, scripted, events, headers)
         payload = scripted.body if scripted.body is not None else reply.response()
+        return _json(payload, scripted.status, headers)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        recorded, scripted = await self._receive(request)
+        early = await self._answer_scripted(request, recorded, scripted)
+        if early is not None:
+            return early
+        body = recorded.body if isinstance(recorded.body, dict) else {}
+        answer = ResponsesAnswer(str(body.get("model") or ""), body)
+        headers = self._headers(scripted)
+        if body.get("stream"):      # named events, already framed; no [DONE] in this API
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **headers})
+            await response.prepare(request)
+            for event in answer.events():
+                await response.write(event.encode())
+            await response.write_eof()
+            return response
+        payload = scripted.body if scripted.body is not None else answer.response()
         return _json(payload, scripted.status, headers)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -505,9 +530,10 @@ def _abort(request: web.Request) -> None:
 
 
 @asynccontextmanager
-async def make_openai_fake(models: Sequence[str] = ("gpt-4o-mini", "text-embedding-3-small")) -> AsyncIterator[OpenAIFake]:
+async def make_openai_fake(models: Sequence[str] = ("gpt-4o-mini", "text-embedding-3-small"),
+                           responses: bool = True) -> AsyncIterator[OpenAIFake]:
     """Start a fake on 127.0.0.1 with a free port; yields it with `.url` set."""
-    fake = OpenAIFake(models)
+    fake = OpenAIFake(models, responses)
     server = TestServer(fake.app(), host="127.0.0.1")
     await server.start_server()
     fake.url = str(server.make_url("/v1"))

@@ -154,3 +154,17 @@ def split_text(text: str) -> list[str]:
     words = text.split(" ")
     pieces = [" ".join(words[i:i + 2]) for i in range(0, len(words), 2)]
     return [p if i == 0 else " " + p for i, p in enumerate(pieces)]
+
+
+# Function tools through which agents run commands (Codex CLI's `exec_command`, older
+# `shell`): a user turn asking to run something gets a call running `echo hello`.
+SHELL_TOOLS = ("exec_command", "shell", "local_shell")
+
+
+def shell_call(tool_names: Sequence[str], text: str) -> tuple[str, dict[str, Any]] | None:
+    """(tool name, arguments) of the shell call a fake answers with, or None."""
+    name = next((n for n in tool_names if n in SHELL_TOOLS), None)
+    lowered = text.lower()
+    if name is None or not ("run" in lowered or "echo" in lowered):
+        return None
+    return name, ({"cmd": "echo hello"} if name == "exec_command" else {"command": ["echo", "hello"]})

@@ -1,10 +1,11 @@
 """The client store's contract (docs/dev/state.md), through the `ClientStore` methods alone:
 what any backend must do. Runs against the in-memory store; a shared backend adds itself
-to `STORES`."""
+to `STORES` (Redis: a real redis-server, see tests/redis_server.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -14,17 +15,46 @@ from truckllm.limits import KeyPolicy, RateLimits
 from truckllm.limits.accounts import Account
 from truckllm.limits.clients import ClientStore, Grant, LimitScope, MemoryClientStore, Refused
 from truckllm.limits.estimate import PromptEstimate
+from truckllm.limits.redis_clients import RedisClientStore
+from truckllm.limits.redis_link import StateLink
 from truckllm.usage import Usage
 
 TOTAL = datetime(1970, 1, 1, tzinfo=UTC)
-STORES: dict[str, Callable[[ManualClock], ClientStore]] = {"memory": MemoryClientStore}
 UNLIMITED = RateLimits()
+# Redis keeps time by its own clock: its windows are made short, and moving the test's
+# clock waits that much (scaled) for real.
+REDIS_TIME_SCALE = 0.005
+
+
+class RedisTime(ManualClock):
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        time.sleep(seconds * REDIS_TIME_SCALE)
+
+
+def memory_store(clock: ManualClock, redis_url: str | None) -> ClientStore:
+    return MemoryClientStore(clock)
+
+
+def redis_store(clock: ManualClock, redis_url: str | None) -> ClientStore:
+    assert redis_url is not None
+    return RedisClientStore(StateLink(redis_url), clock, window_s=60 * REDIS_TIME_SCALE)
+
+
+STORES: dict[str, Callable[[ManualClock, str | None], ClientStore]] = {
+    "memory": memory_store, "redis": redis_store}
 
 
 @pytest.fixture(params=list(STORES))
-def made(request: pytest.FixtureRequest) -> tuple[ClientStore, ManualClock]:
-    clock = ManualClock()
-    return STORES[request.param](clock), clock
+async def made(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ClientStore, ManualClock]]:
+    if request.param == "redis":
+        store = STORES["redis"](RedisTime(), request.getfixturevalue("redis_url"))
+        assert isinstance(store, RedisClientStore)
+        yield store, store.clock
+        await store.link.close()
+    else:
+        clock = ManualClock()
+        yield STORES[request.param](clock, None), clock
 
 
 def tokens(count: int) -> PromptEstimate:
@@ -101,10 +131,12 @@ async def test_reset_keeps_slots_and_a_window_reopens_with_time(
 
 async def test_snapshot_restore_and_retain(made: tuple[ClientStore, ManualClock]) -> None:
     store, clock = made
+    if not isinstance(store, MemoryClientStore):
+        pytest.skip("a shared store keeps usage itself: there is no state file to restore")
     grant = await granted(store, KeyPolicy("a"))
     await store.finish(grant, Usage(prompt_tokens=3, completion_tokens=4), 0.25, TOTAL)
     saved = store.snapshot()
-    restarted = STORES["memory"](clock)
+    restarted = STORES["memory"](clock, None)
     restarted.restore({key_id: Account.from_dict(data) for key_id, data in saved.items()})
     assert (await restarted.account("a", TOTAL)).lifetime.spend_usd == 0.25
     restarted.retain(["b"])

@@ -47,6 +47,13 @@ def test_tools_and_system_count_and_junk_is_zero() -> None:
 PRICES = PricingConfig(input_per_mtok=2.5, output_per_mtok=10.0, cache_read_per_mtok=1.25)
 
 
+def test_a_schema_property_named_type_is_counted_as_text() -> None:
+    # Codex CLI's tools have such properties: {"type": {"type": "string"}}.
+    tools = [{"type": "function", "name": "f", "parameters": {
+        "type": "object", "properties": {"type": {"type": "string"}}}}]
+    assert estimate_prompt_tokens({"input": "hi", "tools": tools}) > 0
+
+
 def test_cost_prices_each_kind_of_token_at_its_rate() -> None:
     usage = Usage(prompt_tokens=1_000_000, completion_tokens=200_000,
                   cache_read_tokens=400_000, cache_write_tokens=100_000)

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.e2e.test_routing import make_gateway
 from tests.fakes.azure_fake import make_azure_fake
 from tests.fakes.failing_upstream import make_fixed_upstream
 from tests.fakes.openai_fake import make_openai_fake
+from tests.harness import make_gateway
 from truckllm.clock import ManualClock
 from truckllm.config.loader import load_bytes
 from truckllm.observe.probes import probe_due

@@ -7,6 +7,7 @@ are not in a clone: commit before trusting these tests.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -64,8 +65,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     if key is None:
         pytest.skip("not a git checkout: the build test clones HEAD")
     cache = ROOT / ".cache" / "dist" / key
-    if not (cache / "contents.txt").is_file():
-        _build(cache, tmp_path_factory.mktemp("dist-build"))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Each test worker (pytest-xdist) runs this session fixture, and so may a second test
+    # run in this checkout: one builds while the others wait on the lock, then reuse it.
+    with (cache.parent.parent / "dist.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cache / "contents.txt").is_file():
+            _build(cache, tmp_path_factory.mktemp("dist-build"))
     wheels = sorted(cache.glob("truckllm-*.whl"))
     assert len(wheels) == 1, wheels
     contents = [line.strip() for line in (cache / "contents.txt").read_text().splitlines()]

@@ -16,8 +16,10 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.gateway import free_port
+from tests.harness import free_port
 from tests.packaging.conftest import ROOT, Built
+
+pytestmark = pytest.mark.dist      # builds the executable first: `make test-dist`
 
 KEY = "tk-dist-test-key-0001"
 CONFIG = {

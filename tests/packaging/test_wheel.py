@@ -11,8 +11,12 @@ import urllib.request
 import venv
 from pathlib import Path
 
-from tests.gateway import free_port
+import pytest
+
+from tests.harness import free_port
 from tests.packaging.conftest import Built
+
+pytestmark = pytest.mark.dist      # builds the executable first: `make test-dist`
 
 
 def test_the_wheel_installs_and_serves(built: Built, tmp_path: Path) -> None:

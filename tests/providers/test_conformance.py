@@ -13,7 +13,7 @@ A case directory holds:
                           fails ends with {"status": N, "error": {...}}
 
 Every stream is also fed in small byte slices (the output must not change) and checked
-against the invariants the official SDKs rely on (SPEC §4), whatever its golden says.
+against the invariants the official SDKs rely on, whatever its golden says.
 Set TRUCKLLM_REGEN_GOLDEN=1 to rewrite upstream_request.json and expected_* from the code
 (then review the diff: a golden is only as good as its reading).
 """
@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.harness import check_stream_invariants
 from truckllm.config.schema import AnthropicProvider, AzureProvider, GeminiProvider
 from truckllm.errors import GatewayError, InvalidRequest
 from truckllm.pipeline.sse import SSEDecoder
@@ -64,7 +65,7 @@ def make_context(body: dict[str, Any]) -> CallContext:
     options = body.get("stream_options") or {}
     return CallContext(alias=body.get("model", "alias"), request_id="req_golden", created=1_700_000_000,
                        stream=stream, include_usage=stream and options.get("include_usage") is True,
-                       client_body=body)
+                       client_body=body, response_id="resp_golden")
 
 
 def error_record(exc: GatewayError) -> dict[str, Any]:
@@ -147,38 +148,30 @@ def translate_stream(spec: OperationSpec, target: Target, ctx: CallContext,
     return out
 
 
-def check_stream_invariants(chunks: list[Any], include_usage: bool) -> None:
-    """What the official SDKs silently rely on (SPEC §4), for every translated stream."""
-    payloads = [c for c in chunks if "_usage_seen" not in c and "error" not in c]
-    chat = [c for c in payloads if c.get("object") == "chat.completion.chunk"]
-    if chat and chat[0]["choices"]:
-        assert chat[0]["choices"][0]["delta"].get("role") == "assistant", "the first chunk carries the role"
-    roles = [c for c in chat for ch in c["choices"] if "role" in ch["delta"]]
-    indices = {ch["index"] for c in chat for ch in c["choices"]}
-    assert len(roles) == len(indices) or not chat, "role is sent once per choice"
-    assert len({chunk["id"] for chunk in payloads}) <= 1, "one id for the whole stream"
-    seen_calls: set[tuple[int, int]] = set()
-    finished: set[int] = set()
-    for chunk in payloads:
-        for choice in chunk["choices"]:
-            assert choice["index"] not in finished, "nothing follows a choice's finish_reason"
-            if choice.get("finish_reason"):
-                # chat only: OpenAI's own text_completion streams put text and finish together
-                assert choice.get("delta", {}) == {}, "finish_reason comes alone"
-                finished.add(choice["index"])
-            for call in choice.get("delta", {}).get("tool_calls") or []:
-                key = (choice["index"], call["index"])
-                if key in seen_calls:
-                    assert set(call) == {"index", "function"} and set(call["function"]) == {"arguments"}, \
-                        "later tool-call deltas carry only argument fragments"
-                else:
-                    assert call.get("id") and call.get("type") == "function" and call["function"].get("name")
-                    seen_calls.add(key)
-    usage_chunks = [c for c in payloads if not c["choices"]]
-    if include_usage and not any("error" in c for c in chunks):
-        assert len(usage_chunks) == 1 and payloads[-1] is usage_chunks[0], "one usage chunk, last"
-    if not include_usage:
-        assert not usage_chunks and all("usage" not in c for c in payloads), "no usage unless asked"
+def check_responses_event_invariants(events: list[Any]) -> None:
+    """What the OpenAI SDKs and Codex rely on in a Responses event stream, for every
+    translated one: `type` and a rising `sequence_number` on every event, the same
+    response id throughout, item ids that do not change, `logprobs` on text events, and
+    one terminal event, last."""
+    payloads = [e for e in events if "_usage_seen" not in e and "error" not in e]
+    assert payloads[0]["type"] == "response.created" and payloads[1]["type"] == "response.in_progress"
+    numbers = [e["sequence_number"] for e in payloads]
+    assert numbers == list(range(len(numbers))), "sequence numbers start at 0 and rise by one"
+    responses = [e["response"] for e in payloads if "response" in e]
+    assert len({r["id"] for r in responses}) == 1, "one response id for the whole stream"
+    items: dict[int, str] = {}
+    for event in payloads:
+        if "item" in event:
+            assert items.setdefault(event["output_index"], event["item"]["id"]) == event["item"]["id"]
+        elif "item_id" in event:
+            assert items[event["output_index"]] == event["item_id"], "events name their item's id"
+        if event["type"].startswith("response.output_text."):
+            assert event["logprobs"] == [], "text events carry logprobs"
+    terminal = [e for e in payloads if e["type"] in ("response.completed", "response.incomplete",
+                                                     "response.failed")]
+    if not any("error" in e for e in events):
+        assert len(terminal) == 1 and terminal[0] is payloads[-1], "one terminal event, last"
+        assert [i["id"] for i in terminal[0]["response"]["output"]] == [items[k] for k in sorted(items)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
@@ -196,7 +189,9 @@ def test_golden_case(case: Path) -> None:
         expected = ([orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
                     if name.endswith(".jsonl") else load(path))
         assert value == expected, f"{case.parent.name}/{case.name}: {name} differs"
-    if "expected_chunks.jsonl" in produced:
+    if "expected_chunks.jsonl" in produced and load(case / "meta.json")["operation"] == "responses":
+        check_responses_event_invariants(produced["expected_chunks.jsonl"])
+    elif "expected_chunks.jsonl" in produced:
         body = load(case / "client_request.json")
         check_stream_invariants(produced["expected_chunks.jsonl"],
                                 (body.get("stream_options") or {}).get("include_usage") is True)

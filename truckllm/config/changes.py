@@ -9,7 +9,8 @@ from typing import Any
 from truckllm.config.schema import Config
 
 # Settings a running process cannot take over: its listening sockets are already bound.
-RESTART_SETTINGS = ("host", "port", "admin_listen", "keepalive_timeout_s", "max_connections")
+RESTART_SETTINGS = ("host", "port", "admin_listen", "keepalive_timeout_s", "max_connections",
+                    "state_url", "state_failure")
 _ID_SECTIONS = ("server", "providers", "models", "keys")
 
 
@@ -68,8 +69,11 @@ def diff_configs(old: Config, new: Config, started: Config | None = None) -> Con
         server=server,
         sections=tuple(name for name in type(new).model_fields
                        if name not in _ID_SECTIONS and getattr(old, name) != getattr(new, name)),
-        needs_restart=tuple(f"server.{name}" for name in RESTART_SETTINGS
-                            if getattr(running, name) != getattr(new.server, name)),
+        needs_restart=(*(f"server.{name}" for name in RESTART_SETTINGS
+                         if getattr(running, name) != getattr(new.server, name)),
+                       # the response store is opened once, at start-up
+                       *(("responses.store",) if (started or old).responses.store != new.responses.store
+                         else ())),
     )
 
 

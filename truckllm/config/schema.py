@@ -7,6 +7,7 @@ Every field carries a description: docs/configuration.md is tested to name each 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -41,6 +42,17 @@ class ServerConfig(Strict):
     request_log_size: int = Field(1000, ge=0, le=1_000_000, description="How many recent requests GET /admin/v1/logs keeps in memory.")
     otel: OtelConfig | None = Field(None, description="Send OpenTelemetry traces (OTLP/HTTP): a span per request and one per upstream attempt. Absent: no tracing, and the OpenTelemetry SDK is not loaded.")
     state_file: str | None = Field(None, min_length=1, description="Where usage and spend are saved across restarts; relative paths are beside the config file. Default `<config file name>.state.json` beside the config.")
+    state_url: SecretStr | None = Field(None, description="A Redis (or Valkey) server that holds the rate windows, concurrency slots, usage and spend of every instance naming it, so several instances (or `--workers`) enforce one set of limits: `redis://host:6379/0`, `rediss://` for TLS, `unix:///path/redis.sock`. It replaces the state file (whose spend is imported once). Applies at the next start.")
+    state_failure: Literal["open", "closed"] = Field("open", description="While `state_url` is unreachable: `open` serves requests with each instance enforcing the limits on its own; `closed` answers 503 to requests of keys with limits or budgets (and every request when the gateway has limits).")
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        # The URL may carry a password: the message never repeats it.
+        if value is not None and not re.fullmatch(r"(redis|rediss|unix)://\S+",
+                                                  value.get_secret_value()):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @field_validator("admin_listen")
     @classmethod
@@ -81,6 +93,7 @@ class OpenAIProvider(ProviderBase):
     type: Literal["openai"] = Field(description="OpenAI or any OpenAI-compatible server (vLLM, Ollama, Groq, ...).")
     base_url: str = Field("https://api.openai.com/v1", description="API root, including `/v1` where the server uses it.")
     keys: list[ProviderKey] = Field(min_length=1, description="Upstream API keys; requests are spread over them by weight.")
+    responses: Literal["native", "chat"] = Field("native", description="How POST /v1/responses reaches this provider: `native` passes it to the upstream's own /responses (an upstream that answers 404 there is translated through chat from then on), `chat` always translates it through chat completions.")
 
 
 class MockProvider(ProviderBase):
@@ -110,6 +123,7 @@ class AzureProvider(ProviderBase):
     base_url: str = Field(min_length=1, description="Resource endpoint (`https://NAME.openai.azure.com`) for deployment URLs, or an URL ending in `/openai/v1` for Azure's v1 API.")
     api_version: str = Field("2024-10-21", min_length=1, description="`api-version` query parameter of deployment URLs (unused with `/openai/v1`).")
     keys: list[ProviderKey] = Field(min_length=1, description="Upstream API keys, sent as `api-key`; requests are spread over them by weight.")
+    responses: Literal["native", "chat"] = Field("native", description="How POST /v1/responses reaches this provider: `native` passes it to Azure's `/openai/v1/responses` (an upstream that answers 404 there is translated through chat from then on), `chat` always translates it through chat completions.")
 
 
 ProviderConfig = Annotated[
@@ -185,6 +199,11 @@ class LimitsConfig(Strict):
     max_concurrent: int | None = Field(None, ge=0, description="Requests and streams in flight at once across all keys; absent means no limit.")
 
 
+class ResponsesConfig(Strict):
+    store: str = Field("responses.db", min_length=1, description="Where /v1/responses keeps responses for `previous_response_id` and GET/DELETE /v1/responses/{id}: a SQLite file (relative paths are beside the config file; a config that came from no file keeps them in memory), `memory`, or `off`. With `server.state_url` (anything but `off`) they are kept in Redis, shared by every instance. Read at start-up; a change needs a restart.")
+    ttl_days: float = Field(30, gt=0, description="How long a stored response is kept, in days.")
+
+
 class Config(Strict):
     version: Literal[1] = Field(description="Config format version; always 1.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Listener and process settings.")
@@ -193,3 +212,4 @@ class Config(Strict):
     keys: list[ClientKeyConfig] | None = Field(None, description="Client keys; absent means the API is open (a warning is logged).")
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Attempts, retries, cooldowns and breakers across targets and keys.")
     limits: LimitsConfig | None = Field(None, description="Gateway-wide limits, checked for every request in addition to the key's own.")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="The response store of the Responses API (POST /v1/responses).")

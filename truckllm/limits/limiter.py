@@ -23,9 +23,9 @@ from truckllm.limits.budget import EPOCH, PeriodStarts, period_start
 from truckllm.limits.clients import ClientStore, Grant, LimitScope, MemoryClientStore, Refused
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import format_ratelimit_headers
-from truckllm.limits.meter import Held, Refusal
+from truckllm.limits.meter import Refusal
 from truckllm.limits.policy import NO_LIMITS, KeyPolicy, LimitsPolicy
-from truckllm.limits.upstream import MemoryUpstreamStore, UpstreamStore
+from truckllm.limits.upstream import Hold, MemoryUpstreamStore, UpstreamStore
 from truckllm.usage import Usage
 
 __all__ = ["Admission", "BudgetExceeded", "LimitScope", "Limiter", "RateLimitExceeded",
@@ -214,12 +214,17 @@ class Limiter:
         return 0.0 if refusal is None else refusal.retry_after_s
 
     async def upstream_acquire(self, policy: LimitsPolicy, ref: str,
-                               estimate_tokens: int | PromptEstimate) -> UpstreamUse:
-        """Count one request sent with upstream key `ref`; settle it with the real usage."""
+                               estimate_tokens: int | PromptEstimate) -> UpstreamUse | None:
+        """Count one request sent with upstream key `ref`; settle it with the real usage.
+        None: the key's rpm/tpm has no room for it after all (a shared store: another
+        instance took it since the router asked); nothing was counted, and
+        `upstream_has_capacity` now says so until it has."""
         if policy is not self._policy:
             self.adopt(policy)
         held = await self.upstream.acquire(ref, policy.upstream.get(ref, NO_LIMITS),
                                            _as_estimate(estimate_tokens))
+        if isinstance(held, Refusal):
+            return None
         if held:
             return UpstreamUse(self.upstream, ref, held)
         # Nothing held (no tpm on the key): the uses of a key are all alike, so one is kept.
@@ -315,7 +320,7 @@ class UpstreamUse:
 
     __slots__ = ("held", "ref", "store")
 
-    def __init__(self, store: UpstreamStore, ref: str, held: Held) -> None:
+    def __init__(self, store: UpstreamStore, ref: str, held: Hold) -> None:
         self.store = store
         self.ref = ref
         self.held = held

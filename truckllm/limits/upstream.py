@@ -25,13 +25,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from truckllm.clock import Clock, SystemClock
 from truckllm.limits.accounts import Counters
 from truckllm.limits.estimate import PromptEstimate
-from truckllm.limits.meter import Held, RateMeter, Refusal, reconcile, reserve
+from truckllm.limits.meter import RateMeter, Refusal, reconcile, reserve
 from truckllm.usage import Usage
 
 if TYPE_CHECKING:
     from truckllm.limits.policy import RateLimits
 
 TargetId = tuple[str, str]              # (provider id, upstream model)
+# What `acquire` hands back for `settle`: the store's own reservation (the in-memory
+# store's is a `Held` of window entries); () when nothing is held.
+Hold = tuple[Any, ...]
 
 # Longest a key or target is skipped, however often it kept failing.
 MAX_COOLDOWN_FACTOR = 10
@@ -158,12 +161,17 @@ class UpstreamStore(Protocol):
         candidate key: a shared backend may answer from the state it saw last."""
         ...
 
-    async def acquire(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Held:
+    async def acquire(self, ref: str, rates: RateLimits,
+                      estimate: PromptEstimate) -> Hold | Refusal:
         """Count one request sent with `ref` in its usage and, for the rpm/tpm `rates` has,
-        in its windows; the reservation returned is what `settle` replaces."""
+        in its windows; the reservation returned is what `settle` replaces. For a key with
+        an rpm or tpm this is a check-and-count: a shared backend returns the `Refusal`
+        (counting nothing) when another instance took the key's capacity since the
+        router asked `refusal`; the in-memory store never refuses (nothing can come
+        between the router's question and this)."""
         ...
 
-    async def settle(self, ref: str, held: Held, usage: Usage | None, cost_usd: float) -> None:
+    async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
         """Replace `held` with the real usage (None: never reported, the estimate stays)
         and add usage and spend to the key's saved usage."""
         ...
@@ -221,7 +229,8 @@ class MemoryUpstreamStore:
     def refusal(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Refusal | None:
         return self.key(ref).meter.refusal(rates, estimate, self.clock.monotonic())
 
-    async def acquire(self, ref: str, rates: RateLimits, estimate: PromptEstimate) -> Held:
+    async def acquire(self, ref: str, rates: RateLimits,
+                      estimate: PromptEstimate) -> Hold | Refusal:
         record = self.key(ref)
         record.usage.requests += 1
         self.changes += 1
@@ -229,7 +238,7 @@ class MemoryUpstreamStore:
             return ()
         return reserve(record.meter, rates, estimate, self.clock.monotonic())
 
-    async def settle(self, ref: str, held: Held, usage: Usage | None, cost_usd: float) -> None:
+    async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
         counters = self.key(ref).usage
         if usage is not None:
             if held:

@@ -232,6 +232,11 @@ class Metrics:
             "llm_upstream_status",
             "Routing health: 1 for the current status of each upstream key, and of each "
             "provider as a whole (key \"\").", ["provider", "key", "status"], registry=r)
+        self.state_backend_up = Gauge(
+            "truckllm_state_backend_up",
+            "1 while the state backend is reachable (always, for the in-memory one); 0 while "
+            "the shared state server is down and limits are enforced per instance.", registry=r)
+        self.state_backend_up.set(1)
         Info("truckllm_build", "TruckLLM version.", registry=r).info({"version": __version__})
         for result in ("success", "error"):
             self.reloads.labels(result=result)

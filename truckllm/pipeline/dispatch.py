@@ -90,6 +90,16 @@ class Call:
     ctx: CallContext
     limiter: Limiter | None = None     # upstream-key rpm/tpm accounting; None: not counted
     estimate: PromptEstimate = NO_PROMPT   # the prompt estimate, reserved against upstream tpm
+    # (provider id, upstream key id) tried first when it is a candidate: a follow-up of a
+    # Responses API answer goes back to the upstream account that holds it.
+    prefer: tuple[str, str] | None = None
+
+
+def _preferred_first(candidates: Sequence[Candidate], prefer: tuple[str, str]) -> Sequence[Candidate]:
+    """`candidates` with the one of the preferred provider and key first, the order
+    otherwise kept; unchanged when it is not among them."""
+    first = [c for c in candidates if (c.target.provider_id, c.key_id) == prefer]
+    return [*first, *(c for c in candidates if c not in first)] if first else candidates
 
 
 @dataclass(slots=True)
@@ -210,7 +220,10 @@ class _Attempts:
         if not candidates:
             raise errors.InvalidRequest(
                 f"model {call.ctx.alias!r} cannot serve {call.op} requests", param="model")
+        if call.prefer is not None:
+            candidates = _preferred_first(candidates, call.prefer)
         self.candidates, self.tried, self.last, self.waited = candidates, [], None, 0.0
+        refusals = 0
         while len(self.tried) < settings.max_attempts:
             last_error: ErrorClass | None = None if self.last is None else self.last.error_class
             candidate = next_candidate(candidates, self.tried, last_error, self.usable)
@@ -222,11 +235,21 @@ class _Attempts:
                 self.exchange.upstream_s += time.perf_counter() - paused
                 if candidate is None:
                     break
+            limiter = call.limiter
+            use = None
+            if limiter is not None and candidate.key_ref is not None:
+                use = await limiter.upstream_acquire(state.limits, candidate.key_ref,
+                                                     call.estimate)
+                if use is None:
+                    # A shared limit store found the key's rpm/tpm used up by another
+                    # instance since the router asked: not an attempt; the key is now
+                    # known to be full, so the next pass looks elsewhere or waits.
+                    refusals += 1
+                    if refusals > len(candidates):
+                        break
+                    continue
             self.tried.append(candidate)
             upstream = self._begin(choices, candidate)
-            limiter = call.limiter
-            use = (None if limiter is None or upstream.key is _NO_KEY
-                   else await limiter.upstream_acquire(state.limits, upstream.key.ref, call.estimate))
             try:
                 # Opened the way the operation answers: relayed raw (audio, images),
                 # streamed, or read whole.

@@ -69,6 +69,14 @@ def upstream_url(operation: Operation, target: Target) -> str:
     return f"{target.base_url}/openai/deployments/{deployment}/{path}?api-version={api_version(target)}"
 
 
+def responses_endpoint(target: Target, key: UpstreamKey) -> tuple[str, dict[str, str]]:
+    """Where the Responses API is spoken natively: Azure's v1 API, which every resource
+    serves and which takes the deployment name as `model`."""
+    root = target.base_url.removesuffix("/openai/v1")
+    return f"{root}/openai/v1/responses", {"content-type": "application/json",
+                                           **auth_headers(target, key.value)}
+
+
 def auth_headers(target: Target, key: str) -> dict[str, str]:
     return {**target.headers, "api-key": key}
 

@@ -35,6 +35,7 @@ class Operation(StrEnum):
     AUDIO_TRANSLATIONS = "audio_translations"
     AUDIO_SPEECH = "audio_speech"
     IMAGES = "images"
+    RESPONSES = "responses"                     # the OpenAI Responses API
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,9 @@ class CallContext:
     client_body: Mapping[str, Any] = field(default_factory=dict)
     # Client headers a native pass-through forwards (e.g. `anthropic-beta` on /v1/messages).
     forward_headers: Mapping[str, str] = field(default_factory=dict)
+    # The id a Responses API answer carries (`resp_...`), chosen by the server so that its
+    # response store can keep it; empty for other operations.
+    response_id: str = ""
 
 
 @dataclass(slots=True)           # per request, read-only by convention (see CallContext)

@@ -84,6 +84,11 @@ def key_headers(extra: Mapping[str, str], key: str) -> Mapping[str, str]:
     return headers
 
 
+def responses_endpoint(target: Target, key: UpstreamKey) -> tuple[str, Mapping[str, str]]:
+    """Where the Responses API is spoken natively (truckllm.protocols.responses.native)."""
+    return target.base_url + "/responses", key.headers or key_headers(target.headers, key.value)
+
+
 def build_probe(target: Target, key: str) -> UpstreamRequest:
     """`GET /models`: free, and answers 401 for a bad key."""
     headers = dict(target.headers)

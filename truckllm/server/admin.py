@@ -7,10 +7,12 @@ never a secret value. Handlers only translate HTTP to the Ops objects and back.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import orjson
 import yaml
 from aiohttp import web
@@ -23,6 +25,7 @@ from truckllm.runtime.reloader import ReloadResult
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import OPS, ROUTING, STATE
 from truckllm.server.ops import Ops
+from truckllm.server.workers import merge_metrics
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -49,7 +52,37 @@ async def metrics(request: web.Request) -> web.Response:
         raise errors.NotFound(f"Unknown path: {request.method} {request.path}", code="unknown_url")
     ops.metrics.set_upstream_health(_upstream_statuses(request))
     body, content_type = ops.metrics.render()
+    if ops.worker_peers is not None:        # --workers: every worker's numbers
+        body = await gather_metrics(body, ops.worker_peers())
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+SELF_METRICS_PATH = "/metrics/self"
+SELF_STATUS_PATH = "/status/self"
+
+
+async def own_metrics(request: web.Request) -> web.Response:
+    """This worker's own metrics, on its private port (see truckllm.server.workers)."""
+    ops = request.app[OPS]
+    ops.metrics.set_upstream_health(_upstream_statuses(request))
+    body, content_type = ops.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def gather_metrics(own: bytes, ports: list[int]) -> bytes:
+    """This worker's metrics added to the other workers' (one that does not answer in a
+    second is left out: it is restarting)."""
+    texts = [own.decode()]
+    timeout = aiohttp.ClientTimeout(total=1.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for port in ports:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{SELF_METRICS_PATH}") as reply:
+                    if reply.status == 200:
+                        texts.append(await reply.text())
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+    return merge_metrics(texts).encode()
 
 
 def _upstream_statuses(request: web.Request) -> Iterator[tuple[str, str, str]]:
@@ -117,11 +150,42 @@ async def logs(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     ops = _authorized(request)
+    body = _status(ops)
+    if ops.worker_peers is not None:        # --workers: what each worker runs
+        body["workers"] = [_worker_status(ops), *await gather_statuses(ops.worker_peers())]
+    return _json(body)
+
+
+def _worker_status(ops: Ops) -> dict[str, Any]:
+    return {"worker": ops.worker_index, "pid": os.getpid(),
+            "config": {"version": ops.reloader.version, "sha256": ops.reloader.loaded.sha256},
+            "inflight": ops.inflight.count, "state_backend": ops.state_backend()}
+
+
+async def own_status(request: web.Request) -> web.Response:
+    """This worker's part of the status, on its private port."""
+    return _json(_worker_status(request.app[OPS]))
+
+
+async def gather_statuses(ports: list[int]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+        for port in ports:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}{SELF_STATUS_PATH}") as reply:
+                    if reply.status == 200:
+                        found.append(await reply.json())
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue
+    return sorted(found, key=lambda entry: entry.get("worker") or 0)
+
+
+def _status(ops: Ops) -> dict[str, Any]:
     reloader = ops.reloader
     last = reloader.last_result
     now = time.time()
     running, started = reloader.loaded.config.server, ops.started_with.config.server
-    return _json({
+    return {
         "version": __version__,
         "config": {"version": reloader.version, "sha256": reloader.loaded.sha256,
                    "path": str(reloader.path), "loaded_at": ops.holder.loaded_at,
@@ -134,7 +198,8 @@ async def status(request: web.Request) -> web.Response:
         "started_at": ops.started_at,
         "uptime_s": round(now - ops.started_at, 3),
         "inflight": ops.inflight.count,
-    })
+        "state_backend": ops.state_backend(),
+    }
 
 
 def _reload_response(result: ReloadResult) -> web.Response:

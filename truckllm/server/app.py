@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from truckllm.clock import Clock
+from truckllm.clock import Clock, SystemClock
 from truckllm.config.loader import LoadedConfig
 from truckllm.limits import Limiter
-from truckllm.limits.upstream import MemoryUpstreamStore
+from truckllm.limits.clients import ClientStore
+from truckllm.limits.upstream import MemoryUpstreamStore, UpstreamStore
 from truckllm.observe.probes import run_probes
 from truckllm.pipeline.dispatch import adopt
 from truckllm.pipeline.health import Health
@@ -19,16 +20,20 @@ from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import StateHolder
-from truckllm.server import admin_console, admin_keys, routes
+from truckllm.server import admin_console, admin_keys, responses_routes, routes
 from truckllm.server.admin import admin_routes, metrics_routes
 from truckllm.server.edge import add_routes, plain_routes
 from truckllm.server.keys import (
+    CONFIG_SYNC,
     INFLIGHT,
     LIMITER,
     OBSERVERS,
     OPS,
+    RESPONSE_STORE,
+    RESPONSES_ENDPOINT_MISSING,
     ROUTING,
     STATE,
+    STATE_LINK,
     TRACING,
     TRANSPORT,
 )
@@ -48,23 +53,46 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[STATE] = holder
     app[TRANSPORT] = Transport()
     app[INFLIGHT] = InFlight()
-    upstream = MemoryUpstreamStore(clock)   # one record per upstream key: health and limits
-    app[ROUTING] = Routing(Health(clock=clock, store=upstream))
-    app[LIMITER] = Limiter(clock, upstream=upstream)
-    app[LIMITER].adopt(holder.current.limits)
     ops = make_ops(holder, app[INFLIGHT], app[TRANSPORT])
     app[OPS] = ops
+    server = holder.current.config.server
+    clients: ClientStore | None = None
+    upstream: UpstreamStore
+    if server.state_url is None:
+        upstream = MemoryUpstreamStore(clock)   # one record per upstream key: health and limits
+    else:
+        # Imported only here: a process without state_url never loads the Redis client.
+        from truckllm.limits.redis_clients import RedisClientStore
+        from truckllm.limits.redis_link import StateLink
+        from truckllm.limits.redis_upstream import RedisUpstreamStore
+        from truckllm.runtime.config_sync import ConfigSync
+        link = StateLink(server.state_url.get_secret_value(), server.state_failure)
+        clients = RedisClientStore(link, clock or SystemClock())
+        upstream = RedisUpstreamStore(link, clock)
+        ops.state_backend = link.status
+        ops.metrics.state_backend_up.set_function(lambda: 1 if link.up else 0)
+        app[STATE_LINK] = link
+        app[CONFIG_SYNC] = ConfigSync(link, ops.reloader)
+        app.cleanup_ctx.append(_state_link)
+    app[ROUTING] = Routing(Health(clock=clock, store=upstream))
+    app[LIMITER] = Limiter(clock, clients=clients, upstream=upstream)
+    app[LIMITER].adopt(holder.current.limits)
     app[TRACING] = ops.tracing
     ops.reloader.on_applied = (*ops.reloader.on_applied, _limiter_follows(app),
                                _routing_follows(app))
+    if server.state_url is not None:
+        ops.reloader.on_applied = (*ops.reloader.on_applied, app[CONFIG_SYNC].applied)
     app[OBSERVERS] = ops.observers
-    app_routes = routes.routes(app)
+    app[RESPONSE_STORE] = []
+    app[RESPONSES_ENDPOINT_MISSING] = set()
+    app_routes = routes.routes(app) + responses_routes.routes()
     if holder.current.config.server.admin_listen is None:
         app_routes += plain_routes(_admin_routes())
     add_routes(app, app_routes)
     app.cleanup_ctx.append(_close_transport)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(save_state)
+    app.cleanup_ctx.append(responses_routes.response_store)
     app.cleanup_ctx.append(_reloader)
     return app
 
@@ -97,6 +125,25 @@ def _routing_follows(app: web.Application) -> Callable[[LoadedConfig, ReloadResu
     def adopt_routing(loaded: LoadedConfig, result: ReloadResult) -> None:
         adopt(app[ROUTING], app[STATE].current)
     return adopt_routing
+
+
+async def _state_link(app: web.Application) -> AsyncIterator[None]:
+    """The shared state server's probe, periodic pushes and config changes, for the app's
+    lifetime; the usage not yet pushed goes once more before the connection closes."""
+    link = app[STATE_LINK]
+    tasks = [asyncio.create_task(link.run(), name="truckllm-state-link"),
+             asyncio.create_task(app[CONFIG_SYNC].run(), name="truckllm-config-sync")]
+    yield
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if link.up:
+        from truckllm.limits.redis_link import FAILURES
+        for push in link.every_second:
+            with contextlib.suppress(*FAILURES):
+                await push()
+    await link.close()
 
 
 async def _close_transport(app: web.Application) -> AsyncIterator[None]:

@@ -7,6 +7,13 @@ Idle connections, and requests whose headers arrive too slowly, are closed after
 `server.keepalive_timeout_s` (aiohttp's keep-alive timer runs from the moment a
 connection opens); bodies that arrive too slowly are server.validation's concern.
 
+This is the one module that leans on aiohttp beyond its documented API, because aiohttp
+offers no public hook for either job: it overrides `RequestHandler.handle_error` (the
+only place a refused request's answer is made) and, as aiohttp's own `TCPSite` does,
+sets `BaseSite._server` and reads `BaseSite._runner`. pyproject.toml pins aiohttp to the
+releases this was checked against, and tests/server/test_connections.py fails loudly
+when the installed aiohttp is outside that range or these parts have changed.
+
 Imports only errors and the config schema from the package.
 """
 
@@ -23,6 +30,10 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 
 from truckllm import errors
 from truckllm.config.schema import ServerConfig
+
+# The aiohttp releases whose internals this module was checked against (pyproject.toml
+# pins the same range).
+SUPPORTED_AIOHTTP = ((3, 14), (3, 15))      # 3.14.x
 
 log = structlog.get_logger("truckllm.server")
 
@@ -133,9 +144,10 @@ class GatewaySite(web.BaseSite):
     `max_connections` at once; one more is answered 503 and closed."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int,
-                 server: ServerConfig) -> None:
+                 server: ServerConfig, *, reuse_port: bool = False) -> None:
         super().__init__(runner)
         self.host, self.port = host, port
+        self.reuse_port = reuse_port        # --workers: every worker binds the same port
         self.max_connections = server.max_connections or default_max_connections()
         self.lingering = 0          # refused connections still being closed
         self._settings = handler_settings(server)
@@ -149,7 +161,8 @@ class GatewaySite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._accept, self.host, self.port,
-                                                reuse_address=True)
+                                                reuse_address=True,
+                                                reuse_port=self.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def _accept(self) -> asyncio.Protocol:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.redaction import secret_values
@@ -53,6 +53,11 @@ class Ops:
     history: History = field(default_factory=History)     # the console's charts
     tracing: Tracing = field(default_factory=Tracing)     # follows server.otel
     log_stream: TextIO | None = None    # where log lines go; None: stderr
+    # Where rate windows, slots, usage and spend live, and whether it is reachable.
+    state_backend: Callable[[], dict[str, Any]] = lambda: {"backend": "memory", "up": True}
+    # --workers: the private metrics ports of the other workers (None: one process)
+    worker_peers: Callable[[], list[int]] | None = None
+    worker_index: int | None = None
 
     @property
     def observers(self) -> tuple[Callable[[RequestRecord], None], ...]:

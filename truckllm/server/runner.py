@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import socket
 from pathlib import Path
 
 import structlog
@@ -18,9 +20,11 @@ from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ServerConfig, split_host_port
 from truckllm.limits import state_file_path
 from truckllm.runtime.state import StateHolder, build_state
+from truckllm.server.admin import SELF_METRICS_PATH, SELF_STATUS_PATH, own_metrics, own_status
 from truckllm.server.app import create_admin_app, create_app
 from truckllm.server.connections import GatewaySite, handler_settings
-from truckllm.server.keys import INFLIGHT, OPS
+from truckllm.server.keys import INFLIGHT, OPS, ROUTING, STATE
+from truckllm.server.workers import announce, peer_ports, worker_identity
 
 log = structlog.get_logger("truckllm")
 
@@ -65,23 +69,31 @@ async def serve(loaded: LoadedConfig, host: str, port: int) -> None:
                            **handler_settings(server))
     runners = [runner]
     await runner.setup()
+    worker = worker_identity()
     try:
-        await _listen(runner, host, port, server)
+        await _listen(runner, host, port, server, shared=worker is not None)
         admin_listen = state.config.server.admin_listen
         if admin_listen is not None:
             admin_runner = web.AppRunner(create_admin_app(app), **handler_settings(server))
             runners.append(admin_runner)
             await admin_runner.setup()
-            await _listen(admin_runner, *split_host_port(admin_listen), server)
+            await _listen(admin_runner, *split_host_port(admin_listen), server,
+                          shared=worker is not None)
             log.info("admin_listening", url=f"http://{admin_listen}")
+        if worker is not None:
+            runners.append(await _join_workers(app, *worker))
         tune_gc()                           # once serving for sure: it is process-wide
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        watchdog = (None if worker is None else
+                    asyncio.create_task(_stop_when_orphaned(stop), name="truckllm-orphan"))
         log.info("listening", url=f"http://{host}:{port}", config=loaded.source,
                  sha256=loaded.sha256, state_file=_state_file(loaded),
                  providers=len(state.providers), aliases=len(state.all_routes))
         await stop.wait()
+        if watchdog is not None:
+            watchdog.cancel()
         log.info("shutting_down", in_flight=app[INFLIGHT].count, grace_s=grace)
     finally:
         loop.remove_signal_handler(signal.SIGHUP)
@@ -97,8 +109,38 @@ def _state_file(loaded: LoadedConfig) -> str | None:
     return str(state_file_path(loaded.source, configured))
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, server: ServerConfig) -> None:
-    site = GatewaySite(runner, host, port, server)
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (killed, so it could not pass SIGTERM on) drains
+    and exits rather than serve on unsupervised."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("supervisor_gone", action="draining and exiting")
+    stop.set()
+
+
+async def _join_workers(app: web.Application, directory: Path, index: int) -> web.AppRunner:
+    """A worker of `--workers`: serve this worker's own metrics on a private port and
+    tell the others where; /metrics then adds up every worker's."""
+    ops = app[OPS]
+    peer_app = web.Application()
+    peer_app.router.add_get(SELF_METRICS_PATH, own_metrics)
+    peer_app.router.add_get(SELF_STATUS_PATH, own_status)
+    peer_app[OPS], peer_app[STATE], peer_app[ROUTING] = ops, app[STATE], app[ROUTING]
+    peer_runner = web.AppRunner(peer_app)
+    await peer_runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(peer_runner, sock).start()
+    announce(directory, index, sock.getsockname()[1])
+    ops.worker_peers = lambda: peer_ports(directory, index)
+    ops.worker_index = index
+    return peer_runner
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, server: ServerConfig,
+                  *, shared: bool = False) -> None:
+    site = GatewaySite(runner, host, port, server, reuse_port=shared)
     try:
         await site.start()
     except OSError as exc:

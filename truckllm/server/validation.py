@@ -43,6 +43,15 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "model": ((str,), True), "messages": ((list,), True), "system": ((str, list), False),
         "tools": ((list,), False), "tool_choice": ((dict,), False),
     },
+    "responses": {      # the OpenAI Responses API (POST /v1/responses)
+        "model": ((str,), True), "input": ((str, list), False), "instructions": ((str,), False),
+        "stream": ((bool,), False), "store": ((bool,), False), "tools": ((list,), False),
+        "max_output_tokens": ((int,), False), "temperature": (_NUMBER, False),
+        "top_p": (_NUMBER, False), "previous_response_id": ((str,), False),
+        "metadata": ((dict,), False), "text": ((dict,), False), "reasoning": ((dict,), False),
+        "include": ((list,), False), "parallel_tool_calls": ((bool,), False),
+        "background": ((bool,), False),
+    },
     "messages": {       # the Anthropic Messages API (POST /v1/messages)
         "model": ((str,), True), "messages": ((list,), True), "max_tokens": ((int,), True),
         "stream": ((bool,), False), "system": ((str, list), False), "tools": ((list,), False),
@@ -54,7 +63,7 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 # than costing an upstream call (or, with n or dimensions, a huge answer).
 _BOUNDS: dict[str, tuple[int, int | None]] = {
     "n": (1, 128), "max_tokens": (1, None), "max_completion_tokens": (1, None),
-    "dimensions": (1, None),
+    "dimensions": (1, None), "max_output_tokens": (1, None),
 }
 _REQUIRED = {op: tuple(name for name, (_, required) in fields.items() if required)
              for op, fields in _FIELDS.items()}

@@ -1,0 +1,172 @@
+"""The Redis client and upstream stores against a real redis-server: several stores (as
+several instances would) share one limit exactly, slots of a dead instance expire, an
+outage falls back to local limits and its usage reaches Redis when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.redis_server import RedisServer
+from truckllm.clock import SystemClock
+from truckllm.errors import Overloaded
+from truckllm.limits import KeyPolicy, RateLimits
+from truckllm.limits.clients import Grant, Refused
+from truckllm.limits.estimate import PromptEstimate
+from truckllm.limits.meter import Refusal
+from truckllm.limits.redis_clients import RedisClientStore
+from truckllm.limits.redis_link import StateLink
+from truckllm.limits.redis_upstream import RedisUpstreamStore
+from truckllm.pipeline.health import Health
+from truckllm.pipeline.retry import ErrorClass, Outcome
+from truckllm.usage import Usage
+
+TOTAL = datetime(1970, 1, 1, tzinfo=UTC)
+OPEN = RateLimits()
+
+
+@pytest.fixture
+async def links(redis_url: str) -> AsyncIterator[list[StateLink]]:
+    made = [StateLink(redis_url) for _ in range(3)]
+    yield made
+    for link in made:
+        await link.close()
+
+
+async def test_three_instances_admit_exactly_rpm(links: list[StateLink]) -> None:
+    stores = [RedisClientStore(link, SystemClock()) for link in links]
+    key = KeyPolicy("team", RateLimits(rpm=25))
+    results = await asyncio.gather(*(
+        stores[i % 3].admit(OPEN, key, PromptEstimate.known(10), TOTAL) for i in range(64)))
+    assert sum(isinstance(r, Grant) for r in results) == 25
+    refused = [r for r in results if isinstance(r, Refused)]
+    assert all(r.refusal is not None and r.refusal.limit == "rpm" for r in refused)
+    assert (await stores[1].account("team", TOTAL)).period.requests == 25
+
+
+async def test_budget_shared_and_crossed_by_at_most_the_requests_in_flight(
+        links: list[StateLink]) -> None:
+    stores = [RedisClientStore(link, SystemClock()) for link in links]
+    key = KeyPolicy("team", budget_usd=1.0)
+    spent = 0
+    for _ in range(10):
+        results = await asyncio.gather(*(
+            store.admit(OPEN, key, PromptEstimate.known(0), TOTAL) for store in stores))
+        grants = [(s, r) for s, r in zip(stores, results, strict=True) if isinstance(r, Grant)]
+        await asyncio.gather(*(s.finish(g, Usage(1, 1), 0.25, TOTAL) for s, g in grants))
+        spent += len(grants)
+    # admitted while under budget: at most one round of 3 in flight crosses it
+    assert 4 <= spent <= 6
+    assert (await stores[0].account("team", TOTAL)).period.spend_usd == spent * 0.25
+
+
+async def test_global_concurrency_and_a_dead_instances_slots_expire(
+        links: list[StateLink]) -> None:
+    short = [RedisClientStore(link, SystemClock(), lease_s=0.5) for link in links[:2]]
+    gateway = RateLimits(max_concurrent=2)
+    held = [await short[0].admit(gateway, None, PromptEstimate.known(0), TOTAL) for _ in range(2)]
+    assert all(isinstance(g, Grant) for g in held)
+    refused = await short[1].admit(gateway, None, PromptEstimate.known(0), TOTAL)
+    assert isinstance(refused, Refused) and refused.refusal is not None
+    assert refused.refusal.limit == "max_concurrent"
+    await asyncio.sleep(0.7)        # instance 0 "died": never renewed, never released
+    assert isinstance(await short[1].admit(gateway, None, PromptEstimate.known(0), TOTAL), Grant)
+
+
+async def test_tpm_reconciles_with_real_usage_across_instances(links: list[StateLink]) -> None:
+    a, b = (RedisClientStore(link, SystemClock()) for link in links[:2])
+    key = KeyPolicy("team", RateLimits(tpm=1000))
+    grant = await a.admit(OPEN, key, PromptEstimate.known(900), TOTAL)
+    assert isinstance(grant, Grant)
+    assert isinstance(await b.admit(OPEN, key, PromptEstimate.known(200), TOTAL), Refused)
+    await a.finish(grant, Usage(prompt_tokens=50, completion_tokens=50), 0.0, TOTAL)
+    assert isinstance(await b.admit(OPEN, key, PromptEstimate.known(200), TOTAL), Grant)
+    assert (await b.current("team"))[1] == 300
+
+
+async def test_upstream_acquire_refuses_when_another_instance_took_the_minute(
+        links: list[StateLink]) -> None:
+    a, b = (RedisUpstreamStore(link) for link in links[:2])
+    rates = RateLimits(rpm=2)
+    for store in (a, b):
+        assert not isinstance(await store.acquire("p/k", rates, PromptEstimate.known(0)), Refusal)
+    assert b.refusal("p/k", rates, PromptEstimate.known(0)) is None     # b has not seen it
+    refused = await b.acquire("p/k", rates, PromptEstimate.known(0))
+    assert isinstance(refused, Refusal) and refused.limit == "rpm"
+    assert b.refusal("p/k", rates, PromptEstimate.known(0)) is not None  # now it has
+
+
+async def test_an_outage_falls_back_and_its_spend_reaches_redis() -> None:
+    server = RedisServer()
+    server.start()
+    link = StateLink(server.url)
+    try:
+        store = RedisClientStore(link, SystemClock())
+        key = KeyPolicy("team", RateLimits(rpm=100), budget_usd=10.0)
+        grant = await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL)
+        assert isinstance(grant, Grant)
+        await store.finish(grant, Usage(1, 1), 1.0, TOTAL)
+        server.stop()
+        grant = await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL)   # served
+        assert isinstance(grant, Grant) and not link.up
+        await store.finish(grant, Usage(2, 2), 2.0, TOTAL)
+        server.start()              # empty again: what it holds now is what is pushed
+        await link._probe()
+        assert link.up
+        other = StateLink(server.url)
+        try:
+            account = await RedisClientStore(other, SystemClock()).account("team", TOTAL)
+        finally:
+            await other.close()
+        assert (account.lifetime.requests, account.lifetime.spend_usd) == (1, 2.0)
+    finally:
+        await link.close()
+        server.stop()
+
+
+async def test_closed_on_failure_refuses_keys_with_limits() -> None:
+    server = RedisServer()          # never started: unreachable
+    link = StateLink(server.url, "closed")
+    try:
+        store = RedisClientStore(link, SystemClock())
+        with pytest.raises(Overloaded):
+            await store.admit(OPEN, KeyPolicy("team", RateLimits(rpm=5)),
+                              PromptEstimate.known(0), TOTAL)
+        assert isinstance(await store.admit(OPEN, KeyPolicy("free"), PromptEstimate.known(0),
+                                            TOTAL), Grant)
+    finally:
+        await link.close()
+
+
+async def test_cooldowns_disabled_keys_and_open_breakers_reach_the_other_instances(
+        links: list[StateLink]) -> None:
+    a, b = (RedisUpstreamStore(link) for link in links[:2])
+    health_a, health_b = Health(store=a), Health(store=b)
+    target = ("p", "model")
+    attempt = health_a.begin(target, "p/cool")
+    attempt.failed(Outcome(ErrorClass.RATE_LIMITED, "429", 429, retry_after_s=30))
+    attempt.end()
+    attempt = health_a.begin(target, "p/bad")
+    attempt.failed(Outcome(ErrorClass.AUTH, "401", 401))
+    attempt.end()
+    for _ in range(3):
+        attempt = health_a.begin(target, "p/k")
+        attempt.failed(Outcome(ErrorClass.SERVER, "500", 500))
+        attempt.end()
+    assert not health_a.target_available(target)
+    assert health_b.key_available("p/cool") and health_b.target_available(target)
+    await a.sync_health()
+    await b.sync_health()
+    assert not health_b.key_available("p/cool")
+    wait = health_b.seconds_until_available(("q", "m"), "p/cool")
+    assert wait is not None and 28 < wait <= 30
+    assert not health_b.key_available("p/bad")
+    assert not health_b.target_available(target)
+    health_a.prune(["p/cool", "p/bad", "p/k"], ["p"])      # a reload re-enables the rejected key
+    await a.sync_health()
+    health_b.prune(["p/cool", "p/bad", "p/k"], ["p"])      # and on b
+    await b.sync_health()
+    assert health_b.key_available("p/bad")

@@ -1,0 +1,328 @@
+"""The Lua scripts of the Redis state backend: every check-and-count is one of them, run
+atomically by the Redis server on its own clock (TIME), in one round trip.
+
+Data layout (all under the `truckllm:` prefix):
+- a rate window is a sorted set scored by admission time in ms; a request window's
+  members are grant ids, a token window's are `<grant id>:<tokens>` with the running
+  total in a string beside it (`...:sum`). Entries older than the window are dropped
+  before every read, so a window holds exactly what was admitted in the last minute.
+- concurrency slots are a sorted set of grant ids scored by lease expiry: an instance
+  renews the leases of its requests in flight, so those of an instance that died expire.
+- an account is a hash: `ps` (period start, ISO), `pr ppt pct psp` (the period's
+  requests, prompt and completion tokens, spend), `lr lpt lct lsp` (lifetime).
+
+Pure text; truckllm.limits.redis_clients and redis_upstream run them. Must not import
+anything of TruckLLM.
+"""
+
+from __future__ import annotations
+
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function amount_of(member)
+  return tonumber(string.match(member, ':(%-?%d+)$'))
+end
+local function expire(z, sum, horizon)
+  if sum then
+    local old = redis.call('ZRANGEBYSCORE', z, '-inf', horizon)
+    if #old == 0 then return end
+    local gone = 0
+    for i = 1, #old do gone = gone + amount_of(old[i]) end
+    redis.call('DECRBY', sum, gone)
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', horizon)
+end
+local function used(z, sum)
+  if sum then return tonumber(redis.call('GET', sum) or '0') end
+  return redis.call('ZCARD', z)
+end
+local function wait_ms(z, sum, amount, limit, now, span)
+  if amount > limit then return -1 end
+  local excess = used(z, sum) + amount - limit
+  if excess <= 0 then return 0 end
+  if not sum then
+    local e = redis.call('ZRANGE', z, excess - 1, excess - 1, 'WITHSCORES')
+    if #e == 0 then return span end
+    return math.max(0, tonumber(e[2]) + span - now)
+  end
+  local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    excess = excess - amount_of(entries[i])
+    if excess <= 0 then return math.max(0, tonumber(entries[i + 1]) + span - now) end
+  end
+  return span
+end
+local function reset_in(z, now, span)
+  local newest = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+  if #newest == 0 then return 0 end
+  return math.max(0, tonumber(newest[2]) + span - now)
+end
+local function refusal(rz, tz, ts, slots, rpm, tpm, maxc, est, now, span)
+  if maxc then
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+    if redis.call('ZCARD', slots) >= maxc then
+      if maxc == 0 then return {'max_concurrent', maxc, -1} end
+      return {'max_concurrent', maxc, 1000}
+    end
+  end
+  if rpm then
+    expire(rz, nil, now - span)
+    if redis.call('ZCARD', rz) + 1 > rpm then
+      return {'rpm', rpm, wait_ms(rz, nil, 1, rpm, now, span)}
+    end
+  end
+  if tpm then
+    expire(tz, ts, now - span)
+    if used(tz, ts) + est > tpm then
+      return {'tpm', tpm, wait_ms(tz, ts, est, tpm, now, span)}
+    end
+  end
+  return nil
+end
+local function count(rz, tz, ts, rpm, tpm, est, gid, now, span)
+  if rpm then
+    redis.call('ZADD', rz, now, gid)
+    redis.call('PEXPIRE', rz, span * 2)
+  end
+  if tpm then
+    redis.call('ZADD', tz, now, gid .. ':' .. est)
+    redis.call('INCRBY', ts, est)
+    redis.call('PEXPIRE', tz, span * 2)
+    redis.call('PEXPIRE', ts, span * 2)
+  end
+end
+local function take_slot(slots, gid, now, lease)
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  redis.call('ZADD', slots, now + lease, gid)
+  redis.call('PEXPIRE', slots, lease * 2)
+end
+local function reconcile(z, s, gid, est, real, now, span)
+  expire(z, s, now - span)
+  local old = gid .. ':' .. est
+  local at = redis.call('ZSCORE', z, old)
+  if at then
+    redis.call('ZREM', z, old)
+    redis.call('ZADD', z, at, gid .. ':' .. real)
+    redis.call('INCRBY', s, real - est)
+  elseif real > est then
+    redis.call('ZADD', z, now, gid .. '+:' .. (real - est))
+    redis.call('INCRBY', s, real - est)
+    redis.call('PEXPIRE', z, span * 2)
+    redis.call('PEXPIRE', s, span * 2)
+  end
+end
+local function enter_period(acct, ps)
+  if redis.call('HGET', acct, 'ps') ~= ps then
+    redis.call('HSET', acct, 'ps', ps, 'pr', 0, 'ppt', 0, 'pct', 0, 'psp', 0)
+  end
+end
+local function window_state(rz, tz, ts, rpm, tpm, now, span)
+  local r = {0, 0, 0, 0}
+  if rpm then
+    expire(rz, nil, now - span)
+    r[1] = redis.call('ZCARD', rz)
+    r[2] = reset_in(rz, now, span)
+  end
+  if tpm then
+    expire(tz, ts, now - span)
+    r[3] = used(tz, ts)
+    r[4] = reset_in(tz, now, span)
+  end
+  return r
+end
+"""
+
+# KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's rpm, tpm, tpm sum, slots
+# ARGV: grant id, estimate, span ms, lease ms, has key, key rpm, tpm, max_concurrent,
+#       budget, period start, gateway rpm, tpm, max_concurrent  ('' = not set)
+# Returns {status, rpm used, rpm reset ms, tpm used, tpm reset ms, period spend
+#          [, limit, configured, retry ms]}: 0 admitted, 1 budget, 2 key, 3 gateway.
+ADMIT = _PRELUDE + """
+local gid, est = ARGV[1], tonumber(ARGV[2])
+local span, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
+local has_key = ARGV[5] == '1'
+local k_rpm, k_tpm, k_maxc = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local budget, ps = tonumber(ARGV[9]), ARGV[10]
+local g_rpm, g_tpm, g_maxc = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local now = now_ms()
+local spend = '0'
+local function answer(status, refused)
+  local h = window_state(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, now, span)
+  local out = {status, h[1], h[2], h[3], h[4], spend}
+  if refused then
+    out[7] = refused[1]
+    out[8] = refused[2]
+    out[9] = refused[3]
+  end
+  return out
+end
+if has_key then
+  if redis.call('HGET', KEYS[5], 'ps') == ps then
+    spend = redis.call('HGET', KEYS[5], 'psp') or '0'
+  end
+  if budget and tonumber(spend) >= budget then return answer(1) end
+  local r = refusal(KEYS[1], KEYS[2], KEYS[3], KEYS[4], k_rpm, k_tpm, k_maxc, est, now, span)
+  if r then return answer(2, r) end
+end
+local r = refusal(KEYS[6], KEYS[7], KEYS[8], KEYS[9], g_rpm, g_tpm, g_maxc, est, now, span)
+if r then return answer(3, r) end
+take_slot(KEYS[9], gid, now, lease)
+count(KEYS[6], KEYS[7], KEYS[8], g_rpm, g_tpm, est, gid, now, span)
+if has_key then
+  take_slot(KEYS[4], gid, now, lease)
+  count(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, est, gid, now, span)
+  enter_period(KEYS[5], ps)
+  redis.call('HINCRBY', KEYS[5], 'pr', 1)
+  redis.call('HINCRBY', KEYS[5], 'lr', 1)
+end
+return answer(0)
+"""
+
+# KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's tpm, tpm sum, slots
+# ARGV: grant id, span ms, settle, release, key estimate, gateway estimate ('' = none
+#       reserved), real tokens ('' = never reported), prompt, completion, cost, period
+#       start, has key, key rpm set, key tpm set
+# Returns the key's {rpm used, rpm reset ms, tpm used, tpm reset ms}.
+FINISH = _PRELUDE + """
+local gid, span = ARGV[1], tonumber(ARGV[2])
+local settle, release = ARGV[3] == '1', ARGV[4] == '1'
+local k_est, g_est, real = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local has_key = ARGV[12] == '1'
+local now = now_ms()
+if settle then
+  if real and k_est then reconcile(KEYS[2], KEYS[3], gid, k_est, real, now, span) end
+  if real and g_est then reconcile(KEYS[6], KEYS[7], gid, g_est, real, now, span) end
+  if has_key then
+    enter_period(KEYS[5], ARGV[11])
+    local prompt, completion = tonumber(ARGV[8]), tonumber(ARGV[9])
+    if prompt ~= 0 then
+      redis.call('HINCRBY', KEYS[5], 'ppt', prompt)
+      redis.call('HINCRBY', KEYS[5], 'lpt', prompt)
+    end
+    if completion ~= 0 then
+      redis.call('HINCRBY', KEYS[5], 'pct', completion)
+      redis.call('HINCRBY', KEYS[5], 'lct', completion)
+    end
+    if tonumber(ARGV[10]) ~= 0 then
+      redis.call('HINCRBYFLOAT', KEYS[5], 'psp', ARGV[10])
+      redis.call('HINCRBYFLOAT', KEYS[5], 'lsp', ARGV[10])
+    end
+  end
+end
+if release then
+  if has_key then redis.call('ZREM', KEYS[4], gid) end
+  redis.call('ZREM', KEYS[8], gid)
+end
+local k_rpm, k_tpm
+if ARGV[13] == '1' then k_rpm = 1 end
+if ARGV[14] == '1' then k_tpm = 1 end
+return window_state(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, now, span)
+"""
+
+# KEYS: rpm, tpm, tpm sum, slots.  ARGV: span ms.
+# Returns {requests, tokens, slots in use} now.
+CURRENT = _PRELUDE + """
+local span, now = tonumber(ARGV[1]), now_ms()
+expire(KEYS[1], nil, now - span)
+expire(KEYS[2], KEYS[3], now - span)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+return {redis.call('ZCARD', KEYS[1]), used(KEYS[2], KEYS[3]), redis.call('ZCARD', KEYS[4])}
+"""
+
+# KEYS: rpm, tpm, tpm sum, account.  ARGV: period start.
+RESET = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[4], 'ps', ARGV[1], 'pr', 0, 'ppt', 0, 'pct', 0, 'psp', 0)
+return 1
+"""
+
+# Adds usage made elsewhere (while Redis was unreachable, or a state file imported) to an
+# account. KEYS: account.  ARGV: period start, the period's requests, prompt, completion,
+# spend, then the lifetime's.
+MERGE = """
+local cur = redis.call('HGET', KEYS[1], 'ps')
+if cur == ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'pr', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'ppt', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'pct', ARGV[4])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'psp', ARGV[5])
+elseif (not cur) or cur < ARGV[1] then
+  redis.call('HSET', KEYS[1], 'ps', ARGV[1], 'pr', ARGV[2], 'ppt', ARGV[3], 'pct', ARGV[4],
+             'psp', ARGV[5])
+end
+redis.call('HINCRBY', KEYS[1], 'lr', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'lpt', ARGV[7])
+redis.call('HINCRBY', KEYS[1], 'lct', ARGV[8])
+redis.call('HINCRBYFLOAT', KEYS[1], 'lsp', ARGV[9])
+return 1
+"""
+
+# KEYS: pairs of (slots, ...) sorted sets.  ARGV: lease ms, then one grant id per key.
+RENEW = _PRELUDE + """
+local lease, now = tonumber(ARGV[1]), now_ms()
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now + lease, ARGV[i + 1])
+end
+return #KEYS
+"""
+
+# An upstream key's own rpm/tpm: check and count. KEYS: rpm, tpm, tpm sum, account.
+# ARGV: grant id, estimate, span ms, rpm, tpm ('' = not set).
+# Returns {0} when counted, {1, limit, configured, retry ms} when refused.
+UPSTREAM_ACQUIRE = _PRELUDE + """
+local gid, est, span = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = now_ms()
+local r = refusal(KEYS[1], KEYS[2], KEYS[3], nil, rpm, tpm, nil, est, now, span)
+if r then return {1, r[1], r[2], r[3]} end
+count(KEYS[1], KEYS[2], KEYS[3], rpm, tpm, est, gid, now, span)
+redis.call('HINCRBY', KEYS[4], 'r', 1)
+return {0}
+"""
+
+# KEYS: tpm, tpm sum, account.  ARGV: grant id, span ms, estimate ('' = none), real
+# tokens ('' = never reported), prompt, completion, cost.
+UPSTREAM_SETTLE = _PRELUDE + """
+local gid, span = ARGV[1], tonumber(ARGV[2])
+local est, real = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_ms()
+if est and real then reconcile(KEYS[1], KEYS[2], gid, est, real, now, span) end
+redis.call('HINCRBY', KEYS[3], 'pt', ARGV[5])
+redis.call('HINCRBY', KEYS[3], 'ct', ARGV[6])
+if tonumber(ARGV[7]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'sp', ARGV[7]) end
+return 1
+"""
+
+# Health shared between instances: upstream keys' cooldowns and disabled flags, opened
+# breakers, as fields of one hash whose values are expiry times on the Redis clock.
+# KEYS: the hash.  ARGV: n, then n (field, ms from now; -1 = delete) pairs.
+# Stores each as max(existing, now + ms), drops expired fields, and returns every field
+# still live with its remaining ms: {field, ms, field, ms, ...}.
+HEALTH_SYNC = _PRELUDE + """
+local now = now_ms()
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local field, ms = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
+  if ms < 0 then
+    redis.call('HDEL', KEYS[1], field)
+  else
+    local old = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+    if now + ms > old then redis.call('HSET', KEYS[1], field, now + ms) end
+  end
+end
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local left = tonumber(all[i + 1]) - now
+  if left <= 0 then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = left
+  end
+end
+return out
+"""

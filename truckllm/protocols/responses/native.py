@@ -1,0 +1,133 @@
+"""The Responses API passed through to an upstream that speaks it (OpenAI, Azure): the
+body goes up with only `model` rewritten (and a `previous_response_id` already resolved
+into `input` by the server left out), answers and events come back with the alias as
+`model`. Events that are not part of the Responses API (`codex.rate_limits`, say) are
+not forwarded; an `error` event fails the attempt (retried before the first byte).
+
+Pure, no I/O. Imports only providers.base, errors and usage.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from truckllm.config.schema import AzureProvider, OpenAIProvider
+from truckllm.errors import UpstreamFailed
+from truckllm.providers.base import (
+    CallContext,
+    ParsedResponse,
+    SSEEvent,
+    Target,
+    UpstreamErrorInfo,
+    UpstreamKey,
+    UpstreamRequest,
+)
+from truckllm.providers.shared.upstream_errors import decode_json, to_gateway_error
+from truckllm.usage import Usage
+
+# (target, upstream key) -> the upstream's /responses URL and the request's headers
+NativeEndpoint = Callable[[Target, UpstreamKey], tuple[str, Mapping[str, str]]]
+
+_TYPE = re.compile(rb'^\s*\{\s*"type"\s*:\s*"([a-z_.]+)"')
+# Events that carry the response object, whose `model` (and usage) must be read.
+_WITH_RESPONSE = frozenset({"response.created", "response.in_progress", "response.queued",
+                            "response.completed", "response.incomplete", "response.failed"})
+_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def speaks_natively(target: Target) -> bool:
+    """Whether a target of a provider with a Responses endpoint gets the request natively
+    (`responses: native`, the default) or through chat (`responses: chat`)."""
+    settings = target.settings
+    if isinstance(settings, OpenAIProvider | AzureProvider):
+        return settings.responses == "native"
+    return True
+
+
+def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
+                         ctx: CallContext, endpoint: NativeEndpoint) -> UpstreamRequest:
+    url, headers = endpoint(target, key)
+    payload = {**body, "model": target.model}
+    # The server has put the stored conversation into `input`: the upstream (maybe
+    # another account) is asked without a reference to it.
+    payload.pop("previous_response_id", None)
+    return UpstreamRequest("POST", url, headers, orjson.dumps(payload), ctx.stream)
+
+
+def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:
+    response = decode_json(raw)
+    if not isinstance(response, dict) or response.get("object") != "response":
+        raise UpstreamFailed("upstream answered /responses with a body that is not a response")
+    _as_client_sees(response, ctx)
+    return ParsedResponse(orjson.dumps(response), usage_of(response.get("usage")))
+
+
+def usage_of(usage: Any) -> Usage | None:
+    """Responses usage as TruckLLM counts it (prompt includes cached, as in chat)."""
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")), _count(cached))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _as_client_sees(response: dict[str, Any], ctx: CallContext) -> None:
+    response["model"] = ctx.alias
+    previous = ctx.client_body.get("previous_response_id")
+    if previous is not None:
+        response["previous_response_id"] = previous
+
+
+class NativeResponsesStream:
+    """Upstream Responses events forwarded; those carrying the response object get the
+    alias as `model`, and the final one gives the usage."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._ctx = ctx
+        self.usage: Usage | None = None
+        self._ended = False
+
+    def feed(self, event: SSEEvent) -> list[SSEEvent]:
+        data = event.data
+        match = _TYPE.match(data)
+        kind = match.group(1).decode() if match else event.event
+        if kind is None or not (kind.startswith("response.") or kind == "error"):
+            return []                   # not a Responses event: never forwarded
+        if kind not in _WITH_RESPONSE and kind != "error":
+            return [SSEEvent(kind, data)]
+        parsed = decode_json(data)
+        if not isinstance(parsed, dict):
+            return []
+        if kind == "error":
+            raise to_gateway_error(_error_info(parsed))
+        response = parsed.get("response")
+        if isinstance(response, dict):
+            _as_client_sees(response, self._ctx)
+            if kind in _TERMINAL:
+                self._ended = True
+                self.usage = usage_of(response.get("usage")) or self.usage
+        return [SSEEvent(kind, orjson.dumps(parsed))]
+
+    def close(self) -> list[SSEEvent]:
+        if not self._ended:
+            raise UpstreamFailed("upstream stream ended before response.completed")
+        return []
+
+
+def _error_info(event: dict[str, Any]) -> UpstreamErrorInfo:
+    """An `error` event (`{"type": "error", "code", "message"}`, or the error nested)."""
+    nested = event.get("error")
+    error: dict[str, Any] = nested if isinstance(nested, dict) else event
+    code = error.get("code")
+    status = 429 if code == "rate_limit_exceeded" else 502
+    return UpstreamErrorInfo(status, "rate_limit_error" if status == 429 else "upstream_error",
+                             str(error.get("message") or "upstream error"),
+                             code=code if isinstance(code, str) else None)

@@ -1,0 +1,270 @@
+"""The OpenAI Responses API: POST /v1/responses through the same pipeline as chat
+(routing, retries, fallback, limits, budgets, cost, metrics, logs), plus the response
+store's endpoints GET/DELETE /v1/responses/{id} and GET /v1/responses/{id}/input_items.
+
+A response kept in the store belongs to the client key that made it; another key's
+id is answered as if it did not exist. Stored text is never logged.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from truckllm import errors
+from truckllm.limits import metering
+from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispatch
+from truckllm.pipeline.record import Exchange
+from truckllm.protocols.responses.native import speaks_natively
+from truckllm.protocols.responses.request import input_items, to_chat_request
+from truckllm.protocols.responses.wire import ResponsesReframer
+from truckllm.providers.base import CallContext, Operation, Target
+from truckllm.providers.registry import NATIVE_RESPONSES
+from truckllm.runtime.response_store import (
+    MemoryResponseStore,
+    ResponseStore,
+    SqliteResponseStore,
+    StoredResponse,
+    store_path,
+)
+from truckllm.runtime.state import ClientKey, State
+from truckllm.server.edge import ExchangeRoute, json_answer
+from truckllm.server.keys import (
+    LIMITER,
+    RESPONSE_STORE,
+    RESPONSES_ENDPOINT_MISSING,
+    ROUTING,
+    STATE,
+    STATE_LINK,
+    TRANSPORT,
+)
+from truckllm.server.routes import _authenticate, _model_refused
+from truckllm.server.streaming import write_stream
+from truckllm.server.validation import check_fields, read_json
+
+log = structlog.get_logger("truckllm.server.responses")
+
+DROPPED_TOOLS_HEADER = "x-truckllm-dropped-tools"
+_DAY_S = 86_400.0
+
+
+async def create_response(request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    app = request.app
+    state = app[STATE].current                     # one snapshot for the whole request
+    limiter = app[LIMITER]
+    key = _authenticate(request, state, limiter, exchange)
+    server = state.config.server
+    body = await read_json(request, server.max_body_mb, server.body_timeout_s)
+    check_fields(Operation.RESPONSES, body)
+    model: str = body["model"]
+    resolved = state.resolve(model)
+    if resolved is None or (key is not None and not key.may_use(model)):
+        raise _model_refused(model, resolved)
+    route, targets = resolved
+    exchange.alias = route.alias
+    store = _store(app)
+    owner = _owner(key)
+    history, prefer = await _history(store, body.get("previous_response_id"), owner)
+    items = [*history, *input_items(body.get("input"))]      # what went in, for the store
+    full = {**body, "input": items} if history else body
+    dropped: tuple[str, ...] = ()
+    if not all(_native(state, target) for target in targets):
+        # Refused here, before any upstream call, when a target would translate it.
+        dropped = to_chat_request(full).dropped_tools
+    stream = bool(body.get("stream"))
+    exchange.stream = stream
+    response_id = "resp_" + secrets.token_hex(24)
+    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full, {},
+                      response_id)
+    admission = await metering.admit(limiter, state, key, full, exchange)
+    extra: tuple[tuple[str, str], ...] = ()
+    keep = store is not None and body.get("store", True) is not False
+    missing = app[RESPONSES_ENDPOINT_MISSING]
+    reply: Reply | StreamReply | RawReply | None = None
+    try:
+        call = Call(state, Operation.RESPONSES, full, route, _chat_where_missing(targets, missing),
+                    ctx, limiter, admission.estimate, prefer)
+        try:
+            reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
+        except errors.UpstreamStatus as exc:
+            if not _endpoint_missing(state, exc, exchange, call.targets):
+                raise
+            missing.add(exchange.provider_id or "")
+            log.warning("responses_endpoint_missing", provider=exchange.provider_id,
+                        action="translated through chat from now on")
+            call = replace(call, targets=_chat_where_missing(targets, missing))
+            reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
+        if dropped and not _served_natively(state, exchange, call.targets):
+            extra = ((DROPPED_TOOLS_HEADER, ",".join(dropped)),)
+            log.info("responses_tools_dropped", request_id=exchange.request_id, tools=list(dropped))
+        if isinstance(reply, Reply):
+            if keep and store is not None:
+                await store.put(_stored(state, orjson.loads(reply.body), items, owner, exchange,
+                                        _served_natively(state, exchange, call.targets)))
+            return json_answer(reply.body, exchange, extra)
+        if isinstance(reply, RawReply):        # not an answer any provider gives here
+            raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
+        final: list[dict[str, Any]] = []
+        reframer = ResponsesReframer(final.append)
+        response = await write_stream(request, reframer.reframe(reply), exchange, dict(extra))
+        if keep and store is not None and final:
+            await store.put(_stored(state, final[-1], items, owner, exchange,
+                                    _served_natively(state, exchange, call.targets)))
+        return response
+    finally:   # after the last byte, an error, or the client leaving (streams included)
+        await metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+def _native(state: State, target: Target) -> bool:
+    """Whether a target gets /v1/responses natively (its provider type has the endpoint
+    and the target does not say `responses: chat`)."""
+    return state.providers[target.provider_id].spec.type in NATIVE_RESPONSES and speaks_natively(target)
+
+
+def _chat_where_missing(targets: tuple[Target, ...], missing: set[str]) -> tuple[Target, ...]:
+    """The targets, with those of providers whose upstream has no /responses endpoint
+    set to `responses: chat`."""
+    if not missing or not any(t.provider_id in missing for t in targets):
+        return targets
+    return tuple(replace(t, settings=t.settings.model_copy(update={"responses": "chat"}))
+                 if t.provider_id in missing and t.settings is not None else t for t in targets)
+
+
+def _endpoint_missing(state: State, exc: errors.UpstreamStatus, exchange: Exchange,
+                      targets: tuple[Target, ...]) -> bool:
+    """A 404 from a native target that is not about the model: the upstream (an
+    OpenAI-compatible server, say) has no Responses API."""
+    return (exc.status == 404 and exc.code != "model_not_found"
+            and _served_natively(state, exchange, targets))
+
+
+def _served_natively(state: State, exchange: Exchange, targets: tuple[Target, ...]) -> bool:
+    target = next((t for t in targets if t.provider_id == exchange.provider_id
+                   and t.model == exchange.upstream_model), None)
+    return target is not None and _native(state, target)
+
+
+async def _history(store: ResponseStore | None, previous: Any,
+                   owner: str) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """The items a `previous_response_id` continues from (its input and its output), and,
+    for a response made natively upstream, the provider and key to try first."""
+    if previous is None:
+        return [], None
+    stored = await store.get(previous, owner) if store is not None else None
+    if stored is None:
+        raise errors.InvalidRequest(f"Previous response with id '{previous}' not found.",
+                                    param="previous_response_id", code="previous_response_not_found")
+    # A reasoning item without its encrypted content stands for state kept upstream (in an
+    # account the follow-up may not reach): sent back, it would only be refused.
+    items = [item for item in (*stored.input_items, *stored.response.get("output", []))
+             if item.get("type") != "reasoning" or item.get("encrypted_content")]
+    return items, (stored.provider_id, stored.key_id) if stored.native else None
+
+
+def _stored(state: State, response: dict[str, Any], items: list[dict[str, Any]], owner: str,
+            exchange: Exchange, native: bool) -> StoredResponse:
+    now = time.time()
+    ttl = state.config.responses.ttl_days * _DAY_S
+    return StoredResponse(response["id"], owner, now, now + ttl, response, items,
+                          exchange.provider_id or "", exchange.upstream_key_id or "", native)
+
+
+def _owner(key: ClientKey | None) -> str:
+    return "" if key is None else key.id
+
+
+def _store(app: web.Application) -> ResponseStore | None:
+    stores = app[RESPONSE_STORE]
+    return stores[0] if stores else None
+
+
+async def _own_stored(request: web.Request, exchange: Exchange) -> tuple[ResponseStore, StoredResponse]:
+    app = request.app
+    state = app[STATE].current
+    key = _authenticate(request, state, app[LIMITER], exchange)
+    response_id = request.match_info["response_id"]
+    store = _store(app)
+    stored = await store.get(response_id, _owner(key)) if store is not None else None
+    if store is None or stored is None:
+        raise errors.NotFound(f"No response found with id '{response_id}'.", param="response_id",
+                              code="not_found")
+    return store, stored
+
+
+async def get_response(request: web.Request, exchange: Exchange) -> web.Response:
+    _, stored = await _own_stored(request, exchange)
+    return json_answer(orjson.dumps(stored.response), exchange)
+
+
+async def delete_response(request: web.Request, exchange: Exchange) -> web.Response:
+    store, stored = await _own_stored(request, exchange)
+    await store.delete(stored.id, stored.owner)
+    return json_answer(orjson.dumps({"id": stored.id, "object": "response.deleted",
+                                         "deleted": True}), exchange)
+
+
+async def list_input_items(request: web.Request, exchange: Exchange) -> web.Response:
+    _, stored = await _own_stored(request, exchange)
+    items = [item if "id" in item else {"id": f"item_{stored.id.removeprefix('resp_')}{i:03d}", **item}
+             for i, item in enumerate(stored.input_items)]
+    if request.query.get("order", "desc") != "asc":
+        items.reverse()
+    limit = _limit(request.query.get("limit"))
+    after = request.query.get("after")
+    if after:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    page = items[:limit]
+    return json_answer(orjson.dumps({
+        "object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}), exchange)
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 20
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise errors.InvalidRequest("'limit' must be an integer from 1 to 100", param="limit")
+    return int(raw)
+
+
+def routes() -> list[ExchangeRoute]:
+    return [
+        ExchangeRoute("POST", "/v1/responses", create_response),
+        ExchangeRoute("GET", "/v1/responses/{response_id}", get_response),
+        ExchangeRoute("DELETE", "/v1/responses/{response_id}", delete_response),
+        ExchangeRoute("GET", "/v1/responses/{response_id}/input_items", list_input_items),
+    ]
+
+
+async def response_store(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the store `responses.store` names, opened before serving and closed
+    after the last request."""
+    loaded = app[STATE].current.loaded
+    setting = loaded.config.responses.store
+    from_file = not loaded.source.startswith("<") and Path(loaded.source).is_file()
+    store: ResponseStore | None
+    if setting == "off":
+        store = None
+    elif loaded.config.server.state_url is not None:    # shared by every instance
+        from truckllm.runtime.redis_responses import RedisResponseStore
+        store = RedisResponseStore(app[STATE_LINK])
+    elif setting == "memory" or not from_file:
+        store = MemoryResponseStore()
+    else:
+        sqlite = SqliteResponseStore(store_path(loaded.source, setting))
+        await sqlite.open()
+        store = sqlite
+    app[RESPONSE_STORE].extend([store] if store is not None else [])
+    yield
+    app[RESPONSE_STORE].clear()
+    if store is not None:
+        await store.close()

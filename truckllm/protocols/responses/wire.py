@@ -41,13 +41,14 @@ class ResponsesReframer:
     def reframe(self, reply: StreamReply) -> StreamReply:
         inner = reply.write_rest
 
-        async def write_rest(write: Writer) -> None:
+        async def write_rest(write: Writer) -> bytes:
             async def client(framed: bytes) -> None:
                 out = self._events(framed)
                 if out:
                     await write(out)
 
-            await inner(client)
+            last = await inner(client)
+            return self._events(last) if last else b""
 
         return StreamReply(self._events(reply.first), write_rest, reply.upstream_use,
                            release=reply.release)

@@ -143,6 +143,8 @@ def providers_config(anthropic_url: str, gemini_url: str, azure_url: str) -> dic
         {"alias": "oai-embed", "targets": [{"provider": "oai", "model": "text-embedding-3-small"}]},
         {"alias": "oai-whisper", "targets": [{"provider": "oai", "model": "whisper-1"}]},
         {"alias": "demo", "targets": [{"provider": "demo", "model": "mock-1"}]},
+        # Dated ids as Claude Code sends them: the `*` is passed on to the upstream.
+        {"alias": "claude-*", "targets": [{"provider": "claude", "model": "claude-*"}]},
     ]
     return make_config(providers=providers, models=models)
 

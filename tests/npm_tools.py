@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "npm"
 # Pinned: the tests prove these versions work; an upgrade is a deliberate change here.
-PACKAGES = {"openai": "7.60.0", "@openai/codex": "0.171.0"}
+PACKAGES = {"openai": "7.60.0", "@openai/codex": "0.171.0", "@anthropic-ai/claude-code": "2.1.197"}
 INSTALL_TIMEOUT_S = 600
 
 

@@ -175,7 +175,8 @@ async def test_models_list_and_get_respect_the_key_allow_list(openai_fake: OpenA
         async with gateway.http() as http:
             listed = await (await http.get("/v1/models", headers={
                 "Authorization": f"Bearer {CLIENT_KEY}"})).json()
-        assert listed["wildcards"] == [{"prefix": "openai/", "owned_by": "up"}]
+        assert listed["wildcards"] == [{"pattern": "openai/*", "prefix": "openai/", "suffix": "",
+                                        "owned_by": "up"}]
         narrow = gateway.client("tk-narrow")
         assert [m.id async for m in narrow.models.list()] == ["gpt"]
         assert (await narrow.models.retrieve("gpt")).id == "gpt"

@@ -177,3 +177,36 @@ async def test_bad_requests_name_the_field(stack: Stack, body: dict[str, Any], p
         await client.post("/responses", body=body, cast_to=object)
     error = refused.value.body
     assert isinstance(error, dict) and error["type"] == "invalid_request_error" and error["param"] == param
+
+
+async def test_a_streamed_response_is_kept_in_the_store(stack: Stack) -> None:
+    client = make_openai_client(stack)
+    async with client.responses.stream(model="claude", input="hello there") as stream:
+        final = await stream.get_final_response()
+    stored = await client.responses.retrieve(final.id)
+    assert stored.status == "completed" and stored.output_text == "Fake reply to: hello there"
+
+
+async def test_a_failure_after_a_finished_item_reports_and_stores_it(stack: Stack) -> None:
+    start = {"type": "message_start", "message": {
+        "id": "msg_x", "type": "message", "role": "assistant", "model": "claude", "content": [],
+        "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}
+    stack.anthropic.script(Reply(events=[
+        sse(start, "message_start"),
+        sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            "content_block_start"),
+        sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me look."}},
+            "content_block_delta"),
+        sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        sse({"type": "content_block_start", "index": 1, "content_block": {
+            "type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}, "content_block_start"),
+        error_event()]))
+    client = make_openai_client(stack)
+    async with client.responses.stream(model="claude", input="weather?", tools=[WEATHER]) as stream:
+        events = [event async for event in stream]
+    failed = events[-1]
+    assert failed.type == "response.failed" and failed.sequence_number == events[-2].sequence_number + 1
+    # The message finished before the failure; the tool call still open is left out.
+    assert [item.type for item in failed.response.output] == ["message"]
+    stored = await client.responses.retrieve(failed.response.id)
+    assert stored.status == "failed" and stored.output_text == "Let me look."

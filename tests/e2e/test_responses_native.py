@@ -155,3 +155,19 @@ async def test_a_follow_up_of_a_native_response_goes_back_to_its_upstream(stack:
     alone = [(await client.responses.with_raw_response.create(model="native-rr", input="hi")).headers[
         "x-truckllm-provider"] for _ in range(2)]
     assert set(alone) == {"az", "oai"}
+
+
+async def test_native_failure_after_a_finished_item_reports_and_stores_it(stack: Stack) -> None:
+    body = {"model": "gpt4o-deploy", "input": "hello there", "stream": True}
+    events = spaced_events(ResponsesAnswer("gpt4o-deploy", body))
+    stack.azure.script(Reply(events=spaced_events(ResponsesAnswer("gpt4o-deploy", body),
+                                                  fail_after=len(events) - 1)))
+    client = make_openai_client(stack)
+    async with client.responses.stream(model="az", input="hello there") as stream:
+        received = [event async for event in stream]
+    failed = received[-1]
+    assert received[-2].type == "response.output_item.done"
+    assert failed.type == "response.failed" and failed.sequence_number == received[-2].sequence_number + 1
+    assert failed.response.model == "az" and failed.response.output_text == "Fake reply to: hello there"
+    stored = await client.responses.retrieve(failed.response.id)
+    assert stored.status == "failed" and stored.output_text == "Fake reply to: hello there"

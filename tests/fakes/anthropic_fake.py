@@ -2,12 +2,16 @@
 /v1/messages/count_tokens) speaking the real wire format: named SSE events, tool_use blocks with input_json_delta fragments, ping,
 cumulative usage in message_delta, Anthropic's error envelope.
 
-Default answers: with a shell-like tool and a user turn asking to run something, a call
-running `echo hello`; with tools and a user turn mentioning weather, tool calls (two when it
-also says "and"); after tool results, a text quoting them; otherwise "Fake reply to: ...".
+Default answers (to the last user turn; mid-conversation system messages are instructions,
+not turns): with a shell-like tool (Claude Code's `Bash`) and a user turn asking to run
+something, a call running `echo hello`; with tools and a user turn mentioning weather, tool
+calls (two when it also says "and"); after tool results, a text quoting them; otherwise
+"Fake reply to: ...". With thinking on (`enabled` or `adaptive`), the answer opens with a
+thinking block carrying a signature, as Claude models do.
 A request without a key (`x-api-key`, or a Bearer token as newer SDKs send) or without
 `anthropic-version` gets 401, one without `max_tokens` or with a tool id outside
-`[a-zA-Z0-9_-]` 400.
+`[a-zA-Z0-9_-]` 400, and so does a `system` message inside `messages` unless
+`anthropic-beta` names the mid-conversation-system feature (the real API's rule).
 
     async with make_anthropic_fake() as fake:   # fake.url ends in /v1
         ...
@@ -23,9 +27,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.wire_fake import Reply, WireFake, json_response, serve, shell_call, split_text, sse
+from tests.fakes.wire_fake import (
+    Reply,
+    WireFake,
+    json_response,
+    serve,
+    shell_call,
+    split_text,
+    sse,
+    without_system,
+)
 
 MODEL_VERSION = "claude-fake-20250929"
+THINKING_SIGNATURE = "EqQBCkYIBxgCKkDfakeSignature0123456789"
+MID_CONVERSATION_SYSTEM = "mid-conversation-system-"
 
 
 def error_body(kind: str, message: str) -> dict[str, Any]:
@@ -59,6 +74,9 @@ class AnthropicFake(WireFake):
         body = recorded.body if isinstance(recorded.body, dict) else {}
         if not isinstance(body.get("max_tokens"), int):
             return json_response(error_body("invalid_request_error", "max_tokens: Field required"), 400)
+        refused = _system_message_refused(body, recorded.headers.get("anthropic-beta", ""))
+        if refused is not None:
+            return json_response(error_body("invalid_request_error", refused), 400)
         bad_id = _first_bad_tool_id(body)
         if bad_id is not None:
             return json_response(error_body("invalid_request_error",
@@ -70,15 +88,17 @@ class AnthropicFake(WireFake):
 
 
 class FakeAnswer:
-    def __init__(self, message_id: str, text: str, calls: list[dict[str, Any]], input_tokens: int) -> None:
+    def __init__(self, message_id: str, text: str, calls: list[dict[str, Any]], input_tokens: int,
+                 thinking: bool = False) -> None:
         self.id = message_id
         self.text = text
         self.calls = calls
         self.input_tokens = input_tokens
+        self.thinking = thinking
 
     @classmethod
     def for_request(cls, body: dict[str, Any], message_id: str) -> FakeAnswer:
-        messages = body.get("messages") or []
+        messages = without_system(body.get("messages") or [])
         last = messages[-1] if messages else {}
         blocks = last.get("content") if isinstance(last.get("content"), list) else [
             {"type": "text", "text": str(last.get("content", ""))}]
@@ -99,7 +119,8 @@ class FakeAnswer:
             reply = "Let me check."
         else:
             reply = f"Fake reply to: {text}".strip()
-        return cls(message_id, reply, calls, max(words, 1))
+        thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") in ("enabled", "adaptive")
+        return cls(message_id, reply, calls, max(words, 1), thinking)
 
     @property
     def output_tokens(self) -> int:
@@ -109,8 +130,11 @@ class FakeAnswer:
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
 
+    def thinking_block(self) -> list[dict[str, Any]]:
+        return [{"type": "thinking", "thinking": "Let me think.", "signature": THINKING_SIGNATURE}] if self.thinking else []
+
     def message(self) -> dict[str, Any]:
-        content = [{"type": "text", "text": self.text}, *self.calls]
+        content = [*self.thinking_block(), {"type": "text", "text": self.text}, *self.calls]
         return {"id": self.id, "type": "message", "role": "assistant", "model": MODEL_VERSION,
                 "content": content, "stop_reason": "tool_use" if self.calls else "end_turn",
                 "stop_sequence": None, "usage": self.usage()}
@@ -118,13 +142,23 @@ class FakeAnswer:
     def events(self) -> list[str]:
         start = {**self.message(), "content": [], "stop_reason": None,
                  "usage": {**self.usage(), "output_tokens": 1}}
-        events = [sse({"type": "message_start", "message": start}, "message_start"),
-                  _event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
-                  sse({"type": "ping"}, "ping")]
-        events += [_event("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
+        events = [sse({"type": "message_start", "message": start}, "message_start")]
+        text_index = 0
+        if self.thinking:
+            text_index = 1
+            events += [_event("content_block_start", index=0, content_block={"type": "thinking", "thinking": "",
+                                                                            "signature": ""}),
+                       _event("content_block_delta", index=0, delta={"type": "thinking_delta",
+                                                                     "thinking": "Let me think."}),
+                       _event("content_block_delta", index=0, delta={"type": "signature_delta",
+                                                                     "signature": THINKING_SIGNATURE}),
+                       _event("content_block_stop", index=0)]
+        events += [_event("content_block_start", index=text_index, content_block={"type": "text", "text": ""}),
+                   sse({"type": "ping"}, "ping")]
+        events += [_event("content_block_delta", index=text_index, delta={"type": "text_delta", "text": piece})
                    for piece in split_text(self.text)]
-        events.append(_event("content_block_stop", index=0))
-        for index, call in enumerate(self.calls, start=1):
+        events.append(_event("content_block_stop", index=text_index))
+        for index, call in enumerate(self.calls, start=text_index + 1):
             events.append(_event("content_block_start", index=index,
                                  content_block={**call, "input": {}}))
             arguments = orjson.dumps(call["input"]).decode()
@@ -137,6 +171,17 @@ class FakeAnswer:
                              usage={"output_tokens": self.output_tokens}))
         events.append(_event("message_stop"))
         return events
+
+
+def _system_message_refused(body: dict[str, Any], beta: str) -> str | None:
+    """The API's refusal of a `system` message inside `messages` without the beta feature
+    that allows it (clients such as Claude Code retry without it on these words)."""
+    if MID_CONVERSATION_SYSTEM in beta:
+        return None
+    for i, message in enumerate(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "system":
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+    return None
 
 
 def _first_bad_tool_id(body: dict[str, Any]) -> str | None:

@@ -5,7 +5,8 @@ content_filter_results, a prompt-filter-only first stream chunk with empty choic
 usage chunk when asked, base64 embeddings when asked), Azure's error envelope (`code` "429", null `type`), and the media
 endpoints: audio transcriptions/translations (multipart), speech (binary, in several
 writes), image generations; and the free model listing health checks use
-(`GET /openai/models?api-version=...`, `GET /openai/v1/models`).
+(`GET /openai/models?api-version=...`, `GET /openai/v1/models`). A `user` longer than 64
+characters or a function description longer than 1024 gets the API's 400, as OpenAI's own.
 
     async with make_azure_fake() as fake:       # fake.url is the resource endpoint
         ...
@@ -33,11 +34,25 @@ from tests.fakes.wire_fake import (
     shell_call,
     split_text,
     sse,
+    without_system,
 )
 
 FILTERS = {"hate": {"filtered": False, "severity": "safe"}, "violence": {"filtered": False, "severity": "safe"}}
 PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": FILTERS}]
 SPEECH = b"ID3\x04fake-mp3-frame-" * 64
+
+
+# The API's caps on string fields, with its own wording: `user`, a function's description.
+def _too_long(body: dict[str, Any]) -> dict[str, Any] | None:
+    fields = [("user", body.get("user"), 64)] + [
+        (f"tools[{i}].function.description", (tool.get("function") or {}).get("description"), 1024)
+        for i, tool in enumerate(body.get("tools") or []) if isinstance(tool, dict)]
+    for param, value, limit in fields:
+        if isinstance(value, str) and len(value) > limit:
+            return {"error": {"code": "string_above_max_length", "param": param, "type": "invalid_request_error",
+                              "message": f"Invalid '{param}': string too long. Expected a string with maximum "
+                                         f"length {limit}, but got a string with length {len(value)} instead."}}
+    return None
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -83,6 +98,9 @@ class AzureFake(WireFake):
         if not recorded.headers.get("api-key") and not bearer:    # v1 also takes the key as a bearer token
             return json_response(error_body("401", "Access denied due to invalid subscription key."), 401)
         body = recorded.body if isinstance(recorded.body, dict) else {}
+        too_long = _too_long(body)
+        if too_long is not None:
+            return json_response(too_long, 400)
         if path == "chat/completions":
             answer = ChatAnswer.for_request(body, deployment)
             if body.get("stream"):
@@ -156,7 +174,8 @@ class ChatAnswer:
     @classmethod
     def for_request(cls, body: dict[str, Any], deployment: str) -> ChatAnswer:
         messages = body.get("messages") or []
-        last = messages[-1] if messages else {}
+        turns = without_system(messages)
+        last = turns[-1] if turns else {}
         content = last.get("content")
         text = content if isinstance(content, str) else " ".join(
             str(p.get("text", "")) for p in content or [] if isinstance(p, dict))

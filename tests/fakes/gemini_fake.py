@@ -7,7 +7,8 @@ Default answers: with a shell-like tool and a user turn asking to run something,
 functionCall running `echo hello`; with tools and a user turn mentioning weather, functionCall parts (two
 when it also says "and"; the first carries a thoughtSignature, as thinking models do);
 after functionResponse parts, a text quoting them; otherwise "Fake reply to: ...".
-A request without `x-goog-api-key` gets 400 API_KEY_INVALID.
+A request without `x-goog-api-key` gets 400 API_KEY_INVALID, a content with a role other
+than `user` or `model` 400 INVALID_ARGUMENT.
 
     async with make_gemini_fake() as fake:      # fake.url ends in /v1beta
         ...
@@ -45,6 +46,10 @@ class GeminiFake(WireFake):
                                             details=[{"reason": "API_KEY_INVALID"}]), 400)
         model, _, method = request.match_info["target"].partition(":")
         body = recorded.body if isinstance(recorded.body, dict) else {}
+        bad_role = next((i for i, c in enumerate(body.get("contents") or [])
+                         if isinstance(c, dict) and c.get("role") not in (None, "user", "model")), None)
+        if bad_role is not None:        # the API's rule: system text goes in systemInstruction
+            return json_response(error_body(400, "INVALID_ARGUMENT", "Please use a valid role: user, model."), 400)
         if method == "generateContent":
             return json_response(FakeAnswer.for_request(body, model).response())
         if method == "streamGenerateContent" and recorded.query.get("alt") == "sse":

@@ -157,14 +157,24 @@ def split_text(text: str) -> list[str]:
 
 
 # Function tools through which agents run commands (Codex CLI's `exec_command`, older
-# `shell`): a user turn asking to run something gets a call running `echo hello`.
-SHELL_TOOLS = ("exec_command", "shell", "local_shell")
+# `shell`, Claude Code's `Bash`): a user turn asking to `run echo` gets a call running
+# `echo hello`. The phrase, not the word "run": agents' own context text (Claude Code's
+# reminders) says "run" and "running" on its own.
+SHELL_TOOLS = ("exec_command", "shell", "local_shell", "Bash")
 
 
 def shell_call(tool_names: Sequence[str], text: str) -> tuple[str, dict[str, Any]] | None:
     """(tool name, arguments) of the shell call a fake answers with, or None."""
     name = next((n for n in tool_names if n in SHELL_TOOLS), None)
     lowered = text.lower()
-    if name is None or not ("run" in lowered or "echo" in lowered):
+    if name is None or "run echo" not in lowered:
         return None
+    if name == "Bash":
+        return name, {"command": "echo hello", "description": "Print hello"}
     return name, ({"cmd": "echo hello"} if name == "exec_command" else {"command": ["echo", "hello"]})
+
+
+def without_system(messages: Sequence[Any]) -> list[Any]:
+    """The conversation without its system messages (the Anthropic API's mid-conversation
+    ones, a chat request's): a fake answers the last user or tool turn."""
+    return [m for m in messages if not (isinstance(m, dict) and m.get("role") in ("system", "developer"))]

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from truckllm.limits import LimitScope
-from truckllm.observe.metrics import Metrics, PlainCounter, PlainHistogram
+from truckllm.observe.metrics import AliasLabels, Metrics, PlainCounter, PlainHistogram
 from truckllm.pipeline.record import RequestRecord, UpstreamFailure
 from truckllm.usage import Usage
 
@@ -215,3 +215,10 @@ def test_plain_series_expose_what_prometheus_client_would() -> None:
 
     assert "_created" in text(ours)
     assert text(ours) == text(theirs)
+
+
+def test_a_wildcard_anywhere_labels_its_requests_with_the_alias() -> None:
+    labels = AliasLabels(["claude-*", "claude-sonnet-*", "*-fast", "gpt-4o"])
+    assert [labels.label(m) for m in ("claude-sonnet-4-5-20250929", "claude-haiku-4-5", "o3-fast",
+                                      "gpt-4o", "other")] == [
+        "claude-sonnet-*", "claude-*", "*-fast", "gpt-4o", ""]

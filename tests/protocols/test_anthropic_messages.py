@@ -12,6 +12,7 @@ from truckllm.errors import InvalidRequest
 from truckllm.protocols.anthropic_messages import (
     AnthropicEventWriter,
     anthropic_error,
+    dropped_tools,
     from_chat_response,
     to_chat_request,
 )
@@ -71,13 +72,74 @@ def test_tool_choice(choice: dict[str, Any], expected: Any) -> None:
 
 @pytest.mark.parametrize("request_body", [
     {"messages": []},
-    {"messages": [{"role": "system", "content": "x"}]},
+    {"messages": [{"role": "tool", "content": "x"}]},
     {"messages": [{"role": "user", "content": [{"type": "server_tool_use", "id": "x"}]}]},
-    {"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "web_search_20250305", "name": "web"}]},
+    {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": -1}},
+    {"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled", "budget_tokens": "lots"}},
 ])
 def test_untranslatable_requests_are_400(request_body: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest):
         to_chat_request({"model": "m", "max_tokens": 1, **request_body})
+
+
+def test_server_tools_are_left_out_and_named() -> None:
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+                      {"name": "f", "input_schema": {"type": "object"}},
+                      {"type": "custom", "name": "g", "input_schema": {"type": "object"}}]}
+    chat = to_chat_request(body)
+    assert [tool["function"]["name"] for tool in chat["tools"]] == ["f", "g"]
+    assert dropped_tools(body) == ("web_search_20250305",)
+    assert dropped_tools({"tools": "nope"}) == ()
+
+
+def test_a_system_message_mid_conversation_stays_in_place() -> None:
+    chat = to_chat_request({"model": "m", "max_tokens": 1, "system": [{"type": "text", "text": "S"}], "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "system", "content": "Now in French."},
+        {"role": "user", "content": "again"}]})
+    assert [(m["role"], m["content"]) for m in chat["messages"]] == [
+        ("system", "S"), ("user", "hi"), ("system", "Be brief."), ("assistant", "ok"),
+        ("system", "Now in French."), ("user", "again")]
+
+
+@pytest.mark.parametrize(("fields", "effort"), [
+    ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "low"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 8000}}, "medium"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 32000}}, "high"),
+    ({"thinking": {"type": "enabled", "budget_tokens": 1024}, "output_config": {"effort": "max"}}, "high"),
+    ({"thinking": {"type": "adaptive"}, "output_config": {"effort": "high"}}, None),
+    ({"output_config": {"effort": "low"}}, None),
+    ({"thinking": {"type": "disabled"}}, None),
+])
+def test_thinking_becomes_reasoning_effort_only_when_turned_on(fields: dict[str, Any], effort: str | None) -> None:
+    chat = to_chat_request({"model": "m", "max_tokens": 40000, "messages": [{"role": "user", "content": "x"}],
+                            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+                            **fields})
+    assert chat.get("reasoning_effort") == effort
+    assert not {"thinking", "output_config", "context_management"} & set(chat)
+
+
+def test_a_long_user_id_reaches_chat_as_its_digest() -> None:
+    long_id = '{"device_id":"' + "d" * 64 + '","session_id":"s1"}'
+    chats = [to_chat_request({"model": "m", "max_tokens": 1, "metadata": {"user_id": user},
+                              "messages": [{"role": "user", "content": "x"}]}) for user in ("u-1", long_id)]
+    assert chats[0]["user"] == "u-1"
+    assert len(chats[1]["user"]) == 64 and chats[1]["user"] != long_id[:64]
+
+
+def test_a_long_tool_description_is_cut_and_given_whole_in_a_system_message() -> None:
+    long = "Runs a command. " + "Mind the quoting. " * 100
+    chat = to_chat_request({"model": "m", "max_tokens": 1, "system": "S", "messages": [{"role": "user", "content": "x"}],
+                            "tools": [{"name": "Bash", "description": long, "input_schema": {"type": "object"}},
+                                      {"name": "Read", "description": "Reads a file.", "input_schema": {"type": "object"}}]})
+    bash, read = (tool["function"] for tool in chat["tools"])
+    assert len(bash["description"]) == 1024 and bash["description"].startswith("Runs a command.")
+    assert read["description"] == "Reads a file."
+    assert [m["role"] for m in chat["messages"]] == ["system", "system", "user"]
+    assert "## Tool Bash\n\n" + long in chat["messages"][1]["content"] and "Reads a file" not in chat["messages"][1]["content"]
 
 
 def test_response_with_text_tool_calls_and_cache_usage() -> None:

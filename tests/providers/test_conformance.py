@@ -60,12 +60,16 @@ def make_target(provider_type: str, meta: dict[str, Any]) -> Target:
                   dict(config.headers), config)
 
 
-def make_context(body: dict[str, Any]) -> CallContext:
+def make_context(body: dict[str, Any], meta: dict[str, Any]) -> CallContext:
+    """The request's context; `client_headers` in meta are the client headers the
+    operation forwards (e.g. `anthropic-beta` on the Messages API)."""
     stream = bool(body.get("stream"))
     options = body.get("stream_options") or {}
+    messages = meta["operation"] == "messages"     # a Messages stream always reports usage
     return CallContext(alias=body.get("model", "alias"), request_id="req_golden", created=1_700_000_000,
-                       stream=stream, include_usage=stream and options.get("include_usage") is True,
-                       client_body=body, response_id="resp_golden")
+                       stream=stream, include_usage=stream and (messages or options.get("include_usage") is True),
+                       client_body=body, forward_headers=meta.get("client_headers", {}),
+                       response_id="resp_golden")
 
 
 def error_record(exc: GatewayError) -> dict[str, Any]:
@@ -79,7 +83,7 @@ def run_case(case: Path) -> dict[str, Any]:
     provider: ProviderSpec = REGISTRY[provider_type]
     operation = Operation(meta["operation"])
     body = load(case / "client_request.json")
-    target, ctx = make_target(provider_type, meta), make_context(body)
+    target, ctx = make_target(provider_type, meta), make_context(body, meta)
     key = compile_key(provider, target.headers, "k", "test-key")
     produced: dict[str, Any] = {}
     spec = provider.operations.get(operation)
@@ -174,6 +178,29 @@ def check_responses_event_invariants(events: list[Any]) -> None:
         assert [i["id"] for i in terminal[0]["response"]["output"]] == [items[k] for k in sorted(items)]
 
 
+def check_messages_event_invariants(events: list[Any]) -> None:
+    """What the Anthropic SDKs rely on in a Messages stream, native or translated:
+    message_start first; each content block started, its deltas, stopped, in index order
+    and one at a time; message_delta with the stop reason and usage, then message_stop, last."""
+    payloads = [e for e in events if "_usage_seen" not in e]
+    kinds = [e["type"] for e in payloads if e["type"] != "ping"]
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    open_block: int | None = None
+    next_index = 0
+    for event in payloads:
+        if event["type"] == "content_block_start":
+            assert open_block is None and event["index"] == next_index, "blocks open one at a time, in order"
+            open_block, next_index = event["index"], next_index + 1
+        elif event["type"] == "content_block_delta":
+            assert event["index"] == open_block, "deltas belong to the open block"
+        elif event["type"] == "content_block_stop":
+            assert event["index"] == open_block
+            open_block = None
+    assert open_block is None, "every block is stopped"
+    final = next(e for e in payloads if e["type"] == "message_delta")
+    assert final["delta"]["stop_reason"] and "output_tokens" in final["usage"]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
 def test_golden_case(case: Path) -> None:
     produced = run_case(case)
@@ -189,7 +216,10 @@ def test_golden_case(case: Path) -> None:
         expected = ([orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
                     if name.endswith(".jsonl") else load(path))
         assert value == expected, f"{case.parent.name}/{case.name}: {name} differs"
-    if "expected_chunks.jsonl" in produced and load(case / "meta.json")["operation"] == "responses":
+    operation = load(case / "meta.json")["operation"]
+    if "expected_chunks.jsonl" in produced and operation == "messages":
+        check_messages_event_invariants(produced["expected_chunks.jsonl"])
+    elif "expected_chunks.jsonl" in produced and operation == "responses":
         check_responses_event_invariants(produced["expected_chunks.jsonl"])
     elif "expected_chunks.jsonl" in produced:
         body = load(case / "client_request.json")

@@ -108,9 +108,9 @@ def _models(parts: Parts) -> Iterator[Problem]:
         if model.alias in aliases:
             yield ("models", i, "alias"), f"duplicate alias {model.alias!r}"
         aliases.add(model.alias)
-        wildcard = model.alias.endswith("*")
-        if "*" in model.alias[:-1] or (wildcard and model.alias != "*" and not model.alias.endswith("/*")):
-            yield ("models", i, "alias"), "a wildcard alias must end in '/*' (or be '*')"
+        wildcard = "*" in model.alias
+        if model.alias.count("*") > 1:
+            yield ("models", i, "alias"), "a wildcard alias has one '*' (e.g. 'openai/*', 'claude-*', '*-fast')"
         for j, target in enumerate(model.targets):
             if target.provider not in provider_ids:
                 yield (("models", i, "targets", j, "provider"), f"unknown provider "

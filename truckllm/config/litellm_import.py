@@ -205,8 +205,8 @@ def _target(deployment: Any, where: str, default_timeout: Any,
                    "this deployment was not carried over")
         return None
     name = str(deployment["model_name"])
-    if "*" in name and not (name == "*" or (name.endswith("/*") and "*" not in name[:-2])):
-        state.note(where, f"model_name {name!r}: TruckLLM wildcards end in `/*`; skipped")
+    if name.count("*") > 1:
+        state.note(where, f"model_name {name!r}: a TruckLLM wildcard alias has one `*`; skipped")
         return None
     if "*" in upstream and upstream != "*":
         state.note(where, f"model {model!r}: only a whole `*` passes the requested name through; skipped")

@@ -134,7 +134,7 @@ ProviderConfig = Annotated[
 
 class TargetConfig(Strict):
     provider: str = Field(description="Id of a provider in `providers`.")
-    model: str = Field(min_length=1, description="Upstream model name; `*` in a wildcard alias stands for the requested suffix.")
+    model: str = Field(min_length=1, description="Upstream model name; in the targets of a wildcard alias, `*` is replaced by what the alias's `*` matched.")
     weight: float = Field(1, ge=0, description="Share of traffic for this target under the `weighted` strategy (0: only when the others are unusable).")
 
 
@@ -146,7 +146,7 @@ class PricingConfig(Strict):
 
 
 class ModelConfig(Strict):
-    alias: str = Field(min_length=1, description="The model name clients send; ending in `/*` makes a wildcard alias.")
+    alias: str = Field(min_length=1, description="The model name clients send; one `*` anywhere (`openai/*`, `claude-*`, `*-fast`) makes a wildcard alias.")
     targets: list[TargetConfig] = Field(min_length=1, description="Where requests for this alias go, in order.")
     strategy: Literal["fallback", "round_robin", "weighted", "least_busy", "lowest_latency"] = Field(
         "fallback", description="How targets are ordered per request: `fallback` (in the order written), `round_robin`, `weighted` (by target `weight`), `least_busy` (fewest requests in flight), `lowest_latency` (recent time to first token).")

@@ -23,7 +23,7 @@ from truckllm.pipeline.record import RequestRecord
 ACCESS_FIELDS = ("request_id", "method", "path", "key_id", "alias", "provider", "upstream_model",
                  "status", "latency_ms", "overhead_ms", "ttft_ms", "prompt_tokens",
                  "completion_tokens", "tokens", "attempts", "stream", "cost_usd", "cost_lines",
-                 "usage_estimated", "error")
+                 "usage_estimated", "dropped_tools", "error")
 _REMEMBERED_VERDICTS = 1024     # method, path and model are client-chosen: keep it bounded
 
 
@@ -63,6 +63,7 @@ def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[st
     fields["cost_usd"] = record.cost_usd
     fields["cost_lines"] = list(record.cost_lines) if record.cost_lines else None
     fields["usage_estimated"] = record.usage_estimated
+    fields["dropped_tools"] = list(record.dropped_tools) if record.dropped_tools else None
     fields["error"] = record.error_reason
     return fields
 

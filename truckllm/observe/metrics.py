@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.utils import floatToGoString
 
 from truckllm import __version__
+from truckllm.config.globs import AliasPattern, by_specificity, is_wildcard
 from truckllm.pipeline.record import RequestRecord
 
 # Whole requests and first tokens of LLM calls run from tens of milliseconds to minutes.
@@ -41,25 +42,23 @@ class AliasLabels:
 
     def __init__(self, aliases: Iterable[str] = ()) -> None:
         exact: set[str] = set()
-        prefixes: list[tuple[str, str]] = []
+        patterns: list[AliasPattern] = []
         for alias in aliases:
-            if alias == "*":
-                prefixes.append(("", alias))
-            elif alias.endswith("/*"):
-                prefixes.append((alias[:-1], alias))
+            if is_wildcard(alias):
+                patterns.append(AliasPattern(alias))
             else:
                 exact.add(alias)
         self._exact = frozenset(exact)
-        self._prefixes = tuple(sorted(prefixes, key=lambda item: -len(item[0])))
+        self._patterns = tuple(by_specificity(patterns))     # as routing chooses
 
     def label(self, requested: str | None) -> str:
         if requested is None:
             return UNKNOWN
         if requested in self._exact:
             return requested
-        for prefix, alias in self._prefixes:
-            if requested.startswith(prefix):
-                return alias
+        for pattern in self._patterns:
+            if pattern.match(requested) is not None:
+                return pattern.alias
         return UNKNOWN
 
 

@@ -381,6 +381,7 @@ class _Attempts:
         call, exchange, target, spec = self.call, self.exchange, upstream.target, upstream.spec
         ctx = call.ctx
         request = spec.build_request(call.body, target, upstream.key, ctx)
+        exchange.dropped_tools = request.dropped_tools
         if exchange.trace is not None:
             _traced(request, exchange.trace)
         answer = upstream.transport.fetch(upstream.provider, target, request, ctx.request_id)
@@ -420,6 +421,7 @@ class _Attempts:
         """A response whose body is still to be read; an error status is a failed attempt."""
         call = self.call
         request = upstream.spec.build_request(call.body, upstream.target, upstream.key, call.ctx)
+        self.exchange.dropped_tools = request.dropped_tools
         if self.exchange.trace is not None:
             _traced(request, self.exchange.trace)
         try:

@@ -54,6 +54,7 @@ class RequestRecord:
     cost_lines: tuple[CostLine, ...] = ()   # what cost_usd came from: tokens by kind x rate
     usage_estimated: bool = False           # a stream cut short: usage estimated, not reported
     limit_scope: LimitScope | None = None   # refused by a rate limit: whose
+    dropped_tools: tuple[str, ...] = ()     # tools the translation left out, by type
 
     @property
     def level(self) -> str:
@@ -76,7 +77,7 @@ class TraceHook(Protocol):
 class Exchange:
     """The mutable progress of one request, owned by that request alone."""
 
-    __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "error_reason", "key_id", "limit_scope",
+    __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "dropped_tools", "error_reason", "key_id", "limit_scope",
                  "method", "path", "provider_id", "ratelimit_reader", "request_id", "started",
                  "started_wall", "status", "stream", "trace", "ttft_s", "upstream_failures",
                  "upstream_key_id", "upstream_model", "upstream_s", "usage", "usage_estimated")
@@ -100,6 +101,7 @@ class Exchange:
         self.cost_lines: tuple[CostLine, ...] = ()
         self.error_reason: str | None = None
         self.limit_scope: LimitScope | None = None
+        self.dropped_tools: tuple[str, ...] = ()    # left out by the attempt that answered
         self.status = 0
         self.stream = False
         self.upstream_key_id: str | None = None
@@ -124,4 +126,5 @@ class Exchange:
             attempts=self.attempts, cost_usd=self.cost_usd, error_reason=self.error_reason,
             stream=self.stream, upstream_key_id=self.upstream_key_id,
             upstream_failures=tuple(self.upstream_failures), cost_lines=self.cost_lines,
-            usage_estimated=self.usage_estimated, limit_scope=self.limit_scope)
+            usage_estimated=self.usage_estimated, limit_scope=self.limit_scope,
+            dropped_tools=self.dropped_tools)

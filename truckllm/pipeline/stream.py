@@ -92,7 +92,9 @@ class StreamRelay:
             scrub_error(exc, self._key_value)
             self._failed(event_outcome(exc, now_unix=time.time()))
             self._exchange.error_reason = exc.type
-            await write(frame(self._ending.error_event(exc)))
+            out = self._error_frames(exc)
+            if out:
+                await write(out)
         except TransportError as exc:
             # Too late to try elsewhere: end the stream with an error event, count the
             # failure against the upstream, and close it.
@@ -102,11 +104,17 @@ class StreamRelay:
                      if outcome.error_class is ErrorClass.TIMEOUT
                      else errors.UpstreamFailed(outcome.message))
             self._exchange.error_reason = outcome.error_class.value
-            await write(frame(self._ending.error_event(error)))
+            out = self._error_frames(error)
+            if out:
+                await write(out)
         finally:
             self.abandon()
         done = self._ending.done
         return b"" if done is None else frame(done)
+
+    def _error_frames(self, error: errors.GatewayError) -> bytes:
+        """The client API's failure events, framed; the translator knows the stream so far."""
+        return b"".join([frame(event) for event in self._ending.error_events(error, self._translator)])
 
     def _failed(self, outcome: Outcome) -> None:
         """A failure after the first byte: health counts it, and so does the request's

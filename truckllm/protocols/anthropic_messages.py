@@ -9,13 +9,14 @@ Pure, no I/O. Imports only errors, usage, providers.base and protocols.through_c
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
 
 from truckllm.errors import GatewayError, InvalidRequest
 from truckllm.protocols.through_chat import ChatDialect
-from truckllm.providers.base import CallContext, SSEEvent, StreamEnding
+from truckllm.providers.base import CallContext, SSEEvent, StreamEnding, StreamTranslator
 from truckllm.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -40,21 +41,31 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     system = _text_of(body.get("system"), "system")
     if system:
         chat["messages"].append({"role": "system", "content": system})
+    tools = [_tool(tool, j) for j, tool in enumerate(body.get("tools") or ())
+             if not _is_server_tool(tool)]
+    if tools:
+        chat["tools"] = tools
+        spilled = _spill_long_descriptions(chat["tools"])
+        if spilled:
+            chat["messages"].append({"role": "system", "content": spilled})
     for i, message in enumerate(messages):
         chat["messages"] += _chat_messages(message, i)
-    if body.get("max_tokens") is not None:
-        chat["max_tokens"] = body["max_tokens"]
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             chat[name] = body[name]
     if body.get("stop_sequences"):
         chat["stop"] = body["stop_sequences"]
-    if body.get("tools"):
-        chat["tools"] = [_tool(tool, j) for j, tool in enumerate(body["tools"])]
+    effort = reasoning_effort(body.get("thinking"), body.get("output_config"))
+    if effort is not None:
+        chat["reasoning_effort"] = effort
+    if body.get("max_tokens") is not None:
+        # Reasoning models refuse `max_tokens`; servers that only speak older chat know
+        # nothing else, and they are not asked for reasoning.
+        chat["max_completion_tokens" if effort is not None else "max_tokens"] = body["max_tokens"]
     _tool_choice(body.get("tool_choice"), chat)
     user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
-    if isinstance(user, str):
-        chat["user"] = user
+    if isinstance(user, str) and user:
+        chat["user"] = chat_user(user)
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
@@ -62,9 +73,16 @@ def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _chat_messages(message: Any, i: int) -> list[dict[str, Any]]:
-    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-        raise InvalidRequest(f"messages.{i}: role must be 'user' or 'assistant'", param=f"messages.{i}.role")
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
+        raise InvalidRequest(f"messages.{i}: role must be 'user', 'assistant' or 'system'",
+                             param=f"messages.{i}.role")
     content = message.get("content")
+    if message["role"] == "system":
+        # A system message in the middle of the conversation (Anthropic's
+        # mid-conversation-system feature): kept in place, as chat allows; providers that
+        # take one system instruction (Gemini) merge it there.
+        text = _text_of(content, f"messages.{i}.content")
+        return [{"role": "system", "content": text}] if text else []
     blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(blocks, list):
         raise InvalidRequest(f"messages.{i}.content must be a string or an array", param=f"messages.{i}.content")
@@ -154,6 +172,23 @@ def _text_of(value: Any, param: str) -> str:
     raise InvalidRequest(f"{param} must be a string or an array of text blocks", param=param)
 
 
+def _is_server_tool(tool: Any) -> bool:
+    """One of Anthropic's own tools (web search, code execution, ...), which run on
+    Anthropic's side and have no equivalent elsewhere: `type` names its version, and it has
+    no `input_schema` of its own."""
+    return (isinstance(tool, dict) and isinstance(tool.get("type"), str)
+            and tool["type"] != "custom" and "input_schema" not in tool)
+
+
+def dropped_tools(body: dict[str, Any]) -> tuple[str, ...]:
+    """The server tools a translation leaves out of `body`, by type, in order; Claude
+    Code's WebSearch sends one on every alias, and the rest of its request still works."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return ()
+    return tuple(tool["type"] for tool in tools if _is_server_tool(tool))
+
+
 def _tool(tool: Any, j: int) -> dict[str, Any]:
     if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or "input_schema" not in tool:
         raise InvalidRequest(f"tools.{j}: only client tools (name, input_schema) can be translated",
@@ -162,6 +197,66 @@ def _tool(tool: Any, j: int) -> dict[str, Any]:
     if tool.get("description"):
         function["description"] = tool["description"]
     return {"type": "function", "function": function}
+
+
+# OpenAI refuses a longer `user` (400 "string too long"); Anthropic's user_id has no such
+# cap, and Claude Code's is a JSON object of ids, well past it.
+_CHAT_USER_MAX = 64
+
+
+def chat_user(user_id: str) -> str:
+    """`metadata.user_id` as chat's `user`: as it is when short enough, else its SHA-256
+    (64 hex digits), which still tells one end user from another as the field is for."""
+    if len(user_id) <= _CHAT_USER_MAX:
+        return user_id
+    return hashlib.sha256(user_id.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+# Thinking budgets (tokens) at or above which a request reads as that reasoning effort.
+_BUDGET_EFFORTS = ((16384, "high"), (4096, "medium"), (0, "low"))
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+
+def reasoning_effort(thinking: Any, output_config: Any) -> str | None:
+    """The chat `reasoning_effort` of a request that turns thinking on explicitly
+    (`thinking.type: "enabled"`): its `output_config.effort`, else its budget's size.
+
+    Adaptive thinking (the model decides) and a bare `output_config.effort` leave the
+    target's default: chat has no adaptive mode, and models without reasoning refuse
+    `reasoning_effort`, so sending it would break every request on them."""
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    if isinstance(effort, str) and effort in _EFFORTS:
+        return _EFFORTS[effort]
+    budget = thinking.get("budget_tokens")
+    if budget is None:
+        return "medium"
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise InvalidRequest("thinking.budget_tokens: a positive integer is required",
+                             param="thinking.budget_tokens")
+    return next(effort for floor, effort in _BUDGET_EFFORTS if budget >= floor)
+
+
+# OpenAI's chat API refuses a function description longer than this (400
+# string_above_max_length); Anthropic has no such cap, and Claude Code's own tools (Bash,
+# Agent, ...) run to thousands of characters.
+TOOL_DESCRIPTION_MAX = 1024
+
+
+def _spill_long_descriptions(tools: list[dict[str, Any]]) -> str:
+    """Cut each description longer than TOOL_DESCRIPTION_MAX, pointing to its full text,
+    and return those full texts as one system message's content ("" when none was long):
+    the model still reads every word, and no target refuses the tool."""
+    spilled: list[str] = []
+    for tool in tools:
+        function = tool["function"]
+        description = function.get("description")
+        if isinstance(description, str) and len(description) > TOOL_DESCRIPTION_MAX:
+            pointer = f" [...] (the full description is in the system message, under \"Tool {function['name']}\")"
+            function["description"] = description[:TOOL_DESCRIPTION_MAX - len(pointer)] + pointer
+            spilled.append(f"## Tool {function['name']}\n\n{description}")
+    return "Full descriptions of the tools whose own are cut short:\n\n" + "\n\n".join(spilled) if spilled else ""
 
 
 def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
@@ -357,14 +452,15 @@ def anthropic_error(status: int | None, openai_error: dict[str, Any]) -> dict[st
     return {"type": "error", "error": {"type": kind, "message": str(error.get("message") or "error")}}
 
 
-def _error_event(error: GatewayError) -> SSEEvent:
+def _error_event(error: GatewayError, stream: StreamTranslator) -> list[SSEEvent]:
     """A failure after the stream started. Named: the Anthropic SDKs dispatch on `event:`
     and ignore events without one, so an unnamed error would be silently lost."""
-    return SSEEvent("error", orjson.dumps(anthropic_error(None, error.body())))
+    return [SSEEvent("error", orjson.dumps(anthropic_error(None, error.body())))]
 
 
 # Anthropic streams end with message_stop: no `[DONE]` after it.
 MESSAGES_STREAM = StreamEnding(_error_event, None)
 
 # The Messages API on providers that speak only chat (protocols.through_chat).
-DIALECT = ChatDialect(to_chat_request, from_chat_answer, new_event_writer, MESSAGES_STREAM)
+DIALECT = ChatDialect(to_chat_request, from_chat_answer, new_event_writer, MESSAGES_STREAM,
+                      dropped_tools)

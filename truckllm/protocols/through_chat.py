@@ -50,6 +50,8 @@ class ChatDialect:
     from_chat_answer: Callable[[dict[str, Any], CallContext], dict[str, Any]]
     new_event_writer: Callable[[CallContext], EventWriter]
     stream_ending: StreamEnding
+    # the client's request body -> the tools to_chat_request leaves out, by type
+    dropped_tools: Callable[[dict[str, Any]], tuple[str, ...]] = lambda body: ()
 
 
 def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
@@ -58,7 +60,9 @@ def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
     def build_request(body: dict[str, Any], target: Target, key: UpstreamKey,
                       ctx: CallContext) -> UpstreamRequest:
         chat_ctx = chat_context(dialect, ctx)
-        return chat.build_request(dict(chat_ctx.client_body), target, key, chat_ctx)
+        request = chat.build_request(dict(chat_ctx.client_body), target, key, chat_ctx)
+        request.dropped_tools = dialect.dropped_tools(dict(ctx.client_body))
+        return request
 
     def parse_response(raw: bytes, target: Target, ctx: CallContext) -> ParsedResponse:
         assert chat.parse_response is not None
@@ -86,20 +90,21 @@ def chat_context(dialect: ChatDialect, ctx: CallContext) -> CallContext:
 
 
 class DialectStream:
-    """A chat translator's chunks rewritten as the dialect's stream events."""
+    """A chat translator's chunks rewritten as the dialect's stream events. `writer` is
+    public: a dialect's stream ending may ask it about the stream so far."""
 
     def __init__(self, inner: StreamTranslator, writer: EventWriter) -> None:
         self._inner = inner
-        self._writer = writer
+        self.writer = writer
         self.usage: Usage | None = None
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
         chunks = self._inner.feed(event)
         self.usage = self._inner.usage
-        return [out for chunk in chunks for out in self._writer.feed(orjson.loads(chunk.data))]
+        return [out for chunk in chunks for out in self.writer.feed(orjson.loads(chunk.data))]
 
     def close(self) -> list[SSEEvent]:
         chunks = self._inner.close()
         self.usage = self._inner.usage
-        out = [out for chunk in chunks for out in self._writer.feed(orjson.loads(chunk.data))]
-        return out + self._writer.finish()
+        out = [out for chunk in chunks for out in self.writer.feed(orjson.loads(chunk.data))]
+        return out + self.writer.finish()

@@ -84,6 +84,9 @@ class CallContext:
     # The id a Responses API answer carries (`resp_...`), chosen by the server so that its
     # response store can keep it; empty for other operations.
     response_id: str = ""
+    # Responses API streams: called with the finished response object (completed,
+    # incomplete or failed) when the stream's translator makes its last event, for the store.
+    on_response: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass(slots=True)           # per request, read-only by convention (see CallContext)
@@ -93,6 +96,9 @@ class UpstreamRequest:
     headers: Mapping[str, str]
     body: bytes | None
     stream: bool
+    # Tools of the client's request that the translation left out (they have no
+    # equivalent upstream); named to the client in x-truckllm-dropped-tools.
+    dropped_tools: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -141,15 +147,17 @@ class StreamTranslator(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class StreamEnding:
-    """How a client API ends a stream: the event that reports a failure once the stream
-    has started, and the event after the last one (None: the API has none)."""
+    """How a client API ends a stream: the events that report a failure once the stream
+    has started, and the event after the last one (None: the API has none). The failure
+    events are given the stream's translator: an API whose failure event reports the
+    stream so far (the Responses API's `response.failed`) asks it."""
 
-    error_event: Callable[[GatewayError], SSEEvent]
+    error_events: Callable[[GatewayError, StreamTranslator], list[SSEEvent]]
     done: SSEEvent | None
 
 
-def _openai_error_event(error: GatewayError) -> SSEEvent:
-    return SSEEvent(None, error.to_json())
+def _openai_error_event(error: GatewayError, stream: StreamTranslator) -> list[SSEEvent]:
+    return [SSEEvent(None, error.to_json())]
 
 
 # OpenAI's: an `{"error": ...}` event, and `data: [DONE]` after everything.

@@ -179,6 +179,12 @@ def _calling_config(choice: ToolChoice) -> dict[str, Any]:
     return {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice.mode]}
 
 
+# reasoning_effort as a thinking budget, as Google's own OpenAI-compatible endpoint maps
+# it; other efforts (none, minimal) leave the model's default, since some models cannot
+# turn thinking off.
+THINKING_BUDGETS = {"low": 1024, "medium": 8192, "high": 24576}
+
+
 def _generation_config(request: ChatRequest) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for name, value in (("temperature", request.temperature), ("topP", request.top_p),
@@ -191,6 +197,9 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
         config["stopSequences"] = request.stop
     if request.n > 1:
         config["candidateCount"] = request.n
+    budget = THINKING_BUDGETS.get(request.reasoning_effort or "")
+    if budget is not None:
+        config["thinkingConfig"] = {"thinkingBudget": budget}
     if request.response_format is not None:
         config["responseMimeType"] = "application/json"
         if request.response_format["type"] == "json_schema":

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC
 from types import MappingProxyType
 
-from truckllm.config.globs import compile_globs
+from truckllm.config.globs import AliasPattern, by_specificity, compile_globs, is_wildcard
 from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ClientKeyConfig, Config, ModelConfig, ProviderConfig
 from truckllm.limits.policy import LimitsPolicy, compile_policy
@@ -82,7 +82,8 @@ class State:
     version: int
     providers: Mapping[str, CompiledProvider]
     routes: Mapping[str, Route]                       # exact aliases
-    wildcard_routes: tuple[tuple[str, Route], ...]    # (prefix, route), longest prefix first
+    # Wildcard aliases with their routes, the most specific pattern first.
+    wildcard_routes: tuple[tuple[AliasPattern, Route], ...]
     client_keys: Mapping[bytes, ClientKey] | None     # by sha256 digest; None: open API
     all_routes: tuple[Route, ...]                     # every alias, in config order
     loaded_at: float                                  # unix seconds
@@ -101,15 +102,17 @@ class State:
         object.__setattr__(self, "config", self.loaded.config)
 
     def resolve(self, model: str) -> tuple[Route, tuple[Target, ...]] | None:
-        """The route for a model name and its targets, with a wildcard's `*` filled in."""
+        """The route for a model name and its targets: an exact alias first, else the most
+        specific wildcard alias matching it, with `*` in its targets' models replaced by
+        what the alias's `*` matched."""
         route = self.routes.get(model)
         if route is not None:
             return route, route.targets
-        for prefix, route in self.wildcard_routes:
-            if model.startswith(prefix) and len(model) > len(prefix):
-                suffix = model[len(prefix):]
-                check_chosen_model(model, suffix)
-                return route, tuple(replace(t, model=t.model.replace("*", suffix)) for t in route.targets)
+        for pattern, route in self.wildcard_routes:
+            matched = pattern.match(model)
+            if matched is not None:
+                check_chosen_model(model, matched)
+                return route, tuple(replace(t, model=t.model.replace("*", matched)) for t in route.targets)
         return None
 
     def authenticate(self, presented: str) -> ClientKey | None:
@@ -133,15 +136,15 @@ def build_state(loaded: LoadedConfig, version: int) -> State:
     config = loaded.config
     providers = {p.id: _compile_provider(p) for p in config.providers}
     routes: dict[str, Route] = {}
-    wildcards: list[tuple[str, Route]] = []
+    patterns: list[AliasPattern] = []
     all_routes = tuple(_compile_route(m, providers) for m in config.models)
     for route in all_routes:
-        model = route.config
-        if model.alias.endswith("*"):
-            wildcards.append((model.alias[:-1], route))
+        if is_wildcard(route.alias):
+            patterns.append(AliasPattern(route.alias))
         else:
-            routes[model.alias] = route
-    wildcards.sort(key=lambda pair: len(pair[0]), reverse=True)
+            routes[route.alias] = route
+    by_alias = {route.alias: route for route in all_routes}
+    wildcards = [(pattern, by_alias[pattern.alias]) for pattern in by_specificity(patterns)]
     client_keys = None
     if config.keys is not None:
         client_keys = MappingProxyType({k.digest: k for k in map(_compile_client_key, config.keys)})

@@ -25,7 +25,6 @@ from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispa
 from truckllm.pipeline.record import Exchange
 from truckllm.protocols.responses.native import speaks_natively
 from truckllm.protocols.responses.request import input_items, to_chat_request
-from truckllm.protocols.responses.wire import ResponsesReframer
 from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.providers.registry import NATIVE_RESPONSES
 from truckllm.runtime.response_store import (
@@ -46,13 +45,12 @@ from truckllm.server.keys import (
     STATE_LINK,
     TRANSPORT,
 )
-from truckllm.server.routes import _authenticate, _model_refused
+from truckllm.server.routes import authenticate_request, model_refused
 from truckllm.server.streaming import write_stream
 from truckllm.server.validation import check_fields, read_json
 
 log = structlog.get_logger("truckllm.server.responses")
 
-DROPPED_TOOLS_HEADER = "x-truckllm-dropped-tools"
 _DAY_S = 86_400.0
 
 
@@ -60,14 +58,14 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     app = request.app
     state = app[STATE].current                     # one snapshot for the whole request
     limiter = app[LIMITER]
-    key = _authenticate(request, state, limiter, exchange)
+    key = authenticate_request(request, state, limiter, exchange)
     server = state.config.server
     body = await read_json(request, server.max_body_mb, server.body_timeout_s)
     check_fields(Operation.RESPONSES, body)
     model: str = body["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):
-        raise _model_refused(model, resolved)
+        raise model_refused(model, resolved)
     route, targets = resolved
     exchange.alias = route.alias
     store = _store(app)
@@ -75,17 +73,16 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     history, prefer = await _history(store, body.get("previous_response_id"), owner)
     items = [*history, *input_items(body.get("input"))]      # what went in, for the store
     full = {**body, "input": items} if history else body
-    dropped: tuple[str, ...] = ()
     if not all(_native(state, target) for target in targets):
         # Refused here, before any upstream call, when a target would translate it.
-        dropped = to_chat_request(full).dropped_tools
+        to_chat_request(full)
     stream = bool(body.get("stream"))
     exchange.stream = stream
     response_id = "resp_" + secrets.token_hex(24)
+    final: list[dict[str, Any]] = []               # a stream's finished response, for the store
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full, {},
-                      response_id)
+                      response_id, on_response=final.append)
     admission = await metering.admit(limiter, state, key, full, exchange)
-    extra: tuple[tuple[str, str], ...] = ()
     keep = store is not None and body.get("store", True) is not False
     missing = app[RESPONSES_ENDPOINT_MISSING]
     reply: Reply | StreamReply | RawReply | None = None
@@ -102,19 +99,14 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
                         action="translated through chat from now on")
             call = replace(call, targets=_chat_where_missing(targets, missing))
             reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
-        if dropped and not _served_natively(state, exchange, call.targets):
-            extra = ((DROPPED_TOOLS_HEADER, ",".join(dropped)),)
-            log.info("responses_tools_dropped", request_id=exchange.request_id, tools=list(dropped))
         if isinstance(reply, Reply):
             if keep and store is not None:
                 await store.put(_stored(state, orjson.loads(reply.body), items, owner, exchange,
                                         _served_natively(state, exchange, call.targets)))
-            return json_answer(reply.body, exchange, extra)
+            return json_answer(reply.body, exchange)
         if isinstance(reply, RawReply):        # not an answer any provider gives here
             raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
-        final: list[dict[str, Any]] = []
-        reframer = ResponsesReframer(final.append)
-        response = await write_stream(request, reframer.reframe(reply), exchange, dict(extra))
+        response = await write_stream(request, reply, exchange)
         if keep and store is not None and final:
             await store.put(_stored(state, final[-1], items, owner, exchange,
                                     _served_natively(state, exchange, call.targets)))
@@ -189,7 +181,7 @@ def _store(app: web.Application) -> ResponseStore | None:
 async def _own_stored(request: web.Request, exchange: Exchange) -> tuple[ResponseStore, StoredResponse]:
     app = request.app
     state = app[STATE].current
-    key = _authenticate(request, state, app[LIMITER], exchange)
+    key = authenticate_request(request, state, app[LIMITER], exchange)
     response_id = request.match_info["response_id"]
     store = _store(app)
     stored = await store.get(response_id, _owner(key)) if store is not None else None

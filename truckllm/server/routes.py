@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from truckllm import errors
+from truckllm.config.globs import is_wildcard
 from truckllm.limits import Limiter, estimate_prompt_tokens, metering
 from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispatch
 from truckllm.pipeline.record import Exchange
@@ -55,7 +56,7 @@ class Relay:
     async def handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         op, limiter = self.op, self.limiter
         state = self.holder.current                     # one snapshot for the whole request
-        key = _authenticate(request, state, limiter, exchange)
+        key = authenticate_request(request, state, limiter, exchange)
         server = state.config.server
         body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
@@ -64,7 +65,7 @@ class Relay:
         # Most keys have no allow-list.
         if resolved is None or (key is not None and key.allowed is not None
                                 and not key.may_use(model)):
-            raise _model_refused(model, resolved)
+            raise model_refused(model, resolved)
         route, targets = resolved
         exchange.alias = route.alias
         stream = self.streams and bool(body.get("stream"))
@@ -135,7 +136,7 @@ def _forwarded(request: web.Request, names: tuple[str, ...]) -> Mapping[str, str
     return {name: request.headers[name] for name in names if name in request.headers}
 
 
-def _authenticate(request: web.Request, state: State, limiter: Limiter,
+def authenticate_request(request: web.Request, state: State, limiter: Limiter,
                   exchange: Exchange) -> ClientKey | None:
     """The caller's key; from here on its responses carry its x-ratelimit-* headers."""
     key = authenticate(request, state)
@@ -147,7 +148,7 @@ def _authenticate(request: web.Request, state: State, limiter: Limiter,
     return key
 
 
-def _model_refused(model: str, resolved: object) -> errors.GatewayError:
+def model_refused(model: str, resolved: object) -> errors.GatewayError:
     """404 for a model no route serves; 403 for one the key's allow-list leaves out."""
     if resolved is None:
         return errors.NotFound(f"The model '{model}' does not exist.", param="model",
@@ -158,20 +159,24 @@ def _model_refused(model: str, resolved: object) -> errors.GatewayError:
 
 async def list_models(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state, request.app[LIMITER], exchange)
+    key = authenticate_request(request, state, request.app[LIMITER], exchange)
     usable = [route for route in state.all_routes if key is None or key.may_use(route.alias)]
     # A wildcard alias is no model a client can send as it is: it is listed apart, by the
-    # prefix a model name is put after, so that no client picks `openai/*` as a model.
-    data = [_model_entry(state, route.alias, route) for route in usable
-            if not route.alias.endswith("*")]
-    wildcards = [{"prefix": route.alias[:-1], "owned_by": route.targets[0].provider_id}
-                 for route in usable if route.alias.endswith("*")]
+    # text a model name starts and ends with, so that no client picks `openai/*` as a model.
+    data = [_model_entry(state, route.alias, route) for route in usable if not is_wildcard(route.alias)]
+    wildcards = [_wildcard_entry(route) for route in usable if is_wildcard(route.alias)]
     return _json({"object": "list", "data": data, "wildcards": wildcards})
+
+
+def _wildcard_entry(route: Route) -> dict[str, Any]:
+    prefix, _, suffix = route.alias.partition("*")
+    return {"pattern": route.alias, "prefix": prefix, "suffix": suffix,
+            "owned_by": route.targets[0].provider_id}
 
 
 async def get_model(request: web.Request, exchange: Exchange) -> web.Response:
     state = request.app[STATE].current
-    key = _authenticate(request, state, request.app[LIMITER], exchange)
+    key = authenticate_request(request, state, request.app[LIMITER], exchange)
     model = request.match_info["model"]
     resolved = state.resolve(model)
     if resolved is None or (key is not None and not key.may_use(model)):

@@ -4,7 +4,6 @@ ready, no buffering or compression. A client that leaves closes the upstream at 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -20,11 +19,8 @@ _SSE_HEADERS = {
 }
 
 
-async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange,
-                       extra: Mapping[str, str] | None = None) -> web.StreamResponse:
+async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
     headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_now(exchange)}
-    if extra:
-        headers.update(extra)
     response = web.StreamResponse(status=200, headers=headers)
     try:
         await response.prepare(request)

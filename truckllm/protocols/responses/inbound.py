@@ -25,8 +25,8 @@ from truckllm.protocols.responses.native import (
     parse_native_response,
     speaks_natively,
 )
-from truckllm.protocols.responses.request import to_chat_request
-from truckllm.protocols.through_chat import ChatDialect
+from truckllm.protocols.responses.request import dropped_tools, to_chat_request
+from truckllm.protocols.through_chat import ChatDialect, DialectStream
 from truckllm.providers.base import (
     CallContext,
     OperationSpec,
@@ -40,14 +40,17 @@ from truckllm.providers.base import (
 )
 
 
-def _error_event(error: GatewayError) -> SSEEvent:
-    """A failure after the start, as the relay reports it: an OpenAI error object, which
-    the server turns into `response.failed` (truckllm.protocols.responses.wire)."""
-    return SSEEvent(None, error.to_json())
+def _failed(error: GatewayError, stream: StreamTranslator) -> list[SSEEvent]:
+    """A failure after the start: `response.failed`, the event the official SDKs and Codex
+    end a broken stream on, numbered after the events sent and holding the output items
+    finished so far, which only the stream's translator knows."""
+    writer = stream.writer if isinstance(stream, DialectStream) else stream
+    assert isinstance(writer, ResponsesEvents | NativeResponsesStream), "not a Responses stream"
+    return writer.fail(error)
 
 
 # No `[DONE]` after a Responses stream: response.completed (or .incomplete, .failed) ends it.
-RESPONSES_STREAM = StreamEnding(_error_event, None)
+RESPONSES_STREAM = StreamEnding(_failed, None)
 
 
 def chat_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -62,26 +65,38 @@ def from_chat_answer(chat: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
 
 
 class ResponsesEvents:
-    """The event writer of a translated stream: chat chunks in, named Responses events out."""
+    """The event writer of a translated stream: chat chunks in, named Responses events out;
+    the finished response goes to the context's `on_response`."""
 
     def __init__(self, ctx: CallContext) -> None:
         body = dict(ctx.client_body)
         ids = ResponseIds(ctx.response_id)
         self._writer = ResponsesEventWriter(response_frame(body, ids, ctx.created, ctx.alias), ids,
                                             to_chat_request(body).tool_names)
+        self._on_response = ctx.on_response
 
     def feed(self, chunk: dict[str, Any]) -> list[SSEEvent]:
         return [_named(event) for event in self._writer.feed(chunk)]
 
     def finish(self) -> list[SSEEvent]:
-        return [_named(event) for event in self._writer.finish()]
+        return self._ended(self._writer.finish())
+
+    def fail(self, error: GatewayError) -> list[SSEEvent]:
+        return self._ended(self._writer.fail(error.body()["error"]))
+
+    def _ended(self, events: list[dict[str, Any]]) -> list[SSEEvent]:
+        """The last events, the final one carrying the finished response."""
+        if self._on_response is not None:
+            self._on_response(events[-1]["response"])
+        return [_named(event) for event in events]
 
 
 def _named(event: dict[str, Any]) -> SSEEvent:
     return SSEEvent(event["type"], orjson.dumps(event))
 
 
-DIALECT = ChatDialect(chat_request, from_chat_answer, ResponsesEvents, RESPONSES_STREAM)
+DIALECT = ChatDialect(chat_request, from_chat_answer, ResponsesEvents, RESPONSES_STREAM,
+                      dropped_tools)
 
 
 def native_or_translated(endpoint: NativeEndpoint, translated: OperationSpec) -> OperationSpec:

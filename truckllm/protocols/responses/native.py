@@ -2,9 +2,10 @@
 body goes up with only `model` rewritten (and a `previous_response_id` already resolved
 into `input` by the server left out), answers and events come back with the alias as
 `model`. Events that are not part of the Responses API (`codex.rate_limits`, say) are
-not forwarded; an `error` event fails the attempt (retried before the first byte).
+not forwarded; an `error` event fails the attempt (retried before the first byte), and
+after the start ends the stream with `response.failed`, as a translated stream does.
 
-Pure, no I/O. Imports only providers.base, errors and usage.
+Pure, no I/O. Imports only providers.base, errors, usage and protocols.responses.answer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import orjson
 
 from truckllm.config.schema import AzureProvider, OpenAIProvider
-from truckllm.errors import UpstreamFailed
+from truckllm.errors import GatewayError, UpstreamFailed
+from truckllm.protocols.responses.answer import failed
 from truckllm.providers.base import (
     CallContext,
     ParsedResponse,
@@ -37,6 +39,8 @@ _TYPE = re.compile(rb'^\s*\{\s*"type"\s*:\s*"([a-z_.]+)"')
 _WITH_RESPONSE = frozenset({"response.created", "response.in_progress", "response.queued",
                             "response.completed", "response.incomplete", "response.failed"})
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Events read whole besides those: the finished items, which a `response.failed` reports.
+_READ = _WITH_RESPONSE | {"error", "response.output_item.done"}
 
 
 def speaks_natively(target: Target) -> bool:
@@ -88,12 +92,17 @@ def _as_client_sees(response: dict[str, Any], ctx: CallContext) -> None:
 
 class NativeResponsesStream:
     """Upstream Responses events forwarded; those carrying the response object get the
-    alias as `model`, and the final one gives the usage."""
+    alias as `model`, and the final one gives the usage and goes to the context's
+    `on_response`. Keeps what a `response.failed` of its own reports: the response as
+    created, the items finished so far and the last event forwarded (its number)."""
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
         self.usage: Usage | None = None
         self._ended = False
+        self._frame: dict[str, Any] | None = None
+        self._output: list[dict[str, Any]] = []
+        self._last = b""
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
         data = event.data
@@ -101,25 +110,51 @@ class NativeResponsesStream:
         kind = match.group(1).decode() if match else event.event
         if kind is None or not (kind.startswith("response.") or kind == "error"):
             return []                   # not a Responses event: never forwarded
-        if kind not in _WITH_RESPONSE and kind != "error":
+        if kind not in _READ:
+            self._last = data
             return [SSEEvent(kind, data)]
         parsed = decode_json(data)
         if not isinstance(parsed, dict):
             return []
         if kind == "error":
             raise to_gateway_error(_error_info(parsed))
+        if kind == "response.output_item.done":
+            item = parsed.get("item")
+            if isinstance(item, dict):
+                self._output.append(item)
+            self._last = data
+            return [SSEEvent(kind, data)]
         response = parsed.get("response")
         if isinstance(response, dict):
             _as_client_sees(response, self._ctx)
+            if kind == "response.created":
+                self._frame = response
             if kind in _TERMINAL:
                 self._ended = True
                 self.usage = usage_of(response.get("usage")) or self.usage
-        return [SSEEvent(kind, orjson.dumps(parsed))]
+                if self._ctx.on_response is not None:
+                    self._ctx.on_response(response)
+        self._last = orjson.dumps(parsed)
+        return [SSEEvent(kind, self._last)]
 
     def close(self) -> list[SSEEvent]:
         if not self._ended:
             raise UpstreamFailed("upstream stream ended before response.completed")
         return []
+
+    def fail(self, error: GatewayError) -> list[SSEEvent]:
+        """`response.failed` after the last event forwarded, with the items finished so far;
+        nothing when the upstream never created the response."""
+        if self._frame is None:
+            return []
+        last = decode_json(self._last) if self._last else None
+        number = last.get("sequence_number") if isinstance(last, dict) else None
+        sequence = number + 1 if isinstance(number, int) else 0
+        response = failed(self._frame, self._output, error.body()["error"])
+        if self._ctx.on_response is not None:
+            self._ctx.on_response(response)
+        return [SSEEvent("response.failed", orjson.dumps(
+            {"type": "response.failed", "sequence_number": sequence, "response": response}))]
 
 
 def _error_info(event: dict[str, Any]) -> UpstreamErrorInfo:

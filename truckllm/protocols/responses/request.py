@@ -96,6 +96,11 @@ def to_chat_request(body: dict[str, Any]) -> ChatTranslation:
 # ---- tools --------------------------------------------------------------------------------
 
 
+def dropped_tools(body: dict[str, Any]) -> tuple[str, ...]:
+    """The built-in tools a translation leaves out of `body`, by type, in order."""
+    return tuple(_tools(body.get("tools"))[2])
+
+
 def _tools(raw: Any) -> tuple[list[dict[str, Any]], ToolNames, list[str]]:
     if raw is None:
         return [], ToolNames(), []

@@ -101,6 +101,7 @@ class ChatRequest:
     logprobs: bool = False
     audio_output: bool = False          # `modalities` asks for audio, or `audio` is set
     legacy_functions: bool = False
+    reasoning_effort: str | None = None
 
 
 def uses_legacy_functions(body: Mapping[str, Any]) -> bool:
@@ -132,6 +133,7 @@ def read_chat_request(body: dict[str, Any]) -> ChatRequest:
         logprobs=bool(body.get("logprobs")),
         audio_output=bool(body.get("audio")) or "audio" in (body.get("modalities") or []),
         legacy_functions=uses_legacy_functions(body),
+        reasoning_effort=_optional(body, "reasoning_effort", str),
     )
 
 

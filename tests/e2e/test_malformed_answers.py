@@ -1,5 +1,6 @@
 """A 200 from an OpenAI-type upstream that is not a valid answer, or a stream chunk that is
-not a chunk, is an upstream failure: tried on the next attempt while nothing has reached
+not a chunk (invalid UTF-8 included: it never reaches a client inside a JSON body), is an
+upstream failure: tried on the next attempt while nothing has reached
 the client, a 502 when no attempt answers, and an SSE error event and `[DONE]` once the
 stream has started. Through the HTTP API, against the fake OpenAI upstream."""
 
@@ -38,7 +39,10 @@ def sse_payloads(raw: bytes) -> list[bytes]:
     Scripted(body=[{"choices": []}]),
     Scripted(raw=b'{"id": "x", "choices": [', content_type="application/json"),
     Scripted(raw=b"<html>hello</html>", content_type="text/html"),
-], ids=["choices not a list", "choices not objects", "an array", "cut short", "not JSON"])
+    Scripted(raw=b'{"id": "x", "object": "chat.completion", "choices": [{"index": 0, '
+                 b'"message": {"role": "assistant", "content": "caf\xe9"}, "finish_reason": "stop"}]}'),
+], ids=["choices not a list", "choices not objects", "an array", "cut short", "not JSON",
+        "invalid UTF-8"])
 async def test_a_200_that_is_not_an_answer_is_a_502_after_every_attempt(
         gateway: Gateway, openai_fake: OpenAIFake, scripted: Scripted) -> None:
     openai_fake.script(*[scripted] * ATTEMPTS)
@@ -60,9 +64,13 @@ async def test_a_200_that_is_not_an_answer_is_retried(gateway: Gateway, openai_f
     assert len(openai_fake.requests) == 2
 
 
+INVALID_UTF8_CHUNK = orjson.dumps(GOOD_CHUNK).replace(b"Hello", b"caf\xe9")
+
+
+@pytest.mark.parametrize("chunk", ["{broken json", INVALID_UTF8_CHUNK], ids=["broken JSON", "invalid UTF-8"])
 async def test_a_broken_first_chunk_is_a_502_after_every_attempt(
-        gateway: Gateway, openai_fake: OpenAIFake) -> None:
-    openai_fake.script(*[Scripted(chunks=["{broken json"])] * ATTEMPTS)
+        gateway: Gateway, openai_fake: OpenAIFake, chunk: str | bytes) -> None:
+    openai_fake.script(*[Scripted(chunks=[chunk])] * ATTEMPTS)
     async with gateway.http() as http:
         response = await http.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
         assert response.status == 502
@@ -81,9 +89,10 @@ async def test_a_broken_first_chunk_is_retried(gateway: Gateway, openai_fake: Op
     assert len(openai_fake.requests) == 2
 
 
+@pytest.mark.parametrize("chunk", ["{broken json", INVALID_UTF8_CHUNK], ids=["broken JSON", "invalid UTF-8"])
 async def test_a_broken_chunk_after_the_first_ends_the_stream_with_an_error(
-        gateway: Gateway, openai_fake: OpenAIFake) -> None:
-    openai_fake.script(Scripted(chunks=[GOOD_CHUNK, "{broken json"]))
+        gateway: Gateway, openai_fake: OpenAIFake, chunk: str | bytes) -> None:
+    openai_fake.script(Scripted(chunks=[GOOD_CHUNK, chunk]))
     async with gateway.http() as http:
         response = await http.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
         assert response.status == 200

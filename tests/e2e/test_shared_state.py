@@ -209,8 +209,9 @@ async def test_an_admin_change_on_one_instance_reaches_the_other(
         code, _, text = await a.admin("DELETE", "/admin/v1/keys/ci-bot")
         assert code == 200, text
 
-        async def b_revoked() -> bool:
-            return "ci-bot" not in b.config_path.read_text()
+        async def b_revoked() -> bool:      # written and applied: b runs a's config again
+            return "ci-bot" not in b.config_path.read_text() and \
+                (await b.status())["config"]["sha256"] == (await a.status())["config"]["sha256"]
         await wait_until(b_revoked, "instance b to drop the key revoked on a")
 
         # one b cannot apply (a variable only a has): b keeps its config and says why

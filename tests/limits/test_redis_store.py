@@ -109,6 +109,7 @@ async def test_an_outage_falls_back_and_its_spend_reaches_redis() -> None:
         grant = await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL)
         assert isinstance(grant, Grant)
         await store.finish(grant, Usage(1, 1), 1.0, TOTAL)
+        await link.flushed()        # the end of a request is sent after it, not waited for
         server.stop()
         grant = await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL)   # served
         assert isinstance(grant, Grant) and not link.up

@@ -56,3 +56,16 @@ def test_events_up_to_the_cap_pass_in_any_split() -> None:
         for start in range(0, len(data), size):
             events += decoder.feed(data[start:start + size])
         assert events + decoder.flush() == EXPECTED * 50
+
+
+@pytest.mark.parametrize("read", [
+    b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n",                     # whole events, one read
+    b"data: {\"a\":1}\r\n\r\ndata: {\"b\":2}\r\n\r\n",             # with \r\n line ends
+    b"data: {\"a\":1}\n\n: keep-alive\n\ndata: {\"b\":2}\n\n",     # a comment between
+    b"data: {\"a\":1}\n\nevent: x\ndata: {\"b\":2}\n\n",           # a named event
+    b"data: {\"a\":1}\rdata: {\"b\":2}\n\n",                       # a bare \r inside one event
+])
+def test_several_events_in_one_read_decode_as_they_would_one_by_one(read: bytes) -> None:
+    one_by_one = decode_in_pieces(read, 1)
+    decoder = SSEDecoder()
+    assert decoder.feed(read) + decoder.flush() == one_by_one

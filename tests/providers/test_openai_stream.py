@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from truckllm.errors import UpstreamFailed
@@ -49,3 +50,17 @@ def test_stream_ending_with_neither_done_nor_finish_is_an_error() -> None:
 def test_a_chunk_that_is_not_a_chunk_fails_the_stream(data: bytes) -> None:
     with pytest.raises(UpstreamFailed):
         make_stream().feed(SSEEvent(None, data))
+
+
+def test_every_chunk_gets_the_alias_however_its_model_is_spelled() -> None:
+    stream = make_stream()
+    chunks = [CHUNK, CHUNK, CHUNK.replace(b'"model":"up"', b'"model":"up-2"'),
+              CHUNK.replace(b'"model":"up"', b'"model": "up"'), CHUNK.replace(b'"model":"up",', b""),
+              FINISH]
+    for data in chunks:
+        [event] = stream.feed(SSEEvent(None, data))
+        sent, upstream = orjson.loads(event.data), orjson.loads(data)
+        assert sent.pop("model", "alias") == "alias"
+        upstream.pop("model", None)
+        assert sent == upstream
+    assert stream.close() == []

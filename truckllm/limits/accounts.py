@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from truckllm.limits.budget import BudgetPeriod, period_end
+from truckllm.usage import Usage
 
 
 @dataclass(slots=True)
@@ -27,6 +28,19 @@ class Counters:
     def clear(self) -> None:
         self.requests = self.prompt_tokens = self.completion_tokens = 0
         self.spend_usd = 0.0
+
+    def add_usage(self, usage: Usage | None, cost_usd: float) -> None:
+        """One answered request's tokens and spend (its count is taken at admission)."""
+        if usage is not None:
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+        self.spend_usd += cost_usd
+
+    def add(self, more: Counters) -> None:
+        self.requests += more.requests
+        self.prompt_tokens += more.prompt_tokens
+        self.completion_tokens += more.completion_tokens
+        self.spend_usd += more.spend_usd
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "prompt_tokens": self.prompt_tokens,

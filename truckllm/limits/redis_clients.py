@@ -2,8 +2,10 @@
 `ClientStore` shared by every instance and worker that names the same server.
 
 Every check-and-count (`admit`) and every end of a request (`finish`) is one Lua script
-(truckllm.limits.redis_scripts), atomic on the Redis server and on its clock, one round
-trip. A request of a key with nothing to check (no rate, cap or budget, behind an
+(truckllm.limits.redis_scripts), atomic on the Redis server and on its clock. A request
+waits for one round trip, its admission: its end is queued, not waited for, and goes to
+Redis in the same pipeline as the next admissions (truckllm.limits.redis_link keeps this
+process's calls in order, so the end lands before any admission made after it). A request of a key with nothing to check (no rate, cap or budget, behind an
 unlimited gateway) makes no round trip at all: its usage is added to the key's account
 in a batch, once a second.
 
@@ -30,7 +32,7 @@ from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
 from truckllm.limits.meter import WINDOW_S, Refusal
 from truckllm.limits.policy import KeyPolicy, RateLimits
-from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink
+from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink, text
 from truckllm.limits.redis_scripts import ADMIT, CURRENT, FINISH, MERGE, RENEW, RESET
 from truckllm.usage import Usage
 
@@ -111,7 +113,7 @@ class RedisClientStore:
             return Refused(None, spend_usd=float(answer[5]))
         if status in (2, 3):
             wait = int(answer[8])
-            refusal = Refusal(_text(answer[6]), int(answer[7]), None if wait < 0 else wait / 1000)
+            refusal = Refusal(text(answer[6]), int(answer[7]), None if wait < 0 else wait / 1000)
             return Refused(LimitScope.KEY if status == 2 else LimitScope.GATEWAY, refusal)
         tokens = estimate.tokens if (gateway.tpm is not None or
                                      (key is not None and key.rates.tpm is not None)) else 0
@@ -139,7 +141,7 @@ class RedisClientStore:
             _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)]
         keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
                 f"{g}:rpm", f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, args
+        return keys, [_packed(args)]
 
     async def _admit_locally(self, gateway: RateLimits, key: KeyPolicy | None,
                              estimate: PromptEstimate, period_start: datetime) -> Grant | Refused:
@@ -179,7 +181,7 @@ class RedisClientStore:
                 assert period_start is not None
                 await self.local.settle(grant, usage, cost_usd, period_start)
                 if grant.key_id is not None:
-                    _add(self._owed(grant.key_id, period_start), usage, cost_usd)
+                    self._owed(grant.key_id, period_start).add_usage(usage, cost_usd)
             if release:
                 await self.local.release(grant)
             self.changes += 1
@@ -190,18 +192,23 @@ class RedisClientStore:
             self._owe(grant, usage, cost_usd, period_start, settle)
             return
         keys, args = self._finish_call(grant, usage, cost_usd, period_start, settle, release)
-        try:
-            answer = await self.link.call(self._finish, keys, args)
-        except FAILURES:
-            # The slots' leases run out by themselves; the usage is pushed when it is back.
-            self._owe(grant, usage, cost_usd, period_start, settle)
-            return
-        if grant.key_id is not None:
-            self._seen[grant.key_id] = _Seen(self.clock.monotonic(), [0, *answer])
-            if settle and cost_usd and period_start is not None:
-                start, spend = self._spend.get(grant.key_id, (period_start, 0.0))
-                if start == period_start:
-                    self._spend[grant.key_id] = (start, spend + cost_usd)
+        key_id = grant.key_id
+
+        def done(answer: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                # The slots' leases run out by themselves; the usage is pushed when it is back.
+                self._owe(grant, usage, cost_usd, period_start, settle)
+                return
+            if key_id is not None:
+                self._seen[key_id] = _Seen(self.clock.monotonic(), [0, *answer])
+                if settle and cost_usd and period_start is not None:
+                    start, spend = self._spend.get(key_id, (period_start, 0.0))
+                    if start == period_start:
+                        self._spend[key_id] = (start, spend + cost_usd)
+
+        # Not waited for: it goes to Redis with the next admissions (before any admission
+        # made after it), so the client's answer does not wait for a second round trip.
+        self.link.post(self._finish, keys, args, done)
         self.changes += 1
 
     def _finish_call(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
@@ -222,12 +229,12 @@ class RedisClientStore:
             "1" if rates is not None and rates.tpm is not None else "0"]
         keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
                 f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, args
+        return keys, [_packed(args)]
 
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:
         if settle and grant.key_id is not None and period_start is not None:
-            _add(self._owed(grant.key_id, period_start), usage, cost_usd)
+            self._owed(grant.key_id, period_start).add_usage(usage, cost_usd)
             self.changes += 1
 
     def _owed(self, key_id: str, period_start: datetime) -> Counters:
@@ -238,7 +245,7 @@ class RedisClientStore:
         if owed is None:
             owed = self._pending[key_id] = Account(period_start)
         elif owed.period_start != period_start:    # a new period: the old one is lifetime now
-            _sum_into(owed.lifetime, owed.period)
+            owed.lifetime.add(owed.period)
             owed.period_start = period_start
             owed.period.clear()
         return owed.period
@@ -268,6 +275,7 @@ class RedisClientStore:
         account = Account(period_start)
         if self.link.up:
             try:
+                await self.link.flushed()       # the ends of this process's requests first
                 raw = await self.link.client.hgetall(f"{_names(key_id)}:acct")
             except FAILURES as exc:
                 self.link.failed(exc)
@@ -278,9 +286,9 @@ class RedisClientStore:
         owed = self._pending.get(key_id)
         if owed is not None and self.link.up:
             if owed.period_start == period_start:
-                _sum_into(account.period, owed.period)
-            _sum_into(account.lifetime, owed.period)
-            _sum_into(account.lifetime, owed.lifetime)
+                account.period.add(owed.period)
+            account.lifetime.add(owed.period)
+            account.lifetime.add(owed.lifetime)
         return account
 
     async def current(self, key_id: str) -> tuple[int, int, int]:
@@ -322,14 +330,14 @@ class RedisClientStore:
         """Usage from a state file (imported once, see truckllm.limits.redis_import) is
         added to Redis by `push`: here it is only queued."""
         for key_id, account in accounts.items():
-            _sum_into(self._owed(key_id, account.period_start), account.period)
+            self._owed(key_id, account.period_start).add(account.period)
             owed = self._pending[key_id]
             # lifetime beyond the period (earlier periods) rides along in the lifetime push
             extra = Counters(account.lifetime.requests - account.period.requests,
                              account.lifetime.prompt_tokens - account.period.prompt_tokens,
                              account.lifetime.completion_tokens - account.period.completion_tokens,
                              account.lifetime.spend_usd - account.period.spend_usd)
-            _sum_into(owed.lifetime, extra)
+            owed.lifetime.add(extra)
         self.changes += 1
 
     # -- keeping Redis current --------------------------------------------------------
@@ -372,28 +380,19 @@ def _names(key_id: str) -> str:
     return f"{PREFIX}c:{key_id}"
 
 
+def _packed(args: list[Any]) -> str:
+    """ADMIT's and FINISH's fields as their one argument (see truckllm.limits.redis_scripts)."""
+    return "|".join(map(str, args))
+
+
 def _opt(value: float | int | None) -> str:
     if value is None:
         return ""
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _add(counters: Counters, usage: Usage | None, cost_usd: float) -> None:
-    if usage is not None:
-        counters.prompt_tokens += usage.prompt_tokens
-        counters.completion_tokens += usage.completion_tokens
-    counters.spend_usd += cost_usd
-
-
-def _sum_into(into: Counters, more: Counters) -> None:
-    into.requests += more.requests
-    into.prompt_tokens += more.prompt_tokens
-    into.completion_tokens += more.completion_tokens
-    into.spend_usd += more.spend_usd
 
 
 def _account(raw: dict[Any, Any], period_start: datetime) -> Account:
@@ -405,6 +404,6 @@ def _account(raw: dict[Any, Any], period_start: datetime) -> Account:
 
     lifetime = Counters(number("lr"), number("lpt"), number("lct"), money("lsp"))
     period = Counters()
-    if _text(raw.get(b"ps", b"")) == period_start.isoformat():
+    if text(raw.get(b"ps", b"")) == period_start.isoformat():
         period = Counters(number("pr"), number("ppt"), number("pct"), money("psp"))
     return Account(period_start, period, lifetime)

@@ -12,6 +12,7 @@ they kept (`on_up`), then marks it up; while up it runs the stores' periodic wor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,9 @@ PREFIX = "truckllm:"
 FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 Periodic = Callable[[], Awaitable[None]]
-_Call = tuple[AsyncScript, list[str], list[Any], "asyncio.Future[Any]"]
+# What to do with a call's answer: (result, None) or (None, what it raised).
+Done = Callable[[Any, BaseException | None], None]
+_Call = tuple[AsyncScript, list[str], list[Any], Done]
 
 
 class StateLink:
@@ -53,7 +56,8 @@ class StateLink:
         self.every_second: list[Periodic] = []
         self.config_sync: Callable[[], dict[str, Any]] | None = None    # its status
         self._batch: list[_Call] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sender: asyncio.Task[None] | None = None
+        self._loaded: set[str] = set()      # the scripts the server is known to hold
 
     def script(self, source: str) -> AsyncScript:
         return self.client.register_script(source)
@@ -68,50 +72,82 @@ class StateLink:
                         fallback="in-memory limits per instance until it is back")
 
     async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """Run a script; raises one of FAILURES (after marking the link down).
-
-        Calls made in the same turn of the event loop (concurrent requests) go to Redis
-        together, in one pipeline: one write and one read for all of them, each script
-        still atomic on its own."""
+        """Run a script and wait for its answer; raises one of FAILURES (after marking
+        the link down)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._batch.append((script, keys, args, future))
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._send_batch)
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self.post(script, keys, args, done)
         return await future
 
-    def _send_batch(self) -> None:
-        batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+    def post(self, script: AsyncScript, keys: list[str], args: list[Any], done: Done) -> None:
+        """Queue a script without waiting for it: `done` gets its answer or failure.
+
+        Calls go to Redis in one pipeline per turn of the event loop (one write and one
+        read for all of them, each script still atomic on its own), with one pipeline in
+        flight at a time: what is queued meanwhile goes in the next. So Redis runs this
+        process's calls in the order they were made: work posted at the end of a request
+        (not waited for) is done before any admission made after it."""
+        self._batch.append((script, keys, args, done))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+
+    async def flushed(self) -> None:
+        """Wait until every call queued so far has its answer (reads of what this
+        process counted, and shutdown, wait for it)."""
+        while self._sender is not None:
+            await asyncio.shield(self._sender)
+
+    async def _send_all(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                await self._send(batch)
+        finally:
+            self._sender = None
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
             if len(batch) == 1:
-                script, keys, args, future = batch[0]
+                script, keys, args, _ = batch[0]
                 results: list[Any] = [await script(keys=keys, args=args)]
+                self._loaded.add(script.sha)
             else:
+                # A script the server may not hold yet goes with its source (EVAL loads
+                # it): retrying one later would run it after the calls queued behind it.
                 pipe = self.client.pipeline(transaction=False)
                 for script, keys, args, _ in batch:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    if script.sha in self._loaded:
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    else:
+                        pipe.eval(str(script.script), len(keys), *keys, *args)
                 results = await pipe.execute(raise_on_error=False)
                 for index, result in enumerate(results):
+                    script, keys, args, _ = batch[index]
                     if isinstance(result, NoScriptError):     # Redis restarted: load it
-                        script, keys, args, _ = batch[index]
+                        self._loaded.clear()
                         results[index] = await script(keys=keys, args=args)
+                    self._loaded.add(script.sha)
         except FAILURES as exc:
             self.failed(exc)
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            # What was queued behind it would wait for the same server: it fails with it,
+            # so a hung server costs a request one timeout, not two.
+            batch, self._batch = batch + self._batch, []
+            for *_, done in batch:
+                _report(done, None, exc)
             return
-        for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
+        for (*_, done), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
-                future.set_exception(result)
+                _report(done, None, result)
             else:
-                future.set_result(result)
+                _report(done, result, None)
 
     def status(self) -> dict[str, Any]:
         return {"backend": "redis", "up": self.up, "down_since": self.down_since,
@@ -146,7 +182,17 @@ class StateLink:
         log.warning("state_backend_up", down_s=round(downtime, 1))
 
     async def close(self) -> None:
+        with contextlib.suppress(*FAILURES):
+            await self.flushed()        # the ends of the last requests reach Redis
         await self.client.aclose()
+
+
+def _report(done: Done, result: Any, exc: BaseException | None) -> None:
+    """Hand a call its answer; a bug in one caller's handling must not lose the others'."""
+    try:
+        done(result, exc)
+    except Exception:
+        log.exception("state_call_handler_failed")
 
 
 def _describe(exc: BaseException) -> str:
@@ -154,3 +200,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def text(value: Any) -> str:
+    """A reply field as text (replies come as bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -18,6 +18,14 @@ anything of TruckLLM.
 from __future__ import annotations
 
 _PRELUDE = """
+local function fields(packed)
+  local out, i = {}, 1
+  for v in string.gmatch(packed .. '|', '([^|]*)|') do
+    out[i] = v
+    i = i + 1
+  end
+  return out
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -136,17 +144,20 @@ end
 """
 
 # KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's rpm, tpm, tpm sum, slots
-# ARGV: grant id, estimate, span ms, lease ms, has key, key rpm, tpm, max_concurrent,
-#       budget, period start, gateway rpm, tpm, max_concurrent  ('' = not set)
+# ARGV[1]: these fields joined by '|' (one argument: the client encodes each argument
+#       on its own, and these scripts run for every request): grant id, estimate, span
+#       ms, lease ms, has key, key rpm, tpm, max_concurrent, budget, period start,
+#       gateway rpm, tpm, max_concurrent  ('' = not set)
 # Returns {status, rpm used, rpm reset ms, tpm used, tpm reset ms, period spend
 #          [, limit, configured, retry ms]}: 0 admitted, 1 budget, 2 key, 3 gateway.
 ADMIT = _PRELUDE + """
-local gid, est = ARGV[1], tonumber(ARGV[2])
-local span, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
-local has_key = ARGV[5] == '1'
-local k_rpm, k_tpm, k_maxc = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local budget, ps = tonumber(ARGV[9]), ARGV[10]
-local g_rpm, g_tpm, g_maxc = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local A = fields(ARGV[1])
+local gid, est = A[1], tonumber(A[2])
+local span, lease = tonumber(A[3]), tonumber(A[4])
+local has_key = A[5] == '1'
+local k_rpm, k_tpm, k_maxc = tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
+local budget, ps = tonumber(A[9]), A[10]
+local g_rpm, g_tpm, g_maxc = tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 local now = now_ms()
 local spend = '0'
 local function answer(status, refused)
@@ -182,22 +193,23 @@ return answer(0)
 """
 
 # KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's tpm, tpm sum, slots
-# ARGV: grant id, span ms, settle, release, key estimate, gateway estimate ('' = none
-#       reserved), real tokens ('' = never reported), prompt, completion, cost, period
-#       start, has key, key rpm set, key tpm set
+# ARGV[1]: these fields joined by '|', as for ADMIT: grant id, span ms, settle, release,
+#       key estimate, gateway estimate ('' = none reserved), real tokens ('' = never
+#       reported), prompt, completion, cost, period start, has key, key rpm set, key tpm set
 # Returns the key's {rpm used, rpm reset ms, tpm used, tpm reset ms}.
 FINISH = _PRELUDE + """
-local gid, span = ARGV[1], tonumber(ARGV[2])
-local settle, release = ARGV[3] == '1', ARGV[4] == '1'
-local k_est, g_est, real = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local has_key = ARGV[12] == '1'
+local A = fields(ARGV[1])
+local gid, span = A[1], tonumber(A[2])
+local settle, release = A[3] == '1', A[4] == '1'
+local k_est, g_est, real = tonumber(A[5]), tonumber(A[6]), tonumber(A[7])
+local has_key = A[12] == '1'
 local now = now_ms()
 if settle then
   if real and k_est then reconcile(KEYS[2], KEYS[3], gid, k_est, real, now, span) end
   if real and g_est then reconcile(KEYS[6], KEYS[7], gid, g_est, real, now, span) end
   if has_key then
-    enter_period(KEYS[5], ARGV[11])
-    local prompt, completion = tonumber(ARGV[8]), tonumber(ARGV[9])
+    enter_period(KEYS[5], A[11])
+    local prompt, completion = tonumber(A[8]), tonumber(A[9])
     if prompt ~= 0 then
       redis.call('HINCRBY', KEYS[5], 'ppt', prompt)
       redis.call('HINCRBY', KEYS[5], 'lpt', prompt)
@@ -206,9 +218,9 @@ if settle then
       redis.call('HINCRBY', KEYS[5], 'pct', completion)
       redis.call('HINCRBY', KEYS[5], 'lct', completion)
     end
-    if tonumber(ARGV[10]) ~= 0 then
-      redis.call('HINCRBYFLOAT', KEYS[5], 'psp', ARGV[10])
-      redis.call('HINCRBYFLOAT', KEYS[5], 'lsp', ARGV[10])
+    if tonumber(A[10]) ~= 0 then
+      redis.call('HINCRBYFLOAT', KEYS[5], 'psp', A[10])
+      redis.call('HINCRBYFLOAT', KEYS[5], 'lsp', A[10])
     end
   end
 end
@@ -217,8 +229,8 @@ if release then
   redis.call('ZREM', KEYS[8], gid)
 end
 local k_rpm, k_tpm
-if ARGV[13] == '1' then k_rpm = 1 end
-if ARGV[14] == '1' then k_tpm = 1 end
+if A[13] == '1' then k_rpm = 1 end
+if A[14] == '1' then k_tpm = 1 end
 return window_state(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, now, span)
 """
 

@@ -24,7 +24,7 @@ from truckllm.clock import Clock
 from truckllm.limits.accounts import Counters
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.meter import WINDOW_S, Refusal
-from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink
+from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink, text
 from truckllm.limits.redis_scripts import HEALTH_SYNC, UPSTREAM_ACQUIRE, UPSTREAM_SETTLE
 from truckllm.limits.upstream import Hold, MemoryUpstreamStore
 from truckllm.usage import Usage
@@ -103,7 +103,7 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         if int(answer[0]) == 1:
             self.key(ref).usage.requests -= 1
             wait_ms = int(answer[3])
-            why = Refusal(_text(answer[1]), int(answer[2]), None if wait_ms < 0 else wait_ms / 1000)
+            why = Refusal(text(answer[1]), int(answer[2]), None if wait_ms < 0 else wait_ms / 1000)
             until = self.clock.monotonic() + (float("inf") if wait_ms < 0 else wait_ms / 1000)
             self._refused[ref] = (until, why)
             return why
@@ -115,25 +115,28 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         hold = held[0] if held else None
         if not isinstance(hold, RedisHold):     # no windows, or counted during an outage
             await super().settle(ref, held, usage, cost_usd)
-            _add(self._owed(ref), usage, cost_usd)
+            self._owed(ref).add_usage(usage, cost_usd)
             return
         counters = self.key(ref).usage
-        _add(counters, usage, cost_usd)
+        counters.add_usage(usage, cost_usd)
         self.changes += 1
         if not self.link.up:
-            _add(self._owed(ref), usage, cost_usd)
+            self._owed(ref).add_usage(usage, cost_usd)
             return
         prompt = completion = 0
         if usage is not None:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
         k = _names(ref)
-        try:
-            await self.link.call(self._settle, [f"{k}:tpm", f"{k}:tpm:sum", f"{k}:acct"], [
-                hold.gid, self._span_ms, _opt(hold.estimate),
-                _opt(None if usage is None else usage.total_tokens), prompt, completion,
-                repr(float(cost_usd))])
-        except FAILURES:
-            _add(self._owed(ref), usage, cost_usd)
+
+        def done(_: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                self._owed(ref).add_usage(usage, cost_usd)
+
+        # Not waited for, like the end of a client key's request (truckllm.limits.redis_clients).
+        self.link.post(self._settle, [f"{k}:tpm", f"{k}:tpm:sum", f"{k}:acct"], [
+            hold.gid, self._span_ms, _opt(hold.estimate),
+            _opt(None if usage is None else usage.total_tokens), prompt, completion,
+            repr(float(cost_usd))], done)
 
     async def sync_health(self) -> None:
         """Share this process's cooldowns, disabled keys and opened breakers, and take
@@ -152,7 +155,7 @@ class RedisUpstreamStore(MemoryUpstreamStore):
                                       [len(changes) // 2, *changes])
         now = self.clock.monotonic()
         for i in range(0, len(answer), 2):
-            field, until = _text(answer[i]), now + int(answer[i + 1]) / 1000
+            field, until = text(answer[i]), now + int(answer[i + 1]) / 1000
             kind, _, name = field.partition("|")
             if kind == "cool":
                 record = self.key(name)
@@ -222,11 +225,12 @@ class RedisUpstreamStore(MemoryUpstreamStore):
             await pipe.execute()
         except FAILURES:
             for ref, owed in pending.items():     # told nothing (or not known): keep it
-                _add_counters(self._owed(ref), owed)
+                self._owed(ref).add(owed)
             raise
 
     async def shared_usage(self, ref: str) -> Counters:
         """The key's usage and spend counted by every instance."""
+        await self.link.flushed()       # the settles of this process's requests first
         raw: dict[Any, Any] = await self.link.client.hgetall(f"{_names(ref)}:acct")
         owed = self._pending.get(ref, Counters())
 
@@ -254,7 +258,7 @@ class RedisUpstreamStore(MemoryUpstreamStore):
     def restore_usage(self, usage: dict[str, Counters]) -> None:
         """Usage from a state file is added to Redis by `push` (imported once)."""
         for ref, counters in usage.items():
-            _add_counters(self._owed(ref), counters)
+            self._owed(ref).add(counters)
         self.changes += 1
 
 
@@ -266,19 +270,5 @@ def _opt(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _add(counters: Counters, usage: Usage | None, cost_usd: float) -> None:
-    if usage is not None:
-        counters.prompt_tokens += usage.prompt_tokens
-        counters.completion_tokens += usage.completion_tokens
-    counters.spend_usd += cost_usd
-
-
-def _add_counters(into: Counters, more: Counters) -> None:
-    into.requests += more.requests
-    into.prompt_tokens += more.prompt_tokens
-    into.completion_tokens += more.completion_tokens
-    into.spend_usd += more.spend_usd

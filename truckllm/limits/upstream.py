@@ -239,13 +239,9 @@ class MemoryUpstreamStore:
         return reserve(record.meter, rates, estimate, self.clock.monotonic())
 
     async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
-        counters = self.key(ref).usage
-        if usage is not None:
-            if held:
-                reconcile(held, usage, self.clock.monotonic())
-            counters.prompt_tokens += usage.prompt_tokens
-            counters.completion_tokens += usage.completion_tokens
-        counters.spend_usd += cost_usd
+        if usage is not None and held:
+            reconcile(held, usage, self.clock.monotonic())
+        self.key(ref).usage.add_usage(usage, cost_usd)
         self.changes += 1
 
     def key(self, ref: str) -> KeyRecord:

@@ -126,8 +126,9 @@ class RawReply:
 @dataclass(slots=True)
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
-    # Writes the rest of the stream, to its last event, with the writer it is given.
-    write_rest: Callable[[Writer], Awaitable[None]]
+    # Writes the rest of the stream with the writer it is given, and returns the stream's
+    # last bytes, to send with the end of the response.
+    write_rest: Callable[[Writer], Awaitable[bytes]]
     upstream_use: UpstreamUse | None = None     # settle with the real usage when it ends
     # Idempotent: close upstream, end the attempt. Call it when the stream is over,
     # also when it never started (the client left first).

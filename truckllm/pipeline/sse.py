@@ -38,11 +38,22 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer
         if not buffer and chunk.endswith(b"\n\n"):
-            # The common read: one whole `data:` event of one line, which is exactly two
-            # line ends (each \n, \r or \r\n), a line and a blank line.
+            # The common reads: whole `data:` events of one line each, nothing held from
+            # before. Such a read is lines that alternate between a `data:` line and a
+            # blank one (line ends \n, \r or \r\n).
             lines = chunk.splitlines()
-            if len(lines) == 2 and not lines[1] and lines[0].startswith(b"data: "):
-                return [SSEEvent(None, lines[0][6:])]
+            if len(lines) == 2:
+                if not lines[1] and lines[0].startswith(b"data: "):
+                    return [SSEEvent(None, lines[0][6:])]
+            elif (not len(lines) % 2 and not any(lines[1::2])
+                  and (self._max is None or len(chunk) <= self._max)):
+                events = []
+                for line in lines[::2]:
+                    if not line.startswith(b"data: "):
+                        break
+                    events.append(SSEEvent(None, line[6:]))
+                else:
+                    return events
         if buffer and buffer[-1] == 13:        # a \r held back: half of a \r\n, maybe
             buffer.pop()
             chunk = b"\r" + chunk

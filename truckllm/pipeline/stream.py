@@ -70,10 +70,11 @@ class StreamRelay:
         self._ended = True
         return self._finish()
 
-    async def write_rest(self, write: Writer) -> None:
-        """Write the rest of the stream to the client as it comes, and end it the way the
-        client's API ends one. The relay writes rather than yields: each chunk then passes
-        through one generator (the upstream's) on its way, not two."""
+    async def write_rest(self, write: Writer) -> bytes:
+        """Write the rest of the stream to the client as it comes, and return its last
+        bytes (the client API's end of a stream, if it has one), which the caller sends
+        with the end of the response in one write. The relay writes rather than yields:
+        each chunk then passes through one generator (the upstream's) on its way, not two."""
         try:
             if not self._ended:
                 if self._pending is not None:
@@ -109,8 +110,7 @@ class StreamRelay:
         finally:
             self.abandon()
         done = self._ending.done
-        if done is not None:
-            await write(frame(done))
+        return b"" if done is None else frame(done)
 
     def _error_frames(self, error: errors.GatewayError) -> bytes:
         """The client API's failure events, framed; the translator knows the stream so far."""

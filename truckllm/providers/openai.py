@@ -156,30 +156,37 @@ class PassThroughStream:
     `choices` and no usage are always dropped.
     """
 
-    __slots__ = ("_alias_json", "_ended", "_include_usage", "usage")
+    __slots__ = ("_alias_field", "_alias_json", "_ended", "_include_usage", "_model_field", "usage")
 
     def __init__(self, ctx: CallContext) -> None:
         self._alias_json = json_string(ctx.alias)
+        self._alias_field = b'"model":' + self._alias_json
+        # The upstream's `"model":"..."` field as its chunks spell it (learnt from the
+        # first): every chunk of a stream names the same model, so each is rewritten by
+        # one search for these bytes rather than by parsing the field's value again.
+        self._model_field: bytes | None = None
         self._include_usage = ctx.include_usage
         self.usage: Usage | None = None
         self._ended = False         # `[DONE]` or a finish_reason seen: the answer is whole
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
         data = event.data
-        if data.startswith(b"[DONE]"):
-            self._ended = True
-            return []
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
+            # `[DONE]` is the one event that is not JSON, and it comes once per stream.
+            if data.startswith(b"[DONE]"):
+                self._ended = True
+                return []
             raise UpstreamFailed("upstream sent a stream event that is not JSON") from None
         if not isinstance(chunk, dict):
             raise wrong_shape("a stream event")
         choices = chunk.get("choices")
-        error = chunk.get("error")
-        if error is not None and choices is None and isinstance(error, dict | str):
-            # OpenAI and compatible servers send `{"error": {...}}` when a stream fails.
-            raise to_gateway_error(parse_error(502, data))
+        if choices is None:
+            error = chunk.get("error")
+            if error is not None and isinstance(error, dict | str):
+                # OpenAI and compatible servers send `{"error": {...}}` when a stream fails.
+                raise to_gateway_error(parse_error(502, data))
         usage = chunk.get("usage")
         if usage is not None:
             self.usage = Usage.from_openai(usage) or self.usage
@@ -197,7 +204,18 @@ class PassThroughStream:
             for choice in choices:
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self._ended = True
-        return [SSEEvent(None, rewrite_model(data, self._alias_json))]
+        if self._model_field is not None:
+            head, found, tail = data.partition(self._model_field)
+            if found:
+                return [SSEEvent(None, b"".join((head, self._alias_field, tail)))]
+        return [SSEEvent(None, self._with_alias(data, chunk))]
+
+    def _with_alias(self, data: bytes, chunk: dict[str, Any]) -> bytes:
+        """The chunk's bytes with the alias for a model name not seen before in the stream."""
+        model = chunk.get("model")
+        if isinstance(model, str):
+            self._model_field = b'"model":' + orjson.dumps(model)
+        return rewrite_model(data, self._alias_json)
 
     def close(self) -> list[SSEEvent]:
         if not self._ended:

@@ -28,8 +28,7 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
         first_sent = time.perf_counter()
         exchange.ttft_s = first_sent - exchange.started
         try:
-            await reply.write_rest(response.write)
-            await response.write_eof()
+            await response.write_eof(await reply.write_rest(response.write))
         finally:
             # After the first chunk, time goes to waiting on upstream; the per-chunk relay
             # work is small and is not worth a clock read per chunk on the hot path.

@@ -11,7 +11,10 @@ thinking block carrying a signature, as Claude models do.
 A request without a key (`x-api-key`, or a Bearer token as newer SDKs send) or without
 `anthropic-version` gets 401, one without `max_tokens` or with a tool id outside
 `[a-zA-Z0-9_-]` 400, and so does a `system` message inside `messages` unless
-`anthropic-beta` names the mid-conversation-system feature (the real API's rule).
+`anthropic-beta` names the mid-conversation-system feature (the real API's rule). With
+thinking on, the real API's thinking rules hold too: a budget of at least 1024 below
+`max_tokens`, no temperature other than 1, thinking blocks only with a signature it issued,
+and a final assistant turn with tool_use opening with its thinking block.
 
     async with make_anthropic_fake() as fake:   # fake.url ends in /v1
         ...
@@ -75,6 +78,9 @@ class AnthropicFake(WireFake):
         if not isinstance(body.get("max_tokens"), int):
             return json_response(error_body("invalid_request_error", "max_tokens: Field required"), 400)
         refused = _system_message_refused(body, recorded.headers.get("anthropic-beta", ""))
+        if refused is not None:
+            return json_response(error_body("invalid_request_error", refused), 400)
+        refused = _thinking_refused(body)
         if refused is not None:
             return json_response(error_body("invalid_request_error", refused), 400)
         bad_id = _first_bad_tool_id(body)
@@ -181,6 +187,39 @@ def _system_message_refused(body: dict[str, Any], beta: str) -> str | None:
     for i, message in enumerate(body.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "system":
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+    return None
+
+
+def _thinking_refused(body: dict[str, Any]) -> str | None:
+    """The API's refusals around extended thinking: a budget under 1024 or not under
+    max_tokens, a temperature other than 1, a thinking block whose signature it did not
+    issue, and (thinking on) a final assistant turn with tool_use that does not start with
+    its thinking block."""
+    thinking = body.get("thinking")
+    enabled = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        if budget >= body["max_tokens"]:
+            return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    if enabled and body.get("temperature") not in (None, 1):
+        return "`temperature` may only be set to 1 when thinking is enabled"
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message.get("content"), list) else []
+        for j, block in enumerate(content):
+            if isinstance(block, dict) and block.get("type") == "thinking" and block.get("signature") != THINKING_SIGNATURE:
+                return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+    assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if enabled and assistant:
+        i = assistant[-1]
+        content = messages[i].get("content") if isinstance(messages[i].get("content"), list) else []
+        kinds = [b.get("type") for b in content if isinstance(b, dict)]
+        if "tool_use" in kinds and kinds[0] not in ("thinking", "redacted_thinking"):
+            return (f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{kinds[0]}`. When `thinking` is enabled, a final `assistant` message must start "
+                    "with a thinking block")
     return None
 
 

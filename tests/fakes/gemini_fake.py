@@ -7,7 +7,8 @@ Default answers: with a shell-like tool and a user turn asking to run something,
 functionCall running `echo hello`; with tools and a user turn mentioning weather, functionCall parts (two
 when it also says "and"; the first carries a thoughtSignature, as thinking models do);
 after functionResponse parts, a text quoting them; otherwise "Fake reply to: ...".
-A request without `x-goog-api-key` gets 400 API_KEY_INVALID, a content with a role other
+With `thinkingConfig.includeThoughts`, the answer opens with a thought summary part
+(`thought: true`), as thinking models do. A request without `x-goog-api-key` gets 400 API_KEY_INVALID, a content with a role other
 than `user` or `model` 400 INVALID_ARGUMENT.
 
     async with make_gemini_fake() as fake:      # fake.url ends in /v1beta
@@ -61,12 +62,17 @@ class GeminiFake(WireFake):
         return json_response(error_body(404, "NOT_FOUND", f"method {method} not found"), 404)
 
 
+THOUGHT = "**Thinking it over**"
+
+
 class FakeAnswer:
-    def __init__(self, model: str, text: str, calls: list[dict[str, Any]], prompt_tokens: int) -> None:
+    def __init__(self, model: str, text: str, calls: list[dict[str, Any]], prompt_tokens: int,
+                 thoughts: bool = False) -> None:
         self.model = model
         self.text = text
         self.calls = calls
         self.prompt_tokens = prompt_tokens
+        self.thoughts = [{"text": THOUGHT, "thought": True}] if thoughts else []
 
     @classmethod
     def for_request(cls, body: dict[str, Any], model: str) -> FakeAnswer:
@@ -90,7 +96,8 @@ class FakeAnswer:
             reply = ""
         else:
             reply = f"Fake reply to: {text}".strip()
-        return cls(model, reply, calls, max(words, 1))
+        thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+        return cls(model, reply, calls, max(words, 1), thinking.get("includeThoughts") is True)
 
     def usage(self, pieces: int) -> dict[str, int]:
         candidates = pieces + 5 * len(self.calls)
@@ -98,14 +105,14 @@ class FakeAnswer:
                 "totalTokenCount": self.prompt_tokens + candidates}
 
     def response(self) -> dict[str, Any]:
-        parts = ([{"text": self.text}] if self.text else []) + self.calls
+        parts = self.thoughts + ([{"text": self.text}] if self.text else []) + self.calls
         return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
                 "usageMetadata": self.usage(len(split_text(self.text)) if self.text else 0),
                 "modelVersion": self.model, "responseId": "fakeresp1"}
 
     def events(self) -> list[str]:
         pieces = split_text(self.text) if self.text else []
-        chunks: list[dict[str, Any]] = []
+        chunks: list[dict[str, Any]] = [self._chunk(self.thoughts, 0)] if self.thoughts else []
         for count, piece in enumerate(pieces, start=1):
             chunks.append(self._chunk([{"text": piece}], count))
         chunks.append(self._chunk(self.calls or [{"text": ""}], len(pieces)))

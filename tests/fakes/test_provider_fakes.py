@@ -4,11 +4,13 @@ to them directly here (Anthropic SDK -> fake Anthropic, AzureOpenAI -> fake Azur
 from __future__ import annotations
 
 import aiohttp
+import anthropic
 import orjson
+import pytest
 from anthropic import AsyncAnthropic
 from openai import AsyncAzureOpenAI
 
-from tests.fakes.anthropic_fake import make_anthropic_fake
+from tests.fakes.anthropic_fake import THINKING_SIGNATURE, make_anthropic_fake
 from tests.fakes.azure_fake import make_azure_fake
 from tests.fakes.gemini_fake import SIGNATURE, make_gemini_fake
 
@@ -52,3 +54,27 @@ async def test_gemini_fake_streams_sse_only_when_asked() -> None:
     part = events[-1]["candidates"][0]["content"]["parts"][0]
     assert part["functionCall"] == {"name": "get_weather", "args": {"city": "Paris"}}
     assert part["thoughtSignature"] == SIGNATURE and events[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+async def test_anthropic_fake_refuses_a_tool_use_turn_without_its_thinking_block() -> None:
+    """The real API's rule with thinking on: the final assistant turn with tool_use opens
+    with its thinking block, whose signature the API issued."""
+    tool = {"name": "get_weather", "input_schema": {"type": "object"}}
+    use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "rain"}]}
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    async with make_anthropic_fake() as fake:
+        client = AsyncAnthropic(base_url=fake.url.removesuffix("/v1"), api_key="k", max_retries=0, timeout=5)
+        for content, error in (
+                ([use], "must start with a thinking block"),
+                ([{"type": "thinking", "thinking": "x", "signature": "forged"}, use], "Invalid `signature`")):
+            with pytest.raises(anthropic.BadRequestError, match=error):
+                await client.messages.create(model="m", max_tokens=2048, thinking=thinking, tools=[tool],
+                                             messages=[{"role": "user", "content": "weather?"},
+                                                       {"role": "assistant", "content": content}, result])
+        signed = {"type": "thinking", "thinking": "x", "signature": THINKING_SIGNATURE}
+        answer = await client.messages.create(model="m", max_tokens=2048, thinking=thinking, tools=[tool],
+                                              messages=[{"role": "user", "content": "weather?"},
+                                                        {"role": "assistant", "content": [signed, use]}, result])
+        await client.close()
+    assert answer.content[0].type == "thinking"

@@ -12,6 +12,10 @@ A case directory holds:
   expected_chunks.jsonl   the chunk payloads the client receives, one per line; a stream that
                           fails ends with {"status": N, "error": {...}}
 
+A Responses reasoning item's `encrypted_content` is sealed with a secret made per process:
+in client_request.json `{"$sealed": <state>}` stands for the state sealed by this process,
+and in what the code produces a sealed value is shown as `{"$sealed": <state it opens to>}`.
+
 Every stream is also fed in small byte slices (the output must not change) and checked
 against the invariants the official SDKs rely on, whatever its golden says.
 Set TRUCKLLM_REGEN_GOLDEN=1 to rewrite upstream_request.json and expected_* from the code
@@ -31,6 +35,7 @@ from tests.harness import check_stream_invariants
 from truckllm.config.schema import AnthropicProvider, AzureProvider, GeminiProvider
 from truckllm.errors import GatewayError, InvalidRequest
 from truckllm.pipeline.sse import SSEDecoder
+from truckllm.protocols.responses.sealed import PREFIX, seal, unseal
 from truckllm.providers.base import CallContext, Operation, OperationSpec, ProviderSpec, Target
 from truckllm.providers.registry import REGISTRY
 from truckllm.runtime.state import compile_key
@@ -47,6 +52,28 @@ def load(path: Path) -> Any:
 
 def dump(path: Path, value: Any) -> None:
     path.write_bytes(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def sealed_in(value: Any) -> Any:
+    """A client request with each `{"$sealed": state}` sealed as this process seals it."""
+    if isinstance(value, dict):
+        if set(value) == {"$sealed"}:
+            return seal(value["$sealed"])
+        return {k: sealed_in(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sealed_in(v) for v in value]
+    return value
+
+
+def sealed_shown(value: Any) -> Any:
+    """Produced output with each sealed value shown as the state it opens to."""
+    if isinstance(value, str) and value.startswith(PREFIX):
+        return {"$sealed": unseal(value)}
+    if isinstance(value, dict):
+        return {k: sealed_shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sealed_shown(v) for v in value]
+    return value
 
 
 def make_target(provider_type: str, meta: dict[str, Any]) -> Target:
@@ -82,7 +109,7 @@ def run_case(case: Path) -> dict[str, Any]:
     provider_type = case.parent.name
     provider: ProviderSpec = REGISTRY[provider_type]
     operation = Operation(meta["operation"])
-    body = load(case / "client_request.json")
+    body = sealed_in(load(case / "client_request.json"))
     target, ctx = make_target(provider_type, meta), make_context(body, meta)
     key = compile_key(provider, target.headers, "k", "test-key")
     produced: dict[str, Any] = {}
@@ -203,7 +230,7 @@ def check_messages_event_invariants(events: list[Any]) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
 def test_golden_case(case: Path) -> None:
-    produced = run_case(case)
+    produced = sealed_shown(run_case(case))
     for name, value in produced.items():
         path = case / name
         if REGEN:

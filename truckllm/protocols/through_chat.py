@@ -52,6 +52,9 @@ class ChatDialect:
     stream_ending: StreamEnding
     # the client's request body -> the tools to_chat_request leaves out, by type
     dropped_tools: Callable[[dict[str, Any]], tuple[str, ...]] = lambda body: ()
+    # The dialect shows the provider's reasoning: chat answers and chunks carry it in the
+    # extension fields of truckllm.providers.shared.reasoning (CallContext.carry_reasoning).
+    carries_reasoning: bool = False
 
 
 def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
@@ -84,9 +87,10 @@ def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
 
 def chat_context(dialect: ChatDialect, ctx: CallContext) -> CallContext:
     """The context of the chat request the client's request becomes. Streams always ask
-    for usage: the dialect's own stream events report it."""
+    for usage: the dialect's own stream events report it. Answers carry the provider's
+    reasoning for a dialect that shows it."""
     return replace(ctx, client_body=dialect.to_chat_request(dict(ctx.client_body)),
-                   include_usage=ctx.stream)
+                   include_usage=ctx.stream, carry_reasoning=dialect.carries_reasoning)
 
 
 class DialectStream:

@@ -6,6 +6,9 @@ Operations: chat, completions (answered through chat), and messages and count_to
 rewritten).
 Settings (AnthropicProvider): `anthropic_version` (header value), `default_max_tokens`
 (sent when the client gives no max tokens, since Anthropic requires it).
+Thinking: chat's `reasoning_effort` turns it on (providers.shared.reasoning's budgets);
+thinking blocks come back in chat's reasoning extension fields when the context carries
+reasoning, and an assistant message's `reasoning_state` goes back as those blocks in place.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from truckllm.providers.base import (
 from truckllm.providers.shared.chat_request import (
     ChatRequest,
     Media,
+    Reasoning,
     Text,
     ToolChoice,
     ToolResult,
@@ -52,6 +56,7 @@ from truckllm.providers.shared.chat_shapes import (
     build_response,
     kind_of,
 )
+from truckllm.providers.shared.reasoning import reasoning_state, state_blocks, thinking_budget
 from truckllm.providers.shared.tool_ids import stand_in
 from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
@@ -135,11 +140,20 @@ def to_messages_request(request: ChatRequest, target: Target, stream: bool) -> d
     if request.system:
         payload["system"] = [{"type": "text", "text": text} for text in request.system]
     payload["messages"] = _messages(request.turns)
-    if request.temperature is not None:
-        payload["temperature"] = min(request.temperature, 1.0)   # Anthropic's range is 0..1
-    if request.top_p is not None and request.top_p < 1:
+    budget = _thinking_budget(request)
+    if budget is not None:
+        payload["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if payload["max_tokens"] <= budget:
+            # Anthropic counts thinking within max_tokens and wants room above the budget:
+            # the client's limit is kept for the answer itself.
+            payload["max_tokens"] += budget
+    if request.temperature is not None and budget is None:
+        # Anthropic's range is 0..1; with thinking on it accepts no temperature at all.
+        payload["temperature"] = min(request.temperature, 1.0)
+    if request.top_p is not None and request.top_p < 1 and (budget is None or request.top_p >= 0.95):
         # top_p 1 samples from everything, as if unset; sending it anyway fails on newer
         # models, which refuse temperature and top_p together (OpenAI clients often send both).
+        # With thinking on, Anthropic accepts only 0.95..1.
         payload["top_p"] = request.top_p
     if request.stop:
         payload["stop_sequences"] = request.stop
@@ -173,12 +187,40 @@ def _refuse_unsupported(request: ChatRequest) -> None:
         raise refuse("anthropic", "response_format json_object (use json_schema)", "response_format")
 
 
+def _thinking_budget(request: ChatRequest) -> int | None:
+    """The thinking budget for the request's reasoning_effort, or None for no thinking:
+    also when a tool is forced (Anthropic refuses thinking with a forced tool) and when the
+    request continues a tool call whose thinking block did not come back (a client that
+    does not keep reasoning: Anthropic refuses a tool-use turn without its thinking block
+    while thinking is on, and accepts the turn finished without thinking)."""
+    budget = thinking_budget(request.reasoning_effort)
+    if budget is None or (request.tool_choice is not None and request.tool_choice.mode in ("required", "function")):
+        return None
+    last = next((turn for turn in reversed(request.turns) if turn.role == "assistant"), None)
+    if last is not None and any(isinstance(b, ToolUse) for b in last.blocks):
+        first = last.blocks[0]
+        if not (isinstance(first, Reasoning) and state_blocks(first.state, "anthropic")):
+            return None
+    return budget
+
+
 def _messages(turns: list[Turn]) -> list[dict[str, Any]]:
-    messages = [{"role": turn.role, "content": [_block(block) for block in turn.blocks]} for turn in turns]
+    messages = [{"role": turn.role, "content": [out for block in turn.blocks for out in _blocks(block)]}
+                for turn in turns]
+    messages = [m for m in messages if m["content"]]
     if not messages or messages[0]["role"] != "user":
         # Anthropic requires the conversation to open with a user turn.
         messages.insert(0, {"role": "user", "content": [{"type": "text", "text": "(continue)"}]})
     return messages
+
+
+def _blocks(block: Text | Media | ToolUse | ToolResult | Reasoning) -> list[dict[str, Any]]:
+    if isinstance(block, Reasoning):
+        # Anthropic's own thinking blocks go back as they came, signatures and all; another
+        # provider's reasoning (a conversation moved here on fallback) means nothing here.
+        return [b for b in state_blocks(block.state, "anthropic")
+                if b.get("type") in ("thinking", "redacted_thinking")]
+    return [_block(block)]
 
 
 def _block(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
@@ -248,7 +290,10 @@ def parse_response(operation: Operation, raw: bytes, target: Target, ctx: CallCo
         for b in blocks if b.get("type") == "tool_use"
     ]
     finish = FINISH_REASONS.get(str(message.get("stop_reason")), "stop")
-    choice = ChoiceOut(text=text, tool_calls=calls, finish_reason=finish)
+    thinking = [b for b in blocks if b.get("type") in ("thinking", "redacted_thinking")]
+    choice = ChoiceOut(text=text, tool_calls=calls, finish_reason=finish,
+                       reasoning="".join(str(b.get("thinking") or "") for b in thinking),
+                       reasoning_state=reasoning_state("anthropic", thinking) if thinking else None)
     upstream_id = str(message.get("id") or "").removeprefix("msg_") or None
     body = build_response(kind_of(operation), ctx, upstream_id, [choice], usage, uses_legacy_functions(ctx.client_body))
     return ParsedResponse(body, usage)
@@ -292,6 +337,7 @@ class AnthropicStreamTranslator:
         self._counts: dict[str, int] = {}
         self._tools: dict[int, int] = {}           # Anthropic block index -> OpenAI tool index
         self._tool_has_args: dict[int, bool] = {}
+        self._thinking: dict[int, dict[str, Any]] = {}   # Anthropic block index -> the block so far
         self._finish: str | None = None
         self._done = False
 
@@ -341,11 +387,24 @@ class AnthropicStreamTranslator:
             self._tools[index] = tool_index
             self._tool_has_args[index] = False
             return out
-        return []                                   # thinking blocks are not forwarded
+        if block.get("type") in ("thinking", "redacted_thinking") and isinstance(index, int):
+            # Kept whole to be handed on at its end, signature included (the chat extension
+            # fields, for dialects that carry reasoning).
+            self._thinking[index] = dict(block)
+            return self._out.reasoning(str(block.get("thinking") or ""))
+        return []
 
     def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[SSEEvent]:
         if delta.get("type") == "text_delta":
             return self._out.text(str(delta.get("text") or ""))
+        if delta.get("type") == "thinking_delta" and index in self._thinking:
+            text = str(delta.get("thinking") or "")
+            block = self._thinking[index]
+            block["thinking"] = str(block.get("thinking") or "") + text
+            return self._out.reasoning(text)
+        if delta.get("type") == "signature_delta" and index in self._thinking:
+            self._thinking[index]["signature"] = str(delta.get("signature") or "")
+            return []
         if delta.get("type") == "input_json_delta" and index in self._tools:
             fragment = str(delta.get("partial_json") or "")
             if fragment:
@@ -354,6 +413,8 @@ class AnthropicStreamTranslator:
         return []
 
     def _block_stop(self, index: Any) -> list[SSEEvent]:
+        if index in self._thinking:
+            return self._out.reasoning_state(reasoning_state("anthropic", [self._thinking.pop(index)]))
         if index in self._tools and not self._tool_has_args[index]:
             return self._out.tool_arguments(self._tools[index], "{}")   # no-argument tools
         return []

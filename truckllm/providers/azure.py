@@ -36,6 +36,7 @@ from truckllm.providers.base import (
 from truckllm.providers.shared import media
 from truckllm.providers.shared.chat_shapes import encode_float_embeddings
 from truckllm.providers.shared.model_ids import path_segment
+from truckllm.providers.shared.reasoning import without_reasoning_state
 from truckllm.providers.shared.tool_ids import with_short_tool_ids
 from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
@@ -90,7 +91,7 @@ def build_media_request(operation: Operation, body: dict[str, Any], target: Targ
 def build_request(operation: Operation, body: dict[str, Any], target: Target, key: UpstreamKey,
                   ctx: CallContext) -> UpstreamRequest:
     url = upstream_url(operation, target)
-    payload = {**body, "model": target.model}
+    payload = {**(without_reasoning_state(body) if ctx.carry_reasoning else body), "model": target.model}
     stream = bool(payload.get("stream")) and operation in ("chat", "completions")
     if stream:
         # Always ask for usage so streams count; the chunk is dropped unless the client asked.

@@ -84,6 +84,10 @@ class CallContext:
     # The id a Responses API answer carries (`resp_...`), chosen by the server so that its
     # response store can keep it; empty for other operations.
     response_id: str = ""
+    # Answers carry the provider's reasoning in the chat extension fields `reasoning_content`
+    # and `reasoning_state` (truckllm.providers.shared.reasoning): set for dialects served
+    # through chat, never for plain chat completions clients.
+    carry_reasoning: bool = False
     # Responses API streams: called with the finished response object (completed,
     # incomplete or failed) when the stream's translator makes its last event, for the store.
     on_response: Callable[[dict[str, Any]], None] | None = None

@@ -35,6 +35,7 @@ from truckllm.providers.base import (
 from truckllm.providers.shared.chat_request import (
     ChatRequest,
     Media,
+    Reasoning,
     Text,
     ToolChoice,
     ToolResult,
@@ -55,6 +56,7 @@ from truckllm.providers.shared.chat_shapes import (
     kind_of,
 )
 from truckllm.providers.shared.model_ids import path_segment
+from truckllm.providers.shared.reasoning import thinking_budget
 from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
     decode_json,
@@ -101,7 +103,7 @@ def build_request(operation: Operation, body: dict[str, Any], target: Target, ke
         stream = False
     elif operation in ("chat", "completions"):
         chat_body = chat_body_from_completions(body) if operation == "completions" else body
-        payload = to_generate_request(read_chat_request(chat_body))
+        payload = to_generate_request(read_chat_request(chat_body), include_thoughts=ctx.carry_reasoning)
         stream = ctx.stream
         url = f"{model_url}:streamGenerateContent?alt=sse" if stream else f"{model_url}:generateContent"
     else:
@@ -110,7 +112,9 @@ def build_request(operation: Operation, body: dict[str, Any], target: Target, ke
     return UpstreamRequest("POST", url, headers, orjson.dumps(payload), stream)
 
 
-def to_generate_request(request: ChatRequest) -> dict[str, Any]:
+def to_generate_request(request: ChatRequest, include_thoughts: bool = False) -> dict[str, Any]:
+    """The generateContent body; `include_thoughts` asks for thought summaries along with a
+    thinking budget (for clients that are shown reasoning)."""
     if request.logprobs:
         raise refuse("gemini", "logprobs", "logprobs")
     if request.audio_output:
@@ -129,6 +133,8 @@ def to_generate_request(request: ChatRequest) -> dict[str, Any]:
     if request.tool_choice is not None and request.tools:
         payload["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
     config = _generation_config(request)
+    if include_thoughts and "thinkingConfig" in config:
+        config["thinkingConfig"]["includeThoughts"] = True
     if config:
         payload["generationConfig"] = config
     return payload
@@ -136,7 +142,7 @@ def to_generate_request(request: ChatRequest) -> dict[str, Any]:
 
 def _content(turn: Turn) -> dict[str, Any]:
     return {"role": "model" if turn.role == "assistant" else "user",
-            "parts": [_part(block) for block in turn.blocks]}
+            "parts": [_part(block) for block in turn.blocks if not isinstance(block, Reasoning)]}
 
 
 def _part(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
@@ -179,12 +185,6 @@ def _calling_config(choice: ToolChoice) -> dict[str, Any]:
     return {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice.mode]}
 
 
-# reasoning_effort as a thinking budget, as Google's own OpenAI-compatible endpoint maps
-# it; other efforts (none, minimal) leave the model's default, since some models cannot
-# turn thinking off.
-THINKING_BUDGETS = {"low": 1024, "medium": 8192, "high": 24576}
-
-
 def _generation_config(request: ChatRequest) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for name, value in (("temperature", request.temperature), ("topP", request.top_p),
@@ -197,7 +197,7 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
         config["stopSequences"] = request.stop
     if request.n > 1:
         config["candidateCount"] = request.n
-    budget = THINKING_BUDGETS.get(request.reasoning_effort or "")
+    budget = thinking_budget(request.reasoning_effort)
     if budget is not None:
         config["thinkingConfig"] = {"thinkingBudget": budget}
     if request.response_format is not None:
@@ -245,25 +245,28 @@ def parse_response(operation: Operation, raw: bytes, target: Target, ctx: CallCo
     choices = []
     for position, candidate in enumerate(data.get("candidates") or []):
         index = candidate.get("index", position) if isinstance(candidate, dict) else position
-        text, calls = _candidate_output(candidate, response_id or ctx.request_id)
+        text, calls, thoughts = _candidate_output(candidate, response_id or ctx.request_id)
         finish = FINISH_REASONS.get(str(candidate.get("finishReason")), "stop")
-        choices.append(ChoiceOut(index, text, calls, "tool_calls" if calls and finish == "stop" else finish))
+        choices.append(ChoiceOut(index, text, calls, "tool_calls" if calls and finish == "stop" else finish,
+                                 reasoning=thoughts))
     if not choices:     # the prompt itself was blocked: HTTP 200 with no candidates
         choices = [ChoiceOut(finish_reason="content_filter")]
     legacy = uses_legacy_functions(ctx.client_body)
     return ParsedResponse(build_response(kind_of(operation), ctx, response_id, choices, usage, legacy), usage)
 
 
-def _candidate_output(candidate: Any, response_id: str) -> tuple[str, list[ToolCallOut]]:
+def _candidate_output(candidate: Any, response_id: str) -> tuple[str, list[ToolCallOut], str]:
+    """The answer's text, its calls, and its thought summaries (parts marked `thought`)."""
     parts = ((candidate.get("content") or {}).get("parts") or []) if isinstance(candidate, dict) else []
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[ToolCallOut] = []
     for part in parts:
-        if isinstance(part.get("text"), str) and not part.get("thought"):
-            texts.append(part["text"])
+        if isinstance(part.get("text"), str):
+            (thoughts if part.get("thought") else texts).append(part["text"])
         elif isinstance(part.get("functionCall"), dict):
             calls.append(_tool_call(part, response_id, len(calls)))
-    return "".join(texts), calls
+    return "".join(texts), calls, "".join(thoughts)
 
 
 def _tool_call(part: dict[str, Any], response_id: str, k: int) -> ToolCallOut:
@@ -353,7 +356,9 @@ class GeminiStreamTranslator:
         choice = self._choice(index)
         out: list[SSEEvent] = []          # the role chunk comes with the first content
         for part in (candidate.get("content") or {}).get("parts") or []:
-            if isinstance(part.get("text"), str) and not part.get("thought"):
+            if isinstance(part.get("text"), str) and part.get("thought"):
+                out += choice.reasoning(part["text"])
+            elif isinstance(part.get("text"), str):
                 out += choice.text(part["text"])
             elif isinstance(part.get("functionCall"), dict):
                 call = _tool_call(part, self._response_id or self._ctx.request_id, choice.tool_count)

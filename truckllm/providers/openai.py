@@ -36,6 +36,7 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.shared import media
 from truckllm.providers.shared.chat_shapes import encode_float_embeddings
+from truckllm.providers.shared.reasoning import without_reasoning_state
 from truckllm.providers.shared.tool_ids import with_short_tool_ids
 from truckllm.providers.shared.upstream_errors import to_gateway_error, wrong_shape
 from truckllm.usage import Usage
@@ -53,7 +54,7 @@ _BACKSLASH = ord("\\")
 
 def build_request(op: Operation, body: dict[str, Any], target: Target, key: UpstreamKey,
                   ctx: CallContext) -> UpstreamRequest:
-    payload = dict(body)
+    payload = dict(without_reasoning_state(body) if ctx.carry_reasoning else body)
     payload["model"] = target.model
     if ctx.stream and op is not Operation.EMBEDDINGS:
         options = payload.get("stream_options")

@@ -15,6 +15,7 @@ whichever worker takes the scrape, adds up every worker's (`merge_metrics`).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from truckllm.config.schema import Config
 from truckllm.limits.policy import compile_policy
+from truckllm.protocols.responses.sealed import SEAL_KEY_ENV
 
 log = structlog.get_logger("truckllm")
 
@@ -83,8 +85,13 @@ def supervise(config_path: str, host: str, port: int, workers: int) -> int:
         nonlocal hup
         hup = True
 
+    # One key for the reasoning sealed in Responses answers, so a conversation's next turn
+    # opens it on whichever worker takes it (unless the operator set one for every instance).
+    seal_key = os.environ.get(SEAL_KEY_ENV) or secrets.token_hex(32)
+
     def start(index: int) -> None:
-        env = {**os.environ, WORKER_DIR_ENV: directory, WORKER_INDEX_ENV: str(index)}
+        env = {**os.environ, WORKER_DIR_ENV: directory, WORKER_INDEX_ENV: str(index),
+               SEAL_KEY_ENV: seal_key}
         processes[index] = subprocess.Popen(command, env=env)
         log.info("worker_started", worker=index, pid=processes[index].pid)
 

@@ -2,7 +2,11 @@
 the OpenAI API does), a chat completion's answer as output items, and chat usage as
 Responses usage.
 
-Pure, no I/O. Imports only protocols.responses.request.
+Reasoning the provider showed becomes a `reasoning` item (its text as the summary); with
+`include: ["reasoning.encrypted_content"]` the item also carries the provider's reasoning
+state, sealed (protocols.responses.sealed), for a stateless client to send back.
+
+Pure, no I/O. Imports only protocols.responses.request and .sealed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from truckllm.protocols.responses.request import ToolNames, custom_input
+from truckllm.protocols.responses.sealed import seal
+
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 # chat finish_reason -> incomplete_details.reason; any other finish is `completed`.
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -80,16 +87,26 @@ def failed(frame: dict[str, Any], output: list[dict[str, Any]], error: dict[str,
                       "message": str(error.get("message") or "upstream error")}}
 
 
+def wants_sealed_reasoning(body: dict[str, Any]) -> bool:
+    """Whether the request asked for reasoning items' `encrypted_content`."""
+    include = body.get("include")
+    return isinstance(include, list) and ENCRYPTED_REASONING in include
+
+
 def from_chat_response(chat: dict[str, Any], frame: dict[str, Any], ids: ResponseIds,
-                       names: ToolNames) -> dict[str, Any]:
-    """A chat completion (first choice) as the finished response object."""
+                       names: ToolNames, sealed: bool = False) -> dict[str, Any]:
+    """A chat completion (first choice) as the finished response object; `sealed`: the
+    reasoning item carries the provider's reasoning state as `encrypted_content`."""
     choices = chat.get("choices")
     choice = obj(choices[0]) if isinstance(choices, list) and choices else {}
     message = obj(choice.get("message"))
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content")
-    if isinstance(reasoning, str) and reasoning:
-        output.append(reasoning_item(ids.item("rs", 0), reasoning))
+    text = reasoning if isinstance(reasoning, str) else ""
+    state = message.get("reasoning_state") if sealed else None
+    if text or isinstance(state, dict):
+        output.append(reasoning_item(ids.item("rs", 0), text,
+                                     state if isinstance(state, dict) else None))
     content = message.get("content")
     refusal = message.get("refusal")
     if (isinstance(content, str) and content) or (isinstance(refusal, str) and refusal):
@@ -124,9 +141,13 @@ def call_item(ids: ResponseIds, index: int, call_id: str, chat_name: str, argume
             "arguments": arguments, "call_id": call_id, **names.item_fields(chat_name)}
 
 
-def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "reasoning",
-            "summary": [{"type": "summary_text", "text": text}] if text else []}
+def reasoning_item(item_id: str, text: str, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A reasoning item; with the provider's reasoning `state`, sealed as its `encrypted_content`."""
+    item: dict[str, Any] = {"id": item_id, "type": "reasoning",
+                            "summary": [{"type": "summary_text", "text": text}] if text else []}
+    if state is not None:
+        item["encrypted_content"] = seal(state)
+    return item
 
 
 def usage_from_chat(usage: Any) -> dict[str, Any] | None:

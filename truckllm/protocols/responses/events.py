@@ -30,10 +30,14 @@ from truckllm.protocols.responses.request import ToolNames, custom_input
 class ResponsesEventWriter:
     """Per-stream state: chat chunks in (decoded), Responses events out (dicts)."""
 
-    def __init__(self, frame: dict[str, Any], ids: ResponseIds, names: ToolNames) -> None:
+    def __init__(self, frame: dict[str, Any], ids: ResponseIds, names: ToolNames,
+                 sealed: bool = False) -> None:
         self._frame = frame
         self._ids = ids
         self._names = names
+        self._sealed = sealed                          # reasoning items carry encrypted_content
+        self._state: dict[str, Any] | None = None      # the open reasoning item's provider state
+        self._summary = False                          # the open reasoning item has a summary part
         self._sequence = 0
         self._started = False
         self._output: list[dict[str, Any]] = []       # finished items
@@ -58,6 +62,9 @@ class ResponsesEventWriter:
             reasoning = delta.get("reasoning_content")
             if isinstance(reasoning, str) and reasoning:
                 events += self._reasoning(reasoning)
+            state = delta.get("reasoning_state")
+            if self._sealed and isinstance(state, dict):
+                events += self._reasoning_state(state)
             text = delta.get("content")
             if isinstance(text, str) and text:
                 events += self._text_delta(text)
@@ -91,13 +98,30 @@ class ResponsesEventWriter:
         return [self._event("response.created", response=self._frame),
                 self._event("response.in_progress", response=self._frame)]
 
-    def _reasoning(self, text: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
+    def _open_reasoning(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The open reasoning item, opened now if another item (or none) is open."""
         item = self._open
-        if item is None or item["type"] != "reasoning":
-            events += self._close_open()
-            item = self._open_item(reasoning_item(self._next_id("rs"), ""))
-            events.append(self._added(item))
+        if item is not None and item["type"] == "reasoning":
+            return item, []
+        events = self._close_open()
+        item = self._open_item(reasoning_item(self._next_id("rs"), ""))
+        self._state, self._summary = None, False
+        events.append(self._added(item))
+        return item, events
+
+    def _reasoning_state(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """A piece of the provider's reasoning state: it joins the open reasoning item's."""
+        _, events = self._open_reasoning()
+        if self._state is None or self._state.get("provider") != state.get("provider"):
+            self._state = {**state, "blocks": list(state.get("blocks") or [])}
+        else:
+            self._state["blocks"] = [*self._state["blocks"], *(state.get("blocks") or [])]
+        return events
+
+    def _reasoning(self, text: str) -> list[dict[str, Any]]:
+        item, events = self._open_reasoning()
+        if not self._summary:
+            self._summary = True
             events.append(self._event("response.reasoning_summary_part.added", item_id=item["id"],
                                       output_index=len(self._output), summary_index=0,
                                       part={"type": "summary_text", "text": ""}))
@@ -184,12 +208,13 @@ class ResponsesEventWriter:
                                       output_index=index, input=value))
             done = {**item, "input": value}
         else:
-            summary = {"type": "summary_text", "text": text}
-            events.append(self._event("response.reasoning_summary_text.done", item_id=item["id"],
-                                      output_index=index, summary_index=0, text=text))
-            events.append(self._event("response.reasoning_summary_part.done", item_id=item["id"],
-                                      output_index=index, summary_index=0, part=summary))
-            done = {**item, "summary": [summary]}
+            done = reasoning_item(item["id"], text, self._state)
+            if self._summary:
+                summary = {"type": "summary_text", "text": text}
+                events.append(self._event("response.reasoning_summary_text.done", item_id=item["id"],
+                                          output_index=index, summary_index=0, text=text))
+                events.append(self._event("response.reasoning_summary_part.done", item_id=item["id"],
+                                          output_index=index, summary_index=0, part=summary))
         events.append(self._event("response.output_item.done", output_index=index, item=done))
         self._output.append(done)
         return events

@@ -16,7 +16,12 @@ from typing import Any
 import orjson
 
 from truckllm.errors import GatewayError
-from truckllm.protocols.responses.answer import ResponseIds, from_chat_response, response_frame
+from truckllm.protocols.responses.answer import (
+    ResponseIds,
+    from_chat_response,
+    response_frame,
+    wants_sealed_reasoning,
+)
 from truckllm.protocols.responses.events import ResponsesEventWriter
 from truckllm.protocols.responses.native import (
     NativeEndpoint,
@@ -61,7 +66,7 @@ def from_chat_answer(chat: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
     body = dict(ctx.client_body)
     ids = ResponseIds(ctx.response_id)
     return from_chat_response(chat, response_frame(body, ids, ctx.created, ctx.alias), ids,
-                              to_chat_request(body).tool_names)
+                              to_chat_request(body).tool_names, wants_sealed_reasoning(body))
 
 
 class ResponsesEvents:
@@ -72,7 +77,8 @@ class ResponsesEvents:
         body = dict(ctx.client_body)
         ids = ResponseIds(ctx.response_id)
         self._writer = ResponsesEventWriter(response_frame(body, ids, ctx.created, ctx.alias), ids,
-                                            to_chat_request(body).tool_names)
+                                            to_chat_request(body).tool_names,
+                                            wants_sealed_reasoning(body))
         self._on_response = ctx.on_response
 
     def feed(self, chunk: dict[str, Any]) -> list[SSEEvent]:
@@ -96,7 +102,7 @@ def _named(event: dict[str, Any]) -> SSEEvent:
 
 
 DIALECT = ChatDialect(chat_request, from_chat_answer, ResponsesEvents, RESPONSES_STREAM,
-                      dropped_tools)
+                      dropped_tools, carries_reasoning=True)
 
 
 def native_or_translated(endpoint: NativeEndpoint, translated: OperationSpec) -> OperationSpec:

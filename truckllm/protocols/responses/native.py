@@ -4,8 +4,11 @@ into `input` by the server left out), answers and events come back with the alia
 `model`. Events that are not part of the Responses API (`codex.rate_limits`, say) are
 not forwarded; an `error` event fails the attempt (retried before the first byte), and
 after the start ends the stream with `response.failed`, as a translated stream does.
+Reasoning items whose `encrypted_content` TruckLLM sealed (another provider's reasoning,
+from a translated turn before a fallback) are left out: the upstream could not open them.
 
-Pure, no I/O. Imports only providers.base, errors, usage and protocols.responses.answer.
+Pure, no I/O. Imports only providers.base, errors, usage, protocols.responses.answer and
+protocols.responses.sealed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import orjson
 from truckllm.config.schema import AzureProvider, OpenAIProvider
 from truckllm.errors import GatewayError, UpstreamFailed
 from truckllm.protocols.responses.answer import failed
+from truckllm.protocols.responses.sealed import PREFIX
 from truckllm.providers.base import (
     CallContext,
     ParsedResponse,
@@ -59,7 +63,16 @@ def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
     # The server has put the stored conversation into `input`: the upstream (maybe
     # another account) is asked without a reference to it.
     payload.pop("previous_response_id", None)
+    items = payload.get("input")
+    if isinstance(items, list) and any(_sealed_here(item) for item in items):
+        payload["input"] = [item for item in items if not _sealed_here(item)]
     return UpstreamRequest("POST", url, headers, orjson.dumps(payload), ctx.stream)
+
+
+def _sealed_here(item: Any) -> bool:
+    """A reasoning item of a translated answer (its content sealed by TruckLLM)."""
+    return (isinstance(item, dict) and item.get("type") == "reasoning"
+            and str(item.get("encrypted_content") or "").startswith(PREFIX))
 
 
 def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:

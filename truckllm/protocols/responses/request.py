@@ -4,8 +4,14 @@ chat's nested ones, custom (free-form) tools become functions of one string, nam
 tool groups are flattened (their calls are mapped back by `ToolNames`), and built-in tools
 with no chat equivalent are left out and listed.
 
-Pure, no I/O. Imports only errors. Refusals are InvalidRequest naming the Responses
-field (`input[3].content[0].type`), raised before anything goes upstream.
+A `reasoning` item whose `encrypted_content` this process sealed (a translated answer's,
+sent back by a stateless client) becomes the `reasoning_state` of the assistant message
+after it, so the provider gets its own reasoning blocks back in place; any other
+reasoning item (a native one, one sealed before a restart, a forged one) is left out.
+
+Pure, no I/O. Imports only errors and protocols.responses.sealed. Refusals are
+InvalidRequest naming the Responses field (`input[3].content[0].type`), raised before
+anything goes upstream.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import orjson
 
 from truckllm.errors import InvalidRequest
+from truckllm.protocols.responses.sealed import unseal
 
 # A namespace tool's functions are offered to chat targets as `<namespace>__<name>`.
 NAMESPACE_SEPARATOR = "__"
@@ -241,6 +248,7 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         raise InvalidRequest("'input' must be a string or an array of items", param="input")
     messages: list[dict[str, Any]] = []
+    reasoning: dict[str, Any] | None = None      # sealed state waiting for its assistant message
     for i, item in enumerate(raw):
         param = f"input[{i}]"
         if not isinstance(item, dict):
@@ -248,17 +256,21 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
         kind = item.get("type", "message")
         if kind == "message":
             message = _message(item, param)
+            if message is not None and message["role"] == "assistant" and reasoning is not None:
+                message["reasoning_state"], reasoning = reasoning, None
             if message is not None:
                 messages.append(message)
         elif kind == "function_call":
-            _add_call(messages, _call(item, param, names))
+            _add_call(messages, _call(item, param, names), reasoning)
+            reasoning = None
         elif kind == "custom_tool_call":
             _add_call(messages, _call({**item, "arguments": {"input": _str(item, "input", param)}},
-                                      param, names))
+                                      param, names), reasoning)
+            reasoning = None
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(_call_output(item, param))
         elif kind == "reasoning":
-            continue        # a chat target has no place for earlier reasoning
+            reasoning = _joined(reasoning, unseal(item.get("encrypted_content")))
         else:
             raise InvalidRequest(f"input items of type {kind!r} cannot be sent to this model",
                                  param=f"{param}.type", code="unsupported_parameter")
@@ -334,14 +346,28 @@ def _call(item: dict[str, Any], param: str, names: ToolNames) -> dict[str, Any]:
             "function": {"name": name, "arguments": arguments}}
 
 
-def _add_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+def _add_call(messages: list[dict[str, Any]], call: dict[str, Any],
+              reasoning: dict[str, Any] | None) -> None:
     """A function call joins the assistant message just before it (the answer's text and
-    its calls are one chat message), else starts one."""
+    its calls are one chat message), else starts one; reasoning waiting for an assistant
+    message joins that message's."""
     last = messages[-1] if messages else None
-    if last is not None and last["role"] == "assistant":
-        last.setdefault("tool_calls", []).append(call)
-        return
-    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    if last is None or last["role"] != "assistant":
+        last = {"role": "assistant", "content": None}
+        messages.append(last)
+    last.setdefault("tool_calls", []).append(call)
+    if reasoning is not None:
+        last["reasoning_state"] = _joined(last.get("reasoning_state"), reasoning)
+
+
+def _joined(state: dict[str, Any] | None, more: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Two pieces of reasoning state as one (the blocks in order); a piece from another
+    provider than the first replaces it (the conversation moved providers)."""
+    if more is None or not isinstance(more.get("blocks"), list):
+        return state
+    if state is None or state.get("provider") != more.get("provider"):
+        return more
+    return {**state, "blocks": [*state["blocks"], *more["blocks"]]}
 
 
 def _call_output(item: dict[str, Any], param: str) -> dict[str, Any]:

@@ -59,7 +59,16 @@ class ToolResult:
     content: str
 
 
-Block = Text | Media | ToolUse | ToolResult
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """An assistant message's `reasoning_state` (truckllm.providers.shared.reasoning): the
+    provider's own reasoning blocks, sent back in place by that provider type's adapter
+    and left out by the others."""
+
+    state: dict[str, Any]
+
+
+Block = Text | Media | ToolUse | ToolResult | Reasoning
 
 
 @dataclass(slots=True)
@@ -186,6 +195,8 @@ def _read_messages(messages: list[Any]) -> tuple[list[str], list[Turn]]:
 
 def _push(turns: list[Turn], role: Literal["user", "assistant"], blocks: list[Block]) -> None:
     blocks = [b for b in blocks if not (isinstance(b, Text) and not b.text.strip())]
+    if all(isinstance(b, Reasoning) for b in blocks):
+        return          # reasoning alone is no turn
     if not blocks:
         return
     if turns and turns[-1].role == role:
@@ -219,6 +230,8 @@ def _user_blocks(content: Any, i: int) -> list[Block]:
 def _assistant_blocks(message: dict[str, Any], i: int, names_by_id: dict[str, str],
                       legacy_ids: dict[str, str]) -> list[Block]:
     blocks: list[Block] = []
+    if isinstance(message.get("reasoning_state"), dict):
+        blocks.append(Reasoning(message["reasoning_state"]))
     content = message.get("content")
     if content is not None:
         blocks.append(Text(_plain_text(content, f"messages[{i}].content")))

@@ -36,6 +36,8 @@ class ChoiceOut:
     text: str = ""
     tool_calls: list[ToolCallOut] = field(default_factory=list)
     finish_reason: str = "stop"
+    reasoning: str = ""                              # `reasoning_content`, when carried
+    reasoning_state: dict[str, Any] | None = None    # `reasoning_state`, when carried
 
 
 def kind_of(operation: str) -> Kind:
@@ -62,14 +64,14 @@ def build_response(kind: Kind, ctx: CallContext, upstream_id: str | None, choice
         "object": "text_completion" if kind == "completions" else "chat.completion",
         "created": ctx.created,
         "model": ctx.alias,
-        "choices": [_choice(kind, choice, legacy_functions) for choice in choices],
+        "choices": [_choice(kind, choice, legacy_functions, ctx.carry_reasoning) for choice in choices],
     }
     if usage is not None:
         body["usage"] = usage_body(usage)
     return orjson.dumps(body)
 
 
-def _choice(kind: Kind, choice: ChoiceOut, legacy: bool) -> dict[str, Any]:
+def _choice(kind: Kind, choice: ChoiceOut, legacy: bool, carry_reasoning: bool) -> dict[str, Any]:
     if kind == "completions":
         return {"text": choice.text, "index": choice.index, "logprobs": None,
                 "finish_reason": choice.finish_reason}
@@ -78,6 +80,10 @@ def _choice(kind: Kind, choice: ChoiceOut, legacy: bool) -> dict[str, Any]:
         "content": choice.text or (None if choice.tool_calls else ""),
         "refusal": None,
     }
+    if carry_reasoning and choice.reasoning:
+        message["reasoning_content"] = choice.reasoning
+    if carry_reasoning and choice.reasoning_state is not None:
+        message["reasoning_state"] = choice.reasoning_state
     finish = choice.finish_reason
     if choice.tool_calls and legacy:
         first = choice.tool_calls[0]     # the legacy dialect carries one call only
@@ -136,6 +142,19 @@ class ChunkStream:
         else:
             out.append(self._chunk({"content": text}))
         return out
+
+    def reasoning(self, text: str) -> list[SSEEvent]:
+        """Reasoning text (`reasoning_content`), only when the context carries reasoning."""
+        if not text or self.finished or not self._ctx.carry_reasoning or self._kind == "completions":
+            return []
+        return [*self.start(), self._chunk({"reasoning_content": text})]
+
+    def reasoning_state(self, state: dict[str, Any]) -> list[SSEEvent]:
+        """A finished piece of the provider's reasoning state (`reasoning_state`), only
+        when the context carries reasoning."""
+        if self.finished or not self._ctx.carry_reasoning or self._kind == "completions":
+            return []
+        return [*self.start(), self._chunk({"reasoning_state": state})]
 
     def tool_start(self, call_id: str, name: str, arguments: str = "") -> tuple[int, list[SSEEvent]]:
         """Announces a tool call; returns its OpenAI index and the chunks to send."""

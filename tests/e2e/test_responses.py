@@ -134,16 +134,23 @@ async def test_failure_before_output_is_retried(stack: Stack) -> None:
     assert final.status == "completed" and final.output_text == "Fake reply to: hello there"
 
 
-async def test_failure_after_output_ends_with_response_failed(stack: Stack) -> None:
+def anthropic_text_begun(text: str) -> list[str]:
+    """The first events of an Anthropic stream whose text block has begun with `text`."""
     start = {"type": "message_start", "message": {
         "id": "msg_x", "type": "message", "role": "assistant", "model": "claude", "content": [],
         "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}
-    stack.anthropic.script(Reply(events=[
+    return [
         sse(start, "message_start"),
         sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
             "content_block_start"),
-        sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
+        sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
             "content_block_delta"),
+    ]
+
+
+async def test_failure_after_output_ends_with_response_failed(stack: Stack) -> None:
+    stack.anthropic.script(Reply(events=[
+        *anthropic_text_begun("Hel"),
         error_event()]))
     client = make_openai_client(stack)
     async with client.responses.stream(model="claude", input="hello there") as stream:
@@ -188,15 +195,8 @@ async def test_a_streamed_response_is_kept_in_the_store(stack: Stack) -> None:
 
 
 async def test_a_failure_after_a_finished_item_reports_and_stores_it(stack: Stack) -> None:
-    start = {"type": "message_start", "message": {
-        "id": "msg_x", "type": "message", "role": "assistant", "model": "claude", "content": [],
-        "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1}}}
     stack.anthropic.script(Reply(events=[
-        sse(start, "message_start"),
-        sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            "content_block_start"),
-        sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me look."}},
-            "content_block_delta"),
+        *anthropic_text_begun("Let me look."),
         sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
         sse({"type": "content_block_start", "index": 1, "content_block": {
             "type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}}, "content_block_start"),

@@ -86,11 +86,14 @@ def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
 
 
 def chat_context(dialect: ChatDialect, ctx: CallContext) -> CallContext:
-    """The context of the chat request the client's request becomes. Streams always ask
-    for usage: the dialect's own stream events report it. Answers carry the provider's
-    reasoning for a dialect that shows it."""
-    return replace(ctx, client_body=dialect.to_chat_request(dict(ctx.client_body)),
-                   include_usage=ctx.stream, carry_reasoning=dialect.carries_reasoning)
+    """The context of the chat request the client's request becomes, worked out on the
+    first call for this request and kept on `ctx`. Streams always ask for usage: the
+    dialect's own stream events report it. Answers carry the provider's reasoning for a
+    dialect that shows it."""
+    if ctx.as_chat is None:
+        ctx.as_chat = replace(ctx, client_body=dialect.to_chat_request(dict(ctx.client_body)),
+                              include_usage=ctx.stream, carry_reasoning=dialect.carries_reasoning)
+    return ctx.as_chat
 
 
 class DialectStream:

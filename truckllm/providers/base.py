@@ -91,6 +91,10 @@ class CallContext:
     # Responses API streams: called with the finished response object (completed,
     # incomplete or failed) when the stream's translator makes its last event, for the store.
     on_response: Callable[[dict[str, Any]], None] | None = None
+    # For a dialect served through chat: the context of the chat request this request
+    # becomes, translated once per request (truckllm.protocols.through_chat fills it) rather
+    # than again by every attempt's build, parse and stream translator.
+    as_chat: CallContext | None = None
 
 
 @dataclass(slots=True)           # per request, read-only by convention (see CallContext)

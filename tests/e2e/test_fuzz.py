@@ -1,5 +1,5 @@
 """Property-based fuzz of the client API: bodies near the real shapes (and far from them)
-for /v1/chat/completions, /v1/embeddings and /v1/messages, streamed and not, by a key
+for /v1/chat/completions, /v1/embeddings, /v1/messages and /v1/responses, streamed and not, by a key
 with a tpm limit and one without. Whatever is sent, the answer is never a 5xx, never a
 hang, and an error is always JSON. Bounded in examples (and derandomised), so it runs
 in a few seconds in `make test`; TRUCKLLM_FUZZ_EXAMPLES=2000 runs a longer, random one."""
@@ -71,6 +71,24 @@ EMBEDDINGS_BODIES = [
     {"model": "demo", "input": ["a truck", "a road"], "encoding_format": "base64", "dimensions": 8},
     {"model": "demo", "input": [[1, 2, 3], [4]], "encoding_format": "float"},
 ]
+RESPONSES_BODIES = [
+    {"model": "demo", "input": "hi"},
+    {"model": "demo", "stream": True, "instructions": "be brief", "store": False,
+     "include": ["reasoning.encrypted_content"], "reasoning": {"effort": "low", "summary": "auto"},
+     "input": [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "x"}]},
+               {"type": "message", "role": "user", "content": [
+                   {"type": "input_text", "text": "what is this"},
+                   {"type": "input_image", "image_url": PNG}]}]},
+    {"model": "demo", "tool_choice": "auto", "max_output_tokens": 50,
+     "text": {"format": {"type": "json_object"}},
+     "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
+               {"type": "namespace", "name": "ns", "tools": [
+                   {"type": "function", "name": "inner", "parameters": {"type": "object"}}]},
+               {"type": "web_search", "external_web_access": False}],
+     "input": [{"type": "message", "role": "user", "content": "weather?"},
+               {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+               {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]},
+]
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -130,7 +148,9 @@ async def assert_answered(gateway: Gateway | Stack, path: str, body: Any, key: s
         assert content_type.startswith("application/json"), raw[:200]
         orjson.loads(raw)
     elif content_type.startswith("text/event-stream"):
-        assert raw.rstrip().endswith(b"[DONE]") or b"message_stop" in raw, raw[-300:]
+        ended = (b"[DONE]", b"message_stop", b"response.completed", b"response.incomplete",
+                 b"response.failed")
+        assert any(end in raw[-2000:] for end in ended), raw[-300:]
     else:
         orjson.loads(raw)
 
@@ -158,6 +178,11 @@ async def test_embeddings_never_fail_inside(gateway: Gateway, body: Any, metered
     await assert_answered(gateway, "/v1/embeddings", body, TPM_KEY if metered else CLIENT_KEY)
 
 
+@FUZZ
+@given(body=mostly(mutated(RESPONSES_BODIES), anything), metered=st.booleans())
+async def test_responses_never_fail_inside(gateway: Gateway, body: Any, metered: bool) -> None:
+    await assert_answered(gateway, "/v1/responses", body, TPM_KEY if metered else CLIENT_KEY)
+
 
 TRANSLATED = ["claude", "gem", "az"]
 
@@ -178,3 +203,12 @@ async def test_translated_messages_never_fail_inside(stack: Stack, body: Any, al
     if isinstance(body, dict) and body.get("model") == "demo":
         body = {**body, "model": alias}
     await assert_answered(stack, "/v1/messages", body, CLIENT_KEY, upstream_may_refuse=True)
+
+
+@FUZZ
+@given(body=mutated(RESPONSES_BODIES), alias=st.sampled_from(TRANSLATED))
+async def test_translated_responses_never_fail_inside(stack: Stack, body: Any, alias: str) -> None:
+    """Through chat to Anthropic and Gemini; natively to Azure's /responses."""
+    if isinstance(body, dict) and body.get("model") == "demo":
+        body = {**body, "model": alias}
+    await assert_answered(stack, "/v1/responses", body, CLIENT_KEY, upstream_may_refuse=True)

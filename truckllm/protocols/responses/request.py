@@ -279,7 +279,7 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
 
 def _message(item: dict[str, Any], param: str) -> dict[str, Any] | None:
     role = item.get("role")
-    if role not in _MESSAGE_ROLES:
+    if not isinstance(role, str) or role not in _MESSAGE_ROLES:
         raise InvalidRequest("role must be user, assistant, system or developer", param=f"{param}.role")
     content = item.get("content")
     if isinstance(content, str):

@@ -1,5 +1,6 @@
 """Property-based fuzz of the client API: bodies near the real shapes (and far from them)
-for /v1/chat/completions, /v1/embeddings, /v1/messages and /v1/responses, streamed and not, by a key
+for /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/messages (and its token
+counting) and /v1/responses, streamed and not, by a key
 with a tpm limit and one without. Whatever is sent, the answer is never a 5xx, never a
 hang, and an error is always JSON. Bounded in examples (and derandomised), so it runs
 in a few seconds in `make test`; TRUCKLLM_FUZZ_EXAMPLES=2000 runs a longer, random one."""
@@ -88,6 +89,10 @@ RESPONSES_BODIES = [
      "input": [{"type": "message", "role": "user", "content": "weather?"},
                {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]},
+]
+COMPLETIONS_BODIES = [
+    {"model": "demo", "prompt": "once upon a time", "max_tokens": 20},
+    {"model": "demo", "prompt": ["a", "b"], "stream": True, "stop": ["\n"], "echo": False},
 ]
 
 
@@ -182,6 +187,18 @@ async def test_embeddings_never_fail_inside(gateway: Gateway, body: Any, metered
 @given(body=mostly(mutated(RESPONSES_BODIES), anything), metered=st.booleans())
 async def test_responses_never_fail_inside(gateway: Gateway, body: Any, metered: bool) -> None:
     await assert_answered(gateway, "/v1/responses", body, TPM_KEY if metered else CLIENT_KEY)
+
+
+@FUZZ
+@given(body=mostly(mutated(COMPLETIONS_BODIES), anything), metered=st.booleans())
+async def test_completions_never_fail_inside(gateway: Gateway, body: Any, metered: bool) -> None:
+    await assert_answered(gateway, "/v1/completions", body, TPM_KEY if metered else CLIENT_KEY)
+
+
+@FUZZ
+@given(body=mostly(mutated(MESSAGES_BODIES), anything))
+async def test_count_tokens_never_fails_inside(gateway: Gateway, body: Any) -> None:
+    await assert_answered(gateway, "/v1/messages/count_tokens", body, CLIENT_KEY)
 
 
 TRANSLATED = ["claude", "gem", "az"]

@@ -30,7 +30,7 @@ from truckllm.protocols.responses.native import (
     parse_native_response,
     speaks_natively,
 )
-from truckllm.protocols.responses.request import dropped_tools, to_chat_request
+from truckllm.protocols.responses.request import dropped_tools, to_chat_request, tool_names
 from truckllm.protocols.through_chat import ChatDialect, DialectStream
 from truckllm.providers.base import (
     CallContext,
@@ -66,7 +66,7 @@ def from_chat_answer(chat: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
     body = dict(ctx.client_body)
     ids = ResponseIds(ctx.response_id)
     return from_chat_response(chat, response_frame(body, ids, ctx.created, ctx.alias), ids,
-                              to_chat_request(body).tool_names, wants_sealed_reasoning(body))
+                              tool_names(body), wants_sealed_reasoning(body))
 
 
 class ResponsesEvents:
@@ -77,7 +77,7 @@ class ResponsesEvents:
         body = dict(ctx.client_body)
         ids = ResponseIds(ctx.response_id)
         self._writer = ResponsesEventWriter(response_frame(body, ids, ctx.created, ctx.alias), ids,
-                                            to_chat_request(body).tool_names,
+                                            tool_names(body),
                                             wants_sealed_reasoning(body))
         self._on_response = ctx.on_response
 

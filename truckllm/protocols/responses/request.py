@@ -103,6 +103,12 @@ def to_chat_request(body: dict[str, Any]) -> ChatTranslation:
 # ---- tools --------------------------------------------------------------------------------
 
 
+def tool_names(body: dict[str, Any]) -> ToolNames:
+    """How the chat request names `body`'s namespaced and custom tools, to map calls back
+    (without translating the rest of the request again)."""
+    return _tools(body.get("tools"))[1]
+
+
 def dropped_tools(body: dict[str, Any]) -> tuple[str, ...]:
     """The built-in tools a translation leaves out of `body`, by type, in order."""
     return tuple(_tools(body.get("tools"))[2])

@@ -14,7 +14,6 @@ import inspect
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from tests.fakes.anthropic_fake import AnthropicFake, make_anthropic_fake
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
 from tests.fakes.gemini_fake import GeminiFake, make_gemini_fake
 from tests.fakes.openai_fake import OpenAIFake
+from tests.ports import free_port
 from truckllm.clock import Clock
 from truckllm.config.loader import load_bytes, load_file
 from truckllm.limits import Limiter
@@ -57,14 +57,6 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello
 START_LIMIT_S = 20.0
 STOP_LIMIT_S = 20.0
 WAIT_LIMIT_S = 15.0
-
-
-def free_port() -> int:
-    """A port nothing listens on now (the OS picks it), for a process told to listen there."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- Configs -------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.ports import free_port
+
 START_LIMIT_S = 10.0
 
 
@@ -28,13 +30,6 @@ def redis_server_binary() -> str:
     if not Path(found).exists():
         raise RuntimeError("redis-server is still missing after apt-get install")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -56,15 +56,18 @@ def config(port: int, state_url: str, *, rpm: int | None = None,
 async def instances(tmp_path: Path, count: int, state_url: str,
                     **limits: float | None) -> AsyncIterator[list[ServeProcess]]:
     async with AsyncExitStack() as stack:
-        gateways = []
-        for index in range(count):
-            home = tmp_path / f"instance{index}"
-            home.mkdir()
-            port = free_port()
-            path = home / "truckllm.yaml"
-            path.write_text(config(port, state_url, **limits))  # type: ignore[arg-type]
-            gateways.append(await stack.enter_async_context(run_serve_process(path, port)))
-        yield gateways
+        starting = []
+        # Started side by side: each waits for its own process to answer.
+        async with asyncio.TaskGroup() as group:
+            for index in range(count):
+                home = tmp_path / f"instance{index}"
+                home.mkdir()
+                port = free_port()
+                path = home / "truckllm.yaml"
+                path.write_text(config(port, state_url, **limits))  # type: ignore[arg-type]
+                starting.append(group.create_task(
+                    stack.enter_async_context(run_serve_process(path, port))))
+        yield [task.result() for task in starting]
 
 
 async def chat(http: aiohttp.ClientSession, gateway: ServeProcess) -> int:
@@ -175,15 +178,17 @@ async def test_the_state_files_spend_is_imported_once(tmp_path: Path, redis_url:
 async def test_an_admin_change_on_one_instance_reaches_the_other(
         tmp_path: Path, redis_url: str) -> None:
     async with AsyncExitStack() as stack:
-        gateways = []
-        for index, env in enumerate(({"ONLY_ON_A": "mock-a-5c1e-secret"}, {})):
-            home = tmp_path / f"instance{index}"
-            home.mkdir()
-            port = free_port()
-            path = home / "truckllm.yaml"
-            path.write_text(config(port, redis_url))
-            gateways.append(await stack.enter_async_context(run_serve_process(path, port, env=env)))
-        a, b = gateways
+        starting = []
+        async with asyncio.TaskGroup() as group:
+            for index, env in enumerate(({"ONLY_ON_A": "mock-a-5c1e-secret"}, {})):
+                home = tmp_path / f"instance{index}"
+                home.mkdir()
+                port = free_port()
+                path = home / "truckllm.yaml"
+                path.write_text(config(port, redis_url))
+                starting.append(group.create_task(
+                    stack.enter_async_context(run_serve_process(path, port, env=env))))
+        a, b = (task.result() for task in starting)
         await wait_until(lambda: listeners(redis_url, 2), "both instances to listen for changes")
 
         changed = a.config_path.read_text().replace(

@@ -60,10 +60,7 @@ class ChatTranslation:
 def to_chat_request(body: dict[str, Any]) -> ChatTranslation:
     """The chat request for a Responses request (whose `input` already holds the stored
     history of a `previous_response_id`, if any)."""
-    if body.get("background"):
-        raise InvalidRequest("background responses are only available on models served by the "
-                             "Responses API natively", param="background",
-                             code="unsupported_parameter")
+    refuse_background(body)
     tools, tool_names, dropped = _tools(body.get("tools"))
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
@@ -98,6 +95,14 @@ def to_chat_request(body: dict[str, Any]) -> ChatTranslation:
         # Usage is what the final response.completed event carries: always asked for.
         chat["stream_options"] = {"include_usage": True}
     return ChatTranslation(chat, tool_names, tuple(dropped))
+
+
+def refuse_background(body: dict[str, Any]) -> None:
+    """A `background: true` request refused: only a native Responses endpoint runs one."""
+    if body.get("background"):
+        raise InvalidRequest("background responses are only available on models served by the "
+                             "Responses API natively", param="background",
+                             code="unsupported_parameter")
 
 
 # ---- tools --------------------------------------------------------------------------------

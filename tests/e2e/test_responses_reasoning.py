@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
-from tests.fakes.gemini_fake import SIGNATURE, THOUGHT
+from tests.fakes.gemini_fake import SIGNATURE, TEXT_SIGNATURE, THOUGHT
 from tests.harness import Stack, make_openai_client
 
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "Current weather for a city.",
@@ -183,3 +183,51 @@ async def test_a_stored_response_keeps_gemini_signatures_for_its_follow_up(stack
     assert answer == "Tool said: {'output': 'rain'}"
     model_turn = [c for c in stack.gemini.requests[-1].body["contents"] if c["role"] == "model"][-1]
     assert model_turn["parts"][0]["thoughtSignature"] == SIGNATURE
+
+
+def _last_model_turn(stack: Stack) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [c for c in stack.gemini.requests[-1].body["contents"]
+                                   if c["role"] == "model"][-1]["parts"]
+    return parts
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_gemini_text_signature_comes_back_on_a_stateless_turn(stack: Stack, stream: bool) -> None:
+    settings = {**CODEX_LIKE, "tools": []}
+    output = await _first_turn(stack, "gem", stream, **settings)
+    assert all(TEXT_SIGNATURE not in str(item) for item in output), "sealed, not shown as it is"
+    client = make_openai_client(stack)
+    history = [{"role": "user", "content": "Hello there"}, *output, {"role": "user", "content": "And then?"}]
+    await client.responses.create(model="gem", input=history, **settings)
+    assert _last_model_turn(stack) == [{"text": "Fake reply to: " + QUESTION, "thoughtSignature": TEXT_SIGNATURE}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_gemini_text_signature_comes_back_on_a_stored_turn(stack: Stack, stream: bool) -> None:
+    client = make_openai_client(stack)
+    settings = {"reasoning": {"effort": "low"}}
+    if stream:
+        async with client.responses.stream(model="gem", input=QUESTION, **settings) as events:
+            first = await events.get_final_response()
+    else:
+        first = await client.responses.create(model="gem", input=QUESTION, **settings)
+    assert first.output_text == "Fake reply to: " + QUESTION
+    assert all(item.type != "reasoning" or item.encrypted_content is None for item in first.output)
+    await client.responses.create(model="gem", input="And then?", previous_response_id=first.id, **settings)
+    assert _last_model_turn(stack) == [{"text": "Fake reply to: " + QUESTION, "thoughtSignature": TEXT_SIGNATURE}]
+
+
+async def test_a_gemini_text_signature_goes_back_after_a_tool_loop(stack: Stack) -> None:
+    output = await _first_turn(stack, "gem", True, **CODEX_LIKE)
+    client = make_openai_client(stack)
+    call = next(item for item in output if item["type"] == "function_call")
+    history = [{"role": "user", "content": QUESTION}, *output,
+               {"type": "function_call_output", "call_id": call["call_id"], "output": "rain"}]
+    async with client.responses.stream(model="gem", input=history, **CODEX_LIKE) as events:
+        second = await events.get_final_response()
+    history += [item.model_dump(exclude_none=True) for item in second.output]
+    await client.responses.create(model="gem", input=[*history, {"role": "user", "content": "Thanks"}],
+                                  **CODEX_LIKE)
+    turns = [c["parts"] for c in stack.gemini.requests[-1].body["contents"] if c["role"] == "model"]
+    assert turns[0][0]["thoughtSignature"] == SIGNATURE
+    assert turns[-1] == [{"text": "Tool said: {'output': 'rain'}", "thoughtSignature": TEXT_SIGNATURE}]

@@ -5,9 +5,10 @@ tool groups are flattened (their calls are mapped back by `ToolNames`), and buil
 with no chat equivalent are left out and listed.
 
 A `reasoning` item whose `encrypted_content` this process sealed (a translated answer's,
-sent back by a stateless client) becomes the `reasoning_state` of the assistant message
-after it, so the provider gets its own reasoning blocks back in place; any other
-reasoning item (a native one, one sealed before a restart, a forged one) is left out.
+sent back by a stateless client or kept in the store) becomes the `reasoning_state` of the
+assistant message after it (or, at the end of a turn, before it), so the provider gets its
+own reasoning blocks back in place; any other reasoning item (a native one, one sealed
+before a restart, a forged one) is left out.
 
 Pure, no I/O. Imports only errors and protocols.responses.sealed. Refusals are
 InvalidRequest naming the Responses field (`input[3].content[0].type`), raised before
@@ -265,6 +266,8 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise InvalidRequest("an input item must be an object", param=param)
         kind = item.get("type", "message")
+        if kind in ("message", "function_call_output", "custom_tool_call_output") and item.get("role") != "assistant":
+            reasoning = _trailing(messages, reasoning)
         if kind == "message":
             message = _message(item, param)
             if message is not None and message["role"] == "assistant" and reasoning is not None:
@@ -285,7 +288,19 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
         else:
             raise InvalidRequest(f"input items of type {kind!r} cannot be sent to this model",
                                  param=f"{param}.type", code="unsupported_parameter")
+    _trailing(messages, reasoning)
     return messages
+
+
+def _trailing(messages: list[dict[str, Any]], reasoning: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Reasoning that follows an assistant message and its calls (a provider's state known
+    only once the answer was whole: a Gemini text part's signature) joins that message's;
+    what is left still waits for an assistant message."""
+    last = messages[-1] if messages else None
+    if reasoning is None or last is None or last["role"] != "assistant":
+        return reasoning
+    last["reasoning_state"] = _joined(last.get("reasoning_state"), reasoning)
+    return None
 
 
 def _message(item: dict[str, Any], param: str) -> dict[str, Any] | None:

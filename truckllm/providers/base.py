@@ -88,6 +88,9 @@ class CallContext:
     # and `reasoning_state` (truckllm.providers.shared.reasoning): set for dialects served
     # through chat, never for plain chat completions clients.
     carry_reasoning: bool = False
+    # With carry_reasoning: the provider is asked for summaries of its reasoning to show
+    # (Gemini's includeThoughts) as well as for the state it needs back.
+    reasoning_summaries: bool = False
     # Responses API streams: called with the finished response object (completed,
     # incomplete or failed) when the stream's translator makes its last event, for the store.
     on_response: Callable[[dict[str, Any]], None] | None = None

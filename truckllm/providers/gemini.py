@@ -106,7 +106,7 @@ def build_request(operation: Operation, body: dict[str, Any], target: Target, ke
         stream = False
     elif operation in ("chat", "completions"):
         chat_body = chat_body_from_completions(body) if operation == "completions" else body
-        payload = to_generate_request(read_chat_request(chat_body), include_thoughts=ctx.carry_reasoning)
+        payload = to_generate_request(read_chat_request(chat_body), include_thoughts=ctx.reasoning_summaries)
         stream = ctx.stream
         url = f"{model_url}:streamGenerateContent?alt=sse" if stream else f"{model_url}:generateContent"
     else:

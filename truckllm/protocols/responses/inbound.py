@@ -109,7 +109,7 @@ def _named(event: dict[str, Any]) -> SSEEvent:
 
 
 DIALECT = ChatDialect(chat_request, from_chat_answer, ResponsesEvents, RESPONSES_STREAM,
-                      dropped_tools, carries_reasoning=True)
+                      dropped_tools, carries_reasoning=True, asks_reasoning_summaries=True)
 
 
 def native_or_translated(endpoint: NativeEndpoint, translated: OperationSpec) -> OperationSpec:

@@ -10,7 +10,8 @@ assistant message after it (or, at the end of a turn, before it), so the provide
 own reasoning blocks back in place; any other reasoning item (a native one, one sealed
 before a restart, a forged one) is left out.
 
-Pure, no I/O. Imports only errors and protocols.responses.sealed. Refusals are
+Pure, no I/O. Imports only errors, protocols.responses.sealed and
+providers.shared.reasoning. Refusals are
 InvalidRequest naming the Responses field (`input[3].content[0].type`), raised before
 anything goes upstream.
 """
@@ -24,6 +25,7 @@ import orjson
 
 from truckllm.errors import InvalidRequest
 from truckllm.protocols.responses.sealed import unseal
+from truckllm.providers.shared.reasoning import joined
 
 # A namespace tool's functions are offered to chat targets as `<namespace>__<name>`.
 NAMESPACE_SEPARATOR = "__"
@@ -284,7 +286,7 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(_call_output(item, param))
         elif kind == "reasoning":
-            reasoning = _joined(reasoning, unseal(item.get("encrypted_content")))
+            reasoning = joined(reasoning, unseal(item.get("encrypted_content")))
         else:
             raise InvalidRequest(f"input items of type {kind!r} cannot be sent to this model",
                                  param=f"{param}.type", code="unsupported_parameter")
@@ -299,7 +301,7 @@ def _trailing(messages: list[dict[str, Any]], reasoning: dict[str, Any] | None) 
     last = messages[-1] if messages else None
     if reasoning is None or last is None or last["role"] != "assistant":
         return reasoning
-    last["reasoning_state"] = _joined(last.get("reasoning_state"), reasoning)
+    last["reasoning_state"] = joined(last.get("reasoning_state"), reasoning)
     return None
 
 
@@ -383,17 +385,7 @@ def _add_call(messages: list[dict[str, Any]], call: dict[str, Any],
         messages.append(last)
     last.setdefault("tool_calls", []).append(call)
     if reasoning is not None:
-        last["reasoning_state"] = _joined(last.get("reasoning_state"), reasoning)
-
-
-def _joined(state: dict[str, Any] | None, more: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Two pieces of reasoning state as one (the blocks in order); a piece from another
-    provider than the first replaces it (the conversation moved providers)."""
-    if more is None or not isinstance(more.get("blocks"), list):
-        return state
-    if state is None or state.get("provider") != more.get("provider"):
-        return more
-    return {**state, "blocks": [*state["blocks"], *more["blocks"]]}
+        last["reasoning_state"] = joined(last.get("reasoning_state"), reasoning)
 
 
 def _call_output(item: dict[str, Any], param: str) -> dict[str, Any]:

@@ -45,7 +45,9 @@ async def test_anthropic_thinking_in_the_history_is_left_out_where_it_means_noth
         stack: Stack, alias: str, stream: bool) -> None:
     claude = await _answer(stack, "claude", [QUESTION], False, thinking=THINKING)
     assert claude[0] == {"type": "thinking", "thinking": "Let me think.", "signature": THINKING_SIGNATURE}
-    history = [QUESTION, {"role": "assistant", "content": claude}, {"role": "user", "content": "and again"}]
+    redacted = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}
+    history = [QUESTION, {"role": "assistant", "content": [redacted, *claude]},
+               {"role": "user", "content": "and again"}]
     answer = await _answer(stack, alias, history, stream, thinking=THINKING)
     assert [b["text"] for b in answer if b["type"] == "text"] == ["Fake reply to: and again"]
     if alias == "gem":

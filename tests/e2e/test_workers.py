@@ -1,6 +1,7 @@
 """`truckllm serve --workers N` as real processes: one port for all workers, a killed
-worker comes back, SIGHUP reloads every worker, /metrics adds up every worker's numbers,
-SIGTERM drains all and exits 0; limits without state_url are refused."""
+worker comes back, SIGHUP reloads every worker, /metrics and every admin read answer for
+all workers whichever takes the call, admin writes reach every worker, SIGTERM drains
+all and exits 0; limits without state_url are refused."""
 
 from __future__ import annotations
 
@@ -175,6 +176,19 @@ async def test_the_admin_api_answers_for_every_worker_and_its_writes_reach_all(
             sent = 24
             assert [await chat(url) for _ in range(sent)] == [200] * sent
 
+            # the workers' private listeners answer only each other
+            pid = int(str(events(log_path, "worker_started")[0]["pid"]))
+            environ = dict(entry.split("=", 1) for entry in Path(f"/proc/{pid}/environ")
+                           .read_text().split("\0") if "=" in entry)
+            private = int((Path(environ["TRUCKLLM_WORKER_DIR"]) / "worker-0.port").read_text())
+            for path in ("/logs/self", "/keys/self", "/metrics/self", "/status/self"):
+                for token in ({}, {"x-truckllm-worker-token": "guess"}):
+                    code, _ = await get(f"http://127.0.0.1:{private}{path}", **token)
+                    assert code == 403
+            code, _ = await get(f"http://127.0.0.1:{private}/logs/self",
+                                **{"x-truckllm-worker-token": environ["TRUCKLLM_WORKER_TOKEN"]})
+            assert code == 200
+
             for body in await reads(url, "/admin/v1/keys"):
                 (team,) = [key for key in body["keys"] if key["id"] == "team-a"]
                 assert team["requests"] == sent and team["lifetime"]["requests"] == sent
@@ -255,3 +269,51 @@ async def test_the_admin_api_answers_for_every_worker_and_its_writes_reach_all(
         served = [orjson.loads((tmp_path / f"truckllm.state.worker-{i}.json").read_bytes())
                   ["client_keys"]["team-a"]["lifetime"]["requests"] for i in (0, 1)]
         assert min(served) > 0 and sum(served) == sent + 1
+
+
+async def test_with_a_state_server_shared_figures_are_counted_once(
+        tmp_path: Path, redis_url: str) -> None:
+    port = free_port()
+    config_path = tmp_path / "truckllm.yaml"
+    config_path.write_text(serve_config(port, watch=False, extra_server=f"state_url: {redis_url}")
+                           .replace('key: "${TEAM_KEY}"}', 'key: "${TEAM_KEY}", rpm: 1000}'))
+    url = f"http://127.0.0.1:{port}"
+    process, log_path = await start(config_path, 2)
+    try:
+        async def both_started() -> bool:
+            if process.returncode is not None:
+                raise AssertionError(log_path.read_text())
+            return len(events(log_path, "listening")) == 2
+        await wait_until(both_started, "two workers listening", 30)
+
+        sent = 20
+        assert [await chat(url) for _ in range(sent)] == [200] * sent
+
+        async def team() -> dict[str, Any]:
+            code, body = await admin_call(url, "GET", "/admin/v1/keys")
+            assert code == 200, body
+            found: dict[str, Any] = next(k for k in body["keys"] if k["id"] == "team-a")
+            return found
+
+        async def all_counted() -> bool:        # the ends of requests reach Redis just after
+            return (await team())["requests"] == sent
+        await wait_until(all_counted, "every request's end to reach the state server", 10)
+        for _ in range(READS):
+            report = await team()
+            assert report["requests"] == sent and report["lifetime"]["requests"] == sent
+            # the key's window is in the state server: once, not once per worker
+            assert report["current"]["requests_last_minute"] == sent
+        for body in await reads(url, "/admin/v1/providers"):
+            (demo,) = [p for p in body["providers"] if p["id"] == "demo"]
+            assert [(k["id"], k["usage_req"]) for k in demo["keys"]] == [("k1", sent)]
+
+        code, created = await admin_call(url, "POST", "/admin/v1/keys", {"id": "team-b"})
+        assert code == 201, created
+        assert [await chat_as(url, created["key"]) for _ in range(10)] == [200] * 10
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 40) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -202,3 +202,18 @@ async def test_a_rejected_key_is_off_for_both_until_a_reload(two: Two) -> None:
         health.prune([KEY], ["openai"])
     await shared()
     assert a.key_available(KEY) and b.key_available(KEY)
+
+
+async def test_failures_older_than_the_window_do_not_count(two: Two) -> None:
+    a, b, shared = two
+    for health in (a, b):
+        health.configure(HealthSettings(cooldown_s=0.5, breaker_failures=3, breaker_window_s=0.3))
+    fail(a, KEY, SERVER_ERROR)
+    fail(b, KEY, SERVER_ERROR)
+    await shared()
+    await asyncio.sleep(0.4)
+    await shared()                      # the refresh forgets them too
+    assert b.target_status(TARGET) is Status.HEALTHY
+    fail(b, KEY, SERVER_ERROR)
+    await shared()
+    assert a.target_available(TARGET) and b.target_available(TARGET)

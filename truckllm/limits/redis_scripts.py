@@ -312,22 +312,23 @@ return 1
 # the Redis clock (ms):
 #   c|<key ref>   cooled until
 #   d|<key ref>   disabled (upstream rejected it) until a reload clears it
-#   k|<key ref>, t|<provider>\x1f<model>   a breaker:
-#       "<open until>|<openings>|<trial lease until>|<trial owner>|<failure,failure,...>"
-#       (open until '' = closed; failures: the times of those in the window)
+#   k|<key ref>, t|<provider>\x1f<model>   a breaker: "<open until>|<openings>|<trial
+#       lease until>|<trial owner>|<window ms>|<failure,failure,...>" (open until '' =
+#       closed; failures: the times of those in the window, which the last failure set)
 # Each transition is one script: atomic, on Redis's clock, returning {now, state after} so
 # that the instance's local copy follows.
 _HEALTH_PRELUDE = _PRELUDE + """
 local function num(x) return string.format('%d', x) end
 local function load(raw)
-  local b = {u = false, n = 0, t = 0, o = '', f = {}}
+  local b = {u = false, n = 0, t = 0, o = '', w = 0, f = {}}
   if raw then
     local p = fields(raw)
     b.u = tonumber(p[1]) or false
     b.n = tonumber(p[2]) or 0
     b.t = tonumber(p[3]) or 0
     b.o = p[4] or ''
-    for v in string.gmatch(p[5] or '', '[^,]+') do b.f[#b.f + 1] = tonumber(v) end
+    b.w = tonumber(p[5]) or 0
+    for v in string.gmatch(p[6] or '', '[^,]+') do b.f[#b.f + 1] = tonumber(v) end
   end
   return b
 end
@@ -336,7 +337,7 @@ local function pack(b)
   local f = {}
   for i = 1, #b.f do f[i] = num(b.f[i]) end
   return (b.u and num(b.u) or '') .. '|' .. num(b.n) .. '|' .. num(b.t) .. '|' .. b.o .. '|'
-    .. table.concat(f, ',')
+    .. num(b.w) .. '|' .. table.concat(f, ',')
 end
 local function save(h, field, b)
   local packed = pack(b)
@@ -356,6 +357,7 @@ local now = now_ms()
 local cool, threshold = tonumber(ARGV[2]), tonumber(ARGV[3])
 local window, longest = tonumber(ARGV[4]), tonumber(ARGV[5])
 local b = load(redis.call('HGET', KEYS[1], ARGV[1]))
+b.w = window
 local function open()
   b.n = b.n + 1
   b.u = now + math.floor(math.min(cool * 2 ^ (b.n - 1), longest))
@@ -432,11 +434,10 @@ return 1
 """
 
 # Everything shared, for the once-a-second refresh of the local copies; drops what has
-# expired (cooldowns, trial leases, failures older than the window). KEYS: the hash.
-# ARGV: window ms.  Returns {now, field, value, field, value, ...}.
+# expired (cooldowns, trial leases, failures older than their window). KEYS: the hash.
+# Returns {now, field, value, field, value, ...}.
 HEALTH_READ = _HEALTH_PRELUDE + """
 local now = now_ms()
-local window = tonumber(ARGV[1])
 local out = {num(now)}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
@@ -451,7 +452,7 @@ for i = 1, #all, 2 do
     local b = load(value)
     local kept = {}
     for j = 1, #b.f do
-      if now - b.f[j] <= window then kept[#kept + 1] = b.f[j] end
+      if now - b.f[j] <= b.w then kept[#kept + 1] = b.f[j] end
     end
     b.f = kept
     if b.t <= now then b.t, b.o = 0, '' end

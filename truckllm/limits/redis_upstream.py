@@ -76,7 +76,7 @@ class RedisUpstreamStore(MemoryUpstreamStore):
 
     __slots__ = ("_acquire", "_claim", "_close", "_cool", "_fail", "_flag", "_ids", "_pending",
                  "_read", "_refused", "_release", "_settle", "_span_ms", "_trials", "_unanswered",
-                 "_window_ms", "link")
+                 "link")
 
     def __init__(self, link: StateLink, clock: Clock | None = None, *,
                  window_s: float = WINDOW_S) -> None:
@@ -97,7 +97,6 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         # answer never undoes a newer transition.
         self._unanswered: dict[str, int] = {}
         self._trials: dict[str, str] = {}       # field -> owner of the trial this process holds
-        self._window_ms = int(HealthSettings().breaker_window_s * 1000)
         link.on_up.append(self.push)
         link.every_second.append(self.push)
         link.every_second.append(self.refresh_health)
@@ -175,12 +174,11 @@ class RedisUpstreamStore(MemoryUpstreamStore):
 
     def breaker_failed(self, subject: Subject, now: float, settings: HealthSettings) -> None:
         super().breaker_failed(subject, now, settings)
-        self._window_ms = _ms(settings.breaker_window_s)
         if self.link.up:
             field = _field(subject)
             self._trials.pop(field, None)
             self._post(self._fail, field, [
-                _ms(settings.cooldown_s), settings.breaker_failures, self._window_ms,
+                _ms(settings.cooldown_s), settings.breaker_failures, _ms(settings.breaker_window_s),
                 _ms(settings.max_cooldown_s)], self._breaker_follows(subject))
 
     def breaker_closed(self, subject: Subject) -> None:
@@ -244,7 +242,7 @@ class RedisUpstreamStore(MemoryUpstreamStore):
     async def refresh_health(self) -> None:
         """Take what the other instances did (cooldowns, disabled keys, breakers opened,
         closed or with their trial taken) into the local copy: one read a second."""
-        answer = await self.link.call(self._read, [_HEALTH], [self._window_ms])
+        answer = await self.link.call(self._read, [_HEALTH], [])
         seen: set[str] = set()
         for i in range(1, len(answer), 2):
             field, value = text(answer[i]), text(answer[i + 1])
@@ -302,7 +300,7 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         if not state:
             breaker.on_success()
             return
-        until, openings, trial, _, failures = state.split("|")
+        until, openings, trial, _, _, failures = state.split("|")
         breaker.open_until = None if not until else self._local(redis_now, until)
         breaker.openings = int(openings)
         breaker.trial_taken = int(trial) > int(redis_now)

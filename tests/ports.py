@@ -3,10 +3,9 @@
 Asking the OS for port 0 and closing the socket leaves a window in which any outgoing
 connection (they draw from the same ephemeral range) or another test worker can take the
 port before our process binds it. So ports here come from below the ephemeral range, in a
-slice of their own for each pytest-xdist worker, and are checked free before use. Each
-process starts at a random place in its slice: two test runs at once on one machine (their
-workers have the same slices) would otherwise hand out the same ports in step, and a test
-could find the other run's process on its port."""
+slice of their own for each pytest-xdist worker, and are checked free before use. Each run
+starts at a random place in its slice, so that two test runs on one machine (two checkouts)
+rarely walk the same ports in step."""
 
 from __future__ import annotations
 

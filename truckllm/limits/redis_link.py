@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 log = structlog.get_logger("truckllm.state")
 
-CALL_TIMEOUT_S = 0.5        # a call slower than this counts as an outage
+CALL_TIMEOUT_S = 0.5        # no answer for this long (twice, for a script) is an outage
 PROBE_INTERVAL_S = 1.0
 PREFIX = "truckllm:"
 
@@ -104,6 +104,8 @@ class StateLink:
         self._sent: deque[_Call] = deque()          # written, in order, not answered yet
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._answers = 0                           # answers read, ever
         self._closing: set[asyncio.Task[None]] = set()
         self._loaded: set[str] = set()      # the scripts the server is known to hold
 
@@ -180,22 +182,28 @@ class StateLink:
                 data = b"".join([call.command(self._loaded) for call in batch])
                 self._sent.extend(batch)
                 await conn.send_packed_command(data, check_health=False)    # connects
+                loop = asyncio.get_running_loop()
                 if self._reader is None:
-                    self._reader = asyncio.get_running_loop().create_task(self._read(conn))
+                    self._reader = loop.create_task(self._read(conn))
+                if self._watchdog is None:
+                    self._watchdog = loop.call_later(CALL_TIMEOUT_S, self._check, self._answers)
         except FAILURES as exc:
             self._fail(exc)
         finally:
             self._writer = None
 
     async def _read(self, conn: AbstractConnection) -> None:
-        """Hand the answers, in order, to the calls written on `conn`, until none is left."""
+        """Hand the answers, in order, to the calls written on `conn`, for as long as it
+        is open (a server closing it is noticed at once, not at the next call)."""
         try:
-            while self._sent:
+            while True:
                 try:
-                    async with asyncio.timeout(CALL_TIMEOUT_S):
-                        answer: Any = await conn.read_response()
+                    answer: Any = await conn.read_response()
                 except ResponseError as exc:        # an answer: this call's error
                     answer = exc
+                self._answers += 1
+                if not self._sent:
+                    raise ConnectionError("an answer to no call")
                 call = self._sent.popleft()
                 if isinstance(answer, NoScriptError) and call.script is not None:
                     # Redis lost its scripts (SCRIPT FLUSH): this one goes again, with
@@ -212,9 +220,20 @@ class StateLink:
         except FAILURES as exc:
             self._reader = None
             self._fail(exc)
-        finally:
-            if self._reader is asyncio.current_task():
-                self._reader = None
+
+    def _check(self, answers: int) -> None:
+        """The timeout of the calls: one timer for all of them, not one per answer. Calls
+        waiting and no answer since the last check (CALL_TIMEOUT_S ago) is an outage, so
+        a call answered in CALL_TIMEOUT_S never fails and one that is not fails within
+        twice that."""
+        self._watchdog = None
+        if not self._sent:
+            return
+        if self._answers == answers:
+            self._fail(TimeoutError())
+            return
+        self._watchdog = asyncio.get_running_loop().call_later(
+            CALL_TIMEOUT_S, self._check, self._answers)
 
     def _fail(self, exc: BaseException) -> None:
         """The connection failed: every call written or queued fails with it (what was
@@ -224,6 +243,9 @@ class StateLink:
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
         self._reader = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         calls = [*self._sent, *self._batch]
         self._sent.clear()
         self._batch = []
@@ -274,6 +296,8 @@ class StateLink:
         for task in (self._writer, self._reader, *self._closing):
             if task is not None:
                 task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await self._scripts.aclose()
         await self.client.aclose()
 

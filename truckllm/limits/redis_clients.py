@@ -43,15 +43,14 @@ _GATEWAY = f"{PREFIX}g"
 class RedisGrant(Grant):
     """A grant counted in Redis: its id names its window entries and slot leases."""
 
-    __slots__ = ("gid", "gw_est", "key_est", "rates")
+    __slots__ = ("gid", "gw_est", "key_est")
 
-    def __init__(self, key_id: str | None, gid: str, key_est: int | None, gw_est: int | None,
-                 rates: RateLimits | None) -> None:
+    def __init__(self, key_id: str | None, gid: str, key_est: int | None,
+                 gw_est: int | None) -> None:
         super().__init__(key_id, None, ())
         self.gid = gid
         self.key_est = key_est          # tokens reserved in the key's tpm window, if any
         self.gw_est = gw_est            # and in the gateway's
-        self.rates = rates              # the key's, for the headers the answer refreshes
 
 
 class _Seen:
@@ -120,8 +119,7 @@ class RedisClientStore:
         grant = RedisGrant(
             None if key is None else key.key_id, gid,
             tokens if key is not None and key.rates.tpm is not None else None,
-            tokens if gateway.tpm is not None else None,
-            None if key is None else key.rates)
+            tokens if gateway.tpm is not None else None)
         self._live[gid] = grant
         self.changes += 1
         return grant
@@ -194,17 +192,15 @@ class RedisClientStore:
         keys, args = self._finish_call(grant, usage, cost_usd, period_start, settle, release)
         key_id = grant.key_id
 
-        def done(answer: Any, exc: BaseException | None) -> None:
+        def done(_: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 # The slots' leases run out by themselves; the usage is pushed when it is back.
                 self._owe(grant, usage, cost_usd, period_start, settle)
                 return
-            if key_id is not None:
-                self._seen[key_id] = _Seen(self.clock.monotonic(), [0, *answer])
-                if settle and cost_usd and period_start is not None:
-                    start, spend = self._spend.get(key_id, (period_start, 0.0))
-                    if start == period_start:
-                        self._spend[key_id] = (start, spend + cost_usd)
+            if key_id is not None and settle and cost_usd and period_start is not None:
+                start, spend = self._spend.get(key_id, (period_start, 0.0))
+                if start == period_start:
+                    self._spend[key_id] = (start, spend + cost_usd)
 
         # Not waited for: it goes to Redis with the next admissions (before any admission
         # made after it), so the client's answer does not wait for a second round trip.
@@ -215,7 +211,6 @@ class RedisClientStore:
                      period_start: datetime | None, settle: bool,
                      release: bool) -> tuple[list[str], list[Any]]:
         k, g = _names(grant.key_id or ""), _GATEWAY
-        rates = grant.rates
         prompt = completion = 0
         if usage is not None:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
@@ -224,9 +219,7 @@ class RedisClientStore:
             _opt(grant.key_est), _opt(grant.gw_est),
             _opt(None if usage is None else usage.total_tokens), prompt, completion,
             repr(float(cost_usd)), "" if period_start is None else period_start.isoformat(),
-            "1" if grant.key_id is not None else "0",
-            "1" if rates is not None and rates.rpm is not None else "0",
-            "1" if rates is not None and rates.tpm is not None else "0"]
+            "1" if grant.key_id is not None else "0"]
         keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
                 f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
         return keys, [_packed(args)]

@@ -32,7 +32,7 @@ from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
 from truckllm.limits.meter import WINDOW_S, Refusal
 from truckllm.limits.policy import KeyPolicy, RateLimits
-from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink, text
+from truckllm.limits.redis_link import FAILURES, PREFIX, Keys, StateLink, text
 from truckllm.limits.redis_scripts import ADMIT, CURRENT, FINISH, MERGE, RENEW, RESET
 from truckllm.usage import Usage
 
@@ -81,6 +81,7 @@ class RedisClientStore:
         self._spend: dict[str, tuple[datetime, float]] = {}   # last period spend seen
         self._seeded: set[str] = set()          # keys whose fallback account is seeded
         self._pending: dict[str, Account] = {}  # usage not yet added in Redis
+        self._keys: dict[str, tuple[Keys, Keys]] = {}   # ADMIT's and FINISH's, by key id
         self._admit = link.script(ADMIT)
         self._finish = link.script(FINISH)
         self._current = link.script(CURRENT)
@@ -124,10 +125,20 @@ class RedisClientStore:
         self.changes += 1
         return grant
 
+    def _keys_of(self, key_id: str) -> tuple[Keys, Keys]:
+        """The keys of ADMIT and FINISH for a client key ('' for none)."""
+        found = self._keys.get(key_id)
+        if found is None:
+            k, g = _names(key_id), _GATEWAY
+            found = self._keys[key_id] = (
+                Keys([f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
+                      f"{g}:rpm", f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]),
+                Keys([f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
+                      f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]))
+        return found
+
     def _admit_call(self, gateway: RateLimits, key: KeyPolicy | None, estimate: PromptEstimate,
-                    period_start: datetime, gid: str) -> tuple[list[str], list[Any]]:
-        k = _names(key.key_id if key is not None else "")
-        g = _GATEWAY
+                    period_start: datetime, gid: str) -> tuple[Keys, list[Any]]:
         rates = key.rates if key is not None and key.limited else None
         uses_tokens = gateway.tpm is not None or (rates is not None and rates.tpm is not None)
         args: list[Any] = [
@@ -137,9 +148,7 @@ class RedisClientStore:
             _opt(rates.max_concurrent if rates else None),
             _opt(key.budget_usd if key is not None else None), period_start.isoformat(),
             _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)]
-        keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
-                f"{g}:rpm", f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, [_packed(args)]
+        return self._keys_of(key.key_id if key is not None else "")[0], [_packed(args)]
 
     async def _admit_locally(self, gateway: RateLimits, key: KeyPolicy | None,
                              estimate: PromptEstimate, period_start: datetime) -> Grant | Refused:
@@ -209,8 +218,7 @@ class RedisClientStore:
 
     def _finish_call(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
                      period_start: datetime | None, settle: bool,
-                     release: bool) -> tuple[list[str], list[Any]]:
-        k, g = _names(grant.key_id or ""), _GATEWAY
+                     release: bool) -> tuple[Keys, list[Any]]:
         prompt = completion = 0
         if usage is not None:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
@@ -220,9 +228,7 @@ class RedisClientStore:
             _opt(None if usage is None else usage.total_tokens), prompt, completion,
             repr(float(cost_usd)), "" if period_start is None else period_start.isoformat(),
             "1" if grant.key_id is not None else "0"]
-        keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
-                f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, [_packed(args)]
+        return self._keys_of(grant.key_id or "")[1], [_packed(args)]
 
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:

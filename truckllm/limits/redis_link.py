@@ -56,6 +56,17 @@ class Script:
         self.with_source = _bulk(b"EVAL") + _bulk(source.encode())
 
 
+class Keys:
+    """A script's keys in the wire format, encoded once: a client key's are the same for
+    every request of it."""
+
+    __slots__ = ("encoded", "fields")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.fields = len(names) + 1
+        self.encoded = b"".join([_bulk(b"%d" % len(names)), *[_bulk(n.encode()) for n in names]])
+
+
 class _Call:
     """A command queued or sent: a script's (its keys and arguments already in the wire
     format, after the script's name), or a whole command of its own."""
@@ -121,7 +132,8 @@ class StateLink:
             log.warning("state_backend_down", error=self.last_error,
                         fallback="in-memory limits per instance until it is back")
 
-    async def call(self, script: Script, keys: Sequence[str], args: Sequence[Field]) -> Any:
+    async def call(self, script: Script, keys: Keys | Sequence[str],
+                   args: Sequence[Field]) -> Any:
         """Run a script and wait for its answer; raises one of FAILURES (after marking
         the link down)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -137,7 +149,7 @@ class StateLink:
         self.post(script, keys, args, done)
         return await future
 
-    def post(self, script: Script, keys: Sequence[str], args: Sequence[Field],
+    def post(self, script: Script, keys: Keys | Sequence[str], args: Sequence[Field],
              done: Done) -> None:
         """Queue a script without waiting for it: `done` gets its answer or failure.
 
@@ -146,10 +158,10 @@ class StateLink:
         runs a connection's commands in the order it reads them, so it runs this
         process's calls in the order they were made: work posted at the end of a request
         (not waited for) is done before any admission made after it."""
-        tail = [_bulk(b"%d" % len(keys))]
-        tail += [_bulk(key.encode()) for key in keys]
-        tail += [_bulk(_encoded(arg)) for arg in args]
-        self._queue(_Call(script, b"".join(tail), len(tail), done))
+        if not isinstance(keys, Keys):
+            keys = Keys(keys)
+        tail = b"".join([keys.encoded, *[_bulk(_encoded(arg)) for arg in args]])
+        self._queue(_Call(script, tail, keys.fields + len(args), done))
 
     def _queue(self, call: _Call) -> None:
         self._batch.append(call)

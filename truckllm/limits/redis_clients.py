@@ -19,6 +19,7 @@ back. With `state_failure: closed`, requests of keys with limits or budgets are 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Collection
 from datetime import datetime
@@ -64,6 +65,43 @@ class _Seen:
         self.rpm_reset_s, self.tpm_reset_s = int(answer[2]) / 1000, int(answer[4]) / 1000
 
 
+class _Spend:
+    """A key's period spend as last seen: as the last admission read it from Redis (a
+    number in text, read only when needed: for a fallback), plus what this process's
+    ends have added since."""
+
+    __slots__ = ("added", "answer", "start")
+
+    def __init__(self, start: datetime, answer: Any = b"0") -> None:
+        self.start = start
+        self.answer = answer
+        self.added = 0.0
+
+    def usd(self) -> float:
+        return float(self.answer) + self.added
+
+
+class _Limits:
+    """ADMIT's fields that come from a key's policy and the gateway's limits, in text:
+    the same for every request until the config changes."""
+
+    __slots__ = ("fields", "gateway", "key", "uses_tokens")
+
+    def __init__(self, key: KeyPolicy | None, gateway: RateLimits, span_ms: int,
+                 lease_ms: int) -> None:
+        self.key = key
+        self.gateway = gateway
+        rates = key.rates if key is not None and key.limited else None
+        self.uses_tokens = gateway.tpm is not None or (rates is not None and
+                                                       rates.tpm is not None)
+        self.fields = _packed([
+            span_ms, lease_ms, "1" if key is not None else "0",
+            _opt(rates.rpm if rates else None), _opt(rates.tpm if rates else None),
+            _opt(rates.max_concurrent if rates else None),
+            _opt(key.budget_usd if key is not None else None),
+            _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)])
+
+
 class RedisClientStore:
     """The `ClientStore` of truckllm.limits.clients over a Redis server."""
 
@@ -78,10 +116,11 @@ class RedisClientStore:
         self._ids = itertools.count()
         self._live: dict[str, RedisGrant] = {}  # in flight: their slot leases are renewed
         self._seen: dict[str, _Seen] = {}
-        self._spend: dict[str, tuple[datetime, float]] = {}   # last period spend seen
+        self._spend: dict[str, _Spend] = {}     # last period spend seen
         self._seeded: set[str] = set()          # keys whose fallback account is seeded
         self._pending: dict[str, Account] = {}  # usage not yet added in Redis
         self._keys: dict[str, tuple[Keys, Keys]] = {}   # ADMIT's and FINISH's, by key id
+        self._limits: dict[str, _Limits] = {}   # ADMIT's fields of the policies, by key id
         self._admit = link.script(ADMIT)
         self._finish = link.script(FINISH)
         self._current = link.script(CURRENT)
@@ -139,16 +178,13 @@ class RedisClientStore:
 
     def _admit_call(self, gateway: RateLimits, key: KeyPolicy | None, estimate: PromptEstimate,
                     period_start: datetime, gid: str) -> tuple[Keys, list[Any]]:
-        rates = key.rates if key is not None and key.limited else None
-        uses_tokens = gateway.tpm is not None or (rates is not None and rates.tpm is not None)
-        args: list[Any] = [
-            gid, estimate.tokens if uses_tokens else 0, self._span_ms, self._lease_ms,
-            "1" if key is not None else "0",
-            _opt(rates.rpm if rates else None), _opt(rates.tpm if rates else None),
-            _opt(rates.max_concurrent if rates else None),
-            _opt(key.budget_usd if key is not None else None), period_start.isoformat(),
-            _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)]
-        return self._keys_of(key.key_id if key is not None else "")[0], [_packed(args)]
+        key_id = key.key_id if key is not None else ""
+        limits = self._limits.get(key_id)
+        if limits is None or limits.key is not key or limits.gateway is not gateway:
+            limits = self._limits[key_id] = _Limits(key, gateway, self._span_ms, self._lease_ms)
+        tokens = estimate.tokens if limits.uses_tokens else 0
+        return (self._keys_of(key_id)[0],
+                [f"{gid}|{tokens}|{_iso(period_start)}|{limits.fields}"])
 
     async def _admit_locally(self, gateway: RateLimits, key: KeyPolicy | None,
                              estimate: PromptEstimate, period_start: datetime) -> Grant | Refused:
@@ -166,8 +202,9 @@ class RedisClientStore:
                              retry_after_s=1.0)
         if key is not None and key.key_id not in self._seeded:
             self._seeded.add(key.key_id)
-            start, spend = self._spend.get(key.key_id, (period_start, 0.0))
-            self.local.restore({key.key_id: Account(start, Counters(spend_usd=spend))})
+            seen = self._spend.get(key.key_id) or _Spend(period_start)
+            self.local.restore({key.key_id: Account(seen.start,
+                                                    Counters(spend_usd=seen.usd()))})
         return await self._admit_locally(gateway, key, estimate, period_start)
 
     async def settle(self, grant: Grant, usage: Usage | None, cost_usd: float,
@@ -207,9 +244,11 @@ class RedisClientStore:
                 self._owe(grant, usage, cost_usd, period_start, settle)
                 return
             if key_id is not None and settle and cost_usd and period_start is not None:
-                start, spend = self._spend.get(key_id, (period_start, 0.0))
-                if start == period_start:
-                    self._spend[key_id] = (start, spend + cost_usd)
+                seen = self._spend.get(key_id)
+                if seen is None:
+                    seen = self._spend[key_id] = _Spend(period_start)
+                if seen.start == period_start:
+                    seen.added += cost_usd
 
         # Not waited for: it goes to Redis with the next admissions (before any admission
         # made after it), so the client's answer does not wait for a second round trip.
@@ -226,7 +265,7 @@ class RedisClientStore:
             grant.gid, self._span_ms, "1" if settle else "0", "1" if release else "0",
             _opt(grant.key_est), _opt(grant.gw_est),
             _opt(None if usage is None else usage.total_tokens), prompt, completion,
-            repr(float(cost_usd)), "" if period_start is None else period_start.isoformat(),
+            repr(float(cost_usd)), "" if period_start is None else _iso(period_start),
             "1" if grant.key_id is not None else "0"]
         return self._keys_of(grant.key_id or "")[1], [_packed(args)]
 
@@ -251,7 +290,7 @@ class RedisClientStore:
 
     def _remember(self, key_id: str, answer: list[Any], period_start: datetime) -> None:
         self._seen[key_id] = _Seen(self.clock.monotonic(), answer)
-        self._spend[key_id] = (period_start, float(answer[5]))
+        self._spend[key_id] = _Spend(period_start, answer[5])
 
     # -- reads ------------------------------------------------------------------------
 
@@ -308,7 +347,7 @@ class RedisClientStore:
         await self.local.reset(key_id, period_start)
         self._pending.pop(key_id, None)
         self._seen.pop(key_id, None)
-        self._spend[key_id] = (period_start, 0.0)
+        self._spend[key_id] = _Spend(period_start)
         k = _names(key_id)
         with contextlib.suppress(*FAILURES):    # down: reset here only, Redis keeps its own
             await self.link.call(self._reset, [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum",
@@ -317,7 +356,7 @@ class RedisClientStore:
 
     def retain(self, key_ids: Collection[str]) -> None:
         self.local.retain(key_ids)
-        for table in (self._seen, self._spend, self._pending):
+        for table in (self._seen, self._spend, self._pending, self._keys, self._limits):
             for gone in [key_id for key_id in table if key_id not in key_ids]:
                 del table[gone]
 
@@ -373,6 +412,12 @@ class RedisClientStore:
                     keys.append(f"{_names(grant.key_id)}:slots")
                     args.append(grant.gid)
             await self.link.call(self._renew, keys, args)
+
+
+@functools.lru_cache(maxsize=16)
+def _iso(moment: datetime) -> str:
+    """A period start as ADMIT and FINISH compare it: the same few for every request."""
+    return moment.isoformat()
 
 
 def _names(key_id: str) -> str:

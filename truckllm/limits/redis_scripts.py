@@ -152,18 +152,18 @@ end
 
 # KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's rpm, tpm, tpm sum, slots
 # ARGV[1]: these fields joined by '|' (one argument: fewer to encode and send, and these
-#       scripts run for every request): grant id, estimate, span
-#       ms, lease ms, has key, key rpm, tpm, max_concurrent, budget, period start,
-#       gateway rpm, tpm, max_concurrent  ('' = not set)
+#       scripts run for every request): grant id, estimate, period start, span ms,
+#       lease ms, has key, key rpm, tpm, max_concurrent, budget, gateway rpm, tpm,
+#       max_concurrent  ('' = not set; from span on, the same for every request of a key)
 # Returns {status, rpm used, rpm reset ms, tpm used, tpm reset ms, period spend
 #          [, limit, configured, retry ms]}: 0 admitted, 1 budget, 2 key, 3 gateway.
 ADMIT = _PRELUDE + """
 local A = fields(ARGV[1])
-local gid, est = A[1], tonumber(A[2])
-local span, lease = tonumber(A[3]), tonumber(A[4])
-local has_key = A[5] == '1'
-local k_rpm, k_tpm, k_maxc = tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
-local budget, ps = tonumber(A[9]), A[10]
+local gid, est, ps = A[1], tonumber(A[2]), A[3]
+local span, lease = tonumber(A[4]), tonumber(A[5])
+local has_key = A[6] == '1'
+local k_rpm, k_tpm, k_maxc = tonumber(A[7]), tonumber(A[8]), tonumber(A[9])
+local budget = tonumber(A[10])
 local g_rpm, g_tpm, g_maxc = tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 local now = now_ms()
 local spend = '0'

@@ -288,3 +288,18 @@ async def test_health_is_local_while_redis_is_unreachable() -> None:
     finally:
         await link.close()
         server.stop()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_opened_again(
+        links: list[StateLink], redis_url: str) -> None:
+    store = RedisClientStore(links[0], SystemClock())
+    key = KeyPolicy("team", RateLimits(rpm=100))
+    assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.client_kill_filter(_type="normal", skipme=True)
+    finally:
+        await client.aclose()
+    await asyncio.sleep(0.1)            # the link reads the close
+    assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+    assert links[0].up

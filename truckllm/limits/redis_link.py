@@ -206,7 +206,7 @@ class StateLink:
 
     async def _read(self, conn: AbstractConnection) -> None:
         """Hand the answers, in order, to the calls written on `conn`, for as long as it
-        is open (a server closing it is noticed at once, not at the next call)."""
+        is open."""
         try:
             while True:
                 try:
@@ -231,7 +231,10 @@ class StateLink:
                 _report(call.done, answer, None)
         except FAILURES as exc:
             self._reader = None
-            self._fail(exc)
+            if self._sent or self._batch:
+                self._fail(exc)
+            # else the server closed an idle connection (its `timeout`, say): nothing was
+            # lost, and the next write opens it again.
 
     def _check(self, answers: int) -> None:
         """The timeout of the calls: one timer for all of them, not one per answer. Calls

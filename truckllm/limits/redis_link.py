@@ -100,7 +100,7 @@ class StateLink:
         self.client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=CALL_TIMEOUT_S, **options)
         # The scripts' connection: one, so Redis runs them in the order they were made;
-        # its reads are timed here, per answer (see _read).
+        # its calls are timed here, by one timer for all (see _check).
         self._scripts: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=None, single_connection_client=True, **options)
         self.fail_closed = failure == "closed"

@@ -17,6 +17,7 @@ from tests.redis_server import RedisServer
 from truckllm.clock import SystemClock
 from truckllm.errors import Overloaded
 from truckllm.limits import KeyPolicy, RateLimits
+from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.clients import Grant, Refused
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.meter import Refusal
@@ -101,6 +102,17 @@ async def test_upstream_acquire_refuses_when_another_instance_took_the_minute(
     refused = await b.acquire("p/k", rates, PromptEstimate.known(0))
     assert isinstance(refused, Refusal) and refused.limit == "rpm"
     assert b.refusal("p/k", rates, PromptEstimate.known(0)) is not None  # now it has
+
+
+async def test_two_pushes_at_once_add_queued_usage_once(links: list[StateLink]) -> None:
+    store = RedisClientStore(links[0], SystemClock())
+    queued = Account(TOTAL)
+    queued.period.add(Counters(3, 30, 3, 0.5))
+    queued.lifetime.add(Counters(3, 30, 3, 0.5))
+    store.restore({"team": queued})
+    await asyncio.gather(store.push(), store.push())
+    account = await RedisClientStore(links[1], SystemClock()).account("team", TOTAL)
+    assert (account.period.requests, account.period.spend_usd) == (3, 0.5)
 
 
 async def test_an_outage_falls_back_and_its_spend_reaches_redis() -> None:

@@ -382,17 +382,34 @@ class RedisClientStore:
 
     async def push(self) -> None:
         """Add what this process counted and Redis has not been told yet."""
+        # Each account is taken out of the queue before it is sent: usage counted while
+        # the call is out starts a new one, and two pushes at once never send one twice.
         while self._pending:
-            key_id, owed = next(iter(self._pending.items()))
+            key_id = next(iter(self._pending))
+            owed = self._pending.pop(key_id)
             p, extra = owed.period, owed.lifetime
-            await self.link.call(self._merge, [f"{_names(key_id)}:acct"], [
-                owed.period_start.isoformat(), p.requests, p.prompt_tokens,
-                p.completion_tokens, repr(p.spend_usd), p.requests + extra.requests,
-                p.prompt_tokens + extra.prompt_tokens,
-                p.completion_tokens + extra.completion_tokens,
-                repr(p.spend_usd + extra.spend_usd)])
-            if self._pending.get(key_id) is owed:
-                del self._pending[key_id]
+            try:
+                await self.link.call(self._merge, [f"{_names(key_id)}:acct"], [
+                    owed.period_start.isoformat(), p.requests, p.prompt_tokens,
+                    p.completion_tokens, repr(p.spend_usd), p.requests + extra.requests,
+                    p.prompt_tokens + extra.prompt_tokens,
+                    p.completion_tokens + extra.completion_tokens,
+                    repr(p.spend_usd + extra.spend_usd)])
+            except BaseException:
+                self._requeue(key_id, owed)
+                raise
+
+    def _requeue(self, key_id: str, owed: Account) -> None:
+        """Put back an account whose push failed, beside what was counted meanwhile."""
+        newer = self._pending.get(key_id)
+        if newer is None:
+            self._pending[key_id] = owed
+        elif newer.period_start == owed.period_start:
+            newer.period.add(owed.period)
+            newer.lifetime.add(owed.lifetime)
+        else:                           # counted meanwhile in a later period
+            newer.lifetime.add(owed.period)
+            newer.lifetime.add(owed.lifetime)
 
     async def _back(self) -> None:
         await self.push()

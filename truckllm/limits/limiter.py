@@ -233,6 +233,20 @@ class Limiter:
             use = self._shared_uses[ref] = UpstreamUse(self.upstream, ref, ())
         return use
 
+    def upstream_count(self, policy: LimitsPolicy, ref: str) -> UpstreamUse | None:
+        """`upstream_acquire` for a key without rpm or tpm, which has nothing to check or
+        hold: its request counted at once, without a store operation to await. None for a
+        key with either: `upstream_acquire` takes those."""
+        if policy.limits_upstream and policy.upstream.get(ref, NO_LIMITS).windowed:
+            return None
+        if policy is not self._policy:
+            self.adopt(policy)
+        self.upstream.count(ref)
+        use = self._shared_uses.get(ref)
+        if use is None:
+            use = self._shared_uses[ref] = UpstreamUse(self.upstream, ref, ())
+        return use
+
     # -- persistence ------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

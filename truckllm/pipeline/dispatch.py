@@ -238,8 +238,10 @@ class _Attempts:
             limiter = call.limiter
             use = None
             if limiter is not None and candidate.key_ref is not None:
-                use = await limiter.upstream_acquire(state.limits, candidate.key_ref,
-                                                     call.estimate)
+                # Most keys have no rpm/tpm: counted without a store operation to await.
+                use = (limiter.upstream_count(state.limits, candidate.key_ref)
+                       or await limiter.upstream_acquire(state.limits, candidate.key_ref,
+                                                         call.estimate))
                 if use is None:
                     # A shared limit store found the key's rpm/tpm used up by another
                     # instance since the router asked: not an attempt; the key is now

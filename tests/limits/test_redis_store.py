@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.redis_server import RedisServer
 from truckllm.clock import SystemClock
@@ -20,6 +21,7 @@ from truckllm.limits.meter import Refusal
 from truckllm.limits.redis_clients import RedisClientStore
 from truckllm.limits.redis_link import StateLink
 from truckllm.limits.redis_upstream import RedisUpstreamStore
+from truckllm.limits.upstream import HealthSettings
 from truckllm.pipeline.health import Health
 from truckllm.pipeline.retry import ErrorClass, Outcome
 from truckllm.usage import Usage
@@ -159,15 +161,70 @@ async def test_cooldowns_disabled_keys_and_open_breakers_reach_the_other_instanc
         attempt.end()
     assert not health_a.target_available(target)
     assert health_b.key_available("p/cool") and health_b.target_available(target)
-    await a.sync_health()
-    await b.sync_health()
+    await a.link.flushed()
+    await b.refresh_health()
     assert not health_b.key_available("p/cool")
     wait = health_b.seconds_until_available(("q", "m"), "p/cool")
     assert wait is not None and 28 < wait <= 30
     assert not health_b.key_available("p/bad")
     assert not health_b.target_available(target)
     health_a.prune(["p/cool", "p/bad", "p/k"], ["p"])      # a reload re-enables the rejected key
-    await a.sync_health()
+    await a.link.flushed()
     health_b.prune(["p/cool", "p/bad", "p/k"], ["p"])      # and on b
-    await b.sync_health()
+    await b.link.flushed()
+    await b.refresh_health()
     assert health_b.key_available("p/bad")
+
+
+async def script_calls(url: str) -> int:
+    """How many scripts the server has run so far."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return sum(int(stats.get(name, {}).get("calls", 0))
+               for name in ("cmdstat_eval", "cmdstat_evalsha"))
+
+
+async def test_answers_through_closed_breakers_make_no_round_trip(
+        links: list[StateLink], redis_url: str) -> None:
+    health = Health(store=RedisUpstreamStore(links[0]))
+    before = await script_calls(redis_url)
+    for _ in range(20):
+        attempt = health.begin(("p", "m"), "p/k")
+        attempt.succeeded(0.1)
+        attempt.end(10)
+    await links[0].flushed()
+    assert await script_calls(redis_url) == before
+    attempt = health.begin(("p", "m"), "p/k")
+    attempt.failed(Outcome(ErrorClass.SERVER, "500", 500))     # a failure is shared: two
+    attempt.end()                                              # breakers, one script each
+    await links[0].flushed()
+    assert await script_calls(redis_url) == before + 2
+
+
+async def test_health_is_local_while_redis_is_unreachable() -> None:
+    server = RedisServer()
+    server.start()
+    link = StateLink(server.url)
+    try:
+        health = Health(HealthSettings(cooldown_s=0.3), store=RedisUpstreamStore(link))
+        target = ("p", "m")
+        server.stop()
+        for _ in range(3):
+            attempt = health.begin(target, None)
+            attempt.failed(Outcome(ErrorClass.SERVER, "500", 500))
+            attempt.end()
+        await link.flushed()
+        assert not link.up and not health.target_available(target)
+        await asyncio.sleep(0.4)
+        trial = health.begin(target, None)     # half-open: the trial is this process's
+        assert trial.on_trial and await trial.confirm_trials()
+        assert not health.target_available(target)
+        trial.succeeded()
+        trial.end()
+        assert health.target_available(target)
+    finally:
+        await link.close()
+        server.stop()

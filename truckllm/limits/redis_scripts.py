@@ -68,7 +68,8 @@ local function reset_in(z, now, span)
   if #newest == 0 then return 0 end
   return math.max(0, tonumber(newest[2]) + span - now)
 end
-local function refusal(rz, tz, ts, slots, rpm, tpm, maxc, est, now, span)
+-- `seen` (when given) gets the windows' use before this request: {requests, tokens}.
+local function refusal(rz, tz, ts, slots, rpm, tpm, maxc, est, now, span, seen)
   if maxc then
     redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
     if redis.call('ZCARD', slots) >= maxc then
@@ -78,13 +79,17 @@ local function refusal(rz, tz, ts, slots, rpm, tpm, maxc, est, now, span)
   end
   if rpm then
     expire(rz, nil, now - span)
-    if redis.call('ZCARD', rz) + 1 > rpm then
+    local n = redis.call('ZCARD', rz)
+    if seen then seen[1] = n end
+    if n + 1 > rpm then
       return {'rpm', rpm, wait_ms(rz, nil, 1, rpm, now, span)}
     end
   end
   if tpm then
     expire(tz, ts, now - span)
-    if used(tz, ts) + est > tpm then
+    local n = used(tz, ts)
+    if seen then seen[2] = n end
+    if n + est > tpm then
       return {'tpm', tpm, wait_ms(tz, ts, est, tpm, now, span)}
     end
   end
@@ -102,12 +107,14 @@ local function count(rz, tz, ts, rpm, tpm, est, gid, now, span)
     redis.call('PEXPIRE', ts, span * 2)
   end
 end
+-- Expired leases are dropped where they are counted: before a cap is checked (refusal)
+-- and in CURRENT.
 local function take_slot(slots, gid, now, lease)
-  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   redis.call('ZADD', slots, now + lease, gid)
   redis.call('PEXPIRE', slots, lease * 2)
 end
 local function reconcile(z, s, gid, est, real, now, span)
+  if real == est then return end
   expire(z, s, now - span)
   local old = gid .. ':' .. est
   local at = redis.call('ZSCORE', z, old)
@@ -144,19 +151,19 @@ end
 """
 
 # KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's rpm, tpm, tpm sum, slots
-# ARGV[1]: these fields joined by '|' (one argument: the client encodes each argument
-#       on its own, and these scripts run for every request): grant id, estimate, span
-#       ms, lease ms, has key, key rpm, tpm, max_concurrent, budget, period start,
-#       gateway rpm, tpm, max_concurrent  ('' = not set)
+# ARGV[1]: these fields joined by '|' (one argument: fewer to encode and send, and these
+#       scripts run for every request): grant id, estimate, period start, span ms,
+#       lease ms, has key, key rpm, tpm, max_concurrent, budget, gateway rpm, tpm,
+#       max_concurrent  ('' = not set; from span on, the same for every request of a key)
 # Returns {status, rpm used, rpm reset ms, tpm used, tpm reset ms, period spend
 #          [, limit, configured, retry ms]}: 0 admitted, 1 budget, 2 key, 3 gateway.
 ADMIT = _PRELUDE + """
 local A = fields(ARGV[1])
-local gid, est = A[1], tonumber(A[2])
-local span, lease = tonumber(A[3]), tonumber(A[4])
-local has_key = A[5] == '1'
-local k_rpm, k_tpm, k_maxc = tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
-local budget, ps = tonumber(A[9]), A[10]
+local gid, est, ps = A[1], tonumber(A[2]), A[3]
+local span, lease = tonumber(A[4]), tonumber(A[5])
+local has_key = A[6] == '1'
+local k_rpm, k_tpm, k_maxc = tonumber(A[7]), tonumber(A[8]), tonumber(A[9])
+local budget = tonumber(A[10])
 local g_rpm, g_tpm, g_maxc = tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 local now = now_ms()
 local spend = '0'
@@ -170,33 +177,41 @@ local function answer(status, refused)
   end
   return out
 end
+local seen = {0, 0}
+local acct_ps
 if has_key then
-  if redis.call('HGET', KEYS[5], 'ps') == ps then
-    spend = redis.call('HGET', KEYS[5], 'psp') or '0'
-  end
+  local acct = redis.call('HMGET', KEYS[5], 'ps', 'psp')
+  acct_ps = acct[1]
+  if acct_ps == ps then spend = acct[2] or '0' end
   if budget and tonumber(spend) >= budget then return answer(1) end
-  local r = refusal(KEYS[1], KEYS[2], KEYS[3], KEYS[4], k_rpm, k_tpm, k_maxc, est, now, span)
+  local r = refusal(KEYS[1], KEYS[2], KEYS[3], KEYS[4], k_rpm, k_tpm, k_maxc, est, now, span,
+                    seen)
   if r then return answer(2, r) end
 end
 local r = refusal(KEYS[6], KEYS[7], KEYS[8], KEYS[9], g_rpm, g_tpm, g_maxc, est, now, span)
 if r then return answer(3, r) end
 take_slot(KEYS[9], gid, now, lease)
 count(KEYS[6], KEYS[7], KEYS[8], g_rpm, g_tpm, est, gid, now, span)
-if has_key then
-  take_slot(KEYS[4], gid, now, lease)
-  count(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, est, gid, now, span)
-  enter_period(KEYS[5], ps)
-  redis.call('HINCRBY', KEYS[5], 'pr', 1)
-  redis.call('HINCRBY', KEYS[5], 'lr', 1)
+if not has_key then return {0, 0, 0, 0, 0, spend} end
+take_slot(KEYS[4], gid, now, lease)
+count(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, est, gid, now, span)
+if acct_ps ~= ps then
+  redis.call('HSET', KEYS[5], 'ps', ps, 'pr', 0, 'ppt', 0, 'pct', 0, 'psp', 0)
 end
-return answer(0)
+redis.call('HINCRBY', KEYS[5], 'pr', 1)
+redis.call('HINCRBY', KEYS[5], 'lr', 1)
+-- The windows as they are now: what was read, this request added, its entry the newest.
+local out = {0, 0, 0, 0, 0, spend}
+if k_rpm then out[2], out[3] = seen[1] + 1, span end
+if k_tpm then out[4], out[5] = seen[2] + est, span end
+return out
 """
 
 # KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's tpm, tpm sum, slots
 # ARGV[1]: these fields joined by '|', as for ADMIT: grant id, span ms, settle, release,
 #       key estimate, gateway estimate ('' = none reserved), real tokens ('' = never
-#       reported), prompt, completion, cost, period start, has key, key rpm set, key tpm set
-# Returns the key's {rpm used, rpm reset ms, tpm used, tpm reset ms}.
+#       reported), prompt, completion, cost, period start, has key
+# Returns 1 (the next admission returns the windows for the headers).
 FINISH = _PRELUDE + """
 local A = fields(ARGV[1])
 local gid, span = A[1], tonumber(A[2])
@@ -228,10 +243,7 @@ if release then
   if has_key then redis.call('ZREM', KEYS[4], gid) end
   redis.call('ZREM', KEYS[8], gid)
 end
-local k_rpm, k_tpm
-if A[13] == '1' then k_rpm = 1 end
-if A[14] == '1' then k_tpm = 1 end
-return window_state(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, now, span)
+return 1
 """
 
 # KEYS: rpm, tpm, tpm sum, slots.  ARGV: span ms.

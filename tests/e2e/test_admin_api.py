@@ -442,8 +442,9 @@ async def test_hostile_admin_bodies_and_header_bytes_get_clear_errors(tmp_path: 
         assert "Traceback" not in gateway.output()
 
 
-async def test_the_history_charts_traffic_from_when_the_admin_api_is_turned_on(tmp_path: Path) -> None:
-    # Only the admin API reads the history: while it is off, requests do not feed it.
+async def test_the_log_and_history_keep_traffic_from_when_the_admin_api_is_turned_on(
+        tmp_path: Path) -> None:
+    # Only the admin API reads them: while it is off, requests do not feed them.
     config = make_config()
     async with make_gateway(config, directory=tmp_path) as gw:
         await gw.chat("demo")
@@ -454,5 +455,7 @@ async def test_the_history_charts_traffic_from_when_the_admin_api_is_turned_on(t
         for _ in range(2):
             await gw.chat("demo")
         status, body = await gw.admin("GET", "/admin/v1/history")
+        logs_status, logs = await gw.admin("GET", "/admin/v1/logs")
     assert status == 200
     assert sum(body["series"]["requests"]) == 2
+    assert logs_status == 200 and len(logs["logs"]) == 2

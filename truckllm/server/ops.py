@@ -66,13 +66,14 @@ class Ops:
     observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
     def follow_config(self) -> None:
-        """The observers the config in use needs. The console's history is read only
-        through the admin API: while that is off (no `admin_api_key`) no request pays for
-        it, and it charts the traffic from when the admin API was turned on."""
-        wanted = [self.access_log.write, self.metrics.observe, self.request_log.add]
+        """The observers the config in use needs. The request log and the console's
+        history are read only through the admin API: while that is off (no
+        `admin_api_key`) no request pays for them, and they hold the traffic from when the
+        admin API was turned on."""
+        wanted = [self.access_log.write, self.metrics.observe]
         admin_key = self.holder.current.config.server.admin_api_key
         if admin_key is not None and admin_key.get_secret_value():
-            wanted.append(self.history.observe)
+            wanted += (self.request_log.add, self.history.observe)
         self.observers[:] = wanted
 
     def configure_logging(self, stream: TextIO | None = None) -> None:

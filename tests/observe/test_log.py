@@ -11,6 +11,7 @@ import orjson
 import pytest
 import structlog
 
+from tests.observe.records import record_with
 from truckllm.errors import InvalidRequest
 from truckllm.observe.access_log import AccessLog
 from truckllm.observe.log import configure_logging
@@ -30,7 +31,7 @@ def make_record(n: int, **overrides: object) -> RequestRecord:
         attempts=1, cost_usd=0.0001, error_reason=None, method="POST",
         path="/v1/chat/completions", stream=False)
     fields.update(overrides)
-    return RequestRecord(**fields)  # type: ignore[arg-type]
+    return record_with(**fields)
 
 
 def make_log(size: int = 100) -> RequestLog:

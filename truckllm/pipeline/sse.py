@@ -47,15 +47,16 @@ class SSEDecoder:
                     and not self._buffer):
                 return [read[6:end]]
             return None
-        blocks = read.split(b"\n\n")
-        if (blocks.pop() or read.count(b"\n") != 2 * len(blocks) or read.find(b"\r") >= 0
+        # Several: their lines alternate between a `data: ` line and a blank one.
+        lines = read.split(b"\n")
+        if (not len(lines) % 2 or lines[-1] or any(lines[1::2]) or read.find(b"\r") >= 0
                 or self._buffer or (self._max is not None and len(read) > self._max)):
             return None
         payloads = []
-        for block in blocks:
-            if block[:6] != b"data: ":
+        for line in lines[:-1:2]:
+            if line[:6] != b"data: ":
                 return None
-            payloads.append(block[6:])
+            payloads.append(line[6:])
         return payloads
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:

@@ -275,19 +275,28 @@ class PassThroughStream:
         field = self._model_field
         if field is None:
             return None
-        out = read[:len(read) - dropped] if dropped else read
         alias = self._alias_field
         # The alias replaces the first `"model":"..."` of each chunk, as `feed` does.
         if sent == 1:
+            out = read[:len(read) - dropped] if dropped else read
             renamed = out.replace(field, alias, 1)
             if renamed != out:
                 return renamed
             # Not found, or the alias is the upstream's own name.
             return out if field == alias and out.find(field) >= 0 else None
-        for data in payloads[:sent]:
-            if data.count(field) != 1:
+        chunks = payloads[:sent] if dropped else payloads
+        if field == alias:
+            for data in chunks:
+                if data.find(field) < 0:
+                    return None
+            return read[:len(read) - dropped] if dropped else read
+        renamed_chunks = []
+        for data in chunks:
+            renamed = data.replace(field, alias, 1)
+            if renamed == data:
                 return None
-        return out.replace(field, alias)
+            renamed_chunks.append(renamed)
+        return b"data: " + b"\n\ndata: ".join(renamed_chunks) + b"\n\n"
 
     def _with_alias(self, data: bytes, chunk: dict[str, Any]) -> bytes:
         """The chunk's bytes with the alias for a model name not seen before in the stream."""

@@ -33,10 +33,12 @@ class Alone(NamedTuple):
 
 @contextmanager
 def proxy_alone(kind: str, launcher: Launcher, start_timeout_s: float = 60.0,
-                gap_ms: float = 1.0) -> Iterator[Alone]:
+                gap_ms: float = 1.0,
+                edit_config: Callable[[str], str] | None = None) -> Iterator[Alone]:
     """`kind` ("reference" or "truckllm") running under `launcher`, pinned like the bench's
     proxies, answering (checked), with the fake upstream on the load core (`gap_ms`
-    between the events of its streams)."""
+    between the events of its streams). `edit_config` changes TruckLLM's generated config
+    (limits, `state_url`)."""
     proxy_core, load_core = cores()
     with tempfile.TemporaryDirectory(prefix=f"truckllm-{kind}-") as scratch:
         work = Path(scratch)
@@ -44,7 +46,7 @@ def proxy_alone(kind: str, launcher: Launcher, start_timeout_s: float = 60.0,
         fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port", str(fake_port),
                             "--gap-ms", str(gap_ms)],
                            load_core, work)
-        module, key, model = _module_command(kind, port, fake_port, work)
+        module, key, model = _module_command(kind, port, fake_port, work, edit_config)
         proxy = start_child(kind, [*launcher(work), *module], proxy_core, work)
         try:
             wait_for_port(fake, fake_port)
@@ -71,12 +73,14 @@ def run_load(alone: Alone, concurrency: int, duration_s: float, stream: bool = F
     return int(orjson.loads(result.read_bytes())["requests"])
 
 
-def _module_command(kind: str, port: int, fake_port: int, work: Path) -> tuple[list[str], str, str]:
+def _module_command(kind: str, port: int, fake_port: int, work: Path,
+                    edit_config: Callable[[str], str] | None) -> tuple[list[str], str, str]:
     """The module and arguments that run `kind`, and the key and model to ask it for."""
     if kind == "reference":
         return (["bench.reference_proxy", "--port", str(port), "--upstream", f"http://127.0.0.1:{fake_port}"],
                 "none", UPSTREAM_MODEL)
     config = work / "config" / "bench.yaml"
     config.parent.mkdir(exist_ok=True)
-    config.write_text(truckllm_config(port, fake_port))
+    text = truckllm_config(port, fake_port)
+    config.write_text(edit_config(text) if edit_config is not None else text)
     return ["truckllm", "serve", "-c", str(config), "--port", str(port)], CLIENT_KEY, ALIAS

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.alone import proxy_alone, run_load
@@ -29,12 +30,14 @@ START_LIMIT_S = 300.0       # importing pydantic and friends under valgrind take
 
 
 def instructions_per_request(kind: str, concurrency: int, duration_s: float,
-                             stream: bool = False, gap_ms: float = 1.0) -> float:
+                             stream: bool = False, gap_ms: float = 1.0,
+                             edit_config: Callable[[str], str] | None = None) -> float:
     def callgrind(work: Path) -> list[str]:
         return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={work / 'callgrind.out'}", sys.executable, "-m"]
 
-    with proxy_alone(kind, callgrind, start_timeout_s=START_LIMIT_S, gap_ms=gap_ms) as alone:
+    with proxy_alone(kind, callgrind, start_timeout_s=START_LIMIT_S, gap_ms=gap_ms,
+                     edit_config=edit_config) as alone:
         run_load(alone, concurrency, WARM_UP_S, stream)
         _callgrind(alone.proxy, "--instr=on")
         _callgrind(alone.proxy, "--zero")

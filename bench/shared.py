@@ -2,10 +2,18 @@
 costs, and what `--workers 2` gives.
 
 1. The Redis-backed limiter beside the in-memory one, in the same run, alternating: a
-   client key with rpm, tpm and a budget (never reached), 8 connections sending
-   non-streamed requests back to back through TruckLLM to the fake upstream. Reported:
-   requests/s, p50 latency, TruckLLM's CPU per request and Redis's, and the differences.
-2. `truckllm serve --workers 2` beside one worker (no limits), 32 connections: requests/s.
+   client key with rpm, tpm and a budget (never reached), `--concurrency` connections
+   (8) sending non-streamed requests back to back through TruckLLM to the fake upstream.
+   TruckLLM is pinned to one CPU; the load generator, the fake upstream and
+   redis-server share the other (as in `make bench`: what Redis costs on its own host is
+   reported beside, not taken from TruckLLM's core). Reported: requests/s, p50 latency,
+   TruckLLM's CPU per request and Redis's, and the differences.
+2. `truckllm serve --workers 2` beside one worker (no limits), 32 connections, nothing
+   pinned: requests/s.
+
+With `--instructions`, instead: TruckLLM's machine instructions per request under
+callgrind (bench.instructions), in-memory vs Redis-backed, same key and load — the
+deterministic figure to judge a change by on a shared machine.
 
 Starts its own fake upstream and redis-server (tests.redis_server: apt-installed when
 missing, 127.0.0.1, no persistence). Bounded in time; prints markdown.
@@ -14,17 +22,28 @@ missing, 127.0.0.1, no persistence). Bounded in time; prints markdown.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import orjson
 
-from bench.processes import CLOCK_TICKS, Child, free_port, start_child, wait_for_port
+from bench.instructions import instructions_per_request
+from bench.processes import (
+    CLOCK_TICKS,
+    Child,
+    cores,
+    free_port,
+    pin_self,
+    start_child,
+    wait_for_port,
+)
 from bench.targets import ALIAS, CLIENT_KEY, check_answers, truckllm_command, truckllm_config
 from tests.redis_server import RedisServer
 
@@ -40,7 +59,12 @@ class Figures:
 
 
 def config(port: int, upstream_port: int, state_url: str | None, limited: bool) -> str:
-    text = truckllm_config(port, upstream_port).replace("  port:", "  watch: false\n  port:")
+    return edited(truckllm_config(port, upstream_port), state_url, limited)
+
+
+def edited(text: str, state_url: str | None, limited: bool) -> str:
+    """The bench's TruckLLM config with config watching off, `state_url` and the limits."""
+    text = text.replace("  port:", "  watch: false\n  port:")
     if state_url is not None:
         text = text.replace("  port:", f"  state_url: {state_url}\n  port:")
     if limited:
@@ -77,7 +101,8 @@ def pid_cpu_s(pid: int) -> float:
 
 
 def start_truckllm(work: Path, name: str, upstream_port: int, state_url: str | None,
-                   limited: bool, workers: int = 1) -> tuple[Child, int]:
+                   limited: bool, workers: int = 1,
+                   core: int | None = None) -> tuple[Child, int]:
     port = free_port()
     directory = work / name
     directory.mkdir()
@@ -86,7 +111,7 @@ def start_truckllm(work: Path, name: str, upstream_port: int, state_url: str | N
     command = truckllm_command(path, port)
     if workers > 1:
         command += ["--workers", str(workers)]
-    child = start_child(name, command, None, work)
+    child = start_child(name, command, core, work)
     wait_for_port(child, port)
     check_answers(port, CLIENT_KEY, ALIAS)
     return child, port
@@ -109,29 +134,44 @@ def measure(child: Child, port: int, redis: RedisServer | None, concurrency: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.shared", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.shared", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="connections of the limiter comparison")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count TruckLLM's instructions per request under callgrind instead")
     args = parser.parse_args()
+    if args.instructions:
+        print(count_instructions(args))
+        return
+    everywhere = os.sched_getaffinity(0)
+    proxy_core, load_core = cores()
+    pin_self(load_core)         # the load generators are started from here
     figures = {"memory": Figures(), "redis": Figures(), "1 worker": Figures(),
                "2 workers": Figures()}
     with tempfile.TemporaryDirectory(prefix="truckllm-bench-shared-") as scratch:
         work = Path(scratch)
         fake_port = free_port()
         fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port",
-                                    str(fake_port)], None, work)
+                                    str(fake_port)], load_core, work)
         redis = RedisServer()
         try:
             wait_for_port(fake, fake_port)
             redis.start()
+            if load_core is not None and redis.process is not None:
+                os.sched_setaffinity(redis.process.pid, {load_core})
             for index in range(args.rounds):
                 for name, url in (("memory", None), ("redis", redis.url)):
-                    child, port = start_truckllm(work, f"{name}-{index}", fake_port, url, True)
+                    child, port = start_truckllm(work, f"{name}-{index}", fake_port, url, True,
+                                                 core=proxy_core)
                     try:
-                        measure(child, port, redis if url else None, 8, args.duration, work,
-                                figures[name])
+                        measure(child, port, redis if url else None, args.concurrency,
+                                args.duration, work, figures[name])
                     finally:
                         child.stop()
+                os.sched_setaffinity(0, everywhere)     # the workers' comparison uses all
                 for name, workers in (("1 worker", 1), ("2 workers", 2)):
                     child, port = start_truckllm(work, f"w{workers}-{index}", fake_port, None,
                                                  False, workers)
@@ -140,13 +180,38 @@ def main() -> None:
                         measure(child, port, None, 32, args.duration, work, figures[name])
                     finally:
                         child.stop()
+                pin_self(load_core)
         finally:
             redis.stop()
             fake.stop()
-    print(render(figures, args))
+    pinned = (f"TruckLLM pinned to CPU {proxy_core}; load generator, fake upstream and "
+              f"redis-server to CPU {load_core}." if proxy_core is not None
+              else "Single CPU: nothing pinned.")
+    print(render(figures, args, pinned))
 
 
-def render(figures: dict[str, Figures], args: argparse.Namespace) -> str:
+def count_instructions(args: argparse.Namespace) -> str:
+    """TruckLLM's instructions per request, in-memory vs Redis-backed limiter."""
+    pin_self(cores()[1])
+    redis = RedisServer()
+    try:
+        redis.start()
+        counts = {name: instructions_per_request("truckllm", args.concurrency, args.duration,
+                                                 edit_config=partial(edited, state_url=url,
+                                                                     limited=True))
+                  for name, url in (("in memory", None), ("Redis (`state_url`)", redis.url))}
+    finally:
+        redis.stop()
+    memory = counts["in memory"]
+    lines = ["| limiter | TruckLLM instructions per request | vs in memory |", "|---|---:|---:|"]
+    lines += [f"| {name} | {count / 1000:,.0f}k | {count / memory - 1:+.0%} |"
+              for name, count in counts.items()]
+    lines += ["", f"A client key with rpm, tpm and a budget; {args.concurrency} connections, "
+                  f"non-streamed requests, {args.duration:g} s of load under callgrind each."]
+    return "\n".join(lines)
+
+
+def render(figures: dict[str, Figures], args: argparse.Namespace, pinned: str) -> str:
     def med(values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
 
@@ -155,8 +220,8 @@ def render(figures: dict[str, Figures], args: argparse.Namespace) -> str:
         f"### Shared state and workers ({args.rounds} rounds of {args.duration:g} s, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
-        "A client key with rpm, tpm and a budget; 8 connections, non-streamed requests "
-        "(medians over rounds).",
+        f"A client key with rpm, tpm and a budget; {args.concurrency} connections sending "
+        f"non-streamed requests back to back (medians over rounds). {pinned}",
         "",
         "| limiter | requests/s | p50 ms | TruckLLM CPU µs/request | redis-server CPU µs/request |",
         "|---|---:|---:|---:|---:|",
@@ -168,7 +233,7 @@ def render(figures: dict[str, Figures], args: argparse.Namespace) -> str:
         f"Redis adds {med(redis.p50_ms) - med(memory.p50_ms):+.2f} ms p50 and "
         f"{(med(redis.cpu_us) / med(memory.cpu_us) - 1) * 100:+.0f}% TruckLLM CPU per request.",
         "",
-        "| `truckllm serve` | requests/s (32 connections, no limits) |",
+        "| `truckllm serve` | requests/s (32 connections, no limits, nothing pinned) |",
         "|---|---:|",
         f"| `--workers 1` | {med(figures['1 worker'].rps):.0f} |",
         f"| `--workers 2` | {med(figures['2 workers'].rps):.0f} |",

@@ -3,12 +3,15 @@
 Asking the OS for port 0 and closing the socket leaves a window in which any outgoing
 connection (they draw from the same ephemeral range) or another test worker can take the
 port before our process binds it. So ports here come from below the ephemeral range, in a
-slice of their own for each pytest-xdist worker, and are checked free before use."""
+slice of their own for each pytest-xdist worker, and are checked free before use. Each run
+starts at a random place in its slice, so that two test runs on one machine (two checkouts)
+rarely walk the same ports in step."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import random
 import socket
 
 _FIRST = 20000
@@ -22,7 +25,8 @@ def _worker_index() -> int:
 
 
 _START = _FIRST + _worker_index() * _SLICE
-_offsets = itertools.cycle(range(_SLICE))
+_first_offset = random.randrange(_SLICE)
+_offsets = itertools.cycle([*range(_first_offset, _SLICE), *range(_first_offset)])
 
 
 def _is_free(port: int) -> bool:

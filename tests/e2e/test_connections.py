@@ -23,7 +23,6 @@ from truckllm.server.app import create_app
 from truckllm.server.connections import GatewaySite, handler_settings
 from truckllm.server.keys import INFLIGHT
 
-pytestmark = pytest.mark.asyncio
 SETTINGS = {"log_level": "error", "keepalive_timeout_s": 0.5, "body_timeout_s": 0.5,
             "max_connections": 4}
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
-from tests.fakes.gemini_fake import SIGNATURE, THOUGHT
+from tests.fakes.gemini_fake import SIGNATURE, TEXT_SIGNATURE, THOUGHT
 from tests.harness import Stack, make_openai_client
 
 WEATHER: Any = {"type": "function", "name": "get_weather", "description": "Current weather for a city.",
@@ -123,3 +123,111 @@ async def test_plain_chat_clients_see_no_reasoning(stack: Stack) -> None:
     deltas = [c.choices[0].delta.model_dump(exclude_none=True) for c in chunks if c.choices]
     assert all("reasoning_content" not in d and "reasoning_state" not in d for d in deltas)
     assert "".join(d.get("content") or "" for d in deltas) == "Fake reply to: hello"
+
+
+STATEFUL: Any = {"tools": [WEATHER], "reasoning": {"effort": "low", "summary": "auto"}}
+
+
+async def _stateful_loop(stack: Stack, alias: str, stream: bool) -> tuple[Any, str]:
+    """Turn one stored (no `include`), turn two by `previous_response_id`: turn one's
+    response as the client saw it, and turn two's answer."""
+    client = make_openai_client(stack)
+    if stream:
+        async with client.responses.stream(model=alias, input=QUESTION, **STATEFUL) as events:
+            first = await events.get_final_response()
+    else:
+        first = await client.responses.create(model=alias, input=QUESTION, **STATEFUL)
+    call = next(item for item in first.output if item.type == "function_call")
+    follow_up: Any = {"model": alias, "previous_response_id": first.id, **STATEFUL,
+                      "input": [{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}]}
+    if stream:
+        async with client.responses.stream(**follow_up) as events:
+            return first, (await events.get_final_response()).output_text
+    return first, (await client.responses.create(**follow_up)).output_text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_stored_response_keeps_anthropic_thinking_for_its_follow_up(stack: Stack, stream: bool) -> None:
+    first, answer = await _stateful_loop(stack, "claude", stream)
+    shown = [item.model_dump(exclude_none=True) for item in first.output]
+    assert shown[0]["type"] == "reasoning" and "encrypted_content" not in shown[0], "not asked for"
+    assert answer == "Tool said: rain"
+    sent = stack.anthropic.requests[-1].body
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    turn = _assistant_turn(sent)
+    assert [b["type"] for b in turn] == ["thinking", "text", "tool_use"]
+    assert turn[0] == {"type": "thinking", "thinking": "Let me think.", "signature": THINKING_SIGNATURE}
+
+
+async def test_a_stored_response_shows_encrypted_content_only_when_asked(stack: Stack) -> None:
+    client = make_openai_client(stack)
+    first = await client.responses.create(model="claude", input=QUESTION, **STATEFUL)
+    again = await client.responses.retrieve(first.id)
+    assert again.output[0].type == "reasoning" and again.output[0].encrypted_content is None
+    asked = await client.responses.retrieve(first.id, include=["reasoning.encrypted_content"])
+    sealed = asked.output[0].encrypted_content
+    assert asked.output[0].type == "reasoning" and sealed and THINKING_SIGNATURE not in sealed
+    call = next(item for item in first.output if item.type == "function_call")
+    second = await client.responses.create(
+        model="claude", previous_response_id=first.id, **STATEFUL,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}])
+    listed = [item.model_dump(exclude_none=True) for item in
+              (await client.responses.input_items.list(second.id, order="asc")).data]
+    assert [item["type"] for item in listed][:2] == ["message", "reasoning"]
+    assert all("encrypted_content" not in item for item in listed)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_stored_response_keeps_gemini_signatures_for_its_follow_up(stack: Stack, stream: bool) -> None:
+    _, answer = await _stateful_loop(stack, "gem", stream)
+    assert answer == "Tool said: {'output': 'rain'}"
+    model_turn = [c for c in stack.gemini.requests[-1].body["contents"] if c["role"] == "model"][-1]
+    assert model_turn["parts"][0]["thoughtSignature"] == SIGNATURE
+
+
+def _last_model_turn(stack: Stack) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [c for c in stack.gemini.requests[-1].body["contents"]
+                                   if c["role"] == "model"][-1]["parts"]
+    return parts
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_gemini_text_signature_comes_back_on_a_stateless_turn(stack: Stack, stream: bool) -> None:
+    settings = {**CODEX_LIKE, "tools": []}
+    output = await _first_turn(stack, "gem", stream, **settings)
+    assert all(TEXT_SIGNATURE not in str(item) for item in output), "sealed, not shown as it is"
+    client = make_openai_client(stack)
+    history = [{"role": "user", "content": "Hello there"}, *output, {"role": "user", "content": "And then?"}]
+    await client.responses.create(model="gem", input=history, **settings)
+    assert _last_model_turn(stack) == [{"text": "Fake reply to: " + QUESTION, "thoughtSignature": TEXT_SIGNATURE}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
+async def test_a_gemini_text_signature_comes_back_on_a_stored_turn(stack: Stack, stream: bool) -> None:
+    client = make_openai_client(stack)
+    settings = {"reasoning": {"effort": "low"}}
+    if stream:
+        async with client.responses.stream(model="gem", input=QUESTION, **settings) as events:
+            first = await events.get_final_response()
+    else:
+        first = await client.responses.create(model="gem", input=QUESTION, **settings)
+    assert first.output_text == "Fake reply to: " + QUESTION
+    assert all(item.type != "reasoning" or item.encrypted_content is None for item in first.output)
+    await client.responses.create(model="gem", input="And then?", previous_response_id=first.id, **settings)
+    assert _last_model_turn(stack) == [{"text": "Fake reply to: " + QUESTION, "thoughtSignature": TEXT_SIGNATURE}]
+
+
+async def test_a_gemini_text_signature_goes_back_after_a_tool_loop(stack: Stack) -> None:
+    output = await _first_turn(stack, "gem", True, **CODEX_LIKE)
+    client = make_openai_client(stack)
+    call = next(item for item in output if item["type"] == "function_call")
+    history = [{"role": "user", "content": QUESTION}, *output,
+               {"type": "function_call_output", "call_id": call["call_id"], "output": "rain"}]
+    async with client.responses.stream(model="gem", input=history, **CODEX_LIKE) as events:
+        second = await events.get_final_response()
+    history += [item.model_dump(exclude_none=True) for item in second.output]
+    await client.responses.create(model="gem", input=[*history, {"role": "user", "content": "Thanks"}],
+                                  **CODEX_LIKE)
+    turns = [c["parts"] for c in stack.gemini.requests[-1].body["contents"] if c["role"] == "model"]
+    assert turns[0][0]["thoughtSignature"] == SIGNATURE
+    assert turns[-1] == [{"text": "Tool said: {'output': 'rain'}", "thoughtSignature": TEXT_SIGNATURE}]

@@ -1,6 +1,7 @@
 """Several real `truckllm serve` processes sharing one real redis-server: one limit for all
-of them, exactly; an outage of Redis drops no request, shows in /metrics and the status,
-and the spend counted meanwhile reaches Redis when it is back."""
+of them, exactly; one health of an upstream key (a breaker opened by failures on both, its
+one half-open trial, a cooldown); an outage of Redis drops no request, shows in /metrics
+and the status, and the spend counted meanwhile reaches Redis when it is back."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from tests.fakes.openai_fake import Scripted, make_openai_fake
 from tests.harness import SERVE_ENV, ServeProcess, free_port, run_serve_process, wait_until
 from tests.redis_server import RedisServer
 from truckllm.runtime.config_sync import CHANNEL
@@ -278,3 +280,110 @@ async def test_a_response_stored_by_one_instance_is_found_by_the_other(
             assert reply.status == 200, await reply.text()
         async with http.get(f"{a.root}/v1/responses/{first['id']}") as reply:
             assert reply.status == 404
+
+
+def openai_config(port: int, state_url: str, upstream_url: str) -> str:
+    """One upstream key behind one target, each request one attempt: every failure an
+    instance sees is one failure of the key and of the target."""
+    return "\n".join([
+        "version: 1",
+        "server:",
+        f"  port: {port}",
+        "  watch: false",
+        "  admin_api_key: ${ADMIN_KEY}",
+        f"  state_url: {state_url}",
+        "providers:",
+        "  - id: openai",
+        "    type: openai",
+        f"    base_url: {upstream_url}",
+        "    keys: [{id: main, value: \"${OPENAI_KEY}\"}]",
+        "models:",
+        "  - alias: gpt",
+        "    targets: [{provider: openai, model: gpt-4o-mini}]",
+        "routing: {max_attempts: 1, cooldown_s: 3, breaker_failures: 3, breaker_window_s: 60}",
+        "keys:",
+        "  - {id: team-a, key: \"${TEAM_KEY}\"}",
+        "",
+    ])
+
+
+@asynccontextmanager
+async def upstream_pair(tmp_path: Path, state_url: str,
+                        upstream_url: str) -> AsyncIterator[list[ServeProcess]]:
+    async with AsyncExitStack() as stack:
+        gateways = []
+        for index in range(2):
+            home = tmp_path / f"instance{index}"
+            home.mkdir()
+            port = free_port()
+            path = home / "truckllm.yaml"
+            path.write_text(openai_config(port, state_url, upstream_url))
+            gateways.append(await stack.enter_async_context(run_serve_process(path, port)))
+        yield gateways
+
+
+async def ask(gateway: ServeProcess) -> int:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+            http.post(gateway.root + "/v1/chat/completions",
+                      headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": "gpt",
+                            "messages": [{"role": "user", "content": "hello"}]}) as response:
+        await response.read()
+        return response.status
+
+
+async def key_status(gateway: ServeProcess) -> dict[str, Any]:
+    code, body, text = await gateway.admin("GET", "/admin/v1/providers")
+    assert code == 200, text
+    provider = next(p for p in body["providers"] if p["id"] == "openai")
+    found: dict[str, Any] = provider["keys"][0]
+    return found
+
+
+async def test_a_breaker_is_opened_by_failures_on_both_and_one_instance_takes_the_trial(
+        tmp_path: Path, redis_url: str) -> None:
+    async with make_openai_fake() as fake, \
+            upstream_pair(tmp_path, redis_url, fake.url) as (a, b):
+        sent = len(fake.requests)
+        fake.script(*(Scripted(status=500, body={"error": {"message": "down"}})
+                      for _ in range(3)))
+        for gateway in (a, b, a):           # 2 failures on a, 1 on b: 3 counted once
+            assert await ask(gateway) >= 500
+        assert len(fake.requests) == sent + 3
+
+        async def b_sees_it_open() -> bool:
+            return (await key_status(b))["status"] == "down"
+        await wait_until(b_sees_it_open, "instance b to see the breaker opened on a")
+        assert await ask(b) == 503 and await ask(a) == 503
+        assert len(fake.requests) == sent + 3  # neither sent anything while it was open
+
+        async def half_open() -> bool:
+            return all([(await key_status(g))["status"] == "degraded" for g in (a, b)])
+        await wait_until(half_open, "the breaker to half-open on both")
+        fake.script(Scripted(delay_s=0.5))     # the trial is still running when both ask
+        statuses = await asyncio.gather(ask(a), ask(b))
+        assert sorted(statuses) == [200, 503]
+        assert len(fake.requests) == sent + 4  # exactly one trial reached the upstream
+
+        async def closed_on_both() -> bool:
+            return all([(await key_status(g))["status"] == "healthy" for g in (a, b)])
+        await wait_until(closed_on_both, "the trial's success to close the breaker on both")
+        assert await ask(b) == 200 and await ask(a) == 200
+
+
+async def test_a_429_on_one_instance_cools_the_key_on_the_other(
+        tmp_path: Path, redis_url: str) -> None:
+    async with make_openai_fake() as fake, \
+            upstream_pair(tmp_path, redis_url, fake.url) as (a, b):
+        assert await ask(b) == 200
+        sent = len(fake.requests)
+        fake.script(Scripted(status=429, headers={"Retry-After": "30"},
+                             body={"error": {"message": "slow down"}}))
+        assert await ask(a) != 200
+        assert len(fake.requests) == sent + 1
+
+        async def b_sees_it_cool() -> bool:
+            return (await key_status(b))["cooldown_until"] is not None
+        await wait_until(b_sees_it_cool, "instance b to see the cooldown set on a", limit_s=3)
+        assert await ask(b) != 200
+        assert len(fake.requests) == sent + 1   # b did not send to the cooling key

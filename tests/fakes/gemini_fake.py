@@ -8,7 +8,8 @@ functionCall running `echo hello`; with tools and a user turn mentioning weather
 when it also says "and"; the first carries a thoughtSignature, as thinking models do);
 after functionResponse parts, a text quoting them; otherwise "Fake reply to: ...".
 With `thinkingConfig.includeThoughts`, the answer opens with a thought summary part
-(`thought: true`), as thinking models do. A request without `x-goog-api-key` gets 400 API_KEY_INVALID, a content with a role other
+(`thought: true`), as thinking models do; with any `thinkingConfig`, a text answer's last
+text part carries a thoughtSignature (TEXT_SIGNATURE; an empty last part when streamed). A request without `x-goog-api-key` gets 400 API_KEY_INVALID, a content with a role other
 than `user` or `model` 400 INVALID_ARGUMENT.
 
     async with make_gemini_fake() as fake:      # fake.url ends in /v1beta
@@ -27,6 +28,7 @@ from aiohttp import web
 from tests.fakes.wire_fake import WireFake, json_response, serve, shell_call, split_text, sse
 
 SIGNATURE = "c2lnbmF0dXJlLTA="
+TEXT_SIGNATURE = "dGV4dC1zaWduYXR1cmUrLz0="
 
 
 def error_body(code: int, status: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -67,12 +69,13 @@ THOUGHT = "**Thinking it over**"
 
 class FakeAnswer:
     def __init__(self, model: str, text: str, calls: list[dict[str, Any]], prompt_tokens: int,
-                 thoughts: bool = False) -> None:
+                 thoughts: bool = False, signed: bool = False) -> None:
         self.model = model
         self.text = text
         self.calls = calls
         self.prompt_tokens = prompt_tokens
         self.thoughts = [{"text": THOUGHT, "thought": True}] if thoughts else []
+        self.signature = {"thoughtSignature": TEXT_SIGNATURE} if signed and text else {}
 
     @classmethod
     def for_request(cls, body: dict[str, Any], model: str) -> FakeAnswer:
@@ -97,7 +100,7 @@ class FakeAnswer:
         else:
             reply = f"Fake reply to: {text}".strip()
         thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
-        return cls(model, reply, calls, max(words, 1), thinking.get("includeThoughts") is True)
+        return cls(model, reply, calls, max(words, 1), thinking.get("includeThoughts") is True, bool(thinking))
 
     def usage(self, pieces: int) -> dict[str, int]:
         candidates = pieces + 5 * len(self.calls)
@@ -105,7 +108,7 @@ class FakeAnswer:
                 "totalTokenCount": self.prompt_tokens + candidates}
 
     def response(self) -> dict[str, Any]:
-        parts = self.thoughts + ([{"text": self.text}] if self.text else []) + self.calls
+        parts = self.thoughts + ([{"text": self.text, **self.signature}] if self.text else []) + self.calls
         return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
                 "usageMetadata": self.usage(len(split_text(self.text)) if self.text else 0),
                 "modelVersion": self.model, "responseId": "fakeresp1"}
@@ -115,7 +118,7 @@ class FakeAnswer:
         chunks: list[dict[str, Any]] = [self._chunk(self.thoughts, 0)] if self.thoughts else []
         for count, piece in enumerate(pieces, start=1):
             chunks.append(self._chunk([{"text": piece}], count))
-        chunks.append(self._chunk(self.calls or [{"text": ""}], len(pieces)))
+        chunks.append(self._chunk(self.calls or [{"text": "", **self.signature}], len(pieces)))
         chunks[-1]["candidates"][0]["finishReason"] = "STOP"
         return [sse(chunk) for chunk in chunks]
 

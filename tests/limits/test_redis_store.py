@@ -5,21 +5,26 @@ outage falls back to local limits and its usage reaches Redis when it is back.""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.redis_server import RedisServer
 from truckllm.clock import SystemClock
 from truckllm.errors import Overloaded
 from truckllm.limits import KeyPolicy, RateLimits
+from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.clients import Grant, Refused
 from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.meter import Refusal
 from truckllm.limits.redis_clients import RedisClientStore
-from truckllm.limits.redis_link import StateLink
+from truckllm.limits.redis_link import CALL_TIMEOUT_S, StateLink
 from truckllm.limits.redis_upstream import RedisUpstreamStore
+from truckllm.limits.upstream import HealthSettings
 from truckllm.pipeline.health import Health
 from truckllm.pipeline.retry import ErrorClass, Outcome
 from truckllm.usage import Usage
@@ -99,6 +104,17 @@ async def test_upstream_acquire_refuses_when_another_instance_took_the_minute(
     assert b.refusal("p/k", rates, PromptEstimate.known(0)) is not None  # now it has
 
 
+async def test_two_pushes_at_once_add_queued_usage_once(links: list[StateLink]) -> None:
+    store = RedisClientStore(links[0], SystemClock())
+    queued = Account(TOTAL)
+    queued.period.add(Counters(3, 30, 3, 0.5))
+    queued.lifetime.add(Counters(3, 30, 3, 0.5))
+    store.restore({"team": queued})
+    await asyncio.gather(store.push(), store.push())
+    account = await RedisClientStore(links[1], SystemClock()).account("team", TOTAL)
+    assert (account.period.requests, account.period.spend_usd) == (3, 0.5)
+
+
 async def test_an_outage_falls_back_and_its_spend_reaches_redis() -> None:
     server = RedisServer()
     server.start()
@@ -159,15 +175,143 @@ async def test_cooldowns_disabled_keys_and_open_breakers_reach_the_other_instanc
         attempt.end()
     assert not health_a.target_available(target)
     assert health_b.key_available("p/cool") and health_b.target_available(target)
-    await a.sync_health()
-    await b.sync_health()
+    await a.link.flushed()
+    await b.refresh_health()
     assert not health_b.key_available("p/cool")
     wait = health_b.seconds_until_available(("q", "m"), "p/cool")
     assert wait is not None and 28 < wait <= 30
     assert not health_b.key_available("p/bad")
     assert not health_b.target_available(target)
     health_a.prune(["p/cool", "p/bad", "p/k"], ["p"])      # a reload re-enables the rejected key
-    await a.sync_health()
+    await a.link.flushed()
     health_b.prune(["p/cool", "p/bad", "p/k"], ["p"])      # and on b
-    await b.sync_health()
+    await b.link.flushed()
+    await b.refresh_health()
     assert health_b.key_available("p/bad")
+
+
+async def test_the_end_of_a_request_counts_before_the_next_admission(
+        links: list[StateLink]) -> None:
+    store = RedisClientStore(links[0], SystemClock())
+    key = KeyPolicy("team", budget_usd=1.0)
+    granted = 0
+    for _ in range(15):         # each end posted, not waited for, then the next admission
+        grant = await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL)
+        if isinstance(grant, Refused):
+            break
+        granted += 1
+        await store.finish(grant, Usage(1, 1), 0.1, TOTAL)
+    assert granted == 10
+    assert (await store.account("team", TOTAL)).period.spend_usd == pytest.approx(1.0)
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+        links: list[StateLink], redis_url: str) -> None:
+    store = RedisClientStore(links[0], SystemClock())
+    key = KeyPolicy("team", RateLimits(rpm=100))
+    assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    results = await asyncio.gather(*(
+        store.admit(OPEN, key, PromptEstimate.known(0), TOTAL) for _ in range(5)))
+    assert all(isinstance(r, Grant) for r in results) and links[0].up
+    assert (await store.account("team", TOTAL)).period.requests == 6
+
+
+async def test_a_hung_server_is_an_outage_not_a_hang() -> None:
+    server = RedisServer()
+    server.start()
+    link = StateLink(server.url)
+    try:
+        store = RedisClientStore(link, SystemClock())
+        key = KeyPolicy("team", RateLimits(rpm=100))
+        assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(
+                store.admit(OPEN, key, PromptEstimate.known(0), TOTAL) for _ in range(3)))
+            assert time.monotonic() - started < 5 * CALL_TIMEOUT_S     # one timeout for all
+            assert all(isinstance(r, Grant) for r in results) and not link.up
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await link._probe()
+        assert link.up
+        assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert link.up
+    finally:
+        await link.close()
+        server.stop()
+
+
+async def script_calls(url: str) -> int:
+    """How many scripts the server has run so far."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return sum(int(stats.get(name, {}).get("calls", 0))
+               for name in ("cmdstat_eval", "cmdstat_evalsha"))
+
+
+async def test_answers_through_closed_breakers_make_no_round_trip(
+        links: list[StateLink], redis_url: str) -> None:
+    health = Health(store=RedisUpstreamStore(links[0]))
+    before = await script_calls(redis_url)
+    for _ in range(20):
+        attempt = health.begin(("p", "m"), "p/k")
+        attempt.succeeded(0.1)
+        attempt.end(10)
+    await links[0].flushed()
+    assert await script_calls(redis_url) == before
+    attempt = health.begin(("p", "m"), "p/k")
+    attempt.failed(Outcome(ErrorClass.SERVER, "500", 500))     # a failure is shared: two
+    attempt.end()                                              # breakers, one script each
+    await links[0].flushed()
+    assert await script_calls(redis_url) == before + 2
+
+
+async def test_health_is_local_while_redis_is_unreachable() -> None:
+    server = RedisServer()
+    server.start()
+    link = StateLink(server.url)
+    try:
+        health = Health(HealthSettings(cooldown_s=0.3), store=RedisUpstreamStore(link))
+        target = ("p", "m")
+        server.stop()
+        for _ in range(3):
+            attempt = health.begin(target, None)
+            attempt.failed(Outcome(ErrorClass.SERVER, "500", 500))
+            attempt.end()
+        await link.flushed()
+        assert not link.up and not health.target_available(target)
+        await asyncio.sleep(0.4)
+        trial = health.begin(target, None)     # half-open: the trial is this process's
+        assert trial.on_trial and await trial.confirm_trials()
+        assert not health.target_available(target)
+        trial.succeeded()
+        trial.end()
+        assert health.target_available(target)
+    finally:
+        await link.close()
+        server.stop()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_opened_again(
+        links: list[StateLink], redis_url: str) -> None:
+    store = RedisClientStore(links[0], SystemClock())
+    key = KeyPolicy("team", RateLimits(rpm=100))
+    assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.client_kill_filter(_type="normal", skipme=True)
+    finally:
+        await client.aclose()
+    await asyncio.sleep(0.1)            # the link reads the close
+    assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+    assert links[0].up

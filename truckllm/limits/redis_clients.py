@@ -19,6 +19,7 @@ back. With `state_failure: closed`, requests of keys with limits or budgets are 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Collection
 from datetime import datetime
@@ -32,7 +33,7 @@ from truckllm.limits.estimate import PromptEstimate
 from truckllm.limits.headers import LimitState
 from truckllm.limits.meter import WINDOW_S, Refusal
 from truckllm.limits.policy import KeyPolicy, RateLimits
-from truckllm.limits.redis_link import FAILURES, PREFIX, StateLink, text
+from truckllm.limits.redis_link import FAILURES, PREFIX, Keys, StateLink, text
 from truckllm.limits.redis_scripts import ADMIT, CURRENT, FINISH, MERGE, RENEW, RESET
 from truckllm.usage import Usage
 
@@ -43,15 +44,14 @@ _GATEWAY = f"{PREFIX}g"
 class RedisGrant(Grant):
     """A grant counted in Redis: its id names its window entries and slot leases."""
 
-    __slots__ = ("gid", "gw_est", "key_est", "rates")
+    __slots__ = ("gid", "gw_est", "key_est")
 
-    def __init__(self, key_id: str | None, gid: str, key_est: int | None, gw_est: int | None,
-                 rates: RateLimits | None) -> None:
+    def __init__(self, key_id: str | None, gid: str, key_est: int | None,
+                 gw_est: int | None) -> None:
         super().__init__(key_id, None, ())
         self.gid = gid
         self.key_est = key_est          # tokens reserved in the key's tpm window, if any
         self.gw_est = gw_est            # and in the gateway's
-        self.rates = rates              # the key's, for the headers the answer refreshes
 
 
 class _Seen:
@@ -63,6 +63,43 @@ class _Seen:
         self.at = at
         self.rpm_used, self.tpm_used = int(answer[1]), int(answer[3])
         self.rpm_reset_s, self.tpm_reset_s = int(answer[2]) / 1000, int(answer[4]) / 1000
+
+
+class _Spend:
+    """A key's period spend as last seen: as the last admission read it from Redis (a
+    number in text, read only when needed: for a fallback), plus what this process's
+    ends have added since."""
+
+    __slots__ = ("added", "answer", "start")
+
+    def __init__(self, start: datetime, answer: Any = b"0") -> None:
+        self.start = start
+        self.answer = answer
+        self.added = 0.0
+
+    def usd(self) -> float:
+        return float(self.answer) + self.added
+
+
+class _Limits:
+    """ADMIT's fields that come from a key's policy and the gateway's limits, in text:
+    the same for every request until the config changes."""
+
+    __slots__ = ("fields", "gateway", "key", "uses_tokens")
+
+    def __init__(self, key: KeyPolicy | None, gateway: RateLimits, span_ms: int,
+                 lease_ms: int) -> None:
+        self.key = key
+        self.gateway = gateway
+        rates = key.rates if key is not None and key.limited else None
+        self.uses_tokens = gateway.tpm is not None or (rates is not None and
+                                                       rates.tpm is not None)
+        self.fields = _packed([
+            span_ms, lease_ms, "1" if key is not None else "0",
+            _opt(rates.rpm if rates else None), _opt(rates.tpm if rates else None),
+            _opt(rates.max_concurrent if rates else None),
+            _opt(key.budget_usd if key is not None else None),
+            _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)])
 
 
 class RedisClientStore:
@@ -79,9 +116,11 @@ class RedisClientStore:
         self._ids = itertools.count()
         self._live: dict[str, RedisGrant] = {}  # in flight: their slot leases are renewed
         self._seen: dict[str, _Seen] = {}
-        self._spend: dict[str, tuple[datetime, float]] = {}   # last period spend seen
+        self._spend: dict[str, _Spend] = {}     # last period spend seen
         self._seeded: set[str] = set()          # keys whose fallback account is seeded
         self._pending: dict[str, Account] = {}  # usage not yet added in Redis
+        self._keys: dict[str, tuple[Keys, Keys]] = {}   # ADMIT's and FINISH's, by key id
+        self._limits: dict[str, _Limits] = {}   # ADMIT's fields of the policies, by key id
         self._admit = link.script(ADMIT)
         self._finish = link.script(FINISH)
         self._current = link.script(CURRENT)
@@ -120,28 +159,32 @@ class RedisClientStore:
         grant = RedisGrant(
             None if key is None else key.key_id, gid,
             tokens if key is not None and key.rates.tpm is not None else None,
-            tokens if gateway.tpm is not None else None,
-            None if key is None else key.rates)
+            tokens if gateway.tpm is not None else None)
         self._live[gid] = grant
         self.changes += 1
         return grant
 
+    def _keys_of(self, key_id: str) -> tuple[Keys, Keys]:
+        """The keys of ADMIT and FINISH for a client key ('' for none)."""
+        found = self._keys.get(key_id)
+        if found is None:
+            k, g = _names(key_id), _GATEWAY
+            found = self._keys[key_id] = (
+                Keys([f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
+                      f"{g}:rpm", f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]),
+                Keys([f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
+                      f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]))
+        return found
+
     def _admit_call(self, gateway: RateLimits, key: KeyPolicy | None, estimate: PromptEstimate,
-                    period_start: datetime, gid: str) -> tuple[list[str], list[Any]]:
-        k = _names(key.key_id if key is not None else "")
-        g = _GATEWAY
-        rates = key.rates if key is not None and key.limited else None
-        uses_tokens = gateway.tpm is not None or (rates is not None and rates.tpm is not None)
-        args: list[Any] = [
-            gid, estimate.tokens if uses_tokens else 0, self._span_ms, self._lease_ms,
-            "1" if key is not None else "0",
-            _opt(rates.rpm if rates else None), _opt(rates.tpm if rates else None),
-            _opt(rates.max_concurrent if rates else None),
-            _opt(key.budget_usd if key is not None else None), period_start.isoformat(),
-            _opt(gateway.rpm), _opt(gateway.tpm), _opt(gateway.max_concurrent)]
-        keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
-                f"{g}:rpm", f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, [_packed(args)]
+                    period_start: datetime, gid: str) -> tuple[Keys, list[Any]]:
+        key_id = key.key_id if key is not None else ""
+        limits = self._limits.get(key_id)
+        if limits is None or limits.key is not key or limits.gateway is not gateway:
+            limits = self._limits[key_id] = _Limits(key, gateway, self._span_ms, self._lease_ms)
+        tokens = estimate.tokens if limits.uses_tokens else 0
+        return (self._keys_of(key_id)[0],
+                [f"{gid}|{tokens}|{_iso(period_start)}|{limits.fields}"])
 
     async def _admit_locally(self, gateway: RateLimits, key: KeyPolicy | None,
                              estimate: PromptEstimate, period_start: datetime) -> Grant | Refused:
@@ -159,8 +202,9 @@ class RedisClientStore:
                              retry_after_s=1.0)
         if key is not None and key.key_id not in self._seeded:
             self._seeded.add(key.key_id)
-            start, spend = self._spend.get(key.key_id, (period_start, 0.0))
-            self.local.restore({key.key_id: Account(start, Counters(spend_usd=spend))})
+            seen = self._spend.get(key.key_id) or _Spend(period_start)
+            self.local.restore({key.key_id: Account(seen.start,
+                                                    Counters(spend_usd=seen.usd()))})
         return await self._admit_locally(gateway, key, estimate, period_start)
 
     async def settle(self, grant: Grant, usage: Usage | None, cost_usd: float,
@@ -194,17 +238,17 @@ class RedisClientStore:
         keys, args = self._finish_call(grant, usage, cost_usd, period_start, settle, release)
         key_id = grant.key_id
 
-        def done(answer: Any, exc: BaseException | None) -> None:
+        def done(_: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 # The slots' leases run out by themselves; the usage is pushed when it is back.
                 self._owe(grant, usage, cost_usd, period_start, settle)
                 return
-            if key_id is not None:
-                self._seen[key_id] = _Seen(self.clock.monotonic(), [0, *answer])
-                if settle and cost_usd and period_start is not None:
-                    start, spend = self._spend.get(key_id, (period_start, 0.0))
-                    if start == period_start:
-                        self._spend[key_id] = (start, spend + cost_usd)
+            if key_id is not None and settle and cost_usd and period_start is not None:
+                seen = self._spend.get(key_id)
+                if seen is None:
+                    seen = self._spend[key_id] = _Spend(period_start)
+                if seen.start == period_start:
+                    seen.added += cost_usd
 
         # Not waited for: it goes to Redis with the next admissions (before any admission
         # made after it), so the client's answer does not wait for a second round trip.
@@ -213,9 +257,7 @@ class RedisClientStore:
 
     def _finish_call(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
                      period_start: datetime | None, settle: bool,
-                     release: bool) -> tuple[list[str], list[Any]]:
-        k, g = _names(grant.key_id or ""), _GATEWAY
-        rates = grant.rates
+                     release: bool) -> tuple[Keys, list[Any]]:
         prompt = completion = 0
         if usage is not None:
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
@@ -223,13 +265,9 @@ class RedisClientStore:
             grant.gid, self._span_ms, "1" if settle else "0", "1" if release else "0",
             _opt(grant.key_est), _opt(grant.gw_est),
             _opt(None if usage is None else usage.total_tokens), prompt, completion,
-            repr(float(cost_usd)), "" if period_start is None else period_start.isoformat(),
-            "1" if grant.key_id is not None else "0",
-            "1" if rates is not None and rates.rpm is not None else "0",
-            "1" if rates is not None and rates.tpm is not None else "0"]
-        keys = [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum", f"{k}:slots", f"{k}:acct",
-                f"{g}:tpm", f"{g}:tpm:sum", f"{g}:slots"]
-        return keys, [_packed(args)]
+            repr(float(cost_usd)), "" if period_start is None else _iso(period_start),
+            "1" if grant.key_id is not None else "0"]
+        return self._keys_of(grant.key_id or "")[1], [_packed(args)]
 
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:
@@ -252,7 +290,7 @@ class RedisClientStore:
 
     def _remember(self, key_id: str, answer: list[Any], period_start: datetime) -> None:
         self._seen[key_id] = _Seen(self.clock.monotonic(), answer)
-        self._spend[key_id] = (period_start, float(answer[5]))
+        self._spend[key_id] = _Spend(period_start, answer[5])
 
     # -- reads ------------------------------------------------------------------------
 
@@ -309,7 +347,7 @@ class RedisClientStore:
         await self.local.reset(key_id, period_start)
         self._pending.pop(key_id, None)
         self._seen.pop(key_id, None)
-        self._spend[key_id] = (period_start, 0.0)
+        self._spend[key_id] = _Spend(period_start)
         k = _names(key_id)
         with contextlib.suppress(*FAILURES):    # down: reset here only, Redis keeps its own
             await self.link.call(self._reset, [f"{k}:rpm", f"{k}:tpm", f"{k}:tpm:sum",
@@ -318,7 +356,7 @@ class RedisClientStore:
 
     def retain(self, key_ids: Collection[str]) -> None:
         self.local.retain(key_ids)
-        for table in (self._seen, self._spend, self._pending):
+        for table in (self._seen, self._spend, self._pending, self._keys, self._limits):
             for gone in [key_id for key_id in table if key_id not in key_ids]:
                 del table[gone]
 
@@ -344,17 +382,34 @@ class RedisClientStore:
 
     async def push(self) -> None:
         """Add what this process counted and Redis has not been told yet."""
+        # Each account is taken out of the queue before it is sent: usage counted while
+        # the call is out starts a new one, and two pushes at once never send one twice.
         while self._pending:
-            key_id, owed = next(iter(self._pending.items()))
+            key_id = next(iter(self._pending))
+            owed = self._pending.pop(key_id)
             p, extra = owed.period, owed.lifetime
-            await self.link.call(self._merge, [f"{_names(key_id)}:acct"], [
-                owed.period_start.isoformat(), p.requests, p.prompt_tokens,
-                p.completion_tokens, repr(p.spend_usd), p.requests + extra.requests,
-                p.prompt_tokens + extra.prompt_tokens,
-                p.completion_tokens + extra.completion_tokens,
-                repr(p.spend_usd + extra.spend_usd)])
-            if self._pending.get(key_id) is owed:
-                del self._pending[key_id]
+            try:
+                await self.link.call(self._merge, [f"{_names(key_id)}:acct"], [
+                    owed.period_start.isoformat(), p.requests, p.prompt_tokens,
+                    p.completion_tokens, repr(p.spend_usd), p.requests + extra.requests,
+                    p.prompt_tokens + extra.prompt_tokens,
+                    p.completion_tokens + extra.completion_tokens,
+                    repr(p.spend_usd + extra.spend_usd)])
+            except BaseException:
+                self._requeue(key_id, owed)
+                raise
+
+    def _requeue(self, key_id: str, owed: Account) -> None:
+        """Put back an account whose push failed, beside what was counted meanwhile."""
+        newer = self._pending.get(key_id)
+        if newer is None:
+            self._pending[key_id] = owed
+        elif newer.period_start == owed.period_start:
+            newer.period.add(owed.period)
+            newer.lifetime.add(owed.lifetime)
+        else:                           # counted meanwhile in a later period
+            newer.lifetime.add(owed.period)
+            newer.lifetime.add(owed.lifetime)
 
     async def _back(self) -> None:
         await self.push()
@@ -374,6 +429,12 @@ class RedisClientStore:
                     keys.append(f"{_names(grant.key_id)}:slots")
                     args.append(grant.gid)
             await self.link.call(self._renew, keys, args)
+
+
+@functools.lru_cache(maxsize=16)
+def _iso(moment: datetime) -> str:
+    """A period start as ADMIT and FINISH compare it: the same few for every request."""
+    return moment.isoformat()
 
 
 def _names(key_id: str) -> str:

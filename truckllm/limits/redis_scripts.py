@@ -68,7 +68,8 @@ local function reset_in(z, now, span)
   if #newest == 0 then return 0 end
   return math.max(0, tonumber(newest[2]) + span - now)
 end
-local function refusal(rz, tz, ts, slots, rpm, tpm, maxc, est, now, span)
+-- `seen` (when given) gets the windows' use before this request: {requests, tokens}.
+local function refusal(rz, tz, ts, slots, rpm, tpm, maxc, est, now, span, seen)
   if maxc then
     redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
     if redis.call('ZCARD', slots) >= maxc then
@@ -78,13 +79,17 @@ local function refusal(rz, tz, ts, slots, rpm, tpm, maxc, est, now, span)
   end
   if rpm then
     expire(rz, nil, now - span)
-    if redis.call('ZCARD', rz) + 1 > rpm then
+    local n = redis.call('ZCARD', rz)
+    if seen then seen[1] = n end
+    if n + 1 > rpm then
       return {'rpm', rpm, wait_ms(rz, nil, 1, rpm, now, span)}
     end
   end
   if tpm then
     expire(tz, ts, now - span)
-    if used(tz, ts) + est > tpm then
+    local n = used(tz, ts)
+    if seen then seen[2] = n end
+    if n + est > tpm then
       return {'tpm', tpm, wait_ms(tz, ts, est, tpm, now, span)}
     end
   end
@@ -102,12 +107,14 @@ local function count(rz, tz, ts, rpm, tpm, est, gid, now, span)
     redis.call('PEXPIRE', ts, span * 2)
   end
 end
+-- Expired leases are dropped where they are counted: before a cap is checked (refusal)
+-- and in CURRENT.
 local function take_slot(slots, gid, now, lease)
-  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   redis.call('ZADD', slots, now + lease, gid)
   redis.call('PEXPIRE', slots, lease * 2)
 end
 local function reconcile(z, s, gid, est, real, now, span)
+  if real == est then return end
   expire(z, s, now - span)
   local old = gid .. ':' .. est
   local at = redis.call('ZSCORE', z, old)
@@ -144,19 +151,19 @@ end
 """
 
 # KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's rpm, tpm, tpm sum, slots
-# ARGV[1]: these fields joined by '|' (one argument: the client encodes each argument
-#       on its own, and these scripts run for every request): grant id, estimate, span
-#       ms, lease ms, has key, key rpm, tpm, max_concurrent, budget, period start,
-#       gateway rpm, tpm, max_concurrent  ('' = not set)
+# ARGV[1]: these fields joined by '|' (one argument: fewer to encode and send, and these
+#       scripts run for every request): grant id, estimate, period start, span ms,
+#       lease ms, has key, key rpm, tpm, max_concurrent, budget, gateway rpm, tpm,
+#       max_concurrent  ('' = not set; from span on, the same for every request of a key)
 # Returns {status, rpm used, rpm reset ms, tpm used, tpm reset ms, period spend
 #          [, limit, configured, retry ms]}: 0 admitted, 1 budget, 2 key, 3 gateway.
 ADMIT = _PRELUDE + """
 local A = fields(ARGV[1])
-local gid, est = A[1], tonumber(A[2])
-local span, lease = tonumber(A[3]), tonumber(A[4])
-local has_key = A[5] == '1'
-local k_rpm, k_tpm, k_maxc = tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
-local budget, ps = tonumber(A[9]), A[10]
+local gid, est, ps = A[1], tonumber(A[2]), A[3]
+local span, lease = tonumber(A[4]), tonumber(A[5])
+local has_key = A[6] == '1'
+local k_rpm, k_tpm, k_maxc = tonumber(A[7]), tonumber(A[8]), tonumber(A[9])
+local budget = tonumber(A[10])
 local g_rpm, g_tpm, g_maxc = tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 local now = now_ms()
 local spend = '0'
@@ -170,33 +177,41 @@ local function answer(status, refused)
   end
   return out
 end
+local seen = {0, 0}
+local acct_ps
 if has_key then
-  if redis.call('HGET', KEYS[5], 'ps') == ps then
-    spend = redis.call('HGET', KEYS[5], 'psp') or '0'
-  end
+  local acct = redis.call('HMGET', KEYS[5], 'ps', 'psp')
+  acct_ps = acct[1]
+  if acct_ps == ps then spend = acct[2] or '0' end
   if budget and tonumber(spend) >= budget then return answer(1) end
-  local r = refusal(KEYS[1], KEYS[2], KEYS[3], KEYS[4], k_rpm, k_tpm, k_maxc, est, now, span)
+  local r = refusal(KEYS[1], KEYS[2], KEYS[3], KEYS[4], k_rpm, k_tpm, k_maxc, est, now, span,
+                    seen)
   if r then return answer(2, r) end
 end
 local r = refusal(KEYS[6], KEYS[7], KEYS[8], KEYS[9], g_rpm, g_tpm, g_maxc, est, now, span)
 if r then return answer(3, r) end
 take_slot(KEYS[9], gid, now, lease)
 count(KEYS[6], KEYS[7], KEYS[8], g_rpm, g_tpm, est, gid, now, span)
-if has_key then
-  take_slot(KEYS[4], gid, now, lease)
-  count(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, est, gid, now, span)
-  enter_period(KEYS[5], ps)
-  redis.call('HINCRBY', KEYS[5], 'pr', 1)
-  redis.call('HINCRBY', KEYS[5], 'lr', 1)
+if not has_key then return {0, 0, 0, 0, 0, spend} end
+take_slot(KEYS[4], gid, now, lease)
+count(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, est, gid, now, span)
+if acct_ps ~= ps then
+  redis.call('HSET', KEYS[5], 'ps', ps, 'pr', 0, 'ppt', 0, 'pct', 0, 'psp', 0)
 end
-return answer(0)
+redis.call('HINCRBY', KEYS[5], 'pr', 1)
+redis.call('HINCRBY', KEYS[5], 'lr', 1)
+-- The windows as they are now: what was read, this request added, its entry the newest.
+local out = {0, 0, 0, 0, 0, spend}
+if k_rpm then out[2], out[3] = seen[1] + 1, span end
+if k_tpm then out[4], out[5] = seen[2] + est, span end
+return out
 """
 
 # KEYS: the key's rpm, tpm, tpm sum, slots, account; the gateway's tpm, tpm sum, slots
 # ARGV[1]: these fields joined by '|', as for ADMIT: grant id, span ms, settle, release,
 #       key estimate, gateway estimate ('' = none reserved), real tokens ('' = never
-#       reported), prompt, completion, cost, period start, has key, key rpm set, key tpm set
-# Returns the key's {rpm used, rpm reset ms, tpm used, tpm reset ms}.
+#       reported), prompt, completion, cost, period start, has key
+# Returns 1 (the next admission returns the windows for the headers).
 FINISH = _PRELUDE + """
 local A = fields(ARGV[1])
 local gid, span = A[1], tonumber(A[2])
@@ -228,10 +243,7 @@ if release then
   if has_key then redis.call('ZREM', KEYS[4], gid) end
   redis.call('ZREM', KEYS[8], gid)
 end
-local k_rpm, k_tpm
-if A[13] == '1' then k_rpm = 1 end
-if A[14] == '1' then k_tpm = 1 end
-return window_state(KEYS[1], KEYS[2], KEYS[3], k_rpm, k_tpm, now, span)
+return 1
 """
 
 # KEYS: rpm, tpm, tpm sum, slots.  ARGV: span ms.
@@ -308,32 +320,161 @@ if tonumber(ARGV[7]) ~= 0 then redis.call('HINCRBYFLOAT', KEYS[3], 'sp', ARGV[7]
 return 1
 """
 
-# Health shared between instances: upstream keys' cooldowns and disabled flags, opened
-# breakers, as fields of one hash whose values are expiry times on the Redis clock.
-# KEYS: the hash.  ARGV: n, then n (field, ms from now; -1 = delete) pairs.
-# Stores each as max(existing, now + ms), drops expired fields, and returns every field
-# still live with its remaining ms: {field, ms, field, ms, ...}.
-HEALTH_SYNC = _PRELUDE + """
-local now = now_ms()
-local n = tonumber(ARGV[1])
-for i = 0, n - 1 do
-  local field, ms = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
-  if ms < 0 then
-    redis.call('HDEL', KEYS[1], field)
+# Health of upstream keys and targets, shared: one hash, a field per subject, values on
+# the Redis clock (ms):
+#   c|<key ref>   cooled until
+#   d|<key ref>   disabled (upstream rejected it) until a reload clears it
+#   k|<key ref>, t|<provider>\x1f<model>   a breaker: "<open until>|<openings>|<trial
+#       lease until>|<trial owner>|<window ms>|<failure,failure,...>" (open until '' =
+#       closed; failures: the times of those in the window, which the last failure set)
+# Each transition is one script: atomic, on Redis's clock, returning {now, state after} so
+# that the instance's local copy follows.
+_HEALTH_PRELUDE = _PRELUDE + """
+local function num(x) return string.format('%d', x) end
+local function load(raw)
+  local b = {u = false, n = 0, t = 0, o = '', w = 0, f = {}}
+  if raw then
+    local p = fields(raw)
+    b.u = tonumber(p[1]) or false
+    b.n = tonumber(p[2]) or 0
+    b.t = tonumber(p[3]) or 0
+    b.o = p[4] or ''
+    b.w = tonumber(p[5]) or 0
+    for v in string.gmatch(p[6] or '', '[^,]+') do b.f[#b.f + 1] = tonumber(v) end
+  end
+  return b
+end
+local function pack(b)
+  if not b.u and #b.f == 0 then return '' end
+  local f = {}
+  for i = 1, #b.f do f[i] = num(b.f[i]) end
+  return (b.u and num(b.u) or '') .. '|' .. num(b.n) .. '|' .. num(b.t) .. '|' .. b.o .. '|'
+    .. num(b.w) .. '|' .. table.concat(f, ',')
+end
+local function save(h, field, b)
+  local packed = pack(b)
+  if packed == '' then
+    redis.call('HDEL', h, field)
   else
-    local old = tonumber(redis.call('HGET', KEYS[1], field) or '0')
-    if now + ms > old then redis.call('HSET', KEYS[1], field, now + ms) end
+    redis.call('HSET', h, field, packed)
+  end
+  return packed
+end
+"""
+
+# A failure counted against a breaker (Breaker.on_failure). KEYS: the hash.
+# ARGV: field, cooldown ms, failures that open it, window ms, longest cooldown ms.
+HEALTH_FAIL = _HEALTH_PRELUDE + """
+local now = now_ms()
+local cool, threshold = tonumber(ARGV[2]), tonumber(ARGV[3])
+local window, longest = tonumber(ARGV[4]), tonumber(ARGV[5])
+local b = load(redis.call('HGET', KEYS[1], ARGV[1]))
+b.w = window
+local function open()
+  b.n = b.n + 1
+  b.u = now + math.floor(math.min(cool * 2 ^ (b.n - 1), longest))
+  b.f = {}
+  b.t, b.o = 0, ''
+end
+if b.u and now >= b.u then
+  open()                                  -- the half-open trial failed
+else
+  local kept = {}
+  for i = 1, #b.f do
+    if now - b.f[i] <= window then kept[#kept + 1] = b.f[i] end
+  end
+  kept[#kept + 1] = now
+  b.f = kept
+  if #b.f >= threshold then open() end
+end
+return {num(now), save(KEYS[1], ARGV[1], b)}
+"""
+
+# A success: the breaker closes. KEYS: the hash.  ARGV: field.
+HEALTH_CLOSE = _PRELUDE + """
+redis.call('HDEL', KEYS[1], ARGV[1])
+return {string.format('%d', now_ms()), ''}
+"""
+
+# Take the trial of a half-open breaker. KEYS: the hash.  ARGV: field, lease ms, owner.
+# Returns {now, answer, state}: answer 1 taken by this call, 0 closed (nothing to take),
+# -1 not this caller's (still open, or another holds the trial).
+HEALTH_CLAIM = _HEALTH_PRELUDE + """
+local now = now_ms()
+local b = load(redis.call('HGET', KEYS[1], ARGV[1]))
+if not b.u then return {num(now), '0', pack(b)} end
+if now < b.u or b.t > now then return {num(now), '-1', pack(b)} end
+b.t, b.o = now + tonumber(ARGV[2]), ARGV[3]
+return {num(now), '1', save(KEYS[1], ARGV[1], b)}
+"""
+
+# Give a trial back, if the caller still holds it. KEYS: the hash.  ARGV: field, owner.
+HEALTH_RELEASE = _HEALTH_PRELUDE + """
+local now = now_ms()
+local b = load(redis.call('HGET', KEYS[1], ARGV[1]))
+if b.o == ARGV[2] then
+  b.t, b.o = 0, ''
+  return {num(now), save(KEYS[1], ARGV[1], b)}
+end
+return {num(now), pack(b)}
+"""
+
+# Cool a key: until max(what it is, now + ms). KEYS: the hash.  ARGV: field, ms.
+# Returns {now, until}.
+HEALTH_COOL = _HEALTH_PRELUDE + """
+local now = now_ms()
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local new = now + tonumber(ARGV[2])
+if new > old then
+  redis.call('HSET', KEYS[1], ARGV[1], num(new))
+  old = new
+end
+return {num(now), num(old)}
+"""
+
+# Disable keys (ARGV[1] '1') or enable them again ('0'). KEYS: the hash.
+# ARGV: that, then the fields.
+HEALTH_FLAG = """
+for i = 2, #ARGV do
+  if ARGV[1] == '1' then
+    redis.call('HSET', KEYS[1], ARGV[i], '1')
+  else
+    redis.call('HDEL', KEYS[1], ARGV[i])
   end
 end
-local out = {}
+return 1
+"""
+
+# Everything shared, for the once-a-second refresh of the local copies; drops what has
+# expired (cooldowns, trial leases, failures older than their window). KEYS: the hash.
+# Returns {now, field, value, field, value, ...}.
+HEALTH_READ = _HEALTH_PRELUDE + """
+local now = now_ms()
+local out = {num(now)}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local left = tonumber(all[i + 1]) - now
-  if left <= 0 then
-    redis.call('HDEL', KEYS[1], all[i])
-  else
-    out[#out + 1] = all[i]
-    out[#out + 1] = left
+  local field, value = all[i], all[i + 1]
+  local kind = string.sub(field, 1, 1)
+  if kind == 'c' then
+    if tonumber(value) <= now then
+      redis.call('HDEL', KEYS[1], field)
+      value = nil
+    end
+  elseif kind == 'k' or kind == 't' then
+    local b = load(value)
+    local kept = {}
+    for j = 1, #b.f do
+      if now - b.f[j] <= b.w then kept[#kept + 1] = b.f[j] end
+    end
+    b.f = kept
+    if b.t <= now then b.t, b.o = 0, '' end
+    local packed = pack(b)
+    if packed ~= value then save(KEYS[1], field, b) end
+    value = packed ~= '' and packed or nil
+  end
+  if value then
+    out[#out + 1] = field
+    out[#out + 1] = value
   end
 end
 return out

@@ -7,7 +7,11 @@ and its own rpm/tpm windows. A target (provider, upstream model) has a `TargetRe
 its breaker, in-flight count and time-to-first-token estimate. Health (the router's
 questions and dispatch's reports) and the admin API read and write these records through
 `UpstreamStore`, and the limiter counts upstream rpm/tpm, usage and spend through its
-`refusal`, `acquire` and `settle`, so a key has one state, not three to merge.
+`refusal`, `acquire` and `settle`, so a key has one state, not three to merge. Health's
+transitions (a failure counted towards a breaker, a key cooled or disabled, a half-open
+breaker's trial taken, given back or closing it) are store operations, so that a shared
+backend can make each one atomic on its server; the router's questions read the records,
+which such a backend keeps as its local copy.
 
 Records are keyed by stable ids ("provider/key", (provider, model)), never by config
 snapshot, so they survive reloads; `retain` drops ids that are gone. No I/O; rate windows
@@ -32,6 +36,8 @@ if TYPE_CHECKING:
     from truckllm.limits.policy import RateLimits
 
 TargetId = tuple[str, str]              # (provider id, upstream model)
+# Whose breaker a health transition is about: an upstream key (its ref) or a target.
+Subject = str | TargetId
 # What `acquire` hands back for `settle`: the store's own reservation (the in-memory
 # store's is a `Held` of window entries); () when nothing is held.
 Hold = tuple[Any, ...]
@@ -210,6 +216,46 @@ class UpstreamStore(Protocol):
         """Usage and spend of every key, JSON-able (the state file's `upstream_keys`)."""
         ...
 
+    # -- health transitions (the rules deciding when are truckllm.pipeline.health's) -----
+
+    def breaker_failed(self, subject: Subject, now: float, settings: HealthSettings) -> None:
+        """Count a failure against the breaker of `subject`: it opens when `settings`
+        say so, and a failure while half-open opens it again, for longer."""
+        ...
+
+    def breaker_closed(self, subject: Subject) -> None:
+        """A success through `subject`: its breaker closes and its failures are forgotten.
+        Only asked when the record shows an opened breaker or failures."""
+        ...
+
+    def claim_trial(self, subject: Subject, now: float) -> bool:
+        """Take the one trial of the half-open breaker of `subject`, as far as this process
+        knows; the attempt then asks `confirm_trial` before it is sent."""
+        ...
+
+    async def confirm_trial(self, subject: Subject) -> bool:
+        """Whether the trial `claim_trial` took is this process's to run: False when
+        another instance holds it or opened the breaker again (the claim is then given up).
+        A shared backend checks and takes it in one atomic step."""
+        ...
+
+    def release_trial(self, subject: Subject) -> None:
+        """Give back a trial taken and not run (cancelled, or a 429 that says nothing of
+        the breaker), so that another attempt may take it."""
+        ...
+
+    def cool_key(self, ref: str, until: float) -> None:
+        """Skip key `ref` until `until` (monotonic), or longer if it already is."""
+        ...
+
+    def disable_key(self, ref: str) -> None:
+        """Upstream rejected key `ref`: skip it until `enable_keys` (a reload)."""
+        ...
+
+    def enable_keys(self, refs: Collection[str]) -> None:
+        """A reload: keys upstream rejected are tried again (their value may be fixed)."""
+        ...
+
     def restore_usage(self, usage: dict[str, Counters]) -> None:
         """Replace the saved usage of these keys (the rest of their records is kept)."""
         ...
@@ -283,3 +329,37 @@ class MemoryUpstreamStore:
     def restore_usage(self, usage: dict[str, Counters]) -> None:
         for ref, counters in usage.items():
             self.key(ref).usage = counters
+
+    def breaker(self, subject: Subject) -> Breaker:
+        """The breaker of a key (`subject` is its ref) or of a target."""
+        if isinstance(subject, str):
+            return self.key(subject).breaker
+        return self.target(subject).breaker
+
+    def breaker_failed(self, subject: Subject, now: float, settings: HealthSettings) -> None:
+        self.breaker(subject).on_failure(now, settings)
+
+    def breaker_closed(self, subject: Subject) -> None:
+        self.breaker(subject).on_success()
+
+    def claim_trial(self, subject: Subject, now: float) -> bool:
+        return self.breaker(subject).claim_trial(now)
+
+    async def confirm_trial(self, subject: Subject) -> bool:
+        return True         # one process: nothing can have come between
+
+    def release_trial(self, subject: Subject) -> None:
+        self.breaker(subject).trial_taken = False
+
+    def cool_key(self, ref: str, until: float) -> None:
+        record = self.key(ref)
+        record.cooldown_until = max(record.cooldown_until, until)
+
+    def disable_key(self, ref: str) -> None:
+        self.key(ref).disabled = True
+
+    def enable_keys(self, refs: Collection[str]) -> None:
+        for ref in refs:
+            record = self._keys.get(ref)
+            if record is not None:
+                record.disabled = False

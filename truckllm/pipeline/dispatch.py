@@ -235,21 +235,34 @@ class _Attempts:
                 self.exchange.upstream_s += time.perf_counter() - paused
                 if candidate is None:
                     break
+            attempt = routing.health.begin(candidate.target.target_id, candidate.key_ref)
+            if attempt.on_trial and not await attempt.confirm_trials():
+                # A shared store found the half-open breaker's one trial taken by another
+                # instance since the router asked: not an attempt, as below.
+                refusals += 1
+                if refusals > len(candidates):
+                    break
+                continue
             limiter = call.limiter
             use = None
             if limiter is not None and candidate.key_ref is not None:
-                use = await limiter.upstream_acquire(state.limits, candidate.key_ref,
-                                                     call.estimate)
+                try:
+                    use = await limiter.upstream_acquire(state.limits, candidate.key_ref,
+                                                         call.estimate)
+                except BaseException:
+                    attempt.withdraw()
+                    raise
                 if use is None:
                     # A shared limit store found the key's rpm/tpm used up by another
                     # instance since the router asked: not an attempt; the key is now
                     # known to be full, so the next pass looks elsewhere or waits.
+                    attempt.withdraw()
                     refusals += 1
                     if refusals > len(candidates):
                         break
                     continue
             self.tried.append(candidate)
-            upstream = self._begin(choices, candidate)
+            upstream = self._begin(choices, candidate, attempt)
             try:
                 # Opened the way the operation answers: relayed raw (audio, images),
                 # streamed, or read whole.
@@ -340,9 +353,9 @@ class _Attempts:
         self.has_capacity, self.capacity_wait = has_capacity, capacity_wait
         self.usable = usability(self.routing.health, has_capacity)
 
-    def _begin(self, choices: RouteChoices, candidate: Candidate) -> _Upstream:
-        """An attempt starts: what the candidate stands for, and the request and health
-        know it."""
+    def _begin(self, choices: RouteChoices, candidate: Candidate, attempt: Attempt) -> _Upstream:
+        """An attempt starts: what the candidate stands for, and the request knows it
+        (health knew it first: `attempt`)."""
         call, exchange = self.call, self.exchange
         target_id = candidate.target.target_id
         target = choices.by_id[target_id]
@@ -356,7 +369,6 @@ class _Attempts:
         if exchange.trace is not None:
             exchange.trace.attempt_began(call.op, provider.id, provider.config.type, target.model,
                                          key.id)
-        attempt = self.routing.health.begin(target_id, candidate.key_ref)
         spec = provider.spec
         return _Upstream(target, provider, key, spec.operations[call.op],
                          spec.transport or self.network, attempt)

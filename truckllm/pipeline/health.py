@@ -1,6 +1,8 @@
 """Runtime health of upstream keys and targets: cooldowns, disabled keys, breakers,
-in-flight counts and time-to-first-token estimates — the rules, applied to the records of
-the upstream store (truckllm.limits.upstream), which survive config reloads.
+in-flight counts and time-to-first-token estimates — the rules. Their transitions are
+operations of the upstream store (truckllm.limits.upstream), whose records survive config
+reloads and answer the router's questions; traffic counters, in-flight counts and
+time-to-first-token are this process's and kept in those records directly.
 
 No I/O; time comes from the injectable clock. Imports truckllm.pipeline.retry (for outcome
 classes) and the upstream store; must not import config, state, router or dispatch.
@@ -80,10 +82,7 @@ class Health:
         """After a reload: forget keys and providers that are gone, and give keys that
         upstream rejected another chance (the reload may have fixed their value)."""
         self.store.retain(key_refs, provider_ids)
-        for ref in key_refs:
-            record = self.store.find_key(ref)
-            if record is not None:
-                record.disabled = False
+        self.store.enable_keys(key_refs)
 
     # -- questions the router asks --------------------------------------------------
 
@@ -174,7 +173,7 @@ class Health:
         if key_ref is not None:
             key_state = store.key(key_ref)
             key_state.requests += 1
-        attempt = Attempt(self, target_state, key_state)
+        attempt = Attempt(self, target, target_state, key_ref, key_state)
         # Only a breaker that has opened has a trial to claim: the common case asks nothing,
         # not even the clock.
         if target_state.breaker.open_until is not None or (
@@ -187,45 +186,48 @@ class Health:
                                    if state.in_flight or state.breaker.open_until is not None
                                    or state.breaker.recent_failures(now, self.settings)])
 
-    def _succeeded(self, target: TargetRecord, key: KeyRecord | None, ttft_s: float | None) -> None:
-        # Every answer passes here: a closed, clean breaker (the common case) is left alone.
+    def _succeeded(self, target_id: TargetId, target: TargetRecord, key_ref: str | None,
+                   key: KeyRecord | None, ttft_s: float | None) -> None:
+        # Every answer passes here: a closed, clean breaker (the common case) is left alone,
+        # so a success is no store operation (no round trip for a shared store).
         breaker = target.breaker
         if breaker.open_until is not None or breaker.failures:
-            breaker.on_success()
+            self.store.breaker_closed(target_id)
         if ttft_s is not None:
             now = self._monotonic()
             previous = _decayed_ttft(target, now)
             target.ttft_s = ttft_s if previous is None else previous + TTFT_ALPHA * (ttft_s - previous)
             target.ttft_at = now
-        if key is not None:
+        if key_ref is not None and key is not None:
             breaker = key.breaker
             if breaker.open_until is not None or breaker.failures:
-                breaker.on_success()
+                self.store.breaker_closed(key_ref)
             key.rate_limit_streak = 0
 
-    def _failed(self, target: TargetRecord, key: KeyRecord | None, outcome: Outcome) -> None:
+    def _failed(self, target_id: TargetId, target: TargetRecord, key_ref: str | None,
+                key: KeyRecord | None, outcome: Outcome) -> None:
         if key is not None:             # every failed attempt is counted against its key
             key.errors += 1
             key.last_error = failure_reason(outcome)
         if outcome.error_class in ANSWERED:
             # The upstream answered properly; the request itself was at fault.
-            self._succeeded(target, key, None)
+            self._succeeded(target_id, target, key_ref, key, None)
             return
         now = self._monotonic()
         if outcome.error_class in HEALTH_FAILURES:
-            target.breaker.on_failure(now, self.settings)
+            self.store.breaker_failed(target_id, now, self.settings)
             target.last_failure = (now, outcome.message)
-        if key is not None:
-            self._key_failed(key, outcome, now)
+        if key_ref is not None and key is not None:
+            self._key_failed(key_ref, key, outcome, now)
 
-    def _key_failed(self, key: KeyRecord, outcome: Outcome, now: float) -> None:
+    def _key_failed(self, key_ref: str, key: KeyRecord, outcome: Outcome, now: float) -> None:
         key.last_failure = (now, outcome.message)
         if outcome.error_class is ErrorClass.RATE_LIMITED:
-            self._cool_key(key, outcome.retry_after_s, now)
+            self._cool_key(key_ref, key, outcome.retry_after_s, now)
         elif outcome.error_class is ErrorClass.AUTH:
-            key.disabled = True
+            self.store.disable_key(key_ref)
         elif outcome.error_class in HEALTH_FAILURES:
-            key.breaker.on_failure(now, self.settings)
+            self.store.breaker_failed(key_ref, now, self.settings)
 
     def record_probe(self, key_ref: str, outcome: Outcome | None) -> None:
         """An active health check of one key: None when it answered 2xx. A free probe
@@ -233,18 +235,20 @@ class Health:
         Probes are not traffic: the key's counters are not changed."""
         key = self.store.key(key_ref)
         if outcome is None:
-            key.breaker.on_success()
+            if key.breaker.open_until is not None or key.breaker.failures:
+                self.store.breaker_closed(key_ref)
         elif outcome.error_class not in ANSWERED:
-            self._key_failed(key, outcome, self._monotonic())
+            self._key_failed(key_ref, key, outcome, self._monotonic())
 
-    def _cool_key(self, key: KeyRecord, retry_after_s: float | None, now: float) -> None:
+    def _cool_key(self, key_ref: str, key: KeyRecord, retry_after_s: float | None,
+                  now: float) -> None:
         key.rate_limit_streak += 1
         if retry_after_s is not None:
             cooldown = retry_after_s            # upstream knows best when it is ready
         else:
             cooldown = min(self.settings.cooldown_s * 2 ** (key.rate_limit_streak - 1),
                            self.settings.max_cooldown_s)
-        key.cooldown_until = max(key.cooldown_until, now + cooldown)
+        self.store.cool_key(key_ref, now + cooldown)
 
     # -- views -----------------------------------------------------------------------
 
@@ -318,35 +322,72 @@ class Health:
 
 
 class Attempt:
-    """One upstream attempt in progress. Report its first byte (`succeeded`) and any
-    failure (`failed`, also after the first byte: a stalled stream counts), then always
-    `end()` it, also when the client went away."""
+    """One upstream attempt in progress. If it took a half-open breaker's trial
+    (`on_trial`), `confirm_trials()` before sending it. Report its first byte
+    (`succeeded`) and any failure (`failed`, also after the first byte: a stalled stream
+    counts), then always `end()` it, also when the client went away; or `withdraw()` it
+    if it is not sent after all."""
 
     __slots__ = ("_claimed_key", "_claimed_target", "_ended", "_failed", "_health", "_key",
-                 "_succeeded", "_target")
+                 "_key_ref", "_succeeded", "_target", "_target_id", "on_trial")
 
-    def __init__(self, health: Health, target: TargetRecord, key: KeyRecord | None) -> None:
+    def __init__(self, health: Health, target_id: TargetId, target: TargetRecord,
+                 key_ref: str | None, key: KeyRecord | None) -> None:
         self._health = health
+        self._target_id = target_id
         self._target = target
+        self._key_ref = key_ref
         self._key = key
-        self._claimed_target = self._claimed_key = False
+        self._claimed_target = self._claimed_key = self.on_trial = False
         self._succeeded = self._failed = self._ended = False
 
     def claim_trials(self, now: float) -> None:
         """Take the trials of half-open breakers this attempt stands for (at its start)."""
-        self._claimed_target = self._target.breaker.claim_trial(now)
-        self._claimed_key = self._key is not None and self._key.breaker.claim_trial(now)
+        store = self._health.store
+        self._claimed_target = store.claim_trial(self._target_id, now)
+        self._claimed_key = self._key_ref is not None and store.claim_trial(self._key_ref, now)
+        self.on_trial = self._claimed_target or self._claimed_key
+
+    async def confirm_trials(self) -> bool:
+        """Whether the trials this attempt took are its to run (a shared store asks its
+        server: another instance may hold one). If not, the attempt is withdrawn."""
+        store = self._health.store
+        confirmed = True
+        try:
+            if self._claimed_target:
+                self._claimed_target = await store.confirm_trial(self._target_id)
+                confirmed = self._claimed_target
+            if confirmed and self._claimed_key and self._key_ref is not None:
+                self._claimed_key = await store.confirm_trial(self._key_ref)
+                confirmed = self._claimed_key
+        except BaseException:
+            self.withdraw()             # cancelled (the client left): the trials go back
+            raise
+        if not confirmed:
+            self.withdraw()
+        return confirmed
+
+    def withdraw(self) -> None:
+        """The attempt is not sent after all: it counts nowhere, its trials are given back."""
+        if self._ended:
+            return
+        self._ended = True
+        self._target.in_flight -= 1
+        if self._key is not None:
+            self._key.requests -= 1
+        self._release_trials()
 
     def succeeded(self, ttft_s: float | None = None) -> None:
         if not (self._succeeded or self._failed):
             self._succeeded = True
-            self._health._succeeded(self._target, self._key, ttft_s)
+            self._health._succeeded(self._target_id, self._target, self._key_ref, self._key,
+                                    ttft_s)
 
     def failed(self, outcome: Outcome) -> None:
         if self._failed:
             return
         self._failed = True
-        self._health._failed(self._target, self._key, outcome)
+        self._health._failed(self._target_id, self._target, self._key_ref, self._key, outcome)
         if outcome.error_class not in HEALTH_FAILURES:
             self._release_trials()      # a 429 or 401 says nothing about the breaker
 
@@ -362,10 +403,11 @@ class Attempt:
             self._release_trials()      # cancelled before an answer: let another try
 
     def _release_trials(self) -> None:
+        store = self._health.store
         if self._claimed_target:
-            self._target.breaker.trial_taken = False
-        if self._claimed_key and self._key is not None:
-            self._key.breaker.trial_taken = False
+            store.release_trial(self._target_id)
+        if self._claimed_key and self._key_ref is not None:
+            store.release_trial(self._key_ref)
         self._claimed_target = self._claimed_key = False
 
 

@@ -4,7 +4,16 @@ stream events, errors in Anthropic's shape, and how its streams end. Providers t
 Messages natively (`anthropic`) pass it through and use only the stream ending; every other
 chat-speaking provider serves it through chat with DIALECT (protocols.through_chat).
 
-Pure, no I/O. Imports only errors, usage, providers.base and protocols.through_chat.
+Reasoning: answers through chat show the provider's reasoning as `thinking` blocks, whose
+`signature` is the provider's reasoning state sealed (protocols.responses.sealed: Gemini's
+thought signatures, say), so a client that sends its thinking blocks back, as Claude Code
+does, hands the provider its state again on the next turn. Thinking blocks in a request
+whose signature is not one this process sealed (Anthropic's own, from a turn served by
+Anthropic) mean nothing to another provider and are left out; on the way to Anthropic
+itself, the blocks sealed here are left out (`without_sealed_thinking`).
+
+Pure, no I/O. Imports only errors, usage, providers.base, providers.shared.reasoning,
+protocols.through_chat and protocols.responses.sealed.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ from typing import Any
 import orjson
 
 from truckllm.errors import GatewayError, InvalidRequest
+from truckllm.protocols.responses.sealed import PREFIX, seal, unseal
 from truckllm.protocols.through_chat import ChatDialect
 from truckllm.providers.base import CallContext, SSEEvent, StreamEnding, StreamTranslator
+from truckllm.providers.shared.reasoning import joined
 from truckllm.usage import Usage
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -129,6 +140,7 @@ def _user_messages(blocks: list[Any], i: int) -> list[dict[str, Any]]:
 def _assistant_message(blocks: list[Any], i: int) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    state: dict[str, Any] | None = None
     for j, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
@@ -140,13 +152,52 @@ def _assistant_message(blocks: list[Any], i: int) -> dict[str, Any]:
             calls.append({"id": str(block.get("id")), "type": "function",
                           "function": {"name": str(block.get("name")),
                                        "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-        elif kind not in ("thinking", "redacted_thinking"):
+        elif kind == "thinking":
+            state = joined(state, unseal(block.get("signature")))
+        elif kind != "redacted_thinking":
             raise InvalidRequest(f"messages.{i}: assistant block type {kind!r} cannot be translated",
                                  param=f"messages.{i}.content")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls
+    if state is not None:
+        message["reasoning_state"] = state
     return message
+
+
+def without_sealed_thinking(body: dict[str, Any]) -> dict[str, Any]:
+    """A Messages request for Anthropic itself: the thinking blocks sealed here (another
+    provider's reasoning, from a turn served through chat) left out, since Anthropic
+    refuses a signature it did not issue; an assistant message left empty goes too."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(_has_sealed_thinking(m) for m in messages):
+        return body
+    kept: list[Any] = []
+    for message in messages:
+        if _has_sealed_thinking(message):
+            content = [b for b in message["content"] if not _sealed_thinking(b)]
+            if not content:
+                continue
+            message = {**message, "content": content}
+        kept.append(message)
+    return {**body, "messages": kept}
+
+
+def _has_sealed_thinking(message: Any) -> bool:
+    return (isinstance(message, dict) and message.get("role") == "assistant"
+            and isinstance(message.get("content"), list) and any(_sealed_thinking(b) for b in message["content"]))
+
+
+def _sealed_thinking(block: Any) -> bool:
+    return (isinstance(block, dict) and block.get("type") == "thinking"
+            and str(block.get("signature") or "").startswith(PREFIX))
+
+
+def thinking_block(text: str, state: dict[str, Any] | None) -> dict[str, Any]:
+    """A `thinking` block of an answer through chat: the reasoning the provider showed, its
+    state sealed as the signature (an empty state when it gave none: the block is still
+    known for one of ours when it comes back)."""
+    return {"type": "thinking", "thinking": text, "signature": seal(state or {})}
 
 
 def _media_part(block: dict[str, Any], param: str) -> dict[str, Any]:
@@ -278,6 +329,11 @@ def from_chat_response(chat: dict[str, Any], alias: str) -> dict[str, Any]:
     choice = (chat.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content")
+    state = message.get("reasoning_state")
+    if (isinstance(reasoning, str) and reasoning) or isinstance(state, dict):
+        content.append(thinking_block(reasoning if isinstance(reasoning, str) else "",
+                                      state if isinstance(state, dict) else None))
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     calls = list(message.get("tool_calls") or [])
@@ -353,7 +409,8 @@ class AnthropicEventWriter:
     def __init__(self, alias: str) -> None:
         self._alias = alias
         self._started = False
-        self._open: tuple[str, int] | None = None       # ("text" | "tool", block index)
+        self._open: tuple[str, int] | None = None       # ("text" | "tool" | "thinking", block index)
+        self._state: dict[str, Any] | None = None       # the open thinking block's provider state
         self._next_block = 0
         self._tool_blocks: dict[int, int] = {}         # OpenAI tool index -> block index
         self._stop_reason = "end_turn"
@@ -367,6 +424,12 @@ class AnthropicEventWriter:
             if choice.get("index", 0) != 0:
                 continue                # Anthropic messages have one answer
             delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content")
+            if isinstance(reasoning, str) and reasoning:
+                out += self._thinking(reasoning)
+            if isinstance(delta.get("reasoning_state"), dict):
+                out += self._thinking("")
+                self._state = joined(self._state, delta["reasoning_state"])
             if delta.get("content"):
                 out += self._text(delta["content"])
             for call in delta.get("tool_calls") or []:
@@ -403,6 +466,20 @@ class AnthropicEventWriter:
         out.append(_event("content_block_delta", index=self._open[1], delta={"type": "text_delta", "text": text}))
         return out
 
+    def _thinking(self, text: str) -> list[SSEEvent]:
+        """Reasoning text (or, empty, a piece of state) for the open thinking block, opened
+        now if another block (or none) is open."""
+        out: list[SSEEvent] = []
+        if self._open is None or self._open[0] != "thinking":
+            out += self._close_block()
+            out += self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            self._state = None
+        assert self._open is not None
+        if text:
+            out.append(_event("content_block_delta", index=self._open[1],
+                              delta={"type": "thinking_delta", "thinking": text}))
+        return out
+
     def _tool_call(self, call: dict[str, Any]) -> list[SSEEvent]:
         index = call.get("index", 0)
         function = call.get("function") or {}
@@ -427,8 +504,13 @@ class AnthropicEventWriter:
     def _close_block(self) -> list[SSEEvent]:
         if self._open is None:
             return []
-        index, self._open = self._open[1], None
-        return [_event("content_block_stop", index=index)]
+        (kind, index), self._open = self._open, None
+        out: list[SSEEvent] = []
+        if kind == "thinking":      # as Anthropic does: the signature just before the stop
+            out.append(_event("content_block_delta", index=index, delta={
+                "type": "signature_delta", "signature": thinking_block("", self._state)["signature"]}))
+        out.append(_event("content_block_stop", index=index))
+        return out
 
 
 def _event(kind: str, **fields: Any) -> SSEEvent:
@@ -463,4 +545,4 @@ MESSAGES_STREAM = StreamEnding(_error_event, None)
 
 # The Messages API on providers that speak only chat (protocols.through_chat).
 DIALECT = ChatDialect(to_chat_request, from_chat_answer, new_event_writer, MESSAGES_STREAM,
-                      dropped_tools)
+                      dropped_tools, carries_reasoning=True)

@@ -55,6 +55,8 @@ class ChatDialect:
     # The dialect shows the provider's reasoning: chat answers and chunks carry it in the
     # extension fields of truckllm.providers.shared.reasoning (CallContext.carry_reasoning).
     carries_reasoning: bool = False
+    # ... and asks the provider for summaries of its reasoning (CallContext.reasoning_summaries).
+    asks_reasoning_summaries: bool = False
 
 
 def through_chat(chat: OperationSpec, dialect: ChatDialect) -> OperationSpec:
@@ -92,7 +94,8 @@ def chat_context(dialect: ChatDialect, ctx: CallContext) -> CallContext:
     dialect that shows it."""
     if ctx.as_chat is None:
         ctx.as_chat = replace(ctx, client_body=dialect.to_chat_request(dict(ctx.client_body)),
-                              include_usage=ctx.stream, carry_reasoning=dialect.carries_reasoning)
+                              include_usage=ctx.stream, carry_reasoning=dialect.carries_reasoning,
+                              reasoning_summaries=dialect.asks_reasoning_summaries)
     return ctx.as_chat
 
 

@@ -22,7 +22,7 @@ import orjson
 
 from truckllm.config.schema import AnthropicProvider
 from truckllm.errors import InvalidRequest, UpstreamFailed
-from truckllm.protocols.anthropic_messages import MESSAGES_STREAM
+from truckllm.protocols.anthropic_messages import MESSAGES_STREAM, without_sealed_thinking
 from truckllm.providers.base import (
     CallContext,
     Operation,
@@ -114,7 +114,7 @@ def build_request(operation: Operation, body: dict[str, Any], target: Target, ke
                   ctx: CallContext) -> UpstreamRequest:
     path = "/messages/count_tokens" if operation == "count_tokens" else "/messages"
     if operation in ("messages", "count_tokens"):
-        payload = {**body, "model": target.model}
+        payload = {**without_sealed_thinking(body), "model": target.model}
     elif operation in ("chat", "completions"):
         chat_body = chat_body_from_completions(body) if operation == "completions" else body
         payload = to_messages_request(read_chat_request(chat_body), target, ctx.stream)

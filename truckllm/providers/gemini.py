@@ -6,7 +6,10 @@ Operations: chat, completions (answered through chat), embeddings.
 Gemini gives function calls no stable id and may attach an opaque `thoughtSignature` that
 must come back unchanged on the next turn. OpenAI clients only echo tool-call ids, so the
 signature travels inside the id we invent (`call_<response>_<k>__ts_<signature>`) and is
-restored when the id comes back in an assistant `tool_calls` entry.
+restored when the id comes back in an assistant `tool_calls` entry. A text part's signature
+has no id to ride in: for dialects that carry reasoning (CallContext.carry_reasoning) it is
+the answer's `reasoning_state` (providers.shared.reasoning), and goes back on the text of
+the assistant message that carries that state.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from truckllm.providers.shared.chat_shapes import (
     kind_of,
 )
 from truckllm.providers.shared.model_ids import path_segment
-from truckllm.providers.shared.reasoning import thinking_budget
+from truckllm.providers.shared.reasoning import reasoning_state, state_blocks, thinking_budget
 from truckllm.providers.shared.upstream_errors import (
     context_overflow_code,
     decode_json,
@@ -103,7 +106,7 @@ def build_request(operation: Operation, body: dict[str, Any], target: Target, ke
         stream = False
     elif operation in ("chat", "completions"):
         chat_body = chat_body_from_completions(body) if operation == "completions" else body
-        payload = to_generate_request(read_chat_request(chat_body), include_thoughts=ctx.carry_reasoning)
+        payload = to_generate_request(read_chat_request(chat_body), include_thoughts=ctx.reasoning_summaries)
         stream = ctx.stream
         url = f"{model_url}:streamGenerateContent?alt=sse" if stream else f"{model_url}:generateContent"
     else:
@@ -141,8 +144,19 @@ def to_generate_request(request: ChatRequest, include_thoughts: bool = False) ->
 
 
 def _content(turn: Turn) -> dict[str, Any]:
-    return {"role": "model" if turn.role == "assistant" else "user",
-            "parts": [_part(block) for block in turn.blocks if not isinstance(block, Reasoning)]}
+    parts = [_part(block) for block in turn.blocks if not isinstance(block, Reasoning)]
+    signature = next((b["thoughtSignature"] for block in reversed(turn.blocks) if isinstance(block, Reasoning)
+                      for b in reversed(state_blocks(block.state, "gemini"))
+                      if isinstance(b.get("thoughtSignature"), str)), None)
+    text = next((part for part in reversed(parts) if "text" in part), None)
+    if signature is not None and text is not None:
+        text["thoughtSignature"] = signature     # back on the text it came with
+    return {"role": "model" if turn.role == "assistant" else "user", "parts": parts}
+
+
+def text_signature(signature: str) -> dict[str, Any]:
+    """The `reasoning_state` of an answer whose text part carried a thought signature."""
+    return reasoning_state("gemini", [{"type": "text", "thoughtSignature": signature}])
 
 
 def _part(block: Text | Media | ToolUse | ToolResult) -> dict[str, Any]:
@@ -245,28 +259,37 @@ def parse_response(operation: Operation, raw: bytes, target: Target, ctx: CallCo
     choices = []
     for position, candidate in enumerate(data.get("candidates") or []):
         index = candidate.get("index", position) if isinstance(candidate, dict) else position
-        text, calls, thoughts = _candidate_output(candidate, response_id or ctx.request_id)
+        text, calls, thoughts, signature = _candidate_output(candidate, response_id or ctx.request_id)
         finish = FINISH_REASONS.get(str(candidate.get("finishReason")), "stop")
         choices.append(ChoiceOut(index, text, calls, "tool_calls" if calls and finish == "stop" else finish,
-                                 reasoning=thoughts))
+                                 reasoning=thoughts,
+                                 reasoning_state=text_signature(signature) if signature else None))
     if not choices:     # the prompt itself was blocked: HTTP 200 with no candidates
         choices = [ChoiceOut(finish_reason="content_filter")]
     legacy = uses_legacy_functions(ctx.client_body)
     return ParsedResponse(build_response(kind_of(operation), ctx, response_id, choices, usage, legacy), usage)
 
 
-def _candidate_output(candidate: Any, response_id: str) -> tuple[str, list[ToolCallOut], str]:
-    """The answer's text, its calls, and its thought summaries (parts marked `thought`)."""
+def _candidate_output(candidate: Any, response_id: str) -> tuple[str, list[ToolCallOut], str, str]:
+    """The answer's text, its calls, its thought summaries (parts marked `thought`), and the
+    last thought signature of a text part ("" for none)."""
     parts = ((candidate.get("content") or {}).get("parts") or []) if isinstance(candidate, dict) else []
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[ToolCallOut] = []
+    signature = ""
     for part in parts:
         if isinstance(part.get("text"), str):
             (thoughts if part.get("thought") else texts).append(part["text"])
+            signature = _signature(part) or signature
         elif isinstance(part.get("functionCall"), dict):
             calls.append(_tool_call(part, response_id, len(calls)))
-    return "".join(texts), calls, "".join(thoughts)
+    return "".join(texts), calls, "".join(thoughts), signature
+
+
+def _signature(part: dict[str, Any]) -> str:
+    signature = part.get("thoughtSignature")
+    return signature if isinstance(signature, str) else ""
 
 
 def _tool_call(part: dict[str, Any], response_id: str, k: int) -> ToolCallOut:
@@ -314,6 +337,7 @@ class GeminiStreamTranslator:
         self._legacy = uses_legacy_functions(ctx.client_body)
         self._choices: dict[int, ChunkStream] = {}
         self._response_id: str | None = None
+        self._signatures: dict[int, str] = {}      # choice -> its text parts' last thought signature
         self.usage: Usage | None = None
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
@@ -356,14 +380,18 @@ class GeminiStreamTranslator:
         choice = self._choice(index)
         out: list[SSEEvent] = []          # the role chunk comes with the first content
         for part in (candidate.get("content") or {}).get("parts") or []:
-            if isinstance(part.get("text"), str) and part.get("thought"):
-                out += choice.reasoning(part["text"])
-            elif isinstance(part.get("text"), str):
-                out += choice.text(part["text"])
+            if isinstance(part.get("text"), str):
+                out += choice.reasoning(part["text"]) if part.get("thought") else choice.text(part["text"])
+                if _signature(part):
+                    self._signatures[index] = _signature(part)
             elif isinstance(part.get("functionCall"), dict):
                 call = _tool_call(part, self._response_id or self._ctx.request_id, choice.tool_count)
                 out += choice.tool_start(call.id, call.name, call.arguments)[1]
         if candidate.get("finishReason"):
+            # A text part's signature is sent once the text is whole (it may come on the
+            # last, even empty, text part).
+            if index in self._signatures:
+                out += choice.reasoning_state(text_signature(self._signatures.pop(index)))
             out += choice.finish(FINISH_REASONS.get(str(candidate["finishReason"]), "stop"))
         return out
 

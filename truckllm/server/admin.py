@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import orjson
 import yaml
 from aiohttp import web
@@ -25,6 +24,7 @@ from truckllm.runtime.reloader import ReloadResult
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import OPS, ROUTING, STATE
 from truckllm.server.ops import Ops
+from truckllm.server.peers import merge_logs, merge_providers
 from truckllm.server.workers import merge_metrics
 
 _MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -53,12 +53,17 @@ async def metrics(request: web.Request) -> web.Response:
     ops.metrics.set_upstream_health(_upstream_statuses(request))
     body, content_type = ops.metrics.render()
     if ops.worker_peers is not None:        # --workers: every worker's numbers
-        body = await gather_metrics(body, ops.worker_peers())
+        others = await ops.worker_peers.get_text(SELF_METRICS_PATH)
+        body = merge_metrics([body.decode(), *others]).encode()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+# This worker's own part of each answer, on its private listener (truckllm.server.peers).
 SELF_METRICS_PATH = "/metrics/self"
 SELF_STATUS_PATH = "/status/self"
+SELF_PROVIDERS_PATH = "/providers/self"
+SELF_LOGS_PATH = "/logs/self"
+SELF_RELOAD_PATH = "/reload/self"
 
 
 async def own_metrics(request: web.Request) -> web.Response:
@@ -67,22 +72,6 @@ async def own_metrics(request: web.Request) -> web.Response:
     ops.metrics.set_upstream_health(_upstream_statuses(request))
     body, content_type = ops.metrics.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-async def gather_metrics(own: bytes, ports: list[int]) -> bytes:
-    """This worker's metrics added to the other workers' (one that does not answer in a
-    second is left out: it is restarting)."""
-    texts = [own.decode()]
-    timeout = aiohttp.ClientTimeout(total=1.0)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        for port in ports:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}{SELF_METRICS_PATH}") as reply:
-                    if reply.status == 200:
-                        texts.append(await reply.text())
-            except (aiohttp.ClientError, TimeoutError):
-                continue
-    return merge_metrics(texts).encode()
 
 
 def _upstream_statuses(request: web.Request) -> Iterator[tuple[str, str, str]]:
@@ -115,6 +104,7 @@ async def get_config(request: web.Request) -> web.Response:
 async def post_config(request: web.Request) -> web.Response:
     ops = _authorized(request)
     result = await ops.reloader.apply_posted(await _read_body(request))
+    await reload_everywhere(ops, result)
     return _reload_response(result)
 
 
@@ -128,31 +118,67 @@ async def validate_config(request: web.Request) -> web.Response:
 
 async def reload_config(request: web.Request) -> web.Response:
     ops = _authorized(request)
-    return _reload_response(await ops.reloader.reload("admin"))
+    result = await ops.reloader.reload("admin")
+    await reload_everywhere(ops, result)
+    return _reload_response(result)
+
+
+async def reload_everywhere(ops: Ops, result: ReloadResult) -> None:
+    """--workers: once this worker has applied the file, every other worker reloads it
+    too before the admin call is answered (whether or not it watches the file)."""
+    if ops.worker_peers is not None and result.ok:
+        await ops.worker_peers.post_json(SELF_RELOAD_PATH)
+
+
+async def own_reload(request: web.Request) -> web.Response:
+    """This worker reloads its file, at another worker's admin call."""
+    return _json((await request.app[OPS].reloader.reload("worker")).as_dict())
 
 
 async def providers(request: web.Request) -> web.Response:
     """Every upstream key's record: status and cooldown (routing health), traffic since
     start, and usage and spend that survive restarts (the state file)."""
     ops = _authorized(request)
+    body = _providers(request)
+    if ops.worker_peers is not None:        # --workers: every worker's traffic and health
+        body = merge_providers([body, *await ops.worker_peers.get_json(SELF_PROVIDERS_PATH)])
+    return _json(body)
+
+
+async def own_providers(request: web.Request) -> web.Response:
+    return _json(_providers(request))
+
+
+def _providers(request: web.Request) -> dict[str, Any]:
     health = request.app[ROUTING].health
     listed = [health.provider_report(provider.id, provider.config.type,
                                      [key.id for key in provider.keys])
-              for provider in ops.holder.current.providers.values()]
-    return _json({"providers": listed})
+              for provider in request.app[STATE].current.providers.values()]
+    return {"providers": listed}
 
 
 async def logs(request: web.Request) -> web.Response:
     ops = _authorized(request)
     query = LogQuery.from_params(request.query)
-    return _json({"logs": ops.request_log.query(query)})
+    body = {"logs": ops.request_log.query(query)}
+    if ops.worker_peers is not None:        # --workers: every worker's requests
+        others = await ops.worker_peers.get_json(SELF_LOGS_PATH, request.query)
+        body = merge_logs([body, *others], query.limit)
+    return _json(body)
+
+
+async def own_logs(request: web.Request) -> web.Response:
+    query = LogQuery.from_params(request.query)
+    return _json({"logs": request.app[OPS].request_log.query(query)})
 
 
 async def status(request: web.Request) -> web.Response:
     ops = _authorized(request)
     body = _status(ops)
     if ops.worker_peers is not None:        # --workers: what each worker runs
-        body["workers"] = [_worker_status(ops), *await gather_statuses(ops.worker_peers())]
+        workers = [_worker_status(ops), *await ops.worker_peers.get_json(SELF_STATUS_PATH)]
+        body["workers"] = sorted(workers, key=lambda entry: entry.get("worker") or 0)
+        body["inflight"] = sum(entry["inflight"] for entry in workers)
     return _json(body)
 
 
@@ -165,19 +191,6 @@ def _worker_status(ops: Ops) -> dict[str, Any]:
 async def own_status(request: web.Request) -> web.Response:
     """This worker's part of the status, on its private port."""
     return _json(_worker_status(request.app[OPS]))
-
-
-async def gather_statuses(ports: list[int]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
-        for port in ports:
-            try:
-                async with session.get(f"http://127.0.0.1:{port}{SELF_STATUS_PATH}") as reply:
-                    if reply.status == 200:
-                        found.append(await reply.json())
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue
-    return sorted(found, key=lambda entry: entry.get("worker") or 0)
 
 
 def _status(ops: Ops) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from aiohttp import web
 from truckllm import errors
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import OPS, STATE
+from truckllm.server.peers import merge_history
 
 _FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
           "icon.svg": "image/svg+xml"}
@@ -81,5 +82,20 @@ async def history(request: web.Request) -> web.Response:
         except ValueError:
             raise errors.InvalidRequest("`since` must be a unix time in seconds.",
                                         param="since") from None
+    ops = request.app[OPS]
+    report = ops.history.report(since)
+    if ops.worker_peers is not None:        # --workers: every worker's requests
+        query = {} if since is None else {"since": str(since)}
+        report = merge_history([report, *await ops.worker_peers.get_json(SELF_HISTORY_PATH,
+                                                                          query)])
+    return web.Response(body=orjson.dumps(report), content_type="application/json")
+
+
+SELF_HISTORY_PATH = "/history/self"         # this worker's part, on its private listener
+
+
+async def own_history(request: web.Request) -> web.Response:
+    raw = request.query.get("since")
+    since = int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
     body = orjson.dumps(request.app[OPS].history.report(since))
     return web.Response(body=body, content_type="application/json")

@@ -26,8 +26,10 @@ from truckllm.config.edits import KEY_FIELDS, EditError, add_key, remove_key, up
 from truckllm.config.schema import ClientKeyConfig
 from truckllm.runtime.reloader import ReloadResult
 from truckllm.runtime.state import State
+from truckllm.server.admin import reload_everywhere
 from truckllm.server.auth import require_admin
 from truckllm.server.keys import LIMITER, OPS, STATE
+from truckllm.server.peers import merge_key_reports
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _MAX_BODY = 64 * 1024
@@ -39,8 +41,48 @@ async def list_keys(request: web.Request) -> web.Response:
     state = _require_admin(request)
     limiter, policy = request.app[LIMITER], state.limits
     keys = [await limiter.key_report(policy, key.id) for key in state.config.keys or []]
+    peers = request.app[OPS].worker_peers
+    if peers is not None:                   # --workers: every worker's usage
+        keys = _merged(request, keys, await peers.get_json(SELF_KEYS_PATH))
     gateway = {"limits": policy.gateway.as_dict()}
     return _json({"keys": keys, "gateway": gateway})
+
+
+SELF_KEYS_PATH = "/keys/self"               # this worker's part, on its private listener
+
+
+async def own_keys(request: web.Request) -> web.Response:
+    """This worker's report of every key, or of the key `?id=` names."""
+    state = request.app[STATE].current
+    wanted = request.query.get("id")
+    ids = [key.id for key in state.config.keys or [] if wanted in (None, key.id)]
+    limiter = request.app[LIMITER]
+    return _json({"keys": [await limiter.key_report(state.limits, key_id) for key_id in ids]})
+
+
+async def own_reset(request: web.Request) -> web.Response:
+    """This worker resets a key's period counters, at another worker's admin call."""
+    state = request.app[STATE].current
+    reset = await request.app[LIMITER].reset_key(state.limits, request.query.get("id", ""))
+    return _json({"reset": reset})
+
+
+def _merged(request: web.Request, own: list[dict[str, Any]],
+            answers: list[Any]) -> list[dict[str, Any]]:
+    """Each key's report merged with the other workers': what the shared state server
+    holds (usage and spend with `state_url`, and the windows of keys it checks) is
+    taken once, what each worker counts alone adds up."""
+    policy = request.app[STATE].current.limits
+    shared = request.app[OPS].started_with.config.server.state_url is not None
+    theirs: dict[str, list[dict[str, Any]]] = {}
+    for answer in answers:
+        for report in answer.get("keys", []):
+            theirs.setdefault(report["id"], []).append(report)
+    checked_by_store = shared and policy.gateway.limited
+    return [merge_key_reports(
+        [report, *theirs.get(report["id"], [])], shared_accounts=shared,
+        shared_windows=checked_by_store or (shared and policy.key(report["id"]).limited))
+        for report in own]
 
 
 async def create_key(request: web.Request) -> web.Response:
@@ -92,7 +134,13 @@ async def reset_key(request: web.Request) -> web.Response:
     limiter = request.app[LIMITER]
     if not await limiter.reset_key(state.limits, key_id):
         raise errors.NotFound(f"No client key with id {key_id!r}.", code="key_not_found")
-    return _json({"reset": True, "key": await limiter.key_report(state.limits, key_id)})
+    peers = request.app[OPS].worker_peers
+    if peers is not None:                   # --workers: each worker's counters too
+        await peers.post_json(SELF_RESET_PATH, {"id": key_id})
+    return _json({"reset": True, "key": await _report(request, key_id)})
+
+
+SELF_RESET_PATH = "/keys/reset/self"
 
 
 def _checked_fields(body: dict[str, Any], key_id: str, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -143,12 +191,18 @@ async def _edit(request: web.Request, edit: Callable[[bytes], bytes], trigger: s
         raise errors.InvalidRequest(
             "The config would not be valid: " + "; ".join(str(i) for i in result.errors[:5]),
             param=_KEY_INDEX.sub("", first.path, count=1) or None, code="invalid_config")
+    await reload_everywhere(request.app[OPS], result)
     return result
 
 
 async def _report(request: web.Request, key_id: str) -> dict[str, Any]:
     state = request.app[STATE].current
-    return await request.app[LIMITER].key_report(state.limits, key_id)
+    report = await request.app[LIMITER].key_report(state.limits, key_id)
+    peers = request.app[OPS].worker_peers
+    if peers is None:
+        return report
+    answers = await peers.get_json(SELF_KEYS_PATH, {"id": key_id})
+    return _merged(request, [report], answers)[0]
 
 
 async def _read_object(request: web.Request) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from truckllm.pipeline.record import RequestRecord
 from truckllm.pipeline.transport import Transport
 from truckllm.runtime.reloader import Reloader, ReloadResult
 from truckllm.runtime.state import State, StateHolder, build_state
+from truckllm.server.peers import Peers
 
 _LOG_SETTINGS = ("log_level", "log_format")
 
@@ -55,8 +56,9 @@ class Ops:
     log_stream: TextIO | None = None    # where log lines go; None: stderr
     # Where rate windows, slots, usage and spend live, and whether it is reachable.
     state_backend: Callable[[], dict[str, Any]] = lambda: {"backend": "memory", "up": True}
-    # --workers: the private metrics ports of the other workers (None: one process)
-    worker_peers: Callable[[], list[int]] | None = None
+    # --workers: the other workers, asked for their part of /metrics and the admin API
+    # (None: one process)
+    worker_peers: Peers | None = None
     worker_index: int | None = None
 
     @property

@@ -23,8 +23,9 @@ from truckllm import errors
 from truckllm.limits import metering
 from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispatch
 from truckllm.pipeline.record import Exchange
+from truckllm.protocols.responses.answer import ENCRYPTED_REASONING, shown, shown_items
 from truckllm.protocols.responses.native import speaks_natively
-from truckllm.protocols.responses.request import input_items, to_chat_request
+from truckllm.protocols.responses.request import input_items, refuse_background
 from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.providers.registry import NATIVE_RESPONSES
 from truckllm.runtime.response_store import (
@@ -73,13 +74,13 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
     history, prefer = await _history(store, body.get("previous_response_id"), owner)
     items = [*history, *input_items(body.get("input"))]      # what went in, for the store
     full = {**body, "input": items} if history else body
-    if not all(_native(state, target) for target in targets):
+    if body.get("background") and not all(_native(state, target) for target in targets):
         # Refused here, before any upstream call, when a target would translate it.
-        to_chat_request(full)
+        refuse_background(body)
     stream = bool(body.get("stream"))
     exchange.stream = stream
     response_id = "resp_" + secrets.token_hex(24)
-    final: list[dict[str, Any]] = []               # a stream's finished response, for the store
+    final: list[dict[str, Any]] = []               # the finished response, for the store
     ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full, {},
                       response_id, on_response=final.append)
     admission = await metering.admit(limiter, state, key, full, exchange)
@@ -101,7 +102,10 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
             reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
         if isinstance(reply, Reply):
             if keep and store is not None:
-                await store.put(_stored(state, orjson.loads(reply.body), items, owner, exchange,
+                # A translated answer handed its whole response (reasoning state and all)
+                # to on_response; a native one is kept as the upstream gave it.
+                whole = final[-1] if final else orjson.loads(reply.body)
+                await store.put(_stored(state, whole, items, owner, exchange,
                                         _served_natively(state, exchange, call.targets)))
             return json_answer(reply.body, exchange)
         if isinstance(reply, RawReply):        # not an answer any provider gives here
@@ -193,7 +197,7 @@ async def _own_stored(request: web.Request, exchange: Exchange) -> tuple[Respons
 
 async def get_response(request: web.Request, exchange: Exchange) -> web.Response:
     _, stored = await _own_stored(request, exchange)
-    return json_answer(orjson.dumps(stored.response), exchange)
+    return json_answer(orjson.dumps(shown(stored.response, _asks_sealed(request))), exchange)
 
 
 async def delete_response(request: web.Request, exchange: Exchange) -> web.Response:
@@ -206,7 +210,7 @@ async def delete_response(request: web.Request, exchange: Exchange) -> web.Respo
 async def list_input_items(request: web.Request, exchange: Exchange) -> web.Response:
     _, stored = await _own_stored(request, exchange)
     items = [item if "id" in item else {"id": f"item_{stored.id.removeprefix('resp_')}{i:03d}", **item}
-             for i, item in enumerate(stored.input_items)]
+             for i, item in enumerate(shown_items(stored.input_items, _asks_sealed(request)))]
     if request.query.get("order", "desc") != "asc":
         items.reverse()
     limit = _limit(request.query.get("limit"))
@@ -218,6 +222,13 @@ async def list_input_items(request: web.Request, exchange: Exchange) -> web.Resp
     return json_answer(orjson.dumps({
         "object": "list", "data": page, "first_id": page[0]["id"] if page else None,
         "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}), exchange)
+
+
+def _asks_sealed(request: web.Request) -> bool:
+    """Whether a GET asks for reasoning items' `encrypted_content` (`include`, or
+    `include[]` as the official SDKs write an array in a query)."""
+    return ENCRYPTED_REASONING in (*request.query.getall("include", ()),
+                                   *request.query.getall("include[]", ()))
 
 
 def _limit(raw: str | None) -> int:

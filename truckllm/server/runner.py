@@ -20,11 +20,12 @@ from truckllm.config.loader import LoadedConfig
 from truckllm.config.schema import ServerConfig, split_host_port
 from truckllm.limits import state_file_path
 from truckllm.runtime.state import StateHolder, build_state
-from truckllm.server.admin import SELF_METRICS_PATH, SELF_STATUS_PATH, own_metrics, own_status
+from truckllm.server import admin, admin_console, admin_keys
 from truckllm.server.app import create_admin_app, create_app
 from truckllm.server.connections import GatewaySite, handler_settings
-from truckllm.server.keys import INFLIGHT, OPS, ROUTING, STATE
-from truckllm.server.workers import announce, peer_ports, worker_identity
+from truckllm.server.keys import INFLIGHT, LIMITER, OPS, ROUTING, STATE
+from truckllm.server.peers import Peers, token_guard
+from truckllm.server.workers import announce, peer_ports, worker_identity, worker_token
 
 log = structlog.get_logger("truckllm")
 
@@ -120,20 +121,31 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 
 async def _join_workers(app: web.Application, directory: Path, index: int) -> web.AppRunner:
-    """A worker of `--workers`: serve this worker's own metrics on a private port and
-    tell the others where; /metrics then adds up every worker's."""
+    """A worker of `--workers`: serve this worker's own metrics and its part of every
+    admin answer on a private port and tell the others where; /metrics and the admin
+    API then answer for every worker (truckllm.server.peers)."""
     ops = app[OPS]
-    peer_app = web.Application()
-    peer_app.router.add_get(SELF_METRICS_PATH, own_metrics)
-    peer_app.router.add_get(SELF_STATUS_PATH, own_status)
+    token = worker_token()
+    peer_app = web.Application(middlewares=[token_guard(token)])
+    peer_app.router.add_routes([
+        web.get(admin.SELF_METRICS_PATH, admin.own_metrics),
+        web.get(admin.SELF_STATUS_PATH, admin.own_status),
+        web.get(admin.SELF_PROVIDERS_PATH, admin.own_providers),
+        web.get(admin.SELF_LOGS_PATH, admin.own_logs),
+        web.post(admin.SELF_RELOAD_PATH, admin.own_reload),
+        web.get(admin_keys.SELF_KEYS_PATH, admin_keys.own_keys),
+        web.post(admin_keys.SELF_RESET_PATH, admin_keys.own_reset),
+        web.get(admin_console.SELF_HISTORY_PATH, admin_console.own_history),
+    ])
     peer_app[OPS], peer_app[STATE], peer_app[ROUTING] = ops, app[STATE], app[ROUTING]
+    peer_app[LIMITER] = app[LIMITER]
     peer_runner = web.AppRunner(peer_app)
     await peer_runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     await web.SockSite(peer_runner, sock).start()
     announce(directory, index, sock.getsockname()[1])
-    ops.worker_peers = lambda: peer_ports(directory, index)
+    ops.worker_peers = Peers(lambda: peer_ports(directory, index), token)
     ops.worker_index = index
     return peer_runner
 

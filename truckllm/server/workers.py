@@ -8,8 +8,10 @@ exits 0 when all have). Limits and budgets are only one set across workers throu
 `server.state_url`: without it, a config with any is refused.
 
 Workers know each other through a directory the supervisor makes: each writes there the
-port of a private 127.0.0.1 listener serving its own metrics, so that `/metrics`, on
-whichever worker takes the scrape, adds up every worker's (`merge_metrics`).
+port of a private 127.0.0.1 listener serving its own metrics and its own part of every
+admin answer (only to callers with the token the supervisor gives its workers), so that
+`/metrics` and the admin API, on whichever worker takes the call, answer for all of them
+(`merge_metrics` here, truckllm.server.peers for the admin API).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = structlog.get_logger("truckllm")
 
 WORKER_DIR_ENV = "TRUCKLLM_WORKER_DIR"
 WORKER_INDEX_ENV = "TRUCKLLM_WORKER_INDEX"
+WORKER_TOKEN_ENV = "TRUCKLLM_WORKER_TOKEN"     # what the workers' private listeners want
 RESTART_DELAY_S = 1.0
 POLL_S = 0.2
 # Gauges that describe the server (not add up over workers): the largest is shown; the
@@ -88,10 +91,11 @@ def supervise(config_path: str, host: str, port: int, workers: int) -> int:
     # One key for the reasoning sealed in Responses answers, so a conversation's next turn
     # opens it on whichever worker takes it (unless the operator set one for every instance).
     seal_key = os.environ.get(SEAL_KEY_ENV) or secrets.token_hex(32)
+    token = secrets.token_hex(32)
 
     def start(index: int) -> None:
         env = {**os.environ, WORKER_DIR_ENV: directory, WORKER_INDEX_ENV: str(index),
-               SEAL_KEY_ENV: seal_key}
+               SEAL_KEY_ENV: seal_key, WORKER_TOKEN_ENV: token}
         processes[index] = subprocess.Popen(command, env=env)
         log.info("worker_started", worker=index, pid=processes[index].pid)
 
@@ -152,8 +156,14 @@ def worker_identity() -> tuple[Path, int] | None:
     return Path(directory), int(index)
 
 
+def worker_token() -> str:
+    """What this worker's private listener asks of callers, and sends to the others'
+    ("" when not set: then the private listeners answer nobody)."""
+    return os.environ.get(WORKER_TOKEN_ENV, "")
+
+
 def announce(directory: Path, index: int, port: int) -> None:
-    """Tell the other workers where this one's own metrics are."""
+    """Tell the other workers where this one's private listener is."""
     temp = directory / f".worker-{index}.tmp"
     temp.write_text(str(port))
     os.replace(temp, directory / f"worker-{index}.port")

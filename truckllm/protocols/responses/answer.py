@@ -2,9 +2,11 @@
 the OpenAI API does), a chat completion's answer as output items, and chat usage as
 Responses usage.
 
-Reasoning the provider showed becomes a `reasoning` item (its text as the summary); with
-`include: ["reasoning.encrypted_content"]` the item also carries the provider's reasoning
-state, sealed (protocols.responses.sealed), for a stateless client to send back.
+Reasoning the provider showed becomes a `reasoning` item (its text as the summary) that
+carries the provider's reasoning state, sealed (protocols.responses.sealed), as its
+`encrypted_content`: the response store keeps it for a `previous_response_id` follow-up,
+and the client is shown it only when it asked (`include: ["reasoning.encrypted_content"]`),
+to send back itself on a stateless next turn.
 
 Pure, no I/O. Imports only protocols.responses.request and .sealed.
 """
@@ -93,17 +95,35 @@ def wants_sealed_reasoning(body: dict[str, Any]) -> bool:
     return isinstance(include, list) and ENCRYPTED_REASONING in include
 
 
+def shown(response: dict[str, Any], sealed: bool) -> dict[str, Any]:
+    """A response as its client sees it: without its reasoning items' `encrypted_content`
+    unless the client asked for it (`sealed`)."""
+    output = response.get("output")
+    if sealed or not isinstance(output, list):
+        return response
+    return {**response, "output": shown_items(output, sealed)}
+
+
+def shown_items(items: list[Any], sealed: bool) -> list[Any]:
+    """Items as a client sees them: reasoning items without `encrypted_content` unless
+    the client asked for it (`sealed`)."""
+    if sealed or not any(isinstance(i, dict) and "encrypted_content" in i for i in items):
+        return items
+    return [{k: v for k, v in item.items() if k != "encrypted_content"}
+            if isinstance(item, dict) and item.get("type") == "reasoning" else item for item in items]
+
+
 def from_chat_response(chat: dict[str, Any], frame: dict[str, Any], ids: ResponseIds,
-                       names: ToolNames, sealed: bool = False) -> dict[str, Any]:
-    """A chat completion (first choice) as the finished response object; `sealed`: the
-    reasoning item carries the provider's reasoning state as `encrypted_content`."""
+                       names: ToolNames) -> dict[str, Any]:
+    """A chat completion (first choice) as the finished response object, the reasoning
+    item carrying the provider's reasoning state as `encrypted_content` (see `shown`)."""
     choices = chat.get("choices")
     choice = obj(choices[0]) if isinstance(choices, list) and choices else {}
     message = obj(choice.get("message"))
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content")
     text = reasoning if isinstance(reasoning, str) else ""
-    state = message.get("reasoning_state") if sealed else None
+    state = message.get("reasoning_state")
     if text or isinstance(state, dict):
         output.append(reasoning_item(ids.item("rs", 0), text,
                                      state if isinstance(state, dict) else None))

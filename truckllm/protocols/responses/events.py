@@ -21,6 +21,8 @@ from truckllm.protocols.responses.answer import (
     message_item,
     obj,
     reasoning_item,
+    shown,
+    shown_items,
     text_part,
     usage_from_chat,
 )
@@ -35,7 +37,7 @@ class ResponsesEventWriter:
         self._frame = frame
         self._ids = ids
         self._names = names
-        self._sealed = sealed                          # reasoning items carry encrypted_content
+        self._sealed = sealed                          # the client is shown encrypted_content
         self._state: dict[str, Any] | None = None      # the open reasoning item's provider state
         self._summary = False                          # the open reasoning item has a summary part
         self._sequence = 0
@@ -46,6 +48,8 @@ class ResponsesEventWriter:
         self._calls: dict[int, dict[str, Any]] = {}   # chat tool index -> its open item
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
+        # The finished response, reasoning state included whatever the client is shown.
+        self.response: dict[str, Any] | None = None
 
     @property
     def output(self) -> list[dict[str, Any]]:
@@ -63,7 +67,7 @@ class ResponsesEventWriter:
             if isinstance(reasoning, str) and reasoning:
                 events += self._reasoning(reasoning)
             state = delta.get("reasoning_state")
-            if self._sealed and isinstance(state, dict):
+            if isinstance(state, dict):
                 events += self._reasoning_state(state)
             text = delta.get("content")
             if isinstance(text, str) and text:
@@ -79,16 +83,17 @@ class ResponsesEventWriter:
         """The events that end a stream that ended normally."""
         events = self._start() if not self._started else []
         events += self._close_open()
-        response = finished(self._frame, self._output, self._finish_reason, self._usage)
-        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
-        events.append(self._event(kind, response=response))
+        self.response = finished(self._frame, self._output, self._finish_reason, self._usage)
+        kind = "response.completed" if self.response["status"] == "completed" else "response.incomplete"
+        events.append(self._event(kind, response=shown(self.response, self._sealed)))
         return events
 
     def fail(self, error: dict[str, Any]) -> list[dict[str, Any]]:
         """The event that ends a stream broken off after it started; `error` is an OpenAI
         error object. Items still open are left out of the response."""
         events = self._start() if not self._started else []
-        events.append(self._event("response.failed", response=failed(self._frame, self._output, error)))
+        self.response = failed(self._frame, self._output, error)
+        events.append(self._event("response.failed", response=shown(self.response, self._sealed)))
         return events
 
     # ---- items ---------------------------------------------------------------------------
@@ -215,7 +220,8 @@ class ResponsesEventWriter:
                                           output_index=index, summary_index=0, text=text))
                 events.append(self._event("response.reasoning_summary_part.done", item_id=item["id"],
                                           output_index=index, summary_index=0, part=summary))
-        events.append(self._event("response.output_item.done", output_index=index, item=done))
+        events.append(self._event("response.output_item.done", output_index=index,
+                                  item=shown_items([done], self._sealed)[0]))
         self._output.append(done)
         return events
 

@@ -20,6 +20,7 @@ from truckllm.protocols.responses.answer import (
     ResponseIds,
     from_chat_response,
     response_frame,
+    shown,
     wants_sealed_reasoning,
 )
 from truckllm.protocols.responses.events import ResponsesEventWriter
@@ -63,10 +64,15 @@ def chat_request(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_chat_answer(chat: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+    """The client's response; the whole one (reasoning state included, whatever the
+    client asked) goes to the context's `on_response`, for the store."""
     body = dict(ctx.client_body)
     ids = ResponseIds(ctx.response_id)
-    return from_chat_response(chat, response_frame(body, ids, ctx.created, ctx.alias), ids,
-                              tool_names(body), wants_sealed_reasoning(body))
+    response = from_chat_response(chat, response_frame(body, ids, ctx.created, ctx.alias), ids,
+                                  tool_names(body))
+    if ctx.on_response is not None:
+        ctx.on_response(response)
+    return shown(response, wants_sealed_reasoning(body))
 
 
 class ResponsesEvents:
@@ -91,9 +97,10 @@ class ResponsesEvents:
         return self._ended(self._writer.fail(error.body()["error"]))
 
     def _ended(self, events: list[dict[str, Any]]) -> list[SSEEvent]:
-        """The last events, the final one carrying the finished response."""
-        if self._on_response is not None:
-            self._on_response(events[-1]["response"])
+        """The last events, the final one carrying the finished response (the whole one,
+        reasoning state included, goes to `on_response`)."""
+        if self._on_response is not None and self._writer.response is not None:
+            self._on_response(self._writer.response)
         return [_named(event) for event in events]
 
 
@@ -102,7 +109,7 @@ def _named(event: dict[str, Any]) -> SSEEvent:
 
 
 DIALECT = ChatDialect(chat_request, from_chat_answer, ResponsesEvents, RESPONSES_STREAM,
-                      dropped_tools, carries_reasoning=True)
+                      dropped_tools, carries_reasoning=True, asks_reasoning_summaries=True)
 
 
 def native_or_translated(endpoint: NativeEndpoint, translated: OperationSpec) -> OperationSpec:

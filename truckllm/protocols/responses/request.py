@@ -5,11 +5,13 @@ tool groups are flattened (their calls are mapped back by `ToolNames`), and buil
 with no chat equivalent are left out and listed.
 
 A `reasoning` item whose `encrypted_content` this process sealed (a translated answer's,
-sent back by a stateless client) becomes the `reasoning_state` of the assistant message
-after it, so the provider gets its own reasoning blocks back in place; any other
-reasoning item (a native one, one sealed before a restart, a forged one) is left out.
+sent back by a stateless client or kept in the store) becomes the `reasoning_state` of the
+assistant message after it (or, at the end of a turn, before it), so the provider gets its
+own reasoning blocks back in place; any other reasoning item (a native one, one sealed
+before a restart, a forged one) is left out.
 
-Pure, no I/O. Imports only errors and protocols.responses.sealed. Refusals are
+Pure, no I/O. Imports only errors, protocols.responses.sealed and
+providers.shared.reasoning. Refusals are
 InvalidRequest naming the Responses field (`input[3].content[0].type`), raised before
 anything goes upstream.
 """
@@ -23,6 +25,7 @@ import orjson
 
 from truckllm.errors import InvalidRequest
 from truckllm.protocols.responses.sealed import unseal
+from truckllm.providers.shared.reasoning import joined
 
 # A namespace tool's functions are offered to chat targets as `<namespace>__<name>`.
 NAMESPACE_SEPARATOR = "__"
@@ -60,10 +63,7 @@ class ChatTranslation:
 def to_chat_request(body: dict[str, Any]) -> ChatTranslation:
     """The chat request for a Responses request (whose `input` already holds the stored
     history of a `previous_response_id`, if any)."""
-    if body.get("background"):
-        raise InvalidRequest("background responses are only available on models served by the "
-                             "Responses API natively", param="background",
-                             code="unsupported_parameter")
+    refuse_background(body)
     tools, tool_names, dropped = _tools(body.get("tools"))
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
@@ -98,6 +98,14 @@ def to_chat_request(body: dict[str, Any]) -> ChatTranslation:
         # Usage is what the final response.completed event carries: always asked for.
         chat["stream_options"] = {"include_usage": True}
     return ChatTranslation(chat, tool_names, tuple(dropped))
+
+
+def refuse_background(body: dict[str, Any]) -> None:
+    """A `background: true` request refused: only a native Responses endpoint runs one."""
+    if body.get("background"):
+        raise InvalidRequest("background responses are only available on models served by the "
+                             "Responses API natively", param="background",
+                             code="unsupported_parameter")
 
 
 # ---- tools --------------------------------------------------------------------------------
@@ -260,6 +268,8 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise InvalidRequest("an input item must be an object", param=param)
         kind = item.get("type", "message")
+        if kind in ("message", "function_call_output", "custom_tool_call_output") and item.get("role") != "assistant":
+            reasoning = _trailing(messages, reasoning)
         if kind == "message":
             message = _message(item, param)
             if message is not None and message["role"] == "assistant" and reasoning is not None:
@@ -276,11 +286,23 @@ def _messages(raw: Any, names: ToolNames) -> list[dict[str, Any]]:
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(_call_output(item, param))
         elif kind == "reasoning":
-            reasoning = _joined(reasoning, unseal(item.get("encrypted_content")))
+            reasoning = joined(reasoning, unseal(item.get("encrypted_content")))
         else:
             raise InvalidRequest(f"input items of type {kind!r} cannot be sent to this model",
                                  param=f"{param}.type", code="unsupported_parameter")
+    _trailing(messages, reasoning)
     return messages
+
+
+def _trailing(messages: list[dict[str, Any]], reasoning: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Reasoning that follows an assistant message and its calls (a provider's state known
+    only once the answer was whole: a Gemini text part's signature) joins that message's;
+    what is left still waits for an assistant message."""
+    last = messages[-1] if messages else None
+    if reasoning is None or last is None or last["role"] != "assistant":
+        return reasoning
+    last["reasoning_state"] = joined(last.get("reasoning_state"), reasoning)
+    return None
 
 
 def _message(item: dict[str, Any], param: str) -> dict[str, Any] | None:
@@ -363,17 +385,7 @@ def _add_call(messages: list[dict[str, Any]], call: dict[str, Any],
         messages.append(last)
     last.setdefault("tool_calls", []).append(call)
     if reasoning is not None:
-        last["reasoning_state"] = _joined(last.get("reasoning_state"), reasoning)
-
-
-def _joined(state: dict[str, Any] | None, more: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Two pieces of reasoning state as one (the blocks in order); a piece from another
-    provider than the first replaces it (the conversation moved providers)."""
-    if more is None or not isinstance(more.get("blocks"), list):
-        return state
-    if state is None or state.get("provider") != more.get("provider"):
-        return more
-    return {**state, "blocks": [*state["blocks"], *more["blocks"]]}
+        last["reasoning_state"] = joined(last.get("reasoning_state"), reasoning)
 
 
 def _call_output(item: dict[str, Any], param: str) -> dict[str, Any]:

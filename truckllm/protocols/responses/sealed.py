@@ -1,7 +1,8 @@
-"""`encrypted_content` of the reasoning items of translated responses: a provider's
-reasoning state (truckllm.providers.shared.reasoning: Anthropic thinking blocks with their
-signatures) sealed so a stateless client (`store: false`) can hand it back on the next
-turn, and opened again only if this process sealed it unchanged.
+"""`encrypted_content` of the reasoning items of translated responses (and the `signature`
+of the thinking blocks of Messages answers through chat): a provider's reasoning state
+(truckllm.providers.shared.reasoning: Anthropic thinking blocks with their signatures,
+Gemini thought signatures) sealed so a client can hand it back on the next turn, and the
+response store keep it for a follow-up, opened again only if this process sealed it unchanged.
 
 The seal is an HMAC-SHA256. Its key comes from the environment variable TRUCKLLM_SEAL_KEY
 (any string; `serve --workers` sets one for all its workers) or, without it, is made when
@@ -9,7 +10,7 @@ the process starts; it is never stored or shown. Content sealed under another ke
 a restart without the variable, by another instance) no longer opens, and is then dropped
 like any unknown content — the conversation goes on without that reasoning. It protects
 integrity, not secrecy: the blocks hold nothing the client was not shown (thinking text,
-or Anthropic's own encrypted redacted_thinking).
+Anthropic's own encrypted redacted_thinking, Gemini's opaque thought signatures).
 
 Pure apart from reading that variable once, at import. Imports nothing from truckllm.
 """

@@ -1,16 +1,17 @@
 """Reasoning in the chat pivot: the one effort -> thinking-budget table every translator
 uses (Anthropic `thinking.budget_tokens`, Gemini `thinkingConfig.thinkingBudget`), and the
 extension fields that carry a provider's reasoning through chat for the dialects that can
-hand it back to their clients (the Responses API).
+hand it back to their clients (the Responses API, Anthropic Messages).
 
 The extension, on an assistant message (answers and requests) or a stream delta:
 - `reasoning_content`: the reasoning text the provider showed (Anthropic thinking, Gemini
   thought summaries), as several OpenAI-compatible servers send it;
 - `reasoning_state`: `{"provider": <provider type>, "blocks": [...]}`, what the provider
   needs back to continue the turn (Anthropic thinking and redacted_thinking blocks with
-  their signatures), opaque to everything but that provider type's translator.
+  their signatures, the thought signature of a Gemini text part), opaque to everything but
+  that provider type's translator.
 Plain chat completions clients never see them (CallContext.carry_reasoning is set only for
-dialects served through chat that show reasoning: the Responses API); an assistant message that carries `reasoning_state` is sent
+dialects served through chat that show reasoning); an assistant message that carries `reasoning_state` is sent
 back upstream as the provider's blocks in place.
 
 Pure, no I/O. Imports nothing from truckllm.
@@ -34,6 +35,16 @@ def thinking_budget(effort: str | None) -> int | None:
 def reasoning_state(provider: str, blocks: list[dict[str, Any]]) -> dict[str, Any]:
     """The `reasoning_state` extension value for a provider type's blocks."""
     return {"provider": provider, "blocks": blocks}
+
+
+def joined(state: dict[str, Any] | None, more: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Two pieces of reasoning state as one (the blocks in order); a piece from another
+    provider than the first replaces it (the conversation moved providers)."""
+    if more is None or not isinstance(more.get("blocks"), list):
+        return state
+    if state is None or state.get("provider") != more.get("provider"):
+        return more
+    return {**state, "blocks": [*state["blocks"], *more["blocks"]]}
 
 
 def state_blocks(state: Any, provider: str) -> list[dict[str, Any]]:

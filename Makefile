@@ -25,8 +25,11 @@ run: $(BIN)/.installed
 
 # The whole suite but the executable's own tests, which build it first (minutes, not
 # seconds): those are `make test-dist`. CI (.ci/run) runs both.
+# Bytecode is cached (in __pycache__, ignored by git) even where PYTHONDONTWRITEBYTECODE
+# is set: otherwise every run compiles the test modules and their rewritten asserts in each
+# test worker again, and every `truckllm serve` a test starts compiles the package again.
 test: $(BIN)/.installed
-	$(BIN)/pytest -m "not dist"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -m "not dist"
 
 test-dist: $(BIN)/.installed
 	$(BIN)/pytest -m dist

@@ -58,15 +58,16 @@ def proxy_alone(kind: str, launcher: Launcher, start_timeout_s: float = 60.0,
             fake.stop()
 
 
-def run_load(alone: Alone, concurrency: int, duration_s: float, stream: bool = False) -> int:
-    """Requests answered by a load of `duration_s` seconds (the load generator pinned to
-    the load core)."""
+def run_load(alone: Alone, concurrency: int, duration_s: float, stream: bool = False,
+             path: str = "/v1/chat/completions") -> int:
+    """Requests answered by a load of `duration_s` seconds on `path` (the load generator
+    pinned to the load core)."""
     result = alone.work / "load.json"
     load_core = alone.load_core
     subprocess.run(
         [sys.executable, "-m", "bench.loadgen", "--port", str(alone.port), "--key", alone.key,
          "--model", alone.model, "--concurrency", str(concurrency), "--duration", str(duration_s),
-         "--out", str(result)] + (["--stream"] if stream else []),
+         "--path", path, "--out", str(result)] + (["--stream"] if stream else []),
         input=b"go\n", stdout=subprocess.DEVNULL, check=True, timeout=duration_s + 120,
         preexec_fn=(lambda: pin_self(load_core)) if load_core is not None else None,
     )

@@ -31,20 +31,26 @@ START_LIMIT_S = 300.0       # importing pydantic and friends under valgrind take
 
 def instructions_per_request(kind: str, concurrency: int, duration_s: float,
                              stream: bool = False, gap_ms: float = 1.0,
-                             edit_config: Callable[[str], str] | None = None) -> float:
+                             edit_config: Callable[[str], str] | None = None,
+                             path: str = "/v1/chat/completions", keep: Path | None = None) -> float:
     def callgrind(work: Path) -> list[str]:
         return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 f"--callgrind-out-file={work / 'callgrind.out'}", sys.executable, "-m"]
 
     with proxy_alone(kind, callgrind, start_timeout_s=START_LIMIT_S, gap_ms=gap_ms,
                      edit_config=edit_config) as alone:
-        run_load(alone, concurrency, WARM_UP_S, stream)
+        run_load(alone, concurrency, WARM_UP_S, stream, path)
         _callgrind(alone.proxy, "--instr=on")
         _callgrind(alone.proxy, "--zero")
-        requests = run_load(alone, concurrency, duration_s, stream)
+        requests = run_load(alone, concurrency, duration_s, stream, path)
         _callgrind(alone.proxy, "--instr=off")
         _callgrind(alone.proxy, "--dump")
         time.sleep(1.0)         # the dump is written by the proxy process itself
+        if keep is not None:    # for callgrind_annotate
+            keep.mkdir(parents=True, exist_ok=True)
+            for dump in alone.work.glob("callgrind.out*"):
+                if dump.stat().st_size:
+                    shutil.copy(dump, keep / f"{kind}.{dump.name}")
         return _instructions(alone.work) / requests
 
 
@@ -75,6 +81,10 @@ def main() -> None:
                         help="time between streamed events; long enough that a proxy slowed by "
                              "callgrind still reads them one at a time, so that the count does "
                              "not depend on how many a busy proxy happened to read at once")
+    parser.add_argument("--path", default="/v1/chat/completions",
+                        help="the API path requested (/v1/responses: the native Responses pass-through)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="copy the callgrind dumps here, as <target>.callgrind.out*")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -82,14 +92,15 @@ def main() -> None:
     pin_self(cores()[1])
     kinds = ("reference",) if args.no_truckllm else ("reference", "truckllm")
     figures = {kind: instructions_per_request(kind, args.concurrency, args.duration, args.stream,
-                                              args.gap_ms)
+                                              args.gap_ms, path=args.path, keep=args.keep)
                for kind in kinds}
     print("| target | instructions per request | vs reference |\n|---|---:|---:|")
     for kind, count in figures.items():
         ratio = "" if kind == "reference" else f"{count / figures['reference']:.2f}x"
         print(f"| {kind} | {count / 1000:,.0f}k | {ratio} |")
     what = "streams" if args.stream else "requests"
-    print(f"\nConcurrency {args.concurrency}, {what}, {args.duration:g} s of load per proxy under callgrind.")
+    print(f"\nConcurrency {args.concurrency}, {what} to {args.path}, {args.duration:g} s of load per "
+          "proxy under callgrind.")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,25 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.fakes.openai_fake import OpenAIFake, make_openai_fake
 from tests.harness import Stack, make_stack
+from tests.ports import WORKER_SLICES
 from tests.redis_server import RedisServer
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` (pyproject.toml's default): two test workers per CPU core. Many tests spend
+    part of their time waiting (on a `truckllm serve` process starting, a timer, a client
+    CLI), and a second worker per core runs other tests meanwhile. At most one worker per
+    port slice of tests/ports.py; PYTEST_XDIST_AUTO_NUM_WORKERS still decides when set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return min(2 * (os.cpu_count() or 1), WORKER_SLICES)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from signal import SIGTERM
 from typing import Any
@@ -544,6 +544,19 @@ async def run_serve_process(config_path: Path, port: int | None = None, *,
                     await running.stopped()
     finally:
         _kill(running)
+
+
+@asynccontextmanager
+async def use_serve_process(running: ServeProcess) -> AsyncIterator[ServeProcess]:
+    """A process several tests share (a module fixture starts it with make_serve_process)
+    with the HTTP helpers of run_serve_process, for one async test; it keeps running."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_LIMIT_S)) as http:
+        view = replace(running, _http=http, clients=[])
+        try:
+            yield view
+        finally:
+            for client in view.clients:
+                await client.close()
 
 
 def client_for(gateway: ServeProcess, key: str | None = None) -> AsyncOpenAI:

@@ -16,12 +16,13 @@ import socket
 
 _FIRST = 20000
 _SLICE = 1000  # ports per test worker; slices stay below Linux's ephemeral 32768
+WORKER_SLICES = 12
 
 
 def _worker_index() -> int:
     name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     digits = name.removeprefix("gw")
-    return int(digits) % 12 if digits.isdigit() else 0
+    return int(digits) % WORKER_SLICES if digits.isdigit() else 0
 
 
 _START = _FIRST + _worker_index() * _SLICE

@@ -83,8 +83,10 @@ def _site(truckllm_port: int, http_port: int, https_port: int, cert: Path, key: 
     return "\n".join(line for line in text.splitlines() if "listen [::]" not in line)
 
 
-@pytest.fixture
-def proxied(tmp_path: Path, nginx_binary: str) -> Iterator[tuple[int, int, Path]]:
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory, nginx_binary: str) -> Iterator[tuple[int, int, Path]]:
+    """TruckLLM behind nginx, shared by the tests below: they only send requests."""
+    tmp_path = tmp_path_factory.mktemp("proxied")
     config = {**make_config(), "server": {"log_format": "json", "watch": False}}
     config["providers"] = [{"id": "demo", "type": "mock", "chunk_delay_ms": CHUNK_DELAY_S * 1000}]
     path = tmp_path / "config.yaml"

@@ -19,18 +19,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, make_openai_fake
 from tests.harness import (
+    ADMIN_KEY,
     LITERAL_SECRET,
     SECRETS,
     SERVE_ENV,
     ServeProcess,
     client_for,
     free_port,
+    make_config,
+    make_gateway,
     metric_samples,
     run_serve_process,
     serve_config,
     wait_until,
+    write_config,
 )
 from truckllm import __version__
+from truckllm.server.keys import OPS
 
 ADMIN_GETS = ["/admin/v1/config", "/admin/v1/status", "/admin/v1/providers", "/admin/v1/logs",
               "/admin/v1/keys"]
@@ -435,3 +440,22 @@ async def test_hostile_admin_bodies_and_header_bytes_get_clear_errors(tmp_path: 
             code, answer = await _raw_status(gateway, request)
             assert code == 401 and answer["error"]["type"] == "authentication_error"  # type: ignore[index]
         assert "Traceback" not in gateway.output()
+
+
+async def test_the_log_and_history_keep_traffic_from_when_the_admin_api_is_turned_on(
+        tmp_path: Path) -> None:
+    # Only the admin API reads them: while it is off, requests do not feed them.
+    config = make_config()
+    async with make_gateway(config, directory=tmp_path) as gw:
+        await gw.chat("demo")
+        write_config(tmp_path, {**config, "server": {"log_level": "warning",
+                                                     "admin_api_key": ADMIN_KEY}})
+        result = await gw.app[OPS].reloader.reload("test")
+        assert result.ok, result
+        for _ in range(2):
+            await gw.chat("demo")
+        status, body = await gw.admin("GET", "/admin/v1/history")
+        logs_status, logs = await gw.admin("GET", "/admin/v1/logs")
+    assert status == 200
+    assert sum(body["series"]["requests"]) == 2
+    assert logs_status == 200 and len(logs["logs"]) == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -18,8 +19,10 @@ from tests.harness import (
     SERVE_ENV,
     ServeProcess,
     free_port,
+    make_serve_process,
     run_serve_process,
     serve_config,
+    use_serve_process,
 )
 
 COMMENTED = "# the team's keys: reviewed in git\n"
@@ -133,6 +136,17 @@ async def test_concurrent_creates_are_all_kept(tmp_path: Path) -> None:
         assert path.read_text().count("id: dup") == 1
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """One process for the tests below: every request they make must be refused and change
+    nothing (each checks the file), so they can share it."""
+    port = free_port()
+    path = tmp_path_factory.mktemp("refusing") / "config.yaml"
+    path.write_text(config_text(port))
+    with make_serve_process(path, port) as running:
+        yield running
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"id": "x", "rpm": -1}, "rpm"),
     ({"id": "x", "rpm": "many"}, "rpm"),
@@ -145,13 +159,11 @@ async def test_concurrent_creates_are_all_kept(tmp_path: Path) -> None:
     ({"id": "has space"}, "id"),
     ({"rpm": 5}, "id"),
 ])
-async def test_bad_input_is_a_400_naming_the_field(tmp_path: Path, body: dict[str, object],
+async def test_bad_input_is_a_400_naming_the_field(refusing: ServeProcess, body: dict[str, object],
                                                   param: str) -> None:
-    port = free_port()
-    path = tmp_path / "config.yaml"
-    original = config_text(port)
-    path.write_text(original)
-    async with run_serve_process(path, port) as gateway:
+    path = refusing.config_path
+    original = config_text(refusing.port)
+    async with use_serve_process(refusing) as gateway:
         code, answer = await post_key(gateway, body)
         assert code == 400, answer
         assert answer["error"]["type"] == "invalid_request_error"    # type: ignore[index]
@@ -159,12 +171,10 @@ async def test_bad_input_is_a_400_naming_the_field(tmp_path: Path, body: dict[st
         assert path.read_text() == original
 
 
-async def test_conflicts_unknown_ids_and_bad_bodies(tmp_path: Path) -> None:
-    port = free_port()
-    path = tmp_path / "config.yaml"
-    original = config_text(port)
-    path.write_text(original)
-    async with run_serve_process(path, port) as gateway:
+async def test_conflicts_unknown_ids_and_bad_bodies(refusing: ServeProcess) -> None:
+    path = refusing.config_path
+    original = config_text(refusing.port)
+    async with use_serve_process(refusing) as gateway:
         code, answer = await post_key(gateway, {"id": "team-a"})
         assert code == 409 and answer["error"]["code"] == "key_exists"     # type: ignore[index]
         for method in ("PATCH", "DELETE"):

@@ -9,12 +9,10 @@ otherwise export spans to api.openai.com."""
 from __future__ import annotations
 
 import pytest
-from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
 
 from tests.harness import Stack, make_openai_client
 
 
-@function_tool
 def get_weather(city: str) -> str:
     """Current weather for a city."""
     return f"sunny in {city}"
@@ -22,9 +20,14 @@ def get_weather(city: str) -> str:
 
 @pytest.mark.parametrize("alias", ["claude", "gem", "az"])
 async def test_agent_calls_its_tool_and_answers(stack: Stack, alias: str) -> None:
+    # Imported here: the SDK takes a second to import, which every test worker would pay
+    # while collecting, though one of them runs these tests.
+    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
     set_tracing_disabled(True)
     model = OpenAIResponsesModel(model=alias, openai_client=make_openai_client(stack))
-    agent = Agent(name="weather", instructions="Answer with the tool.", tools=[get_weather], model=model)
+    agent = Agent(name="weather", instructions="Answer with the tool.",
+                  tools=[function_tool(get_weather)], model=model)
     result = await Runner.run(agent, "What is the weather in Paris?")
     assert "sunny in Paris" in str(result.final_output)
     calls = [item for item in result.new_items if item.type == "tool_call_item"]

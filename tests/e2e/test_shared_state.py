@@ -58,15 +58,18 @@ def config(port: int, state_url: str, *, rpm: int | None = None,
 async def instances(tmp_path: Path, count: int, state_url: str,
                     **limits: float | None) -> AsyncIterator[list[ServeProcess]]:
     async with AsyncExitStack() as stack:
-        gateways = []
-        for index in range(count):
-            home = tmp_path / f"instance{index}"
-            home.mkdir()
-            port = free_port()
-            path = home / "truckllm.yaml"
-            path.write_text(config(port, state_url, **limits))  # type: ignore[arg-type]
-            gateways.append(await stack.enter_async_context(run_serve_process(path, port)))
-        yield gateways
+        starting = []
+        # Started side by side: each waits for its own process to answer.
+        async with asyncio.TaskGroup() as group:
+            for index in range(count):
+                home = tmp_path / f"instance{index}"
+                home.mkdir()
+                port = free_port()
+                path = home / "truckllm.yaml"
+                path.write_text(config(port, state_url, **limits))  # type: ignore[arg-type]
+                starting.append(group.create_task(
+                    stack.enter_async_context(run_serve_process(path, port))))
+        yield [task.result() for task in starting]
 
 
 async def chat(http: aiohttp.ClientSession, gateway: ServeProcess) -> int:
@@ -145,7 +148,12 @@ async def test_redis_outage_drops_no_request_and_spend_reaches_it_after(tmp_path
             async def pushed() -> bool:
                 return bool((await team_report(gateways[1]))["lifetime"]["requests"] >= 8)
             await wait_until(pushed, "the outage's usage to reach Redis")
-            assert await metric(gateways[0], "truckllm_state_backend_up") == 1
+
+            # An instance marks Redis up once all its pushes are done: the usage can be
+            # seen a moment before the gauge turns.
+            async def back_up() -> bool:
+                return await metric(gateways[0], "truckllm_state_backend_up") == 1
+            await wait_until(back_up, "instance 0 to report Redis up again")
             body = await team_report(gateways[1])
             assert body["lifetime"]["requests"] == 8
             assert body["lifetime"]["spend_usd"] > 0
@@ -177,15 +185,17 @@ async def test_the_state_files_spend_is_imported_once(tmp_path: Path, redis_url:
 async def test_an_admin_change_on_one_instance_reaches_the_other(
         tmp_path: Path, redis_url: str) -> None:
     async with AsyncExitStack() as stack:
-        gateways = []
-        for index, env in enumerate(({"ONLY_ON_A": "mock-a-5c1e-secret"}, {})):
-            home = tmp_path / f"instance{index}"
-            home.mkdir()
-            port = free_port()
-            path = home / "truckllm.yaml"
-            path.write_text(config(port, redis_url))
-            gateways.append(await stack.enter_async_context(run_serve_process(path, port, env=env)))
-        a, b = gateways
+        starting = []
+        async with asyncio.TaskGroup() as group:
+            for index, env in enumerate(({"ONLY_ON_A": "mock-a-5c1e-secret"}, {})):
+                home = tmp_path / f"instance{index}"
+                home.mkdir()
+                port = free_port()
+                path = home / "truckllm.yaml"
+                path.write_text(config(port, redis_url))
+                starting.append(group.create_task(
+                    stack.enter_async_context(run_serve_process(path, port, env=env))))
+        a, b = (task.result() for task in starting)
         await wait_until(lambda: listeners(redis_url, 2), "both instances to listen for changes")
 
         changed = a.config_path.read_text().replace(

@@ -284,6 +284,22 @@ async def test_upstream_keys_are_skipped_at_their_limit_and_reopen() -> None:
     assert report.spend_usd == pytest.approx(0.03)
 
 
+async def test_a_key_without_rpm_or_tpm_is_counted_at_once_and_one_with_either_acquired() -> None:
+    limiter, _ = make_limiter()
+    policy = make_policy(upstream={"openai/main": RateLimits(rpm=2), "openai/spare": RateLimits()})
+    assert limiter.upstream_count(policy, "openai/main") is None     # acquired, windows and all
+    use = limiter.upstream_count(policy, "openai/spare")
+    assert use is not None and limiter.upstream_count(policy, "openai/other") is not None
+    await use.settle(Usage(100, 50), 0.01)
+    spare = limiter.upstream.key("openai/spare").usage
+    assert (spare.requests, spare.tokens, spare.spend_usd) == (1, 150, 0.01)
+    assert limiter.upstream.key("openai/other").usage.requests == 1
+    assert limiter.upstream.key("openai/main").usage.requests == 0
+    # The same counts as acquiring: for a key without limits the two are one.
+    await (await limiter.upstream_acquire(policy, "openai/spare", 10)).settle(None)
+    assert limiter.upstream.key("openai/spare").usage.requests == 2
+
+
 async def test_upstream_tpm_counts_the_estimate_until_settled() -> None:
     limiter, _ = make_limiter()
     policy = make_policy(upstream={"p/k": RateLimits(tpm=1000)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.observe.records import record_with
 from truckllm.observe.history import SAMPLES_PER_SECOND, SECONDS, History
 from truckllm.pipeline.record import RequestRecord
 from truckllm.usage import Usage
@@ -17,7 +18,7 @@ class Clock:
 
 def record(at: float, latency_s: float = 0.1, status: int = 200, tokens: int = 10,
            cost: float | None = 0.001) -> RequestRecord:
-    return RequestRecord(
+    return record_with(
         timestamp=at - latency_s, request_id="r", method="POST", path="/v1/chat/completions",
         key_id="team-a", alias="gpt", provider_id="openai", upstream_model="gpt-4o",
         status=status, latency_s=latency_s, overhead_s=0.0, ttft_s=None,

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import structlog
 
+from tests.observe.records import record_with
 from truckllm.errors import InvalidRequest
 from truckllm.observe.access_log import AccessLog
 from truckllm.observe.log import configure_logging
@@ -30,7 +31,7 @@ def make_record(n: int, **overrides: object) -> RequestRecord:
         attempts=1, cost_usd=0.0001, error_reason=None, method="POST",
         path="/v1/chat/completions", stream=False)
     fields.update(overrides)
-    return RequestRecord(**fields)  # type: ignore[arg-type]
+    return record_with(**fields)
 
 
 def make_log(size: int = 100) -> RequestLog:
@@ -272,3 +273,29 @@ def test_would_mask_agrees_with_redact_text(secrets: list[str]) -> None:
     for text in ["plain text", f"x{secrets[-1]}y", "Bearer abcdefgh12345", "Bearer short",
                  f"{secrets[0][:-1]}\0{secrets[0][-1]}", "Basic dXNlcjpwYXNzd29yZA=="]:
         assert redactor.would_mask(text) == (redactor.redact_text(text) != text), text
+
+
+class WritesSeen(io.StringIO):
+    """A stream that remembers each write: processes sharing one stream (--workers)
+    interleave writes, so a line must be one write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_every_log_line_is_one_write(fmt: str) -> None:
+    stream = WritesSeen()
+    access = AccessLog()
+    configure_logging("info", fmt, SecretRedactor(SECRETS), stream, access)
+    structlog.get_logger("truckllm.state").warning("state_backend_down", error="refused")
+    logging.getLogger("aiohttp.server").warning("stdlib line")
+    access.write(make_record(1))
+    written = [text for text in stream.writes if text]
+    assert len(written) == 3
+    assert all(text.endswith("\n") and text.count("\n") == 1 for text in written)

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from tests.observe.records import record_with
 from truckllm.limits import LimitScope
 from truckllm.observe.metrics import AliasLabels, Metrics, PlainCounter, PlainHistogram
 from truckllm.pipeline.record import RequestRecord, UpstreamFailure
@@ -24,7 +25,7 @@ def make_record(**overrides: object) -> RequestRecord:
         attempts=1, cost_usd=0.002, error_reason=None, method="POST",
         path="/v1/chat/completions", stream=False)
     fields.update(overrides)
-    return RequestRecord(**fields)  # type: ignore[arg-type]
+    return record_with(**fields)
 
 
 def samples(metrics: Metrics) -> list[Sample]:

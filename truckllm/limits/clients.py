@@ -203,10 +203,13 @@ class MemoryClientStore:
         if record is not None:
             account = record.account
             account.enter(period_start)
-            for counters in (account.period, account.lifetime):
-                counters.prompt_tokens += prompt
-                counters.completion_tokens += completion
-                counters.spend_usd += cost_usd
+            period, lifetime = account.period, account.lifetime
+            period.prompt_tokens += prompt
+            period.completion_tokens += completion
+            period.spend_usd += cost_usd
+            lifetime.prompt_tokens += prompt
+            lifetime.completion_tokens += completion
+            lifetime.spend_usd += cost_usd
         self.changes += 1
 
     def _release(self, grant: Grant) -> None:

@@ -102,7 +102,8 @@ class Limiter:
         and nothing is counted for a refused request; an admitted one is counted in every
         window at once and holds a concurrency slot until `Admission.release()`.
         """
-        estimate = _as_estimate(estimate_tokens)
+        estimate = (estimate_tokens if estimate_tokens.__class__ is PromptEstimate
+                    else _as_estimate(estimate_tokens))     # requests bring one: no call
         if policy is not self._policy:
             self.adopt(policy)
         key = None if key_id is None else policy.key(key_id)
@@ -228,6 +229,20 @@ class Limiter:
         if held:
             return UpstreamUse(self.upstream, ref, held)
         # Nothing held (no tpm on the key): the uses of a key are all alike, so one is kept.
+        use = self._shared_uses.get(ref)
+        if use is None:
+            use = self._shared_uses[ref] = UpstreamUse(self.upstream, ref, ())
+        return use
+
+    def upstream_count(self, policy: LimitsPolicy, ref: str) -> UpstreamUse | None:
+        """`upstream_acquire` for a key without rpm or tpm, which has nothing to check or
+        hold: its request counted at once, without a store operation to await. None for a
+        key with either: `upstream_acquire` takes those."""
+        if policy.limits_upstream and policy.upstream.get(ref, NO_LIMITS).windowed:
+            return None
+        if policy is not self._policy:
+            self.adopt(policy)
+        self.upstream.count(ref)
         use = self._shared_uses.get(ref)
         if use is None:
             use = self._shared_uses[ref] = UpstreamUse(self.upstream, ref, ())

@@ -143,6 +143,11 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         self.changes += 1
         return (RedisHold(gid, tokens if rates.tpm is not None else None),)
 
+    def count(self, ref: str) -> None:
+        # No window in Redis to count in: owed to the shared account, as acquire does.
+        self._owed(ref).requests += 1
+        super().count(ref)
+
     async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
         hold = held[0] if held else None
         if not isinstance(hold, RedisHold):     # no windows, or counted during an outage

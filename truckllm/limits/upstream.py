@@ -177,6 +177,11 @@ class UpstreamStore(Protocol):
         between the router's question and this)."""
         ...
 
+    def count(self, ref: str) -> None:
+        """`acquire` for a key without rpm or tpm: one request counted in its usage, no
+        window to check or hold, so nothing to wait for."""
+        ...
+
     async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
         """Replace `held` with the real usage (None: never reported, the estimate stays)
         and add usage and spend to the key's saved usage."""
@@ -283,6 +288,10 @@ class MemoryUpstreamStore:
         if not rates.windowed:
             return ()
         return reserve(record.meter, rates, estimate, self.clock.monotonic())
+
+    def count(self, ref: str) -> None:
+        self.key(ref).usage.requests += 1
+        self.changes += 1
 
     async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
         if usage is not None and held:

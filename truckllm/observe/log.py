@@ -44,7 +44,9 @@ def configure_logging(level: str = "info", fmt: Literal["json", "console"] | str
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line (print() writes the newline apart): processes that share a
+        # stream (--workers) would otherwise interleave halves of their lines.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,    # a reload may change level or format
     )
     handler = logging.StreamHandler(out)

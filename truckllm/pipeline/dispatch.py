@@ -247,8 +247,10 @@ class _Attempts:
             use = None
             if limiter is not None and candidate.key_ref is not None:
                 try:
-                    use = await limiter.upstream_acquire(state.limits, candidate.key_ref,
-                                                         call.estimate)
+                    # Most keys have no rpm/tpm: counted without a store operation to await.
+                    use = (limiter.upstream_count(state.limits, candidate.key_ref)
+                           or await limiter.upstream_acquire(state.limits, candidate.key_ref,
+                                                             call.estimate))
                 except BaseException:
                     attempt.withdraw()
                     raise

@@ -24,13 +24,15 @@ class UpstreamFailure:
     reason: str             # an HTTP status such as "429", or "timeout", "connect", "stream"
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class RequestRecord:
-    """The finished request; observers read it by field name and never change it.
+    """The finished request, taken from its Exchange; observers read it by field name and
+    never change it.
 
-    Not frozen: one is made for every request, and a frozen dataclass's generated
-    __init__ sets each of its many fields through object.__setattr__ (the measurement is
-    in docs/dev/performance-notes.md)."""
+    Made from the Exchange itself rather than from a keyword per field: binding two dozen
+    keyword arguments costs more than the rest of making it (the measurement is in
+    docs/dev/performance-notes.md). Not frozen for the same reason: a frozen dataclass
+    sets each field through object.__setattr__."""
 
     timestamp: float                 # unix seconds when the request arrived
     request_id: str
@@ -49,12 +51,38 @@ class RequestRecord:
     cost_usd: float | None
     error_reason: str | None
     stream: bool
-    upstream_key_id: str | None = None      # upstream key of the last attempt
-    upstream_failures: tuple[UpstreamFailure, ...] = ()   # every failed attempt, in order
-    cost_lines: tuple[CostLine, ...] = ()   # what cost_usd came from: tokens by kind x rate
-    usage_estimated: bool = False           # a stream cut short: usage estimated, not reported
-    limit_scope: LimitScope | None = None   # refused by a rate limit: whose
-    dropped_tools: tuple[str, ...] = ()     # tools the translation left out, by type
+    upstream_key_id: str | None             # upstream key of the last attempt
+    upstream_failures: tuple[UpstreamFailure, ...]   # every failed attempt, in order
+    cost_lines: tuple[CostLine, ...]        # what cost_usd came from: tokens by kind x rate
+    usage_estimated: bool                   # a stream cut short: usage estimated, not reported
+    limit_scope: LimitScope | None          # refused by a rate limit: whose
+    dropped_tools: tuple[str, ...]          # tools the translation left out, by type
+
+    def __init__(self, exchange: Exchange, status: int, now: float) -> None:
+        """The record of `exchange` ending with `status` at `now` (time.perf_counter)."""
+        self.timestamp = exchange.started_wall
+        self.request_id = exchange.request_id
+        self.method = exchange.method
+        self.path = exchange.path
+        self.key_id = exchange.key_id
+        self.alias = exchange.alias
+        self.provider_id = exchange.provider_id
+        self.upstream_model = exchange.upstream_model
+        self.status = status
+        self.latency_s = now - exchange.started
+        self.overhead_s = exchange.overhead_s(now)
+        self.ttft_s = exchange.ttft_s
+        self.usage = exchange.usage
+        self.attempts = exchange.attempts
+        self.cost_usd = exchange.cost_usd
+        self.error_reason = exchange.error_reason
+        self.stream = exchange.stream
+        self.upstream_key_id = exchange.upstream_key_id
+        self.upstream_failures = tuple(exchange.upstream_failures)
+        self.cost_lines = exchange.cost_lines
+        self.usage_estimated = exchange.usage_estimated
+        self.limit_scope = exchange.limit_scope
+        self.dropped_tools = exchange.dropped_tools
 
     @property
     def level(self) -> str:
@@ -116,15 +144,5 @@ class Exchange:
         return overhead if overhead > 0.0 else 0.0
 
     def finish(self, status: int) -> RequestRecord:
-        now = time.perf_counter()
         self.status = status
-        return RequestRecord(
-            timestamp=self.started_wall, request_id=self.request_id, method=self.method,
-            path=self.path, key_id=self.key_id, alias=self.alias, provider_id=self.provider_id,
-            upstream_model=self.upstream_model, status=status, latency_s=now - self.started,
-            overhead_s=self.overhead_s(now), ttft_s=self.ttft_s, usage=self.usage,
-            attempts=self.attempts, cost_usd=self.cost_usd, error_reason=self.error_reason,
-            stream=self.stream, upstream_key_id=self.upstream_key_id,
-            upstream_failures=tuple(self.upstream_failures), cost_lines=self.cost_lines,
-            usage_estimated=self.usage_estimated, limit_scope=self.limit_scope,
-            dropped_tools=self.dropped_tools)
+        return RequestRecord(self, status, time.perf_counter())

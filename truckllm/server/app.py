@@ -85,7 +85,7 @@ def create_app(holder: StateHolder, *, clock: Clock | None = None) -> web.Applic
     app[OBSERVERS] = ops.observers
     app[RESPONSE_STORE] = []
     app[RESPONSES_ENDPOINT_MISSING] = set()
-    app_routes = routes.routes(app) + responses_routes.routes()
+    app_routes = routes.routes(app) + responses_routes.routes(app)
     if holder.current.config.server.admin_listen is None:
         app_routes += plain_routes(_admin_routes())
     add_routes(app, app_routes)

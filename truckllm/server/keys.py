@@ -24,7 +24,7 @@ RecordObserver = Callable[[RequestRecord], None]
 
 STATE = web.AppKey("state", StateHolder)
 TRANSPORT = web.AppKey("transport", Transport)
-OBSERVERS = web.AppKey("observers", tuple[RecordObserver, ...])
+OBSERVERS = web.AppKey("observers", list[RecordObserver])
 ROUTING = web.AppKey("routing", Routing)           # health, cursors: survive reloads
 INFLIGHT = web.AppKey("inflight", InFlight)        # requests in progress
 OPS = web.AppKey("ops", Ops)                        # metrics, request log, reloader, admin API

@@ -61,11 +61,20 @@ class Ops:
     worker_peers: Peers | None = None
     worker_index: int | None = None
 
-    @property
-    def observers(self) -> tuple[Callable[[RequestRecord], None], ...]:
-        """What every finished request's record is given to."""
-        return (self.access_log.write, self.metrics.observe, self.request_log.add,
-                self.history.observe)
+    # What every finished request's record is given to: one list, refilled in place by
+    # `follow_config`, so that whoever holds it (the request wrapper) sees the change.
+    observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
+
+    def follow_config(self) -> None:
+        """The observers the config in use needs. The request log and the console's
+        history are read only through the admin API: while that is off (no
+        `admin_api_key`) no request pays for them, and they hold the traffic from when the
+        admin API was turned on."""
+        wanted = [self.access_log.write, self.metrics.observe]
+        admin_key = self.holder.current.config.server.admin_api_key
+        if admin_key is not None and admin_key.get_secret_value():
+            wanted += (self.request_log.add, self.history.observe)
+        self.observers[:] = wanted
 
     def configure_logging(self, stream: TextIO | None = None) -> None:
         """Apply the config's log settings; `stream` (tests) stays in use across reloads."""
@@ -92,9 +101,11 @@ def make_ops(holder: StateHolder, inflight: InFlight, transport: Transport) -> O
         if result.changes is not None and set(_LOG_SETTINGS) & set(result.changes.server):
             ops.configure_logging()
         ops.tracing.configure(new.config.server.otel)
+        ops.follow_config()
 
     reloader.on_applied = (applied,)
     ops.tracing.configure(loaded.config.server.otel)
+    ops.follow_config()
     return ops
 
 

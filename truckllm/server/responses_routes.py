@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,11 @@ import structlog
 from aiohttp import web
 
 from truckllm import errors
-from truckllm.limits import metering
+from truckllm.limits import Limiter, metering
 from truckllm.pipeline.dispatch import Call, RawReply, Reply, StreamReply, dispatch
 from truckllm.pipeline.record import Exchange
+from truckllm.pipeline.router import Routing
+from truckllm.pipeline.transport import Transport
 from truckllm.protocols.responses.answer import ENCRYPTED_REASONING, shown, shown_items
 from truckllm.protocols.responses.native import speaks_natively
 from truckllm.protocols.responses.request import input_items, refuse_background
@@ -35,7 +37,7 @@ from truckllm.runtime.response_store import (
     StoredResponse,
     store_path,
 )
-from truckllm.runtime.state import ClientKey, State
+from truckllm.runtime.state import ClientKey, State, StateHolder
 from truckllm.server.edge import ExchangeRoute, json_answer
 from truckllm.server.keys import (
     LIMITER,
@@ -55,10 +57,27 @@ log = structlog.get_logger("truckllm.server.responses")
 _DAY_S = 86_400.0
 
 
-async def create_response(request: web.Request, exchange: Exchange) -> web.StreamResponse:
-    app = request.app
-    state = app[STATE].current                     # one snapshot for the whole request
-    limiter = app[LIMITER]
+class _Parts:
+    """The app's parts POST /v1/responses uses, read once when the app starts (after which
+    aiohttp lets them change no more) rather than looked up in the app on every request."""
+
+    __slots__ = ("holder", "limiter", "missing", "routing", "stores", "transport")
+    holder: StateHolder
+    limiter: Limiter
+    transport: Transport
+    routing: Routing
+    stores: list[ResponseStore]         # filled when the app starts: see response_store
+    missing: set[str]                   # RESPONSES_ENDPOINT_MISSING
+
+    def bind(self, app: web.Application) -> None:
+        self.holder, self.limiter = app[STATE], app[LIMITER]
+        self.transport, self.routing = app[TRANSPORT], app[ROUTING]
+        self.stores, self.missing = app[RESPONSE_STORE], app[RESPONSES_ENDPOINT_MISSING]
+
+
+async def create_response(request: web.Request, exchange: Exchange, parts: _Parts) -> web.StreamResponse:
+    state = parts.holder.current                   # one snapshot for the whole request
+    limiter = parts.limiter
     key = authenticate_request(request, state, limiter, exchange)
     server = state.config.server
     body = await read_json(request, server.max_body_mb, server.body_timeout_s)
@@ -69,7 +88,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
         raise model_refused(model, resolved)
     route, targets = resolved
     exchange.alias = route.alias
-    store = _store(app)
+    store = parts.stores[0] if parts.stores else None
     owner = _owner(key)
     history, prefer = await _history(store, body.get("previous_response_id"), owner)
     items = [*history, *input_items(body.get("input"))]      # what went in, for the store
@@ -85,13 +104,13 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
                       response_id, on_response=final.append)
     admission = await metering.admit(limiter, state, key, full, exchange)
     keep = store is not None and body.get("store", True) is not False
-    missing = app[RESPONSES_ENDPOINT_MISSING]
+    missing = parts.missing
     reply: Reply | StreamReply | RawReply | None = None
     try:
         call = Call(state, Operation.RESPONSES, full, route, _chat_where_missing(targets, missing),
                     ctx, limiter, admission.estimate, prefer)
         try:
-            reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
+            reply = await dispatch(call, parts.transport, exchange, parts.routing)
         except errors.UpstreamStatus as exc:
             if not _endpoint_missing(state, exc, exchange, call.targets):
                 raise
@@ -99,7 +118,7 @@ async def create_response(request: web.Request, exchange: Exchange) -> web.Strea
             log.warning("responses_endpoint_missing", provider=exchange.provider_id,
                         action="translated through chat from now on")
             call = replace(call, targets=_chat_where_missing(targets, missing))
-            reply = await dispatch(call, app[TRANSPORT], exchange, app[ROUTING])
+            reply = await dispatch(call, parts.transport, exchange, parts.routing)
         if isinstance(reply, Reply):
             if keep and store is not None:
                 # A translated answer handed its whole response (reasoning state and all)
@@ -239,9 +258,19 @@ def _limit(raw: str | None) -> int:
     return int(raw)
 
 
-def routes() -> list[ExchangeRoute]:
+def routes(app: web.Application) -> list[ExchangeRoute]:
+    """The Responses API's routes; POST reads `app`'s parts when it starts."""
+    parts = _Parts()
+
+    async def bind_parts(app: web.Application) -> None:
+        parts.bind(app)
+
+    def create(request: web.Request, exchange: Exchange) -> Awaitable[web.StreamResponse]:
+        return create_response(request, exchange, parts)
+
+    app.on_startup.append(bind_parts)
     return [
-        ExchangeRoute("POST", "/v1/responses", create_response),
+        ExchangeRoute("POST", "/v1/responses", create),
         ExchangeRoute("GET", "/v1/responses/{response_id}", get_response),
         ExchangeRoute("DELETE", "/v1/responses/{response_id}", delete_response),
         ExchangeRoute("GET", "/v1/responses/{response_id}/input_items", list_input_items),

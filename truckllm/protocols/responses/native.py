@@ -7,8 +7,8 @@ after the start ends the stream with `response.failed`, as a translated stream d
 Reasoning items whose `encrypted_content` TruckLLM sealed (another provider's reasoning,
 from a translated turn before a fallback) are left out: the upstream could not open them.
 
-Pure, no I/O. Imports only providers.base, errors, usage, protocols.responses.answer and
-protocols.responses.sealed.
+Pure, no I/O. Imports only providers.base, providers.openai (the model rewrite of its
+answers), errors, usage, protocols.responses.answer and protocols.responses.sealed.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from truckllm.providers.base import (
     UpstreamKey,
     UpstreamRequest,
 )
+from truckllm.providers.openai import json_string, rewrite_model
 from truckllm.providers.shared.upstream_errors import decode_json, to_gateway_error
 from truckllm.usage import Usage
 
@@ -79,8 +80,15 @@ def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:
     response = decode_json(raw)
     if not isinstance(response, dict) or response.get("object") != "response":
         raise UpstreamFailed("upstream answered /responses with a body that is not a response")
+    usage = usage_of(response.get("usage"))
+    # Like a chat answer, the upstream's bytes with only `model` rewritten, when its one
+    # `"model"` is certainly the top-level field (nothing else is spelt so, not even a
+    # value) and nothing else changes; otherwise the response is written anew.
+    if (response.get("model").__class__ is str and raw.count(b'"model"') == 1
+            and ctx.client_body.get("previous_response_id") is None):
+        return ParsedResponse(rewrite_model(raw, json_string(ctx.alias)), usage)
     _as_client_sees(response, ctx)
-    return ParsedResponse(orjson.dumps(response), usage_of(response.get("usage")))
+    return ParsedResponse(orjson.dumps(response), usage)
 
 
 def usage_of(usage: Any) -> Usage | None:

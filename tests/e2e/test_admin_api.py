@@ -442,6 +442,27 @@ async def test_hostile_admin_bodies_and_header_bytes_get_clear_errors(tmp_path: 
         assert "Traceback" not in gateway.output()
 
 
+async def test_metrics_count_traffic_from_when_they_are_turned_on(tmp_path: Path) -> None:
+    # Only GET /metrics reads the request metrics: while it is off, requests do not feed them.
+    config = make_config(server={"log_level": "warning", "metrics": False})
+    async with make_gateway(config, directory=tmp_path) as gw:
+        await gw.chat("demo")
+        async with gw.http() as http:
+            async with http.get("/metrics") as response:
+                assert response.status == 404
+            write_config(tmp_path, {**config, "server": {"log_level": "warning"}})
+            result = await gw.app[OPS].reloader.reload("test")
+            assert result.ok, result
+            for _ in range(2):
+                await gw.chat("demo")
+            async with http.get("/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+    requests = [s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "llm_requests_total"]
+    assert requests == [2.0]
+
+
 async def test_the_log_and_history_keep_traffic_from_when_the_admin_api_is_turned_on(
         tmp_path: Path) -> None:
     # Only the admin API reads them: while it is off, requests do not feed them.

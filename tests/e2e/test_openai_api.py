@@ -47,6 +47,20 @@ async def test_chat_non_streaming_answers_with_the_alias_and_gateway_headers(gat
     assert sent.headers["user-agent"].startswith("TruckLLM/")      # not aiohttp's
 
 
+async def test_the_access_line_masks_a_secret_in_a_request_id_the_client_chose(openai_fake: OpenAIFake) -> None:
+    """A client's X-Request-ID is its own text: a secret in it is masked in the access line.
+    An id the gateway made is logged as it was sent back."""
+    config = make_config(openai_fake.url, server={"log_level": "info"})
+    async with make_gateway(config) as gateway:
+        client = gateway.client()
+        with gateway.log_lines() as logs:
+            await client.chat.completions.create(
+                model="gpt", messages=HELLO, extra_headers={"X-Request-ID": "id-sk-upstream-secret-1"})
+            made = await client.chat.completions.with_raw_response.create(model="gpt", messages=HELLO)
+    ids = [line["request_id"] for line in logs if line["event"] == "request"]
+    assert ids == ["id-***", made.headers["x-request-id"]]
+
+
 async def test_a_cookie_an_upstream_sets_is_never_sent_back(openai_fake: OpenAIFake) -> None:
     # One upstream session serves every client: a cookie from one answer must not go out
     # with the next request (another client's, or a stream's). By a host name, not an IP

@@ -31,6 +31,16 @@ async def start(config_path: Path, workers: int) -> tuple[asyncio.subprocess.Pro
     return process, log_path
 
 
+async def workers_listening(process: asyncio.subprocess.Process, log_path: Path,
+                            workers: int) -> None:
+    """Waits until every worker has said it listens (fails at once if the server exits)."""
+    async def all_started() -> bool:
+        if process.returncode is not None:
+            raise AssertionError(log_path.read_text())
+        return len(events(log_path, "listening")) == workers
+    await wait_until(all_started, f"{workers} workers listening", 30)
+
+
 def events(log_path: Path, name: str) -> list[dict[str, object]]:
     found = []
     for line in log_path.read_text(errors="replace").splitlines():
@@ -71,11 +81,7 @@ async def test_workers_share_a_port_restart_reload_add_up_and_drain(tmp_path: Pa
     url = f"http://127.0.0.1:{port}"
     process, log_path = await start(config_path, 2)
     try:
-        async def both_started() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(log_path.read_text())
-            return len(events(log_path, "listening")) == 2
-        await wait_until(both_started, "two workers listening", 30)
+        await workers_listening(process, log_path, 2)
 
         statuses = [await chat(url) for _ in range(20)]
         assert statuses == [200] * 20
@@ -167,11 +173,7 @@ async def test_the_admin_api_answers_for_every_worker_and_its_writes_reach_all(
         url = f"http://127.0.0.1:{port}"
         process, log_path = await start(config_path, 2)
         try:
-            async def both_started() -> bool:
-                if process.returncode is not None:
-                    raise AssertionError(log_path.read_text())
-                return len(events(log_path, "listening")) == 2
-            await wait_until(both_started, "two workers listening", 30)
+            await workers_listening(process, log_path, 2)
 
             sent = 24
             assert [await chat(url) for _ in range(sent)] == [200] * sent
@@ -280,11 +282,7 @@ async def test_with_a_state_server_shared_figures_are_counted_once(
     url = f"http://127.0.0.1:{port}"
     process, log_path = await start(config_path, 2)
     try:
-        async def both_started() -> bool:
-            if process.returncode is not None:
-                raise AssertionError(log_path.read_text())
-            return len(events(log_path, "listening")) == 2
-        await wait_until(both_started, "two workers listening", 30)
+        await workers_listening(process, log_path, 2)
 
         sent = 20
         assert [await chat(url) for _ in range(sent)] == [200] * sent

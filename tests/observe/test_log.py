@@ -176,7 +176,8 @@ def access_lines(stream: io.StringIO) -> list[dict[str, object]]:
             if line["event"] == "request"]
 
 
-CLIENT_TEXT = {"request_id": f"id-{SECRETS[1]}", "path": f"/v1/{SECRETS[0]}", "method": SECRETS[2],
+CLIENT_TEXT = {"request_id": f"id-{SECRETS[1]}", "client_request_id": True,
+               "path": f"/v1/{SECRETS[0]}", "method": SECRETS[2],
                "upstream_model": f"m-{SECRETS[0]}", "error_reason": "Bearer abcdefgh12345"}
 
 
@@ -234,7 +235,7 @@ def test_recurring_texts_are_tested_again_when_the_secrets_change(captured: io.S
     seen = make_record(1, path="/v1/soon-secret", upstream_model="model-x")
     access.write(seen)
     access.write(make_record(2, path="/v1/soon-secret", upstream_model="model-x",
-                             request_id=f"id-{SECRETS[0]}"))
+                             request_id=f"id-{SECRETS[0]}", client_request_id=True))
     redactor.update([*SECRETS, "soon-secret"])  # a reload added a secret
     access.write(seen)
     assert [(line["request_id"], line["path"]) for line in access_lines(captured)] == [

@@ -69,3 +69,49 @@ def test_several_events_in_one_read_decode_as_they_would_one_by_one(read: bytes)
     one_by_one = decode_in_pieces(read, 1)
     decoder = SSEDecoder()
     assert decoder.feed(read) + decoder.flush() == one_by_one
+
+
+@pytest.mark.parametrize("read", [
+    b"data: {\"a\":1}\n\n",
+    b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n",
+    b"data: \n\n",
+])
+def test_a_read_of_whole_plain_events_is_its_payloads_as_feed_decodes_them(read: bytes) -> None:
+    payloads = SSEDecoder().whole_data_events(read)
+    assert payloads is not None
+    assert [SSEEvent(None, payload) for payload in payloads] == decode_in_pieces(read, 1)
+    assert b"".join(frame(SSEEvent(None, payload)) for payload in payloads) == read
+
+
+@pytest.mark.parametrize("read", [
+    b"data: {\"a\":1}\r\n\r\n",                     # other line ends
+    b"data: {\"a\":1}\r\n\n",
+    b"data: {\"a\":\r1}\n\n",
+    b"data: {\"a\":\n1}\n\n",                       # a second line in the event
+    b"data: one\ndata: two\n\n",
+    b"data:{\"a\":1}\n\n",                          # no space after the colon
+    b"event: x\ndata: {\"a\":1}\n\n",               # a named event
+    b": keep-alive\n\n",
+    b"data: {\"a\":1}\n\n: keep-alive\n\n",
+    b"data: {\"a\":1}\n\n\ndata: {\"b\":2}\n\n",    # a stray line end between events
+    b"data: {\"a\":1}\n\n\n\n",
+    b"data: {\"a\":1}\n",                           # the event not yet whole
+    b"data: {\"a\":1}\n\ndata: {\"b\":2}",
+    b"data: {\"a\":1}\nX",
+])
+def test_any_other_read_is_left_to_feed(read: bytes) -> None:
+    assert SSEDecoder().whole_data_events(read) is None
+
+
+def test_a_read_after_a_partial_event_is_left_to_feed() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: {\"a\"") == []
+    assert decoder.whole_data_events(b"data: {\"b\":2}\n\n") is None
+    assert decoder.feed(b":1}\n\n") == [SSEEvent(None, b"{\"a\":1}")]
+    assert decoder.whole_data_events(b"data: {\"b\":2}\n\n") == [b"{\"b\":2}"]
+
+
+def test_a_read_of_several_events_past_the_cap_is_left_to_feed() -> None:
+    read = b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n"
+    assert SSEDecoder(len(read)).whole_data_events(read) is not None
+    assert SSEDecoder(len(read) - 1).whole_data_events(read) is None

@@ -64,3 +64,64 @@ def test_every_chunk_gets_the_alias_however_its_model_is_spelled() -> None:
         upstream.pop("model", None)
         assert sent == upstream
     assert stream.close() == []
+
+
+USAGE = b'{"id":"c1","object":"chat.completion.chunk","model":"up","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}'
+FINISH_WITH_USAGE = FINISH[:-1] + b',"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}'
+PROMPT_FILTER = b'{"id":"","object":"","created":0,"model":"","choices":[],"prompt_filter_results":[]}'
+ERROR = b'{"error":{"message":"boom","type":"server_error"}}'
+SPACED = CHUNK.replace(b'"model":"up"', b'"model": "up"')
+NESTED = CHUNK[:-1] + b',"extra":{"model":"up"}}'
+NO_MODEL = CHUNK.replace(b'"model":"up",', b"")
+OTHER_MODEL = CHUNK.replace(b'"model":"up"', b'"model":"up-2"')
+# Reads the pass-through takes whole: what a stream's reads usually are.
+TAKEN_WHOLE = [[CHUNK], [CHUNK, CHUNK, FINISH], [CHUNK, FINISH, USAGE, b"[DONE]"], [FINISH, b"[DONE]"],
+               [b"[DONE]"], [USAGE], [FINISH_WITH_USAGE], [CHUNK, FINISH_WITH_USAGE, b"[DONE]"]]
+# Reads it may leave to `feed`, which must come to the same.
+OTHERS = [[PROMPT_FILTER, CHUNK], [CHUNK, ERROR], [ERROR], [CHUNK, b"{broken"], [b'["no"]'],
+          [b'{"choices":"nope"}'], [b'{"id":"x"}'], [SPACED], [CHUNK, SPACED], [NESTED], [CHUNK, NESTED],
+          [NO_MODEL], [CHUNK, NO_MODEL], [OTHER_MODEL], [CHUNK, OTHER_MODEL], [b"[DONE] "],
+          [USAGE, CHUNK], [b"[DONE]", CHUNK]]
+
+
+def fed_one_by_one(stream: PassThroughStream, payloads: list[bytes]) -> bytes | Exception:
+    out = b""
+    try:
+        for payload in payloads:
+            out += b"".join(b"data: %b\n\n" % event.data for event in stream.feed(SSEEvent(None, payload)))
+    except UpstreamFailed as exc:
+        return exc
+    return out
+
+
+def ends(stream: PassThroughStream) -> bool:
+    try:
+        stream.close()
+    except UpstreamFailed:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("alias", ["alias", "up"])
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("first", [[], [CHUNK]], ids=["first read", "later read"])
+@pytest.mark.parametrize("payloads", TAKEN_WHOLE + OTHERS)
+def test_a_read_taken_whole_comes_to_what_feed_makes_of_its_events(
+        payloads: list[bytes], first: list[bytes], include_usage: bool, alias: str) -> None:
+    whole, one_by_one = (PassThroughStream(CallContext(alias, "req", 1, True, include_usage)) for _ in "ab")
+    for stream in (whole, one_by_one):
+        for payload in first:
+            stream.feed(SSEEvent(None, payload))
+    read = b"".join(b"data: %b\n\n" % payload for payload in payloads)
+    out = whole.feed_read(read, payloads)
+    if payloads in TAKEN_WHOLE and (first or payloads != [USAGE]):     # its model learnt
+        assert out is not None
+    if out is None:         # the relay feeds the same events one by one
+        out = fed_one_by_one(whole, payloads)
+    expected = fed_one_by_one(one_by_one, payloads)
+    if isinstance(expected, Exception):
+        assert isinstance(out, Exception) and str(out) == str(expected)
+        return
+    assert out == expected
+    assert whole.usage == one_by_one.usage
+    assert ends(whole) == ends(one_by_one)

@@ -36,6 +36,7 @@ class RequestRecord:
 
     timestamp: float                 # unix seconds when the request arrived
     request_id: str
+    client_request_id: bool          # request_id is the client's X-Request-ID, not made here
     method: str
     path: str
     key_id: str | None
@@ -62,6 +63,7 @@ class RequestRecord:
         """The record of `exchange` ending with `status` at `now` (time.perf_counter)."""
         self.timestamp = exchange.started_wall
         self.request_id = exchange.request_id
+        self.client_request_id = exchange.client_request_id
         self.method = exchange.method
         self.path = exchange.path
         self.key_id = exchange.key_id
@@ -105,13 +107,15 @@ class TraceHook(Protocol):
 class Exchange:
     """The mutable progress of one request, owned by that request alone."""
 
-    __slots__ = ("alias", "attempts", "cost_lines", "cost_usd", "dropped_tools", "error_reason", "key_id", "limit_scope",
+    __slots__ = ("alias", "attempts", "client_request_id", "cost_lines", "cost_usd", "dropped_tools", "error_reason", "key_id", "limit_scope",
                  "method", "path", "provider_id", "ratelimit_reader", "request_id", "started",
                  "started_wall", "status", "stream", "trace", "ttft_s", "upstream_failures",
                  "upstream_key_id", "upstream_model", "upstream_s", "usage", "usage_estimated")
 
-    def __init__(self, request_id: str, method: str, path: str) -> None:
+    def __init__(self, request_id: str, method: str, path: str,
+                 client_request_id: bool = False) -> None:
         self.request_id = request_id
+        self.client_request_id = client_request_id      # given by the client: scanned in logs
         self.method = method
         self.path = path
         self.started = time.perf_counter()

@@ -35,6 +35,30 @@ class SSEDecoder:
         self._scanned = 0               # no event end in _buffer before this index
         self._max = max_event_bytes
 
+    def whole_data_events(self, read: bytes) -> list[bytes] | None:
+        """The payloads of `read` when it is whole events framed exactly as `frame` frames
+        an unnamed one (`data: <payload>\\n\\n` each, no other line end) and nothing is held
+        from before; None for any other read, which `feed` takes. A translator may then
+        handle the read whole (providers.base.ReadFeeder)."""
+        # `find` rather than `in`: `bytes in bytes` first tries its operand as an integer.
+        end = len(read) - 2
+        if read.find(b"\n") == end:      # one event: the common read of a stream
+            if (read[-1] == 10 and read[:6] == b"data: " and read.find(b"\r") < 0
+                    and not self._buffer):
+                return [read[6:end]]
+            return None
+        # Several: their lines alternate between a `data: ` line and a blank one.
+        lines = read.split(b"\n")
+        if (not len(lines) % 2 or lines[-1] or any(lines[1::2]) or read.find(b"\r") >= 0
+                or self._buffer or (self._max is not None and len(read) > self._max)):
+            return None
+        payloads = []
+        for line in lines[:-1:2]:
+            if line[:6] != b"data: ":
+                return None
+            payloads.append(line[6:])
+        return payloads
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer
         if not buffer and chunk.endswith(b"\n\n"):

@@ -26,7 +26,13 @@ from truckllm.pipeline.retry import (
 )
 from truckllm.pipeline.sse import SSEDecoder, frame
 from truckllm.pipeline.transport import TransportError
-from truckllm.providers.base import SSEEvent, StreamEnding, StreamTranslator, UpstreamResponse
+from truckllm.providers.base import (
+    ReadFeeder,
+    SSEEvent,
+    StreamEnding,
+    StreamTranslator,
+    UpstreamResponse,
+)
 from truckllm.providers.shared.upstream_errors import WRONG_SHAPE, wrong_shape
 
 log = structlog.get_logger("truckllm.pipeline.stream")
@@ -47,6 +53,9 @@ class StreamRelay:
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
+        # A translator that takes a read of whole plain events at once (a pass-through)
+        # is given each such read whole.
+        self._feed_read: ReadFeeder | None = getattr(translator, "feed_read", None)
         self._ending = ending
         self._exchange = exchange
         self._attempt = attempt
@@ -55,10 +64,10 @@ class StreamRelay:
         self._abandoned = False
         self._pending: errors.GatewayError | None = None    # raised after the chunks before it
         self._prompt_estimate = prompt_estimate
-        # What was sent, kept (not parsed) for the usage estimate of a stream that is cut
-        # short or never reports usage: most streams report their usage and finish, and
-        # then this is never read. Holds no more than the stream's own output.
-        self._sent: list[SSEEvent] = []
+        # What was sent, as framed, kept (not parsed) for the usage estimate of a stream
+        # that is cut short or never reports usage: most streams report their usage and
+        # finish, and then this is never read. Holds no more than the stream's own output.
+        self._sent: list[bytes] = []
         self._complete = False          # the upstream stream reached its end
 
     async def first_output(self) -> bytes:
@@ -136,7 +145,8 @@ class StreamRelay:
         # is charged an estimate rather than nothing (docs/limits.md).
         reported = self._translator.usage
         needs_estimate = reported is None or not self._complete
-        text_chars = sum(streamed_text_chars(e.data) for e in self._sent) if needs_estimate else 0
+        text_chars = (sum(streamed_text_chars(e.data) for e in SSEDecoder().feed(b"".join(self._sent)))
+                      if needs_estimate else 0)
         self._sent = []
         usage, estimated = stream_usage(reported, complete=self._complete,
                                         prompt_estimate=self._prompt_estimate,
@@ -148,6 +158,14 @@ class StreamRelay:
 
     def _translate(self, raw: bytes) -> bytes:
         """The client's framed events for one upstream read ("" when it has none yet)."""
+        if self._feed_read is not None:
+            payloads = self._decoder.whole_data_events(raw)
+            if payloads is not None:
+                whole = self._feed_read(raw, payloads)
+                if whole is not None:
+                    if whole:
+                        self._sent.append(whole)
+                    return whole
         translator = self._translator
         events: list[SSEEvent] = []
         error: errors.GatewayError | None = None
@@ -165,10 +183,9 @@ class StreamRelay:
             self._pending = error
         if not events:
             return b""
-        self._sent += events
-        if len(events) == 1:        # one event per read is the common case
-            return frame(events[0])
-        return b"".join([frame(event) for event in events])
+        out = frame(events[0]) if len(events) == 1 else b"".join([frame(event) for event in events])
+        self._sent.append(out)
+        return out
 
     def _finish(self) -> bytes:
         translator = self._translator
@@ -181,9 +198,10 @@ class StreamRelay:
         except WRONG_SHAPE as exc:
             raise _unreadable(exc, "a stream") from None
         self._complete = True
-        self._sent += events
         self._exchange.usage = translator.usage
-        return b"".join([frame(event) for event in events])
+        out = b"".join([frame(event) for event in events])
+        self._sent.append(out)
+        return out
 
 
 def _unreadable(exc: Exception, what: str) -> errors.GatewayError:

@@ -107,14 +107,28 @@ class DialectStream:
         self._inner = inner
         self.writer = writer
         self.usage: Usage | None = None
+        # A translator whose chunks are the upstream's own (the OpenAI pass-through) hands
+        # them over decoded, as it read them, rather than as bytes to be read again.
+        self._decoded: DecodedFeeder | None = getattr(inner, "feed_decoded", None)
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
-        chunks = self._inner.feed(event)
+        if self._decoded is not None:
+            chunks = self._decoded(event)
+        else:
+            chunks = [orjson.loads(chunk.data) for chunk in self._inner.feed(event)]
         self.usage = self._inner.usage
-        return [out for chunk in chunks for out in self.writer.feed(orjson.loads(chunk.data))]
+        out: list[SSEEvent] = []
+        for chunk in chunks:
+            out += self.writer.feed(chunk)
+        return out
 
     def close(self) -> list[SSEEvent]:
         chunks = self._inner.close()
         self.usage = self._inner.usage
         out = [out for chunk in chunks for out in self.writer.feed(orjson.loads(chunk.data))]
         return out + self.writer.finish()
+
+
+# A chat translator's `feed_decoded`, when it has one: the chunks `feed` would forward,
+# decoded (their `model` the upstream's: a dialect names the alias itself).
+DecodedFeeder = Callable[[SSEEvent], list[dict[str, Any]]]

@@ -157,6 +157,16 @@ class StreamTranslator(Protocol):
     def close(self) -> list[SSEEvent]: ...
 
 
+# A translator may also have `feed_read`, a ReadFeeder, as a pass-through does: given an
+# upstream read of whole plain events at once, most events then reach the client as the
+# upstream's bytes of the read, in one write, rather than one by one. The relay looks the
+# method up by name (a runtime-checked Protocol's isinstance costs more than a short
+# stream's relay). It gets (read, payloads) and returns the client's bytes for `read`,
+# which is `payloads` as unnamed events, each framed `data: <payload>\n\n`: what `feed`
+# would make of them, framed; or None to leave them to `feed`, one by one. Raises nothing.
+ReadFeeder = Callable[[bytes, list[bytes]], "bytes | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class StreamEnding:
     """How a client API ends a stream: the events that report a failure once the stream

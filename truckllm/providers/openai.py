@@ -171,13 +171,32 @@ class PassThroughStream:
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
         data = event.data
+        chunk = self._chunk(data)
+        if chunk is None:
+            return []
+        if self._model_field is not None:
+            head, found, tail = data.partition(self._model_field)
+            if found:
+                return [SSEEvent(None, b"".join((head, self._alias_field, tail)))]
+        return [SSEEvent(None, self._with_alias(data, chunk))]
+
+    def feed_decoded(self, event: SSEEvent) -> list[dict[str, Any]]:
+        """The chunks `feed` would forward, decoded and with the upstream's model: for a
+        translator of another API built on this one's chunks (protocols.through_chat),
+        which names the model itself and so needs neither the rewrite nor a second parse."""
+        chunk = self._chunk(event.data)
+        return [] if chunk is None else [chunk]
+
+    def _chunk(self, data: bytes) -> dict[str, Any] | None:
+        """One event's chunk, read and checked, its usage and finish noted; None when
+        nothing of it goes to the client."""
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             # `[DONE]` is the one event that is not JSON, and it comes once per stream.
             if data.startswith(b"[DONE]"):
                 self._ended = True
-                return []
+                return None
             raise UpstreamFailed("upstream sent a stream event that is not JSON") from None
         if not isinstance(chunk, dict):
             raise wrong_shape("a stream event")
@@ -197,18 +216,87 @@ class PassThroughStream:
             # Azure's prompt-filter chunk (sent first, with an empty id) on its v1 API,
             # keep-alives; clients that read choices[0] crash on those.
             if choices is not None and (usage is None or not self._include_usage):
-                return []
+                return None
         elif not isinstance(choices, list):
             raise wrong_shape("a stream event")
         elif not self._ended:
             for choice in choices:
                 if isinstance(choice, dict) and choice.get("finish_reason"):
                     self._ended = True
-        if self._model_field is not None:
-            head, found, tail = data.partition(self._model_field)
-            if found:
-                return [SSEEvent(None, b"".join((head, self._alias_field, tail)))]
-        return [SSEEvent(None, self._with_alias(data, chunk))]
+        return chunk
+
+    def feed_read(self, read: bytes, payloads: list[bytes]) -> bytes | None:
+        """A read of whole events at once (base.ReadFeeder): when its events are chunks that
+        go to the client with only `model` rewritten, then at most events dropped (`[DONE]`,
+        a usage chunk not asked for), the client gets the read's own bytes, the dropped
+        tail cut off and the alias in each chunk. Any other read (an error event, a chunk
+        that is not one, a model spelled otherwise) is left to `feed`, which raises or
+        rewrites as it must; nothing noted here on the way (usage, the end) is changed by
+        reading the same events again."""
+        sent = 0            # the read's first events, which go to the client
+        dropped = 0         # the bytes of the events after them, which do not
+        for data in payloads:
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                if data != b"[DONE]":
+                    return None
+                self._ended = True
+                dropped += len(data) + 8            # `data: ` and the blank line
+                continue
+            if type(chunk) is not dict:
+                return None
+            choices = chunk.get("choices")
+            if type(choices) is not list:
+                return None             # an error event, or no chunk: `feed` says which
+            usage = chunk.get("usage")
+            if usage is not None:
+                self.usage = Usage.from_openai(usage) or self.usage
+            if choices:
+                if dropped:
+                    return None
+                sent += 1
+                if not self._ended:
+                    for choice in choices:
+                        if isinstance(choice, dict) and choice.get("finish_reason"):
+                            self._ended = True
+                if self._model_field is None:
+                    model = chunk.get("model")
+                    if isinstance(model, str):
+                        self._model_field = b'"model":' + orjson.dumps(model)
+            elif usage is not None and self._include_usage:
+                if dropped:
+                    return None
+                sent += 1
+            else:
+                dropped += len(data) + 8
+        if not sent:
+            return b""
+        field = self._model_field
+        if field is None:
+            return None
+        alias = self._alias_field
+        # The alias replaces the first `"model":"..."` of each chunk, as `feed` does.
+        if sent == 1:
+            out = read[:len(read) - dropped] if dropped else read
+            renamed = out.replace(field, alias, 1)
+            if renamed != out:
+                return renamed
+            # Not found, or the alias is the upstream's own name.
+            return out if field == alias and out.find(field) >= 0 else None
+        chunks = payloads[:sent] if dropped else payloads
+        if field == alias:
+            for data in chunks:
+                if data.find(field) < 0:
+                    return None
+            return read[:len(read) - dropped] if dropped else read
+        renamed_chunks = []
+        for data in chunks:
+            renamed = data.replace(field, alias, 1)
+            if renamed == data:
+                return None
+            renamed_chunks.append(renamed)
+        return b"data: " + b"\n\ndata: ".join(renamed_chunks) + b"\n\n"
 
     def _with_alias(self, data: bytes, chunk: dict[str, Any]) -> bytes:
         """The chunk's bytes with the alias for a model name not seen before in the stream."""

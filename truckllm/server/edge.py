@@ -126,9 +126,10 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
         # digits from the random module: an id needs uniqueness, not secrecy, so no system
         # call for randomness per request.
         given = request.headers.get("x-request-id")
-        request_id = (given if given and _CLIENT_REQUEST_ID.fullmatch(given)
-                      else _random_bits(96).to_bytes(12).hex())
-        exchange = Exchange(request_id, request.method, path)
+        if given and _CLIENT_REQUEST_ID.fullmatch(given):
+            exchange = Exchange(given, request.method, path, True)
+        else:
+            exchange = Exchange(_random_bits(96).to_bytes(12).hex(), request.method, path)
         recorded = path not in _UNRECORDED_PATHS and not path.startswith("/admin/")
         if recorded:                    # scrapes and admin calls are not traffic
             inflight.count += 1

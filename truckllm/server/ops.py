@@ -66,12 +66,15 @@ class Ops:
     observers: list[Callable[[RequestRecord], None]] = field(default_factory=list)
 
     def follow_config(self) -> None:
-        """The observers the config in use needs. The request log and the console's
-        history are read only through the admin API: while that is off (no
-        `admin_api_key`) no request pays for them, and they hold the traffic from when the
-        admin API was turned on."""
-        wanted = [self.access_log.write, self.metrics.observe]
-        admin_key = self.holder.current.config.server.admin_api_key
+        """The observers the config in use needs. The request metrics are read only on
+        GET /metrics, the request log and the console's history only through the admin
+        API: while those are off (`metrics: false`, no `admin_api_key`) no request pays for
+        them, and they hold the traffic from when they were turned on."""
+        server = self.holder.current.config.server
+        wanted = [self.access_log.write]
+        if server.metrics:
+            wanted.append(self.metrics.observe)
+        admin_key = server.admin_api_key
         if admin_key is not None and admin_key.get_secret_value():
             wanted += (self.request_log.add, self.history.observe)
         self.observers[:] = wanted

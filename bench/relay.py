@@ -1,0 +1,127 @@
+"""`python -m bench.relay`: instructions per stream of the stream relay alone, without network.
+
+The bench's stream (role chunk, N content chunks, finish chunk, usage chunk, `[DONE]`, as
+bench.fake_upstream sends it) is fed to `StreamRelay` in reads of a few whole events each,
+through the `openai` pass-through translator (`--api chat`) or the Anthropic Messages
+API served through chat (`--api messages`), and written to a writer that drops it. What
+is counted is the relay's and the translator's work per stream: no aiohttp, no socket.
+
+Each count runs this module under valgrind's callgrind twice, with N and 2N streams
+(`PYTHONHASHSEED=0`), and prints the difference divided by N: start-up and imports cancel
+out, so the figure is deterministic to the instruction and a change of a few hundred
+instructions per stream shows. Needs valgrind (`apt-get install valgrind`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from bench.fake_upstream import build_stream_events
+
+ALIAS = "bench-model"
+
+
+class _Reads:
+    """An upstream response whose body is the given reads."""
+
+    status = 200
+    headers: Mapping[str, str] = {"Content-Type": "text/event-stream"}
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self._reads = reads
+
+    async def read(self) -> bytes:
+        return b"".join(self._reads)
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        for read in self._reads:
+            yield read
+
+    def close(self) -> None:
+        return None
+
+
+def stream_reads(chunks: int, per_read: int) -> list[bytes]:
+    """The bench's stream as the proxy reads it, `per_read` whole events a read."""
+    # Each framed HTTP chunk is `<size>\r\n<event>\r\n` (the last one also ends the body).
+    events = [framed.split(b"\r\n", 1)[1].split(b"\r\n", 1)[0] for framed in build_stream_events(chunks)]
+    return [b"".join(events[i:i + per_read]) for i in range(0, len(events), per_read)]
+
+
+async def _run(streams: int, reads: list[bytes], api: str) -> int:
+    from truckllm.pipeline.health import Health
+    from truckllm.pipeline.record import Exchange
+    from truckllm.pipeline.stream import StreamRelay
+    from truckllm.providers.base import CallContext, Operation, Target
+    from truckllm.providers.registry import REGISTRY
+
+    operation = Operation.CHAT if api == "chat" else Operation.MESSAGES
+    spec = REGISTRY["openai"].operations[operation]
+    assert spec.new_stream_translator is not None
+    target = Target("fake", "openai", "gpt-4o-mini", "http://127.0.0.1:1/v1", {})
+    body = {"model": ALIAS, "stream": True, "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]}
+    health = Health()
+    written = 0
+
+    async def write(data: bytes) -> None:
+        nonlocal written
+        written += len(data)
+
+    for _ in range(streams):
+        # The bench's load generator asks for usage in chat streams.
+        ctx = CallContext(ALIAS, "req_bench", 1_700_000_000, True, api == "chat", client_body=body)
+        exchange = Exchange("req_bench", "POST", "/v1/chat/completions")
+        attempt = health.begin(("fake", "gpt-4o-mini"), "fake/bench")
+        translator = spec.new_stream_translator(target, ctx)
+        relay = StreamRelay(_Reads(reads), translator, spec.stream_ending, exchange, attempt,
+                            12, "sk-bench-upstream", 8 * 1024 * 1024)
+        first = await relay.first_output()
+        await write(first)
+        await write(await relay.write_rest(write))
+        relay.abandon()
+    return written
+
+
+def _count(streams: int, args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="truckllm-relay-") as scratch:
+        out = Path(scratch) / "callgrind.out"
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
+             "bench.relay", "--inner", str(streams), "--api", args.api,
+             "--chunks", str(args.chunks), "--per-read", str(args.per_read)],
+            env={**os.environ, "PYTHONHASHSEED": "0"}, check=True, capture_output=True)
+        for line in out.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                return int(line.split()[1])
+    raise RuntimeError("callgrind wrote no totals")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--api", choices=("chat", "messages"), default="chat")
+    parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
+    parser.add_argument("--per-read", type=int, default=1, help="whole events per upstream read")
+    parser.add_argument("--streams", type=int, default=200, help="N (the runs are N and 2N streams)")
+    parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    reads = stream_reads(args.chunks, args.per_read)
+    if args.inner is not None:
+        asyncio.run(_run(args.inner, reads, args.api))
+        return
+    one, two = _count(args.streams, args), _count(2 * args.streams, args)
+    per_stream = (two - one) / args.streams
+    print(f"{args.api}: {per_stream / 1000:,.1f}k instructions per stream ({len(reads)} reads of "
+          f"{args.per_read} event(s); {per_stream / len(reads) / 1000:,.1f}k per read)")
+
+
+if __name__ == "__main__":
+    main()

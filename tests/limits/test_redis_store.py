@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from tests.redis_server import RedisServer
 from truckllm.clock import SystemClock
 from truckllm.errors import Overloaded
-from truckllm.limits import KeyPolicy, RateLimits
+from truckllm.limits import NO_PROMPT, KeyPolicy, Limiter, LimitsPolicy, RateLimits
 from truckllm.limits.accounts import Account, Counters
 from truckllm.limits.clients import Grant, Refused
 from truckllm.limits.estimate import PromptEstimate
@@ -315,3 +315,29 @@ async def test_a_connection_the_server_closed_while_idle_is_opened_again(
     await asyncio.sleep(0.1)            # the link reads the close
     assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
     assert links[0].up
+
+
+async def test_requests_nothing_limits_reach_the_shared_accounts(
+        links: list[StateLink]) -> None:
+    # Counted and ended without a round trip (Limiter.count, Admission.finish_at_once):
+    # what each instance counted is pushed, and every instance then reads the sum.
+    policy = LimitsPolicy(keys={"team": KeyPolicy("team")}, upstream={"p/k": OPEN})
+    limiters = [Limiter(clients=RedisClientStore(link, SystemClock()),
+                        upstream=RedisUpstreamStore(link)) for link in links[:2]]
+    for n, limiter in enumerate(limiters, start=1):
+        admission = limiter.count(policy, "team", NO_PROMPT)
+        use = limiter.upstream_count(policy, "p/k")
+        assert admission is not None and use is not None
+        assert admission.finish_at_once(Usage(n, 10 * n), 0.25 * n, use)
+    for limiter in limiters:
+        assert isinstance(limiter.clients, RedisClientStore)
+        assert isinstance(limiter.upstream, RedisUpstreamStore)
+        await limiter.clients.push()
+        await limiter.upstream.push()
+    reader = RedisClientStore(links[2], SystemClock())
+    account = await reader.account("team", TOTAL)
+    assert (account.lifetime.requests, account.lifetime.prompt_tokens,
+            account.lifetime.completion_tokens, account.lifetime.spend_usd) == (2, 3, 30, 0.75)
+    upstream = await RedisUpstreamStore(links[2]).shared_usage("p/k")
+    assert (upstream.requests, upstream.prompt_tokens, upstream.completion_tokens,
+            upstream.spend_usd) == (2, 3, 30, 0.75)

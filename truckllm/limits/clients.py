@@ -50,14 +50,18 @@ class Refused:
 
 class Grant:
     """An admitted request as the store knows it: which key's slot it holds and what it
-    reserved in the windows. Settled once, released once (the limiter sees to that)."""
+    reserved in the windows. Settled once, released once (the limiter sees to that).
+    `counted`: made by `count`, it reserved nothing, and `finish_counted` ends it; such
+    grants of a key are all alike, so a store may hand out one to all its requests."""
 
-    __slots__ = ("held", "key_id", "record")
+    __slots__ = ("counted", "held", "key_id", "record")
 
-    def __init__(self, key_id: str | None, record: ClientRecord | None, held: Held) -> None:
+    def __init__(self, key_id: str | None, record: ClientRecord | None, held: Held,
+                 counted: bool = False) -> None:
         self.key_id = key_id
         self.record = record
         self.held = held
+        self.counted = counted
 
 
 class ClientStore(Protocol):
@@ -71,6 +75,13 @@ class ClientStore(Protocol):
         `period_start`, the key's rate limits, the gateway's (in that order); if all pass,
         count it in every window, take a concurrency slot of the key and of the gateway,
         and count one request in the key's usage. Atomic: nothing is counted on refusal."""
+        ...
+
+    def count(self, key: KeyPolicy | None, period_start: datetime) -> Grant:
+        """`admit` for a request nothing limits (no rate, cap or budget on the key, none on
+        the gateway): nothing to check, so it is counted at once — a concurrency slot of
+        the key and of the gateway, one request in the key's usage — without an operation
+        to wait for. Its grant ends with `finish_counted`."""
         ...
 
     async def settle(self, grant: Grant, usage: Usage | None, cost_usd: float,
@@ -88,6 +99,12 @@ class ClientStore(Protocol):
                      period_start: datetime) -> None:
         """`settle` and `release` as one operation (one round trip): how a request ends.
         The slots come back even if settling fails."""
+        ...
+
+    def finish_counted(self, grant: Grant, usage: Usage | None, cost_usd: float,
+                       period_start: datetime) -> None:
+        """`finish` of a grant `count` made: it reserved nothing, so its end is counted
+        at once, without an operation to wait for."""
         ...
 
     def window_state(self, key_id: str, rates: RateLimits) -> tuple[LimitState | None,
@@ -122,13 +139,15 @@ class ClientStore(Protocol):
 
 
 class ClientRecord:
-    """One client key in memory: its usage and spend, its windows and its slots."""
+    """One client key in memory: its usage and spend, its windows and its slots, and the
+    grant `count` gives its requests."""
 
-    __slots__ = ("account", "meter")
+    __slots__ = ("account", "counted", "meter")
 
-    def __init__(self, account: Account) -> None:
+    def __init__(self, key_id: str, account: Account) -> None:
         self.account = account
         self.meter = RateMeter()
+        self.counted = Grant(key_id, self, (), counted=True)
 
 
 class MemoryClientStore:
@@ -139,19 +158,20 @@ class MemoryClientStore:
         self.changes = 0
         self.gateway = RateMeter()
         self._records: dict[str, ClientRecord] = {}
+        self._keyless = Grant(None, None, (), counted=True)    # `count` without a key
 
     async def admit(self, gateway: RateLimits, key: KeyPolicy | None, estimate: PromptEstimate,
                     period_start: datetime) -> Grant | Refused:
+        if not (gateway.limited or (key is not None and key.limited)):
+            return self.count(key, period_start)
         record = None
         if key is not None:
             record = self._records.get(key.key_id) or self._record(key.key_id, period_start)
             record.account.enter(period_start)
-        now = 0.0                   # read only when some window is
-        if gateway.limited or (key is not None and key.limited):
-            now = self.clock.monotonic()
-            refused = self._refused(gateway, key, record, estimate, now)
-            if refused is not None:
-                return refused
+        now = self.clock.monotonic()
+        refused = self._refused(gateway, key, record, estimate, now)
+        if refused is not None:
+            return refused
         # every check passed: only now is anything counted
         self.gateway.in_flight += 1
         held = reserve(self.gateway, gateway, estimate, now) if gateway.windowed else ()
@@ -164,6 +184,20 @@ class MemoryClientStore:
             record.account.lifetime.requests += 1
         self.changes += 1
         return Grant(None if key is None else key.key_id, record, held)
+
+    def count(self, key: KeyPolicy | None, period_start: datetime) -> Grant:
+        self.gateway.in_flight += 1
+        self.changes += 1
+        if key is None:
+            return self._keyless
+        record = self._records.get(key.key_id) or self._record(key.key_id, period_start)
+        account = record.account
+        if account.period_start is not period_start:     # most often the very same object
+            account.enter(period_start)
+        record.meter.in_flight += 1
+        account.period.requests += 1
+        account.lifetime.requests += 1
+        return record.counted
 
     def _refused(self, gateway: RateLimits, key: KeyPolicy | None, record: ClientRecord | None,
                  estimate: PromptEstimate, now: float) -> Refused | None:
@@ -186,10 +220,18 @@ class MemoryClientStore:
 
     async def finish(self, grant: Grant, usage: Usage | None, cost_usd: float,
                      period_start: datetime) -> None:
-        try:
-            self._settle(grant, usage, cost_usd, period_start)
-        finally:
-            self._release(grant)
+        self.finish_counted(grant, usage, cost_usd, period_start)
+
+    def finish_counted(self, grant: Grant, usage: Usage | None, cost_usd: float,
+                       period_start: datetime) -> None:
+        # In memory every grant ends at once, whether `admit` or `count` made it. The
+        # slots are given back first (`_release`, written out: every request ends here),
+        # so they come back even if settling fails.
+        self.gateway.in_flight -= 1
+        record = grant.record
+        if record is not None:
+            record.meter.in_flight -= 1
+        self._settle(grant, usage, cost_usd, period_start)
 
     def _settle(self, grant: Grant, usage: Usage | None, cost_usd: float,
                 period_start: datetime) -> None:
@@ -202,7 +244,8 @@ class MemoryClientStore:
         record = grant.record
         if record is not None:
             account = record.account
-            account.enter(period_start)
+            if account.period_start is not period_start:     # most often the same object
+                account.enter(period_start)
             period, lifetime = account.period, account.lifetime
             period.prompt_tokens += prompt
             period.completion_tokens += completion
@@ -255,7 +298,7 @@ class MemoryClientStore:
         for key_id, account in accounts.items():
             record = self._records.get(key_id)
             if record is None:
-                self._records[key_id] = ClientRecord(account)
+                self._records[key_id] = ClientRecord(key_id, account)
             else:       # in place: requests in flight settle into the restored counters
                 record.account.period_start = account.period_start
                 record.account.period, record.account.lifetime = account.period, account.lifetime
@@ -263,7 +306,7 @@ class MemoryClientStore:
     def _record(self, key_id: str, period_start: datetime) -> ClientRecord:
         record = self._records.get(key_id)
         if record is None:
-            record = self._records[key_id] = ClientRecord(Account(period_start))
+            record = self._records[key_id] = ClientRecord(key_id, Account(period_start))
         return record
 
 

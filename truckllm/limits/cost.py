@@ -67,6 +67,14 @@ def price(usage: Usage, prices: Prices) -> tuple[float, tuple[CostLine, ...]]:
     """
     input_rate, read_rate, write_rate, output_rate = prices
     prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    if prompt and completion and not (usage.cache_read_tokens or usage.cache_write_tokens):
+        # Most answers: input and output, nothing cached. Their two lines, as below.
+        input_usd = prompt * input_rate / PER_MTOK
+        output_usd = completion * output_rate / PER_MTOK
+        return input_usd + output_usd, (
+            {"kind": "input", "tokens": prompt, "usd_per_mtok": input_rate, "usd": input_usd},
+            {"kind": "output", "tokens": completion, "usd_per_mtok": output_rate,
+             "usd": output_usd})
     # cached tokens are part of the prompt: never more of them than the prompt has
     cache_read = usage.cache_read_tokens
     if prompt < cache_read:

@@ -113,6 +113,23 @@ class Limiter:
             raise self._refused(granted, key, estimate)
         return Admission(self, policy, key, granted, estimate)
 
+    def count(self, policy: LimitsPolicy, key_id: str | None,
+              estimate: PromptEstimate) -> Admission | None:
+        """`admit` for a request nothing limits (no rate, cap or budget on its key, none on
+        the gateway), which has nothing to check or refuse: counted at once, without a
+        store operation to await. None when something is limited: `admit` takes those."""
+        if policy.gateway.limited:
+            return None
+        key = None
+        if key_id is not None:
+            key = policy.keys.get(key_id) or policy.key(key_id)
+            if key.limited:
+                return None
+        if policy is not self._policy:
+            self.adopt(policy)
+        grant = self.clients.count(key, self.period_start_of(key))
+        return Admission(self, policy, key, grant, estimate)
+
     def key_headers(self, key: KeyPolicy | None) -> dict[str, str]:
         """The x-ratelimit-* headers for this key right now; {} for a key without limits."""
         if key is None or not key.sends_headers:
@@ -323,6 +340,23 @@ class Admission:
                                      limiter.period_start_of(self.key))
         if upstream is not None:
             await upstream.settle(usage, cost_usd)
+
+    def finish_at_once(self, usage: Usage | None, cost_usd: float = 0.0,
+                       upstream: UpstreamUse | None = None) -> bool:
+        """`finish` without a store operation to await, for a request admitted without a
+        check (`Limiter.count`, or `admit` of a key nothing limits) whose upstream use (if
+        any) holds nothing: nothing reserved to replace, so its end is counted at once.
+        False, with nothing done, for any other: await `finish` then."""
+        if (not self._grant.counted or self._settled or self._released
+                or (upstream is not None and upstream.held)):
+            return False
+        self._settled = self._released = True
+        limiter = self._limiter
+        limiter.clients.finish_counted(self._grant, usage, cost_usd,
+                                       limiter.period_start_of(self.key))
+        if upstream is not None:
+            upstream.store.add_usage(upstream.ref, usage, cost_usd)
+        return True
 
 
 class UpstreamUse:

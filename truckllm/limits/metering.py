@@ -29,8 +29,12 @@ async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dic
     # The estimate is only read under a tpm or for a stream (`stream` is what makes the
     # handler stream): other requests carry none, rather than one never worked out.
     estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
+    key_id = key.id if key else None
+    counted = limiter.count(policy, key_id, estimate)    # most keys: nothing to check
+    if counted is not None:
+        return counted
     try:
-        return await limiter.admit(policy, key.id if key else None, estimate)
+        return await limiter.admit(policy, key_id, estimate)
     except RateLimitExceeded as refused:
         exchange.limit_scope = refused.scope        # metrics: llm_rate_limited_total{scope}
         exchange.error_reason = f"rate_limited:{refused.scope.value}"     # the access log's
@@ -59,4 +63,5 @@ async def settle(admission: Admission, exchange: Exchange, route: Route,
     except BaseException:
         await admission.release()       # a bug in pricing must not keep the slot
         raise
-    await admission.finish(usage, cost_usd, upstream_use)
+    if not admission.finish_at_once(usage, cost_usd, upstream_use):
+        await admission.finish(usage, cost_usd, upstream_use)

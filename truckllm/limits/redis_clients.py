@@ -136,7 +136,7 @@ class RedisClientStore:
                     period_start: datetime) -> Grant | Refused:
         checked = gateway.limited or (key is not None and key.limited)
         if not checked:
-            return await self._admit_locally(gateway, key, estimate, period_start)
+            return self.count(key, period_start)
         if not self.link.up:
             return await self._fall_back(gateway, key, estimate, period_start)
         gid = f"{self.link.instance}:{next(self._ids)}"
@@ -163,6 +163,22 @@ class RedisClientStore:
         self._live[gid] = grant
         self.changes += 1
         return grant
+
+    def count(self, key: KeyPolicy | None, period_start: datetime) -> Grant:
+        # Nothing to check: counted here, and the request owed to the shared account.
+        grant = self.local.count(key, period_start)
+        if key is not None:
+            self._owed(key.key_id, period_start).requests += 1
+            self.changes += 1
+        return grant
+
+    def finish_counted(self, grant: Grant, usage: Usage | None, cost_usd: float,
+                       period_start: datetime) -> None:
+        # The local store's grant, ended as `_end` ends one: its usage owed to Redis.
+        self.local.finish_counted(grant, usage, cost_usd, period_start)
+        if grant.key_id is not None:
+            self._owed(grant.key_id, period_start).add_usage(usage, cost_usd)
+        self.changes += 1
 
     def _keys_of(self, key_id: str) -> tuple[Keys, Keys]:
         """The keys of ADMIT and FINISH for a client key ('' for none)."""

@@ -148,6 +148,11 @@ class RedisUpstreamStore(MemoryUpstreamStore):
         self._owed(ref).requests += 1
         super().count(ref)
 
+    def add_usage(self, ref: str, usage: Usage | None, cost_usd: float) -> None:
+        # Nothing held in Redis: owed to the shared account, as `settle` does for such a use.
+        super().add_usage(ref, usage, cost_usd)
+        self._owed(ref).add_usage(usage, cost_usd)
+
     async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
         hold = held[0] if held else None
         if not isinstance(hold, RedisHold):     # no windows, or counted during an outage

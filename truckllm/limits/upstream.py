@@ -187,6 +187,11 @@ class UpstreamStore(Protocol):
         and add usage and spend to the key's saved usage."""
         ...
 
+    def add_usage(self, ref: str, usage: Usage | None, cost_usd: float) -> None:
+        """`settle` of a use that holds nothing (`held` is ()): no reservation to replace,
+        usage and spend added to the key's saved usage at once, nothing to wait for."""
+        ...
+
     def key(self, ref: str) -> KeyRecord:
         """The record of upstream key `ref`, made empty on first use."""
         ...
@@ -290,13 +295,17 @@ class MemoryUpstreamStore:
         return reserve(record.meter, rates, estimate, self.clock.monotonic())
 
     def count(self, ref: str) -> None:
-        self.key(ref).usage.requests += 1
+        (self._keys.get(ref) or self.key(ref)).usage.requests += 1
         self.changes += 1
 
     async def settle(self, ref: str, held: Hold, usage: Usage | None, cost_usd: float) -> None:
         if usage is not None and held:
             reconcile(held, usage, self.clock.monotonic())
         self.key(ref).usage.add_usage(usage, cost_usd)
+        self.changes += 1
+
+    def add_usage(self, ref: str, usage: Usage | None, cost_usd: float) -> None:
+        (self._keys.get(ref) or self.key(ref)).usage.add_usage(usage, cost_usd)
         self.changes += 1
 
     def key(self, ref: str) -> KeyRecord:

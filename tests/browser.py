@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.installs import one_at_a_time
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -24,14 +26,18 @@ def ensure_chromium() -> Path:
     apt = shutil.which("apt-get")
     if apt is None:
         pytest.skip("no /usr/bin/chromium and no apt-get to install it (not Debian)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "--no-install-recommends", "chromium"]
-    done = subprocess.run(install, env=env, capture_output=True, timeout=_APT_TIMEOUT_S, check=False)
-    if done.returncode != 0:        # a fresh machine may not have the package lists yet
-        subprocess.run([apt, "update"], env=env, capture_output=True, timeout=_APT_TIMEOUT_S,
-                       check=False)
+    with one_at_a_time("apt"):
+        if CHROMIUM.exists():       # another test worker installed it meanwhile
+            return CHROMIUM
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = [apt, "install", "-y", "--no-install-recommends", "chromium"]
         done = subprocess.run(install, env=env, capture_output=True, timeout=_APT_TIMEOUT_S,
                               check=False)
+        if done.returncode != 0:        # a fresh machine may not have the package lists yet
+            subprocess.run([apt, "update"], env=env, capture_output=True,
+                           timeout=_APT_TIMEOUT_S, check=False)
+            done = subprocess.run(install, env=env, capture_output=True,
+                                  timeout=_APT_TIMEOUT_S, check=False)
     assert done.returncode == 0 and CHROMIUM.exists(), (
         "could not install chromium with apt-get:\n" + done.stderr.decode(errors="replace")[-2000:])
     return CHROMIUM

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.installs import one_at_a_time
 from tests.ports import free_port
 
 START_LIMIT_S = 10.0
@@ -21,11 +22,13 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env, timeout=600)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                    "redis-server"], check=True, env=env, timeout=600)
+    with one_at_a_time("apt"):
+        if not shutil.which("redis-server"):
+            sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+            subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                            "redis-server"], check=True, env=env, timeout=600)
     found = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(found).exists():
         raise RuntimeError("redis-server is still missing after apt-get install")

@@ -25,6 +25,7 @@ import yaml
 from openai import DefaultHttpxClient, OpenAI
 
 from tests.harness import CLIENT_KEY, free_port, make_config, make_serve_process
+from tests.installs import one_at_a_time
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_DELAY_S = 0.25
@@ -34,6 +35,14 @@ CHUNK_DELAY_S = 0.25
 def nginx_binary() -> str:
     """Debian's nginx (and the openssl command for a test certificate), installed with
     apt-get when missing."""
+    with one_at_a_time("apt"):
+        _install_missing()
+    found = _which("nginx")
+    assert found is not None
+    return found
+
+
+def _install_missing() -> None:
     missing = [package for package, command in (("nginx", "nginx"), ("openssl", "openssl"))
                if _which(command) is None]
     if missing:
@@ -48,9 +57,6 @@ def nginx_binary() -> str:
         install = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
                                  env=env, capture_output=True, text=True, timeout=900, check=False)
         assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
-    found = _which("nginx")
-    assert found is not None
-    return found
 
 
 def _which(command: str) -> str | None:

@@ -48,9 +48,8 @@ def fill_access_fields(fields: dict[str, Any], record: RequestRecord) -> dict[st
     fields["provider"] = record.provider_id
     fields["upstream_model"] = record.upstream_model
     fields["status"] = record.status
-    # _ms written out: this runs for every request
-    fields["latency_ms"] = (record.latency_s * 1e6 + 0.5) // 1 / 1000
-    fields["overhead_ms"] = (record.overhead_s * 1e6 + 0.5) // 1 / 1000
+    fields["latency_ms"] = _ms(record.latency_s)
+    fields["overhead_ms"] = _ms(record.overhead_s)
     fields["ttft_ms"] = None if record.ttft_s is None else _ms(record.ttft_s)
     usage = record.usage
     if usage is None:
@@ -130,12 +129,9 @@ class AccessLog:
         redactor = self._redactor
         recurring = (record.method, record.path, record.upstream_model, record.error_reason,
                      _ACCESS_EVENT)
-        verdict = (self._verdicts.get(recurring) if self._verdicts_version == redactor.version
-                   else None)
-        if verdict is None:
-            verdict = self._recurring_would_mask(recurring)
         # An id the gateway made up (24 hex digits of its own) has nothing to mask.
-        if verdict or (record.client_request_id and redactor.would_mask(record.request_id)):
+        if (self._recurring_would_mask(recurring)
+                or (record.client_request_id and redactor.would_mask(record.request_id))):
             redactor(None, level, event)
         event["level"] = level
         event["timestamp"] = datetime.now(UTC)

@@ -214,7 +214,6 @@ class Metrics:
                                        "Time spent in TruckLLM itself, upstream excluded.",
                                        (), OVERHEAD_BUCKETS, r)
         self._overhead = self.overhead.series(())
-        self._duration_bounds, self._overhead_bounds = self.duration.bounds, self.overhead.bounds
         self.reloads = Counter("truckllm_config_reloads_total",
                                "Config reloads that changed something or failed.",
                                ["result"], registry=r)
@@ -261,13 +260,8 @@ class Metrics:
                   or self._request_series(provider_id, alias, status, key_id))
         series.requests[0] += 1.0
         series.key_requests[0] += 1.0
-        # add_observation written out for the two histograms every record feeds
-        duration, latency_s = series.duration, record.latency_s
-        duration[0] += latency_s
-        duration[2 + bisect_left(self._duration_bounds, latency_s)] += 1
-        overhead, overhead_s = self._overhead, record.overhead_s
-        overhead[0] += overhead_s
-        overhead[2 + bisect_left(self._overhead_bounds, overhead_s)] += 1
+        add_observation(series.duration, self.duration.bounds, record.latency_s)
+        add_observation(self._overhead, self.overhead.bounds, record.overhead_s)
         if ttft_s is not None:
             add_observation(series.ttft or self._ttft_series(series), self.ttft.bounds, ttft_s)
         if usage is not None:

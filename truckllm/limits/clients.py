@@ -225,12 +225,8 @@ class MemoryClientStore:
     def finish_counted(self, grant: Grant, usage: Usage | None, cost_usd: float,
                        period_start: datetime) -> None:
         # In memory every grant ends at once, whether `admit` or `count` made it. The
-        # slots are given back first (`_release`, written out: every request ends here),
-        # so they come back even if settling fails.
-        self.gateway.in_flight -= 1
-        record = grant.record
-        if record is not None:
-            record.meter.in_flight -= 1
+        # slots are given back first, so they come back even if settling fails.
+        self._release(grant)
         self._settle(grant, usage, cost_usd, period_start)
 
     def _settle(self, grant: Grant, usage: Usage | None, cost_usd: float,

@@ -266,10 +266,12 @@ class RedisClientStore:
                 if seen.start == period_start:
                     seen.added += cost_usd
 
-        # Not waited for: it goes to Redis with the next admissions (before any admission
-        # made after it), so the client's answer does not wait for a second round trip.
+        # Its answer is not waited for (the client's answer does not wait for a second
+        # round trip), only its writing: Redis then has it before any admission made after
+        # the client got its answer, so a budget is crossed by the requests in flight only.
         self.link.post(self._finish, keys, args, done)
         self.changes += 1
+        await self.link.written()
 
     def _finish_call(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
                      period_start: datetime | None, settle: bool,

@@ -176,6 +176,14 @@ class StateLink:
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
+    async def written(self) -> None:
+        """Wait until every call queued so far is written to the server, not answered:
+        a request's end written before its response goes out reaches Redis before any
+        admission the client's next request makes, on whichever instance. A write that
+        cannot finish (a hung server) is waited for no longer than a call."""
+        if self._writer is not None:
+            await asyncio.wait({self._writer}, timeout=CALL_TIMEOUT_S)
+
     async def flushed(self) -> None:
         """Wait until every call queued so far has its answer or has failed (reads of
         what this process counted, and shutdown, wait for it)."""

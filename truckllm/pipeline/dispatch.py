@@ -384,7 +384,7 @@ class _Attempts:
         upstream.attempt.failed(outcome)
         upstream.attempt.end()
         reason = failure_reason(outcome)
-        self.exchange.upstream_failures.append(UpstreamFailure(upstream.provider.id, key.id, reason))
+        self.exchange.add_failure(UpstreamFailure(upstream.provider.id, key.id, reason))
         if self.exchange.trace is not None:
             self.exchange.trace.attempt_failed(reason)
         _log_failure(self.call, upstream, outcome)
@@ -503,7 +503,7 @@ class _Attempts:
             """The body broke off after the status line: too late to retry, but it counts."""
             outcome = transport_failed(exc.kind, str(exc))
             attempt.failed(outcome)
-            exchange.upstream_failures.append(
+            exchange.add_failure(
                 UpstreamFailure(upstream.provider.id, upstream.key.id, failure_reason(outcome)))
 
         return RawReply(response.status, content_type, _raw_body(response, release, failed),

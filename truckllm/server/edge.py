@@ -217,14 +217,14 @@ def gateway_header_items(exchange: Exchange) -> list[tuple[str, str]]:
         items = [("x-request-id", exchange.request_id), ("x-truckllm-provider", exchange.provider_id),
                  ("x-truckllm-model", exchange.upstream_model or ""),
                  ("x-truckllm-attempts", str(exchange.attempts)),
-                 ("x-truckllm-overhead-ms", f"{exchange.overhead_s() * 1000:.3f}")]
+                 ("x-truckllm-overhead-ms", f"{exchange.overhead_so_far() * 1000:.3f}")]
         if exchange.dropped_tools:
             items.append(("x-truckllm-dropped-tools", ",".join(exchange.dropped_tools)))
         return items
     if exchange.alias is not None:
         # Routed, but answered without calling upstream (every target cooling, a limit).
         return [("x-request-id", exchange.request_id), ("x-truckllm-attempts", "0"),
-                ("x-truckllm-overhead-ms", f"{exchange.overhead_s() * 1000:.3f}")]
+                ("x-truckllm-overhead-ms", f"{exchange.overhead_so_far() * 1000:.3f}")]
     return [("x-request-id", exchange.request_id)]
 
 

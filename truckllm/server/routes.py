@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -83,8 +82,9 @@ class Relay:
         exchange.stream = stream
         forwarded = _NOTHING_FORWARDED if self.forwarded_headers is None else _forwarded(
             request, self.forwarded_headers)
-        ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
-                          forwarded)
+        # `created`: the request's arrival, already read from the clock.
+        ctx = CallContext(model, exchange.request_id, int(exchange.started_wall), stream,
+                          include_usage, body, forwarded)
         # Most requests have nothing limiting them, nothing to await to be admitted or
         # to end (each coroutine awaited costs more than a call).
         admission = (metering.admit_at_once(limiter, state, key, body)

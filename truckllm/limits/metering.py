@@ -26,7 +26,10 @@ def admit_at_once(limiter: Limiter, state: State, key: ClientKey | None,
                   body: dict[str, Any]) -> Admission | None:
     """`admit` for a request nothing limits (most are): nothing to check or refuse, so it
     is admitted without a coroutine to await. None for any other: await `admit` then."""
-    return limiter.count(state.limits, key.id if key else None, _estimate(state, body))
+    policy = state.limits
+    # As `_estimate`, written out: a call costs about what the rest of this does.
+    estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
+    return limiter.count(policy, key.id if key else None, estimate)
 
 
 async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from multidict import CIMultiDict, istr
+from multidict import istr
 from yarl import URL
 
 from truckllm import errors
@@ -151,7 +151,13 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
                 response = _failure_response(request, exc, exchange)
             status = exchange.status or response.status
             if not response.prepared:
-                _add_headers(response.headers, exchange)
+                # Every answer not yet sent carries the request id and, after auth, the
+                # key's x-ratelimit-* headers, counted after the request was settled (so
+                # they include it).
+                headers = response.headers
+                headers[_REQUEST_ID] = exchange.request_id
+                if exchange.ratelimit_reader is not None:
+                    headers.update(exchange.ratelimit_reader())
             return response
         finally:
             if recorded:
@@ -163,14 +169,6 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
                     exchange.trace.finish(record)
 
     return handle
-
-
-def _add_headers(headers: CIMultiDict[str], exchange: Exchange) -> None:
-    """Every answer not yet sent carries the request id and, after auth, the key's
-    x-ratelimit-* headers, counted after the request was settled (so they include it)."""
-    headers[_REQUEST_ID] = exchange.request_id
-    if exchange.ratelimit_reader is not None:
-        headers.update(exchange.ratelimit_reader())
 
 
 def ratelimit_headers_now(exchange: Exchange) -> dict[str, str]:

@@ -46,13 +46,17 @@ _WITH_RESPONSE = frozenset({"response.created", "response.in_progress", "respons
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Events read whole besides those: the finished items, which a `response.failed` reports.
 _READ = _WITH_RESPONSE | {"error", "response.output_item.done"}
+# The provider settings that have `responses: native | chat`.
+_SAYS_HOW = (OpenAIProvider, AzureProvider)
 
 
 def speaks_natively(target: Target) -> bool:
     """Whether a target of a provider with a Responses endpoint gets the request natively
     (`responses: native`, the default) or through chat (`responses: chat`)."""
     settings = target.settings
-    if isinstance(settings, OpenAIProvider | AzureProvider):
+    # A tuple, not `OpenAIProvider | AzureProvider`: that union would be built anew on
+    # every call, and this is asked on every native request's build and parse.
+    if isinstance(settings, _SAYS_HOW):
         return settings.responses == "native"
     return True
 
@@ -77,7 +81,10 @@ def _sealed_here(item: Any) -> bool:
 
 
 def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:
-    response = decode_json(raw)
+    try:
+        response = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        response = None
     if not isinstance(response, dict) or response.get("object") != "response":
         raise UpstreamFailed("upstream answered /responses with a body that is not a response")
     usage = usage_of(response.get("usage"))
@@ -97,11 +104,13 @@ def usage_of(usage: Any) -> Usage | None:
         return None
     details = usage.get("input_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")), _count(cached))
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    # A count that is not a non-negative integer is 0; a JSON integer is an `int` exactly
+    # (true and false are `bool`s). Tested inline, not by a helper per count: this is read
+    # on every answer.
+    return Usage(prompt if prompt.__class__ is int and prompt >= 0 else 0,
+                 completion if completion.__class__ is int and completion >= 0 else 0,
+                 cached if cached.__class__ is int and cached >= 0 else 0)
 
 
 def _as_client_sees(response: dict[str, Any], ctx: CallContext) -> None:

@@ -171,3 +171,17 @@ async def test_native_failure_after_a_finished_item_reports_and_stores_it(stack:
     assert failed.response.model == "az" and failed.response.output_text == "Fake reply to: hello there"
     stored = await client.responses.retrieve(failed.response.id)
     assert stored.status == "failed" and stored.output_text == "Fake reply to: hello there"
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["not-stored", "stored"])
+async def test_an_input_item_that_is_no_object_is_refused_before_the_upstream(stack: Stack, store: bool) -> None:
+    # Items nothing keeps are passed through as sent, yet still checked.
+    client = make_openai_client(stack)
+    before = len(stack.azure.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.post("/responses", cast_to=object, body={
+            "model": "az", "store": store, "input": [{"role": "user", "content": "hi"}, "hi"]})
+    error = refused.value.body
+    assert isinstance(error, dict) and error["type"] == "invalid_request_error"
+    assert error["param"] == "input[1]" and error["message"] == "an input item must be an object"
+    assert len(stack.azure.requests) == before

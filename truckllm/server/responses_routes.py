@@ -28,7 +28,7 @@ from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.protocols.responses.answer import ENCRYPTED_REASONING, shown, shown_items
 from truckllm.protocols.responses.native import speaks_natively
-from truckllm.protocols.responses.request import input_items, refuse_background
+from truckllm.protocols.responses.request import check_input_items, input_items, refuse_background
 from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.providers.registry import NATIVE_RESPONSES
 from truckllm.runtime.response_store import (
@@ -98,9 +98,12 @@ class _CreateResponse:
         history, prefer = ([], None) if previous is None else await _history(store, previous, owner)
         raw_input = body.get("input")
         # What went in, for the store and a continued conversation; nothing else reads it.
-        # A list is made into items either way, which checks that each is an object.
-        items = ([*history, *input_items(raw_input)] if keep or history or raw_input.__class__ is list
-                 else [])
+        # Without either, a list of items is only checked, not made into items anew.
+        items: list[dict[str, Any]] = []
+        if keep or history:
+            items = [*history, *input_items(raw_input)]
+        elif isinstance(raw_input, list):
+            check_input_items(raw_input)
         full = {**body, "input": items} if history else body
         if body.get("background") and not all(_native(state, target) for target in targets):
             # Refused here, before any upstream call, when a target would translate it.

@@ -69,15 +69,29 @@ def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
     # another account) is asked without a reference to it.
     payload.pop("previous_response_id", None)
     items = payload.get("input")
-    if isinstance(items, list) and any(_sealed_here(item) for item in items):
+    if isinstance(items, list) and _any_sealed_here(items):
         payload["input"] = [item for item in items if not _sealed_here(item)]
     return UpstreamRequest("POST", url, headers, orjson.dumps(payload), ctx.stream)
 
 
 def _sealed_here(item: Any) -> bool:
     """A reasoning item of a translated answer (its content sealed by TruckLLM)."""
-    return (isinstance(item, dict) and item.get("type") == "reasoning"
-            and str(item.get("encrypted_content") or "").startswith(PREFIX))
+    if not isinstance(item, dict) or item.get("type") != "reasoning":
+        return False
+    content = item.get("encrypted_content")
+    return isinstance(content, str) and content.startswith(PREFIX)
+
+
+def _any_sealed_here(items: list[Any]) -> bool:
+    """Whether any item is `_sealed_here`: asked of every native request, whose input is
+    often a whole conversation (as Codex sends it), so tested in one loop rather than by
+    a call per item."""
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            content = item.get("encrypted_content")
+            if isinstance(content, str) and content.startswith(PREFIX):
+                return True
+    return False
 
 
 def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:

@@ -2,8 +2,9 @@
 
 The bench's stream (role chunk, N content chunks, finish chunk, usage chunk, `[DONE]`, as
 bench.fake_upstream sends it) is fed to `StreamRelay` in reads of a few whole events each,
-through the `openai` pass-through translator (`--api chat`) or the Anthropic Messages
-API served through chat (`--api messages`), and written to a writer that drops it. What
+through the `openai` pass-through translator (`--api chat`), the Anthropic Messages
+API served through chat (`--api messages`) or the Responses API passed through natively
+(`--api responses`: the bench's Responses event stream), and written to a writer that drops it. What
 is counted is the relay's and the translator's work per stream: no aiohttp, no socket.
 
 Each count runs this module under valgrind's callgrind twice, with N and 2N streams
@@ -23,7 +24,7 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from bench.fake_upstream import build_stream_events
+from bench.fake_upstream import build_responses_events, build_stream_events
 
 ALIAS = "bench-model"
 
@@ -48,10 +49,11 @@ class _Reads:
         return None
 
 
-def stream_reads(chunks: int, per_read: int) -> list[bytes]:
+def stream_reads(chunks: int, per_read: int, api: str = "chat") -> list[bytes]:
     """The bench's stream as the proxy reads it, `per_read` whole events a read."""
+    framed_events = build_responses_events(chunks) if api == "responses" else build_stream_events(chunks)
     # Each framed HTTP chunk is `<size>\r\n<event>\r\n` (the last one also ends the body).
-    events = [framed.split(b"\r\n", 1)[1].split(b"\r\n", 1)[0] for framed in build_stream_events(chunks)]
+    events = [framed.split(b"\r\n", 1)[1].split(b"\r\n", 1)[0] for framed in framed_events]
     return [b"".join(events[i:i + per_read]) for i in range(0, len(events), per_read)]
 
 
@@ -62,12 +64,14 @@ async def _run(streams: int, reads: list[bytes], api: str) -> int:
     from truckllm.providers.base import CallContext, Operation, Target
     from truckllm.providers.registry import REGISTRY
 
-    operation = Operation.CHAT if api == "chat" else Operation.MESSAGES
+    operation = {"chat": Operation.CHAT, "messages": Operation.MESSAGES,
+                 "responses": Operation.RESPONSES}[api]
     spec = REGISTRY["openai"].operations[operation]
     assert spec.new_stream_translator is not None
     target = Target("fake", "openai", "gpt-4o-mini", "http://127.0.0.1:1/v1", {})
-    body = {"model": ALIAS, "stream": True, "max_tokens": 64,
-            "messages": [{"role": "user", "content": "hi"}]}
+    body = ({"model": ALIAS, "stream": True, "input": "hi"} if api == "responses" else
+            {"model": ALIAS, "stream": True, "max_tokens": 64,
+             "messages": [{"role": "user", "content": "hi"}]})
     health = Health()
     written = 0
 
@@ -77,7 +81,8 @@ async def _run(streams: int, reads: list[bytes], api: str) -> int:
 
     for _ in range(streams):
         # The bench's load generator asks for usage in chat streams.
-        ctx = CallContext(ALIAS, "req_bench", 1_700_000_000, True, api == "chat", client_body=body)
+        ctx = CallContext(ALIAS, "req_bench", 1_700_000_000, True, api == "chat", client_body=body,
+                          on_response=lambda response: None)
         exchange = Exchange("req_bench", "POST", "/v1/chat/completions")
         attempt = health.begin(("fake", "gpt-4o-mini"), "fake/bench")
         translator = spec.new_stream_translator(target, ctx)
@@ -107,13 +112,13 @@ def _count(streams: int, args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--api", choices=("chat", "messages"), default="chat")
+    parser.add_argument("--api", choices=("chat", "messages", "responses"), default="chat")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--per-read", type=int, default=1, help="whole events per upstream read")
     parser.add_argument("--streams", type=int, default=200, help="N (the runs are N and 2N streams)")
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    reads = stream_reads(args.chunks, args.per_read)
+    reads = stream_reads(args.chunks, args.per_read, args.api)
     if args.inner is not None:
         asyncio.run(_run(args.inner, reads, args.api))
         return

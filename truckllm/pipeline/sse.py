@@ -59,6 +59,32 @@ class SSEDecoder:
             payloads.append(line[6:])
         return payloads
 
+    def whole_named_events(self, read: bytes) -> list[tuple[bytes, bytes]] | None:
+        """The (name, payload) of each event of `read` when it is whole named events
+        framed exactly as `frame` frames one (`event: <name>\\ndata: <payload>\\n\\n` each,
+        no other line end), as a Responses stream's are, and nothing is held from before;
+        None for any other read, which `feed` takes (providers.base.NamedReadFeeder)."""
+        if (self._buffer or read[:7] != b"event: " or read.find(b"\r") >= 0
+                or (self._max is not None and len(read) > self._max)):
+            return None
+        first = read.find(b"\n")
+        end = len(read) - 2
+        if read.find(b"\n", first + 1) == end:       # one event: the common read of a stream
+            if read[-1] == 10 and read[first + 1:first + 7] == b"data: ":
+                return [(read[7:first], read[first + 7:end])]
+            return None
+        # Several: their lines go `event: `, `data: `, blank, and again.
+        lines = read.split(b"\n")
+        if len(lines) % 3 != 1 or lines[-1] or any(lines[2::3]):
+            return None
+        events = []
+        for index in range(0, len(lines) - 1, 3):
+            name, data = lines[index], lines[index + 1]
+            if name[:7] != b"event: " or data[:6] != b"data: ":
+                return None
+            events.append((name[7:], data[6:]))
+        return events
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer
         if not buffer and chunk.endswith(b"\n\n"):

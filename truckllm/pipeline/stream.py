@@ -27,6 +27,7 @@ from truckllm.pipeline.retry import (
 from truckllm.pipeline.sse import SSEDecoder, frame
 from truckllm.pipeline.transport import TransportError
 from truckllm.providers.base import (
+    NamedReadFeeder,
     ReadFeeder,
     SSEEvent,
     StreamEnding,
@@ -53,9 +54,10 @@ class StreamRelay:
         self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
-        # A translator that takes a read of whole plain events at once (a pass-through)
-        # is given each such read whole.
+        # A translator that takes a read of whole plain events at once (a pass-through),
+        # or of whole named ones (the Responses API's), is given each such read whole.
         self._feed_read: ReadFeeder | None = getattr(translator, "feed_read", None)
+        self._feed_named_read: NamedReadFeeder | None = getattr(translator, "feed_named_read", None)
         self._ending = ending
         self._exchange = exchange
         self._attempt = attempt
@@ -158,14 +160,19 @@ class StreamRelay:
 
     def _translate(self, raw: bytes) -> bytes:
         """The client's framed events for one upstream read ("" when it has none yet)."""
+        whole: bytes | None = None
         if self._feed_read is not None:
             payloads = self._decoder.whole_data_events(raw)
             if payloads is not None:
                 whole = self._feed_read(raw, payloads)
-                if whole is not None:
-                    if whole:
-                        self._sent.append(whole)
-                    return whole
+        elif self._feed_named_read is not None:
+            named = self._decoder.whole_named_events(raw)
+            if named is not None:
+                whole = self._feed_named_read(raw, named)
+        if whole is not None:
+            if whole:
+                self._sent.append(whole)
+            return whole
         translator = self._translator
         events: list[SSEEvent] = []
         error: errors.GatewayError | None = None

@@ -165,6 +165,9 @@ class StreamTranslator(Protocol):
 # which is `payloads` as unnamed events, each framed `data: <payload>\n\n`: what `feed`
 # would make of them, framed; or None to leave them to `feed`, one by one. Raises nothing.
 ReadFeeder = Callable[[bytes, list[bytes]], "bytes | None"]
+# The same for a stream of named events (the Responses API's), as `feed_named_read`: it gets
+# (read, the (name, payload) of each event), each framed `event: <name>\ndata: <payload>\n\n`.
+NamedReadFeeder = Callable[[bytes, list[tuple[bytes, bytes]]], "bytes | None"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,38 @@ class _Reads:
         return None
 
 
+class _Arriving:
+    """An aiohttp client response whose body is the given reads, each arriving while the
+    reader waits for it (as from a socket): seen through the transport's own response
+    class, so that its reading, the wait and the wake-up are counted as in the gateway."""
+
+    status = 200
+    headers: Mapping[str, str] = {"Content-Type": "text/event-stream"}
+
+    def __init__(self, reads: list[bytes]) -> None:
+        from aiohttp import StreamReader
+        from aiohttp.base_protocol import BaseProtocol
+
+        loop = asyncio.get_running_loop()
+        protocol = BaseProtocol(loop)
+        protocol.connection_made(asyncio.Transport())      # a socket that never pauses
+        self.content = StreamReader(protocol, 2 ** 16, loop=loop)
+        self._feeder = loop.create_task(self._feed(reads))
+
+    async def _feed(self, reads: list[bytes]) -> None:
+        for read in reads:
+            await asyncio.sleep(0)      # the reader runs until it waits for the next read
+            self.content.feed_data(read)
+        await asyncio.sleep(0)
+        self.content.feed_eof()
+
+    def release(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def stream_reads(chunks: int, per_read: int, api: str = "chat") -> list[bytes]:
     """The bench's stream as the proxy reads it, `per_read` whole events a read."""
     framed_events = build_responses_events(chunks) if api == "responses" else build_stream_events(chunks)
@@ -57,10 +89,11 @@ def stream_reads(chunks: int, per_read: int, api: str = "chat") -> list[bytes]:
     return [b"".join(events[i:i + per_read]) for i in range(0, len(events), per_read)]
 
 
-async def _run(streams: int, reads: list[bytes], api: str) -> int:
+async def _run(streams: int, reads: list[bytes], api: str, arriving: bool) -> int:
     from truckllm.pipeline.health import Health
     from truckllm.pipeline.record import Exchange
     from truckllm.pipeline.stream import StreamRelay
+    from truckllm.pipeline.transport import _HttpResponse
     from truckllm.providers.base import CallContext, Operation, Target
     from truckllm.providers.registry import REGISTRY
 
@@ -86,7 +119,8 @@ async def _run(streams: int, reads: list[bytes], api: str) -> int:
         exchange = Exchange("req_bench", "POST", "/v1/chat/completions")
         attempt = health.begin(("fake", "gpt-4o-mini"), "fake/bench")
         translator = spec.new_stream_translator(target, ctx)
-        relay = StreamRelay(_Reads(reads), translator, spec.stream_ending, exchange, attempt,
+        upstream = _HttpResponse(_Arriving(reads), 60.0) if arriving else _Reads(reads)  # type: ignore[arg-type]
+        relay = StreamRelay(upstream, translator, spec.stream_ending, exchange, attempt,
                             12, "sk-bench-upstream", 8 * 1024 * 1024)
         first = await relay.first_output()
         await write(first)
@@ -101,7 +135,8 @@ def _count(streams: int, args: argparse.Namespace) -> int:
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
              "bench.relay", "--inner", str(streams), "--api", args.api,
-             "--chunks", str(args.chunks), "--per-read", str(args.per_read)],
+             "--chunks", str(args.chunks), "--per-read", str(args.per_read),
+             *(["--arriving"] if args.arriving else [])],
             env={**os.environ, "PYTHONHASHSEED": "0"}, check=True, capture_output=True)
         for line in out.read_text(errors="replace").splitlines():
             if line.startswith("totals:"):
@@ -115,16 +150,20 @@ def main() -> None:
     parser.add_argument("--api", choices=("chat", "messages", "responses"), default="chat")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--per-read", type=int, default=1, help="whole events per upstream read")
+    parser.add_argument("--arriving", action="store_true",
+                        help="each read arrives while the relay waits for it, through the transport's "
+                             "response (its read, the wait and the wake-up counted); default: reads "
+                             "handed over at once")
     parser.add_argument("--streams", type=int, default=200, help="N (the runs are N and 2N streams)")
     parser.add_argument("--inner", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     reads = stream_reads(args.chunks, args.per_read, args.api)
     if args.inner is not None:
-        asyncio.run(_run(args.inner, reads, args.api))
+        asyncio.run(_run(args.inner, reads, args.api, args.arriving))
         return
     one, two = _count(args.streams, args), _count(2 * args.streams, args)
     per_stream = (two - one) / args.streams
-    print(f"{args.api}: {per_stream / 1000:,.1f}k instructions per stream ({len(reads)} reads of "
+    print(f"{args.api}{' (arriving)' if args.arriving else ''}: {per_stream / 1000:,.1f}k instructions per stream ({len(reads)} reads of "
           f"{args.per_read} event(s); {per_stream / len(reads) / 1000:,.1f}k per read)")
 
 

@@ -4,8 +4,11 @@ The bench's stream (role chunk, N content chunks, finish chunk, usage chunk, `[D
 bench.fake_upstream sends it) is fed to `StreamRelay` in reads of a few whole events each,
 through the `openai` pass-through translator (`--api chat`), the Anthropic Messages
 API served through chat (`--api messages`) or the Responses API passed through natively
-(`--api responses`: the bench's Responses event stream), and written to a writer that drops it. What
-is counted is the relay's and the translator's work per stream: no aiohttp, no socket.
+(`--api responses`: the bench's Responses event stream), and written to a writer that
+drops it. What is counted is the relay's and the translator's work per stream: no
+aiohttp, no socket. With `--arriving`, each read is fed to an aiohttp `StreamReader` while the relay waits for
+it, on uvloop, and read through the transport's response class: the relay's reading, its
+wait and its wake-up are counted too (and the feeding task's, the same for any relay).
 
 Each count runs this module under valgrind's callgrind twice, with N and 2N streams
 (`PYTHONHASHSEED=0`), and prints the difference divided by N: start-up and imports cancel
@@ -21,8 +24,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+
+import uvloop
 
 from bench.fake_upstream import build_responses_events, build_stream_events
 
@@ -37,13 +43,27 @@ class _Reads:
 
     def __init__(self, reads: list[bytes]) -> None:
         self._reads = reads
+        self._next = 0
+        self.clock = time.monotonic
+        self.waiting_since: float | None = None
 
     async def read(self) -> bytes:
         return b"".join(self._reads)
 
+    async def readany(self) -> bytes:
+        index = self._next
+        self._next = index + 1
+        return self._reads[index] if index < len(self._reads) else b""
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         for read in self._reads:
             yield read
+
+    def watch_idle(self) -> None:
+        return None
+
+    def failure(self, exc: Exception) -> Exception:
+        return exc
 
     def close(self) -> None:
         return None
@@ -159,7 +179,12 @@ def main() -> None:
     args = parser.parse_args()
     reads = stream_reads(args.chunks, args.per_read, args.api)
     if args.inner is not None:
-        asyncio.run(_run(args.inner, reads, args.api, args.arriving))
+        run = _run(args.inner, reads, args.api, args.arriving)
+        # Arriving reads wake the relay through the event loop: the gateway's, uvloop.
+        if args.arriving:
+            uvloop.run(run)
+        else:
+            asyncio.run(run)
         return
     one, two = _count(args.streams, args), _count(2 * args.streams, args)
     per_stream = (two - one) / args.streams

@@ -51,7 +51,6 @@ class StreamRelay:
                  prompt_estimate: int = 0, key_value: str = "",
                  max_event_bytes: int | None = None) -> None:
         self._response = response
-        self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
         # A translator that takes a read of whole plain events at once (a pass-through),
@@ -74,23 +73,54 @@ class StreamRelay:
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
-        async for raw in self._chunks:
+        upstream = self._response
+        # The wait for the first chunk is time to first token (dispatch bounds it, and a
+        # reasoning model may think long); the idle limit starts once data flows.
+        raw = await self._read(marked=False)
+        if raw:
+            upstream.watch_idle()
+        while raw:
             out = self._translate(raw)
             if out:
                 return out
+            raw = await self._read(marked=True)
         self._ended = True
         return self._finish()
+
+    async def _read(self, marked: bool) -> bytes:
+        """The upstream's next chunk (b"" at its end), the wait marked for the idle limit."""
+        upstream = self._response
+        if marked:
+            upstream.waiting_since = upstream.clock()
+        try:
+            return await upstream.readany()
+        except Exception as exc:
+            raise upstream.failure(exc) from None
+        finally:
+            upstream.waiting_since = None
 
     async def write_rest(self, write: Writer) -> bytes:
         """Write the rest of the stream to the client as it comes, and return its last
         bytes (the client API's end of a stream, if it has one), which the caller sends
         with the end of the response in one write. The relay writes rather than yields:
-        each chunk then passes through one generator (the upstream's) on its way, not two."""
+        each chunk then passes through no generator on its way."""
         try:
             if not self._ended:
                 if self._pending is not None:
                     raise self._pending
-                async for raw in self._chunks:
+                upstream = self._response
+                read, clock = upstream.readany, upstream.clock
+                while True:
+                    # The read as `_read` does it, written out here: every chunk of the
+                    # stream then resumes this frame and the upstream's read, nothing between.
+                    upstream.waiting_since = clock()
+                    try:
+                        raw = await read()
+                    except Exception as exc:
+                        raise upstream.failure(exc) from None
+                    upstream.waiting_since = None
+                    if not raw:
+                        break
                     out = self._translate(raw)
                     if out:
                         await write(out)

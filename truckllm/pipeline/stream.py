@@ -118,7 +118,8 @@ class StreamRelay:
                         raw = await read()
                     except Exception as exc:
                         raise upstream.failure(exc) from None
-                    upstream.waiting_since = None
+                    finally:
+                        upstream.waiting_since = None
                     if not raw:
                         break
                     out = self._translate(raw)

@@ -174,9 +174,12 @@ class NativeResponsesStream:
         responses: list[tuple[str, dict[str, Any]]] = []
         items: list[dict[str, Any]] = []
         for index, (name, data) in enumerate(events):
-            # Named as its `type` (the name `feed` reads): `{"type":"<name>"`, exactly.
+            # A Responses event named as its `type` (the name `feed` reads), spelt exactly
+            # `{"type":"response.<...>"`; an `error` or a foreign event is left to `feed`,
+            # which raises or drops it.
             size = len(name)
-            if data[:9] != b'{"type":"' or data.find(b'"', 9) != 9 + size or data[9:9 + size] != name:
+            if (data[:18] != b'{"type":"response.' or data.find(b'"', 18) != 9 + size
+                    or data[9:9 + size] != name):
                 return None
             if name in _READ_NAMES:
                 parsed = decode_json(data)
@@ -188,15 +191,13 @@ class NativeResponsesStream:
                         items.append(item)
                     continue
                 response = parsed.get("response")
-                if name == b"error" or response.__class__ is not dict:
+                if response.__class__ is not dict:
                     return None
                 out = self._renamed(data, response)
                 if out is None:
                     return None
                 renamed[index] = out
                 responses.append((name.decode(), response))
-            elif name[:9] != b"response.":
-                return None             # not a Responses event: `feed` drops it
         for kind, response in responses:
             self._took(kind, response)
         self._output += items

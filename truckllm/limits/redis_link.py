@@ -188,28 +188,37 @@ class StateLink:
         return await future
 
     def post(self, script: Script, keys: Keys | Sequence[str], args: Sequence[Field],
-             done: Done) -> None:
+             done: Done, *, now: bool = False) -> None:
         """Queue a script without waiting for it: `done` gets its answer or failure.
 
         The calls made in one turn of the event loop are written together, on the one
         connection of the scripts, without waiting for the answers to earlier ones. Redis
         runs a connection's commands in the order it reads them, so it runs this
         process's calls in the order they were made: work posted at the end of a request
-        (not waited for) is done before any admission made after it."""
-        self._queue(_Call(script, _tail(keys, args), _fields(keys, args), done))
+        (not waited for) is done before any admission made after it. `now`: written at
+        once with what is queued (see `written`), if the connection is open."""
+        call = _Call(script, _tail(keys, args), _fields(keys, args), done)
+        if now and self._transport is not None:
+            self._batch.append(call)
+            self._flush()
+            return
+        self._queue(call)
 
     def _queue(self, call: _Call) -> None:
         self._batch.append(call)
         if self._transport is not None:
             if not self._flush_soon:
                 self._flush_soon = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                asyncio.get_running_loop().call_soon(self._flush_scheduled)
         elif self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
+    def _flush_scheduled(self) -> None:
+        self._flush_soon = False
+        self._flush()
+
     def _flush(self) -> None:
         """Write what was queued, if the connection is open (else its opening does)."""
-        self._flush_soon = False
         transport = self._transport
         if not self._batch or transport is None:
             return

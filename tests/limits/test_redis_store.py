@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -341,3 +343,55 @@ async def test_requests_nothing_limits_reach_the_shared_accounts(
     upstream = await RedisUpstreamStore(links[2]).shared_usage("p/k")
     assert (upstream.requests, upstream.prompt_tokens, upstream.completion_tokens,
             upstream.spend_usd) == (2, 3, 30, 0.75)
+
+
+async def test_a_unix_socket_url_and_its_database_number_are_followed() -> None:
+    with tempfile.TemporaryDirectory(prefix="trk-", dir="/tmp") as scratch:    # a short path
+        server = RedisServer(unix_socket=Path(scratch) / "redis.sock")
+        server.start()
+        link = StateLink(f"unix://{server.unix_socket}?db=2")
+        try:
+            store = RedisClientStore(link, SystemClock())
+            key = KeyPolicy("team", RateLimits(rpm=100))
+            grant = await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL)
+            assert isinstance(grant, Grant) and link.up
+            await store.finish(grant, Usage(3, 4), 0.5, TOTAL)
+            assert (await store.account("team", TOTAL)).period.spend_usd == pytest.approx(0.5)
+            for db, expected in ((2, 1), (0, 0)):
+                client = aioredis.Redis.from_url(f"{server.url[:-2]}/{db}")
+                try:
+                    assert await client.exists("truckllm:c:team:acct") == expected
+                finally:
+                    await client.aclose()
+        finally:
+            await link.close()
+            server.stop()
+
+
+async def test_a_password_in_the_url_logs_in_and_a_wrong_one_is_an_outage() -> None:
+    server = RedisServer()
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    await client.config_set("requirepass", "s3cret-pw")
+    await client.aclose()
+    right = StateLink(f"redis://:s3cret-pw@127.0.0.1:{server.port}/0")
+    wrong = StateLink(f"redis://default:not-it-pw@127.0.0.1:{server.port}/0")
+    try:
+        key = KeyPolicy("team", RateLimits(rpm=100))
+        store = RedisClientStore(right, SystemClock())
+        assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert right.up
+        other = RedisClientStore(wrong, SystemClock())
+        # refused login: served from the fallback, and the password is nowhere in the error
+        assert isinstance(await other.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert not wrong.up and wrong.last_error is not None
+        assert "not-it-pw" not in wrong.last_error
+        client = aioredis.Redis.from_url(f"redis://:s3cret-pw@127.0.0.1:{server.port}/0")
+        try:    # the one admission Redis counted is the logged-in link's
+            assert await client.zcard("truckllm:c:team:rpm") == 1
+        finally:
+            await client.aclose()
+    finally:
+        await right.close()
+        await wrong.close()
+        server.stop()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.redis_server import RedisServer
+from tests.ports import free_port
+from tests.redis_server import RedisServer, redis_server_binary
 from truckllm.clock import SystemClock
 from truckllm.errors import Overloaded
 from truckllm.limits import NO_PROMPT, KeyPolicy, Limiter, LimitsPolicy, RateLimits
@@ -395,3 +398,43 @@ async def test_a_password_in_the_url_logs_in_and_a_wrong_one_is_an_outage() -> N
         await right.close()
         await wrong.close()
         server.stop()
+
+
+async def test_a_rediss_url_talks_tls_and_checks_the_servers_certificate(
+        tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+         str(cert), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trusted = StateLink(f"rediss://localhost:{port}/0?ssl_ca_certs={cert}")
+    untrusted = StateLink(f"rediss://localhost:{port}/0")     # the system's CAs only
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                await asyncio.sleep(0.05)
+        key_policy = KeyPolicy("team", RateLimits(rpm=100))
+        store = RedisClientStore(trusted, SystemClock())
+        assert isinstance(await store.admit(OPEN, key_policy, PromptEstimate.known(0), TOTAL),
+                          Grant)
+        assert trusted.up and (await store.current("team"))[0] == 1
+        other = RedisClientStore(untrusted, SystemClock())
+        assert isinstance(await other.admit(OPEN, key_policy, PromptEstimate.known(0), TOTAL),
+                          Grant)
+        assert not untrusted.up and "certificate" in (untrusted.last_error or "").lower()
+    finally:
+        await trusted.close()
+        await untrusted.close()
+        server.terminate()
+        server.wait(10)

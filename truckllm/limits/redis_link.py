@@ -160,6 +160,9 @@ class StateLink:
         self._batch: list[_Call] = []               # made this turn, not written yet
         self._sent: deque[_Call] = deque()          # written, in order, not answered yet
         self._transport: asyncio.Transport | None = None
+        # The open connection's event loop, kept: asyncio.get_running_loop() costs a system
+        # call (getpid) on every call before Python 3.12.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._answers_to: _Answers | None = None    # the open connection's protocol
         self._connecting: asyncio.Task[None] | None = None
         self._flush_soon = False                    # a write of the batch is scheduled
@@ -183,7 +186,7 @@ class StateLink:
                    args: Sequence[Field]) -> Any:
         """Run a script and wait for its answer; raises one of FAILURES (after marking
         the link down)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue(_Call(script, _tail(keys, args), _fields(keys, args), None, future))
         return await future
 
@@ -206,10 +209,10 @@ class StateLink:
 
     def _queue(self, call: _Call) -> None:
         self._batch.append(call)
-        if self._transport is not None:
+        if self._loop is not None:
             if not self._flush_soon:
                 self._flush_soon = True
-                asyncio.get_running_loop().call_soon(self._flush_scheduled)
+                self._loop.call_soon(self._flush_scheduled)
         elif self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
@@ -219,15 +222,15 @@ class StateLink:
 
     def _flush(self) -> None:
         """Write what was queued, if the connection is open (else its opening does)."""
-        transport = self._transport
-        if not self._batch or transport is None:
+        transport, loop = self._transport, self._loop
+        if not self._batch or transport is None or loop is None:
             return
         batch, self._batch = self._batch, []
         loaded = self._loaded
         self._sent.extend(batch)
         transport.write(b"".join([call.command(loaded) for call in batch]))
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_later(
+            self._watchdog = loop.call_later(
                 CALL_TIMEOUT_S, self._check, self._answers)
 
     async def written(self) -> None:
@@ -261,6 +264,7 @@ class StateLink:
             return
         self._connecting = None
         self._transport, self._answers_to = transport, protocol
+        self._loop = asyncio.get_running_loop()
         self._batch[:0] = [_Call(None, command, 1, self._refused)
                            for command in self._server.handshake]
         self._flush()
@@ -295,7 +299,7 @@ class StateLink:
         server's idle `timeout`, say) nothing was lost and the next call opens it again."""
         if protocol is not self._answers_to:
             return
-        self._transport = self._answers_to = None
+        self._transport = self._answers_to = self._loop = None
         if self._sent:
             self._fail(exc or ConnectionError("closed by the server"))
         elif self._batch and self._connecting is None:
@@ -307,12 +311,12 @@ class StateLink:
         a call answered in CALL_TIMEOUT_S never fails and one that is not fails within
         twice that."""
         self._watchdog = None
-        if not self._sent:
+        if not self._sent or self._loop is None:
             return
         if self._answers == answers:
             self._fail(TimeoutError())
             return
-        self._watchdog = asyncio.get_running_loop().call_later(
+        self._watchdog = self._loop.call_later(
             CALL_TIMEOUT_S, self._check, self._answers)
 
     def _fail(self, exc: BaseException) -> None:
@@ -328,6 +332,7 @@ class StateLink:
         self._batch = []
         self._loaded.clear()            # a new server may not hold them
         transport, self._transport, self._answers_to = self._transport, None, None
+        self._loop = None
         if transport is not None:
             transport.abort()
         for call in calls:
@@ -374,7 +379,7 @@ class StateLink:
             self._watchdog.cancel()
         if self._transport is not None:
             self._transport.close()
-        self._transport = self._answers_to = None
+        self._transport = self._answers_to = self._loop = None
         await self.client.aclose()
 
 

@@ -438,3 +438,23 @@ async def test_a_rediss_url_talks_tls_and_checks_the_servers_certificate(
         await untrusted.close()
         server.terminate()
         server.wait(10)
+
+
+async def test_a_server_that_does_not_speak_redis_is_an_outage() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", free_port())
+    port = server.sockets[0].getsockname()[1]
+    link = StateLink(f"redis://127.0.0.1:{port}/0")
+    try:
+        store = RedisClientStore(link, SystemClock())
+        key = KeyPolicy("team", RateLimits(rpm=100))
+        assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert not link.up and "InvalidResponse" in (link.last_error or "")
+    finally:
+        await link.close()
+        server.close()
+        await server.wait_closed()

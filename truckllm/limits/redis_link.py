@@ -129,10 +129,14 @@ class _Answers(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         link = self.link
         self.parser.feed(data)
-        answer = self.parser.gets()
-        while answer is not _MORE and link._answers_to is self:
-            link._answered(answer)
+        try:
             answer = self.parser.gets()
+            while answer is not _MORE and link._answers_to is self:
+                link._answered(answer)
+                answer = self.parser.gets()
+        except InvalidResponse as exc:      # not Redis's wire format: the connection fails
+            if link._answers_to is self:
+                link._fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.link._lost(self, exc)

@@ -98,6 +98,10 @@ def test_a_read_of_whole_plain_events_is_its_payloads_as_feed_decodes_them(read:
     b"data: {\"a\":1}\n",                           # the event not yet whole
     b"data: {\"a\":1}\n\ndata: {\"b\":2}",
     b"data: {\"a\":1}\nX",
+    b"data: {\"a\":1}\n\ndata:{\"b\":2}\n\n",          # a later event without the space
+    b"data: {\"a\":1}\n\ndata: {\"b\":\n2}\n\n",       # a second line in a later event
+    b"data: {\"a\":1}\n\ndata: {\"b\":2}\r\n\n",
+    b"data: {\"a\":1}\n\nevent: x\ndata: {\"b\":2}\n\n",
 ])
 def test_any_other_read_is_left_to_feed(read: bytes) -> None:
     assert SSEDecoder().whole_data_events(read) is None
@@ -148,6 +152,10 @@ def test_a_read_of_whole_named_events_is_their_names_and_payloads_as_feed_decode
     b"event: a\ndata: {\"a\":1}X\n",
     b"event: a\n",
     b"event: a",
+    b"event: a\n\nevent: b\ndata: {\"b\":2}\n\n",            # an event without data
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\ndata:{\"b\":2}\n\n",
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\ndata: {\"b\":2}\ndata: x\n\n",
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\n\n",
 ])
 def test_any_other_read_is_left_to_feed_as_a_named_one(read: bytes) -> None:
     assert SSEDecoder().whole_named_events(read) is None

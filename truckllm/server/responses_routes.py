@@ -110,13 +110,13 @@ class _CreateResponse:
             refuse_background(body)
         stream = bool(body.get("stream"))
         exchange.stream = stream
-        # The id of an answer made here (one translated through chat); a store id, so as
-        # unguessable as `secrets` makes it.
+        # The id of an answer made here (one translated through chat). A store id must not
+        # be guessable: from the OS's random source, as `secrets.token_hex` takes it.
         response_id = "resp_" + os.urandom(24).hex()
         ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full,
                           _NO_HEADERS, response_id)
         final: list[dict[str, Any]] = []            # the finished response, for the store
-        if keep:                                    # the store is its only reader
+        if keep:        # the store is its only reader (set before the context is handed on)
             ctx.on_response = final.append
         admission = await metering.admit(limiter, state, key, full, exchange)
         missing = self.missing

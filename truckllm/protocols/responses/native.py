@@ -77,10 +77,8 @@ def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
 
 def _sealed_here(item: Any) -> bool:
     """A reasoning item of a translated answer (its content sealed by TruckLLM)."""
-    if not isinstance(item, dict) or item.get("type") != "reasoning":
-        return False
-    content = item.get("encrypted_content")
-    return isinstance(content, str) and content.startswith(PREFIX)
+    return (isinstance(item, dict) and item.get("type") == "reasoning"
+            and str(item.get("encrypted_content") or "").startswith(PREFIX))
 
 
 def _any_sealed_here(items: list[Any]) -> bool:

@@ -227,3 +227,17 @@ async def test_native_events_read_together_reach_the_client_as_they_do_one_by_on
         assert kinds[-1] == "response.completed" and len(kinds) == len(_without_foreign(events))
     if name == "a nested model":
         assert payloads[0]["response"]["tools"] == [{"type": "image_generation", "model": "gpt-image-1"}]
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["not-stored", "stored"])
+async def test_an_input_item_that_is_no_object_is_refused_before_the_upstream(stack: Stack, store: bool) -> None:
+    # Items nothing keeps are passed through as sent, yet still checked.
+    client = make_openai_client(stack)
+    before = len(stack.azure.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.post("/responses", cast_to=object, body={
+            "model": "az", "store": store, "input": [{"role": "user", "content": "hi"}, "hi"]})
+    error = refused.value.body
+    assert isinstance(error, dict) and error["type"] == "invalid_request_error"
+    assert error["param"] == "input[1]" and error["message"] == "an input item must be an object"
+    assert len(stack.azure.requests) == before

@@ -47,13 +47,17 @@ _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.fa
 # Events read whole besides those: the finished items, which a `response.failed` reports.
 _READ = _WITH_RESPONSE | {"error", "response.output_item.done"}
 _READ_NAMES = frozenset(kind.encode() for kind in _READ)
+# The provider settings that have `responses: native | chat`.
+_SAYS_HOW = (OpenAIProvider, AzureProvider)
 
 
 def speaks_natively(target: Target) -> bool:
     """Whether a target of a provider with a Responses endpoint gets the request natively
     (`responses: native`, the default) or through chat (`responses: chat`)."""
     settings = target.settings
-    if isinstance(settings, OpenAIProvider | AzureProvider):
+    # A tuple, not `OpenAIProvider | AzureProvider`: that union would be built anew on
+    # every call, and this is asked on every native request's build and parse.
+    if isinstance(settings, _SAYS_HOW):
         return settings.responses == "native"
     return True
 
@@ -66,7 +70,7 @@ def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
     # another account) is asked without a reference to it.
     payload.pop("previous_response_id", None)
     items = payload.get("input")
-    if isinstance(items, list) and any(_sealed_here(item) for item in items):
+    if isinstance(items, list) and _any_sealed_here(items):
         payload["input"] = [item for item in items if not _sealed_here(item)]
     return UpstreamRequest("POST", url, headers, orjson.dumps(payload), ctx.stream)
 
@@ -77,8 +81,23 @@ def _sealed_here(item: Any) -> bool:
             and str(item.get("encrypted_content") or "").startswith(PREFIX))
 
 
+def _any_sealed_here(items: list[Any]) -> bool:
+    """Whether any item is `_sealed_here`: asked of every native request, whose input is
+    often a whole conversation (as Codex sends it), so tested in one loop rather than by
+    a call per item."""
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            content = item.get("encrypted_content")
+            if isinstance(content, str) and content.startswith(PREFIX):
+                return True
+    return False
+
+
 def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:
-    response = decode_json(raw)
+    try:
+        response = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        response = None
     if not isinstance(response, dict) or response.get("object") != "response":
         raise UpstreamFailed("upstream answered /responses with a body that is not a response")
     usage = usage_of(response.get("usage"))
@@ -98,11 +117,13 @@ def usage_of(usage: Any) -> Usage | None:
         return None
     details = usage.get("input_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")), _count(cached))
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    # A count that is not a non-negative integer is 0; a JSON integer is an `int` exactly
+    # (true and false are `bool`s). Tested inline, not by a helper per count: this is read
+    # on every answer.
+    return Usage(prompt if prompt.__class__ is int and prompt >= 0 else 0,
+                 completion if completion.__class__ is int and completion >= 0 else 0,
+                 cached if cached.__class__ is int and cached >= 0 else 0)
 
 
 def _as_client_sees(response: dict[str, Any], ctx: CallContext) -> None:

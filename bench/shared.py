@@ -11,6 +11,9 @@ costs, and what `--workers 2` gives.
 2. `truckllm serve --workers 2` beside one worker (no limits), 32 connections, nothing
    pinned: requests/s.
 
+With `--unix`, the Redis-backed limiter also runs with `state_url` on redis-server's
+unix socket (a third row), to see what the TCP connection costs on one host.
+
 With `--instructions`, instead: TruckLLM's machine instructions per request under
 callgrind (bench.instructions), in-memory vs Redis-backed, same key and load — the
 deterministic figure to judge a change by on a shared machine.
@@ -140,6 +143,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=8,
                         help="connections of the limiter comparison")
+    parser.add_argument("--unix", action="store_true",
+                        help="also the Redis-backed limiter over a unix socket")
     parser.add_argument("--instructions", action="store_true",
                         help="count TruckLLM's instructions per request under callgrind instead")
     args = parser.parse_args()
@@ -149,21 +154,24 @@ def main() -> None:
     everywhere = os.sched_getaffinity(0)
     proxy_core, load_core = cores()
     pin_self(load_core)         # the load generators are started from here
-    figures = {"memory": Figures(), "redis": Figures(), "1 worker": Figures(),
-               "2 workers": Figures()}
+    figures = {"memory": Figures(), "redis": Figures(), "redis unix": Figures(),
+               "1 worker": Figures(), "2 workers": Figures()}
     with tempfile.TemporaryDirectory(prefix="truckllm-bench-shared-") as scratch:
         work = Path(scratch)
         fake_port = free_port()
         fake = start_child("fake", [sys.executable, "-m", "bench.fake_upstream", "--port",
                                     str(fake_port)], load_core, work)
-        redis = RedisServer()
+        redis = RedisServer(unix_socket=work / "redis.sock")
         try:
             wait_for_port(fake, fake_port)
             redis.start()
             if load_core is not None and redis.process is not None:
                 os.sched_setaffinity(redis.process.pid, {load_core})
             for index in range(args.rounds):
-                for name, url in (("memory", None), ("redis", redis.url)):
+                limiters = [("memory", None), ("redis", redis.url)]
+                if args.unix:
+                    limiters.append(("redis unix", redis.unix_url))
+                for name, url in limiters:
                     child, port = start_truckllm(work, f"{name}-{index}", fake_port, url, True,
                                                  core=proxy_core)
                     try:
@@ -193,15 +201,19 @@ def main() -> None:
 def count_instructions(args: argparse.Namespace) -> str:
     """TruckLLM's instructions per request, in-memory vs Redis-backed limiter."""
     pin_self(cores()[1])
-    redis = RedisServer()
-    try:
-        redis.start()
-        counts = {name: instructions_per_request("truckllm", args.concurrency, args.duration,
-                                                 edit_config=partial(edited, state_url=url,
-                                                                     limited=True))
-                  for name, url in (("in memory", None), ("Redis (`state_url`)", redis.url))}
-    finally:
-        redis.stop()
+    with tempfile.TemporaryDirectory(prefix="truckllm-bench-shared-") as scratch:
+        redis = RedisServer(unix_socket=Path(scratch) / "redis.sock")
+        try:
+            redis.start()
+            limiters = [("in memory", None), ("Redis (`state_url`)", redis.url)]
+            if args.unix:
+                limiters.append(("Redis, unix socket", redis.unix_url))
+            counts = {name: instructions_per_request(
+                "truckllm", args.concurrency, args.duration,
+                edit_config=partial(edited, state_url=url, limited=True))
+                for name, url in limiters}
+        finally:
+            redis.stop()
     memory = counts["in memory"]
     lines = ["| limiter | TruckLLM instructions per request | vs in memory |", "|---|---:|---:|"]
     lines += [f"| {name} | {count / 1000:,.0f}k | {count / memory - 1:+.0%} |"
@@ -215,7 +227,7 @@ def render(figures: dict[str, Figures], args: argparse.Namespace, pinned: str) -
     def med(values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
 
-    memory, redis = figures["memory"], figures["redis"]
+    memory, redis, unix = figures["memory"], figures["redis"], figures["redis unix"]
     lines = [
         f"### Shared state and workers ({args.rounds} rounds of {args.duration:g} s, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
@@ -229,9 +241,19 @@ def render(figures: dict[str, Figures], args: argparse.Namespace, pinned: str) -
         f"{med(memory.cpu_us):.0f} | - |",
         f"| Redis (`state_url`) | {med(redis.rps):.0f} | {med(redis.p50_ms):.2f} | "
         f"{med(redis.cpu_us):.0f} | {med(redis.redis_cpu_us):.0f} |",
+    ]
+    if unix.rps:
+        lines.append(f"| Redis, unix socket | {med(unix.rps):.0f} | {med(unix.p50_ms):.2f} | "
+                     f"{med(unix.cpu_us):.0f} | {med(unix.redis_cpu_us):.0f} |")
+    lines += [
         "",
         f"Redis adds {med(redis.p50_ms) - med(memory.p50_ms):+.2f} ms p50 and "
         f"{(med(redis.cpu_us) / med(memory.cpu_us) - 1) * 100:+.0f}% TruckLLM CPU per request.",
+    ]
+    if unix.rps:
+        lines.append(f"Over the unix socket: {med(unix.p50_ms) - med(memory.p50_ms):+.2f} ms "
+                     f"p50 and {(med(unix.cpu_us) / med(memory.cpu_us) - 1) * 100:+.0f}% CPU.")
+    lines += [
         "",
         "| `truckllm serve` | requests/s (32 connections, no limits, nothing pinned) |",
         "|---|---:|",

@@ -38,19 +38,27 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One redis-server process; `stop` and `start` again keep its port (outage tests)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, unix_socket: Path | None = None) -> None:
         self.binary = redis_server_binary()
         self.port = port or free_port()
+        self.unix_socket = unix_socket      # also listening there (owner only), when given
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        assert self.unix_socket is not None
+        return f"unix://{self.unix_socket}?db=0"
+
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"],
+             "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning",
+             *([] if self.unix_socket is None else
+               ["--unixsocket", str(self.unix_socket), "--unixsocketperm", "700"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_LIMIT_S
         while not self.answers():

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from tests.redis_server import RedisServer
+from tests.ports import free_port
+from tests.redis_server import RedisServer, redis_server_binary
 from truckllm.clock import SystemClock
 from truckllm.errors import Overloaded
 from truckllm.limits import NO_PROMPT, KeyPolicy, Limiter, LimitsPolicy, RateLimits
@@ -341,3 +346,115 @@ async def test_requests_nothing_limits_reach_the_shared_accounts(
     upstream = await RedisUpstreamStore(links[2]).shared_usage("p/k")
     assert (upstream.requests, upstream.prompt_tokens, upstream.completion_tokens,
             upstream.spend_usd) == (2, 3, 30, 0.75)
+
+
+async def test_a_unix_socket_url_and_its_database_number_are_followed() -> None:
+    with tempfile.TemporaryDirectory(prefix="trk-", dir="/tmp") as scratch:    # a short path
+        server = RedisServer(unix_socket=Path(scratch) / "redis.sock")
+        server.start()
+        link = StateLink(f"unix://{server.unix_socket}?db=2")
+        try:
+            store = RedisClientStore(link, SystemClock())
+            key = KeyPolicy("team", RateLimits(rpm=100))
+            grant = await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL)
+            assert isinstance(grant, Grant) and link.up
+            await store.finish(grant, Usage(3, 4), 0.5, TOTAL)
+            assert (await store.account("team", TOTAL)).period.spend_usd == pytest.approx(0.5)
+            for db, expected in ((2, 1), (0, 0)):
+                client = aioredis.Redis.from_url(f"{server.url[:-2]}/{db}")
+                try:
+                    assert await client.exists("truckllm:c:team:acct") == expected
+                finally:
+                    await client.aclose()
+        finally:
+            await link.close()
+            server.stop()
+
+
+async def test_a_password_in_the_url_logs_in_and_a_wrong_one_is_an_outage() -> None:
+    server = RedisServer()
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    await client.config_set("requirepass", "s3cret-pw")
+    await client.aclose()
+    right = StateLink(f"redis://:s3cret-pw@127.0.0.1:{server.port}/0")
+    wrong = StateLink(f"redis://default:not-it-pw@127.0.0.1:{server.port}/0")
+    try:
+        key = KeyPolicy("team", RateLimits(rpm=100))
+        store = RedisClientStore(right, SystemClock())
+        assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert right.up
+        other = RedisClientStore(wrong, SystemClock())
+        # refused login: served from the fallback, and the password is nowhere in the error
+        assert isinstance(await other.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert not wrong.up and wrong.last_error is not None
+        assert "not-it-pw" not in wrong.last_error
+        client = aioredis.Redis.from_url(f"redis://:s3cret-pw@127.0.0.1:{server.port}/0")
+        try:    # the one admission Redis counted is the logged-in link's
+            assert await client.zcard("truckllm:c:team:rpm") == 1
+        finally:
+            await client.aclose()
+    finally:
+        await right.close()
+        await wrong.close()
+        server.stop()
+
+
+async def test_a_rediss_url_talks_tls_and_checks_the_servers_certificate(
+        tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+         str(cert), "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trusted = StateLink(f"rediss://localhost:{port}/0?ssl_ca_certs={cert}")
+    untrusted = StateLink(f"rediss://localhost:{port}/0")     # the system's CAs only
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None
+                await asyncio.sleep(0.05)
+        key_policy = KeyPolicy("team", RateLimits(rpm=100))
+        store = RedisClientStore(trusted, SystemClock())
+        assert isinstance(await store.admit(OPEN, key_policy, PromptEstimate.known(0), TOTAL),
+                          Grant)
+        assert trusted.up and (await store.current("team"))[0] == 1
+        other = RedisClientStore(untrusted, SystemClock())
+        assert isinstance(await other.admit(OPEN, key_policy, PromptEstimate.known(0), TOTAL),
+                          Grant)
+        assert not untrusted.up and "certificate" in (untrusted.last_error or "").lower()
+    finally:
+        await trusted.close()
+        await untrusted.close()
+        server.terminate()
+        server.wait(10)
+
+
+async def test_a_server_that_does_not_speak_redis_is_an_outage() -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", free_port())
+    port = server.sockets[0].getsockname()[1]
+    link = StateLink(f"redis://127.0.0.1:{port}/0")
+    try:
+        store = RedisClientStore(link, SystemClock())
+        key = KeyPolicy("team", RateLimits(rpm=100))
+        assert isinstance(await store.admit(OPEN, key, PromptEstimate.known(0), TOTAL), Grant)
+        assert not link.up and "InvalidResponse" in (link.last_error or "")
+    finally:
+        await link.close()
+        server.close()
+        await server.wait_closed()

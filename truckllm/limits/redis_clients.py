@@ -3,11 +3,12 @@
 
 Every check-and-count (`admit`) and every end of a request (`finish`) is one Lua script
 (truckllm.limits.redis_scripts), atomic on the Redis server and on its clock. A request
-waits for one round trip, its admission: its end is queued, not waited for, and goes to
-Redis in the same pipeline as the next admissions (truckllm.limits.redis_link keeps this
-process's calls in order, so the end lands before any admission made after it). A request of a key with nothing to check (no rate, cap or budget, behind an
-unlimited gateway) makes no round trip at all: its usage is added to the key's account
-in a batch, once a second.
+waits for one round trip, its admission: its end is written to Redis before the
+response goes out, and its answer not waited for (truckllm.limits.redis_link keeps this
+process's calls in order, so the end lands before any admission made after it). A
+request of a key with nothing to check (no rate, cap or budget, behind an unlimited
+gateway) makes no round trip at all: its usage is added to the key's account in a batch,
+once a second.
 
 When Redis is unreachable (truckllm.limits.redis_link) requests are served from an
 in-memory store that enforces the same limits in this process alone, seeded with the
@@ -269,23 +270,25 @@ class RedisClientStore:
         # Its answer is not waited for (the client's answer does not wait for a second
         # round trip), only its writing: Redis then has it before any admission made after
         # the client got its answer, so a budget is crossed by the requests in flight only.
-        self.link.post(self._finish, keys, args, done)
+        self.link.post(self._finish, keys, args, done, now=True)
         self.changes += 1
         await self.link.written()
 
     def _finish_call(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
                      period_start: datetime | None, settle: bool,
                      release: bool) -> tuple[Keys, list[Any]]:
+        real: str | int = ""
         prompt = completion = 0
         if usage is not None:
+            real = usage.total_tokens
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
-        args: list[Any] = [
-            grant.gid, self._span_ms, "1" if settle else "0", "1" if release else "0",
-            _opt(grant.key_est), _opt(grant.gw_est),
-            _opt(None if usage is None else usage.total_tokens), prompt, completion,
-            repr(float(cost_usd)), "" if period_start is None else _iso(period_start),
-            "1" if grant.key_id is not None else "0"]
-        return self._keys_of(grant.key_id or "")[1], [_packed(args)]
+        key_est = "" if grant.key_est is None else grant.key_est
+        gw_est = "" if grant.gw_est is None else grant.gw_est
+        packed = (f"{grant.gid}|{self._span_ms}|{'1' if settle else '0'}|"
+                  f"{'1' if release else '0'}|{key_est}|{gw_est}|{real}|{prompt}|{completion}|"
+                  f"{float(cost_usd)!r}|{'' if period_start is None else _iso(period_start)}|"
+                  f"{'0' if grant.key_id is None else '1'}")
+        return self._keys_of(grant.key_id or "")[1], [packed]
 
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:

@@ -13,8 +13,10 @@ pipeline: every limited request runs two scripts, and the pipeline encodes and c
 argument in Python and builds a pipeline object per batch. Measured under callgrind
 (docs/dev/state.md), the Redis-backed limiter added 64% to a request's instructions that
 way and 15% this way. What is written is plain RESP (arrays of bulk strings, which every
-Redis and Valkey reads) through the connection's public `send_packed_command`; answers are
-still read and parsed by redis-py (hiredis when installed).
+Redis and Valkey reads). The scripts' connection is an asyncio protocol of its own
+(`_Answers`), opened where redis-py would open it for the URL: the event loop hands it
+what arrives and hiredis parses it, where redis-py's connection reads through a stream
+reader, a task and several layers per answer and needs a task per write.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
+import hiredis
 import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 log = structlog.get_logger("truckllm.state")
 
@@ -77,15 +80,18 @@ class Keys:
 
 class _Call:
     """A command queued or sent: a script's (its keys and arguments already in the wire
-    format, after the script's name), or a whole command of its own."""
+    format, after the script's name), or a whole command of its own. Its answer goes to
+    `future` (a caller waiting) or to `done`."""
 
-    __slots__ = ("done", "fields", "script", "tail")
+    __slots__ = ("done", "fields", "future", "script", "tail")
 
-    def __init__(self, script: Script | None, tail: bytes, fields: int, done: Done) -> None:
+    def __init__(self, script: Script | None, tail: bytes, fields: int, done: Done | None,
+                 future: asyncio.Future[Any] | None = None) -> None:
         self.script = script
         self.tail = tail
         self.fields = fields
         self.done = done
+        self.future = future
 
     def command(self, loaded: set[str]) -> bytes:
         if self.script is None:
@@ -93,24 +99,60 @@ class _Call:
         head = self.script.by_sha if self.script.sha in loaded else self.script.with_source
         return b"*%d\r\n%b%b" % (self.fields + 2, head, self.tail)
 
+    def answer(self, result: Any, exc: BaseException | None) -> None:
+        future = self.future
+        if future is not None:
+            if not future.done():
+                if exc is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(exc)
+        elif self.done is not None:
+            _report(self.done, result, exc)
+
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
+_MORE = object()        # what the parser gives while an answer is still incomplete
+
+
+class _Answers(asyncio.Protocol):
+    """The scripts' connection as the event loop sees it: what arrives is parsed (hiredis)
+    and each answer handed, in order, to the call written for it, as soon as it is read.
+    Its own protocol rather than redis-py's connection: that one reads through a stream,
+    a task and several layers per answer, and writes through a task per batch."""
+
+    def __init__(self, link: StateLink) -> None:
+        self.link = link
+        self.parser = hiredis.Reader(replyError=ResponseError, protocolError=InvalidResponse,
+                                     notEnoughData=_MORE)
+
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        self.parser.feed(data)
+        try:
+            answer = self.parser.gets()
+            while answer is not _MORE and link._answers_to is self:
+                link._answered(answer)
+                answer = self.parser.gets()
+        except InvalidResponse as exc:      # not Redis's wire format: the connection fails
+            if link._answers_to is self:
+                link._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link._lost(self, exc)
 
 
 class StateLink:
     """One client of the state server for the process, and its up/down state."""
 
     def __init__(self, url: str, failure: Literal["open", "closed"] = "open") -> None:
-        options: dict[str, Any] = {
-            "socket_connect_timeout": CALL_TIMEOUT_S, "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0}
         # Commands of their own (reads, the probe, imports): each waits for its answer.
         self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=CALL_TIMEOUT_S, **options)
-        # The scripts' connection: one, so Redis runs them in the order they were made;
-        # its calls are timed here, by one timer for all (see _check).
-        self._scripts: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, single_connection_client=True, **options)
+            url, socket_timeout=CALL_TIMEOUT_S, socket_connect_timeout=CALL_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        # The scripts' connection: one (_Answers), so Redis runs them in the order they
+        # were made; its calls are timed here, by one timer for all (see _check).
+        self._server = _Server(url)
         self.fail_closed = failure == "closed"
         self.instance = uuid.uuid4().hex[:12]       # names this process's grants
         self.up = True
@@ -121,11 +163,15 @@ class StateLink:
         self.config_sync: Callable[[], dict[str, Any]] | None = None    # its status
         self._batch: list[_Call] = []               # made this turn, not written yet
         self._sent: deque[_Call] = deque()          # written, in order, not answered yet
-        self._writer: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        # The open connection's event loop, kept: asyncio.get_running_loop() costs a system
+        # call (getpid) on every call before Python 3.12.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._answers_to: _Answers | None = None    # the open connection's protocol
+        self._connecting: asyncio.Task[None] | None = None
+        self._flush_soon = False                    # a write of the batch is scheduled
         self._watchdog: asyncio.TimerHandle | None = None
         self._answers = 0                           # answers read, ever
-        self._closing: set[asyncio.Task[None]] = set()
         self._loaded: set[str] = set()      # the scripts the server is known to hold
 
     def script(self, source: str) -> Script:
@@ -144,113 +190,124 @@ class StateLink:
                    args: Sequence[Field]) -> Any:
         """Run a script and wait for its answer; raises one of FAILURES (after marking
         the link down)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def done(result: Any, exc: BaseException | None) -> None:
-            if future.done():
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-        self.post(script, keys, args, done)
+        future: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
+        self._queue(_Call(script, _tail(keys, args), _fields(keys, args), None, future))
         return await future
 
     def post(self, script: Script, keys: Keys | Sequence[str], args: Sequence[Field],
-             done: Done) -> None:
+             done: Done, *, now: bool = False) -> None:
         """Queue a script without waiting for it: `done` gets its answer or failure.
 
         The calls made in one turn of the event loop are written together, on the one
         connection of the scripts, without waiting for the answers to earlier ones. Redis
         runs a connection's commands in the order it reads them, so it runs this
         process's calls in the order they were made: work posted at the end of a request
-        (not waited for) is done before any admission made after it."""
-        if not isinstance(keys, Keys):
-            keys = Keys(keys)
-        tail = b"".join([keys.encoded, *[_bulk(_encoded(arg)) for arg in args]])
-        self._queue(_Call(script, tail, keys.fields + len(args), done))
+        (not waited for) is done before any admission made after it. `now`: written at
+        once with what is queued (see `written`), if the connection is open."""
+        call = _Call(script, _tail(keys, args), _fields(keys, args), done)
+        if now and self._transport is not None:
+            self._batch.append(call)
+            self._flush()
+            return
+        self._queue(call)
 
     def _queue(self, call: _Call) -> None:
         self._batch.append(call)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+        if self._loop is not None:
+            if not self._flush_soon:
+                self._flush_soon = True
+                self._loop.call_soon(self._flush_scheduled)
+        elif self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    def _flush_scheduled(self) -> None:
+        self._flush_soon = False
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write what was queued, if the connection is open (else its opening does)."""
+        transport, loop = self._transport, self._loop
+        if not self._batch or transport is None or loop is None:
+            return
+        batch, self._batch = self._batch, []
+        loaded = self._loaded
+        self._sent.extend(batch)
+        transport.write(b"".join([call.command(loaded) for call in batch]))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(
+                CALL_TIMEOUT_S, self._check, self._answers)
 
     async def written(self) -> None:
-        """Wait until every call queued so far is written to the server, not answered:
-        a request's end written before its response goes out reaches Redis before any
-        admission the client's next request makes, on whichever instance. A write that
-        cannot finish (a hung server) is waited for no longer than a call."""
-        if self._writer is not None:
-            await asyncio.wait({self._writer}, timeout=CALL_TIMEOUT_S)
+        """Write every call queued so far to the server now, not waiting for answers: a
+        request's end written before its response goes out reaches Redis before any
+        admission the client's next request makes, on whichever instance. While the
+        connection opens, waits for that, no longer than a call."""
+        self._flush()
+        if self._batch and self._connecting is not None:
+            await asyncio.wait({self._connecting}, timeout=CALL_TIMEOUT_S)
 
     async def flushed(self) -> None:
         """Wait until every call queued so far has its answer or has failed (reads of
         what this process counted, and shutdown, wait for it)."""
         if not self._batch and not self._sent:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(_Call(None, _PING, 1, None, future))    # answered after all before it
+        with contextlib.suppress(*FAILURES):
+            await future
 
-        def done(result: Any, exc: BaseException | None) -> None:
-            if not future.done():
-                future.set_result(None)
-
-        self._queue(_Call(None, _PING, 1, done))        # answered after all before it
-        await future
-
-    async def _write(self) -> None:
-        """Write what was queued (in the turn this task was created in, and meanwhile)."""
+    async def _connect(self) -> None:
+        """Open the scripts' connection (a new one after any failure) and write what was
+        queued meanwhile, after the login and the database choice."""
         try:
-            while self._batch:
-                if self._closing:       # the failed connection closed before a new one
-                    await asyncio.wait(self._closing)
-                conn = self._scripts.connection or (await self._scripts.initialize()).connection
-                assert conn is not None
-                batch, self._batch = self._batch, []
-                data = b"".join([call.command(self._loaded) for call in batch])
-                self._sent.extend(batch)
-                await conn.send_packed_command(data, check_health=False)    # connects
-                loop = asyncio.get_running_loop()
-                if self._reader is None:
-                    self._reader = loop.create_task(self._read(conn))
-                if self._watchdog is None:
-                    self._watchdog = loop.call_later(CALL_TIMEOUT_S, self._check, self._answers)
+            protocol = _Answers(self)
+            transport = await asyncio.wait_for(self._server.open(protocol), CALL_TIMEOUT_S)
         except FAILURES as exc:
+            self._connecting = None
             self._fail(exc)
-        finally:
-            self._writer = None
+            return
+        self._connecting = None
+        self._transport, self._answers_to = transport, protocol
+        self._loop = asyncio.get_running_loop()
+        self._batch[:0] = [_Call(None, command, 1, self._refused)
+                           for command in self._server.handshake]
+        self._flush()
 
-    async def _read(self, conn: AbstractConnection) -> None:
-        """Hand the answers, in order, to the calls written on `conn`, for as long as it
-        is open."""
-        try:
-            while True:
-                try:
-                    answer: Any = await conn.read_response()
-                except ResponseError as exc:        # an answer: this call's error
-                    answer = exc
-                self._answers += 1
-                if not self._sent:
-                    raise ConnectionError("an answer to no call")
-                call = self._sent.popleft()
-                if isinstance(answer, NoScriptError) and call.script is not None:
-                    # Redis lost its scripts (SCRIPT FLUSH): this one goes again, with
-                    # its source, after the calls already written.
-                    self._loaded.clear()
-                    self._queue(call)
-                    continue
-                if isinstance(answer, BaseException):
-                    _report(call.done, None, answer)
-                    continue
-                if call.script is not None:
-                    self._loaded.add(call.script.sha)
-                _report(call.done, answer, None)
-        except FAILURES as exc:
-            self._reader = None
-            if self._sent or self._batch:
-                self._fail(exc)
-            # else the server closed an idle connection (its `timeout`, say): nothing was
-            # lost, and the next write opens it again.
+    def _refused(self, _: Any, exc: BaseException | None) -> None:
+        """The answer to the login or the database choice: an error fails the connection."""
+        if exc is not None and self._sent:
+            self._fail(exc)
+
+    def _answered(self, answer: Any) -> None:
+        """The next answer on the open connection, for the oldest call written."""
+        self._answers += 1
+        if not self._sent:
+            self._fail(ConnectionError("an answer to no call"))
+            return
+        call = self._sent.popleft()
+        if isinstance(answer, ResponseError):
+            if call.script is not None and str(answer).startswith("NOSCRIPT"):
+                # Redis lost its scripts (SCRIPT FLUSH): this one goes again, with its
+                # source, after the calls already written.
+                self._loaded.clear()
+                self._queue(call)
+                return
+            call.answer(None, answer)
+            return
+        if call.script is not None:
+            self._loaded.add(call.script.sha)
+        call.answer(answer, None)
+
+    def _lost(self, protocol: _Answers, exc: Exception | None) -> None:
+        """The connection closed: a failure if calls were waiting for it; else (the
+        server's idle `timeout`, say) nothing was lost and the next call opens it again."""
+        if protocol is not self._answers_to:
+            return
+        self._transport = self._answers_to = self._loop = None
+        if self._sent:
+            self._fail(exc or ConnectionError("closed by the server"))
+        elif self._batch and self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     def _check(self, answers: int) -> None:
         """The timeout of the calls: one timer for all of them, not one per answer. Calls
@@ -258,12 +315,12 @@ class StateLink:
         a call answered in CALL_TIMEOUT_S never fails and one that is not fails within
         twice that."""
         self._watchdog = None
-        if not self._sent:
+        if not self._sent or self._loop is None:
             return
         if self._answers == answers:
             self._fail(TimeoutError())
             return
-        self._watchdog = asyncio.get_running_loop().call_later(
+        self._watchdog = self._loop.call_later(
             CALL_TIMEOUT_S, self._check, self._answers)
 
     def _fail(self, exc: BaseException) -> None:
@@ -271,9 +328,6 @@ class StateLink:
         queued would wait for the same server, so a hung server costs a request one
         timeout, not two); the next call opens a new connection."""
         self.failed(exc)
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-        self._reader = None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -281,13 +335,12 @@ class StateLink:
         self._sent.clear()
         self._batch = []
         self._loaded.clear()            # a new server may not hold them
-        if self._scripts.connection is not None:
-            closing = asyncio.get_running_loop().create_task(
-                _disconnect(self._scripts.connection))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+        transport, self._transport, self._answers_to = self._transport, None, None
+        self._loop = None
+        if transport is not None:
+            transport.abort()
         for call in calls:
-            _report(call.done, None, exc)
+            call.answer(None, exc)
 
     def status(self) -> dict[str, Any]:
         return {"backend": "redis", "up": self.up, "down_since": self.down_since,
@@ -324,12 +377,13 @@ class StateLink:
     async def close(self) -> None:
         with contextlib.suppress(*FAILURES):
             await self.flushed()        # the ends of the last requests reach Redis
-        for task in (self._writer, self._reader, *self._closing):
-            if task is not None:
-                task.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
-        await self._scripts.aclose()
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = self._answers_to = self._loop = None
         await self.client.aclose()
 
 
@@ -341,9 +395,51 @@ def _report(done: Done, result: Any, exc: BaseException | None) -> None:
         log.exception("state_call_handler_failed")
 
 
-async def _disconnect(conn: AbstractConnection) -> None:
-    with contextlib.suppress(*FAILURES):
-        await conn.disconnect(nowait=True)
+class _Server:
+    """Where the scripts' connection goes, read from the URL as redis-py reads it (TCP,
+    TLS or a unix socket), and the commands that start it: the login and the database."""
+
+    def __init__(self, url: str) -> None:
+        options: dict[str, Any] = dict(parse_url(url))
+        kind = options.pop("connection_class", Connection)
+        self.path: str | None = options.get("path")
+        self.host: str = options.get("host", "localhost")
+        self.port: int = options.get("port", 6379)
+        # redis-py's TLS settings, from the URL's query (its defaults: verified)
+        self.tls = SSLConnection(**options).ssl_context.get() if kind is SSLConnection else None
+        handshake: list[bytes] = []
+        password, username = options.get("password"), options.get("username")
+        if password is not None:
+            handshake.append(_command(b"AUTH", *([username] if username else []), password))
+        if options.get("db"):
+            handshake.append(_command(b"SELECT", str(options["db"])))
+        self.handshake = handshake
+
+    async def open(self, protocol: _Answers) -> asyncio.Transport:
+        loop = asyncio.get_running_loop()
+        if self.path is not None:
+            transport, _ = await loop.create_unix_connection(lambda: protocol, self.path)
+        else:
+            transport, _ = await loop.create_connection(lambda: protocol, self.host,
+                                                        self.port, ssl=self.tls)
+        return transport
+
+
+def _command(*words: bytes | str) -> bytes:
+    encoded = [w.encode() if isinstance(w, str) else w for w in words]
+    return b"".join([b"*%d\r\n" % len(encoded), *map(_bulk, encoded)])
+
+
+def _tail(keys: Keys | Sequence[str], args: Sequence[Field]) -> bytes:
+    if not isinstance(keys, Keys):
+        keys = Keys(keys)
+    if len(args) == 1:
+        return keys.encoded + _bulk(_encoded(args[0]))
+    return b"".join([keys.encoded, *[_bulk(_encoded(arg)) for arg in args]])
+
+
+def _fields(keys: Keys | Sequence[str], args: Sequence[Field]) -> int:
+    return (keys.fields if isinstance(keys, Keys) else len(keys) + 1) + len(args)
 
 
 def _bulk(value: bytes) -> bytes:

@@ -171,3 +171,73 @@ async def test_native_failure_after_a_finished_item_reports_and_stores_it(stack:
     assert failed.response.model == "az" and failed.response.output_text == "Fake reply to: hello there"
     stored = await client.responses.retrieve(failed.response.id)
     assert stored.status == "failed" and stored.output_text == "Fake reply to: hello there"
+
+
+def _without_foreign(events: list[str]) -> list[str]:
+    return [event for event in events if not event.startswith("event: codex.")]
+
+
+def _cut_by_error(events: list[str]) -> list[str]:
+    error = {"type": "error", "code": "server_error", "message": "The model crashed.", "sequence_number": 99}
+    return [*_without_foreign(events)[:5], f"event: error\ndata: {orjson.dumps(error).decode()}\n\n"]
+
+
+# The upstream's events as a stream might bring them; the first three a read may take whole.
+NATIVE_STREAMS = {
+    "plain": lambda answer: _without_foreign(answer.events()),
+    "tool call": lambda answer: _without_foreign(ResponsesAnswer(
+        answer.model, {**answer.body, "input": "weather in Paris?", "tools": [WEATHER]}).events()),
+    "error event": lambda answer: _cut_by_error(answer.events()),
+    "a foreign event": lambda answer: answer.events(),
+    "a nested model": lambda answer: _without_foreign(ResponsesAnswer(answer.model, {
+        **answer.body, "tools": [{"type": "image_generation", "model": "gpt-image-1"}]}).events()),
+    "spaced": lambda answer: spaced_events(answer),
+    "cut short": lambda answer: _without_foreign(answer.events())[:-1],
+}
+
+
+@pytest.mark.parametrize("name", list(NATIVE_STREAMS))
+async def test_native_events_read_together_reach_the_client_as_they_do_one_by_one(
+        stack: Stack, name: str) -> None:
+    """One upstream write (mostly one read of the gateway's, taken whole), the same with
+    CRLF line ends (taken event by event) and one write per event: the same bytes."""
+    events = NATIVE_STREAMS[name](ResponsesAnswer("gpt4o-deploy", {"model": "gpt4o-deploy",
+                                                                   "input": "hello there", "stream": True}))
+    together = "".join(events)
+    sent = []
+    for reply in (Reply(raw=together.encode(), content_type="text/event-stream"),
+                  Reply(raw=together.replace("\n", "\r\n").encode(), content_type="text/event-stream"),
+                  Reply(events=events)):
+        stack.azure.script(reply)
+        async with stack.gateway.http() as http:
+            response = await http.post("/v1/responses", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                                       json={"model": "az", "input": "hello there", "stream": True})
+            assert response.status == 200
+            sent.append(await response.read())
+    assert sent[0] == sent[1] == sent[2]
+    received = [block.split(b"\ndata: ", 1) for block in sent[0].split(b"\n\n") if block]
+    kinds = [name.removeprefix(b"event: ").decode() for name, _ in received]
+    payloads = [orjson.loads(data) for _, data in received]
+    assert all(payload["type"] == kind for kind, payload in zip(kinds, payloads, strict=True))
+    assert all(payload["response"]["model"] == "az" for payload in payloads if "response" in payload)
+    assert kinds[0] == "response.created" and not any(kind.startswith("codex.") for kind in kinds)
+    if name in ("error event", "cut short"):
+        assert kinds[-1] == "response.failed"
+    else:
+        assert kinds[-1] == "response.completed" and len(kinds) == len(_without_foreign(events))
+    if name == "a nested model":
+        assert payloads[0]["response"]["tools"] == [{"type": "image_generation", "model": "gpt-image-1"}]
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["not-stored", "stored"])
+async def test_an_input_item_that_is_no_object_is_refused_before_the_upstream(stack: Stack, store: bool) -> None:
+    # Items nothing keeps are passed through as sent, yet still checked.
+    client = make_openai_client(stack)
+    before = len(stack.azure.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.post("/responses", cast_to=object, body={
+            "model": "az", "store": store, "input": [{"role": "user", "content": "hi"}, "hi"]})
+    error = refused.value.body
+    assert isinstance(error, dict) and error["type"] == "invalid_request_error"
+    assert error["param"] == "input[1]" and error["message"] == "an input item must be an object"
+    assert len(stack.azure.requests) == before

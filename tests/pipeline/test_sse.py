@@ -98,6 +98,10 @@ def test_a_read_of_whole_plain_events_is_its_payloads_as_feed_decodes_them(read:
     b"data: {\"a\":1}\n",                           # the event not yet whole
     b"data: {\"a\":1}\n\ndata: {\"b\":2}",
     b"data: {\"a\":1}\nX",
+    b"data: {\"a\":1}\n\ndata:{\"b\":2}\n\n",          # a later event without the space
+    b"data: {\"a\":1}\n\ndata: {\"b\":\n2}\n\n",       # a second line in a later event
+    b"data: {\"a\":1}\n\ndata: {\"b\":2}\r\n\n",
+    b"data: {\"a\":1}\n\nevent: x\ndata: {\"b\":2}\n\n",
 ])
 def test_any_other_read_is_left_to_feed(read: bytes) -> None:
     assert SSEDecoder().whole_data_events(read) is None
@@ -115,3 +119,54 @@ def test_a_read_of_several_events_past_the_cap_is_left_to_feed() -> None:
     read = b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n"
     assert SSEDecoder(len(read)).whole_data_events(read) is not None
     assert SSEDecoder(len(read) - 1).whole_data_events(read) is None
+
+
+@pytest.mark.parametrize("read", [
+    b"event: response.created\ndata: {\"a\":1}\n\n",
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\ndata: {\"b\":2}\n\nevent: c\ndata: {\"c\":3}\n\n",
+    b"event: \ndata: \n\n",
+])
+def test_a_read_of_whole_named_events_is_their_names_and_payloads_as_feed_decodes_them(read: bytes) -> None:
+    events = SSEDecoder().whole_named_events(read)
+    assert events is not None
+    assert [SSEEvent(name.decode(), payload) for name, payload in events] == decode_in_pieces(read, 1)
+    assert b"".join(frame(SSEEvent(name.decode(), payload)) for name, payload in events) == read
+
+
+@pytest.mark.parametrize("read", [
+    b"event: a\r\ndata: {\"a\":1}\r\n\r\n",          # other line ends
+    b"event: a\ndata: {\"a\":\r1}\n\n",
+    b"event: a\ndata: {\"a\":1}\ndata: {\"b\":2}\n\n",  # a second data line
+    b"event: a\ndata: {\"a\":\n1}\n\n",
+    b"data: {\"a\":1}\n\n",                          # a plain event
+    b"event: a\ndata: {\"a\":1}\n\ndata: {\"b\":2}\n\n",
+    b"event: a\ndata:{\"a\":1}\n\n",                 # no space after the colon
+    b"event:a\ndata: {\"a\":1}\n\n",
+    b"event: a\nid: 1\n\n",
+    b"event: a\n: keep-alive\ndata: {\"a\":1}\n\n",
+    b"event: a\ndata: {\"a\":1}\n\n: keep-alive\n\n",
+    b"event: a\ndata: {\"a\":1}\n\n\nevent: b\ndata: {\"b\":2}\n\n",   # a stray line end
+    b"event: a\ndata: {\"a\":1}\n\n\n",
+    b"event: a\ndata: {\"a\":1}\n",                  # the event not yet whole
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\ndata: {\"b\":2}",
+    b"event: a\ndata: {\"a\":1}X\n",
+    b"event: a\n",
+    b"event: a",
+    b"event: a\n\nevent: b\ndata: {\"b\":2}\n\n",            # an event without data
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\ndata:{\"b\":2}\n\n",
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\ndata: {\"b\":2}\ndata: x\n\n",
+    b"event: a\ndata: {\"a\":1}\n\nevent: b\n\n",
+])
+def test_any_other_read_is_left_to_feed_as_a_named_one(read: bytes) -> None:
+    assert SSEDecoder().whole_named_events(read) is None
+
+
+def test_a_named_read_after_a_partial_event_or_past_the_cap_is_left_to_feed() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"event: a\ndata: {\"a\"") == []
+    assert decoder.whole_named_events(b"event: b\ndata: {\"b\":2}\n\n") is None
+    assert decoder.feed(b":1}\n\n") == [SSEEvent("a", b"{\"a\":1}")]
+    assert decoder.whole_named_events(b"event: b\ndata: {\"b\":2}\n\n") == [(b"b", b"{\"b\":2}")]
+    read = b"event: a\ndata: {\"a\":1}\n\n"
+    assert SSEDecoder(len(read)).whole_named_events(read) is not None
+    assert SSEDecoder(len(read) - 1).whole_named_events(read) is None

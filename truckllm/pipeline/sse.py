@@ -47,17 +47,44 @@ class SSEDecoder:
                     and not self._buffer):
                 return [read[6:end]]
             return None
-        # Several: their lines alternate between a `data: ` line and a blank one.
-        lines = read.split(b"\n")
-        if (not len(lines) % 2 or lines[-1] or any(lines[1::2]) or read.find(b"\r") >= 0
-                or self._buffer or (self._max is not None and len(read) > self._max)):
+        # Several: the payloads are what lies between the first `data: `, each
+        # `\n\ndata: ` and the last `\n\n`, when no other line end is in the read (each
+        # event then holds two: its blank line's).
+        if (read[:6] != b"data: " or read[-2:] != b"\n\n" or self._buffer
+                or (self._max is not None and len(read) > self._max)):
             return None
-        payloads = []
-        for line in lines[:-1:2]:
-            if line[:6] != b"data: ":
-                return None
-            payloads.append(line[6:])
+        payloads = read[6:-2].split(b"\n\ndata: ")
+        if read.count(b"\n") != 2 * len(payloads) or read.find(b"\r") >= 0:
+            return None
         return payloads
+
+    def whole_named_events(self, read: bytes) -> list[tuple[bytes, bytes]] | None:
+        """The (name, payload) of each event of `read` when it is whole named events
+        framed exactly as `frame` frames one (`event: <name>\\ndata: <payload>\\n\\n` each,
+        no other line end), as a Responses stream's are, and nothing is held from before;
+        None for any other read, which `feed` takes (providers.base.NamedReadFeeder)."""
+        if (self._buffer or read[:7] != b"event: " or read.find(b"\r") >= 0
+                or (self._max is not None and len(read) > self._max)):
+            return None
+        first = read.find(b"\n")
+        end = len(read) - 2
+        if read.find(b"\n", first + 1) == end:       # one event: the common read of a stream
+            if read[-1] == 10 and read[first + 1:first + 7] == b"data: ":
+                return [(read[7:first], read[first + 7:end])]
+            return None
+        # Several: each event's `<name>\ndata: <payload>` lies between the first `event: `,
+        # each `\n\nevent: ` and the last `\n\n`, when no other line end is in the read
+        # (each event then holds three).
+        blocks = read[7:-2].split(b"\n\nevent: ")
+        if read[-2:] != b"\n\n" or read.count(b"\n") != 3 * len(blocks):
+            return None
+        events = []
+        for block in blocks:
+            name, found, data = block.partition(b"\ndata: ")
+            if not found:
+                return None
+            events.append((name, data))
+        return events
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer

@@ -27,6 +27,7 @@ from truckllm.pipeline.retry import (
 from truckllm.pipeline.sse import SSEDecoder, frame
 from truckllm.pipeline.transport import TransportError
 from truckllm.providers.base import (
+    NamedReadFeeder,
     ReadFeeder,
     SSEEvent,
     StreamEnding,
@@ -50,12 +51,12 @@ class StreamRelay:
                  prompt_estimate: int = 0, key_value: str = "",
                  max_event_bytes: int | None = None) -> None:
         self._response = response
-        self._chunks = response.iter_chunks()
         self._decoder = SSEDecoder(max_event_bytes)
         self._translator = translator
-        # A translator that takes a read of whole plain events at once (a pass-through)
-        # is given each such read whole.
+        # A translator that takes a read of whole plain events at once (a pass-through),
+        # or of whole named ones (the Responses API's), is given each such read whole.
         self._feed_read: ReadFeeder | None = getattr(translator, "feed_read", None)
+        self._feed_named_read: NamedReadFeeder | None = getattr(translator, "feed_named_read", None)
         self._ending = ending
         self._exchange = exchange
         self._attempt = attempt
@@ -72,23 +73,55 @@ class StreamRelay:
 
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
-        async for raw in self._chunks:
+        upstream = self._response
+        # The wait for the first chunk is time to first token (dispatch bounds it, and a
+        # reasoning model may think long); the idle limit starts once data flows.
+        raw = await self._read(marked=False)
+        if raw:
+            upstream.watch_idle()
+        while raw:
             out = self._translate(raw)
             if out:
                 return out
+            raw = await self._read(marked=True)
         self._ended = True
         return self._finish()
+
+    async def _read(self, marked: bool) -> bytes:
+        """The upstream's next chunk (b"" at its end), the wait marked for the idle limit."""
+        upstream = self._response
+        if marked:
+            upstream.waiting_since = upstream.clock()
+        try:
+            return await upstream.readany()
+        except Exception as exc:
+            raise upstream.failure(exc) from None
+        finally:
+            upstream.waiting_since = None
 
     async def write_rest(self, write: Writer) -> bytes:
         """Write the rest of the stream to the client as it comes, and return its last
         bytes (the client API's end of a stream, if it has one), which the caller sends
         with the end of the response in one write. The relay writes rather than yields:
-        each chunk then passes through one generator (the upstream's) on its way, not two."""
+        each chunk then passes through no generator on its way."""
         try:
             if not self._ended:
                 if self._pending is not None:
                     raise self._pending
-                async for raw in self._chunks:
+                upstream = self._response
+                read, clock = upstream.readany, upstream.clock
+                while True:
+                    # The read as `_read` does it, written out here: every chunk of the
+                    # stream then resumes this frame and the upstream's read, nothing between.
+                    upstream.waiting_since = clock()
+                    try:
+                        raw = await read()
+                    except Exception as exc:
+                        raise upstream.failure(exc) from None
+                    finally:
+                        upstream.waiting_since = None
+                    if not raw:
+                        break
                     out = self._translate(raw)
                     if out:
                         await write(out)
@@ -158,14 +191,19 @@ class StreamRelay:
 
     def _translate(self, raw: bytes) -> bytes:
         """The client's framed events for one upstream read ("" when it has none yet)."""
+        whole: bytes | None = None
         if self._feed_read is not None:
             payloads = self._decoder.whole_data_events(raw)
             if payloads is not None:
                 whole = self._feed_read(raw, payloads)
-                if whole is not None:
-                    if whole:
-                        self._sent.append(whole)
-                    return whole
+        elif self._feed_named_read is not None:
+            named = self._decoder.whole_named_events(raw)
+            if named is not None:
+                whole = self._feed_named_read(raw, named)
+        if whole is not None:
+            if whole:
+                self._sent.append(whole)
+            return whole
         translator = self._translator
         events: list[SSEEvent] = []
         error: errors.GatewayError | None = None

@@ -19,7 +19,7 @@ for a stream it ends at the first translated event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
 import aiohttp
 from multidict import CIMultiDict, istr
@@ -39,17 +39,21 @@ class TransportError(Exception):
 class _HttpResponse:
     """An aiohttp response seen through the UpstreamResponse protocol."""
 
-    __slots__ = ("_done", "_idle_timeout_s", "_reading_since", "_response", "_watch",
-                 "headers", "status")
+    __slots__ = ("_done", "_idle_timeout_s", "_response", "_watch", "clock", "headers",
+                 "readany", "status", "waiting_since")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
         self._response = response
         self._idle_timeout_s = idle_timeout_s
         self._done = False
-        self._reading_since: float | None = None     # loop time a chunk read began
         self._watch: asyncio.TimerHandle | None = None
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
+        # aiohttp's own read of the body, so that a reader awaiting it resumes no frame of
+        # ours on the way; what it raises becomes a TransportError by `failure`.
+        self.readany: Callable[[], Awaitable[bytes]] = response.content.readany
+        self.clock: Callable[[], float] = asyncio.get_running_loop().time
+        self.waiting_since: float | None = None     # loop time a marked wait for a chunk began
 
     async def read(self) -> bytes:
         try:
@@ -61,35 +65,43 @@ class _HttpResponse:
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         # The wait for the first chunk is time to first token (dispatch bounds it, and a
-        # reasoning model may think long); the idle limit starts once data flows. Each read
-        # after the first notes when it began, and one timer per stream (`_check_idle`)
-        # fails a read that has waited `idle_timeout_s`: arming and cancelling a timer per
-        # chunk cost more than all the rest of the relay's own work per chunk.
-        content = self._response.content
-        loop = asyncio.get_running_loop()
+        # reasoning model may think long); the idle limit starts once data flows.
+        first = True
         try:
             while True:
                 try:
-                    chunk = await content.readany()
-                except TimeoutError:
-                    raise TransportError("timeout", "upstream stream timed out") from None
-                except aiohttp.ClientError as exc:
-                    raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+                    chunk = await self.readany()
+                except Exception as exc:
+                    raise self.failure(exc) from None
                 finally:
-                    self._reading_since = None
+                    self.waiting_since = None
                 if not chunk:
                     break
-                if self._watch is None:
-                    self._watch = loop.call_later(self._idle_timeout_s, self._check_idle)
+                if first:
+                    first = False
+                    self.watch_idle()
                 yield chunk
-                self._reading_since = loop.time()
+                self.waiting_since = self.clock()
         finally:
             self._stop_watch()
-        self._done = True
+
+    def failure(self, exc: Exception) -> Exception:
+        if isinstance(exc, TimeoutError):
+            return TransportError("timeout", "upstream stream timed out")
+        if isinstance(exc, aiohttp.ClientError):
+            return TransportError("connect", f"upstream stream broke: {type(exc).__name__}")
+        return exc          # a TransportError of the idle watch's, or a fault of ours
+
+    def watch_idle(self) -> None:
+        """One timer per stream (`_check_idle`) fails a marked wait that has lasted
+        `idle_timeout_s`: arming and cancelling a timer per chunk cost more than all the
+        rest of the relay's own work per chunk."""
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(self._idle_timeout_s, self._check_idle)
 
     def _check_idle(self) -> None:
         loop = asyncio.get_running_loop()
-        since, now = self._reading_since, loop.time()
+        since, now = self.waiting_since, loop.time()
         if since is not None and now - since >= self._idle_timeout_s:
             self._watch = None
             self._response.content.set_exception(TransportError(
@@ -105,11 +117,11 @@ class _HttpResponse:
             self._watch = None
 
     def close(self) -> None:
-        if self._watch is not None:         # a stream closed before its end
+        if self._watch is not None:
             self._stop_watch()
         # A fully read response goes back to the pool; an abandoned one drops its
         # connection so the upstream stops generating.
-        if self._done:
+        if self._done or self._response.content.at_eof():
             self._response.release()
         else:
             self._response.close()

@@ -165,6 +165,9 @@ class StreamTranslator(Protocol):
 # which is `payloads` as unnamed events, each framed `data: <payload>\n\n`: what `feed`
 # would make of them, framed; or None to leave them to `feed`, one by one. Raises nothing.
 ReadFeeder = Callable[[bytes, list[bytes]], "bytes | None"]
+# The same for a stream of named events (the Responses API's), as `feed_named_read`: it gets
+# (read, the (name, payload) of each event), each framed `event: <name>\ndata: <payload>\n\n`.
+NamedReadFeeder = Callable[[bytes, list[tuple[bytes, bytes]]], "bytes | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,14 +212,31 @@ class OperationSpec:
 
 
 class UpstreamResponse(Protocol):
-    """A response from upstream, over the network or from an in-process provider."""
+    """A response from upstream, over the network or from an in-process provider.
+
+    A streamed body is read by `iter_chunks()`, or chunk by chunk in the reader's own
+    frame, as the stream relay does (every chunk then wakes one frame fewer than through
+    an async generator): `readany()` is the next chunk (b"" at the end), and `failure(exc)`
+    what to raise for an exception of it. The idle limit (the longest wait for a chunk)
+    runs from `watch_idle()`, called once data flows; it counts only the waits the reader
+    marks, by setting `waiting_since` to `clock()` before each and back to None after it.
+    """
 
     status: int
     headers: Mapping[str, str]
+    waiting_since: float | None
 
     async def read(self) -> bytes: ...
 
+    def readany(self) -> Awaitable[bytes]: ...
+
+    def clock(self) -> float: ...
+
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
+
+    def watch_idle(self) -> None: ...
+
+    def failure(self, exc: Exception) -> Exception: ...
 
     def close(self) -> None: ...
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import math
 import struct
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,22 +40,37 @@ class LocalResponse:
         content_type = "text/event-stream" if events is not None else "application/json"
         self.headers: Mapping[str, str] = {"Content-Type": content_type}
         self._body = body
-        self._events = events
+        self._events = events or []
+        self._next = 0                  # the event `readany` hands out next
         self._latency_s = latency_s
         self._chunk_delay_s = chunk_delay_s
+        self.clock = time.monotonic
+        self.waiting_since: float | None = None
 
     async def read(self) -> bytes:
         if self._latency_s:
             await asyncio.sleep(self._latency_s)
         return self._body
 
+    async def readany(self) -> bytes:
+        index, events = self._next, self._events
+        self._next = index + 1
+        if index == 0:
+            if self._latency_s:
+                await asyncio.sleep(self._latency_s)
+        elif self._chunk_delay_s and index < len(events):
+            await asyncio.sleep(self._chunk_delay_s)
+        return events[index] if index < len(events) else b""
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        if self._latency_s:
-            await asyncio.sleep(self._latency_s)
-        for index, event in enumerate(self._events or []):
-            if index and self._chunk_delay_s:
-                await asyncio.sleep(self._chunk_delay_s)
-            yield event
+        while chunk := await self.readany():
+            yield chunk
+
+    def watch_idle(self) -> None:
+        return None                     # paced in-process: never stalls
+
+    def failure(self, exc: Exception) -> Exception:
+        return exc
 
     def close(self) -> None:
         return None

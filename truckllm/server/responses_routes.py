@@ -8,11 +8,12 @@ id is answered as if it did not exist. Stored text is never logged.
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -27,7 +28,7 @@ from truckllm.pipeline.router import Routing
 from truckllm.pipeline.transport import Transport
 from truckllm.protocols.responses.answer import ENCRYPTED_REASONING, shown, shown_items
 from truckllm.protocols.responses.native import speaks_natively
-from truckllm.protocols.responses.request import input_items, refuse_background
+from truckllm.protocols.responses.request import check_input_items, input_items, refuse_background
 from truckllm.providers.base import CallContext, Operation, Target
 from truckllm.providers.registry import NATIVE_RESPONSES
 from truckllm.runtime.response_store import (
@@ -57,9 +58,10 @@ log = structlog.get_logger("truckllm.server.responses")
 _DAY_S = 86_400.0
 
 
-class _Parts:
-    """The app's parts POST /v1/responses uses, read once when the app starts (after which
-    aiohttp lets them change no more) rather than looked up in the app on every request."""
+class _CreateResponse:
+    """POST /v1/responses. The app's parts it uses are read once when the app starts (after
+    which aiohttp lets them change no more) rather than looked up in the app on every
+    request, and the route's handler is this object's bound `handle`, as a /v1 relay's is."""
 
     __slots__ = ("holder", "limiter", "missing", "routing", "stores", "transport")
     holder: StateHolder
@@ -74,68 +76,86 @@ class _Parts:
         self.transport, self.routing = app[TRANSPORT], app[ROUTING]
         self.stores, self.missing = app[RESPONSE_STORE], app[RESPONSES_ENDPOINT_MISSING]
 
-
-async def create_response(request: web.Request, exchange: Exchange, parts: _Parts) -> web.StreamResponse:
-    state = parts.holder.current                   # one snapshot for the whole request
-    limiter = parts.limiter
-    key = authenticate_request(request, state, limiter, exchange)
-    server = state.config.server
-    body = await read_json(request, server.max_body_mb, server.body_timeout_s)
-    check_fields(Operation.RESPONSES, body)
-    model: str = body["model"]
-    resolved = state.resolve(model)
-    if resolved is None or (key is not None and not key.may_use(model)):
-        raise model_refused(model, resolved)
-    route, targets = resolved
-    exchange.alias = route.alias
-    store = parts.stores[0] if parts.stores else None
-    owner = _owner(key)
-    history, prefer = await _history(store, body.get("previous_response_id"), owner)
-    items = [*history, *input_items(body.get("input"))]      # what went in, for the store
-    full = {**body, "input": items} if history else body
-    if body.get("background") and not all(_native(state, target) for target in targets):
-        # Refused here, before any upstream call, when a target would translate it.
-        refuse_background(body)
-    stream = bool(body.get("stream"))
-    exchange.stream = stream
-    response_id = "resp_" + secrets.token_hex(24)
-    final: list[dict[str, Any]] = []               # the finished response, for the store
-    ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full, {},
-                      response_id, on_response=final.append)
-    admission = await metering.admit(limiter, state, key, full, exchange)
-    keep = store is not None and body.get("store", True) is not False
-    missing = parts.missing
-    reply: Reply | StreamReply | RawReply | None = None
-    try:
-        call = Call(state, Operation.RESPONSES, full, route, _chat_where_missing(targets, missing),
-                    ctx, limiter, admission.estimate, prefer)
+    async def handle(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        state = self.holder.current                    # one snapshot for the whole request
+        limiter = self.limiter
+        key = authenticate_request(request, state, limiter, exchange)
+        server = state.config.server
+        body = await read_json(request, server.max_body_mb, server.body_timeout_s)
+        check_fields(Operation.RESPONSES, body)
+        model: str = body["model"]
+        resolved = state.resolve(model)
+        # Most keys have no allow-list.
+        if resolved is None or (key is not None and key.allowed is not None
+                                and not key.may_use(model)):
+            raise model_refused(model, resolved)
+        route, targets = resolved
+        exchange.alias = route.alias
+        store = self.stores[0] if self.stores else None
+        owner = "" if key is None else key.id
+        keep = store is not None and body.get("store", True) is not False
+        previous = body.get("previous_response_id")
+        history, prefer = ([], None) if previous is None else await _history(store, previous, owner)
+        raw_input = body.get("input")
+        # What went in, for the store and a continued conversation; nothing else reads it.
+        # Without either, a list of items is only checked, not made into items anew.
+        items: list[dict[str, Any]] = []
+        if keep or history:
+            items = [*history, *input_items(raw_input)]
+        elif isinstance(raw_input, list):
+            check_input_items(raw_input)
+        full = {**body, "input": items} if history else body
+        if body.get("background") and not all(_native(state, target) for target in targets):
+            # Refused here, before any upstream call, when a target would translate it.
+            refuse_background(body)
+        stream = bool(body.get("stream"))
+        exchange.stream = stream
+        # The id of an answer made here (one translated through chat). A store id must not
+        # be guessable: from the OS's random source, as `secrets.token_hex` takes it.
+        response_id = "resp_" + os.urandom(24).hex()
+        ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full,
+                          _NO_HEADERS, response_id)
+        final: list[dict[str, Any]] = []            # the finished response, for the store
+        if keep:        # the store is its only reader (set before the context is handed on)
+            ctx.on_response = final.append
+        admission = await metering.admit(limiter, state, key, full, exchange)
+        missing = self.missing
+        reply: Reply | StreamReply | RawReply | None = None
         try:
-            reply = await dispatch(call, parts.transport, exchange, parts.routing)
-        except errors.UpstreamStatus as exc:
-            if not _endpoint_missing(state, exc, exchange, call.targets):
-                raise
-            missing.add(exchange.provider_id or "")
-            log.warning("responses_endpoint_missing", provider=exchange.provider_id,
-                        action="translated through chat from now on")
-            call = replace(call, targets=_chat_where_missing(targets, missing))
-            reply = await dispatch(call, parts.transport, exchange, parts.routing)
-        if isinstance(reply, Reply):
-            if keep and store is not None:
-                # A translated answer handed its whole response (reasoning state and all)
-                # to on_response; a native one is kept as the upstream gave it.
-                whole = final[-1] if final else orjson.loads(reply.body)
-                await store.put(_stored(state, whole, items, owner, exchange,
+            call = Call(state, Operation.RESPONSES, full, route,
+                        _chat_where_missing(targets, missing) if missing else targets,
+                        ctx, limiter, admission.estimate, prefer)
+            try:
+                reply = await dispatch(call, self.transport, exchange, self.routing)
+            except errors.UpstreamStatus as exc:
+                if not _endpoint_missing(state, exc, exchange, call.targets):
+                    raise
+                missing.add(exchange.provider_id or "")
+                log.warning("responses_endpoint_missing", provider=exchange.provider_id,
+                            action="translated through chat from now on")
+                call = replace(call, targets=_chat_where_missing(targets, missing))
+                reply = await dispatch(call, self.transport, exchange, self.routing)
+            if isinstance(reply, Reply):
+                if keep and store is not None:
+                    # A translated answer handed its whole response (reasoning state and all)
+                    # to on_response; a native one is kept as the upstream gave it.
+                    whole = final[-1] if final else orjson.loads(reply.body)
+                    await store.put(_stored(state, whole, items, owner, exchange,
+                                            _served_natively(state, exchange, call.targets)))
+                return json_answer(reply.body, exchange)
+            if isinstance(reply, RawReply):        # not an answer any provider gives here
+                raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
+            response = await write_stream(request, reply, exchange)
+            if keep and store is not None and final:
+                await store.put(_stored(state, final[-1], items, owner, exchange,
                                         _served_natively(state, exchange, call.targets)))
-            return json_answer(reply.body, exchange)
-        if isinstance(reply, RawReply):        # not an answer any provider gives here
-            raise errors.UpstreamFailed("upstream answered /responses with an unexpected body")
-        response = await write_stream(request, reply, exchange)
-        if keep and store is not None and final:
-            await store.put(_stored(state, final[-1], items, owner, exchange,
-                                    _served_natively(state, exchange, call.targets)))
-        return response
-    finally:   # after the last byte, an error, or the client leaving (streams included)
-        await metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+            return response
+        finally:   # after the last byte, an error, or the client leaving (streams included)
+            await metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+
+
+# A native Responses request forwards no client headers.
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def _native(state: State, target: Target) -> bool:
@@ -171,8 +191,6 @@ async def _history(store: ResponseStore | None, previous: Any,
                    owner: str) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
     """The items a `previous_response_id` continues from (its input and its output), and,
     for a response made natively upstream, the provider and key to try first."""
-    if previous is None:
-        return [], None
     stored = await store.get(previous, owner) if store is not None else None
     if stored is None:
         raise errors.InvalidRequest(f"Previous response with id '{previous}' not found.",
@@ -260,17 +278,14 @@ def _limit(raw: str | None) -> int:
 
 def routes(app: web.Application) -> list[ExchangeRoute]:
     """The Responses API's routes; POST reads `app`'s parts when it starts."""
-    parts = _Parts()
+    create = _CreateResponse()
 
     async def bind_parts(app: web.Application) -> None:
-        parts.bind(app)
-
-    def create(request: web.Request, exchange: Exchange) -> Awaitable[web.StreamResponse]:
-        return create_response(request, exchange, parts)
+        create.bind(app)
 
     app.on_startup.append(bind_parts)
     return [
-        ExchangeRoute("POST", "/v1/responses", create),
+        ExchangeRoute("POST", "/v1/responses", create.handle),
         ExchangeRoute("GET", "/v1/responses/{response_id}", get_response),
         ExchangeRoute("DELETE", "/v1/responses/{response_id}", delete_response),
         ExchangeRoute("GET", "/v1/responses/{response_id}/input_items", list_input_items),

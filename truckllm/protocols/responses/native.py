@@ -46,13 +46,18 @@ _WITH_RESPONSE = frozenset({"response.created", "response.in_progress", "respons
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Events read whole besides those: the finished items, which a `response.failed` reports.
 _READ = _WITH_RESPONSE | {"error", "response.output_item.done"}
+_READ_NAMES = frozenset(kind.encode() for kind in _READ)
+# The provider settings that have `responses: native | chat`.
+_SAYS_HOW = (OpenAIProvider, AzureProvider)
 
 
 def speaks_natively(target: Target) -> bool:
     """Whether a target of a provider with a Responses endpoint gets the request natively
     (`responses: native`, the default) or through chat (`responses: chat`)."""
     settings = target.settings
-    if isinstance(settings, OpenAIProvider | AzureProvider):
+    # A tuple, not `OpenAIProvider | AzureProvider`: that union would be built anew on
+    # every call, and this is asked on every native request's build and parse.
+    if isinstance(settings, _SAYS_HOW):
         return settings.responses == "native"
     return True
 
@@ -65,7 +70,7 @@ def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
     # another account) is asked without a reference to it.
     payload.pop("previous_response_id", None)
     items = payload.get("input")
-    if isinstance(items, list) and any(_sealed_here(item) for item in items):
+    if isinstance(items, list) and _any_sealed_here(items):
         payload["input"] = [item for item in items if not _sealed_here(item)]
     return UpstreamRequest("POST", url, headers, orjson.dumps(payload), ctx.stream)
 
@@ -76,8 +81,23 @@ def _sealed_here(item: Any) -> bool:
             and str(item.get("encrypted_content") or "").startswith(PREFIX))
 
 
+def _any_sealed_here(items: list[Any]) -> bool:
+    """Whether any item is `_sealed_here`: asked of every native request, whose input is
+    often a whole conversation (as Codex sends it), so tested in one loop rather than by
+    a call per item."""
+    for item in items:
+        if isinstance(item, dict) and item.get("type") == "reasoning":
+            content = item.get("encrypted_content")
+            if isinstance(content, str) and content.startswith(PREFIX):
+                return True
+    return False
+
+
 def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:
-    response = decode_json(raw)
+    try:
+        response = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        response = None
     if not isinstance(response, dict) or response.get("object") != "response":
         raise UpstreamFailed("upstream answered /responses with a body that is not a response")
     usage = usage_of(response.get("usage"))
@@ -97,11 +117,13 @@ def usage_of(usage: Any) -> Usage | None:
         return None
     details = usage.get("input_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")), _count(cached))
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    # A count that is not a non-negative integer is 0; a JSON integer is an `int` exactly
+    # (true and false are `bool`s). Tested inline, not by a helper per count: this is read
+    # on every answer.
+    return Usage(prompt if prompt.__class__ is int and prompt >= 0 else 0,
+                 completion if completion.__class__ is int and completion >= 0 else 0,
+                 cached if cached.__class__ is int and cached >= 0 else 0)
 
 
 def _as_client_sees(response: dict[str, Any], ctx: CallContext) -> None:
@@ -115,10 +137,20 @@ class NativeResponsesStream:
     """Upstream Responses events forwarded; those carrying the response object get the
     alias as `model`, and the final one gives the usage and goes to the context's
     `on_response`. Keeps what a `response.failed` of its own reports: the response as
-    created, the items finished so far and the last event forwarded (its number)."""
+    created, the items finished so far and the last event forwarded (its number).
+
+    An event reaches the client as the upstream's bytes, with the alias in place of the
+    response's model when that field is certainly the only change (see `_renamed`);
+    otherwise the event read is written anew. A read of whole events named as their
+    `type` says (what the upstream sends) goes to the client as the read's own bytes
+    (`feed_named_read`); any other read is taken event by event (`feed`)."""
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
+        self._alias_field = b'"model":' + json_string(ctx.alias)
+        # A follow-up's response objects name the previous response, which the upstream's
+        # do not: those are written anew.
+        self._renames = ctx.client_body.get("previous_response_id") is None
         self.usage: Usage | None = None
         self._ended = False
         self._frame: dict[str, Any] | None = None
@@ -146,17 +178,78 @@ class NativeResponsesStream:
             self._last = data
             return [SSEEvent(kind, data)]
         response = parsed.get("response")
+        out = None
         if isinstance(response, dict):
-            _as_client_sees(response, self._ctx)
-            if kind == "response.created":
-                self._frame = response
-            if kind in _TERMINAL:
-                self._ended = True
-                self.usage = usage_of(response.get("usage")) or self.usage
-                if self._ctx.on_response is not None:
-                    self._ctx.on_response(response)
-        self._last = orjson.dumps(parsed)
+            out = self._renamed(data, response)
+            self._took(kind, response)
+        self._last = orjson.dumps(parsed) if out is None else out
         return [SSEEvent(kind, self._last)]
+
+    def feed_named_read(self, read: bytes, events: list[tuple[bytes, bytes]]) -> bytes | None:
+        """A read of whole named events at once (base.NamedReadFeeder): when each is a
+        Responses event named as its `type` says, none an `error` or one `feed` would
+        drop or write anew, the client gets the read's own bytes, the alias in the
+        response objects. Any other read is left to `feed`: nothing is noted here until
+        the whole read is known to be taken."""
+        renamed: dict[int, bytes] = {}          # event index -> its bytes with the alias
+        responses: list[tuple[str, dict[str, Any]]] = []
+        items: list[dict[str, Any]] = []
+        for index, (name, data) in enumerate(events):
+            # A Responses event named as its `type` (the name `feed` reads), spelt exactly
+            # `{"type":"response.<...>"`; an `error` or a foreign event is left to `feed`,
+            # which raises or drops it.
+            size = len(name)
+            if (data[:18] != b'{"type":"response.' or data.find(b'"', 18) != 9 + size
+                    or data[9:9 + size] != name):
+                return None
+            if name in _READ_NAMES:
+                parsed = decode_json(data)
+                if parsed.__class__ is not dict:
+                    return None
+                if name == b"response.output_item.done":
+                    item = parsed.get("item")
+                    if isinstance(item, dict):
+                        items.append(item)
+                    continue
+                response = parsed.get("response")
+                if response.__class__ is not dict:
+                    return None
+                out = self._renamed(data, response)
+                if out is None:
+                    return None
+                renamed[index] = out
+                responses.append((name.decode(), response))
+        for kind, response in responses:
+            self._took(kind, response)
+        self._output += items
+        last = len(events) - 1
+        self._last = renamed.get(last, events[last][1])
+        if not renamed:
+            return read
+        return b"".join([b"event: %b\ndata: %b\n\n" % (name, renamed.get(index, data))
+                         for index, (name, data) in enumerate(events)])
+
+    def _renamed(self, data: bytes, response: dict[str, Any]) -> bytes | None:
+        """The event's bytes with the alias as the response's `model`, when that field is
+        certainly the only one spelt so (no other `"model"` in the event, not even in a
+        value) and nothing else changes; None when the event is to be written anew."""
+        model = response.get("model")
+        if not self._renames or model.__class__ is not str or data.count(b'"model"') != 1:
+            return None
+        head, found, tail = data.partition(b'"model":' + json_string(model))
+        return b"".join((head, self._alias_field, tail)) if found else None
+
+    def _took(self, kind: str, response: dict[str, Any]) -> None:
+        """An event carrying the response object, forwarded: the client's response (the
+        alias as its model), kept as created, and at the end its usage and the store's."""
+        _as_client_sees(response, self._ctx)
+        if kind == "response.created":
+            self._frame = response
+        if kind in _TERMINAL:
+            self._ended = True
+            self.usage = usage_of(response.get("usage")) or self.usage
+            if self._ctx.on_response is not None:
+                self._ctx.on_response(response)
 
     def close(self) -> list[SSEEvent]:
         if not self._ended:

@@ -416,6 +416,18 @@ def input_items(raw: Any) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise InvalidRequest("an input item must be an object", param=f"input[{i}]")
+            raise _not_an_item(i)
         items.append(item if "type" in item else {"type": "message", **item})
     return items
+
+
+def check_input_items(raw: list[Any]) -> None:
+    """What input_items refuses in a list, without making the items: for a request whose
+    items nothing keeps (not stored, no conversation continued), passed through as sent."""
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise _not_an_item(i)
+
+
+def _not_an_item(i: int) -> InvalidRequest:
+    return InvalidRequest("an input item must be an object", param=f"input[{i}]")

@@ -14,6 +14,7 @@ import inspect
 import io
 import logging
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -27,12 +28,13 @@ from signal import SIGTERM
 from typing import Any
 
 import aiohttp
+import httpx
 import orjson
 import structlog
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, DefaultHttpxClient, OpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -57,6 +59,21 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello
 START_LIMIT_S = 20.0
 STOP_LIMIT_S = 20.0
 WAIT_LIMIT_S = 15.0
+
+# The tests' SDK clients talk plain HTTP to 127.0.0.1, yet each would build its own TLS
+# context from the whole CA bundle (about 20 ms of CPU, and a run makes hundreds of
+# clients): they share this one, through the SDK's own HTTP client class.
+TLS = ssl.create_default_context()
+
+
+def sdk_http() -> httpx.AsyncClient:
+    """The HTTP client for an async openai SDK client (`http_client=`)."""
+    return DefaultAsyncHttpxClient(verify=TLS)
+
+
+def sdk_sync_http() -> httpx.Client:
+    """The HTTP client for a sync openai SDK client (`http_client=`)."""
+    return DefaultHttpxClient(verify=TLS)
 
 
 # --- Configs -------------------------------------------------------------------------
@@ -265,12 +282,14 @@ class Gateway:
     clients: list[Any] = field(default_factory=list)     # openai or anthropic, sync or async
 
     def client(self, key: str = CLIENT_KEY, **options: Any) -> AsyncOpenAI:
-        client = AsyncOpenAI(base_url=self.url, api_key=key, **{"max_retries": 0, "timeout": 10, **options})
+        client = AsyncOpenAI(base_url=self.url, api_key=key,
+                             **{"max_retries": 0, "timeout": 10, "http_client": sdk_http(), **options})
         self.clients.append(client)
         return client
 
     def sync_client(self, key: str = CLIENT_KEY, **options: Any) -> OpenAI:
-        client = OpenAI(base_url=self.url, api_key=key, **{"max_retries": 0, **options})
+        client = OpenAI(base_url=self.url, api_key=key,
+                        **{"max_retries": 0, "http_client": sdk_sync_http(), **options})
         self.clients.append(client)
         return client
 
@@ -439,7 +458,8 @@ class ServeProcess:
         return await asyncio.to_thread(self.stop, sig)
 
     def openai_client(self, key: str, timeout_s: float = 20) -> AsyncOpenAI:
-        client = AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=timeout_s)
+        client = AsyncOpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=timeout_s,
+                             http_client=sdk_http())
         self.clients.append(client)
         return client
 

@@ -1,10 +1,15 @@
 """Node clients for the end-to-end tests, installed from the npm registry (pinned
-versions) into `.cache/npm/` at the repository root when missing. The tests skip, saying
-why, only when npm or the registry cannot be reached."""
+versions) when missing into the user's cache directory (`~/.cache/truckllm-tests/`, or under
+XDG_CACHE_HOME), in a folder named for the pinned versions: every checkout on the machine
+uses the one install (about 700 MB, most of it the Claude Code and Codex executables)
+instead of installing again on its first run. The tests skip, saying why, only when npm or
+the registry cannot be reached."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,12 +18,13 @@ import pytest
 
 from tests.installs import one_at_a_time
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / ".cache" / "npm"
-MARKER = CACHE / "installed.json"     # written once an install has finished
 # Pinned: the tests prove these versions work; an upgrade is a deliberate change here.
 PACKAGES = {"openai": "7.60.0", "@openai/codex": "0.171.0", "@anthropic-ai/claude-code": "2.1.197"}
 INSTALL_TIMEOUT_S = 600
+_USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+_PINS = hashlib.sha256(json.dumps(PACKAGES, sort_keys=True).encode()).hexdigest()[:16]
+CACHE = _USER_CACHE / "truckllm-tests" / f"npm-{_PINS}"
+MARKER = CACHE / "installed.json"     # written once an install has finished
 
 
 def npm_packages() -> Path:
@@ -37,9 +43,11 @@ def _install() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     MARKER.unlink(missing_ok=True)
     specs = [f"{name}@{version}" for name, version in PACKAGES.items()]
+    # The versions are exact, so what npm's own cache holds for them needs no new look at
+    # the registry.
     try:
         done = subprocess.run(["npm", "install", "--prefix", str(CACHE), "--no-audit", "--no-fund",
-                               "--no-save", *specs], capture_output=True, text=True,
+                               "--no-save", "--prefer-offline", *specs], capture_output=True, text=True,
                               timeout=INSTALL_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         pytest.skip("the npm registry did not answer in time: Node client tests skipped")
@@ -57,7 +65,6 @@ def _complete() -> bool:
     except (OSError, ValueError):
         return False
     return all(_installed(name, version) for name, version in PACKAGES.items())
-    return CACHE
 
 
 def _installed(name: str, version: str) -> bool:

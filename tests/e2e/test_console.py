@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, Page, Response, async_playwright
 
 from tests.browser import CHROMIUM_ARGS, ensure_chromium
@@ -56,7 +57,12 @@ keys:
 """
 
 
-@pytest.fixture
+# The tests share one Chromium (each in its own browser context), so they share the event
+# loop it was started on.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
     chromium = ensure_chromium()
     async with async_playwright() as playwright:

@@ -8,11 +8,11 @@ from typing import Any
 
 import anthropic
 import pytest
-from anthropic import Anthropic, AsyncAnthropic
+from anthropic import Anthropic, AsyncAnthropic, DefaultAsyncHttpxClient
 
 from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.wire_fake import Reply, sse
-from tests.harness import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, TLS, Stack
 
 ALIASES = ["claude", "gem", "az", "oai-chat"]     # oai-chat: an `openai`-type provider
 WEATHER: Any = {"name": "get_weather", "description": "Current weather for a city.",
@@ -20,7 +20,8 @@ WEATHER: Any = {"name": "get_weather", "description": "Current weather for a cit
 
 
 def make_client(stack: Stack) -> AsyncAnthropic:
-    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
+                            http_client=DefaultAsyncHttpxClient(verify=TLS))
     stack.clients.append(client)
     return client
 

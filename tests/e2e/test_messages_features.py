@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from anthropic import AsyncAnthropic
+from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
-from tests.harness import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, TLS, Stack
 
 BETAS = ["mid-conversation-system-2026-04-07", "effort-2025-11-24", "context-management-2025-06-27",
          "interleaved-thinking-2025-05-14"]
@@ -35,7 +35,8 @@ FIELDS: Any = {
 
 
 def make_client(stack: Stack) -> AsyncAnthropic:
-    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
+                            http_client=DefaultAsyncHttpxClient(verify=TLS))
     stack.clients.append(client)
     return client
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from anthropic import AsyncAnthropic
+from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
 from tests.fakes.gemini_fake import SIGNATURE, TEXT_SIGNATURE
-from tests.harness import CLIENT_KEY, Stack
+from tests.harness import CLIENT_KEY, TLS, Stack
 
 THINKING: Any = {"type": "enabled", "budget_tokens": 2048}
 QUESTION: Any = {"role": "user", "content": "hello there"}
@@ -23,7 +23,8 @@ WEATHER: Any = {"name": "get_weather", "description": "Current weather for a cit
 
 
 def make_client(stack: Stack) -> AsyncAnthropic:
-    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
+                            http_client=DefaultAsyncHttpxClient(verify=TLS))
     stack.clients.append(client)
     return client
 

@@ -190,7 +190,9 @@ async def test_a_stream_in_flight_at_sigterm_finishes_and_its_spend_is_saved(tmp
             served.signal(signal.SIGTERM)                      # mid-stream
             rest = [chunk async for chunk in stream]           # the stream drains
         assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "stop"
-        assert await served.stopped() == 0, served.output()
+        # Waits for the exit the first SIGTERM began (a second one would end the process at
+        # once, and on a busy machine saving the state may not be done yet).
+        assert await asyncio.to_thread(served.process.wait, 15) == 0, served.output()
     saved = orjson.loads((tmp_path / "gateway.state.json").read_bytes())
     period = saved["client_keys"]["team-a"]["period"]
     assert period["requests"] == 1 and period["completion_tokens"] > 0 and period["spend_usd"] > 1

@@ -13,6 +13,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted, embedding_vector, make_openai_fake
+from tests.harness import sdk_http
 
 WEATHER_TOOL = {
     "type": "function",
@@ -36,7 +37,8 @@ def decode_base64_floats(encoded: str) -> list[float]:
 
 
 def make_client(fake: OpenAIFake, **options: object) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=fake.url, api_key="sk-test", max_retries=0, **options)  # type: ignore[arg-type]
+    return AsyncOpenAI(base_url=fake.url, api_key="sk-test", max_retries=0, http_client=sdk_http(),
+                       **options)  # type: ignore[arg-type]
 
 
 async def test_chat_non_stream_is_parsed_and_recorded(fake: OpenAIFake) -> None:

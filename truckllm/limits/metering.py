@@ -4,7 +4,7 @@ included, client disconnects included). The counting itself lives in truckllm.li
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -22,13 +22,21 @@ from truckllm.pipeline.record import Exchange
 from truckllm.runtime.state import ClientKey, Route, State
 
 
+def admit_at_once(limiter: Limiter, state: State, key: ClientKey | None,
+                  body: dict[str, Any]) -> Admission | None:
+    """`admit` for a request nothing limits (most are): nothing to check or refuse, so it
+    is admitted without a coroutine to await. None for any other: await `admit` then."""
+    policy = state.limits
+    # As `_estimate`, written out: a call costs about what the rest of this does.
+    estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
+    return limiter.count(policy, key.id if key else None, estimate)
+
+
 async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
                 exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
     policy = state.limits
-    # The estimate is only read under a tpm or for a stream (`stream` is what makes the
-    # handler stream): other requests carry none, rather than one never worked out.
-    estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
+    estimate = _estimate(state, body)
     key_id = key.id if key else None
     counted = limiter.count(policy, key_id, estimate)    # most keys: nothing to check
     if counted is not None:
@@ -39,6 +47,12 @@ async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dic
         exchange.limit_scope = refused.scope        # metrics: llm_rate_limited_total{scope}
         exchange.error_reason = f"rate_limited:{refused.scope.value}"     # the access log's
         raise
+
+
+def _estimate(state: State, body: dict[str, Any]) -> PromptEstimate:
+    # The estimate is only read under a tpm or for a stream (`stream` is what makes the
+    # handler stream): other requests carry none, rather than one never worked out.
+    return PromptEstimate(body) if state.limits.tpm_limited or body.get("stream") else NO_PROMPT
 
 
 def ratelimit_headers_reader(limiter: Limiter, key: KeyPolicy) -> Callable[[], dict[str, str]]:
@@ -52,6 +66,16 @@ async def settle(admission: Admission, exchange: Exchange, route: Route,
                  upstream_use: UpstreamUse | None) -> None:
     """Price the request's real usage, charge it to the client key and the upstream key,
     release the client key's concurrency slot."""
+    rest = end(admission, exchange, route, upstream_use)
+    if rest is not None:
+        await rest
+
+
+def end(admission: Admission, exchange: Exchange, route: Route,
+        upstream_use: UpstreamUse | None) -> Awaitable[None] | None:
+    """`settle`, done at once when nothing need be awaited (a request nothing limits, whose
+    upstream key holds nothing for it: most), so that most requests end without a
+    coroutine. Otherwise the rest of it, for the caller to await."""
     usage = exchange.usage
     cost_usd = 0.0
     try:
@@ -60,8 +84,14 @@ async def settle(admission: Admission, exchange: Exchange, route: Route,
             if prices is not None:
                 cost_usd, exchange.cost_lines = price(usage, prices)   # lines: access line
                 exchange.cost_usd = cost_usd
-    except BaseException:
-        await admission.release()       # a bug in pricing must not keep the slot
-        raise
-    if not admission.finish_at_once(usage, cost_usd, upstream_use):
-        await admission.finish(usage, cost_usd, upstream_use)
+    except BaseException as exc:
+        return _released(admission, exc)    # a bug in pricing must not keep the slot
+    if admission.finish_at_once(usage, cost_usd, upstream_use):
+        return None
+    return admission.finish(usage, cost_usd, upstream_use)
+
+
+async def _released(admission: Admission, exc: BaseException) -> None:
+    """Give back the request's slots, then raise `exc` (what pricing raised)."""
+    await admission.release()
+    raise exc

@@ -196,10 +196,11 @@ class _Attempts:
         self.exchange = exchange
         self.routing = routing
         self.seen: tuple[str, ...] = (call.route.alias,)     # the aliases tried so far
-        self.candidates: Sequence[Candidate] = ()
-        self.tried: list[Candidate] = []
-        self.last: Outcome | None = None
-        self.waited = 0.0               # seconds spent waiting for a candidate to recover
+        # `serve` sets the state of a pass over a route's candidates when it begins.
+        self.candidates: Sequence[Candidate]
+        self.tried: list[Candidate]
+        self.last: Outcome | None
+        self.waited: float              # seconds spent waiting for a candidate to recover
         self.has_capacity: HasCapacity = always_has_capacity
         self.capacity_wait: CapacityWait | None = None
         self.usable: Callable[[Candidate], bool] = routing.usable
@@ -384,7 +385,7 @@ class _Attempts:
         upstream.attempt.failed(outcome)
         upstream.attempt.end()
         reason = failure_reason(outcome)
-        self.exchange.upstream_failures.append(UpstreamFailure(upstream.provider.id, key.id, reason))
+        self.exchange.add_failure(UpstreamFailure(upstream.provider.id, key.id, reason))
         if self.exchange.trace is not None:
             self.exchange.trace.attempt_failed(reason)
         _log_failure(self.call, upstream, outcome)
@@ -503,7 +504,7 @@ class _Attempts:
             """The body broke off after the status line: too late to retry, but it counts."""
             outcome = transport_failed(exc.kind, str(exc))
             attempt.failed(outcome)
-            exchange.upstream_failures.append(
+            exchange.add_failure(
                 UpstreamFailure(upstream.provider.id, upstream.key.id, failure_reason(outcome)))
 
         return RawReply(response.status, content_type, _raw_body(response, release, failed),

@@ -163,7 +163,7 @@ class StreamRelay:
         list of failed attempts (metrics, admin counters), like one before it."""
         self._attempt.failed(outcome)
         exchange = self._exchange
-        exchange.upstream_failures.append(UpstreamFailure(
+        exchange.add_failure(UpstreamFailure(
             exchange.provider_id or "", exchange.upstream_key_id or "", failure_reason(outcome)))
 
     def close_upstream(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from multidict import CIMultiDict
+from multidict import istr
 from yarl import URL
 
 from truckllm import errors
@@ -31,6 +31,14 @@ _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")     # printable, no space
 _random_bits = random.getrandbits
 _UNRECORDED_PATHS = frozenset({"/health", "/metrics"})
 CLIENT_CLOSED_REQUEST = 499
+# TruckLLM's header names, case-folded once rather than by every response they go into.
+_REQUEST_ID = istr("x-request-id")
+_PROVIDER = istr("x-truckllm-provider")
+_MODEL = istr("x-truckllm-model")
+_ATTEMPTS = istr("x-truckllm-attempts")
+_OVERHEAD_MS = istr("x-truckllm-overhead-ms")
+_DROPPED_TOOLS = istr("x-truckllm-dropped-tools")
+_JSON = ((hdrs.CONTENT_TYPE, "application/json"),)
 log = structlog.get_logger("truckllm.server")
 
 # A handler behind the wrapper: it gets the request's Exchange as an argument.
@@ -143,7 +151,13 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
                 response = _failure_response(request, exc, exchange)
             status = exchange.status or response.status
             if not response.prepared:
-                _add_headers(response.headers, exchange)
+                # Every answer not yet sent carries the request id and, after auth, the
+                # key's x-ratelimit-* headers, counted after the request was settled (so
+                # they include it).
+                headers = response.headers
+                headers[_REQUEST_ID] = exchange.request_id
+                if exchange.ratelimit_reader is not None:
+                    headers.update(exchange.ratelimit_reader())
             return response
         finally:
             if recorded:
@@ -155,14 +169,6 @@ def with_exchange(app: web.Application, handler: ExchangeHandler) -> Handler:
                     exchange.trace.finish(record)
 
     return handle
-
-
-def _add_headers(headers: CIMultiDict[str], exchange: Exchange) -> None:
-    """Every answer not yet sent carries the request id and, after auth, the key's
-    x-ratelimit-* headers, counted after the request was settled (so they include it)."""
-    headers["x-request-id"] = exchange.request_id
-    if exchange.ratelimit_reader is not None:
-        headers.update(exchange.ratelimit_reader())
 
 
 def ratelimit_headers_now(exchange: Exchange) -> dict[str, str]:
@@ -199,10 +205,11 @@ def error_response(exc: errors.GatewayError, exchange: Exchange) -> web.Response
 
 def json_answer(body: bytes, exchange: Exchange, extra: tuple[tuple[str, str], ...] = ()) -> web.Response:
     """A 200 JSON answer with TruckLLM's headers (then `extra`, then Content-Type)."""
-    headers = CIMultiDict(gateway_header_items(exchange))
-    if extra:
-        headers.extend(extra)
-    return web.Response(body=body, headers=headers, content_type="application/json")
+    # The pairs as they are: web.Response makes its own CIMultiDict of whatever it gets.
+    headers = gateway_header_items(exchange)
+    headers += extra
+    headers += _JSON
+    return web.Response(body=body, headers=headers)
 
 
 def gateway_headers(exchange: Exchange) -> dict[str, str]:
@@ -214,18 +221,18 @@ def gateway_header_items(exchange: Exchange) -> list[tuple[str, str]]:
     """The request id; for a routed request also the provider, model, attempts and
     TruckLLM's own time so far."""
     if exchange.provider_id is not None:
-        items = [("x-request-id", exchange.request_id), ("x-truckllm-provider", exchange.provider_id),
-                 ("x-truckllm-model", exchange.upstream_model or ""),
-                 ("x-truckllm-attempts", str(exchange.attempts)),
-                 ("x-truckllm-overhead-ms", f"{exchange.overhead_s() * 1000:.3f}")]
+        items: list[tuple[str, str]] = [(_REQUEST_ID, exchange.request_id), (_PROVIDER, exchange.provider_id),
+                                        (_MODEL, exchange.upstream_model or ""),
+                                        (_ATTEMPTS, str(exchange.attempts)),
+                                        (_OVERHEAD_MS, f"{exchange.overhead_so_far() * 1000:.3f}")]
         if exchange.dropped_tools:
-            items.append(("x-truckllm-dropped-tools", ",".join(exchange.dropped_tools)))
+            items.append((_DROPPED_TOOLS, ",".join(exchange.dropped_tools)))
         return items
     if exchange.alias is not None:
         # Routed, but answered without calling upstream (every target cooling, a limit).
-        return [("x-request-id", exchange.request_id), ("x-truckllm-attempts", "0"),
-                ("x-truckllm-overhead-ms", f"{exchange.overhead_s() * 1000:.3f}")]
-    return [("x-request-id", exchange.request_id)]
+        return [(_REQUEST_ID, exchange.request_id), (_ATTEMPTS, "0"),
+                (_OVERHEAD_MS, f"{exchange.overhead_so_far() * 1000:.3f}")]
+    return [(_REQUEST_ID, exchange.request_id)]
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> errors.GatewayError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -25,7 +24,7 @@ from truckllm.server.auth import authenticate
 from truckllm.server.edge import ExchangeRoute, gateway_headers, json_answer, plain_routes
 from truckllm.server.keys import LIMITER, ROUTING, STATE, TRANSPORT
 from truckllm.server.streaming import write_raw, write_stream
-from truckllm.server.validation import check_fields, read_json, read_multipart
+from truckllm.server.validation import check_fields, json_at_once, read_json, read_multipart
 
 
 class Relay:
@@ -35,8 +34,8 @@ class Relay:
     holder, limiter, transport, routing) are read once when the app starts, after which
     aiohttp lets them change no more."""
 
-    __slots__ = ("forwarded_headers", "holder", "limiter", "op", "read_body", "routing", "streams",
-                 "transport")
+    __slots__ = ("body_at_once", "forwarded_headers", "holder", "limiter", "op", "read_body",
+                 "routing", "streams", "transport")
     holder: StateHolder
     limiter: Limiter
     transport: Transport
@@ -44,7 +43,10 @@ class Relay:
 
     def __init__(self, op: Operation) -> None:
         self.op = op
-        self.read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
+        multipart = op in MULTIPART_OPERATIONS
+        self.read_body = read_multipart if multipart else read_json
+        # A JSON body that has arrived whole is taken without awaiting `read_body`.
+        self.body_at_once = _no_body_yet if multipart else json_at_once
         self.streams = op not in (Operation.EMBEDDINGS, Operation.COUNT_TOKENS)
         # Client headers that mean something to a native upstream, if any for this operation.
         self.forwarded_headers = _FORWARDED_HEADERS.get(op)
@@ -58,7 +60,9 @@ class Relay:
         state = self.holder.current                     # one snapshot for the whole request
         key = authenticate_request(request, state, limiter, exchange)
         server = state.config.server
-        body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
+        body = self.body_at_once(request, server.max_body_mb)
+        if body is None:
+            body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
         model: str = body["model"]
         resolved = state.resolve(model)
@@ -78,9 +82,13 @@ class Relay:
         exchange.stream = stream
         forwarded = _NOTHING_FORWARDED if self.forwarded_headers is None else _forwarded(
             request, self.forwarded_headers)
-        ctx = CallContext(model, exchange.request_id, int(time.time()), stream, include_usage, body,
-                          forwarded)
-        admission = await metering.admit(limiter, state, key, body, exchange)
+        # `created`: the request's arrival, already read from the clock.
+        ctx = CallContext(model, exchange.request_id, int(exchange.started_wall), stream,
+                          include_usage, body, forwarded)
+        # Most requests have nothing limiting them, nothing to await to be admitted or
+        # to end (each coroutine awaited costs more than a call).
+        admission = (metering.admit_at_once(limiter, state, key, body)
+                     or await metering.admit(limiter, state, key, body, exchange))
         reply: Reply | StreamReply | RawReply | None = None
         try:
             if op is Operation.COUNT_TOKENS and not _any_serves(state, targets, op):
@@ -93,8 +101,9 @@ class Relay:
                 return await write_raw(request, reply, exchange)
             return await write_stream(request, reply, exchange)
         finally:   # after the last byte, an error, or the client leaving (streams included)
-            await metering.settle(admission, exchange, route,
-                                  reply.upstream_use if reply else None)
+            rest = metering.end(admission, exchange, route, reply.upstream_use if reply else None)
+            if rest is not None:
+                await rest
 
 
 class AnthropicRelay(Relay):
@@ -111,6 +120,11 @@ class AnthropicRelay(Relay):
             body = orjson.dumps(anthropic_error(exc.status, exc.body()))
             return web.Response(status=exc.status, body=body, content_type="application/json",
                                 headers={**exc.headers(), **gateway_headers(exchange)})
+
+
+def _no_body_yet(request: web.Request, max_body_mb: float) -> None:
+    """A multipart upload is always read by `read_body`."""
+    return None
 
 
 def _any_serves(state: State, targets: tuple[Target, ...], op: Operation) -> bool:

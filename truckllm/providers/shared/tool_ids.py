@@ -35,7 +35,9 @@ def with_short_tool_ids(payload: dict[str, Any], serialised: bytes) -> bytes:
     """The serialised payload again with long tool-call ids shortened, or `serialised`
     itself when nothing needs it. Only a history with a tool result can hold an id, so
     every other request is looked at no further than one substring search."""
-    if _TOOL_RESULT_KEY not in serialised:
+    # `find`, not `in`: bytes' `in` first tries its operand as an integer (a byte value)
+    # and drops the TypeError, which costs more than the search itself.
+    if serialised.find(_TOOL_RESULT_KEY) < 0:
         return serialised
     messages = payload.get("messages")
     if not isinstance(messages, list):

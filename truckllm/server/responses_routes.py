@@ -8,7 +8,6 @@ id is answered as if it did not exist. Stored text is never logged.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -110,15 +109,16 @@ class _CreateResponse:
             refuse_background(body)
         stream = bool(body.get("stream"))
         exchange.stream = stream
-        # The id of an answer made here (one translated through chat). A store id must not
-        # be guessable: from the OS's random source, as `secrets.token_hex` takes it.
-        response_id = "resp_" + os.urandom(24).hex()
-        ctx = CallContext(model, exchange.request_id, int(time.time()), stream, stream, full,
-                          _NO_HEADERS, response_id)
+        # An answer translated through chat gets its id where it is made; a native one
+        # carries the upstream's.
+        ctx = CallContext(model, exchange.request_id, int(exchange.started_wall), stream, stream,
+                          full, _NO_HEADERS)
         final: list[dict[str, Any]] = []            # the finished response, for the store
         if keep:        # the store is its only reader (set before the context is handed on)
             ctx.on_response = final.append
-        admission = await metering.admit(limiter, state, key, full, exchange)
+        # As for the /v1 relays: most requests have nothing to await to be admitted or to end.
+        admission = (metering.admit_at_once(limiter, state, key, full)
+                     or await metering.admit(limiter, state, key, full, exchange))
         missing = self.missing
         reply: Reply | StreamReply | RawReply | None = None
         try:
@@ -151,7 +151,9 @@ class _CreateResponse:
                                         _served_natively(state, exchange, call.targets)))
             return response
         finally:   # after the last byte, an error, or the client leaving (streams included)
-            await metering.settle(admission, exchange, route, reply.upstream_use if reply else None)
+            rest = metering.end(admission, exchange, route, reply.upstream_use if reply else None)
+            if rest is not None:
+                await rest
 
 
 # A native Responses request forwards no client headers.

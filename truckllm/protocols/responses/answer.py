@@ -13,6 +13,7 @@ Pure, no I/O. Imports only protocols.responses.request and .sealed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,12 @@ ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
 # chat finish_reason -> incomplete_details.reason; any other finish is `completed`.
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def new_response_id() -> str:
+    """The id of a response made here. A store id must not be guessable: from the OS's
+    random source, as `secrets.token_hex` takes it."""
+    return "resp_" + os.urandom(24).hex()
 
 
 @dataclass(frozen=True, slots=True)

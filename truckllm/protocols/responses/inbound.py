@@ -19,6 +19,7 @@ from truckllm.errors import GatewayError
 from truckllm.protocols.responses.answer import (
     ResponseIds,
     from_chat_response,
+    new_response_id,
     response_frame,
     shown,
     wants_sealed_reasoning,
@@ -67,7 +68,7 @@ def from_chat_answer(chat: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
     """The client's response; the whole one (reasoning state included, whatever the
     client asked) goes to the context's `on_response`, for the store."""
     body = dict(ctx.client_body)
-    ids = ResponseIds(ctx.response_id)
+    ids = ResponseIds(ctx.response_id or new_response_id())
     response = from_chat_response(chat, response_frame(body, ids, ctx.created, ctx.alias), ids,
                                   tool_names(body))
     if ctx.on_response is not None:
@@ -81,7 +82,7 @@ class ResponsesEvents:
 
     def __init__(self, ctx: CallContext) -> None:
         body = dict(ctx.client_body)
-        ids = ResponseIds(ctx.response_id)
+        ids = ResponseIds(ctx.response_id or new_response_id())
         self._writer = ResponsesEventWriter(response_frame(body, ids, ctx.created, ctx.alias), ids,
                                             tool_names(body),
                                             wants_sealed_reasoning(body))

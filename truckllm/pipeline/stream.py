@@ -108,20 +108,7 @@ class StreamRelay:
             if not self._ended:
                 if self._pending is not None:
                     raise self._pending
-                upstream = self._response
-                read, clock = upstream.readany, upstream.clock
-                while True:
-                    # The read as `_read` does it, written out here: every chunk of the
-                    # stream then resumes this frame and the upstream's read, nothing between.
-                    upstream.waiting_since = clock()
-                    try:
-                        raw = await read()
-                    except Exception as exc:
-                        raise upstream.failure(exc) from None
-                    finally:
-                        upstream.waiting_since = None
-                    if not raw:
-                        break
+                while raw := await self._read(marked=True):
                     out = self._translate(raw)
                     if out:
                         await write(out)

@@ -48,7 +48,7 @@ from truckllm.server.keys import (
     STATE_LINK,
     TRANSPORT,
 )
-from truckllm.server.routes import authenticate_request, model_refused
+from truckllm.server.routes import authenticate_request, routed
 from truckllm.server.streaming import write_stream
 from truckllm.server.validation import check_fields, read_json
 
@@ -83,13 +83,7 @@ class _CreateResponse:
         body = await read_json(request, server.max_body_mb, server.body_timeout_s)
         check_fields(Operation.RESPONSES, body)
         model: str = body["model"]
-        resolved = state.resolve(model)
-        # Most keys have no allow-list.
-        if resolved is None or (key is not None and key.allowed is not None
-                                and not key.may_use(model)):
-            raise model_refused(model, resolved)
-        route, targets = resolved
-        exchange.alias = route.alias
+        route, targets = routed(state, key, model, exchange)
         store = self.stores[0] if self.stores else None
         owner = "" if key is None else key.id
         keep = store is not None and body.get("store", True) is not False

@@ -65,13 +65,7 @@ class Relay:
             body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
         model: str = body["model"]
-        resolved = state.resolve(model)
-        # Most keys have no allow-list.
-        if resolved is None or (key is not None and key.allowed is not None
-                                and not key.may_use(model)):
-            raise model_refused(model, resolved)
-        route, targets = resolved
-        exchange.alias = route.alias
+        route, targets = routed(state, key, model, exchange)
         stream = self.streams and bool(body.get("stream"))
         include_usage = False
         if stream:
@@ -160,6 +154,20 @@ def authenticate_request(request: web.Request, state: State, limiter: Limiter,
         if sending is not None:
             exchange.ratelimit_reader = metering.ratelimit_headers_reader(limiter, sending)
     return key
+
+
+def routed(state: State, key: ClientKey | None, model: str,
+           exchange: Exchange) -> tuple[Route, tuple[Target, ...]]:
+    """The route and targets serving `model` for `key` (its alias noted on the exchange),
+    or the 404/403 `model_refused` says."""
+    resolved = state.resolve(model)
+    # Most keys have no allow-list.
+    if resolved is None or (key is not None and key.allowed is not None
+                            and not key.may_use(model)):
+        raise model_refused(model, resolved)
+    route, targets = resolved
+    exchange.alias = route.alias
+    return route, targets
 
 
 def model_refused(model: str, resolved: object) -> errors.GatewayError:

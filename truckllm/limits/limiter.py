@@ -102,8 +102,7 @@ class Limiter:
         and nothing is counted for a refused request; an admitted one is counted in every
         window at once and holds a concurrency slot until `Admission.release()`.
         """
-        estimate = (estimate_tokens if estimate_tokens.__class__ is PromptEstimate
-                    else _as_estimate(estimate_tokens))     # requests bring one: no call
+        estimate = _as_estimate(estimate_tokens)
         if policy is not self._policy:
             self.adopt(policy)
         key = None if key_id is None else policy.key(key_id)

@@ -24,25 +24,16 @@ from truckllm.runtime.state import ClientKey, Route, State
 
 def admit_at_once(limiter: Limiter, state: State, key: ClientKey | None,
                   body: dict[str, Any]) -> Admission | None:
-    """`admit` for a request nothing limits (most are): nothing to check or refuse, so it
-    is admitted without a coroutine to await. None for any other: await `admit` then."""
-    policy = state.limits
-    # As `_estimate`, written out: a call costs about what the rest of this does.
-    estimate = PromptEstimate(body) if policy.tpm_limited or body.get("stream") else NO_PROMPT
-    return limiter.count(policy, key.id if key else None, estimate)
+    """A request nothing limits (most are) admitted without a coroutine to await: there is
+    nothing to check or refuse. None for any other: await `admit` then."""
+    return limiter.count(state.limits, key.id if key else None, _estimate(state, body))
 
 
 async def admit(limiter: Limiter, state: State, key: ClientKey | None, body: dict[str, Any],
                 exchange: Exchange) -> Admission:
     """Refuse (403 budget_exceeded, 429 rate limit) or admit before any upstream call."""
-    policy = state.limits
-    estimate = _estimate(state, body)
-    key_id = key.id if key else None
-    counted = limiter.count(policy, key_id, estimate)    # most keys: nothing to check
-    if counted is not None:
-        return counted
     try:
-        return await limiter.admit(policy, key_id, estimate)
+        return await limiter.admit(state.limits, key.id if key else None, _estimate(state, body))
     except RateLimitExceeded as refused:
         exchange.limit_scope = refused.scope        # metrics: llm_rate_limited_total{scope}
         exchange.error_reason = f"rate_limited:{refused.scope.value}"     # the access log's
@@ -62,20 +53,12 @@ def ratelimit_headers_reader(limiter: Limiter, key: KeyPolicy) -> Callable[[], d
     return partial(limiter.key_headers, key)
 
 
-async def settle(admission: Admission, exchange: Exchange, route: Route,
-                 upstream_use: UpstreamUse | None) -> None:
-    """Price the request's real usage, charge it to the client key and the upstream key,
-    release the client key's concurrency slot."""
-    rest = end(admission, exchange, route, upstream_use)
-    if rest is not None:
-        await rest
-
-
 def end(admission: Admission, exchange: Exchange, route: Route,
         upstream_use: UpstreamUse | None) -> Awaitable[None] | None:
-    """`settle`, done at once when nothing need be awaited (a request nothing limits, whose
-    upstream key holds nothing for it: most), so that most requests end without a
-    coroutine. Otherwise the rest of it, for the caller to await."""
+    """Price the request's real usage, charge it to the client key and the upstream key,
+    release the client key's concurrency slot. Done at once when nothing need be awaited
+    (a request nothing limits, whose upstream key holds nothing for it: most); otherwise
+    the rest of it is returned, for the caller to await."""
     usage = exchange.usage
     cost_usd = 0.0
     try:

@@ -24,7 +24,7 @@ from truckllm.server.auth import authenticate
 from truckllm.server.edge import ExchangeRoute, gateway_headers, json_answer, plain_routes
 from truckllm.server.keys import LIMITER, ROUTING, STATE, TRANSPORT
 from truckllm.server.streaming import write_raw, write_stream
-from truckllm.server.validation import check_fields, json_at_once, read_json, read_multipart
+from truckllm.server.validation import check_fields, read_json, read_multipart
 
 
 class Relay:
@@ -34,8 +34,8 @@ class Relay:
     holder, limiter, transport, routing) are read once when the app starts, after which
     aiohttp lets them change no more."""
 
-    __slots__ = ("body_at_once", "forwarded_headers", "holder", "limiter", "op", "read_body",
-                 "routing", "streams", "transport")
+    __slots__ = ("forwarded_headers", "holder", "limiter", "op", "read_body", "routing", "streams",
+                 "transport")
     holder: StateHolder
     limiter: Limiter
     transport: Transport
@@ -43,10 +43,7 @@ class Relay:
 
     def __init__(self, op: Operation) -> None:
         self.op = op
-        multipart = op in MULTIPART_OPERATIONS
-        self.read_body = read_multipart if multipart else read_json
-        # A JSON body that has arrived whole is taken without awaiting `read_body`.
-        self.body_at_once = _no_body_yet if multipart else json_at_once
+        self.read_body = read_multipart if op in MULTIPART_OPERATIONS else read_json
         self.streams = op not in (Operation.EMBEDDINGS, Operation.COUNT_TOKENS)
         # Client headers that mean something to a native upstream, if any for this operation.
         self.forwarded_headers = _FORWARDED_HEADERS.get(op)
@@ -60,9 +57,7 @@ class Relay:
         state = self.holder.current                     # one snapshot for the whole request
         key = authenticate_request(request, state, limiter, exchange)
         server = state.config.server
-        body = self.body_at_once(request, server.max_body_mb)
-        if body is None:
-            body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
+        body = await self.read_body(request, server.max_body_mb, server.body_timeout_s)
         check_fields(op, body)
         model: str = body["model"]
         route, targets = routed(state, key, model, exchange)
@@ -114,11 +109,6 @@ class AnthropicRelay(Relay):
             body = orjson.dumps(anthropic_error(exc.status, exc.body()))
             return web.Response(status=exc.status, body=body, content_type="application/json",
                                 headers={**exc.headers(), **gateway_headers(exchange)})
-
-
-def _no_body_yet(request: web.Request, max_body_mb: float) -> None:
-    """A multipart upload is always read by `read_body`."""
-    return None
 
 
 def _any_serves(state: State, targets: tuple[Target, ...], op: Operation) -> bool:

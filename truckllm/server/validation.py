@@ -77,10 +77,10 @@ _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a bo
                int: "an integer", float: "a number"}
 
 
-def json_at_once(request: web.Request, max_body_mb: float) -> dict[str, Any] | None:
+def _json_at_once(request: web.Request, max_body_mb: float) -> dict[str, Any] | None:
     """The JSON body when it has fully arrived (a small one comes with its headers), taken
-    from aiohttp's buffer in one piece without a coroutine to await; None while it is
-    still arriving: `read_json` reads it then."""
+    from aiohttp's buffer in one piece without aiohttp's read loop; None while it is still
+    arriving."""
     content = request.content
     if not content.is_eof():
         return None
@@ -92,7 +92,7 @@ def json_at_once(request: web.Request, max_body_mb: float) -> dict[str, Any] | N
 
 async def read_json(request: web.Request, max_body_mb: float,
                     timeout_s: float | None = None) -> dict[str, Any]:
-    body = json_at_once(request, max_body_mb)
+    body = _json_at_once(request, max_body_mb)
     if body is not None:
         return body
     raw = await _within(_read_body(request, int(max_body_mb * _MIB), max_body_mb), timeout_s)

@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -44,13 +43,11 @@ class _Reads:
     def __init__(self, reads: list[bytes]) -> None:
         self._reads = reads
         self._next = 0
-        self.clock = time.monotonic
-        self.waiting_since: float | None = None
 
     async def read(self) -> bytes:
         return b"".join(self._reads)
 
-    async def readany(self) -> bytes:
+    async def read_chunk(self, marked: bool = True) -> bytes:
         index = self._next
         self._next = index + 1
         return self._reads[index] if index < len(self._reads) else b""
@@ -61,9 +58,6 @@ class _Reads:
 
     def watch_idle(self) -> None:
         return None
-
-    def failure(self, exc: Exception) -> Exception:
-        return exc
 
     def close(self) -> None:
         return None

@@ -74,30 +74,16 @@ class StreamRelay:
     async def first_output(self) -> bytes:
         """Read until the translator has something for the client (or upstream ended)."""
         upstream = self._response
-        # The wait for the first chunk is time to first token (dispatch bounds it, and a
-        # reasoning model may think long); the idle limit starts once data flows.
-        raw = await self._read(marked=False)
+        raw = await upstream.read_chunk(marked=False)       # time to first token
         if raw:
-            upstream.watch_idle()
+            upstream.watch_idle()       # the idle limit starts once data flows
         while raw:
             out = self._translate(raw)
             if out:
                 return out
-            raw = await self._read(marked=True)
+            raw = await upstream.read_chunk()
         self._ended = True
         return self._finish()
-
-    async def _read(self, marked: bool) -> bytes:
-        """The upstream's next chunk (b"" at its end), the wait marked for the idle limit."""
-        upstream = self._response
-        if marked:
-            upstream.waiting_since = upstream.clock()
-        try:
-            return await upstream.readany()
-        except Exception as exc:
-            raise upstream.failure(exc) from None
-        finally:
-            upstream.waiting_since = None
 
     async def write_rest(self, write: Writer) -> bytes:
         """Write the rest of the stream to the client as it comes, and return its last
@@ -108,7 +94,8 @@ class StreamRelay:
             if not self._ended:
                 if self._pending is not None:
                     raise self._pending
-                while raw := await self._read(marked=True):
+                read = self._response.read_chunk
+                while raw := await read():
                     out = self._translate(raw)
                     if out:
                         await write(out)

@@ -19,7 +19,7 @@ for a stream it ends at the first translated event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 
 import aiohttp
 from multidict import CIMultiDict, istr
@@ -39,21 +39,19 @@ class TransportError(Exception):
 class _HttpResponse:
     """An aiohttp response seen through the UpstreamResponse protocol."""
 
-    __slots__ = ("_done", "_idle_timeout_s", "_response", "_watch", "clock", "headers",
-                 "readany", "status", "waiting_since")
+    __slots__ = ("_clock", "_content", "_done", "_idle_timeout_s", "_response", "_waiting_since",
+                 "_watch", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
         self._response = response
+        self._content = response.content
         self._idle_timeout_s = idle_timeout_s
         self._done = False
         self._watch: asyncio.TimerHandle | None = None
+        self._clock = asyncio.get_running_loop().time
+        self._waiting_since: float | None = None    # loop time a marked wait for a chunk began
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
-        # aiohttp's own read of the body, so that a reader awaiting it resumes no frame of
-        # ours on the way; what it raises becomes a TransportError by `failure`.
-        self.readany: Callable[[], Awaitable[bytes]] = response.content.readany
-        self.clock: Callable[[], float] = asyncio.get_running_loop().time
-        self.waiting_since: float | None = None     # loop time a marked wait for a chunk began
 
     async def read(self) -> bytes:
         try:
@@ -63,34 +61,31 @@ class _HttpResponse:
         self._done = True
         return body
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        # The wait for the first chunk is time to first token (dispatch bounds it, and a
-        # reasoning model may think long); the idle limit starts once data flows.
-        first = True
+    async def read_chunk(self, marked: bool = True) -> bytes:
+        """The body's next chunk (b"" at its end). A marked wait counts towards the idle
+        limit; the wait for the first chunk is not marked: it is time to first token
+        (dispatch bounds it, and a reasoning model may think long)."""
+        if marked:
+            self._waiting_since = self._clock()
         try:
-            while True:
-                try:
-                    chunk = await self.readany()
-                except Exception as exc:
-                    raise self.failure(exc) from None
-                finally:
-                    self.waiting_since = None
-                if not chunk:
-                    break
-                if first:
-                    first = False
-                    self.watch_idle()
+            return await self._content.readany()
+        except TimeoutError:
+            raise TransportError("timeout", "upstream stream timed out") from None
+        except aiohttp.ClientError as exc:
+            raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
+        finally:
+            self._waiting_since = None
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            chunk = await self.read_chunk(marked=False)
+            if chunk:
+                self.watch_idle()       # the idle limit starts once data flows
+            while chunk:
                 yield chunk
-                self.waiting_since = self.clock()
+                chunk = await self.read_chunk()
         finally:
             self._stop_watch()
-
-    def failure(self, exc: Exception) -> Exception:
-        if isinstance(exc, TimeoutError):
-            return TransportError("timeout", "upstream stream timed out")
-        if isinstance(exc, aiohttp.ClientError):
-            return TransportError("connect", f"upstream stream broke: {type(exc).__name__}")
-        return exc          # a TransportError of the idle watch's, or a fault of ours
 
     def watch_idle(self) -> None:
         """One timer per stream (`_check_idle`) fails a marked wait that has lasted
@@ -101,10 +96,10 @@ class _HttpResponse:
 
     def _check_idle(self) -> None:
         loop = asyncio.get_running_loop()
-        since, now = self.waiting_since, loop.time()
+        since, now = self._waiting_since, loop.time()
         if since is not None and now - since >= self._idle_timeout_s:
             self._watch = None
-            self._response.content.set_exception(TransportError(
+            self._content.set_exception(TransportError(
                 "timeout", f"upstream stream stalled: no data for {self._idle_timeout_s:g} s"))
             return
         # Not reading (the client is being written to), or not for long enough yet.
@@ -121,7 +116,7 @@ class _HttpResponse:
             self._stop_watch()
         # A fully read response goes back to the pool; an abandoned one drops its
         # connection so the upstream stops generating.
-        if self._done or self._response.content.at_eof():
+        if self._done or self._content.at_eof():
             self._response.release()
         else:
             self._response.close()

@@ -214,29 +214,23 @@ class OperationSpec:
 class UpstreamResponse(Protocol):
     """A response from upstream, over the network or from an in-process provider.
 
-    A streamed body is read by `iter_chunks()`, or chunk by chunk in the reader's own
-    frame, as the stream relay does (every chunk then wakes one frame fewer than through
-    an async generator): `readany()` is the next chunk (b"" at the end), and `failure(exc)`
-    what to raise for an exception of it. The idle limit (the longest wait for a chunk)
-    runs from `watch_idle()`, called once data flows; it counts only the waits the reader
-    marks, by setting `waiting_since` to `clock()` before each and back to None after it.
+    A streamed body is read chunk by chunk by `read_chunk()` (b"" at its end), or by
+    `iter_chunks()`. The idle limit (the longest wait for a chunk) runs from
+    `watch_idle()`, called once data flows, and counts only the waits `read_chunk` is
+    asked to mark (every one but the wait for the first chunk, which is time to first
+    token). A failed read raises TransportError.
     """
 
     status: int
     headers: Mapping[str, str]
-    waiting_since: float | None
 
     async def read(self) -> bytes: ...
 
-    def readany(self) -> Awaitable[bytes]: ...
-
-    def clock(self) -> float: ...
+    async def read_chunk(self, marked: bool = True) -> bytes: ...
 
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
 
     def watch_idle(self) -> None: ...
-
-    def failure(self, exc: Exception) -> Exception: ...
 
     def close(self) -> None: ...
 

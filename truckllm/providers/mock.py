@@ -12,7 +12,6 @@ import base64
 import hashlib
 import math
 import struct
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,18 +40,16 @@ class LocalResponse:
         self.headers: Mapping[str, str] = {"Content-Type": content_type}
         self._body = body
         self._events = events or []
-        self._next = 0                  # the event `readany` hands out next
+        self._next = 0                  # the event `read_chunk` hands out next
         self._latency_s = latency_s
         self._chunk_delay_s = chunk_delay_s
-        self.clock = time.monotonic
-        self.waiting_since: float | None = None
 
     async def read(self) -> bytes:
         if self._latency_s:
             await asyncio.sleep(self._latency_s)
         return self._body
 
-    async def readany(self) -> bytes:
+    async def read_chunk(self, marked: bool = True) -> bytes:
         index, events = self._next, self._events
         self._next = index + 1
         if index == 0:
@@ -63,14 +60,11 @@ class LocalResponse:
         return events[index] if index < len(events) else b""
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while chunk := await self.readany():
+        while chunk := await self.read_chunk():
             yield chunk
 
     def watch_idle(self) -> None:
         return None                     # paced in-process: never stalls
-
-    def failure(self, exc: Exception) -> Exception:
-        return exc
 
     def close(self) -> None:
         return None

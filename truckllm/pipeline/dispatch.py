@@ -196,11 +196,10 @@ class _Attempts:
         self.exchange = exchange
         self.routing = routing
         self.seen: tuple[str, ...] = (call.route.alias,)     # the aliases tried so far
-        # `serve` sets the state of a pass over a route's candidates when it begins.
-        self.candidates: Sequence[Candidate]
-        self.tried: list[Candidate]
-        self.last: Outcome | None
-        self.waited: float              # seconds spent waiting for a candidate to recover
+        self.candidates: Sequence[Candidate] = ()
+        self.tried: list[Candidate] = []
+        self.last: Outcome | None = None
+        self.waited = 0.0               # seconds spent waiting for a candidate to recover
         self.has_capacity: HasCapacity = always_has_capacity
         self.capacity_wait: CapacityWait | None = None
         self.usable: Callable[[Candidate], bool] = routing.usable

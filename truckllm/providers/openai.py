@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict
 
-from truckllm.errors import UpstreamFailed
+from truckllm.errors import GatewayError, UpstreamFailed
 from truckllm.providers.base import (
     CallContext,
     Operation,
@@ -38,7 +38,7 @@ from truckllm.providers.shared import media
 from truckllm.providers.shared.chat_shapes import encode_float_embeddings
 from truckllm.providers.shared.reasoning import without_reasoning_state
 from truckllm.providers.shared.tool_ids import with_short_tool_ids
-from truckllm.providers.shared.upstream_errors import to_gateway_error, wrong_shape
+from truckllm.providers.shared.upstream_errors import WRONG_SHAPE, to_gateway_error, wrong_shape
 from truckllm.usage import Usage
 
 PATHS: Mapping[Operation, str] = {
@@ -237,39 +237,19 @@ class PassThroughStream:
         dropped = 0         # the bytes of the events after them, which do not
         for data in payloads:
             try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                if data != b"[DONE]":
-                    return None
-                self._ended = True
+                chunk = self._chunk(data)
+            except (GatewayError, *WRONG_SHAPE):
+                return None     # `feed` raises it, after the events before it
+            if chunk is None:
                 dropped += len(data) + 8            # `data: ` and the blank line
                 continue
-            if type(chunk) is not dict:
+            if dropped:
                 return None
-            choices = chunk.get("choices")
-            if type(choices) is not list:
-                return None             # an error event, or no chunk: `feed` says which
-            usage = chunk.get("usage")
-            if usage is not None:
-                self.usage = Usage.from_openai(usage) or self.usage
-            if choices:
-                if dropped:
-                    return None
-                sent += 1
-                if not self._ended:
-                    for choice in choices:
-                        if isinstance(choice, dict) and choice.get("finish_reason"):
-                            self._ended = True
-                if self._model_field is None:
-                    model = chunk.get("model")
-                    if isinstance(model, str):
-                        self._model_field = b'"model":' + orjson.dumps(model)
-            elif usage is not None and self._include_usage:
-                if dropped:
-                    return None
-                sent += 1
-            else:
-                dropped += len(data) + 8
+            sent += 1
+            if self._model_field is None:
+                model = chunk.get("model")
+                if isinstance(model, str):
+                    self._model_field = b'"model":' + orjson.dumps(model)
         if not sent:
             return b""
         field = self._model_field

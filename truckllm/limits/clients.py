@@ -192,8 +192,7 @@ class MemoryClientStore:
             return self._keyless
         record = self._records.get(key.key_id) or self._record(key.key_id, period_start)
         account = record.account
-        if account.period_start is not period_start:     # most often the very same object
-            account.enter(period_start)
+        account.enter(period_start)
         record.meter.in_flight += 1
         account.period.requests += 1
         account.lifetime.requests += 1
@@ -240,15 +239,11 @@ class MemoryClientStore:
         record = grant.record
         if record is not None:
             account = record.account
-            if account.period_start is not period_start:     # most often the same object
-                account.enter(period_start)
-            period, lifetime = account.period, account.lifetime
-            period.prompt_tokens += prompt
-            period.completion_tokens += completion
-            period.spend_usd += cost_usd
-            lifetime.prompt_tokens += prompt
-            lifetime.completion_tokens += completion
-            lifetime.spend_usd += cost_usd
+            account.enter(period_start)
+            for counters in (account.period, account.lifetime):
+                counters.prompt_tokens += prompt
+                counters.completion_tokens += completion
+                counters.spend_usd += cost_usd
         self.changes += 1
 
     def _release(self, grant: Grant) -> None:

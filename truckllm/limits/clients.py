@@ -166,7 +166,7 @@ class MemoryClientStore:
             return self.count(key, period_start)
         record = None
         if key is not None:
-            record = self._records.get(key.key_id) or self._record(key.key_id, period_start)
+            record = self._record(key.key_id, period_start)
             record.account.enter(period_start)
         now = self.clock.monotonic()
         refused = self._refused(gateway, key, record, estimate, now)
@@ -190,7 +190,7 @@ class MemoryClientStore:
         self.changes += 1
         if key is None:
             return self._keyless
-        record = self._records.get(key.key_id) or self._record(key.key_id, period_start)
+        record = self._record(key.key_id, period_start)
         account = record.account
         account.enter(period_start)
         record.meter.in_flight += 1

@@ -121,7 +121,7 @@ class Limiter:
             return None
         key = None
         if key_id is not None:
-            key = policy.keys.get(key_id) or policy.key(key_id)
+            key = policy.key(key_id)
             if key.limited:
                 return None
         if policy is not self._policy:

@@ -45,8 +45,15 @@ def test_stream_ending_with_neither_done_nor_finish_is_an_error() -> None:
         stream.close()
 
 
-@pytest.mark.parametrize("data", [b"{broken json", b'["not", "an", "object"]',
-                                  b'{"id":"c1","choices":"nope"}'])
+@pytest.mark.parametrize("data", [
+    b"{broken json", b'["not", "an", "object"]', b'{"id":"c1","choices":"nope"}',
+    b'{"id":"c1","choices":[1]}',
+    # Broken inside what is passed on unread: the whole chunk is still read.
+    b'{"id":"c1","choices":[{"index":0,"delta":{"content":"x}}]}',
+    b'{"id":"c1","choices":[{"index":0,"delta":{"content":"x"},"logprobs":[1,}]}',
+    b'{"id":"c1","choices":[{"index":0,"delta":{"content":"x"}}]} trailing',
+    b'{"id":"c1","choices":[{"index":0,"delta":{"content":"caf\xe9"}}]}',   # not UTF-8
+])
 def test_a_chunk_that_is_not_a_chunk_fails_the_stream(data: bytes) -> None:
     with pytest.raises(UpstreamFailed):
         make_stream().feed(SSEEvent(None, data))

@@ -67,8 +67,10 @@ class StreamRelay:
         self._prompt_estimate = prompt_estimate
         # What was sent, as framed, kept (not parsed) for the usage estimate of a stream
         # that is cut short or never reports usage: most streams report their usage and
-        # finish, and then this is never read. Holds no more than the stream's own output.
-        self._sent: list[bytes] = []
+        # finish, and then this is never read. Holds no more than the stream's own output,
+        # copied into one buffer so that each upstream read is freed as soon as it is
+        # written (a long stream holding every read measurably slowed the whole process).
+        self._sent = bytearray()
         self._complete = False          # the upstream stream reached its end
 
     async def first_output(self) -> bytes:
@@ -152,9 +154,9 @@ class StreamRelay:
         # is charged an estimate rather than nothing (docs/limits.md).
         reported = self._translator.usage
         needs_estimate = reported is None or not self._complete
-        text_chars = (sum(streamed_text_chars(e.data) for e in SSEDecoder().feed(b"".join(self._sent)))
+        text_chars = (sum(streamed_text_chars(e.data) for e in SSEDecoder().feed(bytes(self._sent)))
                       if needs_estimate else 0)
-        self._sent = []
+        self._sent = bytearray()
         usage, estimated = stream_usage(reported, complete=self._complete,
                                         prompt_estimate=self._prompt_estimate,
                                         text_chars=text_chars)
@@ -176,7 +178,7 @@ class StreamRelay:
                 whole = self._feed_named_read(raw, named)
         if whole is not None:
             if whole:
-                self._sent.append(whole)
+                self._sent += whole
             return whole
         translator = self._translator
         events: list[SSEEvent] = []
@@ -196,7 +198,7 @@ class StreamRelay:
         if not events:
             return b""
         out = frame(events[0]) if len(events) == 1 else b"".join([frame(event) for event in events])
-        self._sent.append(out)
+        self._sent += out
         return out
 
     def _finish(self) -> bytes:
@@ -212,7 +214,7 @@ class StreamRelay:
         self._complete = True
         self._exchange.usage = translator.usage
         out = b"".join([frame(event) for event in events])
-        self._sent.append(out)
+        self._sent += out
         return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+_COUNT_LIMIT = 2 ** 63
+
 
 @dataclass(slots=True, init=False)
 class Usage:
@@ -33,12 +35,11 @@ class Usage:
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else 0
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        # A count that is not a non-negative integer is 0. Tested inline rather than by a
-        # helper per count, and positional (prompt, completion, cache read): read once per
-        # answer and per stream, where three calls and keywords cost about half again.
-        return cls(prompt if isinstance(prompt, int) and prompt >= 0 else 0,
-                   completion if isinstance(completion, int) and completion >= 0 else 0,
-                   cached if isinstance(cached, int) and cached >= 0 else 0)
+        # A count that is not a non-negative integer a 64-bit counter holds (Redis's, the
+        # state file's) is 0: an upstream's usage is read as it comes.
+        return cls(prompt if isinstance(prompt, int) and 0 <= prompt < _COUNT_LIMIT else 0,
+                   completion if isinstance(completion, int) and 0 <= completion < _COUNT_LIMIT else 0,
+                   cached if isinstance(cached, int) and 0 <= cached < _COUNT_LIMIT else 0)
 
     def to_openai(self) -> dict[str, Any]:
         body: dict[str, Any] = {

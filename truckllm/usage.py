@@ -14,9 +14,8 @@ class Usage:
     completion_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
-    # prompt + completion, summed once: every answer's usage is read by health, the limiter,
-    # the access log and the key counters, and a property cost a call each time. Nothing
-    # changes the prompt or completion count of a Usage after it is made.
+    # prompt + completion, summed when the Usage is made: health, the limiter, the access
+    # log and the key counters all read it, and nothing changes the counts afterwards.
     total_tokens: int = field(init=False, repr=False, compare=False)
 
     def __init__(self, prompt_tokens: int = 0, completion_tokens: int = 0,

@@ -74,8 +74,8 @@ class Relay:
         # `created`: the request's arrival, already read from the clock.
         ctx = CallContext(model, exchange.request_id, int(exchange.started_wall), stream,
                           include_usage, body, forwarded)
-        # Most requests have nothing limiting them, nothing to await to be admitted or
-        # to end (each coroutine awaited costs more than a call).
+        # Most requests have nothing limiting them: they are admitted, and end, without
+        # suspending (nothing to wait for); the rest await the limiter.
         admission = (metering.admit_at_once(limiter, state, key, body)
                      or await metering.admit(limiter, state, key, body, exchange))
         reply: Reply | StreamReply | RawReply | None = None

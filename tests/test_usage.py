@@ -15,7 +15,7 @@ def test_reads_the_counts_and_the_cached_tokens() -> None:
     assert usage == Usage(12, 5, 4) and usage is not None and usage.total_tokens == 17
 
 
-@pytest.mark.parametrize("count", [-1, 1.5, "7", None, 2 ** 63, 10 ** 30])
+@pytest.mark.parametrize("count", [-1, 1.5, "7", True, None, 2 ** 63, 10 ** 30])
 def test_a_count_that_is_not_a_count_is_zero(count: object) -> None:
     usage = Usage.from_openai({"prompt_tokens": count, "completion_tokens": 3})
     assert usage is not None and usage.prompt_tokens == 0 and usage.completion_tokens == 3

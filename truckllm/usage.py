@@ -33,12 +33,8 @@ class Usage:
             return None
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        # A count that is not a non-negative integer a 64-bit counter holds (Redis's, the
-        # state file's) is 0: an upstream's usage is read as it comes.
-        return cls(prompt if isinstance(prompt, int) and 0 <= prompt < _COUNT_LIMIT else 0,
-                   completion if isinstance(completion, int) and 0 <= completion < _COUNT_LIMIT else 0,
-                   cached if isinstance(cached, int) and 0 <= cached < _COUNT_LIMIT else 0)
+        return cls(token_count(usage.get("prompt_tokens")),
+                   token_count(usage.get("completion_tokens")), token_count(cached))
 
     def to_openai(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -50,3 +46,9 @@ class Usage:
             body["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
         return body
 
+
+def token_count(value: Any) -> int:
+    """A token count as an upstream's usage reports it: a non-negative JSON integer (not
+    `true`, which Python reads as 1) that a 64-bit counter (Redis's, the state file's)
+    holds; anything else counts 0."""
+    return value if value.__class__ is int and 0 <= value < _COUNT_LIMIT else 0

@@ -277,18 +277,16 @@ class RedisClientStore:
     def _finish_call(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
                      period_start: datetime | None, settle: bool,
                      release: bool) -> tuple[Keys, list[Any]]:
-        real: str | int = ""
         prompt = completion = 0
         if usage is not None:
-            real = usage.total_tokens
             prompt, completion = usage.prompt_tokens, usage.completion_tokens
-        key_est = "" if grant.key_est is None else grant.key_est
-        gw_est = "" if grant.gw_est is None else grant.gw_est
-        packed = (f"{grant.gid}|{self._span_ms}|{'1' if settle else '0'}|"
-                  f"{'1' if release else '0'}|{key_est}|{gw_est}|{real}|{prompt}|{completion}|"
-                  f"{float(cost_usd)!r}|{'' if period_start is None else _iso(period_start)}|"
-                  f"{'0' if grant.key_id is None else '1'}")
-        return self._keys_of(grant.key_id or "")[1], [packed]
+        args: list[Any] = [
+            grant.gid, self._span_ms, "1" if settle else "0", "1" if release else "0",
+            _opt(grant.key_est), _opt(grant.gw_est),
+            _opt(None if usage is None else usage.total_tokens), prompt, completion,
+            repr(float(cost_usd)), "" if period_start is None else _iso(period_start),
+            "1" if grant.key_id is not None else "0"]
+        return self._keys_of(grant.key_id or "")[1], [_packed(args)]
 
     def _owe(self, grant: RedisGrant, usage: Usage | None, cost_usd: float,
              period_start: datetime | None, settle: bool) -> None:

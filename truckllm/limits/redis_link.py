@@ -191,7 +191,7 @@ class StateLink:
         """Run a script and wait for its answer; raises one of FAILURES (after marking
         the link down)."""
         future: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
-        self._queue(_Call(script, _tail(keys, args), _fields(keys, args), None, future))
+        self._queue(_script_call(script, keys, args, None, future))
         return await future
 
     def post(self, script: Script, keys: Keys | Sequence[str], args: Sequence[Field],
@@ -204,7 +204,7 @@ class StateLink:
         process's calls in the order they were made: work posted at the end of a request
         (not waited for) is done before any admission made after it. `now`: written at
         once with what is queued (see `written`), if the connection is open."""
-        call = _Call(script, _tail(keys, args), _fields(keys, args), done)
+        call = _script_call(script, keys, args, done)
         if now and self._transport is not None:
             self._batch.append(call)
             self._flush()
@@ -430,16 +430,13 @@ def _command(*words: bytes | str) -> bytes:
     return b"".join([b"*%d\r\n" % len(encoded), *map(_bulk, encoded)])
 
 
-def _tail(keys: Keys | Sequence[str], args: Sequence[Field]) -> bytes:
+def _script_call(script: Script, keys: Keys | Sequence[str], args: Sequence[Field],
+                 done: Done | None, future: asyncio.Future[Any] | None = None) -> _Call:
+    """A call of `script` with its keys and arguments in the wire format."""
     if not isinstance(keys, Keys):
         keys = Keys(keys)
-    if len(args) == 1:
-        return keys.encoded + _bulk(_encoded(args[0]))
-    return b"".join([keys.encoded, *[_bulk(_encoded(arg)) for arg in args]])
-
-
-def _fields(keys: Keys | Sequence[str], args: Sequence[Field]) -> int:
-    return (keys.fields if isinstance(keys, Keys) else len(keys) + 1) + len(args)
+    tail = b"".join([keys.encoded, *[_bulk(_encoded(arg)) for arg in args]])
+    return _Call(script, tail, keys.fields + len(args), done, future)
 
 
 def _bulk(value: bytes) -> bytes:

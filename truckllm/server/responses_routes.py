@@ -105,11 +105,10 @@ class _CreateResponse:
         exchange.stream = stream
         # An answer translated through chat gets its id where it is made; a native one
         # carries the upstream's.
-        ctx = CallContext(model, exchange.request_id, int(exchange.started_wall), stream, stream,
-                          full, _NO_HEADERS)
         final: list[dict[str, Any]] = []            # the finished response, for the store
-        if keep:        # the store is its only reader (set before the context is handed on)
-            ctx.on_response = final.append
+        ctx = CallContext(model, exchange.request_id, int(exchange.started_wall), stream, stream,
+                          full, _NO_HEADERS,
+                          on_response=final.append if keep else None)   # the store reads it
         # As for the /v1 relays: most requests have nothing to await to be admitted or to end.
         admission = (metering.admit_at_once(limiter, state, key, full)
                      or await metering.admit(limiter, state, key, full, exchange))

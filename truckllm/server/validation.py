@@ -77,30 +77,20 @@ _TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a bo
                int: "an integer", float: "a number"}
 
 
-def _json_at_once(request: web.Request, max_body_mb: float) -> dict[str, Any] | None:
-    """The JSON body when it has fully arrived (a small one comes with its headers), taken
-    from aiohttp's buffer in one piece without aiohttp's read loop; None while it is still
-    arriving."""
-    content = request.content
-    if not content.is_eof():
-        return None
-    raw = content.read_nowait()
-    if len(raw) > int(max_body_mb * _MIB):
-        raise _too_large(max_body_mb)
-    return _decoded(raw)
-
-
 async def read_json(request: web.Request, max_body_mb: float,
                     timeout_s: float | None = None) -> dict[str, Any]:
-    body = _json_at_once(request, max_body_mb)
-    if body is not None:
-        return body
-    raw = await _within(_read_body(request, int(max_body_mb * _MIB), max_body_mb), timeout_s)
-    return _decoded(raw)
-
-
-def _decoded(raw: bytes) -> dict[str, Any]:
-    """The request body `raw` as a JSON object, or a 400 saying what is wrong with it."""
+    """The request body as a JSON object, or a 400 (413 past `max_body_mb`) saying what is
+    wrong with it."""
+    limit = int(max_body_mb * _MIB)
+    content = request.content
+    if content.is_eof():
+        # The whole body has arrived (a small one comes with its headers): taken from
+        # aiohttp's buffer in one piece, without its read loop.
+        raw = content.read_nowait()
+        if len(raw) > limit:
+            raise _too_large(max_body_mb)
+    else:
+        raw = await _within(_read_body(request, limit, max_body_mb), timeout_s)
     if not raw or raw.isspace():       # no stripped copy of the body to find out
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:

@@ -34,7 +34,7 @@ from truckllm.providers.base import (
 )
 from truckllm.providers.openai import json_string, rewrite_model
 from truckllm.providers.shared.upstream_errors import decode_json, to_gateway_error
-from truckllm.usage import Usage
+from truckllm.usage import Usage, token_count
 
 # (target, upstream key) -> the upstream's /responses URL and the request's headers
 NativeEndpoint = Callable[[Target, UpstreamKey], tuple[str, Mapping[str, str]]]
@@ -70,7 +70,7 @@ def build_native_request(body: dict[str, Any], target: Target, key: UpstreamKey,
     # another account) is asked without a reference to it.
     payload.pop("previous_response_id", None)
     items = payload.get("input")
-    if isinstance(items, list) and _any_sealed_here(items):
+    if isinstance(items, list) and any(_sealed_here(item) for item in items):
         payload["input"] = [item for item in items if not _sealed_here(item)]
     return UpstreamRequest("POST", url, headers, orjson.dumps(payload), ctx.stream)
 
@@ -81,23 +81,8 @@ def _sealed_here(item: Any) -> bool:
             and str(item.get("encrypted_content") or "").startswith(PREFIX))
 
 
-def _any_sealed_here(items: list[Any]) -> bool:
-    """Whether any item is `_sealed_here`: asked of every native request, whose input is
-    often a whole conversation (as Codex sends it), so tested in one loop rather than by
-    a call per item."""
-    for item in items:
-        if isinstance(item, dict) and item.get("type") == "reasoning":
-            content = item.get("encrypted_content")
-            if isinstance(content, str) and content.startswith(PREFIX):
-                return True
-    return False
-
-
 def parse_native_response(raw: bytes, ctx: CallContext) -> ParsedResponse:
-    try:
-        response = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        response = None
+    response = decode_json(raw)
     if not isinstance(response, dict) or response.get("object") != "response":
         raise UpstreamFailed("upstream answered /responses with a body that is not a response")
     usage = usage_of(response.get("usage"))
@@ -117,13 +102,8 @@ def usage_of(usage: Any) -> Usage | None:
         return None
     details = usage.get("input_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
-    # A count that is not a non-negative integer is 0; a JSON integer is an `int` exactly
-    # (true and false are `bool`s). Tested inline, not by a helper per count: this is read
-    # on every answer.
-    return Usage(prompt if prompt.__class__ is int and prompt >= 0 else 0,
-                 completion if completion.__class__ is int and completion >= 0 else 0,
-                 cached if cached.__class__ is int and cached >= 0 else 0)
+    return Usage(token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens")),
+                 token_count(cached))
 
 
 def _as_client_sees(response: dict[str, Any], ctx: CallContext) -> None:

@@ -8,6 +8,7 @@ import pytest
 from truckllm.errors import UpstreamFailed
 from truckllm.providers.base import CallContext, SSEEvent
 from truckllm.providers.openai import PassThroughStream
+from truckllm.usage import Usage
 
 CHUNK = b'{"id":"c1","object":"chat.completion.chunk","model":"up","choices":[{"index":0,"delta":{"content":"x"}}]}'
 FINISH = b'{"id":"c1","object":"chat.completion.chunk","model":"up","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
@@ -132,3 +133,12 @@ def test_a_read_taken_whole_comes_to_what_feed_makes_of_its_events(
     assert out == expected
     assert whole.usage == one_by_one.usage
     assert ends(whole) == ends(one_by_one)
+
+
+def test_a_streamed_count_too_large_for_a_counter_is_zero() -> None:
+    """A stream's chunks are decoded with integers of any size: one past what a 64-bit
+    counter (Redis's) holds is not charged."""
+    stream = make_stream(include_usage=True)
+    stream.feed(SSEEvent(None, b'{"model":"up","choices":[],"usage":{"prompt_tokens":'
+                               b'99999999999999999999999,"completion_tokens":2}}'))
+    assert stream.usage == Usage(0, 2)

@@ -51,7 +51,7 @@ from truckllm.pipeline.router import (
     plan,
     usability,
 )
-from truckllm.pipeline.stream import StreamRelay, Writer
+from truckllm.pipeline.stream import DirectWriter, StreamRelay, Writer
 from truckllm.pipeline.transport import Transport, TransportError
 from truckllm.providers.base import (
     CallContext,
@@ -126,9 +126,9 @@ class RawReply:
 @dataclass(slots=True)
 class StreamReply:
     first: bytes                       # framed events ready before the 200 was committed
-    # Writes the rest of the stream with the writer it is given, and returns the stream's
-    # last bytes, to send with the end of the response.
-    write_rest: Callable[[Writer], Awaitable[bytes]]
+    # Writes the rest of the stream with the writers it is given (StreamRelay.write_rest),
+    # and returns the stream's last bytes, to send with the end of the response.
+    write_rest: Callable[[Writer, DirectWriter | None], Awaitable[bytes]]
     upstream_use: UpstreamUse | None = None     # settle with the real usage when it ends
     # Idempotent: close upstream, end the attempt. Call it when the stream is over,
     # also when it never started (the client left first).

@@ -3,12 +3,19 @@ provider's translator -> the client's events, framed here and only here. The str
 the way the client's API ends one (StreamEnding: `[DONE]` for OpenAI's, after an error
 event when the upstream fails once the stream has started). Owns the upstream response
 and the health attempt until the stream ends. No routing decisions; dispatch creates it.
+
+After the first event, an upstream response that can push its chunks (a network one)
+hands each to the relay as it arrives, and the relay writes it to the client's
+connection at once while the client keeps up; the request's task sleeps meanwhile and
+writes only what could not go that way. Either way one chunk is translated at a time,
+in the order it came, by the same `_translate`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 
@@ -40,6 +47,17 @@ log = structlog.get_logger("truckllm.pipeline.stream")
 
 # Writes framed events to the client (aiohttp's StreamResponse.write).
 Writer = Callable[[bytes], Awaitable[None]]
+
+
+class DirectWriter(Protocol):
+    """The client's connection, written to at once, outside the request's task: for
+    upstream chunks relayed from the moment they arrive (`UpstreamResponse.push_to`)."""
+
+    def ready(self) -> bool:
+        """The client keeps up: nothing is waiting to be sent to it."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
 
 
 class StreamRelay:
@@ -87,15 +105,22 @@ class StreamRelay:
         self._ended = True
         return self._finish()
 
-    async def write_rest(self, write: Writer) -> bytes:
+    async def write_rest(self, write: Writer, direct: DirectWriter | None = None) -> bytes:
         """Write the rest of the stream to the client as it comes, and return its last
         bytes (the client API's end of a stream, if it has one), which the caller sends
         with the end of the response in one write. The relay writes rather than yields:
-        each chunk then passes through no generator on its way."""
+        each chunk then passes through no generator on its way.
+
+        Given `direct`, and an upstream response that can push its chunks, each chunk is
+        relayed as it arrives, written by `direct` while the client keeps up; the reads
+        below then return only what could not be relayed so (the client slow to read),
+        and end with the stream."""
         try:
             if not self._ended:
                 if self._pending is not None:
                     raise self._pending
+                if direct is not None:
+                    self._push_to(direct)
                 read = self._response.read_chunk
                 while raw := await read():
                     out = self._translate(raw)
@@ -129,6 +154,23 @@ class StreamRelay:
             self.abandon()
         done = self._ending.done
         return b"" if done is None else frame(done)
+
+    def _push_to(self, direct: DirectWriter) -> None:
+        push_to = getattr(self._response, "push_to", None)
+        if push_to is None:
+            return                  # an in-process provider: read as it comes
+
+        def relay(raw: bytes) -> bool:
+            if not direct.ready():
+                return False
+            out = self._translate(raw)
+            if out:
+                direct.write(out)
+            if self._pending is not None:
+                raise self._pending
+            return True
+
+        push_to(relay)
 
     def _error_frames(self, error: errors.GatewayError) -> bytes:
         """The client API's failure events, framed; the translator knows the stream so far."""

@@ -26,6 +26,7 @@ from multidict import CIMultiDict, istr
 
 from truckllm import __version__
 from truckllm.config.schema import ProviderConfig
+from truckllm.pipeline import pushed_body
 from truckllm.providers.base import Target, UpstreamRequest, UpstreamResponse, WholeResponse
 from truckllm.runtime.state import CompiledProvider
 
@@ -39,8 +40,8 @@ class TransportError(Exception):
 class _HttpResponse:
     """An aiohttp response seen through the UpstreamResponse protocol."""
 
-    __slots__ = ("_clock", "_content", "_done", "_idle_timeout_s", "_response", "_waiting_since",
-                 "_watch", "headers", "status")
+    __slots__ = ("_clock", "_content", "_done", "_idle_timeout_s", "_response", "_sink",
+                 "_waiting_since", "_watch", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, idle_timeout_s: float) -> None:
         self._response = response
@@ -50,6 +51,7 @@ class _HttpResponse:
         self._watch: asyncio.TimerHandle | None = None
         self._clock = asyncio.get_running_loop().time
         self._waiting_since: float | None = None    # loop time a marked wait for a chunk began
+        self._sink: pushed_body.Sink | None = None
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
 
@@ -65,16 +67,50 @@ class _HttpResponse:
         """The body's next chunk (b"" at its end). A marked wait counts towards the idle
         limit; the wait for the first chunk is not marked: it is time to first token
         (dispatch bounds it, and a reasoning model may think long)."""
-        if marked:
-            self._waiting_since = self._clock()
+        content = self._content
         try:
-            return await self._content.readany()
+            if self._sink is not None:
+                # What is buffered goes first, read while chunks are not offered: taking
+                # it can make aiohttp parse more of the body at once, which then queues
+                # behind it. Chunks are offered only while the buffer is empty.
+                chunk = content.read_nowait()
+                if chunk or content.at_eof():
+                    return chunk
+            if marked:
+                self._waiting_since = self._clock()
+            return await content.readany()
         except TimeoutError:
             raise TransportError("timeout", "upstream stream timed out") from None
         except aiohttp.ClientError as exc:
             raise TransportError("connect", f"upstream stream broke: {type(exc).__name__}") from None
         finally:
             self._waiting_since = None
+
+    def push_to(self, sink: pushed_body.Sink) -> bool:
+        """Offers the body's chunks to `sink` as they arrive while a marked `read_chunk`
+        waits on an empty buffer (pipeline.pushed_body), rather than waking that read for
+        each: in the order they arrive. A chunk the sink takes counts as data flowing for
+        the idle limit; one it declines, and every chunk after it until the read returns,
+        is what the read returns; an exception the sink raises is what it raises. False
+        when this body cannot be pushed."""
+        self._sink = sink
+        return pushed_body.attach(self._content, self._offer)
+
+    def _offer(self, chunk: bytes) -> bool:
+        sink = self._sink
+        if self._waiting_since is None or sink is None:
+            return False        # no read waiting, or one about to return what was declined
+        try:
+            taken = sink(chunk)
+        except Exception as exc:
+            self._waiting_since = None
+            self._content.set_exception(exc)
+            return True
+        if not taken:
+            self._waiting_since = None
+            return False
+        self._waiting_since = self._clock()
+        return True
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -114,6 +150,9 @@ class _HttpResponse:
     def close(self) -> None:
         if self._watch is not None:
             self._stop_watch()
+        if self._sink is not None:
+            self._sink = None
+            pushed_body.detach(self._content)
         # A fully read response goes back to the pool; an abandoned one drops its
         # connection so the upstream stops generating.
         if self._done or self._content.at_eof():

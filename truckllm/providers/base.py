@@ -218,7 +218,9 @@ class UpstreamResponse(Protocol):
     `iter_chunks()`. The idle limit (the longest wait for a chunk) runs from
     `watch_idle()`, called once data flows, and counts only the waits `read_chunk` is
     asked to mark (every one but the wait for the first chunk, which is time to first
-    token). A failed read raises TransportError.
+    token). A failed read raises TransportError. A network response may also offer
+    `push_to(sink)` (pipeline.transport): its chunks handed to the stream relay as they
+    arrive, instead of each waking a `read_chunk`.
     """
 
     status: int

@@ -7,8 +7,9 @@ Idle connections, and requests whose headers arrive too slowly, are closed after
 `server.keepalive_timeout_s` (aiohttp's keep-alive timer runs from the moment a
 connection opens); bodies that arrive too slowly are server.validation's concern.
 
-This is the one module that leans on aiohttp beyond its documented API, because aiohttp
-offers no public hook for either job: it overrides `RequestHandler.handle_error` (the
+This is the one module of the server that leans on aiohttp beyond its documented API
+(pipeline/pushed_body.py does, for streamed upstream bodies), because aiohttp offers no
+public hook for either job: it overrides `RequestHandler.handle_error` (the
 only place a refused request's answer is made) and, as aiohttp's own `TCPSite` does,
 sets `BaseSite._server` and reads `BaseSite._runner`. pyproject.toml pins aiohttp to the
 releases this was checked against, and tests/server/test_connections.py fails loudly

@@ -3,9 +3,10 @@ ready, no buffering or compression. A client that leaves closes the upstream at 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from truckllm.pipeline.dispatch import RawReply, StreamReply
 from truckllm.pipeline.record import Exchange
@@ -22,13 +23,17 @@ _SSE_HEADERS = {
 async def write_stream(request: web.Request, reply: StreamReply, exchange: Exchange) -> web.StreamResponse:
     headers = {**_SSE_HEADERS, **gateway_headers(exchange), **ratelimit_headers_now(exchange)}
     response = web.StreamResponse(status=200, headers=headers)
+    if request.version >= HttpVersion11:
+        # What aiohttp chooses for this response anyway; asked for, so that `chunked`
+        # says so before the headers go out (_direct_writer).
+        response.enable_chunked_encoding()
     try:
         await response.prepare(request)
         await response.write(reply.first)
         first_sent = time.perf_counter()
         exchange.ttft_s = first_sent - exchange.started
         try:
-            await response.write_eof(await reply.write_rest(response.write))
+            await response.write_eof(await reply.write_rest(response.write, _direct_writer(request, response)))
         finally:
             # After the first chunk, time goes to waiting on upstream; the per-chunk relay
             # work is small and is not worth a clock read per chunk on the hot path.
@@ -45,6 +50,35 @@ async def write_stream(request: web.Request, reply: StreamReply, exchange: Excha
     finally:
         reply.release()                  # also when the stream never started (client gone)
     return response
+
+
+class _ChunkedConnection:
+    """The client's connection, written to directly (pipeline.stream.DirectWriter) in
+    HTTP/1.1 chunks, as aiohttp's own writes to it are framed."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def ready(self) -> bool:
+        transport = self._transport
+        return not transport.is_closing() and transport.get_write_buffer_size() == 0
+
+    def write(self, data: bytes) -> None:
+        # One chunk of the chunked body: size in hex, CRLF, data, CRLF (RFC 9112 7.1),
+        # between aiohttp's own chunks on the same connection.
+        self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
+
+def _direct_writer(request: web.Request, response: web.StreamResponse) -> _ChunkedConnection | None:
+    """A writer for the relay to use outside the request's task, once the response's
+    headers are out: for a response in chunks without compression (every stream, but an
+    HTTP/1.0 client's)."""
+    transport = request.transport
+    if transport is None or not response.chunked or response.compression:
+        return None
+    return _ChunkedConnection(transport)
 
 
 async def write_raw(request: web.Request, reply: RawReply, exchange: Exchange) -> web.StreamResponse:

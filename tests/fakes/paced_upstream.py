@@ -28,12 +28,16 @@ def chat_chunk(index: int) -> bytes:
 
 @asynccontextmanager
 async def paced_upstream(gaps_s: Sequence[float], first_after_s: float = 0.0,
-                         chunk: Callable[[int], bytes] = line) -> AsyncIterator[str]:
+                         chunk: Callable[[int], bytes] = line,
+                         compressed: bool = False) -> AsyncIterator[str]:
     """Serves POST /v1/chat/completions (yields the /v1 URL): its headers, then
-    `chunk(0)` after `first_after_s`, then `chunk(i)` after the i-th gap in `gaps_s`."""
+    `chunk(0)` after `first_after_s`, then `chunk(i)` after the i-th gap in `gaps_s`;
+    gzipped when `compressed`."""
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
+        if compressed:
+            response.enable_compression(web.ContentCoding.gzip)
         await response.prepare(request)
         await asyncio.sleep(first_after_s)
         await response.write(chunk(0))

@@ -1,20 +1,20 @@
 """pipeline/pushed_body.py leans on how aiohttp delivers a response body (see its
 docstring): this fails loudly when the installed aiohttp is one it was not checked
 against, or when a real aiohttp response no longer hands its body to the attached sink.
-A real local server and a real aiohttp client; nothing is mocked."""
+A real local upstream (tests/fakes/paced_upstream.py) and a real aiohttp client; nothing
+is mocked."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
-from aiohttp import web
 
+from tests.fakes.paced_upstream import line, paced_upstream
 from truckllm.pipeline import pushed_body
 
-PIECES = [b"piece %d;" % index for index in range(6)]
+PIECES = [line(index) for index in range(6)]
 
 
 def test_the_installed_aiohttp_is_in_the_checked_range() -> None:
@@ -30,31 +30,10 @@ def test_the_installed_aiohttp_is_in_the_checked_range() -> None:
 async def streamed_response(compressed: bool = False) -> AsyncIterator[aiohttp.ClientResponse]:
     """A response whose body comes in PIECES, each written after the client has had
     time to take the one before; the client's response is open once its headers are in."""
-
-    async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        if compressed:
-            response.enable_compression(web.ContentCoding.gzip)
-        await response.prepare(request)
-        for piece in PIECES:
-            await asyncio.sleep(0.01)
-            await response.write(piece)
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_get("/", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as session, \
-                session.get(f"http://127.0.0.1:{port}/") as response:
-            yield response
-    finally:
-        await runner.cleanup()
+    async with paced_upstream([0.01] * (len(PIECES) - 1), 0.01, line, compressed) as base_url, \
+            aiohttp.ClientSession() as session, \
+            session.post(base_url + "/chat/completions") as response:
+        yield response
 
 
 async def read_rest(response: aiohttp.ClientResponse) -> list[bytes]:

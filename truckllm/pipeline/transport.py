@@ -93,8 +93,10 @@ class _HttpResponse:
         the idle limit; one it declines, and every chunk after it until the read returns,
         is what the read returns; an exception the sink raises is what it raises. False
         when this body cannot be pushed."""
+        if not pushed_body.attach(self._content, self._offer):
+            return False
         self._sink = sink
-        return pushed_body.attach(self._content, self._offer)
+        return True
 
     def _offer(self, chunk: bytes) -> bool:
         sink = self._sink

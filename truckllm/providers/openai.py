@@ -153,8 +153,8 @@ class _StreamChoice(msgspec.Struct):
 class _StreamChunk(msgspec.Struct):
     """What the pass-through reads of a chat completion chunk. Decoding into these few
     fields still reads the whole chunk (anything that is not one JSON object fails), but
-    builds no Python objects for what goes to the client unread: the content, the deltas.
-    A stream decodes every chunk, so this is about half of a full decode's cost per event."""
+    builds no Python objects for what goes to the client unread: the content, the deltas,
+    which every chunk of every stream would otherwise pay for."""
     choices: list[_StreamChoice] | None = None
     usage: Any = None
     model: Any = None

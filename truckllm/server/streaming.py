@@ -73,10 +73,9 @@ class _ChunkedConnection:
 
 def _direct_writer(request: web.Request, response: web.StreamResponse) -> _ChunkedConnection | None:
     """A writer for the relay to use outside the request's task, once the response's
-    headers are out: for a response in chunks without compression (every stream, but an
-    HTTP/1.0 client's)."""
+    headers are out: for a response in chunks (every stream, but an HTTP/1.0 client's)."""
     transport = request.transport
-    if transport is None or not response.chunked or response.compression:
+    if transport is None or not response.chunked:
         return None
     return _ChunkedConnection(transport)
 

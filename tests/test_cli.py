@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -161,6 +162,7 @@ def test_serve_refuses_a_bad_config_and_an_unset_variable(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert "environment variable TRUCKLLM_TEST_UNSET is not set" in result.output
     assert "providers[1].keys[0].value" in result.output and "Traceback" not in result.output
+    assert gc.isenabled()           # serve starts with the collector off: back on when it exits
 
 
 def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
@@ -173,6 +175,7 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in result.output
     assert "Traceback" not in result.output, result.output
+    assert gc.isenabled()
 
 
 def test_serve_process_answers_then_drains_a_stream_on_sigterm(tmp_path: Path) -> None:

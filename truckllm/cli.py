@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import secrets
@@ -56,6 +57,18 @@ def _load_or_exit(path: str) -> LoadedConfig:
                    "budgets, above 1 needs server.state_url.")
 def serve(config_path: str, host: str | None, port: int | None, workers: int) -> None:
     """Run the gateway (SIGHUP reloads the config; SIGTERM drains and exits)."""
+    # What start-up builds (the server's modules, the config, the app) lives as long as the
+    # process, so the collector's passes over it while it is being built free nothing. The
+    # runner turns the collector back on once it listens (`tune_gc`, which also freezes
+    # what start-up built); the `finally` covers every way out before that.
+    gc.disable()
+    try:
+        _serve(config_path, host, port, workers)
+    finally:
+        gc.enable()
+
+
+def _serve(config_path: str, host: str | None, port: int | None, workers: int) -> None:
     from truckllm.observe.log import configure_logging
     from truckllm.server.runner import ListenError, run
 
@@ -68,6 +81,7 @@ def serve(config_path: str, host: str | None, port: int | None, workers: int) ->
         if problem:
             click.echo(f"error: {problem}", err=True)
             sys.exit(2)
+        gc.enable()         # the supervisor runs as long as its workers
         sys.exit(supervise(config_path, host or server.host,
                            server.port if port is None else port, workers))
     try:

@@ -162,8 +162,10 @@ async def _listen(runner: web.AppRunner, host: str, port: int, server: ServerCon
 
 def tune_gc() -> None:
     """After start-up: freeze what exists (imports, config, app) out of every future
-    collection, and collect young objects less often (see GC_GEN0_THRESHOLD)."""
+    collection, collect young objects less often (see GC_GEN0_THRESHOLD), and turn the
+    collector on (`truckllm serve` starts with it off)."""
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    gc.enable()

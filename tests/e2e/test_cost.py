@@ -1,6 +1,6 @@
 """Cost through the real HTTP API: an Anthropic upstream that reports cache reads and
 writes, called with the openai SDK (plain and streamed). Every kind of token reaches the
-cost at its own rate, in the request_cost log line, the key's and the upstream key's spend,
+cost at its own rate, in the access line, the key's and the upstream key's spend,
 and llm_cost_usd_total."""
 
 from __future__ import annotations

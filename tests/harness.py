@@ -10,6 +10,7 @@ Factories start with make_ (the async process one is run_serve_process)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import io
 import logging
@@ -74,6 +75,28 @@ def sdk_http() -> httpx.AsyncClient:
 def sdk_sync_http() -> httpx.Client:
     """The HTTP client for a sync openai SDK client (`http_client=`)."""
     return DefaultHttpxClient(verify=TLS)
+
+
+def imported_on_first_use(name: str) -> Any:
+    """The module `name`, imported when a test first reads one of its attributes. Every
+    test worker imports every test module to collect the tests, so an SDK imported at the
+    top of a module is paid for by all of them (the anthropic SDK: about a second of CPU
+    each), though only the workers that run its tests need it. A module uses it as
+    `if TYPE_CHECKING: import anthropic` / `else: anthropic = imported_on_first_use(...)`."""
+    return _ImportedOnFirstUse(name)
+
+
+class _ImportedOnFirstUse:
+    # Not importlib.util.LazyLoader: collecting a test module reads attributes of every
+    # name in it (`__class__`, `__wrapped__`, `_mock_name`), which would load the module at
+    # once. Here only the public names a test uses import it.
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("_"):
+            raise AttributeError(attribute)
+        return getattr(importlib.import_module(self._name), attribute)
 
 
 # --- Configs -------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from openai import DefaultHttpxClient, OpenAI
 from tests.harness import CLIENT_KEY, free_port, make_config, make_serve_process
 from tests.installs import one_at_a_time
 
+pytestmark = pytest.mark.slow     # mostly waits: runs first (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_DELAY_S = 0.25
 

@@ -59,7 +59,7 @@ keys:
 
 # The tests share one Chromium (each in its own browser context), so they share the event
 # loop it was started on.
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -6,17 +6,20 @@ and llm_cost_usd_total."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import anthropic
 import pytest
-from anthropic import AsyncAnthropic
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.anthropic_fake import make_anthropic_fake
 from tests.fakes.wire_fake import Reply, sse
-from tests.harness import ADMIN_KEY, make_gateway
+from tests.harness import ADMIN_KEY, imported_on_first_use, make_gateway
+
+if TYPE_CHECKING:
+    import anthropic
+else:
+    anthropic = imported_on_first_use("anthropic")
 
 # USD per million tokens, so one token of each kind costs 1, 2, 0.1 and 1.25 dollars
 PRICING = ("{input_per_mtok: 1000000, output_per_mtok: 2000000, "
@@ -111,7 +114,7 @@ async def test_messages_api_carries_the_headers_and_refuses_in_anthropic_shape(t
     limited = config("URL").replace("rpm: 100, budget_usd: 10000", "rpm: 3, budget_usd: 10000")
     async with make_anthropic_fake() as fake, \
             make_gateway(limited.replace("URL", fake.url), directory=tmp_path) as gateway, \
-            AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10) as client:
+            anthropic.AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10) as client:
         hello: Any = [{"role": "user", "content": "hello"}]
         plain = await client.messages.with_raw_response.create(
             model="sonnet", max_tokens=10, messages=hello)
@@ -147,7 +150,7 @@ async def test_a_native_anthropic_stream_cut_by_upstream_is_charged_an_estimate(
                      "delta": {"type": "text_delta", "text": "abcd" * 10}}, "content_block_delta")
         fake.script(Reply(events=[*events[:2], piece, piece, piece, *events[2:]],
                           drop_after_events=5))
-        client = AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10)
+        client = anthropic.AsyncAnthropic(base_url=gateway.root, api_key="key-a", max_retries=0, timeout=10)
         with gateway.log_lines() as logs:
             stream = await client.messages.create(model="sonnet", max_tokens=10, stream=True,
                                                   messages=[{"role": "user", "content": "hello"}])

@@ -4,24 +4,27 @@ Anthropic upstream and translated to the fake Gemini and Azure upstreams and the
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import pytest
-from anthropic import Anthropic, AsyncAnthropic, DefaultAsyncHttpxClient
 
 from tests.fakes.anthropic_fake import error_event, overload_after_start_reply, overloaded_reply
 from tests.fakes.wire_fake import Reply, sse
-from tests.harness import CLIENT_KEY, TLS, Stack
+from tests.harness import CLIENT_KEY, TLS, Stack, imported_on_first_use
+
+if TYPE_CHECKING:
+    import anthropic
+else:
+    anthropic = imported_on_first_use("anthropic")
 
 ALIASES = ["claude", "gem", "az", "oai-chat"]     # oai-chat: an `openai`-type provider
 WEATHER: Any = {"name": "get_weather", "description": "Current weather for a city.",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-def make_client(stack: Stack) -> AsyncAnthropic:
-    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
-                            http_client=DefaultAsyncHttpxClient(verify=TLS))
+def make_client(stack: Stack) -> anthropic.AsyncAnthropic:
+    client = anthropic.AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
+                                      http_client=anthropic.DefaultAsyncHttpxClient(verify=TLS))
     stack.clients.append(client)
     return client
 
@@ -94,7 +97,7 @@ async def test_tool_loop_through_messages(stack: Stack, alias: str) -> None:
 
 async def test_sync_client(stack: Stack) -> None:
     def use_sync_client() -> str:
-        client = Anthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10)
+        client = anthropic.Anthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10)
         try:
             with client.messages.stream(model="gem", max_tokens=50,
                                         messages=[{"role": "user", "content": "sync"}]) as stream:
@@ -114,7 +117,7 @@ async def test_errors_come_back_in_anthropic_shape(stack: Stack) -> None:
     with pytest.raises(anthropic.BadRequestError):
         await client.messages.create(model="claude", max_tokens="many",  # type: ignore[arg-type]
                                      messages=[{"role": "user", "content": "x"}])
-    unauthorised = AsyncAnthropic(base_url=stack.root, api_key="wrong", max_retries=0, timeout=10)
+    unauthorised = anthropic.AsyncAnthropic(base_url=stack.root, api_key="wrong", max_retries=0, timeout=10)
     stack.clients.append(unauthorised)
     with pytest.raises(anthropic.AuthenticationError):
         await unauthorised.messages.create(model="claude", max_tokens=10, messages=[{"role": "user", "content": "x"}])

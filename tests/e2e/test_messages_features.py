@@ -7,13 +7,17 @@ where the target has no equivalent); and token counting on every alias."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
-from tests.harness import CLIENT_KEY, TLS, Stack
+from tests.harness import CLIENT_KEY, TLS, Stack, imported_on_first_use
+
+if TYPE_CHECKING:
+    import anthropic
+else:
+    anthropic = imported_on_first_use("anthropic")
 
 BETAS = ["mid-conversation-system-2026-04-07", "effort-2025-11-24", "context-management-2025-06-27",
          "interleaved-thinking-2025-05-14"]
@@ -34,9 +38,9 @@ FIELDS: Any = {
 }
 
 
-def make_client(stack: Stack) -> AsyncAnthropic:
-    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
-                            http_client=DefaultAsyncHttpxClient(verify=TLS))
+def make_client(stack: Stack) -> anthropic.AsyncAnthropic:
+    client = anthropic.AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
+                                      http_client=anthropic.DefaultAsyncHttpxClient(verify=TLS))
     stack.clients.append(client)
     return client
 

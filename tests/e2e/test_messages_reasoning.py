@@ -7,14 +7,18 @@ a block is left out when the conversation moves to Anthropic, which would refuse
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE
 from tests.fakes.gemini_fake import SIGNATURE, TEXT_SIGNATURE
-from tests.harness import CLIENT_KEY, TLS, Stack
+from tests.harness import CLIENT_KEY, TLS, Stack, imported_on_first_use
+
+if TYPE_CHECKING:
+    import anthropic
+else:
+    anthropic = imported_on_first_use("anthropic")
 
 THINKING: Any = {"type": "enabled", "budget_tokens": 2048}
 QUESTION: Any = {"role": "user", "content": "hello there"}
@@ -22,9 +26,9 @@ WEATHER: Any = {"name": "get_weather", "description": "Current weather for a cit
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 
 
-def make_client(stack: Stack) -> AsyncAnthropic:
-    client = AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
-                            http_client=DefaultAsyncHttpxClient(verify=TLS))
+def make_client(stack: Stack) -> anthropic.AsyncAnthropic:
+    client = anthropic.AsyncAnthropic(base_url=stack.root, api_key=CLIENT_KEY, max_retries=0, timeout=10,
+                                      http_client=anthropic.DefaultAsyncHttpxClient(verify=TLS))
     stack.clients.append(client)
     return client
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import anthropic
 import openai
 import pytest
 
@@ -23,8 +22,14 @@ from tests.harness import (
     EXTRA_HEADERS,
     UPSTREAM_KEYS,
     Stack,
+    imported_on_first_use,
     make_openai_client,
 )
+
+if TYPE_CHECKING:
+    import anthropic
+else:
+    anthropic = imported_on_first_use("anthropic")
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 PNG = "data:image/png;base64,iVBORw0KGgo="

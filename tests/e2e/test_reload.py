@@ -28,6 +28,8 @@ from tests.harness import (
     write_replacing,
 )
 
+pytestmark = pytest.mark.slow     # mostly waits: runs first (tests/conftest.py)
+
 
 def metric(text: str, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(text):

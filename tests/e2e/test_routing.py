@@ -19,6 +19,7 @@ from tests.harness import (
     make_gateway,
     one_key_each,
     two_providers,
+    wait_until,
 )
 from truckllm.clock import ManualClock
 
@@ -232,8 +233,10 @@ async def test_context_overflow_without_fallback_goes_back_to_the_client(
 
 async def test_hung_upstream_is_504(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
+    # The limit leaves room for a loaded machine: the fakes, the gateway and the client share
+    # one event loop, and the limit also covers the fake reading the request.
     config = one_key_each(two_providers(one.url, two.url, routing="  max_attempts: 2",
-                                        provider_extra="    first_byte_timeout_s: 0.2"))
+                                        provider_extra="    first_byte_timeout_s: 0.5"))
     one.script(Scripted(hang=True))
     two.script(Scripted(hang=True))
     async with make_gateway(config, clock=ManualClock()) as gw:
@@ -242,13 +245,14 @@ async def test_hung_upstream_is_504(fakes: tuple[OpenAIFake, OpenAIFake]) -> Non
         assert caught.value.status_code == 504
         assert orjson.loads(caught.value.response.content)["error"]["type"] == "timeout_error"
         # Both hung upstreams were hung up on, not left generating.
-        await asyncio.wait_for(one.requests[0].disconnected.wait(), 5)
-        await asyncio.wait_for(two.requests[0].disconnected.wait(), 5)
+        for fake in (one, two):
+            await wait_until(lambda received=fake.requests: bool(received), "the request to reach the fake")
+            await asyncio.wait_for(fake.requests[0].disconnected.wait(), 5)
 
 
 async def test_hung_first_target_falls_back(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
-    config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.2")
+    config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.5")
     one.script(Scripted(hang=True))
     async with make_gateway(config, clock=ManualClock()) as gw:
         answer = await gw.chat()

@@ -21,6 +21,8 @@ from tests.harness import SERVE_ENV, ServeProcess, free_port, run_serve_process,
 from tests.redis_server import RedisServer
 from truckllm.runtime.config_sync import CHANNEL
 
+pytestmark = pytest.mark.slow     # mostly waits: runs first (tests/conftest.py)
+
 KEY = SERVE_ENV["TEAM_KEY"]
 
 

@@ -19,6 +19,8 @@ from structlog.testing import capture_logs
 from tests.fakes.openai_fake import make_openai_fake
 from tests.harness import ADMIN_KEY, free_port, make_gateway, run_serve_process
 
+pytestmark = pytest.mark.slow     # mostly waits: runs first (tests/conftest.py)
+
 CONFIG = """\
 version: 1
 server: {{port: {port}, log_level: warning}}

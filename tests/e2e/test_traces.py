@@ -34,6 +34,8 @@ from tests.harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow     # mostly waits: runs first (tests/conftest.py)
+
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 PROMPT = "the secret plans for the tunnel under the river"

@@ -14,9 +14,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.fakes.failing_upstream import make_fixed_upstream
 from tests.harness import REPO_ROOT, SERVE_ENV, free_port, serve_config, wait_until
+
+pytestmark = pytest.mark.slow     # mostly waits: runs first (tests/conftest.py)
 
 KEY = SERVE_ENV["TEAM_KEY"]
 

@@ -3,23 +3,30 @@ to them directly here (Anthropic SDK -> fake Anthropic, AzureOpenAI -> fake Azur
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import aiohttp
-import anthropic
 import orjson
 import pytest
-from anthropic import AsyncAnthropic
 from openai import AsyncAzureOpenAI
 
 from tests.fakes.anthropic_fake import THINKING_SIGNATURE, make_anthropic_fake
 from tests.fakes.azure_fake import make_azure_fake
 from tests.fakes.gemini_fake import SIGNATURE, make_gemini_fake
+from tests.harness import imported_on_first_use
+
+if TYPE_CHECKING:
+    import anthropic
+else:
+    anthropic = imported_on_first_use("anthropic")
 
 TOOL = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 
 
 async def test_anthropic_sdk_streams_tool_use_from_the_fake() -> None:
     async with make_anthropic_fake() as fake:
-        client = AsyncAnthropic(base_url=fake.url.removesuffix("/v1"), api_key="sk-ant-x", max_retries=0, timeout=5)
+        client = anthropic.AsyncAnthropic(base_url=fake.url.removesuffix("/v1"), api_key="sk-ant-x",
+                                          max_retries=0, timeout=5)
         async with client.messages.stream(model="claude-x", max_tokens=50, tools=[TOOL],  # type: ignore[list-item]
                                           messages=[{"role": "user", "content": "weather in Paris and Rome"}]) as s:
             final = await s.get_final_message()
@@ -64,7 +71,7 @@ async def test_anthropic_fake_refuses_a_tool_use_turn_without_its_thinking_block
     result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "rain"}]}
     thinking = {"type": "enabled", "budget_tokens": 1024}
     async with make_anthropic_fake() as fake:
-        client = AsyncAnthropic(base_url=fake.url.removesuffix("/v1"), api_key="k", max_retries=0, timeout=5)
+        client = anthropic.AsyncAnthropic(base_url=fake.url.removesuffix("/v1"), api_key="k", max_retries=0, timeout=5)
         for content, error in (
                 ([use], "must start with a thinking block"),
                 ([{"type": "thinking", "thinking": "x", "signature": "forged"}, use], "Invalid `signature`")):

@@ -65,7 +65,7 @@ async def test_connect_timeout_moves_on_and_alone_is_502(fakes: tuple[OpenAIFake
 
 async def test_first_byte_timeout_of_a_stream_moves_on(fakes: tuple[OpenAIFake, OpenAIFake]) -> None:
     one, two = fakes
-    config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.3")
+    config = two_providers(one.url, two.url, provider_extra="    first_byte_timeout_s: 0.5")
     one.script(Scripted(chunk_delay_s=5))                    # headers at once, no token
     async with make_gateway(config, clock=ManualClock()) as gw:
         stream = await gw.client().chat.completions.create(model="chat", messages=MESSAGES, stream=True)

@@ -66,6 +66,22 @@ def test_each_problem_names_its_path_and_position(change: tuple[str, str], path:
         assert str(issue).startswith(f"config.yaml:{position} {path}: ")
 
 
+@pytest.mark.parametrize(("text", "message", "position"), [
+    ("version: 1\nserver:\n\tport: 8080\n", "found character '\\t' that cannot start any token", "3:1"),
+    ("version: 1\nproviders: [\n", "expected the node content, but found '<stream end>'", "3:1"),
+    ("version: 1\nx: \"a\x07b\"\n", "character #x0007: special characters are not allowed", "2:6"),
+])
+def test_yaml_syntax_errors_read_as_pyyaml_words_them(text: str, message: str, position: str) -> None:
+    """Configs are parsed by libyaml; one it refuses is parsed again by PyYAML's own
+    parser for the message, which names a tab a tab (libyaml: "a character"). A character
+    YAML does not allow is a syntax error with its position too, not an exception."""
+    with pytest.raises(ConfigError) as raised:
+        load_bytes(text.encode(), "config.yaml", {})
+    [issue] = raised.value.issues
+    assert issue.message == f"YAML syntax error: {message}"
+    assert issue.location == f"config.yaml:{position}"
+
+
 def test_every_problem_is_reported_not_just_the_first() -> None:
     source = BASE.replace("type: mock", "type: mock\n    colour: red").replace("{provider: demo", "{provider: nope", 1)
     source = source.replace("version: 1", "version: 1\nservr: {}")

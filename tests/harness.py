@@ -126,9 +126,14 @@ def make_config(upstream_url: str | None = None, **sections: Any) -> dict[str, A
     return config
 
 
+def yaml_text(config: Mapping[str, Any]) -> str:
+    """`config` as YAML, written by libyaml (what yaml.safe_dump writes, a few times faster)."""
+    return yaml.dump(dict(config), Dumper=yaml.CSafeDumper)
+
+
 def write_config(directory: Path, config: Mapping[str, Any] | str, name: str = "config.yaml") -> Path:
     path = directory / name
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(dict(config)))
+    path.write_text(config if isinstance(config, str) else yaml_text(config))
     return path
 
 
@@ -382,7 +387,7 @@ async def make_gateway(config: Mapping[str, Any] | str, *, directory: Path | Non
     if directory is not None:
         loaded = load_file(write_config(directory, config, name), env=dict(env or {}))
     else:
-        raw = (config if isinstance(config, str) else yaml.safe_dump(dict(config))).encode()
+        raw = (config if isinstance(config, str) else yaml_text(config)).encode()
         loaded = load_bytes(raw, "test.yaml", env or {})
     app = create_app(StateHolder(build_state(loaded, 1)), clock=clock)
     # As `truckllm serve` runs it: a client that hangs up cancels its handler.

@@ -74,8 +74,6 @@ def redis_url(redis_session: RedisServer) -> str:
     return redis_session.url
 
 
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `slow` run first. They spend most of their time waiting on real
     processes and timers; started early, their waits overlap the tests that keep the CPU

@@ -16,7 +16,7 @@ import re
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -34,9 +34,11 @@ from truckllm.config.size import TOO_DEEP, TooLarge, check_node, check_text
 PathTuple = tuple[str | int, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # libyaml, the C parser PyYAML's wheels carry, reads a config about five times faster
-# than PyYAML's own parser; both build the same nodes, and the values are constructed by
-# the same Python code (SafeConstructor) either way.
-_LIBYAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# than PyYAML's own parser (used where a build lacks libyaml); both build the same nodes,
+# and the values are constructed by the same Python code (SafeConstructor) either way.
+if TYPE_CHECKING:
+    _Loader = yaml.SafeLoader | yaml.CSafeLoader
+_LIBYAML_LOADER: type[_Loader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -182,16 +184,16 @@ def _value_at(data: Any, path: PathTuple) -> Any:
     return data
 
 
-def _compose(text: str) -> tuple[yaml.Node | None, yaml.SafeLoader]:
+def _compose(text: str) -> tuple[yaml.Node | None, _Loader]:
     """The document's node tree, and the loader that composed it (to construct values
     with, then dispose of). A text libyaml refuses is parsed again by PyYAML's own parser,
     whose verdict counts: libyaml's messages are terser (a tab is "a character that cannot
     start any token") and can point elsewhere, and what PyYAML accepts stays accepted."""
-    loader = _LIBYAML_LOADER(text)
+    fast = _LIBYAML_LOADER(text)
     try:
-        return loader.get_single_node(), loader
+        return fast.get_single_node(), fast
     except yaml.YAMLError:
-        loader.dispose()
+        fast.dispose()
     loader = yaml.SafeLoader(text)
     try:
         return loader.get_single_node(), loader
@@ -240,7 +242,7 @@ class _YamlTree:
                 self._location_of(text, exc.position)))
         return None
 
-    def _convert(self, node: yaml.Node, path: PathTuple, loader: yaml.SafeLoader) -> Any:
+    def _convert(self, node: yaml.Node, path: PathTuple, loader: _Loader) -> Any:
         self.marks[path] = node.start_mark
         if isinstance(node, yaml.MappingNode):
             merged = self._flatten(node, loader)
@@ -264,7 +266,7 @@ class _YamlTree:
             return [self._convert(item, (*path, i), loader) for i, item in enumerate(node.value)]
         return loader.construct_object(node, deep=True)
 
-    def _flatten(self, node: yaml.MappingNode, loader: yaml.SafeLoader) -> int:
+    def _flatten(self, node: yaml.MappingNode, loader: _Loader) -> int:
         """Expand `<<` merge keys in place; how many leading entries came from merges
         (remembered per node: an aliased mapping is visited again, already flat)."""
         known = self._merged.get(id(node))

@@ -3,13 +3,20 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import AsyncIterator, Generator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.fakes.openai_fake import OpenAIFake, make_openai_fake
-from tests.harness import Stack, make_stack
 from tests.ports import WORKER_SLICES
-from tests.redis_server import RedisServer
+
+# The fixtures import the harness, the fakes and Redis's helper when first used: the
+# pytest process that hands out the tests to the workers loads this module too, and
+# without them it starts the workers about 0.7 s of CPU sooner (the harness brings in
+# the openai SDK and TruckLLM). The workers import them with the test modules anyway.
+if TYPE_CHECKING:
+    from tests.fakes.openai_fake import OpenAIFake
+    from tests.harness import Stack
+    from tests.redis_server import RedisServer
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -39,6 +46,7 @@ def pytest_collection(session: pytest.Session) -> Generator[None, object, object
 
 @pytest.fixture
 async def openai_fake() -> AsyncIterator[OpenAIFake]:
+    from tests.fakes.openai_fake import make_openai_fake
     async with make_openai_fake() as fake:
         yield fake
 
@@ -47,6 +55,7 @@ async def openai_fake() -> AsyncIterator[OpenAIFake]:
 async def stack() -> AsyncIterator[Stack]:
     """The gateway in front of fake Anthropic, Gemini and Azure upstreams; SDK
     clients added to `stack.clients` are closed with it."""
+    from tests.harness import make_stack
     async with make_stack() as running:
         yield running
 
@@ -54,6 +63,7 @@ async def stack() -> AsyncIterator[Stack]:
 @pytest.fixture
 async def fakes() -> AsyncIterator[tuple[OpenAIFake, OpenAIFake]]:
     """Two fake OpenAI upstreams, for tests of routing between them."""
+    from tests.fakes.openai_fake import make_openai_fake
     async with make_openai_fake() as one, make_openai_fake() as two:
         yield one, two
 
@@ -61,6 +71,7 @@ async def fakes() -> AsyncIterator[tuple[OpenAIFake, OpenAIFake]]:
 @pytest.fixture(scope="session")
 def redis_session() -> Iterator[RedisServer]:
     """One redis-server for the session (installed with apt when missing)."""
+    from tests.redis_server import RedisServer
     server = RedisServer()
     server.start()
     yield server
@@ -75,9 +86,13 @@ def redis_url(redis_session: RedisServer) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `slow` run first. They spend most of their time waiting on real
+    """Tests marked `slow` run first, the longest first (`slow(seconds=N)`: about N
+    seconds; a module's mark: one). They spend most of their time waiting on real
     processes and timers; started early, their waits overlap the tests that keep the CPU
     busy, where at the end they would leave the cores idle while the last of them run.
     (Each test worker takes a run of the list in order, and an idle one takes tests from
     the end of another's.)"""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    def expected_seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("slow")
+        return 0 if mark is None else mark.kwargs.get("seconds", 1)
+    items.sort(key=expected_seconds, reverse=True)

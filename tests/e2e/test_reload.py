@@ -231,6 +231,7 @@ ROUNDS = 50
 WORKERS = 6
 
 
+@pytest.mark.slow(seconds=3)
 async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"
@@ -310,6 +311,7 @@ async def test_fifty_reloads_under_load_lose_no_request(tmp_path: Path) -> None:
 WATCH_SETTLE_S = 1.5        # several watcher debounce periods: a running watcher would have fired
 
 
+@pytest.mark.slow(seconds=5)
 async def test_reload_turns_the_file_watcher_on_and_off(tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "config.yaml"

@@ -132,6 +132,7 @@ async def test_a_budget_is_crossed_by_at_most_the_requests_in_flight(
         assert body["spend_usd"] >= 0.0005
 
 
+@pytest.mark.slow(seconds=3)
 async def test_redis_outage_drops_no_request_and_spend_reaches_it_after(tmp_path: Path) -> None:
     server = RedisServer()
     server.start()
@@ -163,6 +164,7 @@ async def test_redis_outage_drops_no_request_and_spend_reaches_it_after(tmp_path
         server.stop()
 
 
+@pytest.mark.slow(seconds=3)
 async def test_the_state_files_spend_is_imported_once(tmp_path: Path, redis_url: str) -> None:
     state = {"version": 1, "client_keys": {"team-a": {
         "period_start": "1970-01-01T00:00:00+00:00",
@@ -352,6 +354,7 @@ async def key_status(gateway: ServeProcess) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.slow(seconds=6)
 async def test_a_breaker_is_opened_by_failures_on_both_and_one_instance_takes_the_trial(
         tmp_path: Path, redis_url: str) -> None:
     async with make_openai_fake() as fake, \

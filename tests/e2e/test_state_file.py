@@ -82,6 +82,7 @@ async def saved_spend(state_file: Path, key_id: str) -> float:
     raise AssertionError("the state file was not saved within its interval")
 
 
+@pytest.mark.slow(seconds=7)
 async def test_a_crash_loses_at_most_the_last_interval(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "gateway.yaml"

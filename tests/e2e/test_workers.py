@@ -77,6 +77,7 @@ def metric_sum(text: str, prefix: str) -> float:
                if line.startswith(prefix))
 
 
+@pytest.mark.slow(seconds=4)
 async def test_workers_share_a_port_restart_reload_add_up_and_drain(tmp_path: Path) -> None:
     port = free_port()
     config_path = tmp_path / "truckllm.yaml"
@@ -167,6 +168,7 @@ async def chat_as(url: str, key: str, model: str = "demo") -> int:
         return response.status
 
 
+@pytest.mark.slow(seconds=4)
 async def test_the_admin_api_answers_for_every_worker_and_its_writes_reach_all(
         tmp_path: Path) -> None:
     async with make_fixed_upstream(401) as rejecting:
@@ -276,6 +278,7 @@ async def test_the_admin_api_answers_for_every_worker_and_its_writes_reach_all(
         assert min(served) > 0 and sum(served) == sent + 1
 
 
+@pytest.mark.slow(seconds=3)
 async def test_with_a_state_server_shared_figures_are_counted_once(
         tmp_path: Path, redis_url: str) -> None:
     port = free_port()

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.fakes.failing_upstream import make_fixed_upstream
-from tests.harness import REPO_ROOT, SERVE_ENV, free_port, serve_config, wait_until
+from tests.harness import SERVE_ENV, free_port, serve_config, serve_env, wait_until
 
 pytestmark = pytest.mark.slow     # mostly waits: runs first (tests/conftest.py)
 
@@ -30,7 +30,7 @@ async def start(config_path: Path, workers: int) -> tuple[asyncio.subprocess.Pro
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "truckllm", "serve", "-c", str(config_path),
             "--workers", str(workers), stdout=log, stderr=log,
-            env={**os.environ, **SERVE_ENV, "PYTHONPATH": str(REPO_ROOT)}, cwd=str(config_path.parent))
+            env=serve_env(), cwd=str(config_path.parent))
     return process, log_path
 
 

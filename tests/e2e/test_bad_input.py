@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from tests.fakes.openai_fake import OpenAIFake, Scripted
-from tests.harness import CLIENT_KEY, Gateway, make_config, make_gateway
+from tests.harness import ADMIN_KEY, CLIENT_KEY, Gateway, make_config, make_gateway
 from truckllm.config.loader import load_bytes
 from truckllm.runtime.state import build_state
 from truckllm.server.keys import STATE
@@ -191,3 +192,21 @@ async def test_a_key_dropped_by_a_reload_is_refused_at_once() -> None:
         with pytest.raises(openai.AuthenticationError):
             await gateway.client(CLIENT_KEY).chat.completions.create(**CHAT)
         assert (await gateway.client(other).chat.completions.create(**CHAT)).choices
+
+
+async def test_a_config_file_with_a_character_yaml_forbids_is_refused_with_its_position(
+        tmp_path: Path) -> None:
+    """A control character in the file: the reload is refused with where it is, in the
+    admin API's error shape; the running config keeps serving."""
+    config = make_config(server={"log_level": "warning", "admin_api_key": ADMIN_KEY})
+    async with make_gateway(config, directory=tmp_path) as gateway:
+        path = tmp_path / "config.yaml"
+        text = path.read_text()
+        path.write_text(text + 'note: "a\x07b"\n')
+        status, body = await gateway.admin("POST", "/admin/v1/reload")
+        assert status == 400 and body["error"]["code"] == "invalid_config", body
+        line = text.count("\n") + 1
+        assert body["errors"] == [{
+            "path": "", "location": f"{path}:{line}:9",
+            "message": "YAML syntax error: character #x0007: special characters are not allowed"}]
+        assert (await gateway.client().chat.completions.create(**CHAT)).choices

@@ -24,7 +24,8 @@ IDLE_S = 0.3
 
 @asynccontextmanager
 async def streamed(gaps_s: Sequence[float]) -> AsyncIterator[UpstreamResponse]:
-    """The response of a paced upstream stream of `line` chunks, its first chunk read."""
+    """The response of a paced upstream stream (lines `chunk 0`, `chunk 1`, ...), its first
+    chunk read and its idle limit armed."""
     async with paced_upstream(gaps_s) as base_url:
         provider, target = compiled_provider(base_url, IDLE_S)
         transport = Transport()

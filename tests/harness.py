@@ -17,7 +17,6 @@ import logging
 import os
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +42,7 @@ from tests.fakes.anthropic_fake import AnthropicFake, make_anthropic_fake
 from tests.fakes.azure_fake import AzureFake, make_azure_fake
 from tests.fakes.gemini_fake import GeminiFake, make_gemini_fake
 from tests.fakes.openai_fake import OpenAIFake
+from tests.forked_serve import ForkedServe, start_serve
 from tests.ports import free_port
 from truckllm.clock import Clock
 from truckllm.config.loader import load_bytes, load_file
@@ -445,7 +445,7 @@ def make_openai_client(stack: Stack) -> AsyncOpenAI:
 @dataclass
 class ServeProcess:
     """`truckllm serve` running from this checkout; its output goes to `log_path`."""
-    process: subprocess.Popen[bytes]
+    process: ForkedServe
     port: int
     config_path: Path
     log_path: Path
@@ -526,23 +526,22 @@ def serve_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a `truckllm serve` a test starts: this checkout first on the
     path, SERVE_ENV, then `env`. No CA bundle: these processes speak plain HTTP to fakes
     on 127.0.0.1, yet aiohttp loads the system's bundle into two TLS contexts as it is
-    imported, about 40 ms of CPU, a tenth of a start, and the suite starts about 80."""
+    imported, about 40 ms of CPU, a tenth of the start of a command line
+    (tests/e2e/test_workers.py starts a dozen)."""
     return {**os.environ, **SERVE_ENV, "PYTHONPATH": str(REPO_ROOT), "SSL_CERT_FILE": os.devnull,
             **(env or {})}
 
 
 def _start(config_path: Path, port: int | None, admin_port: int | None,
            env: Mapping[str, str] | None) -> ServeProcess:
-    """Starts the process: on `port` as the config says, or, without one, on a free port
-    given on the command line."""
-    command = [sys.executable, "-m", "truckllm", "serve", "-c", str(config_path)]
+    """Starts the process (forked, tests/forked_serve.py): on `port` as the config says,
+    or, without one, on a free port given on the command line."""
+    args = ["serve", "-c", str(config_path)]
     if port is None:
         port = free_port()
-        command += ["--port", str(port)]
+        args += ["--port", str(port)]
     log_path = config_path.with_suffix(".log")
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=serve_env(env), cwd=str(config_path.parent))
+    process = start_serve(args, env=serve_env(env), cwd=config_path.parent, log_path=log_path)
     return ServeProcess(process, port, config_path, log_path, admin_port)
 
 

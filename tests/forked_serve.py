@@ -1,8 +1,8 @@
 """`truckllm serve` processes for the tests, forked from one that has imported its libraries.
 
 `python -m truckllm serve` spends about 0.4 s of CPU before it listens, nearly all of it
-importing aiohttp, pydantic and the other libraries, and the suite starts some sixty of
-them through the harness: on two cores, about a fifth of `make test`. Each test worker
+importing aiohttp, pydantic and the other libraries, and the harness starts some sixty of
+them: about a quarter of the CPU of `make test`, on two cores. Each test worker
 instead starts one fork server (multiprocessing's "forkserver" start method) that imports
 those libraries once, and forks it for every `truckllm serve` a test starts.
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from signal import SIGKILL, SIGTERM
+from signal import SIGKILL
 
 # What `truckllm serve` imports from outside TruckLLM, heaviest first. A library missing
 # here is imported by each child instead: slower, not different.
@@ -51,10 +51,6 @@ class ForkedServe:
         assert self._process.pid is not None
         return self._process.pid
 
-    @property
-    def returncode(self) -> int | None:
-        return self._process.exitcode
-
     def poll(self) -> int | None:
         return self._process.exitcode
 
@@ -67,9 +63,6 @@ class ForkedServe:
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:
             os.kill(self.pid, signum)
-
-    def terminate(self) -> None:
-        self.send_signal(SIGTERM)
 
     def kill(self) -> None:
         self.send_signal(SIGKILL)
